@@ -1,0 +1,154 @@
+"""The interfaces the engine needs from the outside world.
+
+The engine defines them and never imports `comfyd.cloud`; the edges (server, CLI, worker,
+Lambda) build the configured implementations (embedded: files, SQLite, in-process queue,
+Prometheus text; AWS: S3, DynamoDB, SQS, CloudWatch, SNS) and hand them in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.TIMED_OUT})
+
+
+@dataclass
+class JobRecord:
+    """One job, as the job store keeps it. Every field is JSON-serialisable."""
+
+    id: str
+    workflow: dict[str, Any]  # the API-format prompt, as submitted (after graph-form conversion)
+    status: JobStatus = JobStatus.QUEUED
+    priority: int = 1  # 1..10, higher runs first
+    number: int = 0  # ComfyUI's queue number (monotonic per server)
+    node_id: str = "3"  # the node whose progress is the job's progress
+    execution_mode: str = "sequential"
+    client_id: str | None = None
+    extra_data: dict[str, Any] = field(default_factory=dict)
+    source: str = "prompt"  # prompt | prediction | generate | lambda
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    progress: dict[str, Any] = field(default_factory=dict)  # {value, max, node}
+    outputs: dict[str, Any] = field(default_factory=dict)  # node id -> ComfyUI UI output
+    output_urls: list[str] = field(default_factory=list)
+    node_timings: dict[str, float] = field(default_factory=dict)  # node id -> seconds
+    error: dict[str, Any] | None = None  # {type, message, node_id, node_type, traceback}
+    messages: list[list[Any]] = field(default_factory=list)  # ComfyUI history status messages
+    expires_at: float | None = None  # TTL; readers treat a past value as gone
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Durable job records. Transitions are conditional so two workers never own one job."""
+
+    def create(self, job: JobRecord) -> bool:
+        """Insert; False (and no change) if a job with this id exists already."""
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None if absent or expired."""
+
+    def transition(
+        self, job_id: str, expected: set[JobStatus], new: JobStatus, **fields: Any
+    ) -> bool:
+        """Set status to `new` (and `fields`) only if the current status is in `expected`."""
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set fields without a status change (progress, timings)."""
+
+    def list(self, status: set[JobStatus] | None = None, limit: int = 100) -> list[JobRecord]:
+        """Jobs, newest first (by created_at), optionally filtered by status."""
+
+    def delete(self, job_id: str) -> None: ...
+
+
+@dataclass
+class QueueItem:
+    job_id: str
+    priority: int
+    receipt: str  # opaque handle for ack/nack/extend (SQS receipt handle, local token)
+    receive_count: int = 1
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """Job ids waiting to run. Higher priority first, FIFO within a priority."""
+
+    def put(self, job_id: str, priority: int) -> None: ...
+
+    def get(self, timeout: float) -> QueueItem | None:
+        """Next item, waiting up to `timeout` seconds; it stays invisible until ack/nack."""
+
+    def ack(self, item: QueueItem) -> None:
+        """Done with it: remove for good."""
+
+    def nack(self, item: QueueItem, delay: float = 0.0) -> None:
+        """Give it back to the queue, visible again after `delay` seconds."""
+
+    def extend(self, item: QueueItem, seconds: float) -> None:
+        """Keep it invisible `seconds` longer (a long job is still running)."""
+
+    def remove(self, job_id: str) -> bool:
+        """Drop a waiting job (cancel before start). True if it was waiting."""
+
+    def depth(self) -> int: ...
+
+
+@dataclass
+class StoredOutput:
+    key: str  # storage key, e.g. "{prefix}/{job_id}/{filename}" or a local relative path
+    url: str | None = None  # a URL a client can GET (presigned / CloudFront / local /view)
+    size: int = 0
+    content_type: str = "image/png"
+
+
+@runtime_checkable
+class OutputStore(Protocol):
+    def put(
+        self, job_id: str, filename: str, data: bytes, content_type: str = "image/png",
+        metadata: dict[str, str] | None = None,
+    ) -> StoredOutput: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def url(self, key: str) -> str | None: ...
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    """Buffered metrics; `flush` sends (CloudWatch) or is a no-op (Prometheus text)."""
+
+    def observe(self, name: str, value: float, unit: str = "None", **dimensions: str) -> None: ...
+
+    def increment(self, name: str, value: float = 1.0, **dimensions: str) -> None: ...
+
+    def gauge(self, name: str, value: float, unit: str = "Count", **dimensions: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def render(self) -> str:
+        """Prometheus text exposition of what this process recorded ('' if not applicable)."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    def publish(self, event: str, payload: dict[str, Any], attributes: dict[str, str] | None = None) -> None: ...

@@ -1,0 +1,122 @@
+"""The values that travel on MODEL, CLIP and VAE links.
+
+A handle is a light reference to weights the model manager owns: two workflows that load the
+same checkpoint get handles onto the same modules. LoRA nodes return *new* handles that carry
+extra patches; the patches are applied to the shared module only for the duration of a
+`patched()` block and the base weights are restored exactly afterwards.
+
+Other link values follow ComfyUI's shapes:
+- CONDITIONING: list of `[tensor [B, tokens, dim], {"pooled_output": tensor | None, ...}]`
+- LATENT: `{"samples": tensor [B, 4, H/8, W/8], "noise_mask"?: tensor, "batch_index"?: list[int]}`
+  (samples are in the VAE's own scale: the sampler multiplies by `latent_scale` on the way in)
+- IMAGE: float32 tensor [B, H, W, C] in 0..1;  MASK: float32 tensor [B, H, W] (or [H, W]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LoraPatch:
+    """One LoRA applied at a strength. `key` identifies the file (path + mtime)."""
+
+    key: str
+    strength: float
+
+
+class WeightPatcher(Protocol):
+    """Applies LoRA patches to a module in place and restores the base weights afterwards."""
+
+    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None: ...
+
+    def restore(self, module: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: the denoising UNet (diffusers UNet2DConditionModel) and how to drive it."""
+
+    key: str  # cache key of the base weights (resolved checkpoint path + size + mtime)
+    family: str  # "sd1" | "sd2" | "sdxl"
+    prediction: str  # "eps" | "v"
+    unet: Any
+    latent_scale: float  # 0.18215 for SD1/SD2, 0.13025 for SDXL
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype the UNet runs in
+    loras: tuple[LoraPatch, ...] = ()
+    patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
+    # Linear beta schedule of the discrete EPS/V models (ComfyUI's ModelSamplingDiscrete).
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def with_loras(self, *patches: LoraPatch) -> ModelHandle:
+        return replace(self, loras=self.loras + tuple(patches))
+
+    @contextmanager
+    def patched(self) -> Iterator[Any]:
+        """The UNet with this handle's LoRAs applied; base weights restored on exit."""
+        if not self.loras or self.patcher is None:
+            yield self.unet
+            return
+        self.patcher.apply(self.unet, self.loras)
+        try:
+            yield self.unet
+        finally:
+            self.patcher.restore(self.unet)
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: tokenizer(s) and text encoder(s).
+
+    SD1: one CLIPTextModel (`encoders=("l",)`). SD2: OpenCLIP-H as a CLIPTextModel. SDXL:
+    CLIP-L (CLIPTextModel) and OpenCLIP-bigG (CLIPTextModelWithProjection), `("l", "g")`.
+    """
+
+    key: str
+    family: str
+    tokenizers: dict[str, Any]  # "l" / "g" -> transformers CLIPTokenizer
+    text_encoders: dict[str, Any]  # "l" / "g" -> transformers CLIPTextModel(WithProjection)
+    device: Any
+    dtype: Any
+    layer_idx: int | None = None  # None = last layer; -2 = penultimate (CLIPSetLastLayer)
+    loras: tuple[LoraPatch, ...] = ()
+    patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
+    embedding_dirs: tuple[str, ...] = ()
+
+    def with_loras(self, *patches: LoraPatch) -> ClipHandle:
+        return replace(self, loras=self.loras + tuple(patches))
+
+    def with_layer(self, layer_idx: int | None) -> ClipHandle:
+        return replace(self, layer_idx=layer_idx)
+
+    @contextmanager
+    def patched(self) -> Iterator[dict[str, Any]]:
+        if not self.loras or self.patcher is None:
+            yield self.text_encoders
+            return
+        for enc in self.text_encoders.values():
+            self.patcher.apply(enc, self.loras)
+        try:
+            yield self.text_encoders
+        finally:
+            for enc in self.text_encoders.values():
+                self.patcher.restore(enc)
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    """VAE: a diffusers AutoencoderKL. Latents on links are unscaled (ComfyUI's convention)."""
+
+    key: str
+    family: str
+    vae: Any
+    device: Any
+    dtype: Any
+    latent_channels: int = 4
+    downscale: int = 8
