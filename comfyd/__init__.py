@@ -1,0 +1,24 @@
+"""comfyd: run ComfyUI workflows as a service.
+
+`comfyd.generate_image(...)` runs a workflow in this process; everything heavy (torch,
+diffusers) is imported only when it is first called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from comfyd.runner import RunResult
+
+
+def generate_image(*args: Any, **kwargs: Any) -> RunResult:
+    """See `comfyd.runner.generate_image`."""
+    from comfyd.runner import generate_image as _generate_image
+
+    return _generate_image(*args, **kwargs)
+
+
+__all__ = ["generate_image", "__version__"]

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Pickle checkpoints (.ckpt/.pt) are refused unless enabled, and then loaded weights_only.
     allow_pickle: bool = False
     torch_compile: bool = False
+    # A workflow file run once at start (comfyd.warmup) before /health-check reports READY.
+    warmup_workflow: Path | None = None
 
     # --- jobs and queue ------------------------------------------------------------------
     max_concurrent_jobs: int = Field(3, ge=1, le=64)
@@ -59,6 +61,11 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(1.0, ge=0)
     history_max_items: int = 10000
+    # Workflow limits checked by validation (any node's INT input named width/height/batch_size).
+    max_workflow_nodes: int = Field(100, ge=1)
+    max_image_side: int = Field(1024, ge=8)
+    image_side_multiple: int = Field(8, ge=1)
+    max_batch_size: int = Field(4, ge=1)
 
     # --- HTTP server ---------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -1,0 +1,182 @@
+"""The configured backends of one process, and the executor factory.
+
+`build_services(settings)` picks, per concern, the embedded implementation (files, SQLite,
+in-process queue, Prometheus text, webhooks) or the AWS one (S3, DynamoDB, SQS, CloudWatch, SNS)
+from the settings. The AWS modules (and boto3) are imported only when a setting asks for them.
+
+`build_runtime(settings)` builds what executes workflows (node registry, model manager, node
+cache, executor). It imports `comfyd.nodes` (and with them torch), so it is only ever called
+lazily, through `Services.executor_factory`: `import comfyd.server` stays light enough for a
+Lambda that only serves API routes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from comfyd.engine.interfaces import JobQueue, JobStore, Metrics, Notifier, OutputStore
+
+if TYPE_CHECKING:
+    from comfyd.engine.jobs import JobRuntime
+    from comfyd.settings import Settings
+
+log = logging.getLogger("comfyd.cloud")
+
+
+@dataclass
+class Services:
+    """Everything the job layer writes to, plus how to build the executor.
+
+    Satisfies `comfyd.engine.jobs.JobBackends` (job_store, output_store, metrics, notifier).
+    """
+
+    job_store: JobStore
+    queue: JobQueue
+    output_store: OutputStore
+    metrics: Metrics
+    notifier: Notifier
+    # Builds the JobRuntime (registry, env, executor); called lazily, at most once per process.
+    executor_factory: Callable[[], JobRuntime]
+    # Called by close(), last first (database connections, webhook threads, ...).
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("closing a backend failed")
+        self.closers.clear()
+
+
+# ---- AWS hook points ------------------------------------------------------------------------
+# The AWS engineer's package `comfyd.cloud.aws` provides one factory per concern, each taking
+# the Settings and returning an object implementing the protocol of comfyd.engine.interfaces:
+#   build_output_store(settings) -> OutputStore   (settings.storage == "s3")
+#   build_job_store(settings)    -> JobStore      (settings.jobstore == "dynamodb")
+#   build_queue(settings)        -> JobQueue      (settings.queue == "sqs")
+#   build_metrics(settings)      -> Metrics       (settings.metrics == "cloudwatch")
+#   build_notifier(settings)     -> Notifier      (settings.sns_topic is set; composed with webhooks)
+# An object with a `close()` method is closed by Services.close().
+
+
+def _aws(factory_name: str, settings: Settings) -> Any:
+    module = importlib.import_module("comfyd.cloud.aws")
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        raise RuntimeError(f"comfyd.cloud.aws has no {factory_name}(settings); the AWS backend is incomplete")
+    return factory(settings)
+
+
+def _closer_of(obj: Any) -> Callable[[], None] | None:
+    close = getattr(obj, "close", None)
+    return close if callable(close) else None
+
+
+def build_services(settings: Settings) -> Services:
+    """The backends the settings ask for (embedded by default)."""
+    from comfyd.cloud.prometheus import NullMetrics, PrometheusMetrics
+    from comfyd.cloud.webhooks import CompositeNotifier, WebhookNotifier
+
+    closers: list[Callable[[], None]] = []
+    db = None
+
+    def sqlite_db() -> Any:
+        nonlocal db
+        if db is None:
+            from comfyd.cloud.sqlite_store import SqliteDatabase
+
+            db = SqliteDatabase(Path(settings.db_path))
+            closers.append(db.close)
+        return db
+
+    job_store: JobStore
+    if settings.jobstore == "dynamodb":
+        job_store = _aws("build_job_store", settings)
+    else:
+        from comfyd.cloud.sqlite_store import SqliteJobStore
+
+        job_store = SqliteJobStore(sqlite_db(), history_max_items=settings.history_max_items)
+
+    queue: JobQueue
+    if settings.queue == "sqs":
+        queue = _aws("build_queue", settings)
+    else:
+        from comfyd.cloud.local_queue import LocalJobQueue
+
+        queue = LocalJobQueue(sqlite_db())
+
+    output_store: OutputStore
+    if settings.storage == "s3":
+        output_store = _aws("build_output_store", settings)
+    else:
+        from comfyd.cloud.local_storage import LocalOutputStore
+
+        output_store = LocalOutputStore(Path(settings.output_dir))
+
+    metrics: Metrics
+    if settings.metrics == "cloudwatch":
+        metrics = _aws("build_metrics", settings)
+    elif settings.metrics == "prometheus":
+        metrics = PrometheusMetrics()
+    else:
+        metrics = NullMetrics()
+
+    webhooks = WebhookNotifier(settings.webhook_secret)
+    notifier: Notifier = webhooks
+    if settings.sns_topic:
+        notifier = CompositeNotifier(_aws("build_notifier", settings), webhooks)
+    for backend in (queue, job_store, output_store, metrics, notifier):
+        closer = _closer_of(backend)
+        if closer is not None:
+            closers.append(closer)
+    if metrics is not None and callable(getattr(metrics, "flush", None)):
+        closers.append(metrics.flush)
+
+    return Services(
+        job_store=job_store,
+        queue=queue,
+        output_store=output_store,
+        metrics=metrics,
+        notifier=notifier,
+        executor_factory=lambda: build_runtime(settings),
+        closers=closers,
+    )
+
+
+def build_runtime(settings: Settings) -> JobRuntime:
+    """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
+    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it."""
+    import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
+    from comfyd.engine.cache import NodeCache
+    from comfyd.engine.context import NodeEnvironment
+    from comfyd.engine.executor import Executor
+    from comfyd.engine.jobs import JobRuntime
+    from comfyd.engine.schema import REGISTRY
+    from comfyd.engine.validate import ServiceLimits
+    from comfyd.models.manager import ModelManager
+    from comfyd.warmup import run_warmup
+
+    for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    env = NodeEnvironment(settings, models=ModelManager(settings))
+    cache = NodeCache(max_bytes=settings.node_cache_bytes)
+    executor = Executor(REGISTRY, env, cache=cache, limits=ServiceLimits.from_settings(settings))
+
+    def release(unload_models: bool, free_memory: bool) -> None:
+        if free_memory or unload_models:
+            cache.clear()
+        if unload_models:
+            env.models.free()
+
+    runtime = JobRuntime(registry=REGISTRY, env=env, executor=executor, release=release)
+    run_warmup(runtime, settings)
+    return runtime
+
+
+__all__ = ["Services", "build_runtime", "build_services"]

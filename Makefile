@@ -1,0 +1,28 @@
+# Fresh machine: `make demo` (set up + default workflow to a PNG), `make test` (set up + suite).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/comfyd run --models-dir models --output output
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow"
+
+lint:
+	$(VENV)/bin/ruff check comfyd tests bench
+
+bench:
+	$(PY) bench/executor_overhead.py
+	$(PY) bench/model_load.py
+	$(PY) bench/server_load.py
+
+clean:
+	rm -rf output temp .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from comfyd.cli import main
+
+sys.exit(main())

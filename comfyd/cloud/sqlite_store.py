@@ -1,0 +1,195 @@
+"""JobStore on SQLite (WAL): the embedded, durable job store.
+
+One database file holds the jobs (this module) and the local queue (`local_queue.py`), so one
+connection and one lock serve both. WAL with synchronous=NORMAL: a committed transaction
+survives the process being killed (kill -9) at any point; only an OS crash or power loss can
+lose the last commits (set `COMFYD_SQLITE_SYNC=FULL` to pay an fsync per commit instead).
+
+A record is stored as JSON (every JobRecord field is JSON-serialisable) beside the columns the
+store filters and orders on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from comfyd.engine.interfaces import TERMINAL_STATUSES, JobRecord, JobStatus
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+_TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
+
+
+class SqliteDatabase:
+    """A shared SQLite connection: WAL, one writer at a time (a lock), explicit transactions."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        sync = os.environ.get("COMFYD_SQLITE_SYNC", "NORMAL").upper()
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def record_to_json(job: JobRecord) -> str:
+    data = dataclasses.asdict(job)
+    data["status"] = job.status.value
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def record_from_json(text: str) -> JobRecord:
+    data = json.loads(text)
+    known = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+    known["status"] = JobStatus(known.get("status", JobStatus.QUEUED.value))
+    return JobRecord(**known)
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - _RECORD_FIELDS
+    if unknown:
+        raise ValueError(f"unknown JobRecord field(s): {', '.join(sorted(unknown))}")
+    if "id" in fields or "status" in fields:
+        raise ValueError("id and status cannot be set through fields; use transition()")
+
+
+class SqliteJobStore:
+    """comfyd.engine.interfaces.JobStore on SQLite."""
+
+    def __init__(self, db: SqliteDatabase, history_max_items: int = 10000) -> None:
+        self.db = db
+        self.history_max_items = history_max_items
+        self._terminal_writes = 0
+        with db.transaction() as conn:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS jobs (
+                    id TEXT PRIMARY KEY,
+                    status TEXT NOT NULL,
+                    priority INTEGER NOT NULL,
+                    number INTEGER NOT NULL,
+                    created_at REAL NOT NULL,
+                    finished_at REAL,
+                    expires_at REAL,
+                    data TEXT NOT NULL)"""
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at)")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)")
+
+    def create(self, job: JobRecord) -> bool:
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO jobs (id, status, priority, number, created_at, finished_at, expires_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.status.value, job.priority, job.number, job.created_at, job.finished_at,
+                 job.expires_at, record_to_json(job)),
+            )
+            return cursor.rowcount == 1
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self.db.query("SELECT data, expires_at FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        expires = rows[0]["expires_at"]
+        if expires is not None and expires < time.time():
+            return None
+        return record_from_json(rows[0]["data"])
+
+    def transition(self, job_id: str, expected: set[JobStatus], new: JobStatus, **fields: Any) -> bool:
+        _check_fields(fields)
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT status, data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or JobStatus(row["status"]) not in expected:
+                return False
+            job = record_from_json(row["data"])
+            job = dataclasses.replace(job, status=new, **fields)
+            self._write(conn, job)
+        if new.terminal:
+            self._maybe_prune()
+        return True
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        _check_fields(fields)
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return
+            self._write(conn, dataclasses.replace(record_from_json(row["data"]), **fields))
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, job: JobRecord) -> None:
+        conn.execute(
+            "UPDATE jobs SET status = ?, priority = ?, number = ?, finished_at = ?, expires_at = ?, data = ?"
+            " WHERE id = ?",
+            (job.status.value, job.priority, job.number, job.finished_at, job.expires_at, record_to_json(job), job.id),
+        )
+
+    def list(self, status: set[JobStatus] | None = None, limit: int = 100) -> list[JobRecord]:
+        now = time.time()
+        if status:
+            marks = ",".join("?" for _ in status)
+            rows = self.db.query(
+                f"SELECT data FROM jobs WHERE status IN ({marks}) AND (expires_at IS NULL OR expires_at >= ?)"
+                " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (*[s.value for s in status], now, limit),
+            )
+        else:
+            rows = self.db.query(
+                "SELECT data FROM jobs WHERE expires_at IS NULL OR expires_at >= ?"
+                " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (now, limit),
+            )
+        return [record_from_json(r["data"]) for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def count(self, status: set[JobStatus]) -> int:
+        marks = ",".join("?" for _ in status)
+        rows = self.db.query(f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ({marks})", tuple(s.value for s in status))
+        return int(rows[0]["n"])
+
+    def _maybe_prune(self) -> None:
+        """Keep at most history_max_items finished jobs (checked every 100 terminal writes)."""
+        self._terminal_writes += 1
+        if self._terminal_writes % 100 != 1:
+            return
+        marks = ",".join("?" for _ in _TERMINAL_VALUES)
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN ({marks})"
+                " ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                (*_TERMINAL_VALUES, self.history_max_items),
+            )

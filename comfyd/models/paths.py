@@ -1,0 +1,143 @@
+"""Model files in ComfyUI's folder layout, under one or more roots, named safely.
+
+A root looks like ComfyUI's `models/` folder: `checkpoints/`, `loras/`, `vae/`, `embeddings/`,
+`upscale_models/`, `clip/`, `unet/`. Names are relative to a folder, '/'-separated, and never
+leave it: `..`, absolute paths and symlinks that lead outside the folder are refused. A diffusers
+checkpoint folder (one holding `model_index.json`) inside `checkpoints/` is listed as one name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfyd.safepath import UnsafePathError, safe_join
+
+# ComfyUI's folder names; `clip` and `unet` also answer to their newer names.
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+    "loras": ("loras",),
+    "vae": ("vae",),
+    "embeddings": ("embeddings",),
+    "upscale_models": ("upscale_models",),
+    "clip": ("clip", "text_encoders"),
+    "unet": ("unet", "diffusion_models"),
+}
+# What ComfyUI lists (folder_paths.supported_pt_extensions). Only safetensors load by default;
+# the pickle formats are listed so the user sees them, and refused at load time unless allowed.
+SAFE_EXTENSIONS = frozenset({".safetensors", ".sft"})
+PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
+MODEL_EXTENSIONS = SAFE_EXTENSIONS | PICKLE_EXTENSIONS
+DIFFUSERS_MARKER = "model_index.json"
+
+
+class ModelPathError(ValueError):
+    """A model name that cannot be used: unknown folder, unsafe name, or no such file."""
+
+
+class UnknownModelFolder(ModelPathError):
+    def __init__(self, folder: str) -> None:
+        super().__init__(f"unknown model folder {folder!r}; known folders: {', '.join(MODEL_FOLDERS)}")
+        self.folder = folder
+
+
+class UnsafeModelName(ModelPathError):
+    def __init__(self, folder: str, name: str, reason: str) -> None:
+        super().__init__(f"refusing model name {name!r} in {folder}/: {reason}")
+        self.folder = folder
+        self.name = name
+
+
+class ModelNotFound(ModelPathError, FileNotFoundError):
+    def __init__(self, folder: str, name: str, searched: list[Path]) -> None:
+        where = ", ".join(str(p) for p in searched) or "(no model roots configured)"
+        super().__init__(f"model {name!r} not found in {folder}/ (searched: {where})")
+        self.folder = folder
+        self.name = name
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / DIFFUSERS_MARKER).is_file()
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """The model roots, in search order (the first root holding a name wins)."""
+
+    roots: tuple[Path, ...]
+
+    def folder_dirs(self, folder: str) -> list[Path]:
+        """Every existing directory for `folder` across the roots, in search order."""
+        names = MODEL_FOLDERS.get(folder)
+        if names is None:
+            raise UnknownModelFolder(folder)
+        found: list[Path] = []
+        for root in self.roots:
+            for name in names:
+                path = Path(root) / name
+                if path.is_dir():
+                    found.append(path)
+        return found
+
+    def list_files(self, folder: str) -> list[str]:
+        """Names of the model files in `folder` across all roots, sorted, '/'-separated.
+
+        Recurses into subfolders; a diffusers folder is one entry (its directory name) and is
+        not descended into; entries whose real location is outside their folder are skipped.
+        """
+        names: set[str] = set()
+        for base in self.folder_dirs(folder):
+            names.update(_walk_models(base, list_diffusers=folder == "checkpoints"))
+        return sorted(names)
+
+    def resolve(self, folder: str, name: str) -> Path:
+        """The path of `name` in `folder`, from the first root that has it.
+
+        Raises UnsafeModelName for '..', absolute paths, odd characters and symlinks leading out
+        of the folder; ModelNotFound when no root has it.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise UnsafeModelName(folder, str(name), "the name is empty")
+        bases = self.folder_dirs(folder)
+        for base in bases:
+            try:
+                candidate = safe_join(base, name)
+            except UnsafePathError as exc:
+                raise UnsafeModelName(folder, name, exc.reason) from None
+            if candidate.exists():
+                return candidate
+        searched = bases or [Path(r) / MODEL_FOLDERS[folder][0] for r in self.roots]
+        raise ModelNotFound(folder, name, searched)
+
+
+def _walk_models(base: Path, list_diffusers: bool) -> list[str]:
+    real_base = base.resolve()
+    found: list[str] = []
+    seen_dirs: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        here = Path(dirpath)
+        real_here = here.resolve()
+        # A symlinked subfolder may lead outside the folder or back into itself.
+        if not real_here.is_relative_to(real_base) or real_here in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real_here)
+        rel_dir = here.relative_to(base)
+        if list_diffusers:
+            keep = []
+            for d in sorted(dirnames):
+                if is_diffusers_folder(here / d):
+                    if (here / d).resolve().is_relative_to(real_base):
+                        found.append((rel_dir / d).as_posix())
+                else:
+                    keep.append(d)
+            dirnames[:] = keep
+        for filename in filenames:
+            if Path(filename).suffix.lower() not in MODEL_EXTENSIONS:
+                continue
+            path = here / filename
+            if not path.resolve().is_relative_to(real_base):
+                continue
+            found.append((rel_dir / filename).as_posix())
+    return found

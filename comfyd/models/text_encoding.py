@@ -1,0 +1,272 @@
+"""CLIPTextEncode: prompt text -> CONDITIONING, with ComfyUI's numbers (reference §9).
+
+Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights, SDClipModel):
+- the prompt's 77-token chunks (clip_tokens.py) are encoded as one batch, plus the empty prompt
+  [start, end, pad...] when any weight differs from 1;
+- each token with weight w != 1 becomes (z - z_empty) * w + z_empty, position by position;
+- chunks are concatenated along the token axis: [1, 77 * chunks, dim];
+- the output is the last layer after final_layer_norm, or with a layer index (CLIPSetLastLayer, or
+  the family's default) the hidden state after that layer, normalised or not per family;
+- pooled output: final (normalised) hidden state of the first chunk at its first end token,
+  through text_projection where the family uses the projected one.
+
+Families (comfy/sd1_clip.py, comfy/text_encoders/sd2_clip.py, comfy/sdxl_clip.py):
+    sd1  CLIP-L        last layer             pad 49407  pooled unprojected
+    sd2  OpenCLIP-H    penultimate + norm     pad 0      pooled projected (if a projection exists)
+    sdxl CLIP-L        penultimate, no norm   pad 49407  (pooled unused)
+         OpenCLIP-bigG penultimate, no norm   pad 0      pooled projected
+SDXL concatenates [CLIP-L, bigG] on the feature axis (768 + 1280 = 2048).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comfyd.models import clip_forward
+from comfyd.models.clip_tokens import (
+    END_TOKEN,
+    Chunk,
+    ChunkLayout,
+    EmbeddingLookup,
+    tokenize_prompt,
+)
+from comfyd.models.handles import ClipHandle
+
+logger = logging.getLogger(__name__)
+
+# CONDITIONING: [[cond [1, tokens, dim], {"pooled_output": tensor | None, ...}], ...]
+Conditioning = list[list[Any]]
+# encoder key ("l", "g", ...) -> that encoder's chunks
+EncoderTokens = dict[str, list[Chunk]]
+
+# Conditioning tensors leave the encoder on the CPU, as ComfyUI's intermediate device.
+OUTPUT_DEVICE = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """How ComfyUI drives one text encoder of a model family."""
+
+    layout: ChunkLayout
+    default_layer: int | None  # None: last layer; -2: penultimate (the family's default)
+    norm_intermediate: bool  # final_layer_norm on an intermediate layer's output
+    projected_pooled: bool  # pooled output through text_projection
+
+
+_SD1_L = EncoderRecipe(ChunkLayout(pad_token=END_TOKEN), None, norm_intermediate=True, projected_pooled=False)
+_SD2_H = EncoderRecipe(ChunkLayout(pad_token=0), -2, norm_intermediate=True, projected_pooled=True)
+_SDXL_L = EncoderRecipe(ChunkLayout(pad_token=END_TOKEN), -2, norm_intermediate=False, projected_pooled=True)
+_SDXL_G = EncoderRecipe(ChunkLayout(pad_token=0), -2, norm_intermediate=False, projected_pooled=True)
+
+
+def encoder_recipe(family: str, key: str) -> EncoderRecipe:
+    """The recipe of encoder `key` in a `family` checkpoint; ValueError for unknown combinations."""
+    if family == "sd1":
+        return _SD1_L
+    if family == "sd2":
+        return _SD2_H
+    if family == "sdxl" and key in ("l", "g"):
+        return _SDXL_L if key == "l" else _SDXL_G
+    raise ValueError(f"no text encoding recipe for encoder {key!r} of model family {family!r}")
+
+
+def encode_text(clip: ClipHandle, text: str, embeddings: EmbeddingLookup | None = None) -> Conditioning:
+    """CLIPTextEncode: `text` with ComfyUI's weight syntax -> CONDITIONING."""
+    if not isinstance(text, str):
+        raise TypeError(f"prompt text must be a string, got {type(text).__name__}")
+    return conditioning_from_tokens(clip, tokenize_text(clip, text, embeddings))
+
+
+def encode_text_sdxl(
+    clip: ClipHandle, text_g: str, text_l: str, embeddings: EmbeddingLookup | None = None
+) -> Conditioning:
+    """CLIPTextEncodeSDXL's encoding: bigG reads `text_g`, CLIP-L reads `text_l`.
+
+    When the two prompts give different chunk counts, the shorter side is extended with
+    empty-prompt chunks so both cover the same tokens (as ComfyUI does).
+    """
+    if clip.family != "sdxl" or set(clip.text_encoders) != {"l", "g"}:
+        raise ValueError(
+            f"CLIPTextEncodeSDXL needs an SDXL CLIP with 'l' and 'g' encoders, got family {clip.family!r} "
+            f"with encoders {sorted(clip.text_encoders)}"
+        )
+    tokens = {
+        "g": tokenize_for_encoder(clip, "g", text_g, embeddings),
+        "l": tokenize_for_encoder(clip, "l", text_l, embeddings),
+    }
+    longest = max(len(chunks) for chunks in tokens.values())
+    for key, chunks in tokens.items():
+        while len(chunks) < longest:
+            chunks.extend(tokenize_for_encoder(clip, key, ""))
+    return conditioning_from_tokens(clip, tokens)
+
+
+def tokenize_text(clip: ClipHandle, text: str, embeddings: EmbeddingLookup | None = None) -> EncoderTokens:
+    """The chunks every encoder of `clip` receives for `text`."""
+    return {key: tokenize_for_encoder(clip, key, text, embeddings) for key in _encoder_keys(clip)}
+
+
+def tokenize_for_encoder(
+    clip: ClipHandle, key: str, text: str, embeddings: EmbeddingLookup | None = None
+) -> list[Chunk]:
+    recipe = encoder_recipe(clip.family, key)
+    return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
+
+
+def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:
+    cond, pooled = encode_tokens(clip, tokens)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode pre-tokenized chunks with every encoder of `clip` (LoRAs applied) -> (cond, pooled)."""
+    keys = _encoder_keys(clip)
+    missing = [key for key in keys if key not in tokens]
+    if missing:
+        raise ValueError(f"no tokens for text encoder(s) {missing} of the {clip.family} CLIP")
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    with torch.no_grad(), clip.patched() as encoders:
+        for key in keys:
+            recipe = encoder_recipe(clip.family, key)
+            outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
+    if clip.family == "sdxl":
+        (cond_l, _), (cond_g, pooled_g) = outputs["l"], outputs["g"]
+        shared = min(cond_l.shape[1], cond_g.shape[1])
+        return torch.cat([cond_l[:, :shared], cond_g[:, :shared]], dim=-1), pooled_g
+    return outputs[keys[0]]
+
+
+def encode_chunks(
+    encoder: Any, chunks: list[Chunk], recipe: EncoderRecipe, layer_idx: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One encoder's output for a prompt's chunks: ([1, 77 * chunks, dim], pooled [1, dim'])."""
+    if not chunks:
+        raise ValueError("a prompt always has at least one chunk; got none")
+    weighted = any(weight != 1.0 for chunk in chunks for _, weight in chunk)
+    sequences = [[slot for slot, _ in chunk] for chunk in chunks]
+    if weighted:
+        sequences.append(recipe.layout.empty_chunk(max(len(seq) for seq in sequences)))
+
+    embeds, pooled_index = _input_embeddings(encoder, sequences, recipe.layout)
+    capture = _captured_layer(layer_idx if layer_idx is not None else recipe.default_layer, encoder)
+    result = clip_forward.run_text_encoder(encoder, embeds, capture)
+    if result.captured is None:
+        hidden = result.final
+    elif recipe.norm_intermediate:
+        hidden = clip_forward.final_layer_norm(encoder, result.captured)
+    else:
+        hidden = result.captured
+
+    pooled = result.final[0:1, pooled_index]
+    if recipe.projected_pooled:
+        projected = clip_forward.project_pooled(encoder, pooled)
+        if projected is not None:
+            pooled = projected
+
+    pieces = []
+    for index, chunk in enumerate(chunks):
+        z = hidden[index]
+        if weighted:
+            z = _interpolate_weights(z, hidden[-1], [weight for _, weight in chunk])
+        pieces.append(z)
+    cond = torch.cat(pieces, dim=0).unsqueeze(0)
+    return cond.to(OUTPUT_DEVICE), pooled.to(OUTPUT_DEVICE)
+
+
+def _interpolate_weights(z: torch.Tensor, z_empty: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """(z - z_empty) * w + z_empty for tokens with w != 1; others unchanged (ComfyUI, no renorm)."""
+    count = min(len(weights), z.shape[0])
+    w = torch.tensor(weights[:count], dtype=z.dtype, device=z.device).unsqueeze(-1)
+    changed = torch.tensor([weight != 1.0 for weight in weights[:count]], device=z.device).unsqueeze(-1)
+    head = torch.where(changed, (z[:count] - z_empty[:count]) * w + z_empty[:count], z[:count])
+    return torch.cat([head, z[count:]], dim=0)
+
+
+def _captured_layer(layer_idx: int | None, encoder: Any) -> int | None:
+    """0-based layer whose output is used, or None for the last layer + final norm (ComfyUI rules)."""
+    if layer_idx is None:
+        return None
+    layers = clip_forward.num_layers(encoder)
+    if abs(layer_idx) > layers:  # ComfyUI falls back to the last layer
+        return None
+    if layer_idx < 0:
+        return layers + layer_idx
+    if layer_idx >= layers:
+        raise ValueError(f"CLIP layer index {layer_idx} is out of range for a {layers}-layer text encoder")
+    return layer_idx
+
+
+def _input_embeddings(
+    encoder: Any, sequences: list[list[Any]], layout: ChunkLayout
+) -> tuple[torch.Tensor, int]:
+    """Token embeddings [B, T, dim] (fp32) with embedding vectors in their slots.
+
+    Also returns the pooled position of the first sequence: ComfyUI counts the slots up to and
+    including the first end token (plus any embedding vectors) and takes that count minus one.
+    """
+    device = clip_forward.encoder_device(encoder)
+    rows_per_sequence = []
+    pooled_index = 0
+    for seq_index, sequence in enumerate(sequences):
+        # Vector slots get the pad token's row here; _place_vectors swaps the vectors in.
+        ids = [layout.pad_token if isinstance(slot, torch.Tensor) else int(slot) for slot in sequence]
+        vocab_rows = clip_forward.token_embeddings(
+            encoder, torch.tensor(ids, dtype=torch.long, device=device)
+        )
+        if any(isinstance(slot, torch.Tensor) for slot in sequence):
+            rows, counted = _place_vectors(sequence, vocab_rows, layout.end_token)
+        else:
+            rows = vocab_rows
+            counted = ids.index(layout.end_token) + 1 if layout.end_token in ids else len(ids)
+        rows_per_sequence.append(rows)
+        if seq_index == 0:
+            pooled_index = counted - 1
+    return torch.stack(rows_per_sequence), pooled_index
+
+
+def _place_vectors(sequence: list[Any], vocab_rows: torch.Tensor, end_token: int) -> tuple[torch.Tensor, int]:
+    """Rows of a sequence holding embedding vectors, and its counted slots (see _input_embeddings).
+
+    A vector whose width does not match the encoder is dropped with a warning and a pad row is
+    appended at the end instead, keeping the length (ComfyUI's SDClipModel.process_tokens).
+    """
+    dim = vocab_rows.shape[-1]
+    rows: list[torch.Tensor] = []
+    pad_rows: list[torch.Tensor] = []
+    counted = 0
+    seen_end = False
+    for position, slot in enumerate(sequence):
+        if isinstance(slot, torch.Tensor):
+            if slot.numel() != dim:
+                logger.warning(
+                    "embedding vector of width %d does not fit a %d-wide text encoder; ignoring it",
+                    slot.shape[-1],
+                    dim,
+                )
+                pad_rows.append(vocab_rows[position])  # this slot was embedded as the pad token
+                continue
+            rows.append(slot.reshape(dim).to(device=vocab_rows.device, dtype=vocab_rows.dtype))
+            counted += 1
+        else:
+            rows.append(vocab_rows[position])
+            if not seen_end:
+                counted += 1
+                seen_end = int(slot) == end_token
+    return torch.stack(rows + pad_rows), counted
+
+
+def _encoder_keys(clip: ClipHandle) -> list[str]:
+    keys = list(clip.text_encoders)
+    if not keys:
+        raise ValueError(f"the {clip.family} CLIP has no text encoder")
+    if clip.family == "sdxl":
+        if set(keys) != {"l", "g"}:
+            raise ValueError(f"an SDXL CLIP needs 'l' and 'g' text encoders, got {sorted(keys)}")
+        return ["g", "l"]
+    if len(keys) != 1:
+        raise ValueError(f"a {clip.family} CLIP has one text encoder, got {sorted(keys)}")
+    return keys

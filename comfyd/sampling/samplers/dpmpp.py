@@ -1,0 +1,172 @@
+"""DPM-Solver++ samplers: 2S ancestral, SDE, 2M, 2M SDE (midpoint) and 3M SDE.
+
+Formulas from k-diffusion as ComfyUI runs them for EPS/V models (half-log-SNR lambda = -log
+sigma), eta = 1 and s_noise = 1. The SDE samplers draw their noise from a Brownian tree over
+[smallest positive sigma, largest sigma]; `brownian_on_cpu=False` is ComfyUI's `_gpu` variant.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from comfyd.sampling.noise import AncestralNoise, BrownianNoise
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, f32, to_d
+
+
+def _brownian(x: Tensor, sigmas: Tensor, seed: int, on_cpu: bool) -> BrownianNoise:
+    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, on_cpu=on_cpu)
+
+
+def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+    noise = AncestralNoise(x, run.seed)
+    sig = sigmas.tolist()
+    for i in range(len(sig) - 1):
+        denoised = model(x, sig[i])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
+        run.report(i, x, denoised)
+        if sigma_down == 0:
+            d = to_d(x, sig[i], denoised)
+            x = x + d * float(sigma_down - sigmas[i])
+        else:
+            # DPM-Solver++(2S) from sigma to sigma_down through the log-midpoint.
+            t, t_next = -sigmas[i].log(), -sigma_down.log()
+            h = t_next - t
+            s = t + 0.5 * h
+            sigma_s = (-s).exp()
+            x_2 = float(sigma_s / (-t).exp()) * x - float((-h * 0.5).expm1()) * denoised
+            denoised_2 = model(x_2, float(sigma_s))
+            x = float((-t_next).exp() / (-t).exp()) * x - float((-h).expm1()) * denoised_2
+        if sig[i + 1] > 0:
+            x = x + noise(sig[i], sig[i + 1]) * float(sigma_up)
+    return x
+
+
+def sample_dpmpp_sde(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True, r: float = 0.5
+) -> Tensor:
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, float(sigma))
+        run.report(i, x, denoised)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+        h = lambda_t - lambda_s
+        lambda_s_1 = lambda_s + r * h
+        sigma_s_1 = (-lambda_s_1).exp()
+        alpha_s = sigma * lambda_s.exp()
+        alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
+        alpha_t = sigma_next * lambda_t.exp()
+
+        # Step 1: to the intermediate point, with its share of the noise.
+        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_s_1).exp())
+        h_ = -sd.log() - lambda_s
+        x_2 = float((alpha_s_1 / alpha_s) * (-h_).exp()) * x - float(alpha_s_1 * (-h_).expm1()) * denoised
+        x_2 = x_2 + float(alpha_s_1) * noise(sigma, sigma_s_1) * float(su)
+        denoised_2 = model(x_2, float(sigma_s_1))
+
+        # Step 2: the full step with the blended estimate.
+        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_t).exp())
+        h_ = -sd.log() - lambda_s
+        denoised_d = (1 - fac) * denoised + fac * denoised_2
+        x = float((alpha_t / alpha_s) * (-h_).exp()) * x - float(alpha_t * (-h_).expm1()) * denoised_d
+        x = x + float(alpha_t) * noise(sigma, sigma_next) * float(su)
+    return x
+
+
+def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+    old_denoised: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, float(sigmas[i]))
+        run.report(i, x, denoised)
+        t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = t_next - t
+        ratio = float((-t_next).exp() / (-t).exp())
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = ratio * x - float((-h).expm1()) * denoised
+        else:
+            h_last = t - (-sigmas[i - 1].log())
+            r = h_last / h
+            denoised_d = float(1 + 1 / (2 * r)) * denoised - float(1 / (2 * r)) * old_denoised
+            x = ratio * x - float((-h).expm1()) * denoised_d
+        old_denoised = denoised
+    return x
+
+
+def sample_dpmpp_2m_sde(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True
+) -> Tensor:
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    old_denoised: Tensor | None = None
+    h: Tensor | None = None
+    h_last: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, float(sigma))
+        run.report(i, x, denoised)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+            h = lambda_t - lambda_s
+            h_eta = h * 2.0  # h * (eta + 1)
+            alpha_t = sigma_next * lambda_t.exp()
+            phi = (-h_eta).expm1().neg()
+            x = float(sigma_next / sigma * (-h).exp()) * x + float(alpha_t * phi) * denoised
+            if old_denoised is not None and h_last is not None:
+                r = h_last / h
+                x = x + float(0.5 * alpha_t * phi * (1 / r)) * (denoised - old_denoised)
+            x = x + noise(sigma, sigma_next) * float(sigma_next) * float((-2 * h).expm1().neg().sqrt())
+        old_denoised = denoised
+        h_last = h
+    return x
+
+
+def sample_dpmpp_3m_sde(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True
+) -> Tensor:
+    if len(sigmas) <= 1:
+        return x
+    noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    denoised_1: Tensor | None = None
+    denoised_2: Tensor | None = None
+    h: Tensor | None = None
+    h_1: Tensor | None = None
+    h_2: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, float(sigma))
+        run.report(i, x, denoised)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+            h = lambda_t - lambda_s
+            h_eta = h * 2.0  # h * (eta + 1)
+            alpha_t = sigma_next * lambda_t.exp()
+            x = float(sigma_next / sigma * (-h).exp()) * x + float(alpha_t * (-h_eta).expm1().neg()) * denoised
+            phi_2 = h_eta.neg().expm1() / h_eta + 1
+            if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
+                # Third order from the last three estimates.
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - denoised_1) / float(r0)
+                d1_1 = (denoised_1 - denoised_2) / float(r1)
+                d1 = d1_0 + (d1_0 - d1_1) * float(r0) / float(r0 + r1)
+                d2 = (d1_0 - d1_1) / float(r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + float(alpha_t * phi_2) * d1 - float(alpha_t * phi_3) * d2
+            elif h_1 is not None and denoised_1 is not None:
+                # Second order while only two estimates exist.
+                d = (denoised - denoised_1) / float(h_1 / h)
+                x = x + float(alpha_t * phi_2) * d
+            x = x + noise(sigma, sigma_next) * float(sigma_next) * float((-2 * h).expm1().neg().sqrt())
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
