@@ -189,10 +189,14 @@ class AsgiBridge:
         self._lifespan_queue: asyncio.Queue[AsgiMessage] | None = None
         self._lifespan_replies: asyncio.Queue[AsgiMessage] | None = None
 
-    def handle(self, request: ProxyRequest) -> ProxyResponse:
+    def start(self) -> None:
+        """Run the app's lifespan startup (once; `handle` does it too when it was not done)."""
         if not self._started:
             self.loop.run_until_complete(self._startup())
             self._started = True
+
+    def handle(self, request: ProxyRequest) -> ProxyResponse:
+        self.start()
         return self.loop.run_until_complete(self._request(request))
 
     def close(self) -> None:

@@ -82,6 +82,8 @@ class RequestInfo:
 class ProxyStats:
     forwarded: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, operation)
     injected: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, service)
+    continued: int = 0  # `Expect: 100-continue` answered with 100 Continue
+    refused_before_body: int = 0  # `Expect: 100-continue` answered with a fault instead
 
 
 def _credential_scope(auth_header: str, query: dict[str, list[str]]) -> tuple[str, str]:
@@ -151,8 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
         info = self._info(b"")
         fault = self.server.proxy._match(info, before_body=True)
         if fault is not None:
+            self.server.proxy._count_expect(refused=True)
             self._fail(fault, info)
             return False
+        self.server.proxy._count_expect(refused=False)
         return super().handle_expect_100()
 
     # --- forwarding ----------------------------------------------------------------------
@@ -193,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             reply = conn.getresponse()
             payload = reply.read()
+            self.server.proxy._count_forwarded(info)  # before the client can see the answer
             self.send_response(reply.status, reply.reason)
             for name, value in reply.getheaders():
                 if name.lower() not in _HOP_BY_HOP:
@@ -205,7 +210,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(payload)
         finally:
             conn.close()
-        self.server.proxy._count_forwarded(info)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 
@@ -266,7 +270,7 @@ class FaultProxy:
         return f"http://{host}:{port}"
 
     def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="faultproxy", daemon=True)
         self._thread.start()
         return self
 
@@ -310,6 +314,13 @@ class FaultProxy:
     def _count_injected(self, fault: Fault, info: RequestInfo) -> None:
         with self._lock:
             self.stats.injected[(fault.kind, info.service)] += 1
+
+    def _count_expect(self, *, refused: bool) -> None:
+        with self._lock:
+            if refused:
+                self.stats.refused_before_body += 1
+            else:
+                self.stats.continued += 1
 
     def _count_forwarded(self, info: RequestInfo) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ class LocalJobQueue:
         self.db = db
         self._changed = threading.Condition()
         self._generation = 0
+        self._wakeups = 0
         with db.transaction() as conn:
             conn.execute(
                 """CREATE TABLE IF NOT EXISTS queue_items (
@@ -75,10 +76,21 @@ class LocalJobQueue:
         t = rows[0]["t"] if rows else None
         return None if t is None else max(0.0, t - time.time())
 
+    def wake(self) -> None:
+        """Make every waiting `get` return now (a stopping worker need not wait out its timeout)."""
+        with self._changed:
+            self._wakeups += 1
+            self._generation += 1
+            self._changed.notify_all()
+
     def get(self, timeout: float) -> QueueItem | None:
         deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            wakeups = self._wakeups
         while True:
             with self._changed:
+                if self._wakeups != wakeups:
+                    return None
                 generation = self._generation
             item = self._claim()
             if item is not None:

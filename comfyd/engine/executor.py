@@ -59,11 +59,15 @@ class Executor:
         *,
         limits: ServiceLimits | None = None,
         max_workers: int = 4,
-        cache_output_nodes: bool = True,
+        cache_output_nodes: bool = False,
     ) -> None:
         """`cache` defaults to one bounded by `settings.node_cache_bytes`. `max_workers` bounds
-        the nodes one job runs at once in parallel mode. `cache_output_nodes=False` makes output
-        nodes (SaveImage) run on every job; ComfyUI caches them like any other node."""
+        the nodes one job runs at once in parallel mode.
+
+        Output nodes (SaveImage, PreviewImage) run on every job by default, so every job gets its
+        own files even when all its inputs are cached; ComfyUI caches them like any other node
+        (an identical prompt then writes nothing): `cache_output_nodes=True` does that.
+        """
         self.registry = registry
         self.env = env
         if cache is None:
@@ -138,6 +142,13 @@ class _JobRun:
     def execute(self) -> ExecutionResult:
         self._send(events.EXECUTION_START, {"prompt_id": self.job_id, "timestamp": timestamp_ms()})
         try:
+            return self._execute()
+        except Exception as exc:  # a bug of the engine itself: still a result, never a raise
+            log.exception("job %s: unexpected engine error", self.job_id)
+            return self._failed(_Failure(None, exc, traceback.format_tb(exc.__traceback__), {}))
+
+    def _execute(self) -> ExecutionResult:
+        try:
             self.plan = plan_workflow(self.req, self.ex.registry, self.ex.env, self.ex.limits)
         except WorkflowValidationError as exc:
             return self._validation_failed(exc)
@@ -146,7 +157,10 @@ class _JobRun:
             node_cls = self.ex.registry.get(self.req.graph.nodes[node_id].class_type)
             assert node_cls is not None  # validated
             self.schemas[node_id] = node_cls.schema
-            self.instances[node_id] = node_cls()
+            try:
+                self.instances[node_id] = node_cls()
+            except Exception as exc:
+                return self._failed(_Failure(node_id, exc, traceback.format_tb(exc.__traceback__), {}))
             self.contexts[node_id] = self._context(node_id)
 
         self._compute_keys()

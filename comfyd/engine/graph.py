@@ -384,7 +384,7 @@ def _input_value(value: Any) -> InputValue:
         ):
             return Link(str(value[0]), value[1])
         return BadLink(list(value))
-    if isinstance(value, dict) and set(value) == {"__value__"}:
+    if isinstance(value, dict) and "__value__" in value:
         return value["__value__"]
     return value
 

@@ -17,6 +17,8 @@ any point can be recovered from the store (and queue) alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from comfyd.engine.errors import is_retryable
+from comfyd.engine.errors import RetryableError, is_retryable
 from comfyd.engine.interfaces import (
     JobQueue,
     JobRecord,
@@ -38,6 +40,8 @@ from comfyd.engine.interfaces import (
     QueueItem,
 )
 from comfyd.engine.job_views import prediction_view
+from comfyd.engine.previews import latent_preview_jpeg
+from comfyd.safepath import safe_join
 
 if TYPE_CHECKING:
     from comfyd.engine.context import NodeEnvironment
@@ -106,15 +110,22 @@ class JobRuntime:
 
     def request_for(self, job: JobRecord) -> Any:
         """The WorkflowRequest to execute for a stored job."""
-        req = self.parse({"prompt": job.workflow, "extra_data": job.extra_data, "client_id": job.client_id})
+        body: dict[str, Any] = {"prompt": job.workflow, "extra_data": job.extra_data, "client_id": job.client_id}
+        targets = job.extra_data.get("partial_execution_targets")
+        if isinstance(targets, list):
+            body["partial_execution_targets"] = targets
+        req = self.parse(body)
         return replace(
             req, node_id=job.node_id or req.node_id, execution_mode=job.execution_mode, priority=job.priority,
         )
 
-    def output_nodes(self, workflow: dict[str, Any]) -> list[str]:
-        """Ids of the workflow's output nodes (ComfyUI's outputs_to_execute), for views."""
+    def output_nodes(self, job: JobRecord) -> list[str]:
+        """ComfyUI's outputs_to_execute for views: the requested targets, or every output node."""
+        targets = job.extra_data.get("partial_execution_targets")
+        if isinstance(targets, list):
+            return [str(t) for t in targets]
         found = []
-        for node_id, node in workflow.items():
+        for node_id, node in job.workflow.items():
             cls = self.registry.get(node.get("class_type", "")) if isinstance(node, dict) else None
             if cls is not None and cls.schema.output_node:
                 found.append(node_id)
@@ -218,6 +229,10 @@ def run_job(
     """
     store = backends.job_store
     control = control or JobControl()
+    current = store.get(job.id)  # the caller's copy may be stale (attempts, status)
+    if current is None or current.status is not JobStatus.QUEUED:
+        return JobOutcome(job.id, skipped=True, record=current)
+    job = current
     started = time.time()
     claimed = store.transition(
         job.id, {JobStatus.QUEUED}, JobStatus.RUNNING,
@@ -236,7 +251,7 @@ def run_job(
         result, exception = _execute(job, runtime, recorder, control)
     finally:
         timer.cancel()
-    return _finish(job, result, exception, runtime, backends, settings, recorder, control)
+    return _finish(job, result, exception, backends, settings, recorder, control)
 
 
 @dataclass
@@ -302,7 +317,6 @@ def _finish(
     job: JobRecord,
     result: _Result,
     exception: BaseException | None,
-    runtime: JobRuntime,
     backends: JobBackends,
     settings: Settings,
     recorder: _EventRecorder,
@@ -313,13 +327,16 @@ def _finish(
     if result.status == "success":
         try:
             output_urls = _store_outputs(job, result.outputs, backends.output_store, settings)
-        except Exception as exc:  # storage failures (throttling, network) are worth a retry
+        except Exception as exc:
             log.warning("job %s: storing outputs failed: %s", job.id, exc)
             result = _Result("error", result.outputs, result.node_timings, _error_from_exception(job, exc))
-            exception = exc if is_retryable(exc) else _RetryableStorageError(str(exc))
+            exception = exc
+            if not is_retryable(exc) and isinstance(exc, OSError | ConnectionError | TimeoutError):
+                exception = _RetryableStorageError(str(exc))  # I/O trouble (throttling, network): retry
 
     if control.reason == "shutdown" and result.status != "success":
-        return _requeue(job, backends, recorder, delay=0.0, error=None)
+        # Not the job's fault: this attempt does not count against its retries.
+        return _requeue(job, backends, recorder, delay=0.0, error=None, attempts=job.attempts - 1)
 
     if result.status == "success":
         status = JobStatus.SUCCEEDED
@@ -359,7 +376,7 @@ def _finish(
     return JobOutcome(job.id, status=status, record=final)
 
 
-class _RetryableStorageError(Exception):
+class _RetryableStorageError(RetryableError):
     """Wraps an output-store failure so that it is retried like a throttled write."""
 
     def __init__(self, message: str) -> None:
@@ -367,11 +384,13 @@ class _RetryableStorageError(Exception):
 
 
 def _requeue(
-    job: JobRecord, backends: JobBackends, recorder: _EventRecorder, delay: float, error: dict[str, Any] | None
+    job: JobRecord, backends: JobBackends, recorder: _EventRecorder, delay: float, error: dict[str, Any] | None,
+    attempts: int | None = None,
 ) -> JobOutcome:
-    backends.job_store.transition(
-        job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, worker_id=None, error=error, progress=recorder.progress,
-    )
+    fields: dict[str, Any] = {"worker_id": None, "error": error, "progress": recorder.progress}
+    if attempts is not None:
+        fields["attempts"] = attempts
+    backends.job_store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, **fields)
     return JobOutcome(job.id, retry_delay_s=delay, record=backends.job_store.get(job.id))
 
 
@@ -392,9 +411,8 @@ def _store_outputs(
     job: JobRecord, outputs: dict[str, Any], output_store: OutputStore, settings: Settings
 ) -> list[str]:
     """Put every `type: output` image the job saved through the OutputStore; their URLs."""
-    from comfyd.safepath import safe_join  # image engineer's module; imported where used
-
     urls: list[str] = []
+    metadata = _output_metadata(job)
     for ui in outputs.values():
         if not isinstance(ui, dict):
             continue
@@ -407,10 +425,25 @@ def _store_outputs(
                 continue
             path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
             relative = f"{subfolder}/{filename}" if subfolder else filename
-            stored = output_store.put(job.id, relative, path.read_bytes(), _content_type(filename))
+            stored = output_store.put(job.id, relative, path.read_bytes(), _content_type(filename), metadata)
             if stored.url:
                 urls.append(stored.url)
     return urls
+
+
+def _output_metadata(job: JobRecord) -> dict[str, str]:
+    """What travels with each stored output: the job, its workflow's hash, the followed node's seed."""
+    canonical = json.dumps(job.workflow, sort_keys=True, separators=(",", ":"), default=str)
+    metadata = {"job_id": job.id, "workflow_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+                "source": job.source}
+    followed = job.workflow.get(job.node_id)
+    inputs = followed.get("inputs") if isinstance(followed, dict) else None
+    if isinstance(inputs, dict):
+        for name in ("seed", "noise_seed"):
+            if isinstance(inputs.get(name), int):
+                metadata["seed"] = str(inputs[name])
+                break
+    return metadata
 
 
 def _content_type(filename: str) -> str:
@@ -465,6 +498,8 @@ class _EventRecorder:
         self.messages: list[list[Any]] = []
         self.progress: dict[str, Any] = {}
         self.partial_outputs: dict[str, Any] = {}
+        # Step previews when the client asks (extra_data.preview_method, as ComfyUI's --preview-method).
+        self.preview_wanted = str(job.extra_data.get("preview_method", "none")).lower() in ("auto", "latent2rgb")
         self.held: tuple[str, dict[str, Any]] | None = None
         self.ended = threading.Event()  # set once the end was announced (normal or hard timeout)
         self._last_progress_write = 0.0
@@ -477,16 +512,23 @@ class _EventRecorder:
         data.setdefault("prompt_id", self.job.id)
         if event in HISTORY_EVENTS:
             with self._lock:
-                self.messages.append([event, {**data, "timestamp": int(time.time() * 1000)}])
+                self.messages.append([event, {"timestamp": int(time.time() * 1000), **data}])
         if event in TERMINAL_EVENTS:
             self.held = (event, data)
             return
         if event == "executing" and data.get("node") is None:
             return  # run_job sends the final executing{node: null} after the history is stored
         if event == "progress":
+            preview = data.pop("preview", None)  # a latent: never sent as JSON
             self._on_progress(data)
+            if preview is not None and self.preview_wanted:
+                self._forward_preview(preview, data.get("node"))
         elif event == "executed":
-            self._publish_output(data)
+            with self._lock:
+                self.partial_outputs[str(data.get("node"))] = data.get("output") or {}
+            self._publish_running("job.output")
+        elif event == "executing":
+            self._publish_running("job.logs")
         self._forward(event, data)
 
     def _on_progress(self, data: dict[str, Any]) -> None:
@@ -499,12 +541,24 @@ class _EventRecorder:
             except Exception:
                 log.exception("job %s: progress write failed", self.job.id)
 
-    def _publish_output(self, data: dict[str, Any]) -> None:
-        """An output notification while the job runs (Cog's `output` webhook event)."""
+    def _forward_preview(self, latent: Any, node: Any) -> None:
+        """A PREVIEW_IMAGE frame for this step (the client asked for previews)."""
+        try:
+            image = latent_preview_jpeg(latent)
+        except (ValueError, TypeError) as exc:
+            log.debug("job %s: no preview: %s", self.job.id, exc)
+            return
+        self._forward("binary_image", {"image": image, "format": "JPEG", "node": node, "prompt_id": self.job.id})
+
+    def _publish_running(self, event: str) -> None:
+        """Cog's `output` / `logs` webhook events while the job runs (the notifier throttles them).
+        Only jobs with a webhook get them: other notifiers (SNS) see start and completion only."""
+        if not self.job.extra_data.get("webhook"):
+            return
         with self._lock:
-            self.partial_outputs[str(data.get("node"))] = data.get("output") or {}
-            partial = replace(self.job, status=JobStatus.RUNNING, outputs=dict(self.partial_outputs))
-        _publish(self.backends, "job.output", partial)
+            partial = replace(self.job, status=JobStatus.RUNNING, outputs=dict(self.partial_outputs),
+                              messages=list(self.messages), progress=dict(self.progress))
+        _publish(self.backends, event, partial)
 
     def _forward(self, event: str, data: dict[str, Any]) -> None:
         if self.listener is None:
@@ -664,6 +718,11 @@ class JobManager:
             return self._runtime
 
     @property
+    def built_runtime(self) -> JobRuntime | None:
+        """The runtime if it is built already; never builds it."""
+        return self._runtime
+
+    @property
     def setup_state(self) -> str:
         """starting | succeeded | failed (Cog's setup status)."""
         if self._runtime is not None:
@@ -701,6 +760,9 @@ class JobManager:
             controls = list(self._controls.values())
         for control in controls:
             control.stop("shutdown")
+        wake = getattr(self.queue, "wake", None)  # optional: lets idle workers see the stop at once
+        if callable(wake):
+            wake()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -715,6 +777,14 @@ class JobManager:
         local queue). A finished job is never re-run: its queue item is acked when received."""
         recovered = []
         for job in self.store.list(status={JobStatus.RUNNING}, limit=100_000):
+            if job.attempts > self.settings.retry_attempts:
+                # The process died during every attempt: this job is what kills it. Stop here.
+                error = {"type": "crashed", "message": f"the server stopped while running this job "
+                         f"{job.attempts} times; not retried again"}
+                if self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.FAILED,
+                                         finished_at=time.time(), error=error):
+                    log.error("job %s failed: the server died during all %d attempts", job.id, job.attempts)
+                continue
             if self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, worker_id=None):
                 log.warning("recovering job %s (was running when the server stopped)", job.id)
                 self.queue.put(job.id, job.priority)
@@ -900,6 +970,11 @@ class JobManager:
                 job, runtime=runtime, backends=self.backends, settings=self.settings,
                 listener=forward, control=control, worker_id=self.worker_id,
             )
+        except Exception as exc:  # a bug in the job layer: fail the job rather than leave it running
+            log.exception("job %s: run_job raised", job.id)
+            self.store.transition(job.id, {JobStatus.RUNNING, JobStatus.QUEUED}, JobStatus.FAILED,
+                                  finished_at=time.time(), error={"type": "internal_error", "message": str(exc)})
+            outcome = JobOutcome(job.id, status=JobStatus.FAILED, record=self.store.get(job.id))
         finally:
             with self._lock:
                 self._controls.pop(job.id, None)

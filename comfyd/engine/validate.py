@@ -37,20 +37,30 @@ MAX_LISTED_CHOICES = 20
 
 @dataclass(frozen=True)
 class InputLimit:
-    """A comfyd limit on every literal INT input called `input_name`, whatever the node."""
+    """A comfyd limit on the literal INT input `input_name` of the nodes in `class_types`.
+
+    The limits bound generation size (latent width/height, batch), so they apply to the nodes
+    that create or resize latents, not to every input called `width` (ImageScale, SDXL size
+    conditioning and the like keep ComfyUI's ranges).
+    """
 
     input_name: str
     max: int | None = None
     multiple_of: int | None = None
+    class_types: frozenset[str] = frozenset()
+
+
+# Nodes whose width/height/batch_size decide how much a job computes.
+SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale"})
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
     max_nodes: int = 100
     input_limits: tuple[InputLimit, ...] = (
-        InputLimit("width", max=1024, multiple_of=8),
-        InputLimit("height", max=1024, multiple_of=8),
-        InputLimit("batch_size", max=4),
+        InputLimit("width", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
+        InputLimit("height", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
+        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES),
     )
 
     @classmethod
@@ -63,15 +73,15 @@ class ServiceLimits:
         return cls(
             max_nodes=getattr(settings, "max_workflow_nodes", default.max_nodes),
             input_limits=(
-                InputLimit("width", max=side, multiple_of=multiple),
-                InputLimit("height", max=side, multiple_of=multiple),
-                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4)),
+                InputLimit("width", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
+                InputLimit("height", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
+                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES),
             ),
         )
 
-    def for_input(self, name: str) -> InputLimit | None:
+    def for_input(self, class_type: str, name: str) -> InputLimit | None:
         for limit in self.input_limits:
-            if limit.input_name == name:
+            if limit.input_name == name and class_type in limit.class_types:
                 return limit
         return None
 
@@ -252,7 +262,7 @@ class _InputChecker:
                     )
                 continue
             try:
-                error, value = self._check_input(spec, node.inputs[spec.name])
+                error, value = self._check_input(spec, node.inputs[spec.name], node.class_type)
             except Exception as exc:  # a COMBO choice source failing, say: report, never crash
                 error, value = _exception_error(spec.name, exc), None
             if error is not None:
@@ -264,7 +274,7 @@ class _InputChecker:
     def _config(self, spec: InputSpec) -> list[Any]:
         return spec.input_config(self.env)
 
-    def _check_input(self, spec: InputSpec, value: Any) -> tuple[dict[str, Any] | None, Any]:
+    def _check_input(self, spec: InputSpec, value: Any, class_type: str) -> tuple[dict[str, Any] | None, Any]:
         name = spec.name
         if isinstance(value, BadLink):
             return _error(
@@ -286,7 +296,7 @@ class _InputChecker:
                 input_config=self._config(spec),
                 received_value=value,
             ), None
-        return self._check_literal(spec, value)
+        return self._check_literal(spec, value, class_type)
 
     def _check_link(self, spec: InputSpec, link: Link) -> dict[str, Any] | None:
         name = spec.name
@@ -324,7 +334,7 @@ class _InputChecker:
             )
         return None
 
-    def _check_literal(self, spec: InputSpec, raw: Any) -> tuple[dict[str, Any] | None, Any]:
+    def _check_literal(self, spec: InputSpec, raw: Any, class_type: str) -> tuple[dict[str, Any] | None, Any]:
         name = spec.name
         try:
             value = convert_literal(spec, raw)
@@ -363,7 +373,7 @@ class _InputChecker:
                     received_value=value,
                 ), None
         if spec.type == "INT":
-            limit = self.limits.for_input(name)
+            limit = self.limits.for_input(class_type, name)
             if limit is not None:
                 if limit.max is not None and value > limit.max:
                     return self._value_error(

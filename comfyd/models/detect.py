@@ -47,6 +47,13 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 V_PRED_STD_THRESHOLD = 0.09
+# Where each family's text encoders sit in a single-file checkpoint (SD2 may also use the SGM
+# spelling `conditioner.embedders.0.model.`). transformers-named encoders add `text_model.`.
+ENCODER_PREFIXES: dict[str, dict[str, str]] = {
+    "sd1": {"l": "cond_stage_model.transformer."},
+    "sd2": {"h": "cond_stage_model.model."},
+    "sdxl": {"l": "conditioner.embedders.0.transformer.", "g": "conditioner.embedders.1.model."},
+}
 
 
 class UnknownCheckpointLayout(ValueError):
@@ -106,7 +113,9 @@ def unet_heads(family: str, channels: int) -> int:
     else:
         heads = max(1, channels // int(rule["value"]))
     if channels % heads:
-        raise UnknownCheckpointLayout(f"{family} UNet block of {channels} channels cannot split into {heads} heads")
+        raise UnknownCheckpointLayout(
+            f"{family} UNet block of {channels} channels cannot split into {heads} heads"
+        )
     return heads
 
 
@@ -125,21 +134,27 @@ def detect_checkpoint(tf: TensorFile) -> CheckpointInfo:
     prefixes = _prefixes(keys)
     if "conditioner.embedders.1.model." in prefixes and "conditioner.embedders.0.transformer." in prefixes:
         family = "sdxl"
-        encoder_prefixes = {"l": "conditioner.embedders.0.transformer.", "g": "conditioner.embedders.1.model."}
+        encoder_prefixes = dict(ENCODER_PREFIXES["sdxl"])
     elif "conditioner.embedders.0.model." in prefixes and has_label_emb:
         raise UnknownCheckpointLayout(
             f"{name} looks like an SDXL refiner (OpenCLIP-G only, label_emb); refiners are not supported"
         )
     elif "cond_stage_model.model." in prefixes or "conditioner.embedders.0.model." in prefixes:
         family = "sd2"
-        sd2_prefix = "cond_stage_model.model." if "cond_stage_model.model." in prefixes else "conditioner.embedders.0.model."
+        sd2_prefix = (
+            "cond_stage_model.model."
+            if "cond_stage_model.model." in prefixes
+            else "conditioner.embedders.0.model."
+        )
         encoder_prefixes = {"h": sd2_prefix}
     elif "cond_stage_model.transformer." in prefixes:
         family = "sd1"
-        encoder_prefixes = {"l": "cond_stage_model.transformer."}
+        encoder_prefixes = dict(ENCODER_PREFIXES["sd1"])
     else:
         raise UnknownCheckpointLayout(
-            _unknown_message(name, keys, "a UNet but no text encoder this loader knows (CLIP-L, OpenCLIP-H/G)")
+            _unknown_message(
+                name, keys, "a UNet but no text encoder this loader knows (CLIP-L, OpenCLIP-H/G)"
+            )
         )
     if f"{VAE_PREFIX}encoder.conv_in.weight" not in key_set:
         raise UnknownCheckpointLayout(_unknown_message(name, keys, "no VAE (first_stage_model.*)"))
@@ -164,7 +179,9 @@ def detect_checkpoint(tf: TensorFile) -> CheckpointInfo:
             tokenizer=dict(spec["tokenizer"]),
         )
     pooled_dim = encoders["g"].config["projection_dim"] if family == "sdxl" else None
-    unet_config = infer_unet_config(shapes, UNET_PREFIX, family, shipped_config(family, "unet.json"), pooled_dim)
+    unet_config = infer_unet_config(
+        shapes, UNET_PREFIX, family, shipped_config(family, "unet.json"), pooled_dim
+    )
     context = sum(e.config["hidden_size"] for e in encoders.values())
     if unet_config["cross_attention_dim"] != context:
         raise UnknownCheckpointLayout(
@@ -282,15 +299,16 @@ def infer_unet_config(
     mid_depth = len(_indices(shapes, rf"{p}middle_block\.1\.transformer_blocks\.(\d+)\."))
     if mid_depth == 0:
         raise UnknownCheckpointLayout("UNet middle block has no transformer; not an SD layout")
-    # diffusers gives the middle block the last level's depth; a level without attention takes it too.
-    layer_depths = [d if d > 0 else mid_depth for d in depths]
+    # diffusers gives the middle block the last level's depth, so a last level without attention
+    # (SD1/SD2) carries the middle block's depth; other levels without attention ignore theirs.
+    layer_depths = [d if d > 0 else 1 for d in depths]
+    if depths[-1] == 0:
+        layer_depths[-1] = mid_depth
     if layer_depths[-1] != mid_depth:
         raise UnknownCheckpointLayout(
             f"UNet middle block depth {mid_depth} differs from the last level's depth {layer_depths[-1]}"
         )
-    first_attention = next(
-        (1 + level * (per_level + 1) for level in range(levels) if attention[level]), None
-    )
+    first_attention = next((1 + level * (per_level + 1) for level in range(levels) if attention[level]), None)
     if first_attention is None:
         raise UnknownCheckpointLayout("UNet has no cross-attention blocks; not a text-to-image SD layout")
     attn_prefix = f"{prefix}input_blocks.{first_attention}.1."
@@ -313,26 +331,36 @@ def infer_unet_config(
         use_linear_projection=linear_projection,
     )
     if model_channels != channels[0]:
-        raise UnknownCheckpointLayout(f"UNet conv_in has {model_channels} channels but level 0 has {channels[0]}")
+        raise UnknownCheckpointLayout(
+            f"UNet conv_in has {model_channels} channels but level 0 has {channels[0]}"
+        )
     if time_embed_dim != 4 * channels[0]:
         config["time_embedding_dim"] = time_embed_dim
     label_key = f"{prefix}label_emb.0.0.weight"
     if label_key in shapes:
         adm_in = shapes[label_key][1]
         if pooled_dim is None or (adm_in - pooled_dim) % 6:
-            raise UnknownCheckpointLayout(f"UNet class-embedding input of {adm_in} does not match an SDXL layout")
+            raise UnknownCheckpointLayout(
+                f"UNet class-embedding input of {adm_in} does not match an SDXL layout"
+            )
         config.update(
             addition_embed_type="text_time",
             addition_time_embed_dim=(adm_in - pooled_dim) // 6,
             projection_class_embeddings_input_dim=adm_in,
         )
     else:
-        for key in ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+        for key in (
+            "addition_embed_type",
+            "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim",
+        ):
             config.pop(key, None)
     return config
 
 
-def infer_vae_config(shapes: Mapping[str, tuple[int, ...]], prefix: str, base: dict[str, Any]) -> dict[str, Any]:
+def infer_vae_config(
+    shapes: Mapping[str, tuple[int, ...]], prefix: str, base: dict[str, Any]
+) -> dict[str, Any]:
     """A diffusers AutoencoderKL config for the original-layout autoencoder under `prefix`."""
     p = re.escape(prefix)
     levels = _indices(shapes, rf"{p}encoder\.down\.(\d+)\.")
@@ -364,7 +392,9 @@ def _hf_text_prefix(prefix: str, keys: set[str]) -> str:
     raise UnknownCheckpointLayout(f"CLIP text encoder under {prefix} has no token embedding")
 
 
-def infer_hf_clip_config(shapes: Mapping[str, tuple[int, ...]], text: str, base: dict[str, Any]) -> dict[str, Any]:
+def infer_hf_clip_config(
+    shapes: Mapping[str, tuple[int, ...]], text: str, base: dict[str, Any]
+) -> dict[str, Any]:
     """transformers CLIPTextConfig values for a CLIP-L style encoder; `text` replaces `text_model.`."""
     p = re.escape(text)
     vocab, width = _shape(shapes, f"{text}embeddings.token_embedding.weight")
@@ -382,7 +412,9 @@ def infer_hf_clip_config(shapes: Mapping[str, tuple[int, ...]], text: str, base:
     return config
 
 
-def infer_openclip_config(shapes: Mapping[str, tuple[int, ...]], prefix: str, base: dict[str, Any]) -> dict[str, Any]:
+def infer_openclip_config(
+    shapes: Mapping[str, tuple[int, ...]], prefix: str, base: dict[str, Any]
+) -> dict[str, Any]:
     """transformers CLIPTextConfig values for an OpenCLIP text tower (SD2's H, SDXL's bigG)."""
     p = re.escape(prefix)
     vocab, width = _shape(shapes, f"{prefix}token_embedding.weight")
@@ -397,4 +429,27 @@ def infer_openclip_config(shapes: Mapping[str, tuple[int, ...]], prefix: str, ba
     )
     projection = shapes.get(f"{prefix}text_projection")
     config["projection_dim"] = projection[1] if projection is not None else width
+    return config
+
+
+def infer_diffusers_vae_config(shapes: Mapping[str, tuple[int, ...]], base: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers AutoencoderKL config for a VAE file stored with diffusers names."""
+    levels = _indices(shapes, r"encoder\.down_blocks\.(\d+)\.")
+    if not levels:
+        raise UnknownCheckpointLayout("no VAE encoder levels under encoder.down_blocks.*")
+    per_level = len(_indices(shapes, r"encoder\.down_blocks\.0\.resnets\.(\d+)\."))
+    channels = [_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv1.weight")[0] for i in levels]
+    config = dict(base)
+    config.update(
+        in_channels=_shape(shapes, "encoder.conv_in.weight")[1],
+        out_channels=_shape(shapes, "decoder.conv_out.weight")[0],
+        block_out_channels=channels,
+        down_block_types=["DownEncoderBlock2D"] * len(levels),
+        up_block_types=["UpDecoderBlock2D"] * len(levels),
+        layers_per_block=per_level,
+        latent_channels=_shape(shapes, "decoder.conv_in.weight")[1],
+        use_quant_conv="quant_conv.weight" in shapes,
+        use_post_quant_conv="post_quant_conv.weight" in shapes,
+        mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
+    )
     return config

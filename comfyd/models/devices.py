@@ -53,7 +53,9 @@ def choose_device(setting: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError as exc:
-        raise ValueError(f"settings.device {setting!r} is not a torch device (use auto, cpu, cuda, cuda:N, mps)") from exc
+        raise ValueError(
+            f"settings.device {setting!r} is not a torch device (use auto, cpu, cuda, cuda:N, mps)"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"settings.device is {setting!r} but CUDA is not available on this machine")
     return device

@@ -59,8 +59,12 @@ class ModelHandle:
 
     @contextmanager
     def patched(self) -> Iterator[Any]:
-        """The UNet with this handle's LoRAs applied; base weights restored on exit."""
-        if not self.loras or self.patcher is None:
+        """The UNet with this handle's LoRAs applied; base weights restored on exit.
+
+        With a patcher, a handle without LoRAs also enters it, so that it never runs while
+        another job has the shared UNet patched (the patcher serialises differing patch sets).
+        """
+        if self.patcher is None:
             yield self.unet
             return
         self.patcher.apply(self.unet, self.loras)
@@ -97,15 +101,19 @@ class ClipHandle:
 
     @contextmanager
     def patched(self) -> Iterator[dict[str, Any]]:
-        if not self.loras or self.patcher is None:
+        """The text encoders with this handle's LoRAs applied (see ModelHandle.patched)."""
+        if self.patcher is None:
             yield self.text_encoders
             return
-        for enc in self.text_encoders.values():
-            self.patcher.apply(enc, self.loras)
+        applied: list[Any] = []
         try:
+            for enc in self.text_encoders.values():
+                self.patcher.apply(enc, self.loras)
+                applied.append(enc)
             yield self.text_encoders
         finally:
-            for enc in self.text_encoders.values():
+            # Only what was entered is left, even when entering the second encoder failed.
+            for enc in applied:
                 self.patcher.restore(enc)
 
 

@@ -118,7 +118,8 @@ class PrefixTranslator:
                     continue
                 head = ".".join(rest[:width])
                 if head in block.renames or head in block.ops:
-                    op = block.ops.get(head, COPY)
+                    # Ops reshape weights only (a 1x1 conv's bias is 1-D like a Linear's).
+                    op = block.ops.get(head, COPY) if rest[-1] == "weight" else COPY
                     rest = [block.renames.get(head, head), *rest[width:]]
                     break
             return Source(self.key_prefix + block.original + ".".join(rest), op)
@@ -134,7 +135,9 @@ def _layers_per_block(config: Mapping[str, Any]) -> int:
     return int(value)
 
 
-def unet_translator(config: Mapping[str, Any], key_prefix: str = "model.diffusion_model.") -> PrefixTranslator:
+def unet_translator(
+    config: Mapping[str, Any], key_prefix: str = "model.diffusion_model."
+) -> PrefixTranslator:
     """diffusers UNet2DConditionModel names -> original LDM/SGM UNet keys, for this config."""
     levels = len(config["block_out_channels"])
     per_level = _layers_per_block(config)
@@ -153,21 +156,29 @@ def unet_translator(config: Mapping[str, Any], key_prefix: str = "model.diffusio
     for level in range(levels):
         for j in range(per_level):
             index = 1 + level * (per_level + 1) + j
-            blocks[f"down_blocks.{level}.resnets.{j}."] = _Block(f"input_blocks.{index}.0.", _UNET_RESNET, _SAME)
+            blocks[f"down_blocks.{level}.resnets.{j}."] = _Block(
+                f"input_blocks.{index}.0.", _UNET_RESNET, _SAME
+            )
             blocks[f"down_blocks.{level}.attentions.{j}."] = _Block(f"input_blocks.{index}.1.", _SAME, _SAME)
         if level < levels - 1:
             index = 1 + level * (per_level + 1) + per_level
-            blocks[f"down_blocks.{level}.downsamplers.0.conv."] = _Block(f"input_blocks.{index}.0.op.", _SAME, _SAME)
+            blocks[f"down_blocks.{level}.downsamplers.0.conv."] = _Block(
+                f"input_blocks.{index}.0.op.", _SAME, _SAME
+            )
     up_types = config["up_block_types"]
     for level in range(levels):
         for j in range(per_level + 1):
             index = level * (per_level + 1) + j
-            blocks[f"up_blocks.{level}.resnets.{j}."] = _Block(f"output_blocks.{index}.0.", _UNET_RESNET, _SAME)
+            blocks[f"up_blocks.{level}.resnets.{j}."] = _Block(
+                f"output_blocks.{index}.0.", _UNET_RESNET, _SAME
+            )
             blocks[f"up_blocks.{level}.attentions.{j}."] = _Block(f"output_blocks.{index}.1.", _SAME, _SAME)
         if level < levels - 1:
             index = level * (per_level + 1) + per_level
             slot = 2 if up_types[level].startswith("CrossAttn") else 1
-            blocks[f"up_blocks.{level}.upsamplers.0.conv."] = _Block(f"output_blocks.{index}.{slot}.conv.", _SAME, _SAME)
+            blocks[f"up_blocks.{level}.upsamplers.0.conv."] = _Block(
+                f"output_blocks.{index}.{slot}.conv.", _SAME, _SAME
+            )
     return PrefixTranslator(blocks, key_prefix)
 
 
@@ -185,7 +196,9 @@ def vae_translator(config: Mapping[str, Any], key_prefix: str = "first_stage_mod
         blocks[f"{part}.conv_out."] = _Block(f"{part}.conv_out.", _SAME, _SAME)
         blocks[f"{part}.mid_block.resnets.0."] = _Block(f"{part}.mid.block_1.", _VAE_RESNET, _SAME)
         blocks[f"{part}.mid_block.resnets.1."] = _Block(f"{part}.mid.block_2.", _VAE_RESNET, _SAME)
-        blocks[f"{part}.mid_block.attentions.0."] = _Block(f"{part}.mid.attn_1.", _VAE_ATTENTION, _VAE_ATTENTION_OPS)
+        blocks[f"{part}.mid_block.attentions.0."] = _Block(
+            f"{part}.mid.attn_1.", _VAE_ATTENTION, _VAE_ATTENTION_OPS
+        )
     for level in range(levels):
         for j in range(per_level):
             blocks[f"encoder.down_blocks.{level}.resnets.{j}."] = _Block(
@@ -221,16 +234,28 @@ class IdentityTranslator:
         return Source(self.key_prefix + name)
 
 
+def text_model_name(name: str) -> str:
+    """A text-encoder parameter name without transformers' `text_model.` level.
+
+    transformers 5 builds CLIPTextModel flat (`encoder.layers.0...`) and CLIPTextModelWithProjection
+    with a `text_model.` level; files and LoRAs name them `text_model.encoder.layers.0...`.
+    """
+    return name[len("text_model.") :] if name.startswith("text_model.") else name
+
+
 class HfClipTranslator:
-    """transformers CLIPTextModel names stored with their own names, `text_model.` -> `text_prefix`."""
+    """transformers CLIP text names stored under `text_prefix` (which stands for `text_model.`)."""
 
     def __init__(self, text_prefix: str) -> None:
         self.text_prefix = text_prefix
 
     def source(self, name: str) -> Source | None:
-        if not name.startswith("text_model.") or name.endswith("position_ids"):
+        inner = text_model_name(name)
+        if not inner.startswith(("embeddings.", "encoder.", "final_layer_norm.")) or inner.endswith(
+            "position_ids"
+        ):
             return None
-        return Source(self.text_prefix + name[len("text_model.") :])
+        return Source(self.text_prefix + inner)
 
 
 class OpenClipTranslator:
@@ -250,17 +275,18 @@ class OpenClipTranslator:
 
     def source(self, name: str) -> Source | None:
         p = self.key_prefix
-        if name == "text_model.embeddings.token_embedding.weight":
-            return Source(p + "token_embedding.weight")
-        if name == "text_model.embeddings.position_embedding.weight":
-            return Source(p + "positional_embedding")
-        if name.startswith("text_model.final_layer_norm."):
-            return Source(p + "ln_final." + name.rsplit(".", 1)[-1])
         if name == "text_projection.weight":
             return Source(p + "text_projection", TRANSPOSE)
-        if not name.startswith("text_model.encoder.layers."):
+        name = text_model_name(name)
+        if name == "embeddings.token_embedding.weight":
+            return Source(p + "token_embedding.weight")
+        if name == "embeddings.position_embedding.weight":
+            return Source(p + "positional_embedding")
+        if name.startswith("final_layer_norm."):
+            return Source(p + "ln_final." + name.rsplit(".", 1)[-1])
+        if not name.startswith("encoder.layers."):
             return None
-        rest = name[len("text_model.encoder.layers.") :]
+        rest = name[len("encoder.layers.") :]
         index, _, inner = rest.partition(".")
         base = f"{p}transformer.resblocks.{index}."
         module, _, param = inner.rpartition(".")

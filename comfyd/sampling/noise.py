@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,10 @@ import torchsde
 from torch import Tensor
 
 _SEED_MODULUS = 2**64  # torch generators take seeds in [0, 2**64)
+
+# torchsde rounds the tree's ends to its tolerance, so a query at exactly sigma_max "exceeds" the
+# end by rounding and is clamped with a warning on every SDE run (in ComfyUI too). Harmless.
+warnings.filterwarnings("ignore", message=r"Should have (ta|tb)", category=UserWarning, module=r"torchsde\.")
 
 
 def initial_noise(latent: Tensor, seed: int, batch_index: Sequence[int] | None = None) -> Tensor:
@@ -28,7 +33,9 @@ def initial_noise(latent: Tensor, seed: int, batch_index: Sequence[int] | None =
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
     if batch_index is None:
-        return torch.randn(latent.shape, dtype=latent.dtype, layout=latent.layout, generator=generator, device="cpu")
+        return torch.randn(
+            latent.shape, dtype=latent.dtype, layout=latent.layout, generator=generator, device="cpu"
+        )
     indices = [int(i) for i in batch_index]
     if not indices:
         raise ValueError("latent batch_index is empty")
@@ -38,7 +45,9 @@ def initial_noise(latent: Tensor, seed: int, batch_index: Sequence[int] | None =
     sample_shape = [1, *latent.shape[1:]]
     draws: dict[int, Tensor] = {}
     for i in range(max(indices) + 1):
-        noise = torch.randn(sample_shape, dtype=latent.dtype, layout=latent.layout, generator=generator, device="cpu")
+        noise = torch.randn(
+            sample_shape, dtype=latent.dtype, layout=latent.layout, generator=generator, device="cpu"
+        )
         if i in wanted:
             draws[i] = noise
     return torch.cat([draws[i] for i in indices], dim=0)
@@ -66,7 +75,9 @@ class BrownianNoise:
     query points.
     """
 
-    def __init__(self, like: Tensor, sigma_min: Tensor, sigma_max: Tensor, seed: int, on_cpu: bool = True) -> None:
+    def __init__(
+        self, like: Tensor, sigma_min: Tensor, sigma_max: Tensor, seed: int, on_cpu: bool = True
+    ) -> None:
         self._device = like.device
         self._dtype = like.dtype
         t0, t1, self._sign = _ordered(sigma_min, sigma_max)

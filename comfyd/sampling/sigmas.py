@@ -66,7 +66,9 @@ class DiscreteSchedule:
 
 
 @lru_cache(maxsize=8)
-def discrete_schedule(beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000) -> DiscreteSchedule:
+def discrete_schedule(
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000
+) -> DiscreteSchedule:
     """The "linear" (sqrt-spaced, a.k.a. scaled_linear) beta schedule every SD1/SD2/SDXL model uses."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -171,14 +173,19 @@ def linear_quadratic_scheduler(
         quadratic_coef = threshold_step_diff / (linear_steps * quadratic_steps**2)
         linear_coef = threshold_noise / linear_steps - 2 * threshold_step_diff / (quadratic_steps**2)
         const = quadratic_coef * (linear_steps**2)
-        quadratic_part = [quadratic_coef * (i**2) + linear_coef * i + const for i in range(linear_steps, steps)]
+        quadratic_part = [
+            quadratic_coef * (i**2) + linear_coef * i + const for i in range(linear_steps, steps)
+        ]
         fractions = [1.0 - f for f in linear_part + quadratic_part + [1.0]]
     return torch.tensor(fractions, dtype=torch.float32) * schedule.sigmas[-1]
 
 
 def kl_optimal_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
-    """Evenly spaced in arctan(sigma) (AYS 'KL-optimal')."""
-    fraction = torch.arange(n, dtype=torch.float32).div_(n - 1)
+    """Evenly spaced in arctan(sigma) (AYS 'KL-optimal').
+
+    One step would divide 0 by 0 (ComfyUI then samples NaN); it starts at sigma_max instead.
+    """
+    fraction = torch.arange(n, dtype=torch.float32).div_(max(n - 1, 1))
     sigmas = fraction.new_zeros(n + 1)
     sigmas[:-1] = (fraction * math.atan(sigma_min) + (1 - fraction) * math.atan(sigma_max)).tan_()
     return sigmas

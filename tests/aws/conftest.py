@@ -6,8 +6,11 @@ set to zero (the retries themselves still happen, and tests count them through t
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from botocore.retries.standard import ExponentialBackoff
@@ -69,3 +72,19 @@ def aws(settings: Settings) -> AwsSession:
 def provisioned(settings: Settings, aws: AwsSession) -> dict:
     """The resources `comfyd aws init` makes for `settings`."""
     return aws_init(settings, aws)
+
+
+def _load_fake_runtime() -> ModuleType:
+    # Loaded by path: test folders are not packages (pytest's importlib mode). Subprocess workers
+    # import it with this folder on PYTHONPATH as `fake_runtime`.
+    if "fake_runtime" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fake_runtime", Path(__file__).with_name("fake_runtime.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_runtime"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fake_runtime"]
+
+
+@pytest.fixture
+def fake_runtime() -> ModuleType:
+    return _load_fake_runtime()

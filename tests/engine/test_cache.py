@@ -40,7 +40,8 @@ def test_seed_only_rerun_hits_loader_and_encoders(
 def test_identical_rerun_is_fully_cached_and_resends_ui(
     fake: Any, default_prompt: dict[str, Any], events: Any
 ) -> None:
-    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30))
+    # ComfyUI's behaviour: output nodes are cached too, and their UI output is sent again.
+    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30), cache_output_nodes=True)
     first = _execute(executor, default_prompt)
     second = _execute(executor, default_prompt, events)
     assert second.cached == ["4", "5", "6", "7", "3", "8", "9"]
@@ -50,8 +51,8 @@ def test_identical_rerun_is_fully_cached_and_resends_ui(
     assert torch.equal(second.values["3"][0]["samples"], first.values["3"][0]["samples"])
 
 
-def test_output_nodes_can_be_excluded_from_the_cache(fake: Any, default_prompt: dict[str, Any]) -> None:
-    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30), cache_output_nodes=False)
+def test_output_nodes_run_on_every_job_by_default(fake: Any, default_prompt: dict[str, Any]) -> None:
+    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30))
     _execute(executor, default_prompt)
     second = _execute(executor, default_prompt)
     assert second.cached == ["4", "5", "6", "7", "3", "8"]
@@ -82,7 +83,7 @@ def test_changed_text_reencodes_only_that_prompt(fake: Any, default_prompt: dict
 
 
 def test_hidden_inputs_are_part_of_the_key(fake: Any, default_prompt: dict[str, Any]) -> None:
-    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30))
+    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30), cache_output_nodes=True)
     executor.execute(
         parse_workflow(default_prompt), job_id="a", extra_data={"extra_pnginfo": {"workflow": 1}}
     )
@@ -98,7 +99,7 @@ def test_fingerprint_changes_invalidate(fake: Any, default_prompt: dict[str, Any
     version = {"value": 1}
     loader = fake.registry.get("CheckpointLoaderSimple")
     loader.fingerprint = lambda self, ctx, **inputs: (inputs["ckpt_name"], version["value"])
-    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30))
+    executor = Executor(fake.registry, fake.env, cache=NodeCache(2**30), cache_output_nodes=True)
     _execute(executor, default_prompt)
     assert _execute(executor, default_prompt).cached == ["4", "5", "6", "7", "3", "8", "9"]
     version["value"] = 2  # the file changed on disk

@@ -306,3 +306,14 @@ def test_concurrent_jobs_share_one_executor(fake: Any, default_prompt: dict[str,
     )
     assert torch.equal(results[2].values["3"][0]["samples"], alone.values["3"][0]["samples"])
     assert not torch.equal(results[1].values["3"][0]["samples"], results[2].values["3"][0]["samples"])
+
+
+def test_node_that_cannot_be_built_is_an_error_result(fake: Any, default_prompt: dict[str, Any]) -> None:
+    def refuse(self: Any) -> None:
+        raise RuntimeError("no GPU driver")
+
+    fake.registry.get("VAEDecode").__init__ = refuse
+    result = _run(fake, default_prompt)
+    assert result.status == "error" and result.error is not None
+    assert (result.error["node_id"], result.error["message"]) == ("8", "no GPU driver")
+    assert sum(fake.rec.calls.values()) == 0

@@ -260,10 +260,15 @@ def test_service_limits_on_size_and_batch(fake: Any, default_prompt: dict[str, A
 def test_limits_are_configurable(fake: Any, default_prompt: dict[str, Any]) -> None:
     default_prompt["5"]["inputs"].update(width=2048, height=2048, batch_size=8)
     req = parse_workflow(default_prompt)
-    roomy = ServiceLimits(input_limits=(InputLimit("width", max=4096), InputLimit("height", max=4096)))
+    latent = frozenset({"EmptyLatentImage"})
+    roomy = ServiceLimits(
+        input_limits=(InputLimit("width", max=4096, class_types=latent), InputLimit("height", max=4096, class_types=latent))
+    )
     assert validate_workflow(req, fake.registry, fake.env, roomy) == ["9"]
     settings = fake.env.settings.model_copy(update={"max_image_side": 2048, "max_batch_size": 8})
-    assert ServiceLimits.from_settings(settings).for_input("width") == InputLimit("width", 2048, 8)
+    limit = ServiceLimits.from_settings(settings).for_input("EmptyLatentImage", "width")
+    assert (limit.max, limit.multiple_of) == (2048, 8)
+    assert ServiceLimits.from_settings(settings).for_input("ImageScale", "width") is None
     fake.env.settings = settings
     assert validate_workflow(req, fake.registry, fake.env) == ["9"]
 

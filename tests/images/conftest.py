@@ -29,7 +29,9 @@ def make_tiny_vae(seed: int = 0) -> VaeHandle:
         norm_num_groups=4,
         sample_size=32,
     ).eval()
-    return VaeHandle(key="tiny-vae", family="sd1", vae=module, device=torch.device("cpu"), dtype=torch.float32)
+    return VaeHandle(
+        key="tiny-vae", family="sd1", vae=module, device=torch.device("cpu"), dtype=torch.float32
+    )
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,12 @@ def env(tmp_path: Path) -> NodeEnvironment:
 @pytest.fixture
 def make_ctx(env: NodeEnvironment) -> Callable[..., NodeContext]:
     def factory(class_type: str = "SaveImage", **kw: Any) -> NodeContext:
-        return NodeContext(env=env, job_id=kw.pop("job_id", "job-1"), node_id=kw.pop("node_id", "9"), class_type=class_type, **kw)
+        return NodeContext(
+            env=env,
+            job_id=kw.pop("job_id", "job-1"),
+            node_id=kw.pop("node_id", "9"),
+            class_type=class_type,
+            **kw,
+        )
 
     return factory

@@ -39,17 +39,20 @@ def test_attack_is_refused_with_a_message_naming_the_part(tmp_path: Path, part: 
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize(("parts", "expected"), [
-    (("a.png",), "a.png"),
-    (("sub", "a.png"), "sub/a.png"),
-    (("sub/deeper", "a.png"), "sub/deeper/a.png"),
-    (("", "a.png"), "a.png"),
-    (("./sub/", "a.png"), "sub/a.png"),
-    (("a%20b.png",), "a%20b.png"),
-    (("100%.png",), "100%.png"),
-    (("..a.png",), "..a.png"),
-    (("über café.png",), "über café.png"),
-])
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (("a.png",), "a.png"),
+        (("sub", "a.png"), "sub/a.png"),
+        (("sub/deeper", "a.png"), "sub/deeper/a.png"),
+        (("", "a.png"), "a.png"),
+        (("./sub/", "a.png"), "sub/a.png"),
+        (("a%20b.png",), "a%20b.png"),
+        (("100%.png",), "100%.png"),
+        (("..a.png",), "..a.png"),
+        (("über café.png",), "über café.png"),
+    ],
+)
 def test_legit_names_join_inside_base(tmp_path: Path, parts: tuple[str, ...], expected: str) -> None:
     joined = safe_join(tmp_path, *parts)
     assert joined == tmp_path / expected

@@ -104,7 +104,9 @@ def test_no_prompt_writes_no_metadata(make_ctx, env) -> None:
 
 
 def test_batch_gets_consecutive_counters_and_size(make_ctx, env) -> None:
-    result = SaveImage().run(make_ctx(), images=gradient(batch=3, height=8, width=12), filename_prefix="batch")
+    result = SaveImage().run(
+        make_ctx(), images=gradient(batch=3, height=8, width=12), filename_prefix="batch"
+    )
     names = [entry["filename"] for entry in result.ui["images"]]
     assert names == ["batch_00001_.png", "batch_00002_.png", "batch_00003_.png"]
     with Image.open(env.output_dir / names[2]) as img:
@@ -113,7 +115,12 @@ def test_batch_gets_consecutive_counters_and_size(make_ctx, env) -> None:
 
 def test_counter_continues_after_highest_existing(env) -> None:
     out = env.output_dir
-    for name in ("ComfyUI_00041_.png", "ComfyUI_00007_.png", "ComfyUIX_00099_.png", "ComfyUI_temp_abcde_00050_.png"):
+    for name in (
+        "ComfyUI_00041_.png",
+        "ComfyUI_00007_.png",
+        "ComfyUIX_00099_.png",
+        "ComfyUI_temp_abcde_00050_.png",
+    ):
         (out / name).write_bytes(b"")
     assert next_counter(out, "ComfyUI") == 42
     assert next_counter(out, "ComfyUIX") == 100
@@ -123,11 +130,15 @@ def test_counter_continues_after_highest_existing(env) -> None:
 
 def test_subfolder_prefix(make_ctx, env) -> None:
     result = SaveImage().run(make_ctx(), images=gradient(), filename_prefix="portraits/fox/run")
-    assert result.ui["images"] == [{"filename": "run_00001_.png", "subfolder": "portraits/fox", "type": "output"}]
+    assert result.ui["images"] == [
+        {"filename": "run_00001_.png", "subfolder": "portraits/fox", "type": "output"}
+    ]
     assert (env.output_dir / "portraits" / "fox" / "run_00001_.png").is_file()
 
 
-@pytest.mark.parametrize("prefix", ["../escape", "sub/../../escape", "/tmp/escape", "..\\escape", "%2e%2e/escape"])
+@pytest.mark.parametrize(
+    "prefix", ["../escape", "sub/../../escape", "/tmp/escape", "..\\escape", "%2e%2e/escape"]
+)
 def test_traversal_prefix_is_refused(make_ctx, env, prefix: str) -> None:
     with pytest.raises(UnsafePathError, match="outside the output folder"):
         SaveImage().run(make_ctx(), images=gradient(), filename_prefix=prefix)
@@ -139,7 +150,9 @@ def test_traversal_prefix_is_refused(make_ctx, env, prefix: str) -> None:
 def test_prefix_tokens() -> None:
     now = time.struct_time((2025, 3, 7, 9, 5, 2, 0, 66, 0))
     assert expand_prefix_tokens("img_%width%x%height%", 640, 480, now) == "img_640x480"
-    assert expand_prefix_tokens("%year%-%month%-%day%_%hour%%minute%%second%", 1, 1, now) == "2025-03-07_090502"
+    assert (
+        expand_prefix_tokens("%year%-%month%-%day%_%hour%%minute%%second%", 1, 1, now) == "2025-03-07_090502"
+    )
     assert expand_prefix_tokens("%date:yyyy-MM-dd%/ComfyUI", 1, 1, now) == "2025-03-07/ComfyUI"
     assert expand_prefix_tokens("%date:yy.M.d hh-mm-ss%", 1, 1, now) == "25.3.7 09-05-02"
     assert expand_prefix_tokens("plain", 1, 1, now) == "plain"

@@ -93,7 +93,10 @@ def test_vae_nodes_roundtrip(tiny_vae: VaeHandle, make_ctx) -> None:
 
 
 def test_vae_nodes_schemas_match_comfyui() -> None:
-    assert VAEDecode.schema.category == "latent" and [i.name for i in VAEDecode.schema.inputs] == ["samples", "vae"]
+    assert VAEDecode.schema.category == "latent" and [i.name for i in VAEDecode.schema.inputs] == [
+        "samples",
+        "vae",
+    ]
     assert [i.name for i in VAEEncode.schema.inputs] == ["pixels", "vae"]
     spec = VAEEncodeForInpaint.schema
     assert spec.category == "latent/inpaint"
@@ -133,7 +136,9 @@ def test_inpaint_node_encodes_prepared_pixels(tiny_vae: VaeHandle, make_ctx) -> 
     pixels = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(9))
     mask = torch.zeros(1, 16, 16)
     mask[:, 4:8, 4:8] = 1
-    (latent,) = VAEEncodeForInpaint().run(make_ctx("VAEEncodeForInpaint"), pixels=pixels, vae=tiny_vae, mask=mask)
+    (latent,) = VAEEncodeForInpaint().run(
+        make_ctx("VAEEncodeForInpaint"), pixels=pixels, vae=tiny_vae, mask=mask
+    )
     prepared, noise_mask = grey_out_masked(pixels, mask, 8, 6)
     torch.testing.assert_close(latent["samples"], vae_encode(tiny_vae, prepared))
     assert torch.equal(latent["noise_mask"], noise_mask)

@@ -1,23 +1,22 @@
 """The AWS backends: S3 outputs, DynamoDB jobs, SQS queue, CloudWatch metrics, SNS events.
 
 `comfyd.cloud.build_services` imports this package only when a setting chooses AWS, so boto3
-stays out of processes that do not use it. Each factory takes the one Settings object and an
-optional shared AwsSession (one per process is enough: clients are thread-safe):
+stays out of processes that do not use it. Each factory takes the one Settings object (and,
+optionally, an AwsSession; by default the process's shared one for those settings):
 
-    aws = make_session(settings)         # region check (InvalidRegion), credentials, role
-    make_output_store(settings, aws)     # COMFYD_STORAGE=s3        -> S3OutputStore
-    make_job_store(settings, aws)        # COMFYD_JOBSTORE=dynamodb -> DynamoJobStore
-    make_queue(settings, aws)            # COMFYD_QUEUE=sqs         -> SqsJobQueue
-    make_metrics(settings, aws)          # COMFYD_METRICS=cloudwatch -> CloudWatchMetrics / EmfMetrics
-    make_notifier(settings, aws)         # COMFYD_SNS_TOPIC set     -> SnsNotifier
-
-`build_aws_services(settings, base)` applies all of them to a dict of embedded defaults.
+    session_for(settings)              # region check (InvalidRegion), credentials, role; cached
+    build_output_store(settings)       # COMFYD_STORAGE=s3         -> S3OutputStore
+    build_job_store(settings)          # COMFYD_JOBSTORE=dynamodb  -> DynamoJobStore
+    build_queue(settings)              # COMFYD_QUEUE=sqs          -> SqsJobQueue
+    build_metrics(settings)            # COMFYD_METRICS=cloudwatch -> CloudWatchMetrics / EmfMetrics
+    build_notifier(settings)           # COMFYD_SNS_TOPIC set      -> SnsNotifier
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from comfyd.cloud.aws.session import AwsConfigError, AwsSession, InvalidRegion
 
@@ -30,8 +29,8 @@ if TYPE_CHECKING:
     from comfyd.settings import Settings
 
 __all__ = [
-    "AwsConfigError", "AwsSession", "InvalidRegion", "build_aws_services", "make_job_store", "make_metrics",
-    "make_notifier", "make_output_store", "make_queue", "make_session", "uses_aws",
+    "AwsConfigError", "AwsSession", "InvalidRegion", "build_job_store", "build_metrics", "build_notifier",
+    "build_output_store", "build_queue", "session_for", "uses_aws",
 ]
 
 
@@ -42,9 +41,18 @@ def uses_aws(settings: Settings) -> bool:
     )
 
 
-def make_session(settings: Settings) -> AwsSession:
-    """Validates the region (InvalidRegion) and sets up credentials; no network call."""
-    return AwsSession.from_settings(settings)
+def session_for(settings: Settings) -> AwsSession:
+    """The process's AwsSession for these settings' region and role (one per pair: the backends
+    share clients and, with a role, one set of refreshing credentials). Raises InvalidRegion."""
+    region = settings.aws_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _shared_session(region, settings.aws_role_arn, os.environ.get("AWS_ENDPOINT_URL"))
+
+
+@lru_cache(maxsize=8)
+def _shared_session(region: str | None, role_arn: str | None, endpoint: str | None) -> AwsSession:
+    # `endpoint` is part of the key only so that pointing AWS_ENDPOINT_URL elsewhere (tests, a
+    # fault proxy) gets clients for the new endpoint.
+    return AwsSession(region=region, role_arn=role_arn)
 
 
 def _required(settings: Settings, field: str, why: str) -> str:
@@ -54,11 +62,11 @@ def _required(settings: Settings, field: str, why: str) -> str:
     return value
 
 
-def make_output_store(settings: Settings, aws: AwsSession | None = None) -> S3OutputStore:
+def build_output_store(settings: Settings, aws: AwsSession | None = None) -> S3OutputStore:
     from comfyd.cloud.aws.s3_store import S3OutputStore
 
     return S3OutputStore(
-        aws or make_session(settings),
+        aws or session_for(settings),
         _required(settings, "s3_bucket", "COMFYD_STORAGE=s3"),
         settings.s3_prefix,
         spool_dir=settings.spool_dir,
@@ -71,11 +79,11 @@ def make_output_store(settings: Settings, aws: AwsSession | None = None) -> S3Ou
     )
 
 
-def make_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJobStore:
+def build_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJobStore:
     from comfyd.cloud.aws.dynamodb_store import DynamoJobStore
 
     return DynamoJobStore(
-        aws or make_session(settings),
+        aws or session_for(settings),
         _required(settings, "dynamodb_table", "COMFYD_JOBSTORE=dynamodb"),
         ttl_s=settings.job_ttl_s,
         bucket=settings.s3_bucket,  # large fields (the workflow) go there
@@ -85,11 +93,11 @@ def make_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJ
     )
 
 
-def make_queue(settings: Settings, aws: AwsSession | None = None, *, visibility_timeout_s: int = 60) -> SqsJobQueue:
+def build_queue(settings: Settings, aws: AwsSession | None = None, *, visibility_timeout_s: int = 60) -> SqsJobQueue:
     from comfyd.cloud.aws.sqs_queue import SqsJobQueue
 
     return SqsJobQueue(
-        aws or make_session(settings),
+        aws or session_for(settings),
         _required(settings, "sqs_queue", "COMFYD_QUEUE=sqs"),
         visibility_timeout_s=visibility_timeout_s,
         retry_attempts=settings.retry_attempts,
@@ -97,46 +105,22 @@ def make_queue(settings: Settings, aws: AwsSession | None = None, *, visibility_
     )
 
 
-def make_metrics(settings: Settings, aws: AwsSession | None = None) -> CloudWatchMetrics:
+def build_metrics(settings: Settings, aws: AwsSession | None = None) -> CloudWatchMetrics:
     """CloudWatch through PutMetricData (background flush), or EMF on stdout inside Lambda."""
     from comfyd.cloud.aws.cloudwatch import CloudWatchMetrics, EmfMetrics, in_lambda
 
     if in_lambda():
         return EmfMetrics(settings.cloudwatch_namespace, FunctionName=os.environ["AWS_LAMBDA_FUNCTION_NAME"])
-    return CloudWatchMetrics(aws or make_session(settings), settings.cloudwatch_namespace,
+    return CloudWatchMetrics(aws or session_for(settings), settings.cloudwatch_namespace,
                              retry_backoff_s=settings.retry_backoff_s)
 
 
-def make_notifier(settings: Settings, aws: AwsSession | None = None) -> SnsNotifier:
+def build_notifier(settings: Settings, aws: AwsSession | None = None) -> SnsNotifier:
     from comfyd.cloud.aws.sns_notifier import SnsNotifier
 
     return SnsNotifier(
-        aws or make_session(settings),
+        aws or session_for(settings),
         _required(settings, "sns_topic", "the SNS notifier"),
         retry_attempts=settings.retry_attempts,
         retry_backoff_s=settings.retry_backoff_s,
     )
-
-
-def build_aws_services(settings: Settings, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`base` (embedded backends by role) with the AWS-configured roles replaced.
-
-    Roles: outputs, jobs, queue, metrics, notifier. One AwsSession serves them all. Raises
-    InvalidRegion / AwsConfigError on bad settings, before anything is sent to AWS.
-    """
-    services = dict(base or {})
-    if not uses_aws(settings):
-        return services
-    aws = make_session(settings)
-    if settings.storage == "s3":
-        services["outputs"] = make_output_store(settings, aws)
-    if settings.jobstore == "dynamodb":
-        services["jobs"] = make_job_store(settings, aws)
-    if settings.queue == "sqs":
-        services["queue"] = make_queue(settings, aws)
-    if settings.metrics == "cloudwatch":
-        services["metrics"] = make_metrics(settings, aws)
-    if settings.sns_topic:
-        services["notifier"] = make_notifier(settings, aws)
-    services["aws"] = aws
-    return services

@@ -101,7 +101,7 @@ class S3OutputStore:
         self.retry_backoff_s = retry_backoff_s
         self.store_wait_s = store_wait_s
         self._s3 = aws.client("s3")
-        self.spool = Spool(Path(spool_dir), self._upload_entry, min_interval_s=spool_interval_s, max_interval_s=30.0)
+        self.spool = Spool(Path(spool_dir), self._upload_entry, min_interval_s=spool_interval_s, max_interval_s=5.0)
         if self.spool.entries():  # leftovers of an earlier process: upload them now
             log.warning("%d spooled output(s) found in %s; uploading", len(self.spool.entries()), spool_dir)
             self.spool.ensure_running()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 # botocore's standard retry mode: throttling and transient errors, 3 attempts in all, exponential
 # backoff with jitter. Past that, callers apply the project's own backoff (retry.py).
-RETRY_CONFIG = {"mode": "standard", "max_attempts": 3}
+RETRY_CONFIG = {"mode": "standard", "total_max_attempts": 3}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 30
 ASSUME_ROLE_DURATION_S = 3600
@@ -67,6 +68,19 @@ def known_regions() -> dict[str, str]:
         for name in partition.get("regions", {}):
             regions.setdefault(name, partition["partition"])
     return regions
+
+
+@cache
+def _service_model_loader() -> botocore.loaders.Loader:
+    """One loader per process: it caches the parsed service models (read-only data), which makes
+    every client after the first of its service ~10x cheaper to create."""
+    return botocore.loaders.create_loader()
+
+
+def _new_botocore_session() -> botocore.session.Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _service_model_loader())
+    return core
 
 
 def validate_region(region: str | None) -> str:
@@ -121,9 +135,9 @@ class AwsSession:
         role_arn: str | None = None,
         *,
         boto_session: boto3.Session | None = None,
-        max_attempts: int = RETRY_CONFIG["max_attempts"],
+        max_attempts: int = RETRY_CONFIG["total_max_attempts"],
     ) -> None:
-        base = boto_session or boto3.Session()
+        base = boto_session or boto3.Session(botocore_session=_new_botocore_session())
         self.region = validate_region(region or os.environ.get("AWS_REGION") or base.region_name)
         self.role_arn = role_arn
         self._max_attempts = max_attempts
@@ -158,7 +172,7 @@ class AwsSession:
         refreshable = RefreshableCredentials.create_from_metadata(
             metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
         )
-        core = botocore.session.get_session()
+        core = _new_botocore_session()
         core._credentials = refreshable  # the documented way to hand a session fixed credentials
         return boto3.Session(botocore_session=core, region_name=self.region)
 
@@ -168,7 +182,8 @@ class AwsSession:
     # --- clients -----------------------------------------------------------------------
     def _config(self, service: str) -> Config:
         options: dict[str, Any] = {
-            "retries": {"mode": RETRY_CONFIG["mode"], "max_attempts": self._max_attempts},
+            # total_max_attempts counts the first try (`max_attempts` would not).
+            "retries": {"mode": RETRY_CONFIG["mode"], "total_max_attempts": self._max_attempts},
             "connect_timeout": CONNECT_TIMEOUT_S,
             "read_timeout": READ_TIMEOUT_S,
             "max_pool_connections": 32,

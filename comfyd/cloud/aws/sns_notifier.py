@@ -1,9 +1,11 @@
 """Notifier on SNS: one message per job event, with message attributes for subscription filters.
 
-The message body is JSON: `{"event": ..., **payload}` (job id, status, outputs, timings, as the
-job layer gives them). Message attributes (all String) are `event`, `status` and `job_id`
-when the payload has them, plus whatever the caller adds; a subscriber can then filter with a
-policy such as `{"status": ["failed"]}`. SNS takes at most 256 KB: a larger payload loses its
+Only the events in `events` are published (default: `job.completed`, which the job layer sends
+for every end: succeeded, failed, canceled, timed_out). The message body is JSON: `{"event":
+..., **payload}` (the job layer's view of the job: id, status, outputs, timings). Message
+attributes (all String) are `event`, `status`, `job_id` and `source` (from the caller's
+attributes, else the payload), so a subscription can filter with a policy such as
+`{"status": ["failed", "timed_out"]}`; webhook attributes are never forwarded. SNS takes at most 256 KB: a larger payload loses its
 bulky keys (outputs, timings) and gains `"truncated": true`; the job store has the full record.
 """
 
@@ -20,8 +22,13 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_ATTRIBUTES = 10  # SNS's limit per message
-_BULKY_KEYS = ("outputs", "output_urls", "node_timings", "messages", "error")
+# Dropped in this order when a message is too large (the job store keeps everything).
+_BULKY_KEYS = ("input", "logs", "outputs", "output", "output_urls", "node_timings", "messages", "comfyd", "error")
 _PROMOTED_KEYS = ("status", "job_id", "source")
+# Published by default: the end of a job, whatever the end was (attribute `status` tells which).
+DEFAULT_EVENTS = frozenset({"job.completed", "job.failed"})
+# Attributes meant for other notifiers (webhook URLs are the client's secret): never sent to SNS.
+_PRIVATE_ATTRIBUTE_PREFIXES = ("webhook",)
 
 
 def topic_arn(aws: AwsSession, topic: str) -> str:
@@ -53,6 +60,8 @@ def build_attributes(event: str, payload: dict[str, Any], extra: dict[str, str] 
         if value not in (None, ""):
             values[key] = str(getattr(value, "value", value))
     for key, value in (extra or {}).items():
+        if key.startswith(_PRIVATE_ATTRIBUTE_PREFIXES):
+            continue
         if value not in (None, ""):  # SNS refuses empty attribute values
             values[key] = str(value)
     if len(values) > MAX_ATTRIBUTES:
@@ -61,11 +70,15 @@ def build_attributes(event: str, payload: dict[str, Any], extra: dict[str, str] 
 
 
 class SnsNotifier:
-    def __init__(self, aws: AwsSession, topic: str, *, retry_attempts: int = 3, retry_backoff_s: float = 1.0) -> None:
+    def __init__(
+        self, aws: AwsSession, topic: str, *, events: frozenset[str] = DEFAULT_EVENTS,
+        retry_attempts: int = 3, retry_backoff_s: float = 1.0,
+    ) -> None:
         if not topic:
             raise ValueError("the SNS notifier needs COMFYD_SNS_TOPIC (a topic name or ARN)")
         self.aws = aws
         self.topic = topic
+        self.events = events
         self.retry_attempts = retry_attempts
         self.retry_backoff_s = retry_backoff_s
         self._sns = aws.client("sns")
@@ -78,6 +91,8 @@ class SnsNotifier:
         return self._arn
 
     def publish(self, event: str, payload: dict[str, Any], attributes: dict[str, str] | None = None) -> None:
+        if event not in self.events:
+            return
         message = build_message(event, payload)
         message_attributes = build_attributes(event, payload, attributes)
         with_backoff(

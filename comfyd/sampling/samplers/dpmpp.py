@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise, BrownianNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, f32, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, to_d
 
 
 def _brownian(x: Tensor, sigmas: Tensor, seed: int, on_cpu: bool) -> BrownianNoise:
@@ -151,7 +151,10 @@ def sample_dpmpp_3m_sde(
             h = lambda_t - lambda_s
             h_eta = h * 2.0  # h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()
-            x = float(sigma_next / sigma * (-h).exp()) * x + float(alpha_t * (-h_eta).expm1().neg()) * denoised
+            x = (
+                float(sigma_next / sigma * (-h).exp()) * x
+                + float(alpha_t * (-h_eta).expm1().neg()) * denoised
+            )
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
                 # Third order from the last three estimates.

@@ -107,4 +107,3 @@ def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> T
         if sig[i + 1] > 0:
             x = noise(sig[i], sig[i + 1]) * sig[i + 1] + x
     return x
-

@@ -9,8 +9,6 @@ x * sqrt(1 + sigma^2), and the data prediction is rebuilt from it, exactly as Co
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -141,7 +139,9 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, va
         elif step_index < order:
             # Warm-up: lower-order steps until `order` predictions exist.
             t = timesteps[step_index]
-            x, model_x = _bh_update(predict, x, model_prev, t_prev, t, step_index, variant, use_corrector=True)
+            x, model_x = _bh_update(
+                predict, x, model_prev, t_prev, t, step_index, variant, use_corrector=True
+            )
             model_prev.append(model_x if model_x is not None else predict(x, t))
             t_prev.append(t)
         else:
@@ -152,9 +152,10 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, va
                 step_order = min(order, steps + 1 - step)
                 use_corrector = step != steps
                 x, model_x = _bh_update(predict, x, model_prev, t_prev, t, step_order, variant, use_corrector)
-                del model_prev[0], t_prev[0]
-                t_prev.append(t)
-                model_prev.append(model_prev[-1])
+                for i in range(order - 1):  # slide the window of the last `order` points
+                    t_prev[i] = t_prev[i + 1]
+                    model_prev[i] = model_prev[i + 1]
+                t_prev[-1] = t
                 if step < steps:
                     model_prev[-1] = model_x if model_x is not None else predict(x, t)
         run.report(step_index, x, model_prev[-1])
@@ -163,6 +164,3 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, va
 
 def sample_unipc_bh2(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
     return sample_unipc(model, x, sigmas, run, variant="bh2")
-
-
-__all__ = ["math", "sample_unipc", "sample_unipc_bh2"]

@@ -1,0 +1,206 @@
+"""The server's per-app state, and the request steps every submitting route shares.
+
+Routes reach it as `request.app.state.comfyd` (dependency `get_state`). It holds the settings,
+the backends (`Services`), the job manager, the websocket hub, the API keys and the limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from comfyd.cloud import Services
+from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
+from comfyd.engine.interfaces import JobRecord
+from comfyd.engine.jobs import JobManager, JobRuntime, QueueFullError, SubmitResult
+from comfyd.http.auth import ApiKeys
+from comfyd.http.errors import ApiError, ComfyError, bad_request
+from comfyd.http.ratelimit import RateLimiter, retry_after_header
+from comfyd.http.websocket import WebSocketHub, image_frame
+from comfyd.settings import Settings
+
+# Client-chosen job ids (prompt_id, prediction id) end up in URLs, logs and storage keys.
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_PRIORITY = 10
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    services: Services
+    manager: JobManager
+    hub: WebSocketHub
+    keys: ApiKeys
+    limiter: RateLimiter
+    owns_services: bool = True
+    started_at: float = field(default_factory=time.time)
+
+    # ---- runtime ---------------------------------------------------------------------------
+
+    def runtime(self) -> JobRuntime:
+        """The executor runtime, built on first use (blocking); 503 if setup failed."""
+        try:
+            return self.manager.runtime
+        except RuntimeError as exc:
+            raise ApiError(503, "ServiceUnavailable", f"comfyd cannot run workflows: {exc}",
+                           headers={"Retry-After": "60"}) from None
+
+    def runtime_if_ready(self) -> JobRuntime | None:
+        return self.manager.built_runtime
+
+    def output_nodes(self, job: JobRecord) -> list[str]:
+        runtime = self.runtime_if_ready()
+        return runtime.output_nodes(job) if runtime is not None else []
+
+    # ---- events -> websocket ---------------------------------------------------------------
+
+    def on_job_event(self, job: JobRecord, event: str, data: dict[str, Any]) -> None:
+        """JobManager listener (worker threads): route a job's event to its websocket client."""
+        if event == "status":
+            self.hub.send_json(None, "status", data)
+            return
+        client_id = job.client_id
+        image = data.get("image")
+        if isinstance(image, bytes | bytearray):
+            try:
+                frame = image_frame(bytes(image), str(data.get("format") or "PNG"))
+            except ValueError:
+                return
+            self.hub.send_binary(client_id, frame)
+            return
+        self.hub.send_json(client_id, event, data)
+
+    # ---- submission ------------------------------------------------------------------------
+
+    def check_rate(self, principal: str) -> None:
+        wait = self.limiter.acquire(principal)
+        if wait is not None:
+            raise ApiError(
+                429, "RateLimit",
+                f"rate limit of {self.limiter.per_minute} submissions per minute exceeded; retry later",
+                details={"limit_per_minute": self.limiter.per_minute},
+                headers={"Retry-After": retry_after_header(wait)},
+            )
+
+    def job_from_body(
+        self, body: dict[str, Any], *, source: str, job_id: str | None = None,
+        extra_data: dict[str, Any] | None = None, priority: int | None = None,
+    ) -> JobRecord:
+        """Parse and validate a workflow request; a JobRecord ready to submit.
+
+        Raises ComfyError (ComfyUI's 400 body) for an invalid workflow.
+        """
+        runtime = self.runtime()
+        try:
+            req = runtime.parse(body)
+            runtime.validate(req)
+        except WorkflowParseError as exc:
+            raise ComfyError(400, exc.body()) from None
+        except WorkflowValidationError as exc:
+            raise ComfyError(400, exc.body) from None
+        except RecursionError:
+            raise bad_request("the workflow nests values too deeply") from None
+        chosen_id = job_id or req.prompt_id
+        if chosen_id is None:
+            chosen_id = str(uuid.uuid4())
+        check_job_id(chosen_id, "prompt_id" if job_id is None else "id")
+        job_priority = priority if priority is not None else req.priority
+        if req.front:
+            job_priority = MAX_PRIORITY  # ComfyUI's "front": run next
+        extra = dict(req.extra_data)
+        if extra_data:
+            extra.update(extra_data)
+        if req.partial_execution_targets is not None:  # kept for the run (and ComfyUI's queue views)
+            extra["partial_execution_targets"] = list(req.partial_execution_targets)
+        return JobRecord(
+            id=chosen_id,
+            workflow=req.prompt,
+            priority=job_priority,
+            node_id=req.node_id or "3",
+            execution_mode=req.execution_mode,
+            client_id=req.client_id,
+            extra_data=extra,
+            source=source,
+        )
+
+    def submit(self, job: JobRecord) -> SubmitResult:
+        try:
+            return self.manager.submit(job)
+        except QueueFullError as exc:
+            raise ApiError(
+                503, "ServiceUnavailable", str(exc),
+                details={"queue_depth": exc.depth, "queue_max_depth": self.settings.queue_max_depth},
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+
+    async def wait_for(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job once it is terminal, or as it is after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        remove = self.manager.add_done_callback(job_id, lambda _job: loop.call_soon_threadsafe(done.set))
+        try:
+            deadline = loop.time() + timeout
+            while True:
+                job = await run_in_threadpool(self.services.job_store.get, job_id)
+                if job is None or job.status.terminal:
+                    return job
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return job
+                # The done callback fires for jobs this process runs; the poll covers the rest
+                # (jobs run by a worker elsewhere, through a shared queue).
+                try:
+                    await asyncio.wait_for(done.wait(), min(remaining, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            remove()
+
+
+def check_job_id(job_id: str, field_name: str) -> None:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise bad_request(
+            f"{field_name} must be 1-128 characters of letters, digits and . _ - (starting with a "
+            f"letter or digit); got {job_id!r}"[:300],
+            {"location": field_name},
+        )
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.comfyd
+
+
+async def json_body(request: Request, *, required: bool = True) -> Any:
+    """The request's JSON; 400 naming the position of a syntax error."""
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise bad_request("the request body is empty; expected a JSON object")
+        return None
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise bad_request("the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                          {"line": exc.lineno, "column": exc.colno}) from None
+    except RecursionError:
+        raise bad_request("the request body nests JSON too deeply") from None
+
+
+async def json_object(request: Request, *, required: bool = True) -> dict[str, Any]:
+    body = await json_body(request, required=required)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+

@@ -1,0 +1,359 @@
+"""Build diffusers / transformers modules from checkpoint files, offline, without a second copy.
+
+Single-file checkpoints: the modules are created empty (meta device) from the configs `detect`
+derived, then each parameter is taken from the memory-mapped file, converted to its target dtype
+and device, and assigned in place; at no point is the whole file read into RAM next to the model.
+The loaded weights never alias the mapped file (a tensor that needs no conversion is copied):
+a checkpoint overwritten in place while the server runs can neither change a loaded model nor
+crash it with a bus error.
+
+Diffusers folders load through `from_pretrained(local_files_only=True)`. Nothing here ever calls a
+model hub: configs and the tokenizer vocabulary are shipped in `comfyd/models/configs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+
+from comfyd.models import detect
+from comfyd.models.detect import CheckpointInfo, EncoderInfo, UnknownCheckpointLayout
+from comfyd.models.devices import ComputePlan
+from comfyd.models.keymap import (
+    HfClipTranslator,
+    IdentityTranslator,
+    OpenClipTranslator,
+    Translator,
+    apply_op,
+    unet_translator,
+    vae_translator,
+)
+from comfyd.models.tensorfile import ModelFileError, TensorFile
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_DIR = detect.CONFIG_DIR / "clip_tokenizer"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The modules of one checkpoint, ready to run, and what drives them."""
+
+    family: str
+    prediction: str
+    latent_scale: float
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
+    text_encoders: dict[str, Any]  # "l" / "h" / "g" -> CLIPTextModel(WithProjection)
+    tokenizer_options: dict[str, dict[str, Any]]  # encoder -> tokenizer options (pad token)
+    source_format: str  # "single" | "diffusers"
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+# --- building modules ------------------------------------------------------------------------
+def empty_unet(config: Mapping[str, Any]) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(dict(config))
+
+
+def empty_vae(config: Mapping[str, Any]) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    with init_empty_weights():
+        return AutoencoderKL.from_config(dict(config))
+
+
+def empty_text_encoder(config: Mapping[str, Any]) -> nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = CLIPTextConfig.from_dict(dict(config))
+    with_projection = (
+        list(config.get("architectures") or ["CLIPTextModel"])[0] == "CLIPTextModelWithProjection"
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    with init_empty_weights():
+        return cls(text_config)
+
+
+def convert_tensor(
+    tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, rounding: torch.dtype | None = None
+) -> torch.Tensor:
+    """`tensor` on `device` in `dtype`, in memory of its own (never a view of the source)."""
+    source = tensor
+    if rounding is not None and tensor.is_floating_point() and tensor.dtype != rounding:
+        tensor = tensor.to(rounding)
+    if tensor.device != device:
+        # Move in the stored (usually smaller) dtype, convert on the device.
+        tensor = tensor.to(device)
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    if (
+        tensor.device == source.device
+        and tensor.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    ):
+        return tensor.clone(memory_format=torch.contiguous_format)
+    return tensor.contiguous()
+
+
+def materialize(
+    module: nn.Module,
+    translator: Translator,
+    tf: TensorFile,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    rounding: torch.dtype | None = None,
+    what: str = "module",
+) -> nn.Module:
+    """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it."""
+    state: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    expected = module.state_dict(keep_vars=True)
+    parameters = {name for name, _ in module.named_parameters()}
+    for name, ref in expected.items():
+        source = translator.source(name)
+        if source is None or source.key not in tf:
+            if name in parameters or ref.is_meta:
+                missing.append(source.key if source is not None else name)
+            continue
+        tensor = apply_op(tf.get(source.key), source)
+        if tuple(tensor.shape) != tuple(ref.shape):
+            # Tolerated: the same tensor with extra size-1 dims (a 1x1 conv where a Linear is built).
+            if _squeezed(tensor.shape) != _squeezed(ref.shape):
+                raise UnknownCheckpointLayout(
+                    f"{what} in {tf.path.name}: {source.key} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(ref.shape)}"
+                )
+            tensor = tensor.reshape(ref.shape)
+        target_dtype = dtype if ref.is_floating_point() else ref.dtype
+        state[name] = convert_tensor(
+            tensor, device, target_dtype, rounding if ref.is_floating_point() else None
+        )
+    if missing:
+        shown = ", ".join(missing[:6])
+        raise UnknownCheckpointLayout(f"{what} in {tf.path.name} lacks {len(missing)} tensors: {shown}")
+    module.load_state_dict(state, strict=False, assign=True)
+    # Buffers not stored in the file (position ids) were built on the CPU; bring them along.
+    for sub in module.modules():
+        for buffer_name, buffer in list(sub.named_buffers(recurse=False)):
+            if buffer is not None and buffer.device != device:
+                sub._buffers[buffer_name] = buffer.to(device)
+    leftover = [n for n, p in module.named_parameters() if p.is_meta]
+    if leftover:
+        raise UnknownCheckpointLayout(f"{what}: parameters left unfilled: {', '.join(leftover[:6])}")
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def _squeezed(shape: torch.Size) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def encoder_translator(encoder: EncoderInfo) -> Translator:
+    if encoder.layout == "openclip":
+        return OpenClipTranslator(encoder.key_prefix)
+    return HfClipTranslator(encoder.key_prefix)
+
+
+# --- single-file checkpoints ----------------------------------------------------------------
+def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> LoadedCheckpoint:
+    """An original-layout checkpoint (`.safetensors`, or pickle when allowed) as runnable modules."""
+    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        info = detect.detect_checkpoint(tf)
+        return _load_detected(tf, info, plan)
+
+
+def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> LoadedCheckpoint:
+    device = plan.device
+    unet = materialize(
+        empty_unet(info.unet_config),
+        unet_translator(info.unet_config, info.unet_prefix),
+        tf,
+        device,
+        plan.unet_dtype,
+        what=f"{info.family} UNet",
+    )
+    vae = materialize(
+        empty_vae(info.vae_config),
+        vae_translator(info.vae_config, info.vae_prefix),
+        tf,
+        device,
+        plan.vae_dtype,
+        what=f"{info.family} VAE",
+    )
+    encoders = {
+        name: materialize(
+            empty_text_encoder(enc.config),
+            encoder_translator(enc),
+            tf,
+            device,
+            plan.clip_dtype,
+            rounding=plan.clip_weight_rounding,
+            what=f"{info.family} text encoder {name}",
+        )
+        for name, enc in info.encoders.items()
+    }
+    return LoadedCheckpoint(
+        family=info.family,
+        prediction=info.prediction,
+        latent_scale=info.latent_scale,
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
+        tokenizer_options={name: enc.tokenizer for name, enc in info.encoders.items()},
+        source_format="single",
+        notes={"prediction_rule": info.prediction_rule},
+    )
+
+
+# --- diffusers folders ----------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"cannot read {path}: {exc}") from exc
+
+
+def _weights_variant(component: Path, allow_pickle: bool) -> str | None:
+    """Which weights file a component folder has: None (plain), "fp16"; refuses pickle-only."""
+    names = {p.name for p in component.iterdir()} if component.is_dir() else set()
+    safetensors = [n for n in names if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
+    if any(".fp16." not in n for n in safetensors):
+        return None
+    if safetensors:
+        return "fp16"
+    pickles = [n for n in names if n.endswith((".bin", ".ckpt", ".pt", ".pth"))]
+    if pickles and not allow_pickle:
+        raise ModelFileError(
+            f"refusing to load {component}: it only has pickle weights ({', '.join(sorted(pickles))}), and "
+            "unpickling can run arbitrary code. Convert them to .safetensors, or let the operator set "
+            "allow_pickle (COMFYD_ALLOW_PICKLE=1)."
+        )
+    if not pickles:
+        raise ModelFileError(f"{component} has no weights file")
+    return None
+
+
+def _diffusers_component(cls: Any, folder: Path, dtype: torch.dtype, allow_pickle: bool) -> nn.Module:
+    variant = _weights_variant(folder, allow_pickle)
+    kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": not allow_pickle or None}
+    if variant:
+        kwargs["variant"] = variant
+    module_path = cls.__module__
+    if module_path.startswith("transformers"):
+        from transformers.utils import logging as transformers_logging
+
+        # Its per-file progress bar is noise in a server log and a CLI run.
+        transformers_logging.disable_progress_bar()
+        kwargs["dtype"] = dtype
+    else:
+        kwargs["torch_dtype"] = dtype
+    try:
+        return cls.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"cannot load {folder}: {exc}") from exc
+
+
+def diffusers_family(folder: Path) -> tuple[str, dict[str, str]]:
+    """(family, encoder name -> subfolder) of a diffusers checkpoint folder."""
+    unet_config = _read_json(folder / "unet" / "config.json")
+    if (folder / "text_encoder_2").is_dir() and unet_config.get("addition_embed_type") == "text_time":
+        return "sdxl", {"l": "text_encoder", "g": "text_encoder_2"}
+    if not (folder / "text_encoder").is_dir():
+        raise UnknownCheckpointLayout(f"diffusers folder {folder.name} has no text_encoder/")
+    text_config = _read_json(folder / "text_encoder" / "config.json")
+    if text_config.get("hidden_act") == "gelu":
+        return "sd2", {"h": "text_encoder"}
+    return "sd1", {"l": "text_encoder"}
+
+
+def load_diffusers_folder(folder: Path, plan: ComputePlan, allow_pickle: bool = False) -> LoadedCheckpoint:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    for part in ("unet", "vae"):
+        if not (folder / part / "config.json").is_file():
+            raise UnknownCheckpointLayout(f"diffusers folder {folder.name} has no {part}/config.json")
+    family, encoder_dirs = diffusers_family(folder)
+    manifest = detect.family_manifest(family)
+    device = plan.device
+    unet = _diffusers_component(UNet2DConditionModel, folder / "unet", plan.unet_dtype, allow_pickle)
+    vae = _diffusers_component(AutoencoderKL, folder / "vae", plan.vae_dtype, allow_pickle)
+    encoders: dict[str, nn.Module] = {}
+    for name, sub in encoder_dirs.items():
+        config = _read_json(folder / sub / "config.json")
+        with_projection = (config.get("architectures") or [""])[0] == "CLIPTextModelWithProjection"
+        cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+        load_dtype = plan.clip_weight_rounding or plan.clip_dtype
+        encoder = _diffusers_component(cls, folder / sub, load_dtype, allow_pickle)
+        encoders[name] = encoder.to(plan.clip_dtype)
+    for module in (unet, vae, *encoders.values()):
+        module.to(device)
+        module.requires_grad_(False)
+        module.eval()
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    prediction = manifest["prediction"]
+    rule = f"{family} default"
+    if scheduler_path.is_file():
+        declared = _read_json(scheduler_path).get("prediction_type", "epsilon")
+        prediction = "v" if declared == "v_prediction" else "eps"
+        rule = f"scheduler prediction_type {declared}"
+    latent_scale = float(getattr(vae.config, "scaling_factor", None) or manifest["latent_scale"])
+    return LoadedCheckpoint(
+        family=family,
+        prediction=prediction,
+        latent_scale=latent_scale,
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
+        tokenizer_options={name: dict(manifest["encoders"][name]["tokenizer"]) for name in encoders},
+        source_format="diffusers",
+        notes={"prediction_rule": rule},
+    )
+
+
+# --- standalone VAE files -------------------------------------------------------------------
+def load_vae_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> nn.Module:
+    """A VAE file in the original layout (`encoder.down.0...`, optionally `first_stage_model.`) or
+    diffusers layout (`encoder.down_blocks.0...`)."""
+    if path.is_dir():
+        from diffusers import AutoencoderKL
+
+        vae = _diffusers_component(AutoencoderKL, path, plan.vae_dtype, allow_pickle)
+        return vae.to(plan.device).requires_grad_(False).eval()
+    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        keys = set(tf.keys())
+        shapes = tf.shapes()
+        base = detect.shipped_config("sd1", "vae.json")
+        for prefix in ("", detect.VAE_PREFIX):
+            if f"{prefix}encoder.down.0.block.0.conv1.weight" in keys:
+                config = detect.infer_vae_config(shapes, prefix, base)
+                translator: Translator = vae_translator(config, prefix)
+                break
+        else:
+            if "encoder.down_blocks.0.resnets.0.conv1.weight" not in keys:
+                raise UnknownCheckpointLayout(
+                    f"{path.name} is not a VAE: no encoder.down.* (original) or encoder.down_blocks.* "
+                    f"(diffusers) weights; first keys: {', '.join(sorted(keys)[:5])}"
+                )
+            config = detect.infer_diffusers_vae_config(shapes, base)
+            translator = IdentityTranslator()
+        return materialize(empty_vae(config), translator, tf, plan.device, plan.vae_dtype, what="VAE")
+
+
+def load_clip_tokenizer(options: Mapping[str, Any] | None = None) -> Any:
+    """The CLIP BPE tokenizer shipped with comfyd (ComfyUI's token ids), with `options` (pad token)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True, **dict(options or {}))

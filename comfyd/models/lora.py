@@ -1,0 +1,311 @@
+"""LoRA files: parsing the formats in circulation, and patching weights in place, reversibly.
+
+Formats (all normalised to `(component, module path with '_' for '.')`):
+- kohya / ComfyUI: `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`, text
+  encoders `lora_te_` (SD1/SD2) or `lora_te1_` / `lora_te2_` (SDXL's CLIP-L / OpenCLIP-G). UNet
+  module names may be diffusers-style (`down_blocks_0_attentions_0_...`) or original-style
+  (`input_blocks_1_1_transformer_blocks_0_attn1_to_q`); both resolve.
+- diffusers / peft: `unet.<module>.lora_A.weight` / `.lora_B.weight` (or `.lora.down/up.weight`),
+  `text_encoder.` / `text_encoder_2.` prefixes, optional `.alpha`; the older attention-processor
+  spelling (`attn1.processor.to_q_lora.down.weight`) too.
+
+A layer's change is `strength * (alpha / rank) * up @ down` (alpha absent: scale 1), computed in
+fp32 and added to the weight in fp32 before casting back, patches applied in the order given
+(ComfyUI's arithmetic). `LoraPatcher.restore` copies back a saved copy of every touched weight,
+so the base weights return bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from comfyd.models.handles import LoraPatch
+from comfyd.models.keymap import text_model_name, unet_translator
+from comfyd.models.tensorfile import TensorFile
+
+log = logging.getLogger(__name__)
+
+_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"))
+_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+_PEFT_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te"))
+_PEFT_PARTS = {
+    "lora_A.weight": "down",
+    "lora_B.weight": "up",
+    "lora.down.weight": "down",
+    "lora.up.weight": "up",
+    "down.weight": "down",  # attention-processor spelling: `to_q_lora.down.weight`
+    "up.weight": "up",
+    "alpha": "alpha",
+}
+
+
+class LoraFormatError(ValueError):
+    """A LoRA file with nothing comfyd can apply."""
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    down: torch.Tensor  # [rank, in] or [rank, in, kh, kw]
+    up: torch.Tensor  # [out, rank] or [out, rank, 1, 1]
+    alpha: float | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """The fp32 change this LoRA makes to a weight of `shape` at strength 1."""
+        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
+        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
+        scale = self.alpha / self.rank if self.alpha is not None else 1.0
+        product = up @ down
+        if product.numel() != torch.Size(shape).numel():
+            raise ValueError(
+                f"LoRA product of shape {tuple(product.shape)} does not fit a weight of {tuple(shape)}"
+            )
+        return (product * scale).reshape(shape)
+
+
+@dataclass(frozen=True)
+class ParsedLora:
+    name: str
+    entries: dict[tuple[str, str], LoraWeights]  # (component, module path '_'-joined) -> weights
+    unrecognised: tuple[str, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            w.down.numel() * w.down.element_size() + w.up.numel() * w.up.element_size()
+            for w in self.entries.values()
+        )
+
+    def components(self) -> set[str]:
+        return {component for component, _ in self.entries}
+
+
+def _split_key(key: str) -> tuple[str, str, str] | None:
+    """(component, module path, part) of one LoRA tensor key, or None if not a LoRA key we know."""
+    for prefix, component in _KOHYA_PREFIXES:
+        if key.startswith(prefix):
+            base, _, part = key.partition(".")
+            if part in _KOHYA_PARTS:
+                return component, base[len(prefix) :], _KOHYA_PARTS[part]
+            return None
+    for prefix, component in _PEFT_PREFIXES:
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            for suffix, part in _PEFT_PARTS.items():
+                if rest.endswith("." + suffix):
+                    module = rest[: -len(suffix) - 1]
+                    return component, _normalise_peft_module(module), part
+            return None
+    return None
+
+
+def _normalise_peft_module(module: str) -> str:
+    """`attn1.processor.to_out_lora` -> `attn1.to_out.0`; then '.' -> '_'."""
+    module = module.replace(".processor.", ".")
+    if module.endswith("_lora"):
+        module = module[: -len("_lora")]
+        if module.endswith("to_out"):
+            module += ".0"
+    return module.replace(".", "_")
+
+
+def parse_lora(tf: TensorFile) -> ParsedLora:
+    """The LoRA layers of a file; raises LoraFormatError when it holds none comfyd knows."""
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unrecognised: list[str] = []
+    for key in tf.keys():
+        split = _split_key(key)
+        if split is None:
+            unrecognised.append(key)
+            continue
+        component, module, part = split
+        # A copy, not a view of the mapped file: the parsed LoRA outlives the open file.
+        parts.setdefault((component, module), {})[part] = tf.get(key).clone()
+    entries: dict[tuple[str, str], LoraWeights] = {}
+    for target, found in parts.items():
+        if "down" not in found or "up" not in found:
+            unrecognised.extend(f"{target[0]}:{target[1]} ({part})" for part in found)
+            continue
+        alpha = found.get("alpha")
+        entries[target] = LoraWeights(
+            down=found["down"],
+            up=found["up"],
+            alpha=float(alpha.float().item()) if alpha is not None else None,
+        )
+    if not entries:
+        sample = ", ".join(tf.keys()[:4]) or "no tensors"
+        raise LoraFormatError(
+            f"{tf.path.name} holds no LoRA layers comfyd knows (kohya lora_unet_/lora_te_ with lora_down/"
+            f"lora_up, or diffusers/peft unet./text_encoder. with lora_A/lora_B); first keys: {sample}"
+        )
+    if unrecognised:
+        log.warning(
+            "%s: %d LoRA tensors of unsupported kinds ignored (e.g. %s)",
+            tf.path.name,
+            len(unrecognised),
+            unrecognised[0],
+        )
+    return ParsedLora(name=tf.path.name, entries=entries, unrecognised=tuple(unrecognised))
+
+
+# --- patching --------------------------------------------------------------------------------
+def component_role(component: str, family: str) -> str:
+    """Which module a LoRA component patches: "unet", or the text encoder name (l, h, g)."""
+    if component == "unet":
+        return "unet"
+    if component == "te2":
+        return "g"
+    return "h" if family == "sd2" else "l"
+
+
+def _patchable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Conv2d)
+
+
+def module_index(module: nn.Module, role: str) -> dict[str, str]:
+    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`."""
+    index: dict[str, str] = {}
+    if role == "unet":
+        config = getattr(module, "config", None)
+        translator = unet_translator(config, key_prefix="") if config is not None else None
+        for name, sub in module.named_modules():
+            if not _patchable(sub):
+                continue
+            index[name.replace(".", "_")] = name
+            source = translator.source(f"{name}.weight") if translator is not None else None
+            if source is not None:
+                index[source.key[: -len(".weight")].replace(".", "_")] = name
+        return index
+    for name, sub in module.named_modules():
+        if not _patchable(sub):
+            continue
+        inner = text_model_name(name)
+        canonical = inner if inner == "text_projection" else f"text_model.{inner}"
+        index[canonical.replace(".", "_")] = name
+    return index
+
+
+@dataclass
+class _ModuleState:
+    role: str
+    module: nn.Module
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    users: int = 0
+    active: tuple[LoraPatch, ...] = ()
+    backups: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: dict[str, str] | None = None
+
+
+class LoraPatcher:
+    """The WeightPatcher of one loaded checkpoint (its UNet and text encoders).
+
+    Several jobs share the modules: `apply` lets any number of users in together while they want
+    the same patches, and makes a user who wants different ones wait until the module is free.
+    The patches are applied by the first user in and removed (bit-exact) by the last one out.
+    """
+
+    def __init__(
+        self,
+        family: str,
+        modules: Mapping[str, nn.Module],
+        lora_source: Callable[[str], ParsedLora],
+    ) -> None:
+        self.family = family
+        self._lora_source = lora_source
+        self._states = {id(module): _ModuleState(role, module) for role, module in modules.items()}
+        self._warned: set[tuple[str, str]] = set()
+
+    def _state(self, module: Any) -> _ModuleState:
+        state = self._states.get(id(module))
+        if state is None or state.module is not module:
+            raise ValueError("this module does not belong to the checkpoint this patcher serves")
+        return state
+
+    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None:
+        state = self._state(module)
+        patches = tuple(patches)
+        with state.cond:
+            while state.users and state.active != patches:
+                state.cond.wait()
+            if state.active != patches:
+                try:
+                    self._patch(state, patches)
+                except BaseException:
+                    self._restore_base(state)
+                    raise
+                state.active = patches
+            state.users += 1
+
+    def restore(self, module: Any) -> None:
+        state = self._state(module)
+        with state.cond:
+            if state.users == 0:
+                return
+            state.users -= 1
+            if state.users == 0:
+                self._restore_base(state)
+                state.active = ()
+                state.cond.notify_all()
+
+    def active(self, module: Any) -> tuple[LoraPatch, ...]:
+        return self._state(module).active
+
+    def _patch(self, state: _ModuleState, patches: tuple[LoraPatch, ...]) -> None:
+        if state.index is None:
+            state.index = module_index(state.module, state.role)
+        # Gather every patch's contribution per weight first, so each weight is touched once.
+        contributions: dict[str, list[tuple[float, LoraWeights]]] = {}
+        for patch in patches:
+            if patch.strength == 0:
+                continue
+            lora = self._lora_source(patch.key)
+            unmatched: list[str] = []
+            for (component, path), weights in lora.entries.items():
+                if component_role(component, self.family) != state.role:
+                    continue
+                name = state.index.get(path)
+                if name is None:
+                    unmatched.append(path)
+                    continue
+                contributions.setdefault(f"{name}.weight", []).append((patch.strength, weights))
+            if unmatched and (patch.key, state.role) not in self._warned:
+                self._warned.add((patch.key, state.role))
+                log.warning(
+                    "LoRA %s: %d layers match nothing in the %s model (e.g. %s)",
+                    lora.name,
+                    len(unmatched),
+                    state.role,
+                    unmatched[0],
+                )
+        if not contributions:
+            return
+        parameters = dict(state.module.named_parameters())
+        with torch.no_grad():
+            for name, parts in contributions.items():
+                weight = parameters[name]
+                state.backups[name] = weight.detach().clone()
+                patched = weight.detach().to(torch.float32)
+                if patched.data_ptr() == weight.data_ptr():
+                    patched = patched.clone()
+                for strength, lora_weights in parts:
+                    patched += strength * lora_weights.delta(weight.shape, weight.device)
+                weight.copy_(patched.to(weight.dtype))
+
+    def _restore_base(self, state: _ModuleState) -> None:
+        if not state.backups:
+            return
+        parameters = dict(state.module.named_parameters())
+        with torch.no_grad():
+            for name, saved in state.backups.items():
+                parameters[name].copy_(saved)
+        state.backups.clear()

@@ -1,0 +1,438 @@
+"""Conditioning and classifier-free guidance, composed as ComfyUI composes them.
+
+`prepare_conds` turns the CONDITIONING of both prompts into `CondEntry`s once per sampling run
+(ComfyUI's `process_conds`): areas in percent resolved to latent cells, masks resized to the
+latent, ConditioningSetTimestepRange percents turned into sigmas, SDXL's pooled output and size
+conditioning built, every area of one prompt mirrored into the other, and the per-cell weights
+(mask x strength, feathered area edges) precomputed on the device.
+
+`CFGGuider(x, sigma)` then does ComfyUI's `sampling_function` each step: every active entry runs
+through the UNet, entries that fit together as one batch (same input size, context lengths with
+LCM / min <= 4) in ComfyUI's order (for one prompt each: [uncond, cond]); each prompt's
+prediction is the weight-averaged sum of its entries; the result is
+uncond + (cond - uncond) * cfg, and at cfg 1 the negative prompt is not run at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.sigmas import DiscreteSchedule
+
+POSITIVE = 0
+NEGATIVE = 1
+_AREA_FEATHER = 8  # cells faded in at the inner edges of an area without a mask
+_MAX_CONTEXT_REPEAT = 4  # contexts longer than 4x the shortest run as a separate batch
+_LATENT_TO_PIXELS = 8
+
+
+@dataclass(eq=False)
+class CondEntry:
+    """One conditioning of one prompt, ready to batch into the UNet."""
+
+    kind: int  # POSITIVE or NEGATIVE
+    region: tuple[int, int]  # (h, w) of the latent cells this entry sees
+    context: Tensor  # [B, tokens, dim] on the device, model dtype, repeated to the latent batch
+    added: dict[str, Tensor] | None  # SDXL: text_embeds [B, 1280], time_ids [B, 6]
+    area: tuple[int, int, int, int] | None  # (h, w, y, x) in latent cells, clipped to the latent
+    mult: Tensor | None  # per-cell weights [B, C, h, w]; None = 1 everywhere
+    sigma_start: float | None = None  # active only while sigma <= sigma_start ...
+    sigma_end: float | None = None  # ... and sigma >= sigma_end
+
+    def active(self, sigma: float) -> bool:
+        if self.sigma_start is not None and sigma > self.sigma_start:
+            return False
+        return not (self.sigma_end is not None and sigma < self.sigma_end)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.context.shape[1])
+
+
+# --- preparation ---------------------------------------------------------------------------
+
+
+def repeat_to_batch(tensor: Tensor, batch: int) -> Tensor:
+    """Cut or tile along dim 0 to exactly `batch` rows (ComfyUI's repeat_to_batch_size)."""
+    n = tensor.shape[0]
+    if n > batch:
+        return tensor[:batch]
+    if n < batch:
+        reps = math.ceil(batch / n)
+        return tensor.repeat(reps, *([1] * (tensor.ndim - 1)))[:batch]
+    return tensor
+
+
+def _conditioning_items(conditioning: Any, name: str) -> list[dict[str, Any]]:
+    """CONDITIONING ([[tensor, dict], ...]) to plain dicts with the tensor under "cross_attn"."""
+    if not isinstance(conditioning, (list, tuple)):
+        raise ValueError(
+            f"{name} conditioning must be a list of [tensor, dict] pairs, got {type(conditioning).__name__}"
+        )
+    items = []
+    for i, pair in enumerate(conditioning):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[1], dict):
+            raise ValueError(f"{name} conditioning entry {i} is not a [tensor, dict] pair")
+        tensor = pair[0]
+        if not isinstance(tensor, Tensor) or tensor.ndim != 3:
+            shape = list(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"{name} conditioning entry {i}: expected a [batch, tokens, dim] tensor, got {shape}"
+            )
+        items.append({**pair[1], "cross_attn": tensor})
+    return items
+
+
+def _resolve_area_and_mask(
+    item: dict[str, Any], dims: tuple[int, int], device: torch.device
+) -> dict[str, Any]:
+    """Percent areas to latent cells; masks resized to the latent (and optionally bounded by an area)."""
+    item = dict(item)
+    area = item.get("area")
+    if area is not None and len(area) == 5 and area[0] == "percentage":
+        h, w, y, x = area[1:]
+        item["area"] = (
+            max(1, round(h * dims[0])),
+            max(1, round(w * dims[1])),
+            round(y * dims[0]),
+            round(x * dims[1]),
+        )
+    mask = item.get("mask")
+    if mask is not None:
+        mask = mask.to(device=device, dtype=torch.float32)
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if tuple(mask.shape[1:]) != dims:
+            mask = F.interpolate(mask.unsqueeze(1), size=dims, mode="bilinear").squeeze(1)
+        if item.get("set_area_to_bounds", False):
+            item["area"] = _mask_bounds(mask)
+        item["mask"] = mask
+    if item.get("area") is not None:
+        item["area"] = tuple(int(v) for v in item["area"])
+        if len(item["area"]) != 4:
+            raise ValueError(f"conditioning area must be (height, width, y, x), got {item['area']}")
+    return item
+
+
+def _mask_bounds(mask: Tensor) -> tuple[int, int, int, int]:
+    """The smallest (h, w, y, x) box holding every nonzero cell of any mask (at least 8x8)."""
+    bounds = mask.abs().amax(dim=0)
+    ys, xs = torch.nonzero(bounds, as_tuple=True)
+    if ys.numel() == 0:
+        return (8, 8, 0, 0)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+    return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
+
+
+def _sdxl_added(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+    """SDXL's vector conditioning: pooled CLIP-G output and the six size/crop numbers."""
+    pooled = item.get("pooled_output")
+    if pooled is None:
+        raise ValueError("SDXL conditioning has no pooled_output (encode the prompt with an SDXL CLIP)")
+    width = item.get("width", dims[1] * _LATENT_TO_PIXELS)
+    height = item.get("height", dims[0] * _LATENT_TO_PIXELS)
+    crop_w = item.get("crop_w", 0)
+    crop_h = item.get("crop_h", 0)
+    target_width = item.get("target_width", width)
+    target_height = item.get("target_height", height)
+    sizes = [height, width, crop_h, crop_w, target_height, target_width]
+    time_ids = torch.tensor([sizes], dtype=torch.float32).repeat(pooled.shape[0], 1)
+    return {"text_embeds": pooled, "time_ids": time_ids}
+
+
+def _area_inside(inner: tuple[int, ...], outer: tuple[int, ...]) -> bool:
+    return (
+        inner[2] >= outer[2]
+        and inner[3] >= outer[3]
+        and inner[0] + inner[2] <= outer[0] + outer[2]
+        and inner[1] + inner[3] <= outer[1] + outer[3]
+    )
+
+
+def _mirror_area(others: list[dict[str, Any]], item: dict[str, Any]) -> None:
+    """Give the other prompt an entry over `item`'s area, with the context that covers it there.
+
+    The context comes from the smallest of the other prompt's areas holding this one (or its
+    whole-image entry); nothing is added when that area is exactly this one.
+    """
+    area = item.get("area")
+    if area is None:
+        return
+    smallest: dict[str, Any] | None = None
+    for other in others:
+        other_area = other.get("area")
+        if other_area is not None:
+            if not _area_inside(area, other_area):
+                continue
+            if (
+                smallest is None
+                or smallest.get("area") is None
+                or math.prod(smallest["area"][:2]) > math.prod(other_area[:2])
+            ):
+                smallest = other
+        elif smallest is None:
+            smallest = other
+    if smallest is None or smallest.get("area") == area:
+        return
+    mirrored = dict(item)
+    for key in (
+        "cross_attn",
+        "pooled_output",
+        "width",
+        "height",
+        "crop_w",
+        "crop_h",
+        "target_width",
+        "target_height",
+    ):
+        mirrored.pop(key, None)
+        if key in smallest:
+            mirrored[key] = smallest[key]
+    others.append(mirrored)
+
+
+def _weights(item: dict[str, Any], latent_shape: Sequence[int], device: torch.device):
+    """(clipped area, per-cell weights or None) as ComfyUI's get_area_and_mult computes them."""
+    batch, channels, height, width = latent_shape
+    dims = (height, width)
+    area = item.get("area")
+    if area is not None:
+        h = min(height - area[2], area[0])
+        w = min(width - area[3], area[1])
+        if h <= 0 or w <= 0 or area[2] < 0 or area[3] < 0:
+            raise ValueError(
+                f"conditioning area {area} (h, w, y, x in latent cells) lies outside the {dims} latent"
+            )
+        area = (h, w, area[2], area[3])
+    region = (area[0], area[1]) if area is not None else dims
+    strength = float(item.get("strength", 1.0))
+    mask = item.get("mask")
+    if mask is None and area is None and strength == 1.0:
+        return area, None
+    if mask is not None:
+        mask = mask[:batch]
+        if area is not None:
+            mask = mask[:, area[2] : area[2] + area[0], area[3] : area[3] + area[1]]
+        mask = mask * float(item.get("mask_strength", 1.0))
+        mult = repeat_to_batch(mask.unsqueeze(1), batch).repeat(1, channels, 1, 1)
+    else:
+        mult = torch.ones((batch, channels, *region), dtype=torch.float32, device=device)
+    mult = mult * strength
+    if mask is None and area is not None:
+        for axis in range(2):
+            size = mult.shape[2 + axis]
+            ramp = min(_AREA_FEATHER, size // 4)
+            if area[2 + axis] != 0:
+                for t in range(ramp):
+                    mult.narrow(axis + 2, t, 1).mul_((1.0 / ramp) * (t + 1))
+            if area[axis] + area[2 + axis] < dims[axis]:
+                for t in range(ramp):
+                    mult.narrow(axis + 2, area[axis] - 1 - t, 1).mul_((1.0 / ramp) * (t + 1))
+    return area, mult
+
+
+def prepare_conds(
+    positive: Any,
+    negative: Any,
+    latent_shape: Sequence[int],
+    schedule: DiscreteSchedule,
+    device: Any,
+    dtype: torch.dtype,
+    sdxl: bool = False,
+) -> list[CondEntry]:
+    """Both prompts' entries, positive first, each in its CONDITIONING order."""
+    device = torch.device(device)
+    batch, _, height, width = latent_shape
+    dims = (int(height), int(width))
+    prompts = [_conditioning_items(positive, "positive"), _conditioning_items(negative, "negative")]
+    prompts = [[_resolve_area_and_mask(item, dims, device) for item in items] for items in prompts]
+    for k, items in enumerate(prompts):
+        for item in items:
+            _mirror_area(prompts[1 - k], item)
+
+    entries = []
+    for kind, items in enumerate(prompts):
+        for item in items:
+            added = None
+            if sdxl:
+                # time_ids stay float32: sizes above 2048 are not exact in fp16, and the UNet
+                # embeds them in float32 anyway.
+                added = {
+                    key: repeat_to_batch(value, batch).to(
+                        device=device, dtype=torch.float32 if key == "time_ids" else dtype
+                    )
+                    for key, value in _sdxl_added(item, dims).items()
+                }
+            area, mult = _weights(item, latent_shape, device)
+            start = item.get("start_percent")
+            end = item.get("end_percent")
+            entries.append(
+                CondEntry(
+                    kind=kind,
+                    region=(area[0], area[1]) if area is not None else dims,
+                    context=repeat_to_batch(item["cross_attn"], batch).to(device=device, dtype=dtype),
+                    added=added,
+                    area=area,
+                    mult=mult,
+                    sigma_start=schedule.percent_to_sigma(float(start)) if start is not None else None,
+                    sigma_end=schedule.percent_to_sigma(float(end)) if end is not None else None,
+                )
+            )
+    return entries
+
+
+# --- guidance --------------------------------------------------------------------------------
+
+
+def _can_batch(a: CondEntry, b: CondEntry) -> bool:
+    if a.region != b.region:
+        return False
+    ca, cb = a.context, b.context
+    if ca.shape[0] != cb.shape[0] or ca.shape[2] != cb.shape[2]:
+        return False
+    if ca.shape[1] != cb.shape[1]:
+        shortest = min(ca.shape[1], cb.shape[1])
+        if math.lcm(ca.shape[1], cb.shape[1]) // shortest > _MAX_CONTEXT_REPEAT:
+            return False
+    if (a.added is None) != (b.added is None):
+        return False
+    if a.added is not None and b.added is not None:
+        if a.added.keys() != b.added.keys():
+            return False
+        if any(a.added[k].shape != b.added[k].shape for k in a.added):
+            return False
+    return True
+
+
+@dataclass
+class _Group:
+    """Entries evaluated in one UNet call, with their inputs concatenated once."""
+
+    entries: list[CondEntry]
+    context: Tensor
+    added: dict[str, Tensor] | None
+    cropped: bool  # some entry sees only an area of the latent
+
+
+@dataclass
+class _Plan:
+    groups: list[_Group]
+    # Per prompt: (group, position) when the prediction is exactly one whole-latent chunk.
+    direct: list[tuple[int, int] | None]
+
+
+def _concat_contexts(contexts: list[Tensor]) -> Tensor:
+    """Repeat each context along the token axis to the LCM length, then stack the batches."""
+    if len(contexts) == 1:
+        return contexts[0]
+    length = contexts[0].shape[1]
+    for c in contexts[1:]:
+        length = math.lcm(length, c.shape[1])
+    return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in contexts])
+
+
+class CFGGuider:
+    """The guided denoiser D(x, sigma) the samplers call."""
+
+    def __init__(self, unet: UNetDenoiser, entries: list[CondEntry], cfg: float):
+        self.unet = unet
+        self.cfg = float(cfg)
+        # cfg 1: uncond + (cond - uncond) * 1 is cond, so the negative prompt is never run.
+        self.uses_uncond = not math.isclose(self.cfg, 1.0)
+        self.entries = [e for e in entries if e.kind == POSITIVE or self.uses_uncond]
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        # Without timestep ranges every entry is active at every step: skip the per-step filter.
+        self._ranged = any(e.sigma_start is not None or e.sigma_end is not None for e in self.entries)
+        self._everything = tuple(range(len(self.entries)))
+
+    def _plan(self, active: tuple[int, ...]) -> _Plan:
+        plan = self._plans.get(active)
+        if plan is not None:
+            return plan
+        pending = list(active)
+        groups: list[_Group] = []
+        while pending:
+            first = self.entries[pending[0]]
+            fits = [k for k in range(len(pending)) if _can_batch(self.entries[pending[k]], first)]
+            members = [self.entries[pending.pop(k)] for k in reversed(fits)]
+            added = None
+            if members[0].added is not None:
+                added = {key: torch.cat([m.added[key] for m in members]) for key in members[0].added}  # type: ignore[index]
+            context = _concat_contexts([m.context for m in members])
+            groups.append(_Group(members, context, added, any(m.area is not None for m in members)))
+        direct: list[tuple[int, int] | None] = []
+        for kind in (POSITIVE, NEGATIVE):
+            places = [
+                (g, p)
+                for g, group in enumerate(groups)
+                for p, e in enumerate(group.entries)
+                if e.kind == kind
+            ]
+            only = places[0] if len(places) == 1 else None
+            if only is not None:
+                entry = groups[only[0]].entries[only[1]]
+                if entry.area is not None or entry.mult is not None:
+                    only = None
+            direct.append(only)
+        plan = _Plan(groups, direct)
+        self._plans[active] = plan
+        return plan
+
+    def predictions(self, x: Tensor, sigma: float) -> list[Tensor]:
+        """[cond prediction] or [cond prediction, uncond prediction]; a prompt with no active
+        entry predicts zeros (ComfyUI's 0 / 1e-37)."""
+        if self._ranged:
+            active = tuple(i for i, e in enumerate(self.entries) if e.active(sigma))
+        else:
+            active = self._everything
+        plan = self._plan(active)
+        chunks: list[list[Tensor]] = []
+        for group in plan.groups:
+            n = len(group.entries)
+            inputs = [_crop(x, e.area) for e in group.entries] if group.cropped else [x] * n
+            batch = inputs[0] if n == 1 else torch.cat(inputs)
+            chunks.append(list(self.unet(batch, sigma, group.context, group.added).chunk(n)))
+
+        results: list[Tensor] = []
+        for kind in (POSITIVE, NEGATIVE) if self.uses_uncond else (POSITIVE,):
+            place = plan.direct[kind]
+            if place is not None:
+                results.append(chunks[place[0]][place[1]])
+                continue
+            out = torch.zeros_like(x)
+            counts = torch.full_like(x, 1e-37)
+            for g, group in enumerate(plan.groups):
+                for p, entry in enumerate(group.entries):
+                    if entry.kind != kind:
+                        continue
+                    out_region, counts_region = _crop(out, entry.area), _crop(counts, entry.area)
+                    if entry.mult is None:
+                        out_region += chunks[g][p]
+                        counts_region += 1.0
+                    else:
+                        out_region += chunks[g][p] * entry.mult
+                        counts_region += entry.mult
+            results.append(out.div_(counts))
+        return results
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        predictions = self.predictions(x, sigma)
+        if not self.uses_uncond:
+            return predictions[POSITIVE]
+        cond, uncond = predictions
+        return uncond + (cond - uncond) * self.cfg
+
+
+def _crop(x: Tensor, area: tuple[int, int, int, int] | None) -> Tensor:
+    if area is None:
+        return x
+    h, w, y, x0 = area
+    return x[:, :, y : y + h, x0 : x0 + w]

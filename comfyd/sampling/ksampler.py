@@ -1,0 +1,190 @@
+"""KSampler / KSamplerAdvanced: from a LATENT and two CONDITIONINGs to the sampled LATENT.
+
+ComfyUI's `nodes.common_ksampler` -> `comfy.sample.sample` -> `KSampler.sample` ->
+`CFGGuider.sample` -> `KSAMPLER.sample`, step for step:
+
+1. noise: CPU draw from the seed (per batch index if the latent has one), or zeros;
+2. sigmas: the scheduler's, with the denoise tail and the penultimate-sigma drop, then
+   KSamplerAdvanced's [start_step, last_step] window (last sigma forced to 0 unless the caller
+   wants the leftover noise back);
+3. a non-empty latent is scaled into the model's space (x latent_scale), the start point is
+   latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise);
+4. the sampler runs on the guided denoiser (with a noise_mask: the kept region is reset to the
+   re-noised original before and to the original after every model call);
+5. the result is scaled back (/ latent_scale) to float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from comfyd.engine.errors import ExecutionInterrupted
+from comfyd.sampling.cfg import CFGGuider, prepare_conds, repeat_to_batch
+from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.noise import initial_noise
+from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, SamplerRun, get_sampler
+from comfyd.sampling.samplers.base import Denoiser
+from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, discrete_schedule, ksampler_sigmas
+
+ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
+
+
+class InpaintDenoiser:
+    """Masked sampling (ComfyUI's KSamplerX0Inpaint): only where mask = 1 is denoised.
+
+    Before each model call the kept region (mask = 0) is replaced by the original latent noised
+    to the current sigma; the prediction there is replaced by the original latent.
+    """
+
+    def __init__(self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor) -> None:
+        self.inner = inner
+        self.mask = mask
+        self.keep = 1.0 - mask
+        self.latent = latent
+        self.kept_latent = latent * self.keep
+        self.noise = noise
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        x = x * self.mask + (self.noise * sigma + self.latent) * self.keep
+        return self.inner(x, sigma) * self.mask + self.kept_latent
+
+
+class _Interruptible:
+    def __init__(self, inner: Denoiser, interrupt: threading.Event) -> None:
+        self.inner = inner
+        self.interrupt = interrupt
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        if self.interrupt.is_set():
+            raise ExecutionInterrupted("sampling interrupted")
+        return self.inner(x, sigma)
+
+
+def prepare_denoise_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels."""
+    batch, channels, height, width = shape
+    mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
+    mask = F.interpolate(mask, size=(height, width), mode="bilinear")
+    if mask.shape[1] < channels:
+        mask = mask.repeat(1, channels, 1, 1)[:, :channels]
+    return repeat_to_batch(mask, batch)
+
+
+def _check_latent(latent: Any) -> Tensor:
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), Tensor):
+        raise ValueError("latent_image must be a LATENT ({'samples': tensor [B, C, H, W], ...})")
+    samples = latent["samples"]
+    if samples.ndim != 4 or 0 in samples.shape:
+        raise ValueError(
+            f"latent samples must be a non-empty [B, C, H, W] tensor, got shape {list(samples.shape)}"
+        )
+    mask = latent.get("noise_mask")
+    if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
+        raise ValueError("latent noise_mask must be a tensor [..., H, W]")
+    return samples
+
+
+def _window(
+    sigmas: Tensor, start_step: int | None, last_step: int | None, force_full_denoise: bool
+) -> Tensor | None:
+    """KSamplerAdvanced's step window; None when nothing is left to sample."""
+    if last_step is not None and last_step < len(sigmas) - 1:
+        sigmas = sigmas[: last_step + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start_step is not None:
+        if start_step >= len(sigmas) - 1:
+            return None
+        sigmas = sigmas[start_step:]
+    return sigmas
+
+
+def common_ksampler(
+    model: Any,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Any,
+    negative: Any,
+    latent: dict[str, Any],
+    denoise: float = 1.0,
+    disable_noise: bool = False,
+    start_step: int | None = None,
+    last_step: int | None = None,
+    force_full_denoise: bool = False,
+    callback: ProgressCallback | None = None,
+    interrupt: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Sample `latent` with `model` (a ModelHandle); returns a copy of the LATENT dict with new samples."""
+    sampler = get_sampler(sampler_name)
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    latent_image = _check_latent(latent)
+
+    if disable_noise:
+        noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
+    else:
+        noise = initial_noise(latent_image, seed, latent.get("batch_index"))
+
+    schedule = discrete_schedule(model.beta_start, model.beta_end, model.num_train_timesteps)
+    sigmas = _window(
+        ksampler_sigmas(schedule, scheduler, sampler_name, steps, denoise),
+        start_step,
+        last_step,
+        force_full_denoise,
+    )
+    out = dict(latent)
+    if sigmas is None or len(sigmas) == 0:
+        return out  # nothing to sample: the input latent comes back as it is
+
+    device = torch.device(model.device)
+    x0 = latent_image.to(device=device, dtype=torch.float32)
+    if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
+        x0 = x0 * model.latent_scale
+    noise = noise.to(device=device, dtype=torch.float32)
+    entries = prepare_conds(
+        positive, negative, noise.shape, schedule, device, model.dtype, sdxl=model.family == "sdxl"
+    )
+
+    sigma0 = float(sigmas[0])
+    max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max
+    noise_scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]
+    x = noise * float(noise_scale) + x0
+
+    total = len(sigmas) - 1
+
+    def on_step(step: int, _x: Tensor, denoised: Tensor) -> None:
+        if interrupt is not None and interrupt.is_set():
+            raise ExecutionInterrupted("sampling interrupted")
+        if callback is not None:
+            callback(step, total, denoised)
+
+    with torch.inference_mode(), model.patched() as unet:
+        unet_denoiser = UNetDenoiser(unet, schedule, model.prediction, model.dtype, device)
+        unet_denoiser.prepare(sigmas)
+        denoiser: Denoiser = CFGGuider(unet_denoiser, entries, cfg)
+        noise_mask = latent.get("noise_mask")
+        if noise_mask is not None:
+            mask = prepare_denoise_mask(noise_mask, noise.shape).to(device)
+            inpaint_noise = noise
+            if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
+                generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
+                inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise)
+        if interrupt is not None:
+            denoiser = _Interruptible(denoiser, interrupt)
+        samples = sampler(denoiser, x, sigmas, SamplerRun(seed=seed, callback=on_step))
+    # Outside inference mode, so downstream nodes get an ordinary tensor.
+    out["samples"] = (samples.float() / model.latent_scale).cpu()
+    return out

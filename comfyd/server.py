@@ -1,0 +1,148 @@
+"""`comfyd serve`: the HTTP server (ComfyUI API + websocket, Cog predictions, /v1, health, metrics).
+
+    app = create_app(settings)            # FastAPI; builds the configured backends
+    serve(settings)                       # uvicorn on settings.host:settings.port
+
+Importing this module does not import torch, diffusers or transformers (a Lambda serving only
+API routes imports it): the executor is built lazily through `Services.executor_factory`.
+
+Routes live in `comfyd.http`: routes_comfy (ComfyUI, also under /api), routes_predictions
+(Cog, /v1, /health-check, /metrics). Auth: API keys on every route except /health-check (the
+websocket handshake checks them too). Limits: request bodies and uploads are size-limited, job
+submissions are rate limited per key, the queue is bounded. CORS is off unless
+`cors_origins` lists origins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from comfyd.cloud import Services, build_services
+from comfyd.engine.jobs import JobManager
+from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
+from comfyd.http.errors import install_error_handlers
+from comfyd.http.limits import BodySizeLimitMiddleware
+from comfyd.http.ratelimit import RateLimiter
+from comfyd.http.routes_comfy import router as comfy_router
+from comfyd.http.routes_comfy import ws_router
+from comfyd.http.routes_predictions import public_router
+from comfyd.http.routes_predictions import router as predictions_router
+from comfyd.http.state import AppState
+from comfyd.http.websocket import WebSocketHub
+from comfyd.settings import Settings
+
+log = logging.getLogger("comfyd.server")
+
+
+def create_app(settings: Settings, services: Services | None = None, *, workers: bool | None = None) -> FastAPI:
+    """The FastAPI application.
+
+    `services`: the backends (default: `build_services(settings)`, closed at shutdown; services
+    passed in belong to the caller). `workers`: run jobs in this process (default: when the
+    queue is the local one; with SQS, `comfyd worker` processes run them).
+    """
+    owns_services = services is None
+    services = services if services is not None else build_services(settings)
+    run_workers = settings.queue == "local" if workers is None else workers
+    manager = JobManager(settings, services, services.executor_factory, services.queue, workers=run_workers)
+    hub = WebSocketHub()
+    state = AppState(
+        settings=settings,
+        services=services,
+        manager=manager,
+        hub=hub,
+        keys=ApiKeys(settings.api_keys),
+        limiter=RateLimiter(settings.rate_limit_per_minute),
+        owns_services=owns_services,
+    )
+    manager.add_listener(state.on_job_event)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.bind_loop(asyncio.get_running_loop())
+        await run_in_threadpool(manager.start)
+        if run_workers:  # build the executor (import nodes, warm-up) now, not on the first request
+            threading.Thread(target=manager.warm_up, name="comfyd-setup", daemon=True).start()
+        try:
+            yield
+        finally:
+            await hub.close_all()
+            await run_in_threadpool(manager.stop)
+            if owns_services:
+                await run_in_threadpool(services.close)
+
+    from comfyd import __version__
+
+    app = FastAPI(
+        title="comfyd", version=__version__, lifespan=lifespan,
+        # The interactive docs would be unauthenticated: off.
+        docs_url=None, redoc_url=None, openapi_url=None,
+    )
+    app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
+    app.state.comfyd = state
+    install_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+            allow_headers=["*"], allow_credentials=False,
+        )
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
+    )
+    app.include_router(public_router)
+    app.include_router(predictions_router)
+    for prefix in ("", "/api"):
+        app.include_router(comfy_router, prefix=prefix)
+        app.include_router(ws_router, prefix=prefix)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the server under uvicorn until interrupted. Refuses to start without API keys on a
+    non-loopback address (SystemExit with the reason)."""
+    try:
+        check_bind_safety(settings.host, settings.api_keys)
+    except InsecureBindError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    import uvicorn
+
+    for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    log.info("comfyd listening on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info",
+        timeout_graceful_shutdown=10, ws_max_size=16 * 1024 * 1024,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m comfyd.server [--host H] [--port P] [--models-dir D] [--output-dir D] ...`."""
+    parser = argparse.ArgumentParser(prog="python -m comfyd.server", description="comfyd HTTP server")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--models-dir")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--input-dir")
+    parser.add_argument("--temp-dir")
+    parser.add_argument("--db-path")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    serve(Settings(**overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""`comfyd worker` in-process against the local AWS endpoint, with a fast fake executor."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from comfyd.cloud import Services, build_services
+from comfyd.cloud.aws.init import ensure_queues
+from comfyd.cloud.aws.session import AwsSession
+from comfyd.cloud.faultproxy import FaultProxy
+from comfyd.engine.interfaces import JobRecord, JobStatus
+from comfyd.settings import Settings
+from comfyd.worker import Heartbeat, Worker, run_worker
+
+
+@pytest.fixture
+def services(settings: Settings, provisioned) -> Services:
+    built = build_services(settings)
+    yield built
+    built.close()
+
+
+def _submit(services: Services, job_id: str, workflow: dict, priority: int = 1) -> None:
+    assert services.job_store.create(JobRecord(id=job_id, workflow=workflow, priority=priority))
+    services.queue.put(job_id, priority)
+
+
+def _worker(settings: Settings, services: Services, fake_runtime, **kw) -> Worker:
+    kw.setdefault("visibility_s", 5)
+    kw.setdefault("poll_s", 1)
+    return Worker(settings, services, fake_runtime.build(settings), **kw)
+
+
+def test_runs_jobs_stores_outputs_and_deletes_messages(settings: Settings, services: Services, fake_runtime) -> None:
+    for i in range(3):
+        _submit(services, f"job-{i}", fake_runtime.workflow(seed=i), priority=1 + 4 * i)
+    stats = run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=3)
+    assert (stats.succeeded, stats.failed, stats.skipped) == (3, 0, 0)
+    for i in range(3):
+        job = services.job_store.get(f"job-{i}")
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 1 and job.worker_id
+        key = f"out/job-{i}/job-{i}_00001_.png"
+        assert json.loads(services.output_store.get(key)[8:]) == {"job": f"job-{i}", "seed": i}
+        assert job.output_urls and key in job.output_urls[0]
+    assert services.queue.depth() == 0
+    assert services.queue.get(timeout=0) is None  # deleted, not merely invisible
+
+
+def test_redelivered_finished_job_is_dropped_not_rerun(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "done", fake_runtime.workflow())
+    run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=1)
+    services.queue.put("done", 1)  # SQS delivers it again
+    stats = run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=1)
+    assert stats.skipped == 1 and stats.succeeded == 0
+    assert fake_runtime.executions(settings.output_dir, "done") == 1
+    assert services.queue.get(timeout=0) is None
+
+
+def test_job_of_a_dead_worker_is_taken_over(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "orphan", fake_runtime.workflow())
+    # A worker claimed it and died: record running, message back after its visibility lapsed.
+    assert services.job_store.transition("orphan", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="dead", attempts=1)
+    first = services.queue.get(timeout=1)
+    services.queue.nack(first)
+    worker = _worker(settings, services, fake_runtime)
+    stats = worker.run(threading.Event(), max_jobs=1)
+    assert stats.taken_over == 1 and stats.succeeded == 1
+    job = services.job_store.get("orphan")
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and job.worker_id == worker.worker_id
+
+
+def test_first_delivery_of_a_running_job_is_left_to_its_holder(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "held", fake_runtime.workflow())
+    services.job_store.transition("held", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="alive")
+    stats = _worker(settings, services, fake_runtime).run(threading.Event(), max_jobs=1)
+    assert stats.skipped == 1 and stats.taken_over == 0
+    assert services.job_store.get("held").worker_id == "alive"
+    assert fake_runtime.executions(settings.output_dir, "held") == 0
+
+
+def test_heartbeat_keeps_a_long_job_invisible(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "long", fake_runtime.workflow(seconds=2.5))
+    worker = _worker(settings, services, fake_runtime, visibility_s=1)
+    thread = threading.Thread(target=worker.run, args=(threading.Event(), 1))
+    thread.start()
+    time.sleep(0.5)
+    stolen = []
+    while thread.is_alive():  # a second consumer never sees the job while it runs
+        item = services.queue.get(timeout=0)
+        if item is not None:
+            stolen.append(item)
+        time.sleep(0.2)
+    thread.join()
+    assert stolen == []
+    assert worker.stats.succeeded == 1
+    assert fake_runtime.executions(settings.output_dir, "long") == 1
+
+
+def test_heartbeat_counts_beats() -> None:
+    extended = []
+
+    class Queue:
+        def extend(self, item, seconds):
+            extended.append(seconds)
+
+    from comfyd.engine.interfaces import QueueItem
+
+    with Heartbeat(Queue(), QueueItem("j", 1, "r"), visibility_s=0.6) as beat:
+        time.sleep(0.7)
+    assert beat.beats >= 2 and set(extended) == {0.6}
+
+
+def test_retryable_failure_goes_back_to_the_queue(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "flaky", fake_runtime.workflow(fail="S3 said SlowDown", fail_times=1))
+    stats = run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=2)
+    assert stats.retried == 1 and stats.succeeded == 1
+    job = services.job_store.get("flaky")
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 2
+
+
+def test_failed_job_is_recorded_and_acked(settings: Settings, services: Services, fake_runtime) -> None:
+    _submit(services, "bad", fake_runtime.workflow(fail="division by zero"))
+    stats = run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=1)
+    assert stats.failed == 1
+    job = services.job_store.get("bad")
+    assert job.status is JobStatus.FAILED and job.error["message"] == "division by zero"
+    assert services.queue.get(timeout=0) is None
+
+
+def test_dead_letters_fail_their_jobs(settings: Settings, services: Services, fake_runtime, aws: AwsSession) -> None:
+    ensure_queues(aws, settings.sqs_queue, max_receives=1)
+    _submit(services, "cursed", fake_runtime.workflow())
+    item = services.queue.get(timeout=1)
+    services.queue.nack(item)  # the worker died on its only allowed delivery
+    assert services.queue.get(timeout=1) is None  # now in the DLQ
+    worker = _worker(settings, services, fake_runtime)
+    assert worker.fail_dead_letters() == 1
+    job = services.job_store.get("cursed")
+    assert job.status is JobStatus.FAILED and job.error["type"] == "dead_letter"
+    assert worker.fail_dead_letters() == 0
+
+
+def test_two_workers_run_each_job_exactly_once(settings: Settings, services: Services, fake_runtime) -> None:
+    for i in range(8):
+        _submit(services, f"j{i}", fake_runtime.workflow(seconds=0.1, seed=i))
+    stop = threading.Event()
+    workers = [_worker(settings, services, fake_runtime) for _ in range(2)]
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(services.job_store.get(f"j{i}").status is JobStatus.SUCCEEDED for i in range(8)):
+            break
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert all(fake_runtime.executions(settings.output_dir, f"j{i}") == 1 for i in range(8))
+    assert sum(w.stats.succeeded for w in workers) == 8
+    assert all(w.stats.succeeded > 0 for w in workers)  # both took part
+
+
+def test_output_waits_for_s3_and_job_finishes_only_after(fault_proxy: FaultProxy, settings: Settings,
+                                                         provisioned, fake_runtime) -> None:
+    services = build_services(settings)
+    services.output_store.spool._min_interval_s = services.output_store.spool._interval_s = 0.1
+    try:
+        _submit(services, "patient", fake_runtime.workflow())
+        rule = fault_proxy.fail_for(60, "slowdown", service="s3", method="PUT")
+        worker = _worker(settings, services, fake_runtime)
+        thread = threading.Thread(target=worker.run, args=(threading.Event(), 1))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while services.output_store.pending() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert services.output_store.pending() == 1  # spooled, S3 still down
+        assert services.job_store.get("patient").status is JobStatus.RUNNING  # not reported finished
+        rule.until = 0  # S3 is back
+        thread.join(timeout=30)
+        job = services.job_store.get("patient")
+        assert job.status is JobStatus.SUCCEEDED
+        assert services.output_store.get("out/patient/patient_00001_.png").startswith(b"\x89PNG")
+        assert services.output_store.pending() == 0
+    finally:
+        services.close()
+
+
+def test_worker_checks_region_at_start(settings: Settings) -> None:
+    from comfyd.cloud.aws import InvalidRegion
+
+    with pytest.raises(InvalidRegion):
+        run_worker(settings.model_copy(update={"aws_region": "moon-1"}), max_jobs=0)
+
