@@ -26,12 +26,11 @@ from comfyd.engine.interfaces import JobRecord
 from comfyd.engine.job_views import prediction_view
 from comfyd.http.errors import ApiError, bad_request, not_found, validation_details
 from comfyd.http.routes_comfy import require_key
-from comfyd.http.state import AppState, check_job_id, get_state, json_object
+from comfyd.http.state import WEBHOOK_EVENTS, AppState, check_job_id, get_state, json_object
 
 router = APIRouter(dependencies=[Depends(require_key)])
 public_router = APIRouter()  # no key: load balancers and container health checks
 
-WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 SEED_INPUTS = ("seed", "noise_seed")
 
 

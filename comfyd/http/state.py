@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from comfyd.cloud import Services
 from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
 from comfyd.engine.interfaces import JobRecord
 from comfyd.engine.jobs import JobManager, JobRuntime, QueueFullError, SubmitResult
+from comfyd.engine.previews import PREVIEW_METHODS
 from comfyd.http.auth import ApiKeys
 from comfyd.http.errors import ApiError, ComfyError, bad_request
 from comfyd.http.ratelimit import RateLimiter, retry_after_header
@@ -120,6 +122,7 @@ class AppState:
             extra.update(extra_data)
         if req.partial_execution_targets is not None:  # kept for the run (and ComfyUI's queue views)
             extra["partial_execution_targets"] = list(req.partial_execution_targets)
+        check_extra_data(extra)
         return JobRecord(
             id=chosen_id,
             workflow=req.prompt,
@@ -172,6 +175,26 @@ def check_job_id(job_id: str, field_name: str) -> None:
             f"letter or digit); got {job_id!r}"[:300],
             {"location": field_name},
         )
+
+
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+
+
+def check_extra_data(extra: dict[str, Any]) -> None:
+    """The extra_data keys comfyd acts on (any submission may set them): 400 when malformed."""
+    webhook = extra.get("webhook")
+    if webhook is not None:
+        parsed = urlparse(webhook) if isinstance(webhook, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise bad_request("extra_data.webhook must be an absolute http(s) URL", {"location": "extra_data.webhook"})
+    events = extra.get("webhook_events_filter")
+    if events is not None and (not isinstance(events, list) or not set(events) <= set(WEBHOOK_EVENTS)):
+        raise bad_request(f"extra_data.webhook_events_filter must be a list drawn from {', '.join(WEBHOOK_EVENTS)}",
+                          {"location": "extra_data.webhook_events_filter"})
+    method = extra.get("preview_method")
+    if method is not None and method not in PREVIEW_METHODS:
+        raise bad_request(f"extra_data.preview_method must be one of {', '.join(sorted(PREVIEW_METHODS))}",
+                          {"location": "extra_data.preview_method"})
 
 
 def get_state(request: Request) -> AppState:

@@ -15,6 +15,9 @@ Families (original single-file layout):
 All of them also hold the VAE under `first_stage_model.*`.
 
 What shapes cannot tell, and the rule used (ComfyUI's where it has one):
+- OpenCLIP text towers load as transformers CLIPTextModelWithProjection when the file holds
+  `text_projection` (SDXL's G always; SD2's H in single files), so the pooled output can be
+  projected as ComfyUI does; diffusers SD2 folders have no projection and load without it.
 - Attention heads: sd1 uses 8 heads per block; sd2 and sdxl use 64-channel heads, so
   heads = channels // 64 (at least 1, for tiny models). Text encoders: heads = width // 64 (>= 1).
 - Prediction type:
@@ -428,7 +431,12 @@ def infer_openclip_config(
         num_attention_heads=text_encoder_heads(width),
     )
     projection = shapes.get(f"{prefix}text_projection")
-    config["projection_dim"] = projection[1] if projection is not None else width
+    if projection is not None:
+        # ComfyUI projects the pooled output where the file has the projection (SD2's H too).
+        config["architectures"] = ["CLIPTextModelWithProjection"]
+        config["projection_dim"] = projection[1]
+    else:
+        config["projection_dim"] = width
     return config
 
 

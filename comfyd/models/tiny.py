@@ -83,6 +83,9 @@ def tiny_configs(family: str) -> ModelConfigs:
             num_attention_heads=detect.text_encoder_heads(TINY_WIDTH),
             projection_dim=TINY_WIDTH,
         )
+        if family == "sd2":
+            # Like a real SD2 single file, with OpenCLIP's text projection (see detect).
+            encoders[name]["architectures"] = ["CLIPTextModelWithProjection"]
     channels = [32, 64]
     unet = dict(
         full.unet,
@@ -195,11 +198,9 @@ def original_state(
     for name, translator in encoder_translators(configs.family, configs.encoders).items():
         state.update(to_original(weights[name], translator))
     # Tensors real checkpoints carry besides the weights the modules use; loaders must skip them.
-    width = next(iter(configs.encoders.values()))["hidden_size"]
     if configs.family == "sd1":
         state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     elif configs.family == "sd2":
-        state["cond_stage_model.model.text_projection"] = torch.zeros(width, width, dtype=STORAGE_DTYPE)
         state["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052, dtype=STORAGE_DTYPE)
     return {k: v.contiguous() for k, v in state.items()}
 
@@ -274,7 +275,7 @@ _PEFT_TEXT_PREFIX = {
     "sd2": {"h": "text_encoder."},
     "sdxl": {"l": "text_encoder.", "g": "text_encoder_2."},
 }
-_UNET_TARGETS = (
+LORA_UNET_TARGETS = (
     "attn1.to_q",
     "attn1.to_k",
     "attn1.to_v",
@@ -286,7 +287,13 @@ _UNET_TARGETS = (
     "proj_in",
     "resnets.0.conv1",
 )
-_TEXT_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1")
+LORA_TEXT_TARGETS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.out_proj",
+    "mlp.fc1",
+)
 
 
 def checkpoint_configs(base_checkpoint: Path) -> ModelConfigs:
@@ -312,7 +319,7 @@ def checkpoint_configs(base_checkpoint: Path) -> ModelConfigs:
     )
 
 
-def _lora_layers(module: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+def lora_layers(module: nn.Module, targets: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
     return [
         (name, sub)
         for name, sub in module.named_modules()
@@ -358,7 +365,7 @@ def make_tiny_lora(
     tensors: dict[str, torch.Tensor] = {}
     unet = empty_unet(configs.unet)
     translator = unet_translator(configs.unet, key_prefix="")
-    for layer_name, layer in _lora_layers(unet, _UNET_TARGETS):
+    for layer_name, layer in lora_layers(unet, LORA_UNET_TARGETS):
         down, up = _lora_pair(layer, rank, generator)
         if fmt == "peft":
             tensors[f"unet.{layer_name}.lora_A.weight"] = down
@@ -376,7 +383,7 @@ def make_tiny_lora(
     if text_encoders:
         for enc_name, config in configs.encoders.items():
             encoder = empty_text_encoder(config)
-            for layer_name, layer in _lora_layers(encoder, _TEXT_TARGETS):
+            for layer_name, layer in lora_layers(encoder, LORA_TEXT_TARGETS):
                 down, up = _lora_pair(layer, rank, generator)
                 canonical = _stored_text_name(layer_name)
                 if fmt == "peft":

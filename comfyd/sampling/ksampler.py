@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, SamplerRun, get_sampler
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, discrete_schedule, ksampler_sigmas
+
+if TYPE_CHECKING:
+    from comfyd.models.handles import ModelHandle
 
 ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
 
@@ -107,7 +110,7 @@ def _window(
 
 
 def common_ksampler(
-    model: Any,
+    model: ModelHandle,
     seed: int,
     steps: int,
     cfg: float,

@@ -14,9 +14,9 @@ from comfyd.models.handles import ModelHandle
 from comfyd.models.lora import LoraFormatError
 from comfyd.models.manager import ModelManager
 from comfyd.models.tiny import (
-    _TEXT_TARGETS,
-    _UNET_TARGETS,
-    _lora_layers,
+    LORA_TEXT_TARGETS,
+    LORA_UNET_TARGETS,
+    lora_layers,
     make_tiny_checkpoint,
     make_tiny_lora,
 )
@@ -53,7 +53,7 @@ def _changed(module: torch.nn.Module, base: dict[str, torch.Tensor]) -> set[str]
 
 
 def _expected_targets(module: torch.nn.Module, targets: tuple[str, ...]) -> set[str]:
-    return {f"{name}.weight" for name, _ in _lora_layers(module, targets)}
+    return {f"{name}.weight" for name, _ in lora_layers(module, targets)}
 
 
 def _patched_state(handle: ModelHandle) -> dict[str, torch.Tensor]:
@@ -64,8 +64,8 @@ def _patched_state(handle: ModelHandle) -> dict[str, torch.Tensor]:
 def test_kohya_and_peft_formats_change_exactly_the_targeted_weights(mm: ModelManager) -> None:
     model, clip, _ = mm.load_checkpoint("comfyd-tiny-sd1.safetensors")
     base_unet, base_text = _snapshot(model.unet), _snapshot(clip.text_encoders["l"])
-    unet_targets = _expected_targets(model.unet, _UNET_TARGETS)
-    text_targets = _expected_targets(clip.text_encoders["l"], _TEXT_TARGETS)
+    unet_targets = _expected_targets(model.unet, LORA_UNET_TARGETS)
+    text_targets = _expected_targets(clip.text_encoders["l"], LORA_TEXT_TARGETS)
     results = {}
     for lora in ("kohya.safetensors", "kohya-original.safetensors", "peft.safetensors"):
         patched_model = model.with_loras(mm.lora_patch(lora, 1.0))
@@ -139,12 +139,12 @@ def test_sdxl_kohya_te1_te2_patch_their_own_encoders(mm: ModelManager) -> None:
     patched = clip.with_loras(mm.lora_patch("xl.safetensors", 1.0))
     with patched.patched() as encoders:
         for name, encoder in encoders.items():
-            assert _changed(encoder, bases[name]) == _expected_targets(encoder, _TEXT_TARGETS), name
+            assert _changed(encoder, bases[name]) == _expected_targets(encoder, LORA_TEXT_TARGETS), name
     base_unet = _snapshot(model.unet)
     changed = _changed_state(
         _patched_state(model.with_loras(mm.lora_patch("xl.safetensors", 1.0))), base_unet
     )
-    assert changed == _expected_targets(model.unet, _UNET_TARGETS)
+    assert changed == _expected_targets(model.unet, LORA_UNET_TARGETS)
 
 
 def test_a_base_user_waits_while_another_job_has_the_unet_patched(mm: ModelManager) -> None:

@@ -46,6 +46,15 @@ def test_400_validation_bodies_are_comfyuis(server, workflow) -> None:
     assert server.services.queue.depth() == 0 and server.services.job_store.list() == []
 
 
+def _with_extra(extra_data: dict) -> bytes:
+    """A valid fake-node /prompt body with the given extra_data."""
+    prompt = {
+        "3": {"class_type": "TestSleep", "inputs": {"seconds": 0.0, "steps": 1, "tag": ""}},
+        "9": {"class_type": "TestSave", "inputs": {"value": ["3", 0], "filename_prefix": "t", "folder": "output"}},
+    }
+    return json.dumps({"prompt": prompt, "extra_data": extra_data}).encode()
+
+
 @pytest.mark.parametrize(
     ("path", "content", "location"),
     [
@@ -68,6 +77,9 @@ def test_400_validation_bodies_are_comfyuis(server, workflow) -> None:
         ("/v1/generate", b'{"prompt": "x", "workflow": {"3": {"class_type": "TestSleep", "inputs": {}}}}', "prompt"),
         ("/v1/generate", b'{"prompt": "x", "steps": 3, "workflow": {"3": {"class_type": "TestSleep", "inputs": {}}}}',
          "steps"),
+        ("/prompt", _with_extra({"webhook": "file:///etc/passwd"}), "extra_data.webhook"),
+        ("/prompt", _with_extra({"webhook_events_filter": ["everything"]}), "extra_data.webhook_events_filter"),
+        ("/prompt", _with_extra({"preview_method": "taesd"}), "extra_data.preview_method"),
         ("/queue", b'{"delete": "abc"}', "delete"),
         ("/interrupt", b'{"prompt_id": 5}', "prompt_id"),
         ("/free", b'{"unload_models": "yes"}', "unload_models"),
