@@ -74,9 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, help="ComfyUI models folder (default: tiny model in a temp dir)")
     parser.add_argument("--ckpt", default=None, help="checkpoint name in models/checkpoints")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="comfyd-bench-"))

@@ -314,9 +314,11 @@ class _JobRun:
 
     def _context(self, node_id: str) -> NodeContext:
         def on_progress(value: int, total: int, preview: Any = None) -> None:
-            self._send(
-                events.PROGRESS, {"value": value, "max": total, "prompt_id": self.job_id, "node": node_id}
-            )
+            data = {"value": value, "max": total, "prompt_id": self.job_id, "node": node_id}
+            if preview is not None:
+                # The step's x0 latent; listeners that send JSON must pop it (jobs.run_job does).
+                data["preview"] = preview
+            self._send(events.PROGRESS, data)
 
         return NodeContext(
             env=self.ex.env,

@@ -15,8 +15,8 @@ MAX_STEPS = 10000
 
 
 def _progress(ctx: NodeContext):
-    def report(step: int, total: int, _preview: Any) -> None:
-        ctx.progress(step + 1, total)  # also where an interrupt takes effect
+    def report(step: int, total: int, preview: Any) -> None:
+        ctx.progress(step + 1, total, preview)  # also where an interrupt takes effect
 
     return report
 

@@ -91,6 +91,11 @@ def _check_latent(latent: Any) -> Tensor:
     mask = latent.get("noise_mask")
     if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
         raise ValueError("latent noise_mask must be a tensor [..., H, W]")
+    batch_index = latent.get("batch_index")
+    if batch_index is not None and len(batch_index) != samples.shape[0]:
+        raise ValueError(
+            f"latent batch_index has {len(batch_index)} entries for a batch of {samples.shape[0]}"
+        )
     return samples
 
 
@@ -173,7 +178,8 @@ def common_ksampler(
         if callback is not None:
             callback(step, total, denoised)
 
-    with torch.inference_mode(), model.patched() as unet:
+    # LoRA patching happens outside inference mode: the patched weights are ordinary tensors.
+    with model.patched() as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
         denoiser: Denoiser = CFGGuider(unet_denoiser, entries, cfg)

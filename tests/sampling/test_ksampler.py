@@ -195,6 +195,8 @@ def test_bad_arguments_are_clear_errors(fake_model, cond):
         run(fake_model, cond, latent, scheduler="fast")
     with pytest.raises(ValueError, match="LATENT"):
         run(fake_model, cond, {"latent": 1})
+    with pytest.raises(ValueError, match="batch_index has 1 entries for a batch of 2"):
+        run(fake_model, cond, {"samples": torch.zeros(SHAPE), "batch_index": [0]})
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         run(fake_model, cond, {"samples": torch.zeros(4, 8, 8)})
 
