@@ -204,11 +204,12 @@ def cmd_aws_init(args: argparse.Namespace) -> int:
 
 
 def cmd_aws_local(args: argparse.Namespace) -> int:
-    from moto.server import ThreadedMotoServer
+    from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
 
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port)
-    server.start()
-    print(f"moto server on http://{args.host}:{args.port}; export AWS_ENDPOINT_URL=http://{args.host}:{args.port}")
+    # moto in-process, with DynamoDB's atomic conditional writes restored (see local_endpoint.py).
+    server = LocalAwsEndpoint(host=args.host, port=args.port).start()
+    print(f"moto server on {server.url}; export AWS_ENDPOINT_URL={server.url} "
+          "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1")
     try:
         import threading
 

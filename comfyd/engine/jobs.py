@@ -460,7 +460,7 @@ def _record_metrics(metrics: Metrics, job: JobRecord, timings: dict[str, float])
     for node_id, seconds in timings.items():
         node = job.workflow.get(node_id)
         class_type = node.get("class_type", "unknown") if isinstance(node, dict) else "unknown"
-        metrics.observe("NodeDuration", seconds, "Seconds", class_type=str(class_type))
+        metrics.observe("NodeExecutionTime", seconds, "Seconds", class_type=str(class_type))
 
 
 def _publish(backends: JobBackends, event: str, job: JobRecord) -> None:

@@ -105,7 +105,6 @@ def test_runtime_policy_is_exact(fault_proxy: FaultProxy, kms_settings: Settings
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     settings = kms_settings
     aws_init(settings, AwsSession.from_settings(settings))
-    ensure_queues(AwsSession.from_settings(settings), settings.sqs_queue, max_receives=1)
     aws = AwsSession.from_settings(settings)
     recorder = CallRecorder(aws)
     defaults = build_services(settings.model_copy(update={"storage": "local", "jobstore": "sqlite", "queue": "local",
@@ -116,6 +115,7 @@ def test_runtime_policy_is_exact(fault_proxy: FaultProxy, kms_settings: Settings
         notifier=build_notifier(settings, aws), executor_factory=defaults.executor_factory,
         closers=defaults.closers,
     )
+    services.closers += [services.output_store.close, services.metrics.close]
     try:
         big = {**fake_runtime.workflow(), "2": {"class_type": "Note", "inputs": {"text": "w" * 40_000}}}
         for job_id, workflow in [("ok", fake_runtime.workflow()), ("big", big),
@@ -124,12 +124,16 @@ def test_runtime_policy_is_exact(fault_proxy: FaultProxy, kms_settings: Settings
             services.job_store.create(JobRecord(id=job_id, workflow=workflow, priority=8))
             services.queue.put(job_id, 8)
         worker = Worker(settings, services, fake_runtime.build(settings), visibility_s=5, poll_s=1)
-        worker.run(threading.Event(), max_jobs=5)
-        assert services.job_store.get("ok").status.value == "succeeded"
+        stop = threading.Event()
+        threading.Timer(30, stop.set).start()  # a bug must fail the test, not hang it
+        assert worker.run(stop, max_jobs=5).succeeded == 3
+        stop.set()
         # A job whose worker died: to the DLQ, then failed by a worker.
+        ensure_queues(AwsSession.from_settings(settings), settings.sqs_queue, max_receives=1)
         services.job_store.create(JobRecord(id="cursed", workflow=fake_runtime.workflow()))
         services.queue.put("cursed", 1)
         services.queue.nack(services.queue.get(timeout=1))
+        assert services.queue.get(timeout=0) is None  # this receive moves it to the DLQ
         assert worker.fail_dead_letters() == 1
         # Server traffic: history, progress, reads of outputs (incl. a missing one), deletes.
         services.job_store.list(limit=10)

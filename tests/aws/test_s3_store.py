@@ -81,10 +81,14 @@ def test_large_output_uses_multipart(settings: Settings, provisioned, monkeypatc
 
     monkeypatch.setattr(s3_store, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
     blob = bytes(range(256)) * (6 * 4096)  # 6 MiB: two parts of the 5 MiB minimum
-    store = _store(settings)
+    aws = AwsSession.from_settings(settings)
+    operations: list[str] = []
+    aws.boto.events.register("before-call.s3", lambda model, **kw: operations.append(model.name))
+    store = build_output_store(settings, aws)
     stored = store.put("job-6", "big.bin", blob, "application/octet-stream", metadata={"seed": "1"})
     assert store.get(stored.key) == blob
     assert store.head(stored.key)["metadata"]["seed"] == "1"
+    assert operations.count("UploadPart") == 2 and "CompleteMultipartUpload" in operations
 
 
 # --- retries, faults and the spool -------------------------------------------------------------

@@ -61,4 +61,4 @@ def test_system_stats_and_metrics(server, workflow) -> None:
     assert 'comfyd_jobs_completed_total{status="succeeded"} 1' in text
     assert 'comfyd_jobs_submitted_total{source="prompt"} 1' in text
     assert "comfyd_queue_depth 0" in text and "comfyd_queue_wait_seconds_count 1" in text
-    assert 'comfyd_node_duration_seconds_count{class_type="TestSleep"} 1' in text
+    assert 'comfyd_node_execution_time_seconds_count{class_type="TestSleep"} 1' in text

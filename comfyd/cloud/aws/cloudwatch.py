@@ -163,6 +163,8 @@ class CloudWatchMetrics:
         if not namespace or namespace.startswith("AWS/"):
             raise ValueError(f"COMFYD_CLOUDWATCH_NAMESPACE={namespace!r}: must be non-empty and not start with AWS/")
         self.aws = aws
+        # Created now, not in the flush thread: the client is fixed when the backends are built.
+        self._cloudwatch = aws.client("cloudwatch") if aws is not None else None
         self.namespace = namespace
         self.flush_interval_s = flush_interval_s
         self.sample_gpu = sample_gpu
@@ -235,7 +237,7 @@ class CloudWatchMetrics:
                 log.exception("metrics flush failed")
 
     def _send(self, series: list[tuple[MetricKey, list[float], list[float]]], now: float) -> None:
-        cloudwatch = self.aws.client("cloudwatch")  # type: ignore[union-attr]
+        cloudwatch = self._cloudwatch
         data = [
             {
                 "MetricName": name, "Unit": unit, "Timestamp": now, "Values": values, "Counts": counts,

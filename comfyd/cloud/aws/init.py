@@ -158,7 +158,9 @@ def aws_init(settings: Settings, aws: AwsSession | None = None) -> dict[str, Any
     if settings.dynamodb_table:
         report["table"] = {"name": settings.dynamodb_table, "state": ensure_table(aws, settings.dynamodb_table)}
     if settings.sqs_queue:
-        report["queues"] = ensure_queues(aws, settings.sqs_queue)
+        # A retried job comes back through the queue: every allowed retry must fit before the DLQ.
+        report["queues"] = ensure_queues(aws, settings.sqs_queue,
+                                         max_receives=max(MAX_RECEIVES, settings.retry_attempts + 2))
     if settings.sns_topic:
         report["topic"] = ensure_topic(aws, settings.sns_topic)
     if len(report) == 1:

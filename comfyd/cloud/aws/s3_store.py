@@ -37,7 +37,7 @@ _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _METADATA_VALUE_MAX = 256  # S3 allows 2 KB of user metadata in all
 # Objects above this go through multipart upload (boto3's transfer manager) instead of one PUT.
 MULTIPART_THRESHOLD = 16 * 1024**2
-_TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=8 * 1024**2, use_threads=False)
+MULTIPART_CHUNK = 8 * 1024**2
 
 
 class OutputNotStoredError(RetryableError):
@@ -152,7 +152,9 @@ class S3OutputStore:
         if len(data) < MULTIPART_THRESHOLD:
             self._s3.put_object(Bucket=entry.bucket, Key=entry.key, Body=io.BytesIO(data), **entry.extra_args)
         else:
-            self._s3.upload_fileobj(io.BytesIO(data), entry.bucket, entry.key, ExtraArgs=entry.extra_args, Config=_TRANSFER)
+            transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                      multipart_chunksize=min(MULTIPART_CHUNK, MULTIPART_THRESHOLD), use_threads=False)
+            self._s3.upload_fileobj(io.BytesIO(data), entry.bucket, entry.key, ExtraArgs=entry.extra_args, Config=transfer)
 
     # --- get -----------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
