@@ -164,7 +164,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from comfyd.worker import run_worker
 
-    run_worker(_settings(args))
+    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+
+    try:
+        run_worker(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
+    except (InvalidRegion, AwsConfigError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -197,8 +203,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_aws_init(args: argparse.Namespace) -> int:
     from comfyd.cloud.aws.init import aws_init
+    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
 
-    created = aws_init(_settings(args))
+    try:
+        created = aws_init(_settings(args))
+    except (InvalidRegion, AwsConfigError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(json.dumps(created, indent=2, default=str))
     return EXIT_OK
 
@@ -253,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--output-dir")
     worker.add_argument("--input-dir")
     worker.add_argument("--device")
+    worker.add_argument("--visibility-timeout", type=int, default=60, help="SQS visibility timeout per job lease (s)")
+    worker.add_argument("--poll", type=int, default=20, help="SQS long-poll wait (s)")
+    worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     worker.set_defaults(func=cmd_worker)
 
     submit = sub.add_parser("submit", help="submit a workflow to a comfyd server and wait")

@@ -31,6 +31,7 @@ from comfyd.engine.jobs import JobManager
 from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
 from comfyd.http.limits import BodySizeLimitMiddleware
+from comfyd.http.metrics import RequestMetricsMiddleware
 from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
@@ -97,6 +98,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
             allow_headers=["*"], allow_credentials=False,
         )
+    app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes
     )

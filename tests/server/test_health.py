@@ -55,6 +55,8 @@ def test_system_stats_and_metrics(server, workflow) -> None:
         assert http.get("/extensions").json() == []
         assert "checkpoints" in http.get("/models").json()
         assert http.post("/free", json={"unload_models": True, "free_memory": True}).status_code == 200
+        assert http.get("/history/no-such-job").status_code in (200, 404)
+        assert http.post("/prompt", json={"prompt": {}}).status_code == 400
         metrics = http.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         text = metrics.text
@@ -62,3 +64,6 @@ def test_system_stats_and_metrics(server, workflow) -> None:
     assert 'comfyd_jobs_submitted_total{source="prompt"} 1' in text
     assert "comfyd_queue_depth 0" in text and "comfyd_queue_wait_seconds_count 1" in text
     assert 'comfyd_node_execution_time_seconds_count{class_type="TestSleep"} 1' in text
+    # Request metrics carry the route template, never the raw path.
+    assert 'route="/prompt"' in text and 'route="/history/{prompt_id}"' in text and "no-such-job" not in text
+    assert 'comfyd_errors_total{error_type="ClientError400"} 1' in text
