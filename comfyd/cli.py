@@ -162,9 +162,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from comfyd.worker import run_worker
-
     from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+    from comfyd.worker import run_worker
 
     try:
         run_worker(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
