@@ -119,6 +119,9 @@ def serve(settings: Settings) -> None:
         raise SystemExit(f"error: {exc}") from None
     import uvicorn
 
+    from comfyd.cloud import check_aws_region
+
+    check_aws_region(settings)  # an unknown or disabled region fails here, not on the first job
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
     app = create_app(settings)

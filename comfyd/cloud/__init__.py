@@ -180,3 +180,18 @@ def build_runtime(settings: Settings) -> JobRuntime:
 
 
 __all__ = ["Services", "build_runtime", "build_services"]
+
+
+def check_aws_region(settings: Settings) -> None:
+    """Fail at start-up (SystemExit naming InvalidRegion) when AWS backends are configured and
+    the region is unknown or not enabled for the account."""
+    from comfyd.cloud.aws import session_for, uses_aws
+
+    if not uses_aws(settings):
+        return
+    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+
+    try:
+        session_for(settings).verify_region_enabled()
+    except (InvalidRegion, AwsConfigError) as exc:
+        raise SystemExit(f"error: {type(exc).__name__}: {exc}") from None

@@ -9,6 +9,7 @@ from PIL import Image
 
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Combo, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
+from comfyd.sampling.latent_resize import center_crop
 
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROP_METHODS = ["disabled", "center"]
@@ -33,19 +34,6 @@ def _lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return torch.stack(results).to(samples.device, samples.dtype)
 
 
-def center_crop_to_aspect(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Crop NCHW samples symmetrically so their aspect ratio matches width:height."""
-    old_height, old_width = samples.shape[-2], samples.shape[-1]
-    old_aspect = old_width / old_height
-    new_aspect = width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_width - old_width * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_height - old_height * (old_aspect / new_aspect)) / 2)
-    return samples.narrow(-2, y, old_height - y * 2).narrow(-1, x, old_width - x * 2)
-
-
 def common_upscale(
     samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str
 ) -> torch.Tensor:
@@ -61,7 +49,7 @@ def common_upscale(
         raise ValueError(f"unknown crop {crop!r}; expected one of {CROP_METHODS}")
     if width < 1 or height < 1:
         raise ValueError(f"cannot resize to {width}x{height}")
-    source = center_crop_to_aspect(samples, width, height) if crop == "center" else samples
+    source = center_crop(samples, width, height) if crop == "center" else samples
     if upscale_method == "lanczos":
         return _lanczos(source, width, height)
     return F.interpolate(source, size=(height, width), mode=upscale_method)

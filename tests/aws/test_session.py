@@ -101,3 +101,15 @@ def test_region_check_skipped_for_local_endpoint(fault_proxy: FaultProxy) -> Non
 
 def test_session_for_shares_one_session(settings) -> None:
     assert session_for(settings) is session_for(settings)
+
+
+def test_serve_refuses_to_start_in_an_unknown_region(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = {"COMFYD_STORAGE": "s3", "COMFYD_S3_BUCKET": "b", "COMFYD_AWS_REGION": "xx-nowhere-9",
+           "COMFYD_CONFIG": "/dev/null", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "comfyd", "serve", "--port", "0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "InvalidRegion" in proc.stderr and "xx-nowhere-9" in proc.stderr
