@@ -20,7 +20,7 @@ from comfyd.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning")
 
-REFERENCE = Path("/work/shared/reference/validation_errors")
+REFERENCE = Path(__file__).parents[1] / "engine" / "comfyui_validation_errors"
 CONTEXT_DIM = 16
 
 

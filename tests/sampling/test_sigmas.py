@@ -17,7 +17,7 @@ from comfyd.sampling.sigmas import (
     ksampler_sigmas,
 )
 
-REFERENCE = json.loads(Path("/work/shared/reference/sigmas_reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parent / "data" / "sigmas_reference.json").read_text())
 SCHEDULE = discrete_schedule()
 # ComfyUI's float32 exp differs by an ulp between CPUs; anything beyond that is a real difference.
 RTOL = 3e-7
