@@ -1,157 +1,316 @@
-"""Sampler throughput on a GPU: comfyd vs a plain diffusers pipeline on the same weights.
+"""Sampler throughput on a GPU: comfyd vs a plain diffusers pipeline on the very same weights.
 
     python bench/gpu_throughput.py [--family sd1|sdxl] [--steps 20] [--size 512] [--compile]
-    python bench/gpu_throughput.py --tiny        # CPU, tiny model: what the tests run
+    python bench/gpu_throughput.py --tiny [--family sdxl] [--dtype fp16]   # CPU, tiny model (tests)
 
-Full size: a random-weight checkpoint with the real shapes (generated once into
-~/.cache/comfyd-bench/), fp16 on CUDA, euler + normal, 512x512 (1024 for SDXL), cfg 8. The
-diffusers pipeline is built from the very modules comfyd loaded (same UNet, VAE, text
-encoders), with EulerDiscreteScheduler from the shipped scheduler config, so only the sampling
-loops and their overhead differ. Both use PyTorch SDPA attention and channels_last; with
---compile, both UNets are the same `torch.compile`d module. Runs alternate. Sampler it/s is
-measured between the first and the last step callback of each side.
+Full size: a random-weight checkpoint with the real shapes, generated once into
+~/.cache/comfyd-bench/full/checkpoints/ (the SD1.5 file is the one bench/model_load.py writes),
+fp16 on CUDA, euler + normal, 512x512, cfg 8, the prompt of a real job. Random weights cost what
+real ones cost: the shapes and dtypes decide the work.
 
-Ends with `RESULT gpu_its_ratio=<comfyd it/s / diffusers it/s>` (target >= 1.0).
+The diffusers pipeline (StableDiffusionPipeline / StableDiffusionXLPipeline) is built from the
+modules comfyd's model manager loaded (same UNet, VAE, text encoders and tokenizers), with
+EulerDiscreteScheduler from the scheduler config comfyd ships, so only the two sampling loops and
+their overhead differ. Speed options sit on the shared UNet, so both sides get them equally:
+PyTorch SDPA attention (diffusers' default processor, printed), channels_last on CUDA, and with
+--compile one `torch.compile` of the UNet (comfyd's `torch_compile` setting is passed too).
+
+comfyd keeps the VAE in bf16 (fp32 where the GPU lacks bf16), never fp16; diffusers' pipelines
+would feed it fp16 latents, so the diffusers side asks for latents and decodes them with the
+shared VAE itself (in the VAE's dtype), as diffusers documents for `output_type="latent"`.
+
+Each run starts cold at the node level (comfyd's node-output cache is cleared, so the prompts are
+encoded again, as the pipeline does); models stay loaded on both sides. Runs alternate after one
+warm-up each. Sampler it/s = (steps - 1) / time between the first and the last step callback
+(comfyd: the KSampler's progress events; diffusers: callback_on_step_end), after a device
+synchronize at each. End to end = the whole call: comfyd's parse, validate, encode, sample,
+decode and PNG preview; diffusers' encode, sample, decode and PIL image.
+
+Last line: `RESULT gpu_its_ratio=<comfyd median it/s / diffusers median it/s>` (target >= 1.0).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from importlib import resources
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("COMFYD_CONFIG", os.devnull)  # a local comfyd.toml must not change the setup
 
-from comfyd.runner import LocalRunner
-from comfyd.settings import Settings
+import torch  # noqa: E402
 
-PROMPT, NEGATIVE = "a photograph of a fox in the snow", "blurry"
+PROMPT = "a photograph of a red fox in the snow, golden hour, sharp focus"
+NEGATIVE = "blurry, watermark"
+CFG = 8.0
+SAMPLER_NODE = "3"  # the KSampler of comfyd's default workflow
+# The full-size checkpoints; the SD1.5 name is the file bench/model_load.py caches.
+FULL_CHECKPOINTS = {"sd1": "sd15-random-fp16.safetensors", "sdxl": "sdxl-random-fp16.safetensors"}
 
 
-def checkpoint(family: str, tiny: bool, cache: Path) -> Path:
-    from comfyd.models.tiny import make_tiny_checkpoint, write_random_checkpoint
+@dataclass(frozen=True)
+class Timing:
+    its: float  # sampler steps per second
+    seconds: float  # the whole call
 
-    if tiny:
-        return make_tiny_checkpoint(Path(tempfile.mkdtemp()) / "checkpoints", family=family, fmt="single", seed=0)
-    path = cache / "full" / "checkpoints" / f"{family}-random-fp16.safetensors"
-    if family == "sd1" and (cache / "full" / "checkpoints" / "sd15-random-fp16.safetensors").is_file():
-        return cache / "full" / "checkpoints" / "sd15-random-fp16.safetensors"
+
+def full_checkpoint(family: str, cache_dir: Path) -> Path:
+    """The cached full-size random checkpoint of `family`, written on first use."""
+    from comfyd.models.tiny import write_random_checkpoint
+
+    path = cache_dir / "full" / "checkpoints" / FULL_CHECKPOINTS[family]
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"writing a full-size random {family} checkpoint to {path} (once)", file=sys.stderr)
-        write_random_checkpoint(path, family, "single", seed=0, size="full")
+        print(f"writing a full-size random {family} checkpoint to {path} (once) ...", flush=True)
+        started = time.perf_counter()
+        partial = path.with_suffix(".partial")  # an interrupted write never looks finished
+        write_random_checkpoint(partial, family, "single", seed=0, size="full")
+        partial.replace(path)
+        print(
+            f"  done in {time.perf_counter() - started:.0f}s, {path.stat().st_size / 1e9:.2f} GB", flush=True
+        )
     return path
 
 
-def workflow(ckpt: str, family: str, size: int, steps: int, seed: int) -> dict:
-    text = resources.files("comfyd.workflows").joinpath("default_api.json").read_text()
-    wf = json.loads(text)
-    wf["4"]["inputs"]["ckpt_name"] = ckpt
-    wf["6"]["inputs"]["text"], wf["7"]["inputs"]["text"] = PROMPT, NEGATIVE
-    wf["5"]["inputs"].update(width=size, height=size)
-    wf["3"]["inputs"].update(seed=seed, steps=steps, cfg=8.0, sampler_name="euler", scheduler="normal")
-    wf["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
-    return wf
+def comfyd_workflow(ckpt_name: str, size: int, steps: int, seed: int) -> dict[str, Any]:
+    """comfyd's default text-to-image graph, sized for the benchmark, previewing instead of saving."""
+    from comfyd.runner import default_workflow
+
+    workflow = default_workflow(PROMPT)
+    workflow["4"]["inputs"]["ckpt_name"] = ckpt_name
+    workflow["7"]["inputs"]["text"] = NEGATIVE
+    workflow["5"]["inputs"].update(width=size, height=size, batch_size=1)
+    workflow[SAMPLER_NODE]["inputs"].update(
+        seed=seed, steps=steps, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0
+    )
+    workflow["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    return workflow
 
 
 def steps_per_second(stamps: list[float]) -> float:
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    """Steps per second between the first and the last step's timestamp."""
+    if len(stamps) < 2 or stamps[-1] <= stamps[0]:
+        return float("nan")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def build_pipeline(handles, family: str):
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for queued GPU work, so that a timestamp means the step is done."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def apply_speed_options(unet: torch.nn.Module, device: torch.device, compile_unet: bool) -> list[str]:
+    """channels_last (CUDA) and torch.compile on the shared UNet; returns what is in effect."""
+    attention = sorted({type(p).__name__ for p in unet.attn_processors.values()})
+    options = [f"attention {'/'.join(attention)}"]
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+        options.append("channels_last")
+    if compile_unet:
+        # nn.Module.compile() compiles the module in place: comfyd's sampler and the pipeline
+        # both call it. Skipped if comfyd already compiled it from its torch_compile setting.
+        already = getattr(unet, "_compiled_call_impl", None) is not None or hasattr(unet, "_orig_mod")
+        if not already:
+            unet.compile()
+        options.append("torch.compile")
+    return options
+
+
+def diffusers_pipeline(handles: tuple[Any, Any, Any], family: str) -> Any:
+    """A diffusers pipeline around the modules comfyd loaded, with the shipped Euler scheduler."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from comfyd.models.detect import shipped_config
+
     model, clip, vae = handles
-    config = json.loads(resources.files("comfyd.models.configs").joinpath(family).joinpath("scheduler.json").read_text())
-    scheduler = EulerDiscreteScheduler.from_config(config)
+    scheduler = EulerDiscreteScheduler.from_config(shipped_config(family, "scheduler.json"))
     if family == "sdxl":
-        return StableDiffusionXLPipeline(
-            vae=vae.vae, text_encoder=clip.text_encoders["l"], text_encoder_2=clip.text_encoders["g"],
-            tokenizer=clip.tokenizers["l"], tokenizer_2=clip.tokenizers["g"], unet=model.unet, scheduler=scheduler,
+        pipe = StableDiffusionXLPipeline(
+            vae=vae.vae,
+            text_encoder=clip.text_encoders["l"],
+            text_encoder_2=clip.text_encoders["g"],
+            tokenizer=clip.tokenizers["l"],
+            tokenizer_2=clip.tokenizers["g"],
+            unet=model.unet,
+            scheduler=scheduler,
+            add_watermarker=False,
         )
-    return StableDiffusionPipeline(
-        vae=vae.vae, text_encoder=clip.text_encoders["l"], tokenizer=clip.tokenizers["l"], unet=model.unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=["sd1", "sdxl"], default="sd1")
-    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (tests)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (both sides)")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "comfyd-bench")
-    args = parser.parse_args()
-    if not args.tiny and not torch.cuda.is_available():
-        print("error: no CUDA GPU here; run on a GPU host, or pass --tiny for the CPU smoke run", file=sys.stderr)
-        return 2
-    steps = args.steps or (4 if args.tiny else 20)
-    size = args.size or (64 if args.tiny else (1024 if args.family == "sdxl" else 512))
-    device = "cpu" if args.tiny else "cuda"
-
-    path = checkpoint(args.family, args.tiny, args.cache_dir)
-    work = Path(tempfile.mkdtemp(prefix="comfyd-gpu-bench-"))
-    settings = Settings(models_dir=path.parent.parent, output_dir=work / "out", temp_dir=work / "temp",
-                        input_dir=work / "in", device=device, torch_compile=args.compile)
-    runner = LocalRunner(settings)
-    handles = runner.env.models.load_checkpoint(path.name)
-    model = handles[0]
-    if device == "cuda":
-        model.unet.to(memory_format=torch.channels_last)
-        if args.compile:
-            model.unet.forward = torch.compile(model.unet.forward)
-    pipe = build_pipeline(handles, args.family)
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae.vae,
+            text_encoder=clip.text_encoders["l"],
+            tokenizer=clip.tokenizers["l"],
+            unet=model.unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
 
-    def run_comfyd(seed: int) -> tuple[float, float]:
+
+class ComfydSide:
+    """One text-to-image job through comfyd's LocalRunner."""
+
+    def __init__(self, runner: Any, ckpt_name: str, size: int, steps: int, sync: Callable[[], None]) -> None:
+        self.runner, self.ckpt_name, self.size, self.steps, self.sync = runner, ckpt_name, size, steps, sync
+
+    def run(self, seed: int) -> Timing:
         stamps: list[float] = []
 
-        def listener(event: str, data: dict) -> None:
-            if event == "progress" and data.get("node") == "3":
-                if device == "cuda":
-                    torch.cuda.synchronize()
+        def listener(event: str, data: dict[str, Any]) -> None:
+            if event == "progress" and data.get("node") == SAMPLER_NODE:
+                self.sync()
                 stamps.append(time.perf_counter())
 
-        runner.executor.cache.clear()  # every node runs, as in the diffusers pipeline
-        t0 = time.perf_counter()
-        result = runner.run(workflow(path.name, args.family, size, steps, seed), listener=listener)
-        assert result.ok, result.error
-        return steps_per_second(stamps), time.perf_counter() - t0
+        workflow = comfyd_workflow(self.ckpt_name, self.size, self.steps, seed)
+        self.runner.executor.cache.clear()  # every node runs again, as every pipeline stage does
+        started = time.perf_counter()
+        result = self.runner.run(workflow, listener=listener)
+        self.sync()
+        seconds = time.perf_counter() - started
+        if not result.ok:
+            raise RuntimeError(f"comfyd run failed: {result.error}")
+        if len(stamps) != self.steps:
+            raise RuntimeError(f"comfyd reported {len(stamps)} progress events for {self.steps} steps")
+        return Timing(steps_per_second(stamps), seconds)
 
-    def run_diffusers(seed: int) -> tuple[float, float]:
+
+class DiffusersSide:
+    """The same job through the diffusers pipeline."""
+
+    def __init__(self, pipe: Any, size: int, steps: int, sync: Callable[[], None]) -> None:
+        self.pipe, self.size, self.steps, self.sync = pipe, size, steps, sync
+
+    def run(self, seed: int) -> Timing:
         stamps: list[float] = []
 
-        def on_step(pipeline, step, timestep, kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
+        def on_step(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            self.sync()
             stamps.append(time.perf_counter())
             return kwargs
 
-        generator = torch.Generator("cpu").manual_seed(seed)
-        t0 = time.perf_counter()
-        pipe(PROMPT, negative_prompt=NEGATIVE, height=size, width=size, num_inference_steps=steps,
-             guidance_scale=8.0, generator=generator, callback_on_step_end=on_step, output_type="pil")
-        return steps_per_second(stamps), time.perf_counter() - t0
+        vae = self.pipe.vae
+        started = time.perf_counter()
+        latents = self.pipe(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            height=self.size,
+            width=self.size,
+            num_inference_steps=self.steps,
+            guidance_scale=CFG,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=on_step,
+            output_type="latent",
+        ).images
+        with torch.inference_mode():
+            decoded = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+        images = self.pipe.image_processor.postprocess(decoded, output_type="pil")
+        self.sync()
+        seconds = time.perf_counter() - started
+        if len(images) != 1 or len(stamps) != self.steps:
+            raise RuntimeError(f"diffusers gave {len(images)} image(s) and {len(stamps)} step callbacks")
+        return Timing(steps_per_second(stamps), seconds)
 
-    run_comfyd(0), run_diffusers(0)  # warm-up (kernels, allocator, compile)
-    ours, theirs = [], []
-    for i in range(args.repeats):
-        ours.append(run_comfyd(i + 1))
-        theirs.append(run_diffusers(i + 1))
-    med = statistics.median
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"device {name}, {args.family}{' tiny' if args.tiny else ''}, {size}x{size}, {steps} steps euler")
-    print(f"comfyd    sampler {med(r[0] for r in ours):8.3f} it/s   end to end {med(r[1] for r in ours):.3f} s")
-    print(f"diffusers sampler {med(r[0] for r in theirs):8.3f} it/s   end to end {med(r[1] for r in theirs):.3f} s")
-    print(f"RESULT gpu_its_ratio={med(r[0] for r in ours) / med(r[0] for r in theirs):.4f}")
+
+def summary(name: str, timings: list[Timing]) -> tuple[float, float]:
+    its = statistics.median(t.its for t in timings)
+    seconds = statistics.median(t.seconds for t in timings)
+    runs = " ".join(f"{t.its:.2f}" for t in timings)
+    print(f"{name:9s} sampler {its:9.3f} it/s   end to end {seconds:7.3f} s   (it/s per run: {runs})")
+    return its, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", choices=sorted(FULL_CHECKPOINTS), default="sd1")
+    parser.add_argument("--tiny", action="store_true", help="tiny random model on CPU (the test run)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (20; 4 with --tiny)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (512; 64 with --tiny)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "fp16", "bf16", "fp32"],
+        default="auto",
+        help="comfyd's dtype setting (auto: fp16 UNet and text encoders on CUDA)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the shared UNet")
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "comfyd-bench")
+    args = parser.parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():
+        print(
+            "error: no CUDA GPU available; this benchmark measures GPU throughput. Run it on a machine "
+            "with an NVIDIA GPU, or pass --tiny for the small CPU run the tests use.",
+            file=sys.stderr,
+        )
+        return 2
+    if args.steps is not None and args.steps < 2:
+        parser.error("--steps must be at least 2 (it/s is measured between step callbacks)")
+    if args.size is not None and (args.size < 64 or args.size % 8):
+        parser.error("--size must be a multiple of 8, at least 64")
+    steps = args.steps or (4 if args.tiny else 20)
+    size = args.size or (64 if args.tiny else 512)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    if args.tiny:
+        # Tiny tensors gain nothing from a second thread, and lose a lot to a busy neighbour.
+        torch.set_num_threads(1)
+
+    from comfyd.models.tiny import make_tiny_checkpoint
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="comfyd-gpu-bench-") as tmp:
+        work = Path(tmp)
+        if args.tiny:
+            checkpoint = make_tiny_checkpoint(work / "models" / "checkpoints", family=args.family, seed=0)
+        else:
+            checkpoint = full_checkpoint(args.family, args.cache_dir)
+        settings = Settings(
+            models_dir=checkpoint.parent.parent,
+            output_dir=work / "output",
+            temp_dir=work / "temp",
+            input_dir=work / "input",
+            device=str(device),
+            dtype=args.dtype,
+            torch_compile=args.compile,
+        )
+        runner = LocalRunner(settings)
+        handles = runner.env.models.load_checkpoint(checkpoint.name)
+        model, _, vae = handles
+        options = apply_speed_options(model.unet, device, args.compile)
+        sync = synchronizer(device)
+        comfyd = ComfydSide(runner, checkpoint.name, size, steps, sync)
+        plain = DiffusersSide(diffusers_pipeline(handles, args.family), size, steps, sync)
+
+        comfyd.run(0), plain.run(0)  # warm-up: kernels, allocator, compilation
+        ours: list[Timing] = []
+        theirs: list[Timing] = []
+        for i in range(args.repeats):
+            ours.append(comfyd.run(i + 1))
+            theirs.append(plain.run(i + 1))
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"device {name}; {args.family}{' tiny' if args.tiny else ''}, {size}x{size}, {steps} steps euler, "
+        f"cfg {CFG}; unet {model.dtype}, vae {vae.dtype}; {', '.join(options)}"
+    )
+    our_its, our_seconds = summary("comfyd", ours)
+    their_its, their_seconds = summary("diffusers", theirs)
+    print(f"end-to-end ratio (comfyd/diffusers seconds): {our_seconds / their_seconds:.4f}")
+    print(f"RESULT gpu_its_ratio={our_its / their_its:.4f}")
     return 0
 
 

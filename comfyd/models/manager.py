@@ -333,6 +333,13 @@ class ModelManager:
             )
         else:
             loaded = loader.load_single_file(path, self.plan, allow_pickle)
+        if self.plan.device.type == "cuda":
+            # NHWC convolutions are the fast path for fp16/bf16 on tensor cores.
+            loaded.unet.to(memory_format=torch.channels_last)
+        if self.settings.torch_compile:
+            # Compiles lazily on the first call; LoRA patches change weights in place, which
+            # torch.compile tolerates (parameters are inputs of the compiled graph).
+            loaded.unet.compile()
         patcher = LoraPatcher(loaded.family, {"unet": loaded.unet, **loaded.text_encoders}, self.parsed_lora)
         device = self.plan.device
         model = ModelHandle(
