@@ -41,16 +41,15 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _read_workflow(path: str | None) -> dict[str, Any] | None:
+    from comfyd.engine.graph import read_workflow_file
+
     if path is None:
         return None
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"error: {path} is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SystemExit(f"error: {path} must hold a JSON object (a workflow), not {type(data).__name__}")
-    return data
+        return read_workflow_file("/dev/stdin" if path == "-" else path)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from exc
 
 
 # --- run ---------------------------------------------------------------------------------

@@ -48,17 +48,12 @@ class WarmupReport:
 
 def load_warmup_workflow(path: Path) -> dict[str, Any]:
     """The workflow in `path`; WarmupError naming the file when it is missing or not a JSON object."""
+    from comfyd.engine.graph import read_workflow_file
+
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise WarmupError(f"warm-up workflow {path}: cannot read it: {exc}") from exc
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WarmupError(f"warm-up workflow {path}: not JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise WarmupError(f"warm-up workflow {path}: expected a JSON object (a workflow), got {type(body).__name__}")
-    return body
+        return read_workflow_file(path)
+    except ValueError as exc:
+        raise WarmupError(f"warm-up {exc}") from exc
 
 
 def run_warmup(runtime: JobRuntime, settings: Settings, workflow_path: Path | None = None) -> WarmupReport | None:

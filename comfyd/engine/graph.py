@@ -13,7 +13,9 @@ dataclasses. Semantic checks (unknown classes, types, ranges) belong to `validat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -396,3 +398,21 @@ def _parse_error(message: str, exc: ValidationError, details: str = "") -> Workf
         problems.append(f"{location}: {err['msg']}")
     text = "; ".join(problems)
     return WorkflowParseError(f"{message}: {text}", details or text)
+
+
+def read_workflow_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path` (any accepted workflow form, not yet parsed).
+
+    Raises ValueError naming the file when it cannot be read, is not JSON or is not an object.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"workflow {path}: cannot read it: {exc}") from exc
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"workflow {path}: not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise ValueError(f"workflow {path}: expected a JSON object (a workflow), got {type(body).__name__}")
+    return body
