@@ -8,7 +8,10 @@ both formats, bit for bit. Weights are stored in fp16, as most real checkpoints 
 runs on CPU in about a second per checkpoint.
 
 The same writer produces the full-size random checkpoints the benchmarks use
-(`write_random_checkpoint(..., size="full")`).
+(`write_random_checkpoint(..., size="full")`) and the SD1 "parity" checkpoint
+(`size="parity"`): ComfyUI's real text encoder and VAE with a UNet cut to two levels but kept at
+ComfyUI's SD1.5 widths (320 channels, 8 heads, 768-wide context), so that ComfyUI itself detects
+and loads it as SD1.5. The fidelity references in tests/fidelity were rendered by ComfyUI from it.
 """
 
 from __future__ import annotations
@@ -112,6 +115,26 @@ def tiny_configs(family: str) -> ModelConfigs:
         )
     vae = dict(full.vae, block_out_channels=[32, 32, 64, 64], layers_per_block=1, sample_size=64)
     return ModelConfigs(family=family, unet=unet, vae=vae, encoders=encoders)
+
+
+def parity_configs(family: str) -> ModelConfigs:
+    """Full text encoders and VAE, a two-level UNet at the real widths (see the module docstring)."""
+    if family != "sd1":
+        raise ValueError("the parity checkpoint exists for sd1 only")
+    full = full_configs(family)
+    channels = [320, 640]  # ComfyUI matches SD1.5 on model_channels 320 and context_dim 768
+    unet = dict(
+        full.unet,
+        block_out_channels=channels,
+        layers_per_block=1,
+        attention_head_dim=[detect.unet_heads(family, c) for c in channels],
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    )
+    return ModelConfigs(family=family, unet=unet, vae=full.vae, encoders=full.encoders)
+
+
+SIZES = {"tiny": tiny_configs, "parity": parity_configs, "full": full_configs}
 
 
 # --- random weights --------------------------------------------------------------------------
@@ -218,7 +241,9 @@ def write_random_checkpoint(
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(detect.FAMILIES)}")
     if fmt not in ("single", "diffusers"):
         raise ValueError(f"unknown format {fmt!r}; choose 'single' or 'diffusers'")
-    configs = tiny_configs(family) if size == "tiny" else full_configs(family)
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    configs = SIZES[size](family)
     prediction = prediction or detect.family_manifest(family)["prediction"]
     if prediction not in ("eps", "v"):
         raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")

@@ -1,0 +1,192 @@
+"""Render API-format workflows with a local ComfyUI checkout, to make fidelity references.
+
+    python bench/comfyui_render.py --comfyui PATH --models-dir D --out DIR [--input-dir D]
+                                   WORKFLOW.json [WORKFLOW.json ...]
+
+ComfyUI is driven as a library, in this process, on CPU: each workflow is checked with ComfyUI's
+own `validate_prompt` and run by its `PromptExecutor`, exactly as its server would run it. The
+first image each workflow saves is copied to `DIR/<workflow stem>.png`, and `DIR/renders.json`
+records ComfyUI's version, the SHA-256 of every model file under the models folder, and per
+workflow the SHA-256 of its JSON (as parsed and re-serialised) and of the PNG; a test can then
+tell a stale reference from a real difference.
+
+Nothing of ComfyUI is imported by comfyd or its tests; this script only makes the reference PNGs
+that `tests/fidelity` and `bench/parity.py` compare against. ComfyUI needs its own requirements
+(einops, aiohttp, alembic, sqlalchemy, av, ... on PYTHONPATH). torchvision and torchaudio are
+imported by ComfyUI model families this script never loads: if they cannot be imported (a
+torchvision wheel built for another torch fails at import), empty stand-ins are put in their
+place, and the script says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib
+import importlib.machinery
+import json
+import shutil
+import sys
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+class _Placeholder:
+    """Anything a module-level `torchvision.transforms.X(...)` reference might build."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
+        return _Placeholder()
+
+    def __getattr__(self, name: str) -> _Placeholder:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder()
+
+
+def _module_attribute(name: str) -> type[_Placeholder]:
+    if name.startswith("__"):  # inspect and importlib probe __file__, __path__, ...
+        raise AttributeError(name)
+    return _Placeholder
+
+
+def _stand_in_for(name: str) -> None:
+    try:
+        importlib.import_module(name)
+        return
+    except Exception as exc:  # a wheel built for another torch raises RuntimeError, not ImportError
+        print(f"note: {name} cannot be imported ({type(exc).__name__}); using an empty stand-in")
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+    for full in (name, f"{name}.transforms"):
+        module = types.ModuleType(full)
+        module.__spec__ = importlib.machinery.ModuleSpec(full, None)
+        module.__getattr__ = _module_attribute  # type: ignore[method-assign]
+        sys.modules[full] = module
+    sys.modules[name].transforms = sys.modules[f"{name}.transforms"]  # type: ignore[attr-defined]
+
+
+class _SilentServer:
+    """What PromptExecutor needs of ComfyUI's server: a client id and a sink for its messages."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
+        pass
+
+
+def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_dir: Path) -> dict[str, Any]:
+    """Import ComfyUI from `root`, on CPU, with its folders pointed at ours; returns its modules."""
+    sys.path.insert(0, str(root))
+    sys.argv = [sys.argv[0], "--cpu", "--disable-all-custom-nodes"]
+    for name in ("torchvision", "torchaudio"):
+        _stand_in_for(name)
+    options = importlib.import_module("comfy.options")
+    options.enable_args_parsing()
+    folder_paths = importlib.import_module("folder_paths")
+    for kind in ("checkpoints", "loras", "vae", "embeddings"):
+        if (models_dir / kind).is_dir():
+            folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
+    folder_paths.set_output_directory(str(output_dir))
+    if input_dir is not None:
+        folder_paths.set_input_directory(str(input_dir))
+    nodes = importlib.import_module("nodes")
+    execution = importlib.import_module("execution")
+    version = importlib.import_module("comfyui_version").__version__
+    return {"nodes": nodes, "execution": execution, "folder_paths": folder_paths, "version": version}
+
+
+def first_output_image(history: dict[str, Any], output_dir: Path) -> Path:
+    """The first saved image of a run, in node-id order (as bench/parity.py picks comfyd's)."""
+    outputs = history.get("outputs", {})
+    for node_id in sorted(outputs, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
+        for image in outputs[node_id].get("images", []):
+            if image.get("type", "output") == "output":
+                return output_dir / image.get("subfolder", "") / image["filename"]
+    raise RuntimeError("the workflow saved no image")
+
+
+def render(comfy: dict[str, Any], workflow: dict[str, Any], output_dir: Path) -> Path:
+    execution = comfy["execution"]
+    prompt_id = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(prompt_id, workflow, None))
+    if not valid[0]:
+        raise RuntimeError(f"ComfyUI rejected the workflow: {json.dumps(valid[1])} {json.dumps(valid[3])}")
+    executor = execution.PromptExecutor(_SilentServer(), cache_type=execution.CacheType.CLASSIC)
+    executor.execute(workflow, prompt_id, {}, valid[2])
+    if not executor.success:
+        errors = [m for m in executor.status_messages if m[0] == "execution_error"]
+        raise RuntimeError(f"ComfyUI failed: {json.dumps(errors, default=str)[:2000]}")
+    return first_output_image(executor.history_result, output_dir)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def workflow_digest(workflow: dict[str, Any]) -> str:
+    """A digest of the workflow's content, independent of its file's formatting."""
+    return hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest()
+
+
+def model_digests(models_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(models_dir)): sha256_file(p)
+        for p in sorted(models_dir.rglob("*"))
+        if p.is_file() and p.suffix in (".safetensors", ".pt", ".ckpt", ".json")
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workflows", nargs="+", type=Path)
+    parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout")
+    parser.add_argument("--models-dir", type=Path, required=True, help="ComfyUI-layout models folder")
+    parser.add_argument("--input-dir", type=Path, default=None, help="folder LoadImage reads from")
+    parser.add_argument("--out", type=Path, required=True, help="where the reference PNGs go")
+    args = parser.parse_args(argv)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    scratch = args.out / ".comfyui-output"
+    comfy = load_comfyui(args.comfyui.resolve(), args.models_dir.resolve(),
+                         args.input_dir.resolve() if args.input_dir else None, scratch.resolve())
+    manifest_path = args.out / "renders.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest["comfyui_version"] = comfy["version"]
+    manifest["models"] = model_digests(args.models_dir)
+    renders = manifest.setdefault("renders", {})
+    failed = []
+    for path in args.workflows:
+        workflow = json.loads(path.read_text())
+        workflow = workflow.get("prompt", workflow)
+        digest = workflow_digest(workflow)  # before ComfyUI runs it: its executor edits inputs in place
+        try:
+            image = render(comfy, workflow, scratch)
+        except RuntimeError as exc:
+            print(f"{path.name}: FAILED: {exc}", file=sys.stderr)
+            failed.append(path.name)
+            continue
+        target = args.out / f"{path.stem}.png"
+        shutil.copyfile(image, target)
+        renders[path.stem] = {"workflow": digest, "png": sha256_file(target)}
+        print(f"{path.name}: {target}")
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(scratch, ignore_errors=True)
+    if failed:
+        print(f"{len(failed)} of {len(args.workflows)} workflows failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
