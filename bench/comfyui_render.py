@@ -2,6 +2,7 @@
 
     python bench/comfyui_render.py --comfyui PATH --models-dir D --out DIR [--input-dir D]
                                    WORKFLOW.json [WORKFLOW.json ...]
+    python bench/comfyui_render.py --comfyui PATH --input-types OUT.json --only A,B,...
 
 ComfyUI is driven as a library, in this process, on CPU: each workflow is checked with ComfyUI's
 own `validate_prompt` and run by its `PromptExecutor`, exactly as its server would run it. The
@@ -9,6 +10,10 @@ first image each workflow saves is copied to `DIR/<workflow stem>.png`, and `DIR
 records ComfyUI's version, the SHA-256 of every model file under the models folder, and per
 workflow the SHA-256 of its JSON (as parsed and re-serialised) and of the PNG; a test can then
 tell a stale reference from a real difference.
+
+The second form writes what ComfyUI's /object_info says of the named nodes' inputs and outputs
+(its `INPUT_TYPES()`, `RETURN_TYPES`, `RETURN_NAMES`, `CATEGORY`), for tests/fidelity to hold
+comfyd's schemas against.
 
 Nothing of ComfyUI is imported by comfyd or its tests; this script only makes the reference PNGs
 that `tests/fidelity` and `bench/parity.py` compare against. ComfyUI needs its own requirements
@@ -28,6 +33,7 @@ import importlib.machinery
 import json
 import shutil
 import sys
+import tempfile
 import types
 import uuid
 from pathlib import Path
@@ -127,6 +133,25 @@ def render(comfy: dict[str, Any], workflow: dict[str, Any], output_dir: Path) ->
     return first_output_image(executor.history_result, output_dir)
 
 
+def input_types(comfy: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """ComfyUI's input/output declarations of `names` (base nodes and the SDXL text encoder)."""
+    classes = dict(comfy["nodes"].NODE_CLASS_MAPPINGS)
+    classes["CLIPTextEncodeSDXL"] = importlib.import_module("comfy_extras.nodes_clip_sdxl").CLIPTextEncodeSDXL
+    out: dict[str, Any] = {}
+    for name in names:
+        cls = classes.get(name)
+        if cls is None:
+            continue
+        declared = cls.INPUT_TYPES()
+        out[name] = {
+            "input": {k: v for k, v in declared.items() if k in ("required", "optional")},
+            "output": list(cls.RETURN_TYPES),
+            "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+            "category": getattr(cls, "CATEGORY", None),
+        }
+    return out
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -150,13 +175,25 @@ def model_digests(models_dir: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workflows", nargs="+", type=Path)
+    parser.add_argument("workflows", nargs="*", type=Path)
     parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout")
-    parser.add_argument("--models-dir", type=Path, required=True, help="ComfyUI-layout models folder")
+    parser.add_argument("--models-dir", type=Path, help="ComfyUI-layout models folder")
     parser.add_argument("--input-dir", type=Path, default=None, help="folder LoadImage reads from")
-    parser.add_argument("--out", type=Path, required=True, help="where the reference PNGs go")
+    parser.add_argument("--out", type=Path, help="where the reference PNGs go")
+    parser.add_argument("--input-types", type=Path, help="write node declarations here instead")
+    parser.add_argument("--only", default="", help="comma-separated node names for --input-types")
+    parser.add_argument("--no-model-digests", action="store_true", help="skip hashing the model files")
     args = parser.parse_args(argv)
 
+    if args.input_types is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            comfy = load_comfyui(args.comfyui.resolve(), Path(tmp), None, Path(tmp))
+            declared = input_types(comfy, [n for n in args.only.split(",") if n])
+        declared = {"comfyui_version": comfy["version"], "nodes": declared}
+        args.input_types.write_text(json.dumps(declared, indent=1, default=str) + "\n")
+        return 0
+    if not args.workflows or args.models_dir is None or args.out is None:
+        parser.error("rendering needs --models-dir, --out and at least one workflow")
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.out / ".comfyui-output"
     comfy = load_comfyui(args.comfyui.resolve(), args.models_dir.resolve(),
@@ -164,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path = args.out / "renders.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest["comfyui_version"] = comfy["version"]
-    manifest["models"] = model_digests(args.models_dir)
+    if not args.no_model_digests:
+        manifest["models"] = model_digests(args.models_dir)
     renders = manifest.setdefault("renders", {})
     failed = []
     for path in args.workflows:
