@@ -1,7 +1,7 @@
 """Parity check: run an API-format workflow through comfyd and compare its PNG with ComfyUI's.
 
     python bench/parity.py WORKFLOW.json REFERENCE.png [--models-dir D] [--input-dir D]
-                           [--set 3.seed=1] [--min-psnr 40] [--save-to OUT.png]
+                           [--set 3.seed=1] [--min-psnr 40] [--device cpu] [--save-to OUT.png]
 
 The workflow runs in this process with the real nodes (parse -> validate -> execute). The first
 image the workflow saves (SaveImage before PreviewImage, in node order) is compared with the
@@ -82,13 +82,13 @@ def first_saved_image(outputs: dict[str, Any], roots: dict[str, Path]) -> Path:
 
 
 def run_workflow(
-    workflow: dict[str, Any], models_dir: Path | None, input_dir: Path | None, work: Path
+    workflow: dict[str, Any], models_dir: Path | None, input_dir: Path | None, work: Path, device: str = "cpu"
 ) -> Path:
     """Execute `workflow` with comfyd; returns the path of the first image it saved."""
     from comfyd.runner import LocalRunner
     from comfyd.settings import Settings
 
-    overrides: dict[str, Any] = {"output_dir": work / "output", "temp_dir": work / "temp"}
+    overrides: dict[str, Any] = {"output_dir": work / "output", "temp_dir": work / "temp", "device": device}
     if models_dir is not None:
         overrides["models_dir"] = models_dir
     if input_dir is not None:
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-dir", type=Path, default=None, help="folder LoadImage reads from")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", dest="sets")
     parser.add_argument("--min-psnr", type=float, default=40.0, help="pass threshold in dB (default 40)")
+    parser.add_argument("--device", default="cpu", help="comfyd's device (default cpu, as the references)")
     parser.add_argument("--save-to", type=Path, default=None, help="also copy comfyd's PNG here")
     args = parser.parse_args(argv)
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="comfyd-parity-") as tmp:
         try:
-            produced = run_workflow(workflow, args.models_dir, args.input_dir, Path(tmp))
+            produced = run_workflow(workflow, args.models_dir, args.input_dir, Path(tmp), args.device)
         except Exception as exc:  # any failure to run is reported, not raised
             body = getattr(exc, "body", None)
             detail = json.dumps(body() if callable(body) else body, indent=2) if body else str(exc)

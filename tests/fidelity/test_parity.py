@@ -52,7 +52,13 @@ def runner(models: Path, tmp_path_factory: pytest.TempPathFactory):
 
     work = tmp_path_factory.mktemp("parity-run")
     return LocalRunner(
-        Settings(models_dir=models, input_dir=HERE / "inputs", output_dir=work / "output", temp_dir=work / "temp")
+        Settings(  # the references are CPU renders: a GPU's fp16 would be another comparison
+            device="cpu",
+            models_dir=models,
+            input_dir=HERE / "inputs",
+            output_dir=work / "output",
+            temp_dir=work / "temp",
+        )
     )
 
 
