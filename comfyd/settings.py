@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Pickle checkpoints (.ckpt/.pt) are refused unless enabled, and then loaded weights_only.
     allow_pickle: bool = False
     torch_compile: bool = False
+    # Model computations (sampling, text encoding, VAE) at once per device; 0 = automatic:
+    # 1 on CUDA/MPS (running jobs overlap their loading and I/O, not their GPU work), no limit on CPU.
+    device_concurrency: int = Field(0, ge=0, le=64)
     # A workflow file run once at start (comfyd.warmup) before /health-check reports READY.
     warmup_workflow: Path | None = None
 

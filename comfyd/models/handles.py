@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from comfyd.models.device_gate import DeviceGate
+
 
 @dataclass(frozen=True)
 class LoraPatch:
@@ -49,6 +51,7 @@ class ModelHandle:
     dtype: Any  # torch.dtype the UNet runs in
     loras: tuple[LoraPatch, ...] = ()
     patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
+    gate: DeviceGate | None = field(default=None, compare=False, repr=False)
     # Linear beta schedule of the discrete EPS/V models (ComfyUI's ModelSamplingDiscrete).
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -63,15 +66,17 @@ class ModelHandle:
 
         With a patcher, a handle without LoRAs also enters it, so that it never runs while
         another job has the shared UNet patched (the patcher serialises differing patch sets).
+        The device gate is entered first (see comfyd.models.device_gate).
         """
-        if self.patcher is None:
-            yield self.unet
-            return
-        self.patcher.apply(self.unet, self.loras)
-        try:
-            yield self.unet
-        finally:
-            self.patcher.restore(self.unet)
+        with held(self.gate):
+            if self.patcher is None:
+                yield self.unet
+                return
+            self.patcher.apply(self.unet, self.loras)
+            try:
+                yield self.unet
+            finally:
+                self.patcher.restore(self.unet)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class ClipHandle:
     layer_idx: int | None = None  # None = last layer; -2 = penultimate (CLIPSetLastLayer)
     loras: tuple[LoraPatch, ...] = ()
     patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
+    gate: DeviceGate | None = field(default=None, compare=False, repr=False)
     embedding_dirs: tuple[str, ...] = ()
 
     def with_loras(self, *patches: LoraPatch) -> ClipHandle:
@@ -102,19 +108,20 @@ class ClipHandle:
     @contextmanager
     def patched(self) -> Iterator[dict[str, Any]]:
         """The text encoders with this handle's LoRAs applied (see ModelHandle.patched)."""
-        if self.patcher is None:
-            yield self.text_encoders
-            return
-        applied: list[Any] = []
-        try:
-            for enc in self.text_encoders.values():
-                self.patcher.apply(enc, self.loras)
-                applied.append(enc)
-            yield self.text_encoders
-        finally:
-            # Only what was entered is left, even when entering the second encoder failed.
-            for enc in applied:
-                self.patcher.restore(enc)
+        with held(self.gate):
+            if self.patcher is None:
+                yield self.text_encoders
+                return
+            applied: list[Any] = []
+            try:
+                for enc in self.text_encoders.values():
+                    self.patcher.apply(enc, self.loras)
+                    applied.append(enc)
+                yield self.text_encoders
+            finally:
+                # Only what was entered is left, even when entering the second encoder failed.
+                for enc in applied:
+                    self.patcher.restore(enc)
 
 
 @dataclass(frozen=True)
@@ -128,3 +135,19 @@ class VaeHandle:
     dtype: Any
     latent_channels: int = 4
     downscale: int = 8
+    gate: DeviceGate | None = field(default=None, compare=False, repr=False)
+
+    @contextmanager
+    def computing(self) -> Iterator[Any]:
+        """The VAE, while this job holds the device gate."""
+        with held(self.gate):
+            yield self.vae
+
+
+@contextmanager
+def held(gate: DeviceGate | None) -> Iterator[None]:
+    if gate is None:
+        yield
+        return
+    with gate.held():
+        yield

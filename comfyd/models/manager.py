@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from comfyd.models import loader
+from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
 from comfyd.models.handles import ClipHandle, LoraPatch, ModelHandle, VaeHandle
@@ -94,6 +95,7 @@ class ModelManager:
         self.settings = settings
         self.paths = ModelPaths(tuple(Path(p) for p in settings.model_roots()))
         self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
+        self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device))
         self._lock = threading.RLock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, Future[Any]] = {}
@@ -351,6 +353,7 @@ class ModelManager:
             device=device,
             dtype=self.plan.unet_dtype,
             patcher=patcher,
+            gate=self.gate,
         )
         clip = ClipHandle(
             key=key,
@@ -360,6 +363,7 @@ class ModelManager:
             device=device,
             dtype=self.plan.clip_dtype,
             patcher=patcher,
+            gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
         )
         vae = self._vae_handle(key, loaded.family, loaded.vae)
@@ -382,6 +386,7 @@ class ModelManager:
             dtype=self.plan.vae_dtype,
             latent_channels=int(config.latent_channels),
             downscale=2 ** (len(config.block_out_channels) - 1),
+            gate=self.gate,
         )
 
     def _load_vae(self, path: Path, key: str, name: str) -> VaeHandle:

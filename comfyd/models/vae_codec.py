@@ -75,13 +75,12 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
             f"(is this latent from a different model family?)"
         )
     device = _as_device(vae.device)
-    module = vae.vae
     batch, _channels, height, width = samples.shape
     element_size = torch.tensor([], dtype=vae.dtype).element_size()
     per_sample = _DECODE_ELEMENTS_PER_LATENT_PIXEL * height * width * element_size
-    step = _chunk_size(per_sample, batch, device)
     images: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with vae.computing() as module, torch.inference_mode():
+        step = _chunk_size(per_sample, batch, device)  # free memory is read once the device is ours
         for start in range(0, batch, step):
             z = samples[start : start + step].to(device=device, dtype=vae.dtype)
             if getattr(module, "post_quant_conv", None) is not None:
@@ -101,15 +100,14 @@ def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
     if pixels.shape[-1] < 3:
         raise ValueError(f"VAE encode expects at least 3 colour channels, got {pixels.shape[-1]}")
     device = _as_device(vae.device)
-    module = vae.vae
     pixels = crop_to_multiple(pixels[..., :3], vae.downscale)
     nchw = pixels.movedim(-1, 1)
     batch, _channels, height, width = nchw.shape
     element_size = torch.tensor([], dtype=vae.dtype).element_size()
     per_sample = _ENCODE_ELEMENTS_PER_PIXEL * height * width * element_size
-    step = _chunk_size(per_sample, batch, device)
     latents: list[torch.Tensor] = []
-    with torch.inference_mode():
+    with vae.computing() as module, torch.inference_mode():
+        step = _chunk_size(per_sample, batch, device)
         for start in range(0, batch, step):
             # -1..1 in fp32 on the host first, then to the VAE's device and dtype (ComfyUI's order).
             x = (nchw[start : start + step].float() * 2.0 - 1.0).to(device=device, dtype=vae.dtype)
