@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     job_ttl_s: int = 7 * 24 * 3600
     queue: Literal["local", "sqs"] = "local"
     sqs_queue: str | None = None
+    # A queued job stored this long ago whose message was never sent (its API process died) is
+    # enqueued again by the sweeper (comfyd worker, comfyd serve with SQS); 0 = no sweeps.
+    requeue_after_s: float = Field(120.0, ge=0)
     metrics: Literal["none", "prometheus", "cloudwatch"] = "prometheus"
     cloudwatch_namespace: str = "comfyd"
     sns_topic: str | None = None

@@ -15,6 +15,11 @@ Effectively-once, across any number of workers:
 - A job whose message kept coming back (the worker dies on it every time) lands in the SQS
   dead-letter queue after MAX_RECEIVES deliveries; workers mark such jobs failed.
 
+Cancel: an API server records a cancel request on the job record; `CancelWatch` polls it while
+the job runs and stops the job as a local cancel would (a request on a job not yet started
+cancels it at claim). Housekeeping also sweeps for jobs whose API process died before sending
+them (`comfyd.engine.sweeper`). See docs/aws.md.
+
 `run_worker(settings, stop_event)` is the entry point (`comfyd worker` calls it); `python -m
 comfyd.worker` is the same without the CLI.
 """
@@ -35,7 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from comfyd.engine.interfaces import JobQueue, JobStatus, QueueItem
+from comfyd.engine.interfaces import JobQueue, JobStatus, JobStore, QueueItem
+from comfyd.engine.sweeper import requeue_unsent, sweep_interval_s
 from comfyd.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,10 +54,46 @@ DEFAULT_VISIBILITY_S = 60  # how long a received job stays invisible between hea
 POLL_S = 20.0  # long-poll wait per receive
 QUEUE_DEPTH_EVERY_S = 15.0
 DEAD_LETTERS_EVERY_S = 60.0
+CANCEL_POLL_S = 1.0  # how often a running job's record is checked for a cancel request
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class CancelWatch:
+    """Polls the job store every `interval_s` while a job runs; when an API server recorded a
+    cancel request (`JobStore.request_cancel`), pulls the job's stop switch with its reason. The
+    executor checks that switch between nodes and sampler steps; polling here keeps the store
+    reads to one per interval instead of one per step."""
+
+    def __init__(self, store: JobStore, job_id: str, control: JobControl, interval_s: float) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.control = control
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cancel-watch-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> CancelWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                reason = self.store.cancel_requested(self.job_id)
+            except Exception as exc:  # a missed poll only delays the cancel
+                log.warning("job %s: cancel poll failed: %s", self.job_id, exc)
+                continue
+            if reason:
+                if self.control.stop(reason):
+                    log.info("job %s: cancel requested (%s); stopping it", self.job_id, reason)
+                return
 
 
 class Heartbeat:
@@ -91,9 +133,11 @@ class WorkerStats:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
+    canceled: int = 0  # stopped (or dropped before starting) on a client's cancel request
     skipped: int = 0  # terminal, unknown or held by another worker
     taken_over: int = 0  # redelivered after a worker died mid-job
     dead_letters: int = 0
+    requeued: int = 0  # unsent jobs this worker's sweeps enqueued
     outcomes: dict[str, str] = field(default_factory=dict)  # job id -> last status seen
 
 
@@ -109,6 +153,7 @@ class Worker:
         worker_id: str | None = None,
         visibility_s: float = DEFAULT_VISIBILITY_S,
         poll_s: float = POLL_S,
+        cancel_poll_s: float = CANCEL_POLL_S,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -116,6 +161,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.visibility_s = visibility_s
         self.poll_s = poll_s
+        self.cancel_poll_s = cancel_poll_s
         # The queue hides a received message for this long; the heartbeat renews it at a third.
         if hasattr(services.queue, "visibility_timeout_s"):
             services.queue.visibility_timeout_s = max(1, math.ceil(visibility_s))
@@ -123,6 +169,7 @@ class Worker:
         self.control: JobControl | None = None  # of the running job: `shutdown` requeues it
         self._next_depth = 0.0
         self._next_dead_letters = 0.0
+        self._next_sweep = 0.0
 
     # --- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_jobs: int | None = None) -> WorkerStats:
@@ -155,6 +202,18 @@ class Worker:
                 self.fail_dead_letters()
             except Exception as exc:
                 log.warning("dead-letter check failed: %s", exc)
+        if self.settings.requeue_after_s > 0 and now >= self._next_sweep:
+            self._next_sweep = now + sweep_interval_s(self.settings.requeue_after_s)
+            try:
+                self.sweep()
+            except Exception as exc:
+                log.warning("sweep for unsent jobs failed: %s", exc)
+
+    def sweep(self) -> list[str]:
+        """Enqueue jobs stored by an API process that died before sending them (comfyd.engine.sweeper)."""
+        sent = requeue_unsent(self.services.job_store, self.services.queue, self.settings.requeue_after_s)
+        self.stats.requeued += len(sent)
+        return sent
 
     # --- one message ---------------------------------------------------------------------
     def handle(self, item: QueueItem) -> None:
@@ -193,7 +252,7 @@ class Worker:
         self.control = control
         self.services.metrics.gauge("JobsInFlight", 1)
         try:
-            with Heartbeat(queue, item, self.visibility_s):
+            with Heartbeat(queue, item, self.visibility_s), CancelWatch(store, job.id, control, self.cancel_poll_s):
                 outcome = run_job(job, runtime=self.runtime, backends=self.services, settings=self.settings,
                                   control=control, worker_id=self.worker_id)
         except Exception as exc:  # the store or queue failed around the job: let SQS redeliver it
@@ -217,6 +276,8 @@ class Worker:
         self.stats.outcomes[job.id] = status
         if outcome.status is JobStatus.SUCCEEDED:
             self.stats.succeeded += 1
+        elif outcome.status is JobStatus.CANCELED:
+            self.stats.canceled += 1  # a client's request, not an error
         else:
             self.stats.failed += 1
             error = (outcome.record.error if outcome.record else None) or {}

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,47 @@ class SqliteJobStore:
     def delete(self, job_id: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # --- scale-out: cancel requests and unsent jobs ----------------------------------------
+    def request_cancel(self, job_id: str, reason: str) -> bool:
+        return self._modify(job_id, lambda job: not job.status.terminal, cancel_requested=reason)
+
+    def cancel_requested(self, job_id: str) -> str | None:
+        rows = self.db.query(
+            "SELECT json_extract(data, '$.cancel_requested') AS reason, expires_at FROM jobs WHERE id = ?", (job_id,)
+        )
+        if not rows or (rows[0]["expires_at"] is not None and rows[0]["expires_at"] < time.time()):
+            return None
+        return rows[0]["reason"]
+
+    def list_unsent(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        rows = self.db.query(
+            "SELECT data FROM jobs WHERE status = ? AND created_at < ? AND json_extract(data, '$.enqueued_at') IS NULL"
+            " AND (expires_at IS NULL OR expires_at >= ?) ORDER BY created_at ASC, rowid ASC LIMIT ?",
+            (JobStatus.QUEUED.value, created_before, time.time(), limit),
+        )
+        return [record_from_json(r["data"]) for r in rows]
+
+    def claim_requeue(self, job_id: str, now: float, lease_s: float) -> bool:
+        def unclaimed(job: JobRecord) -> bool:
+            claim = job.requeue_claimed_at
+            return (job.status is JobStatus.QUEUED and job.enqueued_at is None
+                    and (claim is None or claim < now - lease_s))
+
+        return self._modify(job_id, unclaimed, requeue_claimed_at=now)
+
+    def _modify(self, job_id: str, accept: Callable[[JobRecord], bool], **fields: Any) -> bool:
+        """Set `fields` only if `accept(current record)`: check and write in one transaction."""
+        _check_fields(fields)
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT data, expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or (row["expires_at"] is not None and row["expires_at"] < time.time()):
+                return False
+            job = record_from_json(row["data"])
+            if not accept(job):
+                return False
+            self._write(conn, dataclasses.replace(job, **fields))
+        return True
 
     def count(self, status: set[JobStatus]) -> int:
         marks = ",".join("?" for _ in status)

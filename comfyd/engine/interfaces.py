@@ -55,6 +55,12 @@ class JobRecord:
     error: dict[str, Any] | None = None  # {type, message, node_id, node_type, traceback}
     messages: list[list[Any]] = field(default_factory=list)  # ComfyUI history status messages
     expires_at: float | None = None  # TTL; readers treat a past value as gone
+    # Scale-out bookkeeping (see docs/aws.md): when its queue message was confirmed sent (None:
+    # never, so a sweeper may send it), a sweeper's lease on sending it again, and the reason a
+    # client asked to stop it ("canceled" | "interrupted"), which the worker running it polls.
+    enqueued_at: float | None = None
+    requeue_claimed_at: float | None = None
+    cancel_requested: str | None = None
 
 
 @runtime_checkable
@@ -79,6 +85,22 @@ class JobStore(Protocol):
         """Jobs, newest first (by created_at), optionally filtered by status."""
 
     def delete(self, job_id: str) -> None: ...
+
+    def request_cancel(self, job_id: str, reason: str) -> bool:
+        """Set `cancel_requested = reason` only while the job is queued or running (a conditional
+        write: a finished job is never touched). True if recorded."""
+
+    def cancel_requested(self, job_id: str) -> str | None:
+        """The recorded cancel reason, or None. A cheap read: workers poll it while a job runs."""
+
+    def list_unsent(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        """Queued jobs created before `created_before` whose queue message was never confirmed
+        sent (`enqueued_at` unset), oldest first."""
+
+    def claim_requeue(self, job_id: str, now: float, lease_s: float) -> bool:
+        """Claim an unsent queued job for sending it again: set `requeue_claimed_at = now` only if
+        it is still queued and unsent and no other claim is younger than `lease_s`. Of several
+        callers racing, exactly one gets True."""
 
 
 @dataclass

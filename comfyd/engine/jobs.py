@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import traceback
@@ -41,6 +42,7 @@ from comfyd.engine.interfaces import (
 )
 from comfyd.engine.job_views import prediction_view
 from comfyd.engine.previews import latent_preview_jpeg
+from comfyd.engine.sweeper import Sweeper, mark_enqueued
 from comfyd.safepath import safe_join
 
 if TYPE_CHECKING:
@@ -232,6 +234,11 @@ def run_job(
     current = store.get(job.id)  # the caller's copy may be stale (attempts, status)
     if current is None or current.status is not JobStatus.QUEUED:
         return JobOutcome(job.id, skipped=True, record=current)
+    if current.cancel_requested:  # asked while it waited (or between retries): never start it
+        final = cancel_unstarted(backends, job.id, current.cancel_requested)
+        if final is None:
+            return JobOutcome(job.id, skipped=True, record=store.get(job.id))
+        return JobOutcome(job.id, status=JobStatus.CANCELED, record=final)
     job = current
     started = time.time()
     claimed = store.transition(
@@ -392,6 +399,19 @@ def _requeue(
         fields["attempts"] = attempts
     backends.job_store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, **fields)
     return JobOutcome(job.id, retry_delay_s=delay, record=backends.job_store.get(job.id))
+
+
+def cancel_unstarted(backends: JobBackends, job_id: str, reason: str) -> JobRecord | None:
+    """End a job that has not started as canceled and tell the notifier; None if it is not
+    queued any more (a worker claimed it, or it ended)."""
+    store = backends.job_store
+    if not store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELED, finished_at=time.time(),
+                            error={"type": reason, "message": "job was canceled before it started"}):
+        return None
+    final = store.get(job_id)
+    if final is not None:
+        _publish(backends, "job.completed", final)
+    return final
 
 
 def _job_error(error: dict[str, Any] | None, kind: str) -> dict[str, Any]:
@@ -697,6 +717,9 @@ class JobManager:
         self._done_callbacks: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._number = 0
         self.worker_id = f"local-{uuid.uuid4().hex[:8]}"
+        # SQS: other processes (workers, other API servers) share the queue and the store.
+        self._shares_queue = settings.queue != "local"
+        self._sweeper: Sweeper | None = None
 
     # ---- runtime (built lazily: importing the nodes imports torch) --------------------------
 
@@ -741,12 +764,20 @@ class JobManager:
         """Recover jobs a previous process left behind, then start the worker threads."""
         newest = self.store.list(limit=1)
         self._number = newest[0].number if newest else 0
+        if self._sweeps():
+            self._sweeper = Sweeper(self.store, self.queue, self.settings.requeue_after_s).start()
         if self._run_workers:
             self.recover()
             for index in range(self.settings.max_concurrent_jobs):
                 thread = threading.Thread(target=self._worker_loop, name=f"comfyd-worker-{index}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+
+    def _sweeps(self) -> bool:
+        """Sweep for unsent jobs here? With a shared queue, unless in Lambda, where a thread runs
+        only during invocations (the workers sweep too)."""
+        return (self._shares_queue and self.settings.requeue_after_s > 0
+                and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ)
 
     def warm_up(self) -> None:
         """Build the runtime now (in a background thread at server start)."""
@@ -756,6 +787,9 @@ class JobManager:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs; interrupt running ones, which go back to the queue for the next start."""
         self._stopping.set()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         with self._lock:
             controls = list(self._controls.values())
         for control in controls:
@@ -816,6 +850,7 @@ class JobManager:
             if existing is not None:
                 return SubmitResult(existing, created=False)
         self.queue.put(job.id, job.priority)
+        mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
         self.backends.metrics.increment("JobsSubmitted", source=job.source)
         self._broadcast_status()
         return SubmitResult(job, created=True)
@@ -825,39 +860,48 @@ class JobManager:
         return max(1, min(60, int(self.queue.depth() / max(1, self.settings.max_concurrent_jobs)) + 1))
 
     def cancel(self, job_id: str, reason: str = "canceled") -> JobRecord | None:
-        """Cancel one job: drop it if waiting, interrupt it if running. None if unknown."""
+        """Cancel one job: drop it if waiting, stop it if running (here or on a remote worker,
+        through a cancel request in the store). None if unknown."""
         job = self.store.get(job_id)
         if job is None:
             return None
         if job.status is JobStatus.QUEUED:
             self.queue.remove(job_id)
-            if self.store.transition(
-                job_id, {JobStatus.QUEUED}, JobStatus.CANCELED, finished_at=time.time(),
-                error={"type": reason, "message": "job was canceled before it started"},
-            ):
-                final = self.store.get(job_id) or job
-                _publish(self.backends, "job.completed", final)
+            final = cancel_unstarted(self.backends, job_id, reason)
+            if final is not None:
                 self._on_job_done(final)
                 self._broadcast_status()
                 return final
-            job = self.store.get(job_id) or job
-        if job.status is JobStatus.RUNNING:
-            with self._lock:
-                control = self._controls.get(job_id)
-            if control is not None:
-                control.stop(reason)
+            job = self.store.get(job_id) or job  # a worker claimed it meanwhile
+        if not job.status.terminal:
+            self._stop(job_id, reason)
         return self.store.get(job_id) or job
 
     def interrupt(self, job_id: str | None = None) -> list[str]:
-        """POST /interrupt: the given running job, or every running job of this process."""
+        """POST /interrupt: the given running job, or every running job (of this process, and
+        with a shared queue those running on other workers too)."""
         with self._lock:
-            targets = [job_id] if job_id else list(self._controls)
-            controls = [(jid, self._controls.get(jid)) for jid in targets]
-        stopped = []
-        for jid, control in controls:
-            if control is not None and control.stop("interrupted"):
-                stopped.append(jid)
-        return stopped
+            held = list(self._controls) if job_id is None else [j for j in (job_id,) if j in self._controls]
+        targets = held + self._running_elsewhere(job_id, set(held))
+        return [jid for jid in targets if self._stop(jid, "interrupted")]
+
+    def _running_elsewhere(self, job_id: str | None, held: set[str]) -> list[str]:
+        """Running jobs this process does not hold: only with a shared queue (SQS workers)."""
+        if not self._shares_queue:
+            return []
+        if job_id is not None:
+            job = self.store.get(job_id)
+            return [job_id] if job is not None and job.status is JobStatus.RUNNING and job_id not in held else []
+        return [j.id for j in self.store.list({JobStatus.RUNNING}, limit=1000) if j.id not in held]
+
+    def _stop(self, job_id: str, reason: str) -> bool:
+        """Pull the stop switch of a job this process runs; otherwise record a cancel request
+        in the store, which the worker running it polls (and the next one to receive it sees)."""
+        with self._lock:
+            control = self._controls.get(job_id)
+        if control is not None:
+            return control.stop(reason)
+        return self.store.request_cancel(job_id, reason)
 
     def running_jobs(self) -> list[JobRecord]:
         with self._lock:

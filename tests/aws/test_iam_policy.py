@@ -138,6 +138,11 @@ def test_runtime_policy_is_exact(fault_proxy: FaultProxy, kms_settings: Settings
         # Server traffic: history, progress, reads of outputs (incl. a missing one), deletes.
         services.job_store.list(limit=10)
         services.job_store.update("ok", progress={"value": 1})
+        # Cancel requests (API side, worker's poll) and the sweeper's claim.
+        services.job_store.request_cancel("ok", "canceled")
+        services.job_store.cancel_requested("ok")
+        services.job_store.claim_requeue("ok", 0.0, 60.0)
+        worker.sweep()
         services.output_store.get("out/ok/ok_00001_.png")
         services.output_store.head("out/ok/ok_00001_.png")
         with pytest.raises(KeyError):

@@ -12,8 +12,10 @@ Item layout (table key: `id`, a string):
   only eventually (days later; moto never), so every read treats a past `expires_at` as gone and
   conditional writes refuse to touch expired items.
 
-A global secondary index `by_status` (hash `status`, range `created_at`) serves `list` without
-scanning the table.
+A global secondary index `by_status` (hash `status`, range `created_at`) serves `list` and
+`list_unsent` (queued items, oldest first) without scanning the table. `request_cancel` and
+`claim_requeue` are conditional updates like the status changes; `cancel_requested`, polled by
+workers, reads two attributes only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ INLINE_LIMIT = 32 * 1024
 ITEM_LIMIT = 400 * 1024
 _OFFLOAD_ATTRIBUTE = "_s3"  # map: field name -> S3 key of its JSON
 _FIELDS = {f.name for f in dataclasses.fields(JobRecord)}
+# Never confirmed sent: no `enqueued_at`, or NULL (how None is stored).
+_UNSENT = "(attribute_not_exists(#enq) OR attribute_type(#enq, :null))"
+UNSENT_SCAN_LIMIT = 1000  # queued items one list_unsent call reads at most
 
 
 class _StaleReference(Exception):
@@ -313,6 +318,65 @@ class DynamoJobStore:
             if not start:
                 break
         return found[:limit]
+
+    # --- scale-out: cancel requests and unsent jobs ----------------------------------------
+    def request_cancel(self, job_id: str, reason: str) -> bool:
+        return self._update(job_id, {"cancel_requested": reason}, "#status IN (:q, :r)", {"#status": "status"},
+                            {":q": {"S": JobStatus.QUEUED.value}, ":r": {"S": JobStatus.RUNNING.value}})
+
+    def cancel_requested(self, job_id: str) -> str | None:
+        # Polled every second or so per running job: only two attributes, eventually consistent
+        # (half the read cost; a second's lag does not matter to a cancel).
+        reply = self._call("get_item", Key={"id": {"S": job_id}}, ProjectionExpression="#c, #ttl",
+                           ExpressionAttributeNames={"#c": "cancel_requested", "#ttl": TTL_ATTRIBUTE})
+        item = reply.get("Item")
+        if item is None or self._expired(item, time.time()) or "S" not in item.get("cancel_requested", {}):
+            return None
+        return item["cancel_requested"]["S"]
+
+    def list_unsent(self, created_before: float, limit: int = 100) -> list[JobRecord]:
+        records: list[JobRecord] = []
+        for item in self._query_unsent(created_before, limit):
+            try:
+                records.append(self._record(item))
+            except _StaleReference:
+                current = self.get(item["id"]["S"])
+                if current is not None:
+                    records.append(current)
+        return records
+
+    def _query_unsent(self, created_before: float, limit: int) -> list[dict[str, Any]]:
+        """Oldest queued items first, at most UNSENT_SCAN_LIMIT read per call: in a deep backlog
+        an orphan is found once it is among the oldest queued jobs, not by reading them all."""
+        now = time.time()
+        found: list[dict[str, Any]] = []
+        start: dict[str, Any] | None = None
+        read = 0
+        while len(found) < limit and read < UNSENT_SCAN_LIMIT:
+            params: dict[str, Any] = {
+                "IndexName": STATUS_INDEX, "KeyConditionExpression": "#status = :q AND #created < :before",
+                "FilterExpression": _UNSENT, "ExpressionAttributeNames": {"#status": "status", "#created": "created_at",
+                                                                          "#enq": "enqueued_at"},
+                "ExpressionAttributeValues": {":q": {"S": JobStatus.QUEUED.value}, ":before": {"N": repr(created_before)},
+                                              ":null": {"S": "NULL"}},
+                "ScanIndexForward": True, "Limit": min(100, UNSENT_SCAN_LIMIT - read),
+            }
+            if start:
+                params["ExclusiveStartKey"] = start
+            reply = self._call("query", **params)
+            read += int(reply.get("ScannedCount", 0))
+            found.extend(item for item in reply.get("Items", []) if not self._expired(item, now))
+            start = reply.get("LastEvaluatedKey")
+            if not start:
+                break
+        return found[:limit]
+
+    def claim_requeue(self, job_id: str, now: float, lease_s: float) -> bool:
+        condition = (f"#status = :q AND {_UNSENT} AND "
+                     "(attribute_not_exists(#claim) OR attribute_type(#claim, :null) OR #claim < :stale)")
+        names = {"#status": "status", "#enq": "enqueued_at", "#claim": "requeue_claimed_at"}
+        values = {":q": {"S": JobStatus.QUEUED.value}, ":null": {"S": "NULL"}, ":stale": {"N": repr(now - lease_s)}}
+        return self._update(job_id, {"requeue_claimed_at": now}, condition, names, values)
 
     def delete(self, job_id: str) -> None:
         reply = self._call("delete_item", Key={"id": {"S": job_id}}, ReturnValues="ALL_OLD")
