@@ -1,7 +1,8 @@
 """comfyd: run ComfyUI workflows as a service.
 
 `comfyd.generate_image(...)` runs a workflow in this process; everything heavy (torch,
-diffusers) is imported only when it is first called.
+diffusers) is imported only when it is first called. `comfyd.LocalRunner` keeps models loaded
+between calls (`generate_image(..., runner=runner)`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from comfyd.runner import RunResult
+    from comfyd.runner import LocalRunner, RunResult
 
 
 def generate_image(*args: Any, **kwargs: Any) -> RunResult:
@@ -21,4 +22,13 @@ def generate_image(*args: Any, **kwargs: Any) -> RunResult:
     return _generate_image(*args, **kwargs)
 
 
-__all__ = ["generate_image", "__version__"]
+def __getattr__(name: str) -> Any:
+    # Lazy, like generate_image: `import comfyd` must stay light (`comfyd --help`).
+    if name == "LocalRunner":
+        from comfyd.runner import LocalRunner
+
+        return LocalRunner
+    raise AttributeError(f"module 'comfyd' has no attribute {name!r}")
+
+
+__all__ = ["LocalRunner", "generate_image", "__version__"]

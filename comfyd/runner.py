@@ -2,7 +2,8 @@
 
 No queue, no HTTP: parse -> validate -> execute with the real nodes and a model manager that
 stays alive between runs of the same `LocalRunner` (so a second run reuses loaded models and
-the node-output cache).
+the node-output cache). The caller owns a runner and decides when its models go: there is no
+module-level runner.
 """
 
 from __future__ import annotations
@@ -100,7 +101,11 @@ class RunResult:
 
 
 class LocalRunner:
-    """Executes workflows in-process with the real nodes. Reuse one instance across runs."""
+    """Executes workflows in-process with the real nodes.
+
+    Reuse one instance across runs to keep models loaded and node outputs cached; `close()`, or
+    leaving a `with LocalRunner(...) as runner:` block, frees them.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         # Heavy imports happen here, not at module import, so `comfyd --help` stays fast.
@@ -115,6 +120,18 @@ class LocalRunner:
         self.env = NodeEnvironment(self.settings, models=ModelManager(self.settings))
         self.registry = REGISTRY
         self.executor = Executor(REGISTRY, self.env, cache=NodeCache(max_bytes=self.settings.node_cache_bytes))
+
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop cached node outputs and loaded models. The runner stays usable: a later run
+        loads what it needs again."""
+        self.executor.cache.clear()
+        self.env.models.free()
 
     def ensure_default_checkpoint(self, workflow: dict[str, Any]) -> str | None:
         """If the workflow names the default SD1.5 file and it is absent, use the tiny model.
@@ -198,19 +215,6 @@ class LocalRunner:
         return files
 
 
-_DEFAULT_RUNNER: dict[str, LocalRunner] = {}
-_RUNNER_LOCK = threading.Lock()
-
-
-def _shared_runner(settings: Settings | None) -> LocalRunner:
-    # One runner per settings object keeps models loaded between generate_image calls.
-    key = "default" if settings is None else str(id(settings))
-    with _RUNNER_LOCK:
-        if key not in _DEFAULT_RUNNER:
-            _DEFAULT_RUNNER[key] = LocalRunner(settings)
-        return _DEFAULT_RUNNER[key]
-
-
 def generate_image(
     prompt: str = DEFAULT_PROMPT,
     workflow: dict[str, Any] | None = None,
@@ -221,13 +225,38 @@ def generate_image(
     seed: int | None = None,
     settings: Settings | None = None,
     listener: Listener | None = None,
+    runner: LocalRunner | None = None,
 ) -> RunResult:
     """Run a text-to-image workflow (ComfyUI's default graph unless `workflow` is given).
 
     `prompt` replaces the text of the positive CLIPTextEncode feeding node `node_id` when the
     workflow is the default one; a custom workflow runs as given.
+
+    Without `runner`, the call builds a runner from `settings`, runs, and frees its models, so
+    nothing stays loaded afterwards. To keep models warm across calls, hold a runner:
+
+        with LocalRunner(settings) as runner:
+            for text in ("a red fox", "a blue fox"):
+                generate_image(text, runner=runner)
     """
-    runner = _shared_runner(settings)
+    if runner is None:
+        with LocalRunner(settings) as own:
+            return _generate(own, prompt, workflow, node_id, execution_mode, negative_prompt, seed, listener)
+    if settings is not None and settings is not runner.settings:
+        raise ValueError("pass either settings or a runner: the runner already has its settings")
+    return _generate(runner, prompt, workflow, node_id, execution_mode, negative_prompt, seed, listener)
+
+
+def _generate(
+    runner: LocalRunner,
+    prompt: str,
+    workflow: dict[str, Any] | None,
+    node_id: str,
+    execution_mode: str,
+    negative_prompt: str | None,
+    seed: int | None,
+    listener: Listener | None,
+) -> RunResult:
     if workflow is None:
         workflow = default_workflow(prompt)
         if negative_prompt is not None:

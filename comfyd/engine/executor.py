@@ -119,6 +119,9 @@ class _JobRun:
     ) -> None:
         self.ex = executor
         self.req = req
+        # This run's copy of the API prompt: the nodes read it (PNG metadata), and it gains
+        # "is_changed" values the caller's dict should not (see _record_is_changed).
+        self.prompt: dict[str, Any] = dict(req.prompt) if isinstance(req.prompt, dict) else {}
         self.job_id = job_id
         self.emit = emit
         self.interrupt = interrupt
@@ -290,7 +293,7 @@ class _JobRun:
         return kwargs
 
     def _hidden(self, node_id: str) -> dict[str, Any]:
-        available = {"PROMPT": self.req.prompt, "EXTRA_PNGINFO": self.extra_pnginfo, "UNIQUE_ID": node_id}
+        available = {"PROMPT": self.prompt, "EXTRA_PNGINFO": self.extra_pnginfo, "UNIQUE_ID": node_id}
         return {HIDDEN_KWARGS[h]: available[h] for h in self.schemas[node_id].hidden if h in HIDDEN_KWARGS}
 
     def _normalise(self, node_id: str, raw: Any) -> NodeOutput:
@@ -325,7 +328,7 @@ class _JobRun:
             job_id=self.job_id,
             node_id=node_id,
             class_type=self.req.graph.nodes[node_id].class_type,
-            prompt=self.req.prompt,
+            prompt=self.prompt,
             extra_pnginfo=self.extra_pnginfo,
             interrupt=self.interrupt,
             on_progress=on_progress,
@@ -343,12 +346,15 @@ class _JobRun:
             links = {k: v for k, v in inputs.items() if isinstance(v, Link)}
             cacheable = all(link.node_id in self.cacheable for link in links.values())
             fingerprint = None
-            if cacheable:
+            instance = self.instances[node_id]
+            if cacheable or instance.fingerprint_is_comfyui_is_changed:
                 try:
-                    fingerprint = self.instances[node_id].fingerprint(self.contexts[node_id], **literals)
+                    fingerprint = instance.fingerprint(self.contexts[node_id], **literals)
                 except Exception:
                     log.warning("fingerprint of node %s failed; not cached", node_id, exc_info=True)
                     cacheable = False
+                else:
+                    self._record_is_changed(node_id, fingerprint)
             if not cacheable:
                 self.keys[node_id] = f"uncacheable:{uuid.uuid4().hex}"
                 continue
@@ -360,6 +366,18 @@ class _JobRun:
                 {"fingerprint": fingerprint, "hidden": hidden},
             )
             self.cacheable.add(node_id)
+
+    def _record_is_changed(self, node_id: str, fingerprint: Any) -> None:
+        """Write the value into the prompt as ComfyUI does for IS_CHANGED nodes (see Node).
+
+        Keys are computed in topological order, so nodes that read the prompt (SaveImage's
+        hidden PROMPT) come later and see it, in their cache keys as in the PNG they write.
+        """
+        if not self.instances[node_id].fingerprint_is_comfyui_is_changed:
+            return
+        node = self.prompt.get(node_id)
+        if isinstance(node, dict):
+            self.prompt[node_id] = {**node, "is_changed": [fingerprint]}
 
     # ---------------------------------------------------------------------------- outcomes
 

@@ -22,6 +22,8 @@ LINK_TYPES = frozenset(
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 
 ChoiceSource = Callable[["NodeEnvironment"], list[str]]
+# Checks one literal value; returns None when valid, else the reason it is not.
+InputValidator = Callable[["NodeEnvironment | None", Any], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class InputSpec:
     image_upload: bool = False
     # Link inputs may also accept a literal (ComfyUI's forceInput is the opposite); rarely used.
     extra: dict[str, Any] = field(default_factory=dict)
+    # The input checks its own value, like an input ComfyUI's VALIDATE_INPUTS takes: validation
+    # skips the range and choice-list checks and reports a returned reason as
+    # `custom_validation_failed`. LoadImage accepts files its choice list does not show this way.
+    validator: InputValidator | None = None
 
     @property
     def is_link(self) -> bool:
@@ -190,6 +196,11 @@ class Node:
     """
 
     schema: ClassVar[NodeSchema]
+    # True where ComfyUI's node has IS_CHANGED: ComfyUI writes that value into the prompt as the
+    # node's "is_changed" ([value]), so it shows in /history and in saved PNGs' "prompt" chunk.
+    # The fingerprint then plays that role and is recorded the same way.
+    fingerprint_is_comfyui_is_changed: ClassVar[bool] = False
+
     # A node whose output depends on more than its inputs (a file on disk that may change,
     # say) returns a fingerprint here; it becomes part of the cache key.
     def fingerprint(self, ctx: NodeContext, **inputs: Any) -> Any:  # pragma: no cover - default

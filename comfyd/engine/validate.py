@@ -269,6 +269,7 @@ class _InputChecker:
                 errors.append(error)
             else:
                 converted[spec.name] = value
+        errors.extend(self._custom_errors(node_id, converted))
         return errors, converted
 
     def _config(self, spec: InputSpec) -> list[Any]:
@@ -348,15 +349,37 @@ class _InputChecker:
                 received_value=raw,
                 exception_message=str(exc),
             ), None
+        # ComfyUI skips these checks for inputs its VALIDATE_INPUTS takes (see _custom_errors).
+        if spec.validator is None:
+            error = self._declared_checks(spec, value)
+            if error is not None:
+                return error, None
+        if spec.type == "INT":
+            limit = self.limits.for_input(class_type, name)
+            if limit is not None:
+                if limit.max is not None and value > limit.max:
+                    return self._value_error(
+                        spec,
+                        value,
+                        "value_bigger_than_max",
+                        f"bigger than max of {limit.max} (comfyd service limit)",
+                    ), None
+                if limit.multiple_of and value % limit.multiple_of:
+                    return self._value_error(
+                        spec, value, "value_not_multiple_of", f"is not a multiple of {limit.multiple_of}"
+                    ), None
+        return None, value
+
+    def _declared_checks(self, spec: InputSpec, value: Any) -> dict[str, Any] | None:
+        """The declaration's own limits: INT/FLOAT min and max, COMBO choices."""
+        name = spec.name
         if spec.type in ("INT", "FLOAT"):
             if spec.min is not None and value < spec.min:
                 return self._value_error(
                     spec, value, "value_smaller_than_min", f"smaller than min of {spec.min}"
                 )
             if spec.max is not None and value > spec.max:
-                return self._value_error(
-                    spec, value, "value_bigger_than_max", f"bigger than max of {spec.max}"
-                )
+                return self._value_error(spec, value, "value_bigger_than_max", f"bigger than max of {spec.max}")
         if spec.type == "COMBO":
             choices = spec.resolve_choices(self.env)
             if value not in choices:
@@ -371,26 +394,34 @@ class _InputChecker:
                     name,
                     input_config=config,
                     received_value=value,
-                ), None
-        if spec.type == "INT":
-            limit = self.limits.for_input(class_type, name)
-            if limit is not None:
-                if limit.max is not None and value > limit.max:
-                    return self._value_error(
-                        spec,
-                        value,
-                        "value_bigger_than_max",
-                        f"bigger than max of {limit.max} (comfyd service limit)",
-                    )
-                if limit.multiple_of and value % limit.multiple_of:
-                    return self._value_error(
-                        spec, value, "value_not_multiple_of", f"is not a multiple of {limit.multiple_of}"
-                    )
-        return None, value
+                )
+        return None
 
-    def _value_error(
-        self, spec: InputSpec, value: Any, error_type: str, what: str
-    ) -> tuple[dict[str, Any], None]:
+    def _custom_errors(self, node_id: str, converted: dict[str, Any]) -> list[dict[str, Any]]:
+        """ComfyUI's VALIDATE_INPUTS step: inputs with a validator, once the declared checks
+        passed; like ComfyUI, these errors come after the node's other errors."""
+        errors: list[dict[str, Any]] = []
+        for spec in self.schemas[node_id].inputs:
+            value = converted.get(spec.name)
+            if spec.validator is None or spec.name not in converted or isinstance(value, Link):
+                continue  # a linked value is only known when the node runs, which checks it then
+            try:
+                reason = spec.validator(self.env, value)
+            except Exception as exc:  # a broken check must give a 400, never crash validation
+                errors.append(_exception_error(spec.name, exc))
+                continue
+            if reason is not None:
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"{spec.name} - {reason}",
+                        spec.name,
+                    )
+                )
+        return errors
+
+    def _value_error(self, spec: InputSpec, value: Any, error_type: str, what: str) -> dict[str, Any]:
         return _error(
             error_type,
             f"Value {value} {what}",
@@ -398,7 +429,7 @@ class _InputChecker:
             spec.name,
             input_config=self._config(spec),
             received_value=value,
-        ), None
+        )
 
 
 def types_compatible(received: str, expected: str) -> bool:

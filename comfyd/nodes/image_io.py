@@ -341,12 +341,16 @@ class SaveImageWebsocket(Node):
 
 
 def _is_image_file(path: Path) -> bool:
-    kind, _encoding = mimetypes.guess_type(path.name)
+    # strict=False, as ComfyUI's filter_files_content_types guesses.
+    kind, _encoding = mimetypes.guess_type(path.name, strict=False)
     return path.is_file() and kind is not None and kind.startswith("image/")
 
 
 def list_input_images(env: NodeEnvironment | None) -> list[str]:
-    """LoadImage's choices: the image files directly in the input folder, sorted."""
+    """LoadImage's choices: the image files directly in the input folder, sorted.
+
+    Like ComfyUI, subfolders are not listed; their files are still accepted (check_image_name).
+    """
     if env is None:
         return []
     folder = env.input_dir
@@ -364,6 +368,23 @@ def resolve_image_path(env: NodeEnvironment, name: str) -> Path:
     if match:
         name, base = match.group("name"), folders[match.group("folder")]
     return safe_join(base, name)
+
+
+def check_image_name(env: NodeEnvironment | None, name: Any) -> str | None:
+    """LoadImage's VALIDATE_INPUTS: None if `name` is a file resolve_image_path reaches.
+
+    ComfyUI accepts any existing path here, so names it does not list pass too ("sub/x.png",
+    "x.png [output]"). Unlike ComfyUI, comfyd refuses folders (ComfyUI lets them through and
+    fails when the node runs) and, through safe_join, anything outside the three folders.
+    """
+    invalid = f"Invalid image file: {name}"
+    if env is None or not isinstance(name, str):
+        return invalid
+    try:
+        path = resolve_image_path(env, name)
+    except UnsafePathError as exc:
+        return f"{invalid} ({exc.reason})"
+    return None if path.is_file() else invalid
 
 
 def _frame_mask(frame: Image.Image) -> torch.Tensor:
@@ -422,10 +443,12 @@ def _file_digest(path: Path) -> str:
 class LoadImage(Node):
     schema = NodeSchema(
         class_type="LoadImage",
-        inputs=(Combo("image", list_input_images, image_upload=True),),
+        inputs=(Combo("image", list_input_images, image_upload=True, validator=check_image_name),),
         outputs=(OutputSpec("IMAGE"), OutputSpec("MASK")),
         category="image",
     )
+    # ComfyUI's LoadImage.IS_CHANGED is the same SHA-256 hex; it lands in the saved prompt.
+    fingerprint_is_comfyui_is_changed = True
 
     def fingerprint(self, ctx: NodeContext, **inputs: Any) -> Any:
         # The file's content, so replacing it under the same name invalidates the cached output.

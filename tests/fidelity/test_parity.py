@@ -120,3 +120,8 @@ def test_comfyd_matches_comfyui(path: Path, runner) -> None:
     bar = threshold_db(workflow)
     assert psnr >= bar, f"{path.stem}: PSNR {psnr:.2f} dB < {bar:g} dB (max diff {max_diff})"
     assert max_diff <= MAX_LEVELS_OFF, f"{path.stem}: a pixel is {max_diff} levels off (PSNR {psnr:.2f} dB)"
+    # The text chunks too: ComfyUI's "prompt" JSON, byte for byte (LoadImage's is_changed included).
+    with Image.open(produced) as ours, Image.open(HERE / "references" / f"{path.stem}.png") as theirs:
+        assert ours.text == theirs.text
+    # ... written into the run's copy of the prompt, not into the caller's workflow.
+    assert all("is_changed" not in n for n in workflow.values())
