@@ -7,11 +7,14 @@ them need an API key when keys are configured; POST /prompt and uploads are rate
 from __future__ import annotations
 
 import io
+import json
 import mimetypes
 import os
 import platform
+import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,10 +267,19 @@ def _store_upload(directory: Path, filename: str, data: bytes, overwrite: bool) 
     return target.name
 
 
-@router.post("/upload/image")
-async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
-    state = get_state(request)
-    state.check_rate(principal)
+@dataclass
+class _Upload:
+    data: bytes
+    filename: str
+    directory: Path
+    file_type: str
+    subfolder: str
+    overwrite: bool
+    original_ref: str | None
+
+
+async def _read_upload(request: Request, state: AppState) -> _Upload:
+    """The multipart body shared by /upload/image and /upload/mask, checked for safe paths."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(415, "UnsupportedMediaType", "upload as multipart/form-data with a file field 'image'")
@@ -278,6 +290,7 @@ async def upload_image(request: Request, principal: str = Depends(require_key)) 
         file_type = str(form.get("type") or "input")
         subfolder = str(form.get("subfolder") or "")
         overwrite = str(form.get("overwrite") or "").lower() in ("true", "1", "yes")
+        original_ref = form.get("original_ref")
         try:
             filename = safe_filename(image.filename or "")
         except UnsafePathError as exc:
@@ -289,8 +302,80 @@ async def upload_image(request: Request, principal: str = Depends(require_key)) 
     except UnsafePathError as exc:
         raise _unsafe(exc, "subfolder") from None
     await run_in_threadpool(_check_image, data, state.settings.max_image_pixels, filename)
-    name = await run_in_threadpool(_store_upload, directory, filename, data, overwrite)
-    return {"name": name, "subfolder": subfolder, "type": file_type}
+    ref = original_ref if isinstance(original_ref, str) else None
+    return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
+
+
+@router.post("/upload/image")
+async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
+    state = get_state(request)
+    state.check_rate(principal)
+    upload = await _read_upload(request, state)
+    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
+    return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
+
+
+_ANNOTATED = re.compile(r"^(?P<name>.*) \[(?P<type>input|output|temp)\]$")
+
+
+def _original_path(state: AppState, original_ref: str | None) -> Path:
+    """The image a mask applies to: `original_ref` is JSON {filename, subfolder?, type?}, and
+    the filename may carry ComfyUI's " [output]"-style annotation (which then names the folder)."""
+    if original_ref is None:
+        raise bad_request("multipart field 'original_ref' (JSON: filename, subfolder, type) is required",
+                          {"location": "original_ref"})
+    try:
+        ref = json.loads(original_ref)
+    except ValueError as exc:
+        raise bad_request(f"original_ref is not JSON: {exc}", {"location": "original_ref"}) from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
+        raise bad_request("original_ref must be a JSON object with a 'filename'", {"location": "original_ref"})
+    filename, file_type = ref["filename"], str(ref.get("type") or "output")
+    match = _ANNOTATED.match(filename)
+    if match:
+        filename, file_type = match["name"], match["type"]
+    try:
+        directory = safe_join(_file_dir(state, file_type), str(ref.get("subfolder") or ""))
+        path = safe_join(directory, safe_filename(filename))
+    except UnsafePathError as exc:
+        raise _unsafe(exc, "original_ref") from None
+    if not path.is_file():
+        raise not_found(f"original_ref: no image {filename!r} in the {file_type} folder")
+    return path
+
+
+def _apply_mask(original: Path, mask_data: bytes) -> bytes:
+    """The original image with the mask's alpha channel, its PNG text chunks kept (as ComfyUI)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(original) as source, Image.open(io.BytesIO(mask_data)) as mask:
+        metadata = PngInfo()
+        for key, value in getattr(source, "text", {}).items():
+            metadata.add_text(key, value)
+        composed = source.convert("RGBA")
+        alpha = mask.convert("RGBA").getchannel("A")
+        if alpha.size != composed.size:
+            raise bad_request(
+                f"mask is {alpha.size[0]}x{alpha.size[1]} but the original image is "
+                f"{composed.size[0]}x{composed.size[1]}", {"location": "image"},
+            )
+        composed.putalpha(alpha)
+        out = io.BytesIO()
+        composed.save(out, format="PNG", compress_level=4, pnginfo=metadata)
+        return out.getvalue()
+
+
+@router.post("/upload/mask")
+async def upload_mask(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
+    """ComfyUI's mask editor: store the original image with the uploaded mask's alpha."""
+    state = get_state(request)
+    state.check_rate(principal)
+    upload = await _read_upload(request, state)
+    original = _original_path(state, upload.original_ref)
+    composed = await run_in_threadpool(_apply_mask, original, upload.data)
+    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, composed, upload.overwrite)
+    return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
 # ---- nodes, models, system --------------------------------------------------------------------
