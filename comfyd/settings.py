@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 4096 * 4096
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_secret: str | None = None  # Standard Webhooks secret (`whsec_<base64>` or raw)
+    # Webhooks go to public addresses only (comfyd.cloud.webhook_guard); these hosts, `*.suffix`
+    # patterns, IPs or CIDR networks are allowed even when private.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_private: bool = False
 
     # --- cloud backends ------------------------------------------------------------------
     storage: Literal["local", "s3"] = "local"
@@ -104,7 +108,7 @@ class Settings(BaseSettings):
     aws_role_arn: str | None = None
     aws_region: str | None = None
 
-    @field_validator("api_keys", "cors_origins", "extra_model_dirs", mode="before")
+    @field_validator("api_keys", "cors_origins", "extra_model_dirs", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         # COMFYD_API_KEYS=a,b is friendlier than JSON in an environment variable.

@@ -81,6 +81,7 @@ def _closer_of(obj: Any) -> Callable[[], None] | None:
 def build_services(settings: Settings) -> Services:
     """The backends the settings ask for (embedded by default)."""
     from comfyd.cloud.prometheus import NullMetrics, PrometheusMetrics
+    from comfyd.cloud.webhook_guard import WebhookPolicy
     from comfyd.cloud.webhooks import CompositeNotifier, WebhookNotifier
 
     closers: list[Callable[[], None]] = []
@@ -127,7 +128,7 @@ def build_services(settings: Settings) -> Services:
     else:
         metrics = NullMetrics()
 
-    webhooks = WebhookNotifier(settings.webhook_secret)
+    webhooks = WebhookNotifier(settings.webhook_secret, policy=WebhookPolicy.from_settings(settings))
     notifier: Notifier = webhooks
     if settings.sns_topic:
         notifier = CompositeNotifier(_aws("build_notifier", settings), webhooks)

@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from comfyd.cloud.webhook_guard import ForbiddenWebhook, WebhookPolicy
+
 log = logging.getLogger("comfyd.webhooks")
 
 # The job layer's notifier events -> Cog's webhook event names.
@@ -115,8 +117,11 @@ class WebhookNotifier:
         workers: int = 4,
         max_pending: int = 10_000,
         transport: httpx.BaseTransport | None = None,
+        policy: WebhookPolicy | None = None,
     ) -> None:
         self.secret = secret
+        # Checked before every attempt: a host may resolve elsewhere than at submission.
+        self.policy = policy or WebhookPolicy()
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -232,6 +237,12 @@ class WebhookNotifier:
         delivery.attempt += 1
         response: httpx.Response | None = None
         error: str
+        try:
+            self.policy.check(delivery.url)
+        except ForbiddenWebhook as exc:
+            log.warning("webhook %s for job %s not sent: %s", delivery.event, delivery.job_id, exc)
+            self._done(delivery, ok=False)
+            return
         try:
             response = self._client.post(delivery.url, content=delivery.body, headers=self._headers(delivery))
             if response.status_code < 300:

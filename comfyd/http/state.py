@@ -19,6 +19,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from comfyd.cloud import Services
+from comfyd.cloud.webhook_guard import ForbiddenWebhook, WebhookPolicy
 from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
 from comfyd.engine.interfaces import JobRecord
 from comfyd.engine.jobs import JobManager, JobRuntime, QueueFullError, SubmitResult
@@ -123,6 +124,12 @@ class AppState:
         if req.partial_execution_targets is not None:  # kept for the run (and ComfyUI's queue views)
             extra["partial_execution_targets"] = list(req.partial_execution_targets)
         check_extra_data(extra)
+        webhook = extra.get("webhook")
+        if webhook:
+            try:
+                WebhookPolicy.from_settings(self.settings).check(webhook)
+            except ForbiddenWebhook as exc:
+                raise ApiError(422, "InvalidWebhook", str(exc), {"location": "extra_data.webhook"}) from None
         return JobRecord(
             id=chosen_id,
             workflow=req.prompt,

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from comfyd.cloud.webhook_guard import WebhookPolicy
 from comfyd.cloud.webhooks import WebhookNotifier, sign, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -93,7 +94,7 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
 
 def test_prediction_webhooks_are_signed_and_retried(start_server, workflow, receiver: Receiver) -> None:
     receiver.fail_first = {"succeeded": 2}
-    srv = start_server(webhook_secret=SECRET)
+    srv = start_server(webhook_secret=SECRET, webhook_allowed_hosts=["127.0.0.1"])  # the receiver is local
     srv.services.notifier.backoff_s = 0.05  # keep the test fast; the default is 1 s
     body = {"input": {"workflow_json": workflow(0.0, 1)}, "webhook": receiver.url}
     with srv.client() as http:
@@ -115,7 +116,7 @@ def test_prediction_webhooks_are_signed_and_retried(start_server, workflow, rece
 
 def test_events_filter_and_unreachable_webhooks_never_block(start_server, workflow, receiver: Receiver) -> None:
     receiver.hang_s = 2.0  # a receiver that takes its time
-    srv = start_server()
+    srv = start_server(webhook_allowed_hosts=["127.0.0.1"])
     srv.services.notifier.backoff_s = 0.05
     srv.services.notifier.max_attempts = 2
     body = {"input": {"workflow_json": workflow(0.0, 1)}, "webhook": receiver.url,
@@ -139,7 +140,8 @@ def test_output_events_are_throttled_and_completed_supersedes() -> None:
         sent.append(json.loads(request.content))
         return httpx.Response(200)
 
-    notifier = WebhookNotifier(None, transport=httpx.MockTransport(handler), throttle_s=0.3)
+    notifier = WebhookNotifier(None, transport=httpx.MockTransport(handler), throttle_s=0.3,
+                               policy=WebhookPolicy(allow_private=True))  # no real host behind the mock
     attributes = {"webhook": "http://receiver/hook", "job_id": "j1"}
     try:
         notifier.publish("job.output", {"id": "j1", "status": "processing", "n": 0}, attributes)
@@ -168,7 +170,8 @@ def test_client_errors_are_not_retried_but_server_errors_are() -> None:
         calls.append(code)
         return httpx.Response(code, headers={"retry-after": "0"} if code == 503 else None)
 
-    notifier = WebhookNotifier("raw-secret", transport=httpx.MockTransport(handler), backoff_s=0.01)
+    notifier = WebhookNotifier("raw-secret", transport=httpx.MockTransport(handler), backoff_s=0.01,
+                               policy=WebhookPolicy(allow_private=True))
     try:
         notifier.publish("job.completed", {"id": "a", "status": "failed"}, {"webhook": "http://r/a", "job_id": "a"})
         assert notifier.flush(5)
