@@ -5,13 +5,18 @@ Loop: long-poll the queue -> read the job record -> run it with the job layer's 
 the message invisible -> delete the message (or give it back with the retry delay).
 
 Effectively-once, across any number of workers:
-- `run_job` claims a job with a conditional transition (queued -> running) and writes its end
-  with another (running -> terminal), so of two workers holding the same job at most one
-  records a result; the other's attempt is dropped.
-- A worker killed mid-job stops extending the message; it reappears after the visibility
-  timeout with a higher receive count. The next worker finds the record still `running`, takes
-  it over (running -> queued, conditional) and runs it again. A message whose job is already
-  terminal (finished before the crash, or canceled while waiting) is just deleted.
+- `run_job` claims a job with a conditional transition (queued -> running, recording this
+  worker as its holder) and writes its end with another (running -> terminal, only while this
+  worker holds it), so of two workers holding the same job at most one records a result.
+- Liveness comes from the job record, not from SQS: the heartbeat renews the holder's lease on
+  the record (`heartbeat_at`, a write that succeeds only while the record is running and held
+  by this worker) each time it extends the message. A message for a running job whose lease is
+  current is a duplicate (SQS at-least-once, or a sweeper's second send) and is left alone.
+  Only once the lease has lapsed (the holder died) does a worker take the job over (running ->
+  queued, conditional on the holder and heartbeat it saw, so one of several wins) and run it.
+  A holder whose lease write finds the record ended or taken over stops its run at once.
+  A message whose job is already terminal (finished before the crash, or canceled while
+  waiting) is just deleted.
 - A job whose message kept coming back (the worker dies on it every time) lands in the SQS
   dead-letter queue after MAX_RECEIVES deliveries; workers mark such jobs failed.
 
@@ -40,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from comfyd.engine.interfaces import JobQueue, JobStatus, JobStore, QueueItem
+from comfyd.engine.interfaces import JobQueue, JobRecord, JobStatus, JobStore, QueueItem
 from comfyd.engine.sweeper import requeue_unsent, sweep_interval_s
 from comfyd.settings import Settings
 
@@ -55,10 +60,38 @@ POLL_S = 20.0  # long-poll wait per receive
 QUEUE_DEPTH_EVERY_S = 15.0
 DEAD_LETTERS_EVERY_S = 60.0
 CANCEL_POLL_S = 1.0  # how often a running job's record is checked for a cancel request
+LEASE_BEATS = 3  # a holder's lease lasts this many heartbeat periods (= its visibility timeout)
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def heartbeat_interval_s(visibility_s: float) -> float:
+    """How often a running job's message is extended and its lease renewed."""
+    return max(visibility_s / 3.0, 0.2)
+
+
+def lease_for(visibility_s: float) -> float:
+    """How long a holder's heartbeat stays valid: LEASE_BEATS periods, so two lost beats in a
+    row (a throttled write) do not yet make a live holder look dead."""
+    return LEASE_BEATS * heartbeat_interval_s(visibility_s)
+
+
+def last_beat(job: JobRecord) -> float | None:
+    """The holder's latest sign of life: its last heartbeat, or the claim."""
+    beats = [t for t in (job.heartbeat_at, job.started_at) if t is not None]
+    return max(beats) if beats else None
+
+
+def lease_left_s(job: JobRecord, lease_s: float, now: float) -> float:
+    """Seconds until the holder's lease lapses (<= 0: lapsed; no beat at all counts as lapsed).
+    The longer of the reader's lease and the one the holder recorded: a holder that beats less
+    often (a longer visibility timeout) is not judged by a shorter lease."""
+    beat = last_beat(job)
+    if beat is None:
+        return -1.0
+    return beat + max(lease_s, job.lease_s or 0.0) - now
 
 
 class CancelWatch:
@@ -96,14 +129,27 @@ class CancelWatch:
                 return
 
 
-class Heartbeat:
-    """Extends a received message's visibility every third of the timeout while a job runs."""
+@dataclass
+class JobLease:
+    """What a heartbeat needs to renew the holder's lease on the job record."""
 
-    def __init__(self, queue: JobQueue, item: QueueItem, visibility_s: float) -> None:
+    store: JobStore
+    worker_id: str
+    control: JobControl  # `held` while run_job holds the job; pulled ("lost") when the lease is gone
+
+
+class Heartbeat:
+    """Every third of the visibility timeout while a job runs: renews the holder's lease on the
+    job record (with `lease`) and extends the message's visibility. A lease write refused
+    because the record is not running-by-this-worker any more stops the job ("lost")."""
+
+    def __init__(self, queue: JobQueue, item: QueueItem, visibility_s: float, lease: JobLease | None = None) -> None:
         self.queue = queue
         self.item = item
         self.visibility_s = visibility_s
-        self.beats = 0
+        self.lease = lease
+        self.beats = 0  # visibility extensions
+        self.lease_beats = 0  # lease renewals
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{item.job_id[:8]}", daemon=True)
@@ -113,18 +159,43 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        interval = max(self.visibility_s / 3.0, 0.2)
-        while not self._stop.wait(interval):
+        while not self._stop.wait(heartbeat_interval_s(self.visibility_s)):
+            if not self._renew_lease():
+                return  # not this worker's job any more: stop extending its message too
             try:
                 self.queue.extend(self.item, self.visibility_s)
                 self.beats += 1
             except Exception as exc:  # keep trying: one lost beat is not yet a lost lease
                 self.failures += 1
                 log.warning("job %s: visibility extension failed: %s", self.item.job_id, exc)
+
+    def _renew_lease(self) -> bool:
+        """False once the record says the job is not this worker's (and the run was stopped)."""
+        lease = self.lease
+        if lease is None or not lease.control.held.is_set():
+            return True  # not claimed yet, or its end is being written
+        try:
+            if lease.store.heartbeat(self.item.job_id, lease.worker_id, time.time()):
+                self.lease_beats += 1
+                return True
+        except Exception as exc:  # a throttled write: the lease outlasts a few of these
+            self.failures += 1
+            log.warning("job %s: lease renewal failed: %s", self.item.job_id, exc)
+            return True
+        if not lease.control.held.is_set():
+            return True  # run_job ended the job between the check and the write
+        if lease.control.stop("lost"):
+            log.warning("job %s: its record is no longer held by worker %s (ended elsewhere or taken over); "
+                        "stopping the run", self.item.job_id, lease.worker_id)
+        return False
 
 
 @dataclass
@@ -135,7 +206,9 @@ class WorkerStats:
     retried: int = 0
     canceled: int = 0  # stopped (or dropped before starting) on a client's cancel request
     skipped: int = 0  # terminal, unknown or held by another worker
-    taken_over: int = 0  # redelivered after a worker died mid-job
+    duplicates: int = 0  # of those: deliveries of a job whose live holder runs it (left to it)
+    taken_over: int = 0  # redelivered after a worker died mid-job (its lease lapsed)
+    lost: int = 0  # runs stopped because the record was ended elsewhere or taken over
     dead_letters: int = 0
     requeued: int = 0  # unsent jobs this worker's sweeps enqueued
     outcomes: dict[str, str] = field(default_factory=dict)  # job id -> last status seen
@@ -160,6 +233,7 @@ class Worker:
         self.runtime = runtime
         self.worker_id = worker_id or new_worker_id()
         self.visibility_s = visibility_s
+        self.lease_s = lease_for(visibility_s)
         self.poll_s = poll_s
         self.cancel_poll_s = cancel_poll_s
         # The queue hides a received message for this long; the heartbeat renews it at a third.
@@ -167,6 +241,7 @@ class Worker:
             services.queue.visibility_timeout_s = max(1, math.ceil(visibility_s))
         self.stats = WorkerStats()
         self.control: JobControl | None = None  # of the running job: `shutdown` requeues it
+        self.heartbeat: Heartbeat | None = None  # of the running job
         self._next_depth = 0.0
         self._next_dead_letters = 0.0
         self._next_sweep = 0.0
@@ -217,44 +292,69 @@ class Worker:
 
     # --- one message ---------------------------------------------------------------------
     def handle(self, item: QueueItem) -> None:
-        from comfyd.engine.jobs import JobControl, run_job
-
-        queue, store = self.services.queue, self.services.job_store
-        job = store.get(item.job_id)
+        job = self.services.job_store.get(item.job_id)
         if job is None or job.status.terminal:
             # Finished before a crash, canceled while waiting, or expired: nothing left to do.
             log.info("job %s is %s; dropping its message", item.job_id, job.status.value if job else "unknown")
-            self.stats.skipped += 1
-            queue.ack(item)
+            self._leave(item, job)
             return
         if job.status is JobStatus.RUNNING:
-            if item.receive_count <= 1:
-                # A duplicate delivery while its holder still heartbeats: look again later.
-                self.stats.skipped += 1
-                queue.nack(item, delay=self.visibility_s)
+            job = self._take_over_if_lapsed(item, job)
+            if job is None:
                 return
-            # Its holder stopped extending the message: it died. Take the job over.
-            if store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, worker_id=None):
-                log.warning("job %s: worker %s stopped mid-job; taking it over (delivery %d)",
-                            job.id, job.worker_id, item.receive_count)
-                self.stats.taken_over += 1
-            job = store.get(item.job_id)
-            if job is None or job.status.terminal:
-                self.stats.skipped += 1
-                queue.ack(item)
-                return
-            if job.status is not JobStatus.QUEUED:  # someone else claimed it meanwhile
-                self.stats.skipped += 1
-                queue.nack(item, delay=self.visibility_s)
-                return
+        self._run(item, job)
 
+    def _take_over_if_lapsed(self, item: QueueItem, job: JobRecord) -> JobRecord | None:
+        """A message for a running job: the job to run if its holder's lease lapsed and this
+        worker took it over; None (message dealt with) while the holder is alive or another
+        worker got the job first."""
+        store = self.services.job_store
+        if lease_left_s(job, self.lease_s, time.time()) > 0:
+            log.info("job %s: held by live worker %s; leaving delivery %d of its message to it",
+                     job.id, job.worker_id, item.receive_count)
+            self.stats.duplicates += 1
+            self._leave(item, job)
+            return None
+        if store.take_over(job.id, job.worker_id, job.heartbeat_at):
+            log.warning("job %s: worker %s stopped renewing its lease mid-job; taking it over (delivery %d)",
+                        job.id, job.worker_id, item.receive_count)
+            self.stats.taken_over += 1
+        current = store.get(item.job_id)
+        if current is None or current.status is not JobStatus.QUEUED:  # ended, or another worker got it
+            self._leave(item, current)
+            return None
+        return current
+
+    def _leave(self, item: QueueItem, job: JobRecord | None) -> None:
+        """Done with a message this worker does not run (now)."""
+        self.stats.skipped += 1
+        if job is None or job.status.terminal:
+            self.services.queue.ack(item)
+            return
+        # Another worker holds the job (or it waits for a retry). Put back, not deleted: this
+        # may be the job's only message (an SQS duplicate delivery of the holder's own message
+        # shares its fate, and a holder whose extensions failed may have lost its copy), and if
+        # the holder dies it is what brings the job back. Looked at again when the lease would
+        # have lapsed; dropped at the first delivery after the job ended.
+        self.services.queue.nack(item, delay=self._look_again_s(job))
+
+    def _look_again_s(self, job: JobRecord) -> float:
+        left = lease_left_s(job, self.lease_s, time.time()) if job.status is JobStatus.RUNNING else 0.0
+        return max(left, 0.0) + heartbeat_interval_s(self.visibility_s)
+
+    def _run(self, item: QueueItem, job: JobRecord) -> None:
+        from comfyd.engine.jobs import JobControl, run_job
+
+        queue, store = self.services.queue, self.services.job_store
         control = JobControl()
         self.control = control
         self.services.metrics.gauge("JobsInFlight", 1)
         try:
-            with Heartbeat(queue, item, self.visibility_s), CancelWatch(store, job.id, control, self.cancel_poll_s):
+            with (Heartbeat(queue, item, self.visibility_s, JobLease(store, self.worker_id, control)) as beat,
+                  CancelWatch(store, job.id, control, self.cancel_poll_s)):
+                self.heartbeat = beat
                 outcome = run_job(job, runtime=self.runtime, backends=self.services, settings=self.settings,
-                                  control=control, worker_id=self.worker_id)
+                                  control=control, worker_id=self.worker_id, lease_s=self.lease_s)
         except Exception as exc:  # the store or queue failed around the job: let SQS redeliver it
             log.exception("job %s: worker failed around the job: %s", item.job_id, exc)
             self.services.metrics.increment("Errors", error_type=type(exc).__name__)
@@ -262,16 +362,19 @@ class Worker:
             return
         finally:
             self.control = None
+            self.heartbeat = None
             self.services.metrics.gauge("JobsInFlight", 0)
 
         if outcome.retry_delay_s is not None:
             self.stats.retried += 1
             queue.nack(item, delay=outcome.retry_delay_s)
             return
-        queue.ack(item)
         if outcome.skipped:
-            self.stats.skipped += 1
+            if control.reason == "lost":
+                self.stats.lost += 1
+            self._leave(item, outcome.record)
             return
+        queue.ack(item)
         status = outcome.status.value if outcome.status else "unknown"
         self.stats.outcomes[job.id] = status
         if outcome.status is JobStatus.SUCCEEDED:
@@ -291,8 +394,14 @@ class Worker:
         queue, store = self.services.queue, self.services.job_store
         count = 0
         for item in queue.dead_letters():  # type: ignore[attr-defined]
+            job = store.get(item.job_id)
+            if job is not None and job.status is JobStatus.RUNNING and not self._release_lapsed(job):
+                # A spare message of a job a live worker runs (nacked on each delivery until SQS
+                # gave up on it): not acked, so it is looked at again when it reappears in the
+                # dead-letter queue, and deleted once the job has ended.
+                continue
             error = {"type": "dead_letter", "message": f"no worker finished the job in {item.receive_count} deliveries"}
-            if store.transition(item.job_id, {JobStatus.QUEUED, JobStatus.RUNNING}, JobStatus.FAILED,
+            if store.transition(item.job_id, {JobStatus.QUEUED}, JobStatus.FAILED,
                                 finished_at=time.time(), error=error):
                 final = store.get(item.job_id)
                 if final is not None:
@@ -307,6 +416,13 @@ class Worker:
             queue.ack_dead_letter(item)  # type: ignore[attr-defined]
         self.stats.dead_letters += count
         return count
+
+    def _release_lapsed(self, job: JobRecord) -> bool:
+        """Take a running job whose holder's lease lapsed back to queued (conditional, as a
+        takeover); False while the holder is alive or someone else changed the record first."""
+        if lease_left_s(job, self.lease_s, time.time()) > 0:
+            return False
+        return self.services.job_store.take_over(job.id, job.worker_id, job.heartbeat_at)
 
 
 def run_worker(

@@ -126,13 +126,16 @@ class SqliteJobStore:
             return None
         return record_from_json(rows[0]["data"])
 
-    def transition(self, job_id: str, expected: set[JobStatus], new: JobStatus, **fields: Any) -> bool:
+    def transition(self, job_id: str, expected: set[JobStatus], new: JobStatus, *, holder: str | None = None,
+                   **fields: Any) -> bool:
         _check_fields(fields)
         with self.db.transaction() as conn:
             row = conn.execute("SELECT status, data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or JobStatus(row["status"]) not in expected:
                 return False
             job = record_from_json(row["data"])
+            if holder is not None and job.worker_id != holder:
+                return False
             job = dataclasses.replace(job, status=new, **fields)
             self._write(conn, job)
         if new.terminal:
@@ -204,8 +207,23 @@ class SqliteJobStore:
 
         return self._modify(job_id, unclaimed, requeue_claimed_at=now)
 
-    def _modify(self, job_id: str, accept: Callable[[JobRecord], bool], **fields: Any) -> bool:
-        """Set `fields` only if `accept(current record)`: check and write in one transaction."""
+    # --- scale-out: the running holder's lease ---------------------------------------------
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> bool:
+        return self._modify(job_id, lambda job: job.status is JobStatus.RUNNING and job.worker_id == worker_id,
+                            heartbeat_at=now)
+
+    def take_over(self, job_id: str, worker_id: str | None, heartbeat_at: float | None) -> bool:
+        def unchanged(job: JobRecord) -> bool:
+            return (job.status is JobStatus.RUNNING and job.worker_id == worker_id
+                    and job.heartbeat_at == heartbeat_at)
+
+        return self._modify(job_id, unchanged, new_status=JobStatus.QUEUED,
+                            worker_id=None, heartbeat_at=None, lease_s=None)
+
+    def _modify(self, job_id: str, accept: Callable[[JobRecord], bool], new_status: JobStatus | None = None,
+                **fields: Any) -> bool:
+        """Set `fields` (and `new_status`) only if `accept(current record)`: check and write in
+        one transaction."""
         _check_fields(fields)
         with self.db.transaction() as conn:
             row = conn.execute("SELECT data, expires_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -214,7 +232,7 @@ class SqliteJobStore:
             job = record_from_json(row["data"])
             if not accept(job):
                 return False
-            self._write(conn, dataclasses.replace(job, **fields))
+            self._write(conn, dataclasses.replace(job, status=new_status or job.status, **fields))
         return True
 
     def count(self, status: set[JobStatus]) -> int:

@@ -13,6 +13,8 @@ never raise into it: they go to a background dispatcher and a small pool of send
   (honouring Retry-After) up to `max_attempts`; other 4xx answers are final.
 - Throttling (as Cog): `output` and `logs` events for one job go out at most once per
   `throttle_s`; a newer one replaces a waiting one, and `completed` supersedes both.
+- Addresses (comfyd.cloud.webhook_guard): public only unless allowed, checked before every attempt
+  and again when connecting; a refused URL is logged and dropped, and the job is not affected.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from comfyd.cloud.webhook_guard import ForbiddenWebhook, WebhookPolicy
+from comfyd.cloud.webhook_guard import ForbiddenWebhook, UnresolvableWebhook, WebhookPolicy, pinned_transport
 
 log = logging.getLogger("comfyd.webhooks")
 
@@ -120,14 +122,18 @@ class WebhookNotifier:
         policy: WebhookPolicy | None = None,
     ) -> None:
         self.secret = secret
-        # Checked before every attempt: a host may resolve elsewhere than at submission.
+        # Checked before every attempt (a host may resolve elsewhere than at submission), and the
+        # default transport connects only to the addresses it checks (webhook_guard.PinnedBackend).
         self.policy = policy or WebhookPolicy()
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.throttle_s = throttle_s
         self.max_pending = max_pending
-        self._client = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False)
+        # A redirect could point anywhere: never followed. Proxies from the environment (HTTPS_PROXY)
+        # still get their own transport and resolve names themselves: those rely on the check alone.
+        self._client = httpx.Client(timeout=timeout_s, transport=transport or pinned_transport(self.policy),
+                                    follow_redirects=False)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="comfyd-webhook")
         self._lock = threading.Condition()
         self._heap: list[tuple[float, int, _Delivery]] = []
@@ -239,17 +245,19 @@ class WebhookNotifier:
         error: str
         try:
             self.policy.check(delivery.url)
-        except ForbiddenWebhook as exc:
-            log.warning("webhook %s for job %s not sent: %s", delivery.event, delivery.job_id, exc)
-            self._done(delivery, ok=False)
-            return
-        try:
             response = self._client.post(delivery.url, content=delivery.body, headers=self._headers(delivery))
             if response.status_code < 300:
                 self._done(delivery, ok=True)
                 return
             error = f"HTTP {response.status_code}"
             retry = response.status_code in RETRY_STATUSES
+        except UnresolvableWebhook as exc:  # DNS may be back by the next attempt
+            error = str(exc)
+            retry = True
+        except ForbiddenWebhook as exc:  # final: the job itself is not affected
+            log.warning("webhook %s for job %s not sent: %s", delivery.event, delivery.job_id, exc)
+            self._done(delivery, ok=False)
+            return
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
             retry = True

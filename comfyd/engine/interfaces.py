@@ -61,6 +61,11 @@ class JobRecord:
     enqueued_at: float | None = None
     requeue_claimed_at: float | None = None
     cancel_requested: str | None = None
+    # The holder's lease while the job runs: its last heartbeat (set at the claim, renewed by the
+    # SQS worker's heartbeat) and how long that beat stays valid (None: the reader's own lease).
+    # A worker takes a running job over only once the lease has lapsed (comfyd/worker.py).
+    heartbeat_at: float | None = None
+    lease_s: float | None = None
 
 
 @runtime_checkable
@@ -74,9 +79,11 @@ class JobStore(Protocol):
         """The job, or None if absent or expired."""
 
     def transition(
-        self, job_id: str, expected: set[JobStatus], new: JobStatus, **fields: Any
+        self, job_id: str, expected: set[JobStatus], new: JobStatus, *, holder: str | None = None, **fields: Any
     ) -> bool:
-        """Set status to `new` (and `fields`) only if the current status is in `expected`."""
+        """Set status to `new` (and `fields`) only if the current status is in `expected` and,
+        when `holder` is given, the job's `worker_id` is `holder` (a worker ending its own run
+        must not end one another worker took over)."""
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set fields without a status change (progress, timings)."""
@@ -101,6 +108,16 @@ class JobStore(Protocol):
         """Claim an unsent queued job for sending it again: set `requeue_claimed_at = now` only if
         it is still queued and unsent and no other claim is younger than `lease_s`. Of several
         callers racing, exactly one gets True."""
+
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> bool:
+        """Renew the holder's lease: set `heartbeat_at = now` only while the job is running and
+        held by `worker_id`. False: it is not (ended, canceled, taken over) and the run must stop."""
+
+    def take_over(self, job_id: str, worker_id: str | None, heartbeat_at: float | None) -> bool:
+        """Put a running job whose holder's lease lapsed back to queued (clearing `worker_id`,
+        `heartbeat_at`, `lease_s`), only if it is still running, held by `worker_id`, with the
+        `heartbeat_at` the caller saw (None: never set). A holder that beat meanwhile keeps the
+        job; of several callers racing, exactly one gets True."""
 
 
 @dataclass

@@ -151,12 +151,15 @@ class JobControl:
     """A running job's stop switch and why it was pulled.
 
     Reasons: "canceled" (one job, by a client), "interrupted" (POST /interrupt), "timed_out"
-    (wall-time budget), "shutdown" (the server is stopping: the job is queued again).
+    (wall-time budget), "shutdown" (the server is stopping: the job is queued again), "lost"
+    (the record is no longer this worker's: ended elsewhere or taken over; nothing is written).
+    `held` is set while run_job holds the claimed job, so a heartbeat renews its lease only then.
     """
 
     def __init__(self) -> None:
         self.interrupt = threading.Event()
         self.reason: str | None = None
+        self.held = threading.Event()
         self._lock = threading.Lock()
 
     def stop(self, reason: str) -> bool:
@@ -218,16 +221,22 @@ def run_job(
     listener: EventListener | None = None,
     control: JobControl | None = None,
     worker_id: str | None = None,
+    lease_s: float | None = None,
 ) -> JobOutcome:
     """Execute one job record end to end; never raises for a job's own failure.
 
-    1. claim: queued -> running (conditional; a job someone else holds is skipped);
+    1. claim: queued -> running (conditional; a job someone else holds is skipped), recording
+       `worker_id` as the holder and the claim as its first heartbeat (lease `lease_s`);
     2. execute under the wall-time budget (`settings.job_timeout_s`), forwarding events;
     3. store image outputs through the OutputStore;
     4. write the terminal state (succeeded / failed / canceled / timed_out), or queue it again
        for a retryable error (`settings.retry_attempts`, backoff `settings.retry_backoff_s * 2^n`);
     5. notifier, metrics; then the held terminal event and ComfyUI's final
        `executing {node: null}` go to `listener`.
+
+    With a `worker_id`, every write after the claim is conditional on still holding the job: a
+    run whose record was taken over or ended elsewhere (`control.reason == "lost"`, or found
+    before uploading) stores, writes and announces nothing.
     """
     store = backends.job_store
     control = control or JobControl()
@@ -244,21 +253,35 @@ def run_job(
     claimed = store.transition(
         job.id, {JobStatus.QUEUED}, JobStatus.RUNNING,
         started_at=started, attempts=job.attempts + 1, worker_id=worker_id, progress={}, finished_at=None,
+        heartbeat_at=started, lease_s=lease_s,
     )
     if not claimed:
         return JobOutcome(job.id, skipped=True, record=store.get(job.id))
-    job = store.get(job.id) or replace(job, status=JobStatus.RUNNING, started_at=started, attempts=job.attempts + 1)
+    control.held.set()
+    try:
+        return _run_claimed(job, started, runtime, backends, settings, listener, control, worker_id)
+    finally:
+        control.held.clear()
+
+
+def _run_claimed(
+    job: JobRecord, started: float, runtime: JobRuntime, backends: JobBackends, settings: Settings,
+    listener: EventListener | None, control: JobControl, worker_id: str | None,
+) -> JobOutcome:
+    store = backends.job_store
+    job = store.get(job.id) or replace(job, status=JobStatus.RUNNING, started_at=started, attempts=job.attempts + 1,
+                                       worker_id=worker_id)
     if job.attempts == 1:
         backends.metrics.observe("QueueWait", max(0.0, started - job.created_at), "Seconds")
     _publish(backends, "job.started", job)
 
     recorder = _EventRecorder(job, listener, backends)
-    timer = _start_timeout(job, control, settings, backends, recorder)
+    timer = _start_timeout(job, control, settings, backends, recorder, worker_id)
     try:
         result, exception = _execute(job, runtime, recorder, control)
     finally:
         timer.cancel()
-    return _finish(job, result, exception, backends, settings, recorder, control)
+    return _finish(job, result, exception, backends, settings, recorder, control, worker_id)
 
 
 @dataclass
@@ -328,8 +351,14 @@ def _finish(
     settings: Settings,
     recorder: _EventRecorder,
     control: JobControl,
+    holder: str | None,
 ) -> JobOutcome:
     store = backends.job_store
+    if control.reason == "lost" or (result.status == "success" and not _still_held(store, job.id, holder)):
+        # Another worker runs (or ended) this job now: its run stores and reports the result.
+        control.stop("lost")
+        log.warning("job %s: no longer held by worker %s; dropping this run's result", job.id, holder)
+        return JobOutcome(job.id, skipped=True, record=store.get(job.id))
     output_urls: list[str] = []
     if result.status == "success":
         try:
@@ -343,7 +372,7 @@ def _finish(
 
     if control.reason == "shutdown" and result.status != "success":
         # Not the job's fault: this attempt does not count against its retries.
-        return _requeue(job, backends, recorder, delay=0.0, error=None, attempts=job.attempts - 1)
+        return _requeue(job, backends, recorder, holder, delay=0.0, error=None, attempts=job.attempts - 1)
 
     if result.status == "success":
         status = JobStatus.SUCCEEDED
@@ -357,7 +386,8 @@ def _finish(
             delay = settings.retry_backoff_s * (2 ** (job.attempts - 1))
             log.info("job %s: retryable error, attempt %d, retrying in %.1fs", job.id, job.attempts, delay)
             backends.metrics.increment("JobRetries")
-            return _requeue(job, backends, recorder, delay=delay, error=_job_error(result.error, "retryable"))
+            return _requeue(job, backends, recorder, holder, delay=delay,
+                            error=_job_error(result.error, "retryable"))
 
     error = None
     if status is JobStatus.FAILED:
@@ -369,12 +399,12 @@ def _finish(
 
     finished = time.time()
     written = store.transition(
-        job.id, {JobStatus.RUNNING}, status,
+        job.id, {JobStatus.RUNNING}, status, holder=holder,
         finished_at=finished, outputs=result.outputs, output_urls=output_urls,
         node_timings=result.node_timings, error=error, messages=recorder.messages_for(status, error),
         progress=recorder.progress,
     )
-    if not written:  # a hard timeout (or an operator) ended the job meanwhile: drop this result
+    if not written:  # a hard timeout, an operator or a worker that took it over: drop this result
         return JobOutcome(job.id, skipped=True, record=store.get(job.id))
     final = store.get(job.id) or replace(job, status=status, finished_at=finished, outputs=result.outputs)
     _record_metrics(backends.metrics, final, result.node_timings)
@@ -390,14 +420,28 @@ class _RetryableStorageError(RetryableError):
         super().__init__(f"storage throttled or unavailable: {message}")
 
 
+def _still_held(store: JobStore, job_id: str, holder: str | None) -> bool:
+    """A last look before uploading outputs: renew the lease, which fails once the job is not
+    this worker's any more (a worker that took it over uploads its own)."""
+    if holder is None:
+        return True
+    try:
+        return store.heartbeat(job_id, holder, time.time())
+    except Exception as exc:  # unknown: go on; the conditional end write still decides
+        log.warning("job %s: lease check before upload failed: %s", job_id, exc)
+        return True
+
+
 def _requeue(
-    job: JobRecord, backends: JobBackends, recorder: _EventRecorder, delay: float, error: dict[str, Any] | None,
-    attempts: int | None = None,
+    job: JobRecord, backends: JobBackends, recorder: _EventRecorder, holder: str | None, delay: float,
+    error: dict[str, Any] | None, attempts: int | None = None,
 ) -> JobOutcome:
-    fields: dict[str, Any] = {"worker_id": None, "error": error, "progress": recorder.progress}
+    fields: dict[str, Any] = {"worker_id": None, "heartbeat_at": None, "lease_s": None, "error": error,
+                              "progress": recorder.progress}
     if attempts is not None:
         fields["attempts"] = attempts
-    backends.job_store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, **fields)
+    if not backends.job_store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, holder=holder, **fields):
+        return JobOutcome(job.id, skipped=True, record=backends.job_store.get(job.id))  # not ours any more
     return JobOutcome(job.id, retry_delay_s=delay, record=backends.job_store.get(job.id))
 
 
@@ -627,7 +671,8 @@ class _EventRecorder:
 
 
 def _start_timeout(
-    job: JobRecord, control: JobControl, settings: Settings, backends: JobBackends, recorder: _EventRecorder
+    job: JobRecord, control: JobControl, settings: Settings, backends: JobBackends, recorder: _EventRecorder,
+    holder: str | None,
 ) -> _TimeoutTimer:
     """Soft budget: interrupt the job. Hard budget: end it in the store even if it hangs."""
     budget = settings.job_timeout_s
@@ -641,7 +686,7 @@ def _start_timeout(
         error = {"type": "timed_out", "message": f"job exceeded its wall-time budget of {budget:g} s "
                  "and did not stop when interrupted"}
         written = backends.job_store.transition(
-            job.id, {JobStatus.RUNNING}, JobStatus.TIMED_OUT, finished_at=time.time(), error=error,
+            job.id, {JobStatus.RUNNING}, JobStatus.TIMED_OUT, holder=holder, finished_at=time.time(), error=error,
             messages=recorder.messages_for(JobStatus.TIMED_OUT, error), progress=recorder.progress,
         )
         if written:

@@ -7,9 +7,10 @@ receive. `requeue_unsent` finds such records (queued, unmarked, older than
 sweepers exactly one sends it, sends it and marks it. The claim is a lease of the same length:
 a sweeper that dies between claim and send is replaced by a later sweep.
 
-A message sent twice (the first sender was only slow) costs nothing but a receive: workers
-claim a job (queued -> running) and finish it (running -> terminal) with conditional
-transitions, so it runs and completes once.
+A message sent twice (the first sender was only slow) costs nothing but a receive or two:
+workers claim a job (queued -> running) and finish it (running -> terminal) with conditional
+transitions, and leave a message for a running job to its holder while the holder's lease on
+the record is current (comfyd/worker.py), so it runs and completes once.
 
 Sweeps run in every `comfyd worker` (its housekeeping) and in `comfyd serve` when the queue is
 shared (SQS), so orphans are found even while no worker is up (a fleet scaled to zero).

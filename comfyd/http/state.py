@@ -96,11 +96,17 @@ class AppState:
     def job_from_body(
         self, body: dict[str, Any], *, source: str, job_id: str | None = None,
         extra_data: dict[str, Any] | None = None, priority: int | None = None,
+        webhook_field: str = "extra_data.webhook",
     ) -> JobRecord:
         """Parse and validate a workflow request; a JobRecord ready to submit.
 
-        Raises ComfyError (ComfyUI's 400 body) for an invalid workflow.
+        Raises ComfyError (ComfyUI's 400 body) for an invalid workflow, ApiError 422 for a webhook
+        comfyd will not call (`webhook_field` names a webhook in `extra_data`). Resolves the
+        webhook's host: call it off the event loop.
         """
+        given_webhook = (extra_data or {}).get("webhook")
+        if given_webhook:  # first: a refused webhook is the answer, whatever the workflow holds
+            self.check_webhook(given_webhook, webhook_field)
         runtime = self.runtime()
         try:
             req = runtime.parse(body)
@@ -125,11 +131,8 @@ class AppState:
             extra["partial_execution_targets"] = list(req.partial_execution_targets)
         check_extra_data(extra)
         webhook = extra.get("webhook")
-        if webhook:
-            try:
-                WebhookPolicy.from_settings(self.settings).check(webhook)
-            except ForbiddenWebhook as exc:
-                raise ApiError(422, "InvalidWebhook", str(exc), {"location": "extra_data.webhook"}) from None
+        if webhook and webhook != given_webhook:  # the body's own extra_data.webhook
+            self.check_webhook(webhook, "extra_data.webhook")
         return JobRecord(
             id=chosen_id,
             workflow=req.prompt,
@@ -140,6 +143,13 @@ class AppState:
             extra_data=extra,
             source=source,
         )
+
+    def check_webhook(self, url: str, field: str) -> None:
+        """ApiError 422 naming `field` unless comfyd may call `url` (comfyd.cloud.webhook_guard)."""
+        try:
+            WebhookPolicy.from_settings(self.settings).check(url)
+        except ForbiddenWebhook as exc:  # the URL is not echoed: it may carry a token
+            raise ApiError(422, "InvalidWebhook", str(exc), {"location": field}) from None
 
     def submit(self, job: JobRecord) -> SubmitResult:
         try:

@@ -73,13 +73,25 @@ def test_job_of_a_dead_worker_is_taken_over(settings: Settings, services: Servic
     assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and job.worker_id == worker.worker_id
 
 
-def test_first_delivery_of_a_running_job_is_left_to_its_holder(settings: Settings, services: Services, fake_runtime) -> None:
+def test_a_running_job_with_a_current_lease_is_left_to_its_holder(settings: Settings, services: Services,
+                                                                   fake_runtime) -> None:
     _submit(services, "held", fake_runtime.workflow())
-    services.job_store.transition("held", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="alive")
+    services.job_store.transition("held", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="alive",
+                                  started_at=time.time(), heartbeat_at=time.time())
+    services.queue.nack(services.queue.get(timeout=1))  # a delivery count above 1 proves nothing
     stats = _worker(settings, services, fake_runtime).run(threading.Event(), max_jobs=1)
-    assert stats.skipped == 1 and stats.taken_over == 0
+    assert stats.skipped == 1 and stats.duplicates == 1 and stats.taken_over == 0
     assert services.job_store.get("held").worker_id == "alive"
     assert fake_runtime.executions(settings.output_dir, "held") == 0
+    assert services.queue.get(timeout=0) is None and services.queue.depth() == 0  # put back for later...
+    assert _messages_held(services) == 1  # ...not deleted: the holder may yet die
+
+
+def _messages_held(services: Services) -> int:
+    """Messages of the base band that are in flight (received, not yet visible again)."""
+    reply = services.queue.aws.client("sqs").get_queue_attributes(
+        QueueUrl=services.queue.url(2), AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    return int(reply["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
 
 
 def test_heartbeat_keeps_a_long_job_invisible(settings: Settings, services: Services, fake_runtime) -> None:

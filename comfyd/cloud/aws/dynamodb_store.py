@@ -15,7 +15,9 @@ Item layout (table key: `id`, a string):
 A global secondary index `by_status` (hash `status`, range `created_at`) serves `list` and
 `list_unsent` (queued items, oldest first) without scanning the table. `request_cancel` and
 `claim_requeue` are conditional updates like the status changes; `cancel_requested`, polled by
-workers, reads two attributes only.
+workers, reads two attributes only. `heartbeat` (the holder renewing its lease: only while the
+item is running and its `worker_id`) and `take_over` (running -> queued, only with the
+`worker_id` and `heartbeat_at` the caller saw) are conditional updates too.
 """
 
 from __future__ import annotations
@@ -228,7 +230,8 @@ class DynamoJobStore:
                 continue  # a concurrent write replaced a large field: read the new item
         raise RuntimeError(f"job {job_id}: its large fields keep changing while being read")
 
-    def transition(self, job_id: str, expected: set[JobStatus], new: JobStatus, **fields: Any) -> bool:
+    def transition(self, job_id: str, expected: set[JobStatus], new: JobStatus, *, holder: str | None = None,
+                   **fields: Any) -> bool:
         if not expected:
             raise ValueError("transition needs at least one expected status")
         fields = dict(fields)
@@ -238,6 +241,10 @@ class DynamoJobStore:
         names = {"#status": "status"}
         values = {f":e{i}": {"S": JobStatus(s).value} for i, s in enumerate(sorted(expected, key=lambda s: s.value))}
         condition = f"#status IN ({', '.join(values)})"
+        if holder is not None:
+            names["#holder"] = "worker_id"
+            values[":holder"] = {"S": holder}
+            condition += " AND #holder = :holder"
         return self._update(job_id, fields, condition, names, values)
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -377,6 +384,26 @@ class DynamoJobStore:
         names = {"#status": "status", "#enq": "enqueued_at", "#claim": "requeue_claimed_at"}
         values = {":q": {"S": JobStatus.QUEUED.value}, ":null": {"S": "NULL"}, ":stale": {"N": repr(now - lease_s)}}
         return self._update(job_id, {"requeue_claimed_at": now}, condition, names, values)
+
+    # --- scale-out: the running holder's lease ---------------------------------------------
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> bool:
+        return self._update(job_id, {"heartbeat_at": now}, "#status = :r AND #holder = :holder",
+                            {"#status": "status", "#holder": "worker_id"},
+                            {":r": {"S": JobStatus.RUNNING.value}, ":holder": {"S": worker_id}})
+
+    def take_over(self, job_id: str, worker_id: str | None, heartbeat_at: float | None) -> bool:
+        names = {"#status": "status", "#holder": "worker_id", "#hb": "heartbeat_at"}
+        values: dict[str, Any] = {":r": {"S": JobStatus.RUNNING.value}}
+        conditions = ["#status = :r"]
+        for name, value in (("#holder", worker_id), ("#hb", heartbeat_at)):
+            if value is None:  # never set: absent, or NULL (how None is stored)
+                values[":null"] = {"S": "NULL"}  # DynamoDB refuses values the expression does not use
+                conditions.append(f"(attribute_not_exists({name}) OR attribute_type({name}, :null))")
+            else:
+                values[f":{name[1:]}"] = _encode_scalar(value)
+                conditions.append(f"{name} = :{name[1:]}")
+        fields = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None, "lease_s": None}
+        return self._update(job_id, fields, " AND ".join(conditions), names, values)
 
     def delete(self, job_id: str) -> None:
         reply = self._call("delete_item", Key={"id": {"S": job_id}}, ReturnValues="ALL_OLD")

@@ -16,9 +16,10 @@ queues are roughly FIFO.
 
 A received message stays invisible for `visibility_timeout_s`; a running job extends that
 (`extend`) from a heartbeat, `ack` deletes it, `nack` makes it visible again. If a worker dies the
-message reappears after the timeout and another worker takes the job; after MAX_RECEIVES
-deliveries SQS moves it to the DLQ. SQS may deliver a message twice; the job store's conditional
-transitions make sure only one worker finishes a job (effectively-once).
+message reappears after the timeout and another worker takes the job once the holder's lease on
+the job record has lapsed (comfyd/worker.py); after MAX_RECEIVES deliveries SQS moves it to the
+DLQ. SQS may deliver a message twice; the lease and the job store's conditional transitions make
+sure a job runs and finishes once (effectively-once).
 
 `remove` cannot take one message out of SQS: it returns False, and a job canceled while waiting is
 dropped by the worker that receives it (its record is already terminal).
