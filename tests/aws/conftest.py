@@ -6,15 +6,19 @@ set to zero (the retries themselves still happen, and tests count them through t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
+from comfyd.cloud import Services
 from comfyd.cloud.aws.init import aws_init
 from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
 from comfyd.cloud.aws.session import AwsSession
@@ -88,3 +92,27 @@ def _load_fake_runtime() -> ModuleType:
 @pytest.fixture
 def fake_runtime() -> ModuleType:
     return _load_fake_runtime()
+
+
+class RecordingNotifier:
+    """Delegates to the real notifier and keeps (event, job id, status) of every publish."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.events: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, event: str, payload: dict[str, Any], attributes: dict[str, str] | None = None) -> None:
+        with self._lock:
+            self.events.append((event, str(payload.get("id")), str(payload.get("status"))))
+        self.inner.publish(event, payload, attributes)
+
+    def completed(self, job_id: str) -> list[str]:
+        with self._lock:
+            return [status for event, jid, status in self.events if event == "job.completed" and jid == job_id]
+
+
+@pytest.fixture
+def recording() -> Callable[[Services], Services]:
+    """Services with their notifier wrapped in a RecordingNotifier (`services.notifier.completed(id)`)."""
+    return lambda built: dataclasses.replace(built, notifier=RecordingNotifier(built.notifier))

@@ -25,29 +25,10 @@ from comfyd.settings import Settings
 from comfyd.worker import Worker
 
 
-class RecordingNotifier:
-    """Delegates to the real notifier and keeps (event, job id, status) of every publish."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.events: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-
-    def publish(self, event: str, payload: dict[str, Any], attributes: dict[str, str] | None = None) -> None:
-        with self._lock:
-            self.events.append((event, str(payload.get("id")), str(payload.get("status"))))
-        self.inner.publish(event, payload, attributes)
-
-    def completed(self, job_id: str) -> list[str]:
-        with self._lock:
-            return [status for event, jid, status in self.events if event == "job.completed" and jid == job_id]
-
-
 @pytest.fixture
-def services(settings: Settings, provisioned, fake_runtime) -> Iterator[Services]:
+def services(settings: Settings, provisioned, fake_runtime, recording) -> Iterator[Services]:
     built = build_services(settings)
-    notifier = RecordingNotifier(built.notifier)
-    yield dataclasses.replace(built, notifier=notifier, executor_factory=lambda: fake_runtime.build(settings))
+    yield dataclasses.replace(recording(built), executor_factory=lambda: fake_runtime.build(settings))
     built.close()
 
 

@@ -9,7 +9,6 @@ partitioned worker would.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,28 +24,10 @@ from comfyd.settings import Settings
 from comfyd.worker import Worker
 
 
-class RecordingNotifier:
-    """Delegates to the real notifier and keeps (event, job id, status) of every publish."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.events: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-
-    def publish(self, event: str, payload: dict[str, Any], attributes: dict[str, str] | None = None) -> None:
-        with self._lock:
-            self.events.append((event, str(payload.get("id")), str(payload.get("status"))))
-        self.inner.publish(event, payload, attributes)
-
-    def completed(self, job_id: str) -> list[str]:
-        with self._lock:
-            return [status for event, jid, status in self.events if event == "job.completed" and jid == job_id]
-
-
 @pytest.fixture
-def services(settings: Settings, provisioned) -> Iterator[Services]:
+def services(settings: Settings, provisioned, recording) -> Iterator[Services]:
     built = build_services(settings)
-    yield dataclasses.replace(built, notifier=RecordingNotifier(built.notifier))
+    yield recording(built)
     built.close()
 
 
