@@ -130,8 +130,8 @@ class WebhookNotifier:
         self.max_backoff_s = max_backoff_s
         self.throttle_s = throttle_s
         self.max_pending = max_pending
-        # A redirect could point anywhere: never followed. Proxies from the environment (HTTPS_PROXY)
-        # still get their own transport and resolve names themselves: those rely on the check alone.
+        # A redirect could point anywhere: never followed. Environment proxies (HTTPS_PROXY) are not
+        # used: httpx ignores them when given a transport, so every connection goes through the pin.
         self._client = httpx.Client(timeout=timeout_s, transport=transport or pinned_transport(self.policy),
                                     follow_redirects=False)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="comfyd-webhook")
