@@ -161,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
     from comfyd.worker import run_worker
 
     try:
@@ -200,8 +200,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_aws_init(args: argparse.Namespace) -> int:
-    from comfyd.cloud.aws.init import aws_init
-    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+    from comfyd.backends.aws.init import aws_init
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
 
     try:
         created = aws_init(_settings(args))
@@ -213,7 +213,7 @@ def cmd_aws_init(args: argparse.Namespace) -> int:
 
 
 def cmd_aws_local(args: argparse.Namespace) -> int:
-    from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
+    from comfyd.backends.aws.local_endpoint import LocalAwsEndpoint
 
     # moto in-process, with DynamoDB's atomic conditional writes restored (see local_endpoint.py).
     server = LocalAwsEndpoint(host=args.host, port=args.port).start()

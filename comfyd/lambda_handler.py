@@ -49,9 +49,9 @@ from comfyd.lambda_asgi import (
 from comfyd.settings import Settings
 
 if TYPE_CHECKING:
-    from comfyd.cloud import Services
     from comfyd.engine.interfaces import JobQueue, JobRecord, QueueItem
     from comfyd.engine.jobs import JobOutcome, JobRuntime
+    from comfyd.runtime import Services
 
 log = logging.getLogger("comfyd.lambda")
 
@@ -142,7 +142,7 @@ class LambdaApp:
     @property
     def services(self) -> Services:
         if self._services is None:
-            from comfyd.cloud import build_services
+            from comfyd.runtime import build_services
 
             self._services = build_services(self.settings)
         return self._services
@@ -438,10 +438,10 @@ def _remaining_s(context: Any) -> float | None:
 
 
 def _band_of(record: dict[str, Any], base_name: str | None) -> int | None:
-    """Index of the record's queue among comfyd's priority bands (comfyd.cloud.aws.sqs_queue)."""
+    """Index of the record's queue among comfyd's priority bands (comfyd.backends.aws.sqs_queue)."""
     if not base_name:
         return None
-    from comfyd.cloud.aws.sqs_queue import queue_names
+    from comfyd.backends.aws.sqs_queue import queue_names
 
     queue = str(record.get("eventSourceARN", "")).rsplit(":", 1)[-1]
     names = queue_names(base_name)

@@ -26,7 +26,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from comfyd.cloud import Services, build_services
 from comfyd.engine.jobs import JobManager
 from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
@@ -39,6 +38,7 @@ from comfyd.http.routes_predictions import public_router
 from comfyd.http.routes_predictions import router as predictions_router
 from comfyd.http.state import AppState
 from comfyd.http.websocket import WebSocketHub
+from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
 
 log = logging.getLogger("comfyd.server")
@@ -119,7 +119,7 @@ def serve(settings: Settings) -> None:
         raise SystemExit(f"error: {exc}") from None
     import uvicorn
 
-    from comfyd.cloud import check_aws_region
+    from comfyd.runtime import check_aws_region
 
     check_aws_region(settings)  # an unknown or disabled region fails here, not on the first job
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 4096 * 4096
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_secret: str | None = None  # Standard Webhooks secret (`whsec_<base64>` or raw)
-    # Webhooks go to public addresses only (comfyd.cloud.webhook_guard); these hosts, `*.suffix`
+    # Webhooks go to public addresses only (comfyd.backends.webhook_guard); these hosts, `*.suffix`
     # patterns, IPs or CIDR networks are allowed even when private.
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_allow_private: bool = False

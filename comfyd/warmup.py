@@ -6,7 +6,7 @@ of seconds. `COMFYD_WARMUP_WORKFLOW` names an API-format (or graph-form) workflo
 is set, `run_warmup` executes it once with the process's own node registry and model manager,
 so the models it loads stay loaded for the real jobs.
 
-Where it runs: the runtime factory (`comfyd.cloud.build_runtime`, or whatever builds the
+Where it runs: the runtime factory (`comfyd.runtime.build_runtime`, or whatever builds the
 `JobRuntime` of a server or worker) calls `run_warmup(runtime, settings)` after building the
 runtime and before returning it. The server reports STARTING on /health-check until the runtime
 exists, so the container's HEALTHCHECK (and a load balancer) see READY only after the warm-up;

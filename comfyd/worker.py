@@ -50,8 +50,8 @@ from comfyd.engine.sweeper import requeue_unsent, sweep_interval_s
 from comfyd.settings import Settings
 
 if TYPE_CHECKING:
-    from comfyd.cloud import Services
     from comfyd.engine.jobs import JobControl, JobRuntime
+    from comfyd.runtime import Services
 
 log = logging.getLogger("comfyd.worker")
 
@@ -439,11 +439,11 @@ def run_worker(
 ) -> WorkerStats:
     """Consume the configured queue until `stop_event` is set (or `max_jobs` were received).
 
-    Builds the backends (`comfyd.cloud.build_services`) and the executor unless given; checks
+    Builds the backends (`comfyd.runtime.build_services`) and the executor unless given; checks
     at start-up that the AWS region is enabled (InvalidRegion otherwise); `on_start` sees the
     Worker before the first receive. Returns counters.
     """
-    from comfyd.cloud import build_services
+    from comfyd.runtime import build_services
 
     stop = stop_event or threading.Event()
     own_services = services is None
@@ -461,7 +461,7 @@ def run_worker(
 
 
 def _verify_region(settings: Settings) -> None:
-    from comfyd.cloud.aws import session_for, uses_aws
+    from comfyd.backends.aws import session_for, uses_aws
 
     if uses_aws(settings):
         session_for(settings).verify_region_enabled()

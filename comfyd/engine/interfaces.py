@@ -1,6 +1,6 @@
 """The interfaces the engine needs from the outside world.
 
-The engine defines them and never imports `comfyd.cloud`; the edges (server, CLI, worker,
+The engine defines them and never imports `comfyd.backends`; the edges (server, CLI, worker,
 Lambda) build the configured implementations (embedded: files, SQLite, in-process queue,
 Prometheus text; AWS: S3, DynamoDB, SQS, CloudWatch, SNS) and hand them in.
 """

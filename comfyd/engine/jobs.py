@@ -86,7 +86,7 @@ class WorkflowExecutor(Protocol):
 class JobRuntime:
     """What executes workflows in this process: the node registry, the node environment
     (settings + model manager) and the executor. Built once per process by the executor
-    factory (`comfyd.cloud.build_runtime`), which imports the nodes (and torch) lazily."""
+    factory (`comfyd.runtime.build_runtime`), which imports the nodes (and torch) lazily."""
 
     registry: NodeRegistry
     env: NodeEnvironment
@@ -139,7 +139,7 @@ class JobRuntime:
 
 
 class JobBackends(Protocol):
-    """The backends run_job writes to. `comfyd.cloud.Services` has these attributes."""
+    """The backends run_job writes to. `comfyd.backends.Services` has these attributes."""
 
     job_store: JobStore
     output_store: OutputStore

@@ -18,8 +18,7 @@ from urllib.parse import urlparse
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from comfyd.cloud import Services
-from comfyd.cloud.webhook_guard import ForbiddenWebhook, WebhookPolicy
+from comfyd.backends.webhook_guard import ForbiddenWebhook, WebhookPolicy
 from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
 from comfyd.engine.interfaces import JobRecord
 from comfyd.engine.jobs import JobManager, JobRuntime, QueueFullError, SubmitResult
@@ -28,6 +27,7 @@ from comfyd.http.auth import ApiKeys
 from comfyd.http.errors import ApiError, ComfyError, bad_request
 from comfyd.http.ratelimit import RateLimiter, retry_after_header
 from comfyd.http.websocket import WebSocketHub, image_frame
+from comfyd.runtime import Services
 from comfyd.settings import Settings
 
 # Client-chosen job ids (prompt_id, prediction id) end up in URLs, logs and storage keys.
@@ -145,7 +145,7 @@ class AppState:
         )
 
     def check_webhook(self, url: str, field: str) -> None:
-        """ApiError 422 naming `field` unless comfyd may call `url` (comfyd.cloud.webhook_guard)."""
+        """ApiError 422 naming `field` unless comfyd may call `url` (comfyd.backends.webhook_guard)."""
         try:
             WebhookPolicy.from_settings(self.settings).check(url)
         except ForbiddenWebhook as exc:  # the URL is not echoed: it may carry a token

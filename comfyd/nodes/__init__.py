@@ -1,7 +1,9 @@
-"""ComfyUI's nodes, one module per area. Importing this package registers every node.
+"""ComfyUI's nodes, grouped as ComfyUI groups its categories. Importing this package registers
+every node.
 
-Each module decorates its classes with `@register_node`; the edges (CLI, server, worker)
-import `comfyd.nodes` once, and the engine only sees the registry.
+Each subpackage (loaders, conditioning, sampling, latent, image, mask, video, advanced) holds one
+module per concept; each module decorates its classes with `@register_node`. The edges (CLI,
+server, worker) import `comfyd.nodes` once, and the engine only sees the registry.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-NODE_MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+NODE_MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(__path__, prefix=f"{__name__}.") if not m.name.rsplit(".", 1)[-1].startswith("_")
+)
 
 for _name in NODE_MODULES:
-    importlib.import_module(f"{__name__}.{_name}")
+    importlib.import_module(_name)

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
-from comfyd.cloud import Services
-from comfyd.cloud.aws.init import aws_init
-from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import FaultProxy
+from comfyd.backends.aws.init import aws_init
+from comfyd.backends.aws.local_endpoint import LocalAwsEndpoint
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import FaultProxy
+from comfyd.runtime import Services
 from comfyd.settings import Settings
 
 

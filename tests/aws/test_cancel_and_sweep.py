@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from comfyd.cloud import Services, build_services
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.engine.jobs import JobManager, JobRuntime
 from comfyd.engine.sweeper import requeue_unsent
+from comfyd.runtime import Services, build_services
 from comfyd.server import create_app
 from comfyd.settings import Settings
 from comfyd.worker import Worker

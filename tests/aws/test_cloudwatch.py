@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from comfyd.cloud.aws import build_metrics
-from comfyd.cloud.aws.cloudwatch import CloudWatchMetrics, EmfMetrics, normalise_unit, sample_gpus
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import build_metrics
+from comfyd.backends.aws.cloudwatch import CloudWatchMetrics, EmfMetrics, normalise_unit, sample_gpus
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.settings import Settings
 
 
@@ -74,7 +74,7 @@ def test_background_thread_flushes_off_the_request_path(settings: Settings, aws:
 
 
 def test_many_series_are_sent_in_batches(settings: Settings, aws: AwsSession, monkeypatch: pytest.MonkeyPatch) -> None:
-    import comfyd.cloud.aws.cloudwatch as cloudwatch
+    import comfyd.backends.aws.cloudwatch as cloudwatch
 
     monkeypatch.setattr(cloudwatch, "MAX_DATUMS_PER_CALL", 20)
     calls = []

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from comfyd.cloud.aws import build_job_store
-from comfyd.cloud.aws.dynamodb_store import DynamoJobStore, ItemTooLargeError
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import build_job_store
+from comfyd.backends.aws.dynamodb_store import DynamoJobStore, ItemTooLargeError
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.settings import Settings
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comfyd.cloud.aws.init import aws_init
-from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import FaultProxy
+from comfyd.backends.aws.init import aws_init
+from comfyd.backends.aws.local_endpoint import LocalAwsEndpoint
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import FaultProxy
 from comfyd.engine.interfaces import JobStatus
 from comfyd.settings import Settings
 
@@ -199,7 +199,7 @@ def test_serve_and_two_workers_survive_a_kill_and_an_s3_outage(
 
 
 def _job_store(settings: Settings, aws: AwsSession):
-    from comfyd.cloud.aws import build_job_store
+    from comfyd.backends.aws import build_job_store
 
     return build_job_store(settings, aws)
 

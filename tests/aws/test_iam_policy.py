@@ -13,14 +13,20 @@ from typing import Any
 
 import pytest
 
-import comfyd.cloud.aws.s3_store as s3_store
-from comfyd.cloud import Services, build_services
-from comfyd.cloud.aws import build_job_store, build_metrics, build_notifier, build_output_store, build_queue
-from comfyd.cloud.aws.iam import INIT_POLICY, policy_actions, render_policy
-from comfyd.cloud.aws.init import aws_init, ensure_queues
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+import comfyd.backends.aws.s3_store as s3_store
+from comfyd.backends.aws import (
+    build_job_store,
+    build_metrics,
+    build_notifier,
+    build_output_store,
+    build_queue,
+)
+from comfyd.backends.aws.iam import INIT_POLICY, policy_actions, render_policy
+from comfyd.backends.aws.init import aws_init, ensure_queues
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.engine.interfaces import JobRecord
+from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
 from comfyd.worker import Worker
 

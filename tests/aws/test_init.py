@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from comfyd.cloud.aws.init import aws_init
-from comfyd.cloud.aws.session import AwsSession
+from comfyd.backends.aws.init import aws_init
+from comfyd.backends.aws.session import AwsSession
 from comfyd.settings import Settings
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from comfyd.cloud.aws import build_output_store
-from comfyd.cloud.aws.s3_store import OutputNotStoredError, S3OutputStore
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import build_output_store
+from comfyd.backends.aws.s3_store import OutputNotStoredError, S3OutputStore
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.settings import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
@@ -77,7 +77,7 @@ def test_missing_key_raises_key_error(settings: Settings, provisioned) -> None:
 
 
 def test_large_output_uses_multipart(settings: Settings, provisioned, monkeypatch: pytest.MonkeyPatch) -> None:
-    import comfyd.cloud.aws.s3_store as s3_store
+    import comfyd.backends.aws.s3_store as s3_store
 
     monkeypatch.setattr(s3_store, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
     blob = bytes(range(256)) * (6 * 4096)  # 6 MiB: two parts of the 5 MiB minimum
@@ -173,7 +173,7 @@ def test_missing_bucket_is_not_waited_for(settings: Settings) -> None:
 
 
 def test_spool_recovers_from_crash_between_write_and_upload(settings: Settings, provisioned, tmp_path: Path) -> None:
-    from comfyd.cloud.aws.spool import Spool, SpoolEntry
+    from comfyd.backends.aws.spool import Spool, SpoolEntry
 
     spool_dir = Path(settings.spool_dir)
     left = Spool(spool_dir, upload=lambda entry, data: (_ for _ in ()).throw(OSError("down")))
@@ -208,7 +208,7 @@ def test_concurrent_puts(settings: Settings, provisioned) -> None:
 
 
 def test_settings_without_bucket_are_refused(settings: Settings) -> None:
-    from comfyd.cloud.aws import AwsConfigError
+    from comfyd.backends.aws import AwsConfigError
 
     with pytest.raises(AwsConfigError, match="COMFYD_S3_BUCKET"):
         build_output_store(settings.model_copy(update={"s3_bucket": None}))

@@ -7,9 +7,15 @@ import datetime
 import pytest
 from botocore.exceptions import ClientError
 
-from comfyd.cloud.aws import session_for
-from comfyd.cloud.aws.session import AwsConfigError, AwsSession, InvalidRegion, known_regions, validate_region
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import session_for
+from comfyd.backends.aws.session import (
+    AwsConfigError,
+    AwsSession,
+    InvalidRegion,
+    known_regions,
+    validate_region,
+)
+from comfyd.backends.faultproxy import Fault, FaultProxy
 
 ROLE = "arn:aws:iam::123456789012:role/comfyd-worker"
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from comfyd.cloud.aws import build_notifier
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.aws.sns_notifier import MAX_MESSAGE_BYTES, build_attributes, build_message
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import build_notifier
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.aws.sns_notifier import MAX_MESSAGE_BYTES, build_attributes, build_message
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.settings import Settings
 
 

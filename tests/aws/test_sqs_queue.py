@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from comfyd.cloud.aws import build_queue
-from comfyd.cloud.aws.init import ensure_queues
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.aws.sqs_queue import BANDS, SqsJobQueue, band_for, queue_names
-from comfyd.cloud.faultproxy import Fault, FaultProxy
+from comfyd.backends.aws import build_queue
+from comfyd.backends.aws.init import ensure_queues
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.aws.sqs_queue import BANDS, SqsJobQueue, band_for, queue_names
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.settings import Settings
 
 

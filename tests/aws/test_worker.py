@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from comfyd.cloud import Services, build_services
-from comfyd.cloud.aws.init import ensure_queues
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.faultproxy import FaultProxy
+from comfyd.backends.aws.init import ensure_queues
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.faultproxy import FaultProxy
 from comfyd.engine.interfaces import JobRecord, JobStatus
+from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
 from comfyd.worker import Heartbeat, Worker, run_worker
 
@@ -203,7 +203,7 @@ def test_output_waits_for_s3_and_job_finishes_only_after(fault_proxy: FaultProxy
 
 
 def test_worker_checks_region_at_start(settings: Settings) -> None:
-    from comfyd.cloud.aws import InvalidRegion
+    from comfyd.backends.aws import InvalidRegion
 
     with pytest.raises(InvalidRegion):
         run_worker(settings.model_copy(update={"aws_region": "moon-1"}), max_jobs=0)

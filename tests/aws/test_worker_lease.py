@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from comfyd.cloud import Services, build_services
-from comfyd.cloud.aws.init import ensure_queues
-from comfyd.cloud.aws.session import AwsSession
+from comfyd.backends.aws.init import ensure_queues
+from comfyd.backends.aws.session import AwsSession
 from comfyd.engine.interfaces import JobRecord, JobStatus, QueueItem
+from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
 from comfyd.worker import Worker
 

@@ -22,7 +22,7 @@ AWS = "aws"
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[Any]:
-    from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
+    from comfyd.backends.aws.local_endpoint import LocalAwsEndpoint
 
     endpoint = LocalAwsEndpoint().start()
     yield endpoint
@@ -49,20 +49,20 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _aws_session(settings: Settings) -> Any:
-    from comfyd.cloud.aws.session import AwsSession
+    from comfyd.backends.aws.session import AwsSession
 
     return AwsSession.from_settings(settings)
 
 
 def _sqlite_db(settings: Settings) -> Any:
-    return _module("comfyd.cloud.sqlite_store").SqliteDatabase(Path(settings.db_path))
+    return _module("comfyd.backends.sqlite_store").SqliteDatabase(Path(settings.db_path))
 
 
 def make_job_store(kind: str, settings: Settings) -> Any:
     if kind == EMBEDDED:
-        return _module("comfyd.cloud.sqlite_store").SqliteJobStore(_sqlite_db(settings))
-    from comfyd.cloud.aws import build_job_store
-    from comfyd.cloud.aws.init import ensure_bucket, ensure_table
+        return _module("comfyd.backends.sqlite_store").SqliteJobStore(_sqlite_db(settings))
+    from comfyd.backends.aws import build_job_store
+    from comfyd.backends.aws.init import ensure_bucket, ensure_table
 
     aws = _aws_session(settings)
     ensure_bucket(aws, settings.s3_bucket)
@@ -72,9 +72,9 @@ def make_job_store(kind: str, settings: Settings) -> Any:
 
 def make_queue(kind: str, settings: Settings) -> Any:
     if kind == EMBEDDED:
-        return _module("comfyd.cloud.local_queue").LocalJobQueue(_sqlite_db(settings))
-    from comfyd.cloud.aws import build_queue
-    from comfyd.cloud.aws.init import ensure_queues
+        return _module("comfyd.backends.local_queue").LocalJobQueue(_sqlite_db(settings))
+    from comfyd.backends.aws import build_queue
+    from comfyd.backends.aws.init import ensure_queues
 
     aws = _aws_session(settings)
     ensure_queues(aws, settings.sqs_queue)
@@ -83,9 +83,9 @@ def make_queue(kind: str, settings: Settings) -> Any:
 
 def make_output_store(kind: str, settings: Settings) -> Any:
     if kind == EMBEDDED:
-        return _module("comfyd.cloud.local_storage").LocalOutputStore(Path(settings.output_dir))
-    from comfyd.cloud.aws import build_output_store
-    from comfyd.cloud.aws.init import ensure_bucket
+        return _module("comfyd.backends.local_storage").LocalOutputStore(Path(settings.output_dir))
+    from comfyd.backends.aws import build_output_store
+    from comfyd.backends.aws.init import ensure_bucket
 
     aws = _aws_session(settings)
     ensure_bucket(aws, settings.s3_bucket)
@@ -94,17 +94,17 @@ def make_output_store(kind: str, settings: Settings) -> Any:
 
 def make_metrics(kind: str, settings: Settings) -> Any:
     if kind == EMBEDDED:
-        return _module("comfyd.cloud.prometheus").PrometheusMetrics()
-    from comfyd.cloud.aws.cloudwatch import CloudWatchMetrics
+        return _module("comfyd.backends.prometheus").PrometheusMetrics()
+    from comfyd.backends.aws.cloudwatch import CloudWatchMetrics
 
     return CloudWatchMetrics(_aws_session(settings), settings.cloudwatch_namespace, background=False)
 
 
 def make_notifier(kind: str, settings: Settings) -> Any:
     if kind == EMBEDDED:
-        return _module("comfyd.cloud.webhooks").WebhookNotifier(None)
-    from comfyd.cloud.aws import build_notifier
-    from comfyd.cloud.aws.init import ensure_topic
+        return _module("comfyd.backends.webhooks").WebhookNotifier(None)
+    from comfyd.backends.aws import build_notifier
+    from comfyd.backends.aws.init import ensure_topic
 
     aws = _aws_session(settings)
     ensure_topic(aws, settings.sns_topic)

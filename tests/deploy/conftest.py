@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
-from comfyd.cloud.aws.local_endpoint import LocalAwsEndpoint
+from comfyd.backends.aws.local_endpoint import LocalAwsEndpoint
 
 EVENTS = Path(__file__).parent / "events"
 API_KEY = "deploy-test-key"
@@ -72,7 +72,7 @@ def aws_settings_env(root: Path, endpoint: LocalAwsEndpoint) -> dict[str, str]:
 @pytest.fixture
 def lambda_env(moto_endpoint: LocalAwsEndpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
     """This process looks like a deployed Lambda function on moto, with comfyd's resources made."""
-    from comfyd.cloud.aws.init import aws_init
+    from comfyd.backends.aws.init import aws_init
     from comfyd.lambda_handler import reset_environment
     from comfyd.settings import Settings
 

@@ -62,8 +62,8 @@ def test_cfn_lint_finds_errors_it_is_given(tmp_path: Path) -> None:
 
 
 def test_queues_are_comfyds_priority_bands_with_one_dead_letter_queue(template: dict[str, Any]) -> None:
-    from comfyd.cloud.aws.init import DLQ_RETENTION_S, QUEUE_RETENTION_S
-    from comfyd.cloud.aws.sqs_queue import DLQ_SUFFIX, MAX_RECEIVES, queue_names
+    from comfyd.backends.aws.init import DLQ_RETENTION_S, QUEUE_RETENTION_S
+    from comfyd.backends.aws.sqs_queue import DLQ_SUFFIX, MAX_RECEIVES, queue_names
 
     queues = resources_of(template, "AWS::SQS::Queue")
     names = {substitute(q["Properties"]["QueueName"]["Fn::Sub"], {"AWS::StackName": "stack"}): logical
@@ -86,7 +86,7 @@ def test_queues_are_comfyds_priority_bands_with_one_dead_letter_queue(template: 
 
 
 def test_job_table_is_what_the_dynamodb_store_uses(template: dict[str, Any]) -> None:
-    from comfyd.cloud.aws.dynamodb_store import STATUS_INDEX, TTL_ATTRIBUTE
+    from comfyd.backends.aws.dynamodb_store import STATUS_INDEX, TTL_ATTRIBUTE
 
     props = template["Resources"]["JobsTable"]["Properties"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
@@ -180,7 +180,7 @@ def test_dashboard_is_json_and_shows_the_metrics_comfyd_emits(template: dict[str
     assert "${" not in text
     dashboard = json.loads(text)
     shown = set(re.findall(r'MetricName=\\?"(\w+)\\?"', text))
-    # The CloudWatch backend's names (comfyd/cloud/aws/cloudwatch.py) and the job layer's.
+    # The CloudWatch backend's names (comfyd/backends/aws/cloudwatch.py) and the job layer's.
     assert {"RequestLatency", "Errors", "NodeExecutionTime", "QueueDepth", "JobsInFlight"} <= shown
     assert len(dashboard["widgets"]) >= 6
 

@@ -48,7 +48,7 @@ def test_no_warmup_configured_does_nothing(tmp_path: Path) -> None:
 
 
 def test_warmup_loads_the_models_and_writes_no_outputs(tmp_path: Path, tiny_models: Path, tiny_workflow: Any) -> None:
-    from comfyd.cloud import build_runtime
+    from comfyd.runtime import build_runtime
 
     workflow = tmp_path / "warmup.json"
     workflow.write_text(json.dumps(tiny_workflow()))
@@ -64,7 +64,7 @@ def test_warmup_loads_the_models_and_writes_no_outputs(tmp_path: Path, tiny_mode
 
 
 def test_a_failing_warmup_fails_setup(tmp_path: Path, tiny_models: Path, tiny_workflow: Any) -> None:
-    from comfyd.cloud import build_runtime
+    from comfyd.runtime import build_runtime
 
     workflow = tiny_workflow()
     workflow["4"]["inputs"]["ckpt_name"] = "not-on-this-host.safetensors"

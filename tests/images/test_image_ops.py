@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyd.engine.schema import REGISTRY
-from comfyd.nodes.image_ops import ImageInvert, ImageScale, ImageScaleBy, common_upscale
+from comfyd.nodes.image.transform import ImageInvert, ImageScale, ImageScaleBy, common_upscale
 
 
 def column_image(height: int = 8, width: int = 16) -> torch.Tensor:

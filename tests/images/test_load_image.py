@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from comfyd.engine.schema import REGISTRY
-from comfyd.nodes.image_io import LoadImage, list_input_images, load_image_file
+from comfyd.nodes.image.save_load import LoadImage, list_input_images, load_image_file
 from comfyd.safepath import UnsafePathError
 
 

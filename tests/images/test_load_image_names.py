@@ -21,7 +21,7 @@ from comfyd.engine.errors import WorkflowValidationError
 from comfyd.engine.graph import parse_workflow
 from comfyd.engine.schema import REGISTRY
 from comfyd.engine.validate import validate_workflow
-from comfyd.nodes.image_io import LoadImage, check_image_name
+from comfyd.nodes.image.save_load import LoadImage, check_image_name
 from comfyd.safepath import UnsafePathError
 
 CAPTURED = json.loads((Path(__file__).parent / "comfyui_load_image_validation.json").read_text())

@@ -18,8 +18,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from comfyd.engine.schema import REGISTRY
-from comfyd.nodes import image_io
-from comfyd.nodes.image_io import (
+from comfyd.nodes.image import save_load as image_io
+from comfyd.nodes.image.save_load import (
     PreviewImage,
     SaveImage,
     SaveImageWebsocket,

@@ -8,7 +8,7 @@ import torch
 from comfyd.models import vae_codec
 from comfyd.models.handles import VaeHandle
 from comfyd.models.vae_codec import crop_to_multiple, vae_decode, vae_encode
-from comfyd.nodes.vae import VAEDecode, VAEEncode, VAEEncodeForInpaint, grey_out_masked
+from comfyd.nodes.latent.vae import VAEDecode, VAEEncode, VAEEncodeForInpaint, grey_out_masked
 
 
 def test_decode_shape_range_and_matches_diffusers(tiny_vae: VaeHandle) -> None:

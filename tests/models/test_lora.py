@@ -20,7 +20,7 @@ from comfyd.models.tiny import (
     make_tiny_checkpoint,
     make_tiny_lora,
 )
-from comfyd.nodes.loaders import LoraLoader, LoraLoaderModelOnly
+from comfyd.nodes.loaders.checkpoints import LoraLoader, LoraLoaderModelOnly
 
 from .conftest import make_settings, node_context
 

@@ -14,7 +14,7 @@ from comfyd.models.handles import ClipHandle, ModelHandle, VaeHandle
 from comfyd.models.manager import ModelManager
 from comfyd.models.paths import UnsafeModelName
 from comfyd.models.tiny import make_tiny_checkpoint, make_tiny_embedding
-from comfyd.nodes.loaders import CheckpointLoaderSimple
+from comfyd.nodes.loaders.checkpoints import CheckpointLoaderSimple
 
 from .conftest import FAMILIES, diffusers_name, make_settings, node_context, single_name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from comfyd.engine.context import NodeEnvironment
 from comfyd.engine.schema import REGISTRY
 from comfyd.models.manager import ModelManager
-from comfyd.nodes.loaders import CLIPSetLastLayer
+from comfyd.nodes.loaders.checkpoints import CLIPSetLastLayer
 
 from .conftest import FAMILIES, diffusers_name, node_context, single_name
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-import comfyd.nodes.latent  # noqa: F401  (registers the nodes)
-import comfyd.nodes.sampling  # noqa: F401
+import comfyd.nodes.latent.basic  # noqa: F401  (registers the nodes)
+import comfyd.nodes.sampling.ksampler  # noqa: F401
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.engine.schema import REGISTRY

@@ -21,7 +21,6 @@ import httpx
 import pytest
 import uvicorn
 
-from comfyd.cloud import Services, build_services
 from comfyd.engine.cache import NodeCache
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.errors import RetryableError
@@ -40,6 +39,7 @@ from comfyd.engine.schema import (
     OutputSpec,
     String,
 )
+from comfyd.runtime import Services, build_services
 from comfyd.safepath import safe_join
 from comfyd.server import create_app
 from comfyd.settings import Settings

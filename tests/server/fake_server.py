@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import uvicorn  # noqa: E402
 from conftest import Recorder, fake_runtime  # noqa: E402
 
-from comfyd.cloud import build_services  # noqa: E402
+from comfyd.runtime import build_services  # noqa: E402
 from comfyd.server import create_app  # noqa: E402
 from comfyd.settings import Settings  # noqa: E402
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from comfyd.cloud.local_queue import LocalJobQueue
-from comfyd.cloud.local_storage import LocalOutputStore
-from comfyd.cloud.prometheus import PrometheusMetrics, metric_name
-from comfyd.cloud.sqlite_store import SqliteDatabase, SqliteJobStore
+from comfyd.backends.local_queue import LocalJobQueue
+from comfyd.backends.local_storage import LocalOutputStore
+from comfyd.backends.prometheus import PrometheusMetrics, metric_name
+from comfyd.backends.sqlite_store import SqliteDatabase, SqliteJobStore
 from comfyd.engine.interfaces import JobQueue, JobRecord, JobStatus, JobStore, Metrics, OutputStore
 from comfyd.safepath import UnsafePathError
 

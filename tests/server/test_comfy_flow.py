@@ -167,8 +167,8 @@ def test_comfyui_client_flow_real_nodes_tiny_model(start_server, tmp_path: Path)
     reason = _real_stack_available()
     if reason:
         pytest.skip(reason)
-    from comfyd.cloud import build_runtime
     from comfyd.models.tiny import make_tiny_checkpoint
+    from comfyd.runtime import build_runtime
 
     models_dir = tmp_path / "models"
     checkpoint = make_tiny_checkpoint(models_dir / "checkpoints", "sd1")

@@ -12,8 +12,8 @@ from comfyd.engine.interfaces import JobStatus
 
 @pytest.mark.slow
 def test_three_running_jobs_take_turns_on_the_device(start_server, tmp_path: Path) -> None:
-    from comfyd.cloud import build_runtime
     from comfyd.models.tiny import make_tiny_checkpoint
+    from comfyd.runtime import build_runtime
 
     models_dir = tmp_path / "models"
     checkpoint = make_tiny_checkpoint(models_dir / "checkpoints", "sd1")

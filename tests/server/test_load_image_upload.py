@@ -23,7 +23,7 @@ def _load_and_save(image: str, prefix: str) -> dict:
 
 
 def test_subfolder_upload_load_view_and_output_annotation(start_server, tmp_path) -> None:
-    from comfyd.cloud import build_runtime
+    from comfyd.runtime import build_runtime
 
     srv = start_server(runtime=build_runtime, models_dir=tmp_path / "models")
     pixels = np.random.default_rng(1).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)

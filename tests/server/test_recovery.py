@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from comfyd.cloud.local_queue import LocalJobQueue
-from comfyd.cloud.sqlite_store import SqliteDatabase, SqliteJobStore
+from comfyd.backends.local_queue import LocalJobQueue
+from comfyd.backends.sqlite_store import SqliteDatabase, SqliteJobStore
 from comfyd.engine.interfaces import JobRecord, JobStatus
 
 HERE = Path(__file__).parent

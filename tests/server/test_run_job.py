@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from comfyd.cloud.prometheus import PrometheusMetrics
-from comfyd.cloud.sqlite_store import SqliteDatabase, SqliteJobStore
+from comfyd.backends.prometheus import PrometheusMetrics
+from comfyd.backends.sqlite_store import SqliteDatabase, SqliteJobStore
 from comfyd.engine.interfaces import JobRecord, JobStatus, StoredOutput
 from comfyd.engine.jobs import JobControl, run_job
 

@@ -1,4 +1,4 @@
-"""Webhook URLs: public addresses only unless allowed (comfyd.cloud.webhook_guard)."""
+"""Webhook URLs: public addresses only unless allowed (comfyd.backends.webhook_guard)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import httpcore
 import httpx
 import pytest
 
-from comfyd.cloud.webhook_guard import (
+from comfyd.backends.webhook_guard import (
     ForbiddenWebhook,
     PinnedBackend,
     UnresolvableWebhook,
     WebhookPolicy,
     pinned_transport,
 )
-from comfyd.cloud.webhooks import WebhookNotifier
+from comfyd.backends.webhooks import WebhookNotifier
 
 
 def fixed(mapping: dict[str, list[str]]):

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from comfyd.cloud.webhook_guard import WebhookPolicy
-from comfyd.cloud.webhooks import WebhookNotifier, sign, verify
+from comfyd.backends.webhook_guard import WebhookPolicy
+from comfyd.backends.webhooks import WebhookNotifier, sign, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-import comfyd.nodes.conditioning  # noqa: F401  (registers the nodes)
+import comfyd.nodes.conditioning.clip_text  # noqa: F401  (registers the nodes)
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.schema import REGISTRY
 from comfyd.models.handles import ClipHandle

@@ -12,7 +12,7 @@ Requests are told apart by the SigV4 credential scope (service and region) and t
 (X-Amz-Target, the query `Action`, the RPC-v2 path, or for S3 just the HTTP method). It answers
 `Expect: 100-continue` itself (botocore sends it with every S3 upload) and can refuse the body at
 that point, as S3 does. Standard library only; also usable by hand: `python -m
-comfyd.cloud.faultproxy UPSTREAM --port 5001`.
+comfyd.backends.faultproxy UPSTREAM --port 5001`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The AWS backends: S3 outputs, DynamoDB jobs, SQS queue, CloudWatch metrics, SNS events.
 
-`comfyd.cloud.build_services` imports this package only when a setting chooses AWS, so boto3
+`comfyd.runtime.build_services` imports this package only when a setting chooses AWS, so boto3
 stays out of processes that do not use it. Each factory takes the one Settings object (and,
 optionally, an AwsSession; by default the process's shared one for those settings):
 
@@ -18,14 +18,14 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from comfyd.cloud.aws.session import AwsConfigError, AwsSession, InvalidRegion
+from comfyd.backends.aws.session import AwsConfigError, AwsSession, InvalidRegion
 
 if TYPE_CHECKING:
-    from comfyd.cloud.aws.cloudwatch import CloudWatchMetrics
-    from comfyd.cloud.aws.dynamodb_store import DynamoJobStore
-    from comfyd.cloud.aws.s3_store import S3OutputStore
-    from comfyd.cloud.aws.sns_notifier import SnsNotifier
-    from comfyd.cloud.aws.sqs_queue import SqsJobQueue
+    from comfyd.backends.aws.cloudwatch import CloudWatchMetrics
+    from comfyd.backends.aws.dynamodb_store import DynamoJobStore
+    from comfyd.backends.aws.s3_store import S3OutputStore
+    from comfyd.backends.aws.sns_notifier import SnsNotifier
+    from comfyd.backends.aws.sqs_queue import SqsJobQueue
     from comfyd.settings import Settings
 
 __all__ = [
@@ -63,7 +63,7 @@ def _required(settings: Settings, field: str, why: str) -> str:
 
 
 def build_output_store(settings: Settings, aws: AwsSession | None = None) -> S3OutputStore:
-    from comfyd.cloud.aws.s3_store import S3OutputStore
+    from comfyd.backends.aws.s3_store import S3OutputStore
 
     return S3OutputStore(
         aws or session_for(settings),
@@ -80,7 +80,7 @@ def build_output_store(settings: Settings, aws: AwsSession | None = None) -> S3O
 
 
 def build_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJobStore:
-    from comfyd.cloud.aws.dynamodb_store import DynamoJobStore
+    from comfyd.backends.aws.dynamodb_store import DynamoJobStore
 
     return DynamoJobStore(
         aws or session_for(settings),
@@ -94,7 +94,7 @@ def build_job_store(settings: Settings, aws: AwsSession | None = None) -> Dynamo
 
 
 def build_queue(settings: Settings, aws: AwsSession | None = None, *, visibility_timeout_s: int = 60) -> SqsJobQueue:
-    from comfyd.cloud.aws.sqs_queue import SqsJobQueue
+    from comfyd.backends.aws.sqs_queue import SqsJobQueue
 
     return SqsJobQueue(
         aws or session_for(settings),
@@ -107,7 +107,7 @@ def build_queue(settings: Settings, aws: AwsSession | None = None, *, visibility
 
 def build_metrics(settings: Settings, aws: AwsSession | None = None) -> CloudWatchMetrics:
     """CloudWatch through PutMetricData (background flush), or EMF on stdout inside Lambda."""
-    from comfyd.cloud.aws.cloudwatch import CloudWatchMetrics, EmfMetrics, in_lambda
+    from comfyd.backends.aws.cloudwatch import CloudWatchMetrics, EmfMetrics, in_lambda
 
     if in_lambda():
         return EmfMetrics(settings.cloudwatch_namespace, FunctionName=os.environ["AWS_LAMBDA_FUNCTION_NAME"])
@@ -116,7 +116,7 @@ def build_metrics(settings: Settings, aws: AwsSession | None = None) -> CloudWat
 
 
 def build_notifier(settings: Settings, aws: AwsSession | None = None) -> SnsNotifier:
-    from comfyd.cloud.aws.sns_notifier import SnsNotifier
+    from comfyd.backends.aws.sns_notifier import SnsNotifier
 
     return SnsNotifier(
         aws or session_for(settings),

@@ -24,9 +24,9 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from comfyd.cloud.aws.retry import is_transient, with_backoff
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.aws.spool import Spool, SpoolEntry
+from comfyd.backends.aws.retry import is_transient, with_backoff
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.aws.spool import Spool, SpoolEntry
 from comfyd.engine.errors import RetryableError
 from comfyd.engine.interfaces import StoredOutput
 

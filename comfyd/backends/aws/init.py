@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from comfyd.cloud.aws.dynamodb_store import STATUS_INDEX, TTL_ATTRIBUTE
-from comfyd.cloud.aws.session import AwsSession
-from comfyd.cloud.aws.sqs_queue import DLQ_SUFFIX, MAX_RECEIVES, queue_names
+from comfyd.backends.aws.dynamodb_store import STATUS_INDEX, TTL_ATTRIBUTE
+from comfyd.backends.aws.session import AwsSession
+from comfyd.backends.aws.sqs_queue import DLQ_SUFFIX, MAX_RECEIVES, queue_names
 
 if TYPE_CHECKING:
     from comfyd.settings import Settings

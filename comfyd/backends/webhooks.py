@@ -13,7 +13,7 @@ never raise into it: they go to a background dispatcher and a small pool of send
   (honouring Retry-After) up to `max_attempts`; other 4xx answers are final.
 - Throttling (as Cog): `output` and `logs` events for one job go out at most once per
   `throttle_s`; a newer one replaces a waiting one, and `completed` supersedes both.
-- Addresses (comfyd.cloud.webhook_guard): public only unless allowed, checked before every attempt
+- Addresses (comfyd.backends.webhook_guard): public only unless allowed, checked before every attempt
   and again when connecting; a refused URL is logged and dropped, and the job is not affected.
 """
 
@@ -37,7 +37,12 @@ from typing import Any
 
 import httpx
 
-from comfyd.cloud.webhook_guard import ForbiddenWebhook, UnresolvableWebhook, WebhookPolicy, pinned_transport
+from comfyd.backends.webhook_guard import (
+    ForbiddenWebhook,
+    UnresolvableWebhook,
+    WebhookPolicy,
+    pinned_transport,
+)
 
 log = logging.getLogger("comfyd.webhooks")
 

@@ -1,4 +1,6 @@
-"""The configured backends of one process, and the executor factory.
+"""The composition root: the configured backends of one process, and the executor factory.
+
+Every edge (serve, worker, run, Lambda, generate_image) builds its parts here and nowhere else.
 
 `build_services(settings)` picks, per concern, the embedded implementation (files, SQLite,
 in-process queue, Prometheus text, webhooks) or the AWS one (S3, DynamoDB, SQS, CloudWatch, SNS)
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from comfyd.engine.jobs import JobRuntime
     from comfyd.settings import Settings
 
-log = logging.getLogger("comfyd.cloud")
+log = logging.getLogger("comfyd.runtime")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Services:
 
 
 # ---- AWS hook points ------------------------------------------------------------------------
-# The AWS engineer's package `comfyd.cloud.aws` provides one factory per concern, each taking
+# `comfyd.backends.aws` provides one factory per concern, each taking
 # the Settings and returning an object implementing the protocol of comfyd.engine.interfaces:
 #   build_output_store(settings) -> OutputStore   (settings.storage == "s3")
 #   build_job_store(settings)    -> JobStore      (settings.jobstore == "dynamodb")
@@ -66,10 +68,10 @@ class Services:
 
 
 def _aws(factory_name: str, settings: Settings) -> Any:
-    module = importlib.import_module("comfyd.cloud.aws")
+    module = importlib.import_module("comfyd.backends.aws")
     factory = getattr(module, factory_name, None)
     if factory is None:
-        raise RuntimeError(f"comfyd.cloud.aws has no {factory_name}(settings); the AWS backend is incomplete")
+        raise RuntimeError(f"comfyd.backends.aws has no {factory_name}(settings); the AWS backend is incomplete")
     return factory(settings)
 
 
@@ -80,9 +82,9 @@ def _closer_of(obj: Any) -> Callable[[], None] | None:
 
 def build_services(settings: Settings) -> Services:
     """The backends the settings ask for (embedded by default)."""
-    from comfyd.cloud.prometheus import NullMetrics, PrometheusMetrics
-    from comfyd.cloud.webhook_guard import WebhookPolicy
-    from comfyd.cloud.webhooks import CompositeNotifier, WebhookNotifier
+    from comfyd.backends.prometheus import NullMetrics, PrometheusMetrics
+    from comfyd.backends.webhook_guard import WebhookPolicy
+    from comfyd.backends.webhooks import CompositeNotifier, WebhookNotifier
 
     closers: list[Callable[[], None]] = []
     db = None
@@ -90,7 +92,7 @@ def build_services(settings: Settings) -> Services:
     def sqlite_db() -> Any:
         nonlocal db
         if db is None:
-            from comfyd.cloud.sqlite_store import SqliteDatabase
+            from comfyd.backends.sqlite_store import SqliteDatabase
 
             db = SqliteDatabase(Path(settings.db_path))
             closers.append(db.close)
@@ -100,7 +102,7 @@ def build_services(settings: Settings) -> Services:
     if settings.jobstore == "dynamodb":
         job_store = _aws("build_job_store", settings)
     else:
-        from comfyd.cloud.sqlite_store import SqliteJobStore
+        from comfyd.backends.sqlite_store import SqliteJobStore
 
         job_store = SqliteJobStore(sqlite_db(), history_max_items=settings.history_max_items)
 
@@ -108,7 +110,7 @@ def build_services(settings: Settings) -> Services:
     if settings.queue == "sqs":
         queue = _aws("build_queue", settings)
     else:
-        from comfyd.cloud.local_queue import LocalJobQueue
+        from comfyd.backends.local_queue import LocalJobQueue
 
         queue = LocalJobQueue(sqlite_db())
 
@@ -116,7 +118,7 @@ def build_services(settings: Settings) -> Services:
     if settings.storage == "s3":
         output_store = _aws("build_output_store", settings)
     else:
-        from comfyd.cloud.local_storage import LocalOutputStore
+        from comfyd.backends.local_storage import LocalOutputStore
 
         output_store = LocalOutputStore(Path(settings.output_dir))
 
@@ -186,11 +188,11 @@ __all__ = ["Services", "build_runtime", "build_services"]
 def check_aws_region(settings: Settings) -> None:
     """Fail at start-up (SystemExit naming InvalidRegion) when AWS backends are configured and
     the region is unknown or not enabled for the account."""
-    from comfyd.cloud.aws import session_for, uses_aws
+    from comfyd.backends.aws import session_for, uses_aws
 
     if not uses_aws(settings):
         return
-    from comfyd.cloud.aws.session import AwsConfigError, InvalidRegion
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
 
     try:
         session_for(settings).verify_region_enabled()

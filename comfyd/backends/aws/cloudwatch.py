@@ -30,8 +30,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from comfyd.cloud.aws.retry import with_backoff
-from comfyd.cloud.aws.session import AwsSession
+from comfyd.backends.aws.retry import with_backoff
+from comfyd.backends.aws.session import AwsSession
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from comfyd.cloud.aws.retry import with_backoff
-from comfyd.cloud.aws.session import AwsSession
+from comfyd.backends.aws.retry import with_backoff
+from comfyd.backends.aws.session import AwsSession
 from comfyd.engine.interfaces import QueueItem
 
 log = logging.getLogger(__name__)

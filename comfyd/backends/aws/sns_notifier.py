@@ -15,8 +15,8 @@ import json
 import logging
 from typing import Any
 
-from comfyd.cloud.aws.retry import with_backoff
-from comfyd.cloud.aws.session import AwsSession
+from comfyd.backends.aws.retry import with_backoff
+from comfyd.backends.aws.session import AwsSession
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The least-privilege IAM policies of deploy/, filled in for one set of settings.
 
 deploy/iam-policy.json is what a running server or worker needs (exactly the calls of
-comfyd/cloud/aws); deploy/iam-policy-init.json is what `comfyd aws init` needs once. Both
+comfyd/backends/aws); deploy/iam-policy-init.json is what `comfyd aws init` needs once. Both
 hold placeholders (PARTITION, REGION, ACCOUNT, BUCKET, PREFIX, TABLE, QUEUE, TOPIC, NAMESPACE,
 KMS_KEY_ID); `render_policy` replaces them and drops statements for parts that are not
 configured (no KMS key: no KMS statement).

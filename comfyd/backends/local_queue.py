@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from comfyd.cloud.sqlite_store import SqliteDatabase
+from comfyd.backends.sqlite_store import SqliteDatabase
 from comfyd.engine.interfaces import QueueItem
 
 

@@ -1,0 +1,1 @@
+"""Model patches and advanced nodes (ComfyUI category `advanced`): model sampling, merging, guidance."""

@@ -1,0 +1,1 @@
+"""Image nodes (ComfyUI category `image`): loading, saving, previews and pixel transforms."""

@@ -1,0 +1,1 @@
+"""Latent nodes (ComfyUI category `latent`): empty latents, scaling, batches, masks, VAE encode/decode."""

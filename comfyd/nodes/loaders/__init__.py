@@ -1,0 +1,1 @@
+"""Loader nodes (ComfyUI category `loaders`): checkpoints, VAEs, LoRAs, and the models they feed."""

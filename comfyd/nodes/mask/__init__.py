@@ -1,0 +1,1 @@
+"""Mask nodes (ComfyUI category `mask`)."""

@@ -1,0 +1,1 @@
+"""Sampling nodes (ComfyUI category `sampling`): KSampler and its relatives."""

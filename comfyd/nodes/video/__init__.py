@@ -1,0 +1,1 @@
+"""Video and audio nodes (ComfyUI categories `image/video`, `audio`)."""
