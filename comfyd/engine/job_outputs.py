@@ -1,0 +1,58 @@
+"""A finished job's saved files, put through the OutputStore with their metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from comfyd.engine.interfaces import JobRecord, OutputStore
+from comfyd.safepath import safe_join
+
+if TYPE_CHECKING:
+    from comfyd.settings import Settings
+
+
+def store_outputs(
+    job: JobRecord, outputs: dict[str, Any], output_store: OutputStore, settings: Settings
+) -> list[str]:
+    """Put every `type: output` image the job saved through the OutputStore; their URLs."""
+    urls: list[str] = []
+    metadata = output_metadata(job)
+    for ui in outputs.values():
+        if not isinstance(ui, dict):
+            continue
+        for image in ui.get("images") or []:
+            if not isinstance(image, dict) or image.get("type", "output") != "output":
+                continue
+            subfolder = str(image.get("subfolder") or "")
+            filename = str(image.get("filename") or "")
+            if not filename:
+                continue
+            path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
+            relative = f"{subfolder}/{filename}" if subfolder else filename
+            stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
+            if stored.url:
+                urls.append(stored.url)
+    return urls
+
+
+def output_metadata(job: JobRecord) -> dict[str, str]:
+    """What travels with each stored output: the job, its workflow's hash, the followed node's seed."""
+    canonical = json.dumps(job.workflow, sort_keys=True, separators=(",", ":"), default=str)
+    metadata = {"job_id": job.id, "workflow_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+                "source": job.source}
+    followed = job.workflow.get(job.node_id)
+    inputs = followed.get("inputs") if isinstance(followed, dict) else None
+    if isinstance(inputs, dict):
+        for name in ("seed", "noise_seed"):
+            if isinstance(inputs.get(name), int):
+                metadata["seed"] = str(inputs[name])
+                break
+    return metadata
+
+
+def content_type(filename: str) -> str:
+    ext = filename.rsplit(".", 1)[-1].lower()
+    return {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+            "gif": "image/gif", "json": "application/json"}.get(ext, "application/octet-stream")
