@@ -80,14 +80,14 @@ def full_checkpoint(family: str, cache_dir: Path) -> Path:
     return path
 
 
-def comfyd_workflow(ckpt_name: str, size: int, steps: int, seed: int) -> dict[str, Any]:
+def comfyd_workflow(ckpt_name: str, size: int, steps: int, seed: int, batch: int = 1) -> dict[str, Any]:
     """comfyd's default text-to-image graph, sized for the benchmark, previewing instead of saving."""
     from comfyd.runner import default_workflow
 
     workflow = default_workflow(PROMPT)
     workflow["4"]["inputs"]["ckpt_name"] = ckpt_name
     workflow["7"]["inputs"]["text"] = NEGATIVE
-    workflow["5"]["inputs"].update(width=size, height=size, batch_size=1)
+    workflow["5"]["inputs"].update(width=size, height=size, batch_size=batch)
     workflow[SAMPLER_NODE]["inputs"].update(
         seed=seed, steps=steps, cfg=CFG, sampler_name="euler", scheduler="normal", denoise=1.0
     )
@@ -163,8 +163,11 @@ def diffusers_pipeline(handles: tuple[Any, Any, Any], family: str) -> Any:
 class ComfydSide:
     """One text-to-image job through comfyd's LocalRunner."""
 
-    def __init__(self, runner: Any, ckpt_name: str, size: int, steps: int, sync: Callable[[], None]) -> None:
+    def __init__(
+        self, runner: Any, ckpt_name: str, size: int, steps: int, sync: Callable[[], None], batch: int = 1
+    ) -> None:
         self.runner, self.ckpt_name, self.size, self.steps, self.sync = runner, ckpt_name, size, steps, sync
+        self.batch = batch
 
     def run(self, seed: int) -> Timing:
         stamps: list[float] = []
@@ -174,7 +177,7 @@ class ComfydSide:
                 self.sync()
                 stamps.append(time.perf_counter())
 
-        workflow = comfyd_workflow(self.ckpt_name, self.size, self.steps, seed)
+        workflow = comfyd_workflow(self.ckpt_name, self.size, self.steps, seed, self.batch)
         self.runner.executor.cache.clear()  # every node runs again, as every pipeline stage does
         started = time.perf_counter()
         result = self.runner.run(workflow, listener=listener)
@@ -190,8 +193,8 @@ class ComfydSide:
 class DiffusersSide:
     """The same job through the diffusers pipeline."""
 
-    def __init__(self, pipe: Any, size: int, steps: int, sync: Callable[[], None]) -> None:
-        self.pipe, self.size, self.steps, self.sync = pipe, size, steps, sync
+    def __init__(self, pipe: Any, size: int, steps: int, sync: Callable[[], None], batch: int = 1) -> None:
+        self.pipe, self.size, self.steps, self.sync, self.batch = pipe, size, steps, sync, batch
 
     def run(self, seed: int) -> Timing:
         stamps: list[float] = []
@@ -210,6 +213,7 @@ class DiffusersSide:
             width=self.size,
             num_inference_steps=self.steps,
             guidance_scale=CFG,
+            num_images_per_prompt=self.batch,
             generator=torch.Generator("cpu").manual_seed(seed),
             callback_on_step_end=on_step,
             output_type="latent",
@@ -219,7 +223,7 @@ class DiffusersSide:
         images = self.pipe.image_processor.postprocess(decoded, output_type="pil")
         self.sync()
         seconds = time.perf_counter() - started
-        if len(images) != 1 or len(stamps) != self.steps:
+        if len(images) != self.batch or len(stamps) != self.steps:
             raise RuntimeError(f"diffusers gave {len(images)} image(s) and {len(stamps)} step callbacks")
         return Timing(steps_per_second(stamps), seconds)
 
@@ -241,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (20; 4 with --tiny)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (512; 64 with --tiny)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side")
+    parser.add_argument("--batch", type=int, default=1, help="images per job (batch_size / num_images_per_prompt)")
     parser.add_argument(
         "--dtype",
         choices=["auto", "fp16", "bf16", "fp32"],
@@ -292,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         model, _, vae = handles
         options = apply_speed_options(model.unet, device, args.compile)
         sync = synchronizer(device)
-        comfyd = ComfydSide(runner, checkpoint.name, size, steps, sync)
-        plain = DiffusersSide(diffusers_pipeline(handles, args.family), size, steps, sync)
+        comfyd = ComfydSide(runner, checkpoint.name, size, steps, sync, args.batch)
+        plain = DiffusersSide(diffusers_pipeline(handles, args.family), size, steps, sync, args.batch)
 
         comfyd.run(0), plain.run(0)  # warm-up: kernels, allocator, compilation
         ours: list[Timing] = []
@@ -304,12 +309,17 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"device {name}; {args.family}{' tiny' if args.tiny else ''}, {size}x{size}, {steps} steps euler, "
+        f"device {name}; {args.family}{' tiny' if args.tiny else ''}, {size}x{size} x{args.batch}, {steps} steps euler, "
         f"cfg {CFG}; unet {model.dtype}, vae {vae.dtype}; {', '.join(options)}"
     )
     our_its, our_seconds = summary("comfyd", ours)
     their_its, their_seconds = summary("diffusers", theirs)
     print(f"end-to-end ratio (comfyd/diffusers seconds): {our_seconds / their_seconds:.4f}")
+    print(f"RESULT comfyd_its={our_its:.4f}")
+    print(f"RESULT diffusers_its={their_its:.4f}")
+    print(f"RESULT e2e_ratio={our_seconds / their_seconds:.4f}")
+    if device.type == "cuda":
+        print(f"RESULT peak_vram_gib={torch.cuda.max_memory_allocated(device) / 2**30:.3f}")
     print(f"RESULT gpu_its_ratio={our_its / their_its:.4f}")
     return 0
 

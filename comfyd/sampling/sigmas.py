@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import Tensor
 
@@ -134,6 +133,8 @@ def beta_scheduler(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, b
     """Timesteps at the quantiles of a Beta(0.6, 0.6) distribution (arXiv 2407.12173)."""
     last_index = schedule.num_timesteps - 1
     quantiles = 1 - np.linspace(0, 1, steps, endpoint=False)
+    import scipy.stats  # only this scheduler needs scipy; a GPU host may not carry it
+
     timesteps = np.rint(scipy.stats.beta.ppf(quantiles, alpha, beta) * last_index)
     sigmas: list[float] = []
     previous = -1.0
