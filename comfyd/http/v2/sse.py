@@ -50,11 +50,12 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 
 class _Stream:
-    def __init__(self, v2: V2Service, job: JobRecord, base: str, last_id: int | None) -> None:
+    def __init__(self, v2: V2Service, job: JobRecord, base: str, last_event_id: str | None) -> None:
         self.v2 = v2
         self.job = job
         self.base = base
-        self.last_id = last_id
+        self.resuming = bool(last_event_id)
+        self.last_id = parse_last_event_id(last_event_id)
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 
     async def _render(self, event: Event) -> list[str]:
@@ -101,7 +102,7 @@ class _Stream:
                 if job is not None:
                     self.v2.live.publish_status(job)
             else:
-                frames, ended = await self._snapshot(seq, with_outputs=self.last_id is not None)
+                frames, ended = await self._snapshot(seq, with_outputs=self.resuming)
                 for text in frames:
                     yield text
                 if ended:
@@ -142,7 +143,7 @@ async def job_events(request: Request, job_id: str, principal: str = Depends(req
     if not v2.open_stream(principal):
         raise V2Error(429, "too_many_streams", "too many event streams open; close one or poll the job",
                       headers={"Retry-After": "5"})
-    stream = _Stream(v2, job, base_url(request), parse_last_event_id(request.headers.get("last-event-id")))
+    stream = _Stream(v2, job, base_url(request), request.headers.get("last-event-id"))
 
     async def body() -> AsyncIterator[str]:
         try:
