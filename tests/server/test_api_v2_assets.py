@@ -4,6 +4,7 @@ and an uploaded asset read by LoadImage through a `core/ASSET` reference (real n
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 import blake3
@@ -131,3 +132,56 @@ def test_sdk_asset_upload_into_load_image_and_output_as_input(start_server, monk
 @pytest.fixture(autouse=True)
 def _no_cloud_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COMFY_API_KEY", raising=False)
+
+
+class _CdnStore:
+    """An OutputStore like S3's: keys prefixed by the job, absolute signed-looking URLs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def key_for(self, job_id: str, filename: str) -> str:
+        return f"out/{job_id}/{filename}"
+
+    def put(self, job_id: str, filename: str, data: bytes, content_type: str = "image/png",
+            metadata: dict[str, str] | None = None) -> Any:
+        return self.inner.put(job_id, filename, data, content_type, metadata)
+
+    def get(self, key: str) -> bytes:
+        raise AssertionError("the output is on this host: read from the output folder")
+
+    def url(self, key: str) -> str:
+        return f"https://cdn.example.test/{key}?Signature=abc"
+
+
+def test_outputs_in_object_storage_redirect_to_a_signed_url(tmp_path, workflow) -> None:
+    import dataclasses
+
+    from comfyd.runtime import build_services
+    from comfyd.server import create_app
+    from tests.server.conftest import Recorder, fake_runtime, make_settings, start_uvicorn
+
+    settings = make_settings(tmp_path)
+    services = build_services(settings)
+    services = dataclasses.replace(services, output_store=_CdnStore(services.output_store),
+                                   executor_factory=lambda: fake_runtime(settings, Recorder()))
+    url, server, thread = start_uvicorn(create_app(settings, services))
+    try:
+        import httpx
+
+        with httpx.Client(base_url=url, timeout=30) as http:
+            job_id = http.post("/api/v2/jobs", json={"workflow": workflow()}).json()["id"]
+            for _ in range(500):
+                body = http.get(f"/api/v2/jobs/{job_id}").json()
+                if body["status"] == "succeeded":
+                    break
+                threading.Event().wait(0.02)
+            [output] = body["outputs"]
+            assert output["size_bytes"] > 0 and output["hash"].startswith("blake3:")
+            resp = http.get(f"/api/v2/assets/{output['id']}/content")
+            assert resp.status_code == 302
+            assert resp.headers["location"] == f"https://cdn.example.test/out/{job_id}/{output['name']}?Signature=abc"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        services.close()

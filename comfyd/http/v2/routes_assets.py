@@ -226,10 +226,11 @@ async def get_content(request: Request, asset_id: str, principal: str = Depends(
         path = upload_path(Path(state.settings.input_dir), asset)
     else:
         output_store = state.services.output_store
-        if state.settings.storage == "s3":  # signed at read time; the client fetches it from S3/CloudFront
-            url = await run_in_threadpool(output_store.url, store_key(output_store, asset.job_id or "", asset.location))
-            if url:
-                return RedirectResponse(url, status_code=302)
+        # Outputs in S3: a presigned (or CloudFront) URL, signed now; the client fetches the bytes
+        # there. A local store's URL is a relative /view link: served here instead, with Range.
+        url = await run_in_threadpool(output_store.url, store_key(output_store, asset.job_id or "", asset.location))
+        if url and url.startswith(("https://", "http://")):
+            return RedirectResponse(url, status_code=302)
         try:
             path = safe_join(state.settings.output_dir, asset.location)
         except UnsafePathError:
