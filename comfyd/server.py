@@ -31,6 +31,7 @@ from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
+from comfyd.http.missed_ends import MissedEnds
 from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
@@ -68,6 +69,8 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
         owns_services=owns_services,
     )
     manager.add_listener(state.on_job_event)
+    missed_ends = MissedEnds(hub.is_connected)
+    manager.add_listener(missed_ends.on_job_event)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     )
     app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
     app.state.comfyd = state
+    app.state.comfyd_missed_ends = missed_ends
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -546,6 +546,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 # that has reported no node yet gets no executing message (as in ComfyUI).
                 if node is not None:
                     hello.append(("executing", {"node": node, "display_node": node, "prompt_id": job.id}))
+        missed_ends = getattr(websocket.app.state, "comfyd_missed_ends", None)
+        if missed_ends is not None:  # jobs that ended before this client's socket opened
+            hello.extend(missed_ends.take(client_id))
     await state.hub.serve(websocket, client_id, hello)
 
 

@@ -52,6 +52,7 @@ def test_connecting_before_the_first_progress_event_does_not_say_finished(server
             assert "execution_success" in seen  # the end came after the run, not on connect
         finally:
             ws.close()
+    assert [m["type"] for m in _hello(server, "late")] == ["status"]  # it saw the end: nothing held for it
 
 
 def test_a_claimed_job_is_remaining_before_it_runs(tmp_path, make_fake_runtime, workflow) -> None:
@@ -131,3 +132,32 @@ def test_upload_image_stores_any_file_type(server, png) -> None:
         assert too_big.status_code == 413
 
 
+
+
+def _hello(server: Any, client_id: str) -> list[dict[str, Any]]:
+    """The messages a fresh connection gets at once (before any live event)."""
+    ws = websocket.create_connection(f"{server.ws_url}?clientId={client_id}", timeout=5)
+    try:
+        messages = [json.loads(ws.recv())]
+        ws.settimeout(0.5)
+        while True:
+            try:
+                messages.append(json.loads(ws.recv()))
+            except websocket.WebSocketTimeoutException:
+                return messages
+    finally:
+        ws.close()
+
+
+def test_a_job_that_ended_before_the_client_connected_is_announced_once(server, workflow) -> None:
+    with server.client() as http:
+        prompt_id = http.post("/prompt", json={"prompt": workflow(), "client_id": "slow-to-connect"}
+                              ).json()["prompt_id"]
+        server.wait_job(prompt_id)
+        server.wait_until(lambda: server.state.manager.queue_remaining() == 0, what="the job's end announced")
+        first = _hello(server, "slow-to-connect")
+        assert [m["type"] for m in first] == ["status", "execution_success", "executing"]
+        assert first[2]["data"] == {"node": None, "display_node": None, "prompt_id": prompt_id}
+        assert http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]  # it really is finished
+        assert [m["type"] for m in _hello(server, "slow-to-connect")] == ["status"]  # delivered once
+        assert [m["type"] for m in _hello(server, "someone-else")] == ["status"]
