@@ -401,11 +401,12 @@ class JobManager:
             with self._lock:
                 self._controls.pop(job.id, None)
                 self._running.pop(job.id, None)
-                self._inflight.pop(id(item), None)  # its end is announced: no longer remaining
         if outcome.retry_delay_s is not None:
-            self.queue.nack(item, delay=outcome.retry_delay_s)
+            self.queue.nack(item, delay=outcome.retry_delay_s)  # counted by the queue again
         else:
             self.queue.ack(item)
+        with self._lock:
+            self._inflight.pop(id(item), None)  # only now: a retry is never out of both counts
         if outcome.record is not None and outcome.record.status.terminal:
             self._on_job_done(outcome.record)
         self._broadcast_status()

@@ -161,3 +161,31 @@ def test_a_job_that_ended_before_the_client_connected_is_announced_once(server, 
         assert http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]  # it really is finished
         assert [m["type"] for m in _hello(server, "slow-to-connect")] == ["status"]  # delivered once
         assert [m["type"] for m in _hello(server, "someone-else")] == ["status"]
+
+
+def test_post_then_connect_clients_never_read_an_empty_history(server, workflow) -> None:
+    """What comfy-api-simplified does: POST /prompt, then open the socket and take either a
+    `status` with queue_remaining 0 or `executing {node: null}` of its prompt as the end, then
+    read /history. Whatever the interleaving, the history must hold the job by then."""
+    with server.client() as http:
+        for index in range(12):
+            seconds, steps = ((0.0, 1), (0.05, 2), (0.2, 4))[index % 3]
+            client_id = f"simplified-{index}"
+            prompt_id = http.post("/prompt", json={"prompt": workflow(seconds, steps, f"s{index % 3}"),
+                                                   "client_id": client_id}).json()["prompt_id"]
+            ws = websocket.create_connection(f"{server.ws_url}?clientId={client_id}", timeout=20)
+            try:
+                while True:
+                    message = ws.recv()
+                    if isinstance(message, bytes):
+                        continue
+                    event = json.loads(message)
+                    data = event["data"]
+                    if event["type"] == "status" and data["status"]["exec_info"]["queue_remaining"] == 0:
+                        break
+                    if event["type"] == "executing" and data["node"] is None and data["prompt_id"] == prompt_id:
+                        break
+            finally:
+                ws.close()
+            history = http.get(f"/history/{prompt_id}").json()
+            assert prompt_id in history and history[prompt_id]["outputs"]["9"]["images"], index
