@@ -3,6 +3,7 @@ reads the routes share (a job's view with its outputs as assets, queue positions
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from comfyd.engine.assets import AssetRecord, AssetStore, IdempotencyKeys
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.http.state import AppState, get_state
 from comfyd.http.v2.asset_files import output_assets
+from comfyd.http.v2.errors import V2Error
 from comfyd.http.v2.live import LiveJobs
 from comfyd.http.v2.views import job_view, stored_progress, v2_status
 
@@ -39,9 +41,13 @@ class V2Service:
                 from comfyd.backends.sqlite_assets import SqliteAssetStore, SqliteIdempotencyKeys
                 from comfyd.backends.sqlite_store import SqliteDatabase
 
-                db = SqliteDatabase(Path(self.state.settings.db_path))
+                try:
+                    db = SqliteDatabase(Path(self.state.settings.db_path))
+                    self._fallback = (SqliteAssetStore(db), SqliteIdempotencyKeys(db))
+                except (OSError, sqlite3.Error) as exc:  # e.g. a read-only file system (Lambda)
+                    raise V2Error(501, "not_implemented", "assets and idempotency keys need a writable "
+                                  f"COMFYD_DB_PATH on this host ({exc})") from None
                 services.closers.append(db.close)
-                self._fallback = (SqliteAssetStore(db), SqliteIdempotencyKeys(db))
             return self._fallback
 
     @property
