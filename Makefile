@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean ts-sdk
 
 setup:
 	./scripts/setup.sh
@@ -15,6 +15,10 @@ test: setup
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
+
+# The TypeScript SDK for tests/server/test_api_v2_typescript.py (skipped without it); needs node + npm.
+ts-sdk:
+	cd tests/ts && npm ci --no-audit --no-fund
 
 lint:
 	$(VENV)/bin/ruff check comfyd tests bench

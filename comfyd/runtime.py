@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from comfyd.engine.assets import AssetStore, IdempotencyKeys
 from comfyd.engine.interfaces import JobQueue, JobStore, Metrics, Notifier, OutputStore
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class Services:
     executor_factory: Callable[[], JobRuntime]
     # Called by close(), last first (database connections, webhook threads, ...).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    # Comfy API v2 assets and idempotency keys (None: built on first use, comfyd.http.v2).
+    assets: AssetStore | None = None
+    idempotency: IdempotencyKeys | None = None
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -99,12 +103,16 @@ def build_services(settings: Settings) -> Services:
         return db
 
     job_store: JobStore
+    assets: AssetStore | None = None
+    idempotency: IdempotencyKeys | None = None
     if settings.jobstore == "dynamodb":
         job_store = _aws("build_job_store", settings)
     else:
+        from comfyd.backends.sqlite_assets import SqliteAssetStore, SqliteIdempotencyKeys
         from comfyd.backends.sqlite_store import SqliteJobStore
 
         job_store = SqliteJobStore(sqlite_db(), history_max_items=settings.history_max_items)
+        assets, idempotency = SqliteAssetStore(sqlite_db()), SqliteIdempotencyKeys(sqlite_db())
 
     queue: JobQueue
     if settings.queue == "sqs":
@@ -149,6 +157,8 @@ def build_services(settings: Settings) -> Services:
         notifier=notifier,
         executor_factory=lambda: build_runtime(settings),
         closers=closers,
+        assets=assets,
+        idempotency=idempotency,
     )
 
 

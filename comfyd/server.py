@@ -31,12 +31,15 @@ from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
+from comfyd.http.missed_ends import MissedEnds
 from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
+from comfyd.http.routes_jobs_api import router as jobs_api_router
 from comfyd.http.routes_predictions import public_router
 from comfyd.http.routes_predictions import router as predictions_router
 from comfyd.http.state import AppState
+from comfyd.http.v2 import install_v2
 from comfyd.http.websocket import WebSocketHub
 from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
@@ -66,6 +69,8 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
         owns_services=owns_services,
     )
     manager.add_listener(state.on_job_event)
+    missed_ends = MissedEnds(hub.is_connected)
+    manager.add_listener(missed_ends.on_job_event)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     )
     app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
     app.state.comfyd = state
+    app.state.comfyd_missed_ends = missed_ends
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -104,9 +110,11 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     )
     app.include_router(public_router)
     app.include_router(predictions_router)
+    install_v2(app, state)  # Comfy API v2 under /api/v2, before the ComfyUI routes under /api
     for prefix in ("", "/api"):
         app.include_router(comfy_router, prefix=prefix)
         app.include_router(ws_router, prefix=prefix)
+        app.include_router(jobs_api_router, prefix=prefix)
     return app
 
 

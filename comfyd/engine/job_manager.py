@@ -81,6 +81,9 @@ class JobManager:
         self._lock = threading.Lock()
         self._controls: dict[str, JobControl] = {}
         self._running: dict[str, JobRecord] = {}
+        # Job ids a worker thread took from the queue and has not finished with: from the receive
+        # (the queue stops counting it) to the ack, so queue_remaining never misses a claimed job.
+        self._inflight: dict[int, str] = {}  # id(queue item) -> job id
         self._listeners: list[JobEventListener] = []
         self._done_callbacks: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._number = 0
@@ -276,7 +279,9 @@ class JobManager:
             return list(self._running.values())
 
     def queue_remaining(self) -> int:
-        return self.queue.depth() + len(self._running)
+        with self._lock:
+            held = len(set(self._inflight.values()) | set(self._running))
+        return self.queue.depth() + held
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -340,12 +345,17 @@ class JobManager:
                 continue
             if item is None:
                 continue
+            with self._lock:
+                self._inflight[id(item)] = item.job_id
             try:
                 self._run_item(item)
             except Exception:  # a bug here must not kill the worker thread
                 log.exception("worker failed on job %s", item.job_id)
                 with contextlib.suppress(Exception):
                     self.queue.nack(item, delay=self.settings.retry_backoff_s)
+            finally:
+                with self._lock:
+                    self._inflight.pop(id(item), None)
 
     def _run_item(self, item: QueueItem) -> None:
         job = self.store.get(item.job_id)
@@ -392,9 +402,11 @@ class JobManager:
                 self._controls.pop(job.id, None)
                 self._running.pop(job.id, None)
         if outcome.retry_delay_s is not None:
-            self.queue.nack(item, delay=outcome.retry_delay_s)
+            self.queue.nack(item, delay=outcome.retry_delay_s)  # counted by the queue again
         else:
             self.queue.ack(item)
+        with self._lock:
+            self._inflight.pop(id(item), None)  # only now: a retry is never out of both counts
         if outcome.record is not None and outcome.record.status.terminal:
             self._on_job_done(outcome.record)
         self._broadcast_status()

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-UPLOAD_PATHS = frozenset({"/upload/image", "/api/upload/image", "/upload/mask", "/api/upload/mask"})
+UPLOAD_PATHS = frozenset({"/upload/image", "/api/upload/image", "/upload/mask", "/api/upload/mask", "/api/v2/assets"})
 
 
 class _TooLarge(Exception):

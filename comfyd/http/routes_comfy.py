@@ -224,7 +224,17 @@ async def get_view(
     return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
 
 
-def _check_image(data: bytes, max_pixels: int, filename: str) -> None:
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(data: bytes, filename: str) -> bool:
+    """An image by its name or its first bytes: checked as an image; anything else is stored as is."""
+    return (Path(filename).suffix.lower() in IMAGE_SUFFIXES or data.startswith(_IMAGE_MAGIC)
+            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))
+
+
+def check_upload_image(data: bytes, max_pixels: int, filename: str) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -278,7 +288,7 @@ class _Upload:
     original_ref: str | None
 
 
-async def _read_upload(request: Request, state: AppState) -> _Upload:
+async def _read_upload(request: Request, state: AppState, *, images_only: bool) -> _Upload:
     """The multipart body shared by /upload/image and /upload/mask, checked for safe paths."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -301,7 +311,8 @@ async def _read_upload(request: Request, state: AppState) -> _Upload:
         directory = safe_join(base, subfolder)
     except UnsafePathError as exc:
         raise _unsafe(exc, "subfolder") from None
-    await run_in_threadpool(_check_image, data, state.settings.max_image_pixels, filename)
+    if images_only or looks_like_image(data, filename):  # ComfyUI stores other files as they are
+        await run_in_threadpool(check_upload_image, data, state.settings.max_image_pixels, filename)
     ref = original_ref if isinstance(original_ref, str) else None
     return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
 
@@ -310,7 +321,7 @@ async def _read_upload(request: Request, state: AppState) -> _Upload:
 async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
     state = get_state(request)
     state.check_rate(principal)
-    upload = await _read_upload(request, state)
+    upload = await _read_upload(request, state, images_only=False)
     name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
@@ -371,7 +382,7 @@ async def upload_mask(request: Request, principal: str = Depends(require_key)) -
     """ComfyUI's mask editor: store the original image with the uploaded mask's alpha."""
     state = get_state(request)
     state.check_rate(principal)
-    upload = await _read_upload(request, state)
+    upload = await _read_upload(request, state, images_only=True)
     original = _original_path(state, upload.original_ref)
     composed = await run_in_threadpool(_apply_mask, original, upload.data)
     name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, composed, upload.overwrite)
@@ -447,9 +458,11 @@ def _system_stats(state: AppState) -> dict[str, Any]:
     from comfyd import __version__
 
     ram_total, ram_free = _memory()
-    torch = sys.modules.get("torch")  # reported only if the executor loaded it; never imported here
+    # Reported only once the executor is built: until then the set-up thread may be half way
+    # through importing torch (a partially initialised module without `cuda`). Never imported here.
+    torch = sys.modules.get("torch") if state.runtime_if_ready() is not None else None
     devices: list[dict[str, Any]] = []
-    if torch is not None and torch.cuda.is_available():
+    if torch is not None and _cuda_available(torch):
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
             devices.append({
@@ -484,6 +497,13 @@ def _system_stats(state: AppState) -> dict[str, Any]:
             "models": models.stats() if models is not None and hasattr(models, "stats") else None,
         },
     }
+
+
+def _cuda_available(torch: Any) -> bool:
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken or partial torch: report the CPU
+        return False
 
 
 @router.get("/system_stats")
@@ -522,7 +542,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             if job.client_id == client_id:
                 current = state.services.job_store.get(job.id)
                 node = (current.progress if current else {}).get("node")
-                hello.append(("executing", {"node": node, "display_node": node, "prompt_id": job.id}))
+                # A null node means "finished" to every ComfyUI client: never sent here. A job
+                # that has reported no node yet gets no executing message (as in ComfyUI).
+                if node is not None:
+                    hello.append(("executing", {"node": node, "display_node": node, "prompt_id": job.id}))
+        missed_ends = getattr(websocket.app.state, "comfyd_missed_ends", None)
+        if missed_ends is not None:  # jobs that ended before this client's socket opened
+            hello.extend(missed_ends.take(client_id))
     await state.hub.serve(websocket, client_id, hello)
 
 

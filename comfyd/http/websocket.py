@@ -68,6 +68,9 @@ class WebSocketHub:
     def client_count(self) -> int:
         return sum(len(c) for c in self._connections.values())
 
+    def is_connected(self, client_id: str) -> bool:
+        return bool(self._connections.get(client_id))
+
     # ---- from any thread -------------------------------------------------------------------
 
     def send_json(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
