@@ -44,6 +44,7 @@ WITH_DEPS=(
   python-multipart==0.0.34
   httpx==0.29.0
   websocket-client==1.9.2
+  blake3==1.0.11
   pytest==9.2.0
 )
 # Taken alone: their requirements include torch/scipy, which must not be downloaded.
