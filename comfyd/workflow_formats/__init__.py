@@ -4,7 +4,15 @@ embedded in PNG / WEBP files."""
 from comfyd.workflow_formats.ui_graph import UiFormatError, is_ui_workflow
 from comfyd.workflow_formats.ui_to_api import Conversion, UnknownNode, ui_to_api
 
-__all__ = ["Conversion", "UiFormatError", "UnknownNode", "api_prompt_from_ui", "is_ui_workflow", "ui_to_api"]
+__all__ = [
+    "Conversion",
+    "UiFormatError",
+    "UnknownNode",
+    "api_prompt_from_ui",
+    "ensure_api_format",
+    "is_ui_workflow",
+    "ui_to_api",
+]
 
 
 def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
@@ -21,7 +29,7 @@ def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
     except UiFormatError as exc:
         raise WorkflowParseError(f"Invalid UI workflow: {exc}", str(exc)) from None
     if conversion.unknown_nodes:
-        lines = [u.message() for u in conversion.unknown_nodes]
+        lines = [f"node {u.node_id}: {u.message()}" for u in conversion.unknown_nodes]
         raise WorkflowParseError(
             "The workflow uses node classes comfyd does not have: "
             + ", ".join(sorted({u.class_type for u in conversion.unknown_nodes})),
@@ -30,3 +38,14 @@ def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
     if not conversion.prompt:
         raise WorkflowParseError("Workflow has no nodes", "the UI workflow holds only notes, reroutes or muted nodes")
     return conversion.prompt
+
+
+def ensure_api_format(body: dict, registry: object | None = None) -> dict:
+    """`body` with a UI-format workflow (bare, or as the `prompt` of a wrapped request) replaced
+    by its API prompt; any other body unchanged. For edges that edit a workflow's nodes (seed
+    randomising, `--set`, prompt filling) before it is parsed."""
+    if is_ui_workflow(body):
+        return api_prompt_from_ui(body, registry)
+    if isinstance(body, dict) and is_ui_workflow(body.get("prompt")):
+        return {**body, "prompt": api_prompt_from_ui(body["prompt"], registry)}
+    return body

@@ -19,6 +19,7 @@ from typing import Any
 from comfyd.engine.schema import WIDGET_TYPES, NodeSchema
 
 LAYOUT_SOURCE_VERSION = "0.3.64"
+CORE_PACK = "ComfyUI core"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def pack_for(class_type: str) -> str | None:
     if pack:
         return pack
     if class_type in comfyui_table():
-        return "ComfyUI (built-in node comfyd does not implement yet)"
+        return CORE_PACK
     return None
 
 

@@ -20,7 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyd.workflow_formats.layouts import LayoutLookup, NodeLayout, Widget, pack_for, registry_layouts
+from comfyd.workflow_formats.layouts import (
+    CORE_PACK,
+    LAYOUT_SOURCE_VERSION,
+    LayoutLookup,
+    NodeLayout,
+    Widget,
+    pack_for,
+    registry_layouts,
+)
 from comfyd.workflow_formats.ui_graph import (
     CONTROL_VALUES,
     UPLOAD_VALUES,
@@ -45,8 +53,10 @@ class UnknownNode:
     pack: str | None
 
     def message(self) -> str:
-        where = f"; it comes from the custom-node pack {self.pack}" if self.pack else ""
-        return f"node {self.node_id}: comfyd does not know the node class {self.class_type!r}{where}"
+        if self.pack == CORE_PACK:
+            return f"{self.class_type} is a built-in ComfyUI node that comfyd does not implement yet"
+        where = f"; it comes from the custom-node pack {self.pack}" if self.pack else " (no known custom-node pack)"
+        return f"comfyd does not know the node class {self.class_type!r}{where}"
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,8 @@ def _widget_inputs(node: UiNode, layout: NodeLayout, pushed: dict[str, Any], war
                 cursor += 1
         if cursor < len(values):
             warnings.append(
-                f"node {node.id} ({node.type}): {len(values) - cursor} widget value(s) beyond ComfyUI "
-                f"{layout.source} layout ignored (a workflow from another node version?)"
+                f"node {node.id} ({node.type}): {len(values) - cursor} widget value(s) beyond the node's "
+                f"layout ({layout.source}, ComfyUI {LAYOUT_SOURCE_VERSION}) ignored: saved by another version?"
             )
     for widget in layout.widgets:
         if widget.name not in inputs and widget.default is not None:
