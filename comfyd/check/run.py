@@ -165,7 +165,7 @@ def _kind_of(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     if kind == "required_input_missing":
         return "missing_input"
-    if kind in LIMIT_ERROR_TYPES or "service limit" in str(err.get("details", "")):
+    if kind in LIMIT_ERROR_TYPES or "service limit" in f"{err.get('message', '')} {err.get('details', '')}":
         return "limit"
     return "invalid_value"
 

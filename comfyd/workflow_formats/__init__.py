@@ -28,11 +28,22 @@ def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
         conversion = ui_to_api(workflow, registry_layouts(registry))
     except UiFormatError as exc:
         raise WorkflowParseError(f"Invalid UI workflow: {exc}", str(exc)) from None
-    if conversion.unknown_nodes:
-        lines = [f"node {u.node_id}: {u.message()}" for u in conversion.unknown_nodes]
+    from comfyd.workflow_formats.layouts import pack_for
+
+    if registry is None:
+        from comfyd.engine.schema import REGISTRY
+
+        registry = REGISTRY
+    unknown = list(conversion.unknown_nodes)
+    listed = {u.node_id for u in unknown}
+    # Nodes ComfyUI's table could lay out but comfyd cannot run are unknown to comfyd as well.
+    for node_id, node in conversion.prompt.items():
+        if node_id not in listed and registry.get(node["class_type"]) is None:  # type: ignore[attr-defined]
+            unknown.append(UnknownNode(node_id, node["class_type"], pack_for(node["class_type"])))
+    if unknown:
+        lines = [f"node {u.node_id}: {u.message()}" for u in unknown]
         raise WorkflowParseError(
-            "The workflow uses node classes comfyd does not have: "
-            + ", ".join(sorted({u.class_type for u in conversion.unknown_nodes})),
+            "The workflow uses node classes comfyd does not have: " + ", ".join(sorted({u.class_type for u in unknown})),
             "; ".join(lines),
         )
     if not conversion.prompt:
