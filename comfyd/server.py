@@ -32,6 +32,7 @@ from comfyd.http.errors import install_error_handlers
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
 from comfyd.http.ratelimit import RateLimiter
+from comfyd.http.routes_check import router as check_router
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
 from comfyd.http.routes_predictions import public_router
@@ -104,6 +105,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     )
     app.include_router(public_router)
     app.include_router(predictions_router)
+    app.include_router(check_router)
     for prefix in ("", "/api"):
         app.include_router(comfy_router, prefix=prefix)
         app.include_router(ws_router, prefix=prefix)

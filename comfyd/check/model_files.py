@@ -71,13 +71,17 @@ def model_uses(prompt: dict[str, Any], layouts: LayoutLookup, roots: list[Path],
                 continue
             uses.append(_use(node_id, class_type, input_name, value, folder, roots, by_name.get(value), problems))
             seen.add((folder, value))
-    # Models a UI workflow lists for loaders comfyd has no layout for (custom packs).
+    # Models a UI workflow lists on loaders no layout describes (custom packs). Elsewhere the
+    # loader's own widget value wins: the list may name a file the user has since replaced.
     for link in model_links:
         folder, name = str(link.get("directory") or ""), str(link.get("name") or "")
-        if not folder or not name or (folder, name) in seen or any(u.name == name for u in uses):
-            continue
         node_id = str(link.get("node_id", ""))
-        class_type = str((prompt.get(node_id) or {}).get("class_type", "")) if node_id else ""
+        if not folder or not name or not node_id or node_id not in prompt or (folder, name) in seen:
+            continue
+        class_type = str(prompt[node_id].get("class_type", ""))
+        layout = layouts(class_type)
+        if layout is not None and layout.model_folders:
+            continue
         uses.append(_use(node_id, class_type, "", name, folder, roots, link, problems))
         seen.add((folder, name))
     return uses, problems
