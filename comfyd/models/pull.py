@@ -166,7 +166,7 @@ def _from_url(url: str, part: Path, progress: bool) -> None:
             total = have + int(length) if length and length.isdigit() else None
             bar = _bar(total, have, part.name) if progress else None
             with part.open("ab" if resumed else "wb") as out:
-                for block in response.iter_bytes(CHUNK):
+                for block in response.iter_bytes():  # as received: an interruption keeps what came
                     out.write(block)
                     if bar is not None:
                         bar.update(len(block))
