@@ -69,7 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         import comfyd.nodes  # noqa: F401  (node schemas give a UI workflow's widget layout)
         from comfyd.workflow_formats import ensure_api_format
 
+        source = workflow
         workflow = apply_sets(ensure_api_format(workflow), args.set or [])
+        # A UI graph goes into the PNGs as ComfyUI's frontend has it do (the `workflow` chunk).
+        ui_graph = source if source is not workflow and isinstance(source.get("nodes"), list) else None
     except WorkflowParseError as exc:
         print("error: the workflow is invalid:", file=sys.stderr)
         print(json.dumps(exc.body(), indent=2), file=sys.stderr)
@@ -90,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             execution_mode=args.mode,
             listener=progress.on_event,
+            extra_data={"extra_pnginfo": {"workflow": ui_graph}} if ui_graph is not None else None,
         )
     except (WorkflowParseError, WorkflowValidationError) as exc:
         body = exc.body() if isinstance(exc, WorkflowParseError) else exc.body

@@ -43,8 +43,10 @@ def test_png_with_only_the_ui_graph_runs(tiny_models: Path, tmp_path: Path, caps
     code, result, err = _run(capsys, str(picture), *[a for s in sets for a in ("--set", s)],
                              "--models-dir", str(tiny_models), "--output", str(tmp_path / "out"))
     assert code == 0, err
-    written = read_embedded(result["images"][0])["prompt"]
+    chunks = read_embedded(result["images"][0])
+    written = chunks["prompt"]
     assert written["5"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1}
+    assert chunks["workflow"] == json.loads((TEMPLATES / "default.json").read_text())  # as ComfyUI writes it
     assert written["3"]["inputs"]["sampler_name"] == "euler" and written["3"]["inputs"]["cfg"] == 8
 
 

@@ -105,3 +105,18 @@ def test_submit_model_check_can_be_turned_off(start_server, tiny_models_dir: Pat
         job = trusting.wait_job(accepted.json()["prompt_id"], timeout=60)
         # Accepted, then refused where it runs: this host's worker lacks the file too.
         assert job.error is not None and job.error["exception_type"] == "validation_error"
+
+
+def test_submit_cli_sends_ui_json_with_sets(real_server, tiny_models_dir: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from comfyd.client import submit_cli
+
+    path = tmp_path / "ui.json"
+    path.write_text(json.dumps(ui_default(tiny_models_dir)))
+    args = argparse.Namespace(workflow=str(path), server=real_server.url, api_key=None,
+                              set=["3.seed=11", '6.text="a red fox"'], output=str(tmp_path / "out"))
+    assert submit_cli(args) == 0
+    jobs = real_server.services.job_store.list()
+    assert [(j.workflow["3"]["inputs"]["seed"], j.workflow["6"]["inputs"]["text"]) for j in jobs] == [(11, "a red fox")]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1

@@ -181,6 +181,9 @@ def test_parse_workflow_accepts_the_ui_shape_bare_and_wrapped() -> None:
     wrapped = parse_workflow({"prompt": copy.deepcopy(pair["workflow"]), "client_id": "c1"})
     assert comparable(bare.prompt) == comparable(pair["prompt"]) == comparable(wrapped.prompt)
     assert wrapped.client_id == "c1"
+    # The UI graph travels on for saved PNGs, as ComfyUI's frontend sends it.
+    assert bare.extra_data["extra_pnginfo"]["workflow"] == pair["workflow"]
+    assert wrapped.extra_data["extra_pnginfo"]["workflow"] == pair["workflow"]
 
 
 def test_broken_link_is_a_clear_error() -> None:
