@@ -57,3 +57,22 @@ def test_ui_json_with_nodes_comfyd_lacks_is_refused_clearly(tmp_path: Path, caps
     code, _result, err = _run(capsys, str(path), "--models-dir", str(tmp_path))
     assert code == 2
     assert "UNETLoader" in err and "built-in ComfyUI node that comfyd does not implement yet" in err
+
+
+@pytest.mark.slow
+def test_generate_image_takes_a_ui_workflow(tiny_models: Path, tmp_path: Path) -> None:
+    import comfyd
+    from comfyd.settings import Settings
+
+    ui = json.loads((TEMPLATES / "default.json").read_text())
+    tiny = next((tiny_models / "checkpoints").glob("*.safetensors")).name
+    for node in ui["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"] = [tiny]
+        elif node["type"] == "EmptyLatentImage":
+            node["widgets_values"] = [64, 48, 1]
+        elif node["type"] == "KSampler":
+            node["widgets_values"][2] = 2
+    settings = Settings(models_dir=tiny_models, output_dir=tmp_path)
+    result = comfyd.generate_image(prompt="ignored for a custom workflow", workflow=ui, settings=settings)
+    assert result.ok and len(result.paths) == 1
