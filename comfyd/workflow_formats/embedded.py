@@ -33,12 +33,15 @@ def is_image_file(path: str | Path) -> bool:
 def read_embedded(path: str | Path) -> dict[str, Any]:
     """{'prompt': ..., 'workflow': ...} as far as the image carries them (parsed JSON)."""
     data = Path(path).read_bytes()
-    if data.startswith(PNG_SIGNATURE):
-        texts = _png_texts(data)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        texts = _webp_texts(data)
-    else:
-        raise EmbeddedWorkflowError(f"{path}: not a PNG or WEBP file")
+    try:
+        if data.startswith(PNG_SIGNATURE):
+            texts = _png_texts(data)
+        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            texts = _webp_texts(data)
+        else:
+            raise EmbeddedWorkflowError(f"{path}: not a PNG or WEBP file")
+    except (zlib.error, UnicodeDecodeError, struct.error) as exc:
+        raise EmbeddedWorkflowError(f"{path}: a damaged text chunk ({exc})") from exc
     found: dict[str, Any] = {}
     for key in ("prompt", "workflow"):
         if key in texts:

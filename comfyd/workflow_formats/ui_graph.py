@@ -62,40 +62,76 @@ def is_ui_workflow(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("nodes"), list) and "links" in body
 
 
+def _slot(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UiFormatError(f"a link's slot must be a non-negative integer, not {value!r}")
+    return value
+
+
 def _link_tuple(raw: Any) -> tuple[Any, Any, int, Any, int, str]:
     if isinstance(raw, dict):
-        return (raw.get("id"), raw.get("origin_id"), int(raw.get("origin_slot", 0)), raw.get("target_id"),
-                int(raw.get("target_slot", 0)), str(raw.get("type", "*")))
-    if isinstance(raw, list | tuple) and len(raw) >= 5:
-        kind = raw[5] if len(raw) > 5 else "*"
-        return (raw[0], raw[1], int(raw[2]), raw[3], int(raw[4]), str(kind))
-    raise UiFormatError(f"a link is neither a list nor an object: {raw!r}")
+        fields = (raw.get("id"), raw.get("origin_id"), raw.get("origin_slot", 0), raw.get("target_id"),
+                  raw.get("target_slot", 0), raw.get("type", "*"))
+    elif isinstance(raw, list | tuple) and len(raw) >= 5:
+        fields = (raw[0], raw[1], raw[2], raw[3], raw[4], raw[5] if len(raw) > 5 else "*")
+    else:
+        raise UiFormatError(f"a link is neither a list nor an object: {str(raw)[:80]}")
+    link_id, origin, origin_slot, target, target_slot, kind = fields
+    for value in (link_id, origin, target):
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            raise UiFormatError(f"a link's ids must be numbers or strings: {str(raw)[:80]}")
+    return link_id, origin, _slot(origin_slot), target, _slot(target_slot), str(kind)
+
+
+def _list_of_dicts(raw: Any, what: str) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise UiFormatError(f"{what} must be a list of objects")
+    return [dict(e) for e in raw]
 
 
 def _node_from_json(raw: Any, node_id: str, link_key: Any) -> UiNode:
-    if not isinstance(raw, dict) or "type" not in raw:
-        raise UiFormatError(f"node {node_id}: each UI node needs a 'type'")
-    inputs = []
-    for entry in raw.get("inputs") or []:
-        entry = dict(entry)
-        if entry.get("link") is not None:
-            entry["link"] = link_key(entry["link"])
-        inputs.append(entry)
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise UiFormatError(f"node {node_id}: each UI node needs a 'type' (a string)")
+    inputs = _list_of_dicts(raw.get("inputs"), f"node {node_id}: 'inputs'")
+    for entry in inputs:
+        link = entry.get("link")
+        if link is not None and (not isinstance(link, int | str) or isinstance(link, bool)):
+            raise UiFormatError(f"node {node_id}: an input's 'link' must be a link id")
+        if link is not None:
+            entry["link"] = link_key(link)
+        if not isinstance(entry.get("widget"), dict | None):
+            raise UiFormatError(f"node {node_id}: an input's 'widget' must be an object")
+        if not isinstance(entry.get("name", ""), str):
+            raise UiFormatError(f"node {node_id}: an input's 'name' must be a string")
+    mode = raw.get("mode") or 0
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise UiFormatError(f"node {node_id}: 'mode' must be an integer")
+    widgets = raw.get("widgets_values")
+    if not isinstance(widgets, list | dict | None):
+        raise UiFormatError(f"node {node_id}: 'widgets_values' must be a list or an object")
+    properties = raw.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise UiFormatError(f"node {node_id}: 'properties' must be an object")
+    title = raw.get("title")
     return UiNode(
         id=node_id,
-        type=str(raw["type"]),
-        mode=int(raw.get("mode") or 0),
+        type=raw["type"],
+        mode=mode,
         inputs=inputs,
-        outputs=[dict(o) for o in raw.get("outputs") or []],
-        widgets_values=raw.get("widgets_values"),
-        title=raw.get("title"),
-        properties=dict(raw.get("properties") or {}),
+        outputs=_list_of_dicts(raw.get("outputs"), f"node {node_id}: 'outputs'"),
+        widgets_values=widgets,
+        title=title if isinstance(title, str) else None,
+        properties=properties,
     )
 
 
-def build_graph(workflow: dict[str, Any]) -> UiGraph:
+def build_graph(workflow: dict[str, Any], layouts: Any = None) -> UiGraph:
     """The flat graph of a UI workflow, with every subgraph and group node expanded."""
     graph = UiGraph()
+    if not isinstance(workflow.get("links") or [], list):
+        raise UiFormatError("'links' must be a list")
     for raw in workflow.get("links") or []:
         if raw is None:
             continue
@@ -104,8 +140,14 @@ def build_graph(workflow: dict[str, Any]) -> UiGraph:
     for raw in workflow["nodes"]:
         node_id = str(raw.get("id")) if isinstance(raw, dict) else "?"
         graph.nodes[node_id] = _node_from_json(raw, node_id, str)
-    subgraphs = {str(s.get("id")): s for s in ((workflow.get("definitions") or {}).get("subgraphs") or [])}
-    groups = dict((workflow.get("extra") or {}).get("groupNodes") or {})
+    definitions = workflow.get("definitions") or {}
+    extra = workflow.get("extra") or {}
+    if not isinstance(definitions, dict) or not isinstance(extra, dict):
+        raise UiFormatError("'definitions' and 'extra' must be objects")
+    subgraphs = {str(s.get("id")): s for s in _list_of_dicts(definitions.get("subgraphs"), "definitions.subgraphs")}
+    groups = extra.get("groupNodes") or {}
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise UiFormatError("extra.groupNodes must map names to group definitions")
     for _ in range(64):  # nesting depth bound; a definition that contains itself would loop
         expandable = [n for n in graph.nodes.values() if n.type in subgraphs or _group_name(n.type) in groups]
         if not expandable:
@@ -114,7 +156,7 @@ def build_graph(workflow: dict[str, Any]) -> UiGraph:
             if node.type in subgraphs:
                 _expand_subgraph(graph, node, subgraphs[node.type])
             else:
-                _expand_group_node(graph, node, groups[_group_name(node.type)])
+                _expand_group_node(graph, node, groups[_group_name(node.type)], layouts)
     raise UiFormatError("subgraphs are nested more than 64 deep (does one contain itself?)")
 
 
@@ -215,7 +257,7 @@ def _clear_input(graph: UiGraph, node_id: str, link_key: str) -> None:
             entry["link"] = None
 
 
-def _expand_group_node(graph: UiGraph, outer: UiNode, definition: dict[str, Any]) -> None:
+def _expand_group_node(graph: UiGraph, outer: UiNode, definition: dict[str, Any], layouts: Any) -> None:
     """A legacy group node: inner nodes by index, links [origin|None, slot, target, slot, id, type]."""
     from comfyd.workflow_formats.layouts import registry_layouts
 
@@ -243,7 +285,7 @@ def _expand_group_node(graph: UiGraph, outer: UiNode, definition: dict[str, Any]
             if (index, slot) not in internal_origins or (index, slot) in exposed_extra:
                 group_outputs.append((index, slot))
 
-    lookup = registry_layouts()
+    lookup = layouts or registry_layouts()
     values = list(outer.widgets_values) if isinstance(outer.widgets_values, list) else []
     cursor = 0
     for index, raw in enumerate(inner_nodes):

@@ -87,7 +87,18 @@ def ui_to_api(workflow: dict[str, Any], layouts: LayoutLookup | None = None) -> 
     if not is_ui_workflow(workflow):
         raise UiFormatError("not a UI-format workflow (expected 'nodes' as a list beside 'links')")
     lookup = layouts or registry_layouts()
-    graph = build_graph(workflow)
+    try:
+        return _convert(workflow, lookup)
+    except UiFormatError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        # A shape the checks above did not foresee (a number where a list belongs, deep inside a
+        # group or subgraph definition): still the caller's error, never a crash.
+        raise UiFormatError(f"malformed UI workflow ({type(exc).__name__}: {exc})") from None
+
+
+def _convert(workflow: dict[str, Any], lookup: LayoutLookup) -> Conversion:
+    graph = build_graph(workflow, lookup)
     result = Conversion(prompt={})
     result.model_links = _model_links(workflow, graph)
     pushed = _primitive_values(graph)

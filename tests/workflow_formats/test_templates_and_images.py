@@ -77,3 +77,24 @@ def test_webp_exif_chunks(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(picture, exif=exif.tobytes())
     assert read_embedded(picture) == {"prompt": prompt, "workflow": {"nodes": [], "links": []}}
     assert load_workflow_source(picture) == (prompt, "webp:prompt")
+
+
+def test_damaged_images_are_clear_errors(tmp_path: Path) -> None:
+    import pytest
+
+    picture = tmp_path / "cut.png"
+    picture.write_bytes(REFERENCE_PNG.read_bytes()[:200])
+    with pytest.raises(ValueError, match="no ComfyUI workflow|damaged"):
+        load_workflow_source(picture)
+    bad_json = tmp_path / "bad.png"
+    _png_with_chunks(bad_json, {"prompt": "{not json"})
+    with pytest.raises(ValueError, match="not JSON"):
+        load_workflow_source(bad_json)
+    compressed = tmp_path / "z.png"
+    _png_with_chunks(compressed, {})
+    data = compressed.read_bytes()
+    body = b"prompt\0\0" + b"garbage-not-zlib"
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    compressed.write_bytes(data[:33] + chunk + data[33:])
+    with pytest.raises(ValueError, match="damaged"):
+        load_workflow_source(compressed)

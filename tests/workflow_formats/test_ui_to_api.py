@@ -201,3 +201,56 @@ def test_layout_table_comes_from_comfyui_declarations() -> None:
     assert unet.model_folders == {"unet_name": "diffusion_models"}
     dual = layout_from_table("DualCLIPLoader")
     assert dual is not None and dual.model_folders == {"clip_name1": "text_encoders", "clip_name2": "text_encoders"}
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        {"nodes": [{"id": 1, "type": 5}], "links": []},
+        {"nodes": [{"id": 1, "type": "KSampler", "inputs": 3}], "links": []},
+        {"nodes": [{"id": 1, "type": "KSampler", "widgets_values": "seed"}], "links": []},
+        {"nodes": [{"id": 1, "type": "KSampler", "mode": "muted"}], "links": []},
+        {"nodes": [{"id": 1, "type": "VAEDecode"}], "links": [[1, 2, "x", 1, 0, "VAE"]]},
+        {"nodes": [{"id": 1, "type": "VAEDecode"}], "links": {"1": 2}},
+        {"nodes": [{"id": 1, "type": "workflow/G"}], "links": [], "extra": {"groupNodes": {"G": {"nodes": 7}}}},
+        {"nodes": [{"id": 1, "type": "sg"}], "links": [], "definitions": {"subgraphs": [{"id": "sg", "nodes": [3]}]}},
+        {"nodes": [{"id": 1, "type": "Note"}], "links": []},
+    ],
+)
+def test_malformed_ui_workflows_are_parse_errors(workflow: dict[str, Any]) -> None:
+    with pytest.raises(WorkflowParseError):
+        parse_workflow(workflow)
+
+
+def test_mangled_real_workflows_never_crash() -> None:
+    """Random damage to real UI files (group node and subgraph ones) gives a parse error or a
+    prompt, never another exception."""
+    import random
+
+    rng = random.Random(7)
+    sources = [load("sdxl_edit_model")["workflow"],
+               json.loads((Path(__file__).parent / "templates" / "image_flux.1_fill_dev_OneReward.json").read_text())]
+    junk: list[Any] = [None, 1, -1, "x", [], {}, [1], {"a": 1}, True, [None] * 6]
+
+    def mutate(obj: Any) -> None:
+        if isinstance(obj, dict) and obj:
+            key = rng.choice(list(obj))
+            if rng.random() < 0.3:
+                obj[key] = copy.deepcopy(rng.choice(junk))
+            else:
+                mutate(obj[key])
+        elif isinstance(obj, list) and obj:
+            index = rng.randrange(len(obj))
+            if rng.random() < 0.3:
+                obj[index] = copy.deepcopy(rng.choice(junk))
+            else:
+                mutate(obj[index])
+
+    for n in range(300):
+        workflow = copy.deepcopy(sources[n % 2])
+        for _ in range(rng.randint(1, 4)):
+            mutate(workflow)
+        try:
+            parse_workflow(workflow)
+        except WorkflowParseError:
+            pass
