@@ -158,3 +158,35 @@ def test_png_check(tiny_models: Path, capsys: pytest.CaptureFixture[str]) -> Non
     code, report = check_json(capsys, str(REFERENCE_PNG), "--models-dir", str(tiny_models))
     assert report["format"] == "png:prompt" and code == 3
     assert report["missing_models"][0]["name"] == "comfyd-parity-sd1.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("shapes", "family"),
+    [
+        ({"model.diffusion_model.input_blocks.0.0.weight": (4, 4), "conditioner.embedders.1.model.ln_final.weight": (4,)}, "sdxl"),
+        ({"model.diffusion_model.input_blocks.0.0.weight": (4, 4),
+          "cond_stage_model.model.transformer.resblocks.0.ln_1.weight": (4,)}, "sd2"),
+        ({"model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight": (6, 4)}, "sd3"),
+        ({"patch_embedding.weight": (4, 4, 1, 2, 2), "blocks.0.self_attn.q.weight": (4, 4)}, "wan"),
+        ({"double_blocks.0.img_attn.qkv.weight": (6, 4), "txt_in.individual_token_refiner.blocks.0.norm1.weight": (4,)},
+         "hunyuan_video"),
+        ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 4)}, "lora"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 4)}, "flux_lora"),
+        ({"decoder.conv_in.weight": (8, 4, 3, 3)}, "sd_vae"),
+        ({"decoder.middle.0.residual.0.gamma": (4,)}, "wan_vae"),
+        ({"something.else": (1,)}, "unknown"),
+    ],
+)
+def test_family_from_header(tmp_path: Path, shapes: dict[str, tuple[int, ...]], family: str) -> None:
+    path = tmp_path / "f.safetensors"
+    write_safetensors(path, shapes)
+    assert detect_family(read_header(path)) == family
+
+
+def test_a_file_that_is_not_safetensors_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "ae.safetensors").write_bytes(b"\xff" * 64)
+    code, report = check_json(capsys, str(pair_workflow(tmp_path, "flux_dev_example")), "--models-dir", str(models))
+    assert code == 2
+    assert any(e["kind"] == "invalid_value" and e["node_id"] == "10" and "header" in e["message"] for e in report["errors"])
