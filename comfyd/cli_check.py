@@ -26,25 +26,15 @@ def read_workflow_arg(path: str) -> tuple[dict[str, Any], str]:
 
 def cmd_check(args: argparse.Namespace, settings: Any) -> int:
     from comfyd.check import check_workflow, device_memory_bytes
-    from comfyd.runner import apply_sets
-    from comfyd.workflow_formats import ensure_api_format
 
     body, fmt = read_workflow_arg(args.workflow)
-    if getattr(args, "set", None):
-        import comfyd.nodes  # noqa: F401
-        from comfyd.engine.errors import WorkflowParseError
-
-        try:
-            body = apply_sets(ensure_api_format(body), args.set)
-        except (ValueError, WorkflowParseError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_INVALID
+    sets = getattr(args, "set", None) or []
     memory = int(args.device_memory * 2**30) if getattr(args, "device_memory", None) else device_memory_bytes(settings)
-    report = check_workflow(body, settings, fmt=fmt, device_memory=memory)
+    report = check_workflow(body, settings, fmt=fmt, device_memory=memory, sets=sets)
     if getattr(args, "pull", False) and report.missing_models:
         pulled = _pull_missing(report, settings, quiet=bool(args.json))
         if pulled:
-            report = check_workflow(body, settings, fmt=fmt, device_memory=memory)
+            report = check_workflow(body, settings, fmt=fmt, device_memory=memory, sets=sets)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

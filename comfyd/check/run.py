@@ -7,6 +7,7 @@ of the model files from their headers, service limits, and an estimate of memory
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ LIMIT_ERROR_TYPES = frozenset({"value_not_multiple_of"})
 
 
 def check_workflow(body: dict[str, Any], settings: Any, *, registry: Any = None, fmt: str | None = None,
-                   device_memory: int | None = None) -> CheckReport:
-    """Check `body` (any accepted form) against `settings` (models folders, limits)."""
+                   device_memory: int | None = None, sets: list[str] | None = None) -> CheckReport:
+    """Check `body` (any accepted form) against `settings` (models folders, limits); `sets` are
+    `NODE.INPUT=VALUE` overrides applied to the API prompt (after converting a UI graph)."""
     if registry is None:
         import comfyd.nodes  # noqa: F401  (registers comfyd's nodes)
         from comfyd.engine.schema import REGISTRY
@@ -52,6 +54,14 @@ def check_workflow(body: dict[str, Any], settings: Any, *, registry: Any = None,
         request_body = conversion.prompt if ui is body else {**body, "prompt": conversion.prompt}
     from comfyd.engine.graph import parse_workflow
 
+    if sets:
+        from comfyd.runner import apply_sets
+
+        try:
+            request_body = apply_sets(copy.deepcopy(request_body), sets)
+        except ValueError as exc:
+            report.errors.append(CheckError(kind="invalid_value", message=str(exc)))
+            return report
     try:
         request = parse_workflow(request_body)
     except WorkflowParseError as exc:

@@ -190,3 +190,12 @@ def test_a_file_that_is_not_safetensors_is_reported(tmp_path: Path, capsys: pyte
     code, report = check_json(capsys, str(pair_workflow(tmp_path, "flux_dev_example")), "--models-dir", str(models))
     assert code == 2
     assert any(e["kind"] == "invalid_value" and e["node_id"] == "10" and "header" in e["message"] for e in report["errors"])
+
+
+def test_set_on_a_ui_workflow_with_nodes_comfyd_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(pair_workflow(tmp_path, "flux_dev_example"))
+    code, report = check_json(capsys, path, "--models-dir", str(tmp_path), "--set", '12.unet_name="flux1-schnell.safetensors"')
+    assert code == 2
+    assert "flux1-schnell.safetensors" in {m["name"] for m in report["missing_models"]}
+    code, report = check_json(capsys, path, "--set", "99.x=1")
+    assert code == 2 and "no node '99'" in report["errors"][0]["message"]
