@@ -269,7 +269,14 @@ def _expand_group_node(graph: UiGraph, outer: UiNode, definition: dict[str, Any]
     internal_origins = {(lk[0], lk[1]) for lk in raw_links if lk[0] is not None}
     exposed_extra = {(e[0].get("index") if isinstance(e[0], dict) else e[0], e[1]) for e in definition.get("external") or []}
 
-    # The group node's inputs: inner inputs not fed from inside, in inner-node then slot order.
+    config = definition.get("config") or {}
+
+    def shown(index: int, kind: str, key: Any) -> bool | None:
+        entry = ((config.get(str(index)) or {}).get(kind) or {}).get(str(key)) or {}
+        return entry.get("visible") if isinstance(entry, dict) else None
+
+    # The group node's inputs: inner inputs not fed from inside and not hidden in its config,
+    # in inner-node then slot order.
     group_inputs: list[tuple[int, int]] = []
     for index, raw in enumerate(inner_nodes):
         for slot, entry in enumerate(raw.get("inputs") or []):
@@ -277,44 +284,59 @@ def _expand_group_node(graph: UiGraph, outer: UiNode, definition: dict[str, Any]
                 continue
             if entry.get("widget") and (index, slot) not in external_targets:
                 continue
+            key = entry.get("type") if raw.get("type") == "Reroute" else entry.get("name")
+            if shown(index, "input", key) is False:
+                continue
             group_inputs.append((index, slot))
-    # Its outputs: inner outputs not used inside, plus those marked external.
+    # Its outputs: inner outputs not used inside (or marked external), unless its config says.
     group_outputs: list[tuple[int, int]] = []
     for index, raw in enumerate(inner_nodes):
         for slot, _entry in enumerate(raw.get("outputs") or []):
-            if (index, slot) not in internal_origins or (index, slot) in exposed_extra:
+            visible = shown(index, "output", slot)
+            if visible is None:
+                visible = (index, slot) not in internal_origins or (index, slot) in exposed_extra
+            if visible:
                 group_outputs.append((index, slot))
 
     lookup = layouts or registry_layouts()
-    values = list(outer.widgets_values) if isinstance(outer.widgets_values, list) else []
-    cursor = 0
+    # The group node's widgets: first each inner node's plain widgets (node by node), then the
+    # widgets that were converted to inputs and are not fed from inside the group (again node by
+    # node); a seed's control value and an upload button's value follow their widget.
+    plain: list[tuple[str, str, bool]] = []
+    converted: list[tuple[str, str, bool]] = []
     for index, raw in enumerate(inner_nodes):
         inner_id = f"{prefix}{index}"
         node = _node_from_json(raw, inner_id, lambda key: None)
         for entry in node.inputs:
             entry["link"] = None
         node.mode = outer.mode if outer.mode in (2, 4) and node.mode == 0 else node.mode
-        # The group node's widget values are its inner nodes' widget values, one after another.
-        own = list(node.widgets_values) if isinstance(node.widgets_values, list) else []
-        linked_widgets = {
-            (e.get("widget") or {}).get("name")
-            for slot, e in enumerate(node.inputs)
-            if (index, slot) in internal_targets or (index, slot) in external_targets
+        as_inputs = {
+            e.get("name"): slot for slot, e in enumerate(node.inputs) if (e.get("widget") or {}).get("name") == e.get("name")
         }
-        widget_names = _widget_slots(node.type, lookup)
-        taken = []
-        for name, extra in widget_names:
-            if name in linked_widgets:
-                continue
-            if cursor < len(values):
-                taken.append((name, values[cursor]))
-                cursor += 1
-            if extra and cursor < len(values) and _is_extra_value(values[cursor]):
-                cursor += 1
-        if taken:
-            node.widgets_values = own
-            node.overrides.update(dict(taken))
+        slots = _widget_slots(node.type, lookup)
+        # Newer frontends list every widget among a node's inputs; older ones only the widgets
+        # converted to inputs. When the listed widgets account for all the node's own stored
+        # values, the list is complete, and a widget missing from it was added to the node
+        # after the group was saved: no value was stored for it.
+        listed_values = sum(1 + int(extra) for name, extra in slots if name in as_inputs)
+        own = node.widgets_values if isinstance(node.widgets_values, list) else []
+        complete_list = bool(as_inputs) and listed_values == len(own)
+        for name, extra in slots:
+            if name not in as_inputs:
+                if not complete_list:
+                    plain.append((inner_id, name, extra))
+            elif (index, as_inputs[name]) not in internal_targets:
+                converted.append((inner_id, name, extra))
         graph.nodes[inner_id] = node
+    values = list(outer.widgets_values) if isinstance(outer.widgets_values, list) else []
+    cursor = 0
+    for inner_id, name, extra in plain + converted:
+        if cursor >= len(values):
+            break
+        graph.nodes[inner_id].overrides[name] = values[cursor]
+        cursor += 1
+        if extra and cursor < len(values) and _is_extra_value(values[cursor]):
+            cursor += 1
     for number, lk in enumerate(raw_links):
         origin, origin_slot, target, target_slot = lk[0], int(lk[1]), lk[2], int(lk[3])
         kind = str(lk[5]) if len(lk) > 5 else "*"

@@ -254,3 +254,30 @@ def test_mangled_real_workflows_never_crash() -> None:
             parse_workflow(workflow)
         except WorkflowParseError:
             pass
+
+
+def test_group_node_widget_order_plain_first_then_converted() -> None:
+    """A legacy group node's widgets: each inner node's plain widgets in node order, then the
+    widgets converted to inputs (and not fed inside the group), as the frontend lays them out."""
+    group = {
+        "nodes": [
+            {"index": 0, "type": "EmptyLatentImage", "widgets_values": [64, 64, 1],
+             "inputs": [{"name": "width", "type": "INT", "widget": {"name": "width"}, "link": None}],
+             "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}]},
+            {"index": 1, "type": "LatentUpscaleBy", "widgets_values": ["bilinear", 1.5],
+             "inputs": [{"name": "samples", "type": "LATENT", "link": None}],
+             "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}]},
+        ],
+        "links": [[0, 0, 1, 0, 5, "LATENT"]],
+        "external": [],
+    }
+    workflow = {
+        "nodes": [{"id": 3, "type": "workflow/G", "inputs": [], "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}],
+                   "widgets_values": [48, 2, "nearest-exact", 2.0, 96]}],
+        "links": [],
+        "extra": {"groupNodes": {"G": group}},
+    }
+    prompt = ui_to_api(workflow).prompt
+    # plain: height, batch_size (node 0), upscale_method, scale_by (node 1); then converted: width
+    assert prompt["3:0"]["inputs"] == {"width": 96, "height": 48, "batch_size": 2}
+    assert prompt["3:1"]["inputs"] == {"upscale_method": "nearest-exact", "scale_by": 2.0, "samples": ["3:0", 0]}
