@@ -139,14 +139,17 @@ def _widget_inputs(node: UiNode, layout: NodeLayout, pushed: dict[str, Any], war
             if widget.name in values:
                 inputs[widget.name] = values[widget.name]
     elif isinstance(values, list):
+        saved = _saved_widget_order(node, layout, values)
         cursor = 0
-        for widget in layout.widgets:
+        for widget in saved or layout.widgets:
             if cursor >= len(values):
                 break
             inputs[widget.name] = values[cursor]
             cursor += 1
             if cursor < len(values) and _is_companion_value(widget, values[cursor]):
                 cursor += 1
+        if saved is not None:
+            inputs = {k: v for k, v in inputs.items() if any(w.name == k for w in layout.widgets)}
         if cursor < len(values):
             warnings.append(
                 f"node {node.id} ({node.type}): {len(values) - cursor} widget value(s) beyond the node's "
@@ -158,6 +161,28 @@ def _widget_inputs(node: UiNode, layout: NodeLayout, pushed: dict[str, Any], war
     inputs.update({k: v for k, v in node.overrides.items() if any(w.name == k for w in layout.widgets)})
     inputs.update(pushed)
     return inputs
+
+
+def _saved_widget_order(node: UiNode, layout: NodeLayout, values: list[Any]) -> list[Widget] | None:
+    """The widgets the node had when it was saved, when the file says so and it differs.
+
+    Newer frontends list every widget among a node's inputs (`{"widget": {"name": ...}}`), in
+    widget order. When that list accounts for every stored value but names other widgets than
+    the assumed layout (one was added or removed since), the values follow the saved list.
+    """
+    listed = [(e.get("widget") or {}).get("name") for e in node.inputs if e.get("widget")]
+    if not listed or set(listed) == {w.name for w in layout.widgets}:
+        return None
+    known = {w.name: w for w in layout.widgets}
+    order = [known.get(name) or Widget(str(name), "*") for name in listed]
+    cursor = 0
+    for widget in order:
+        if cursor >= len(values):
+            return None
+        cursor += 1
+        if cursor < len(values) and _is_companion_value(widget, values[cursor]):
+            cursor += 1
+    return order if cursor == len(values) else None
 
 
 def _is_companion_value(widget: Widget, value: Any) -> bool:

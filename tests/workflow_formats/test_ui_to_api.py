@@ -281,3 +281,15 @@ def test_group_node_widget_order_plain_first_then_converted() -> None:
     # plain: height, batch_size (node 0), upscale_method, scale_by (node 1); then converted: width
     assert prompt["3:0"]["inputs"] == {"width": 96, "height": 48, "batch_size": 2}
     assert prompt["3:1"]["inputs"] == {"upscale_method": "nearest-exact", "scale_by": 2.0, "samples": ["3:0", 0]}
+
+
+def test_widgets_listed_in_the_file_win_over_a_changed_layout() -> None:
+    """A node saved (newer frontend format: every widget listed among its inputs) by a version
+    whose node lacked a widget, or had one since removed: values follow the saved list."""
+    node = {"id": 1, "type": "EmptyLatentImage", "outputs": [],
+            "inputs": [{"name": "width", "type": "INT", "widget": {"name": "width"}, "link": None},
+                       {"name": "gone", "type": "INT", "widget": {"name": "gone"}, "link": None},
+                       {"name": "batch_size", "type": "INT", "widget": {"name": "batch_size"}, "link": None}],
+            "widgets_values": [320, 7, 2]}
+    prompt = ui_to_api({"nodes": [node], "links": []}).prompt
+    assert prompt["1"]["inputs"] == {"width": 320, "batch_size": 2, "height": 512}  # height: its default
