@@ -41,15 +41,12 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def _read_workflow(path: str | None) -> dict[str, Any] | None:
-    from comfyd.engine.graph import read_workflow_file
+    """JSON in any accepted form, or the workflow a PNG/WEBP carries (UI chunks converted later)."""
+    from comfyd.cli_check import read_workflow_arg
 
     if path is None:
         return None
-    try:
-        return read_workflow_file("/dev/stdin" if path == "-" else path)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from exc
+    return read_workflow_arg(path)[0]
 
 
 # --- run ---------------------------------------------------------------------------------
@@ -58,11 +55,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from comfyd.runner import LocalRunner, apply_sets, default_workflow
 
     settings = _settings(args)
+    if args.dry_run:
+        from comfyd.cli_check import cmd_check
+
+        if args.workflow is None:
+            print("error: --dry-run needs a workflow file", file=sys.stderr)
+            return EXIT_INVALID
+        return cmd_check(args, settings)
     workflow = _read_workflow(args.workflow)
     if workflow is None:
         workflow = default_workflow()
     try:
-        apply_sets(workflow, args.set or [])
+        import comfyd.nodes  # noqa: F401  (node schemas give a UI workflow's widget layout)
+        from comfyd.workflow_formats import ensure_api_format
+
+        source = workflow
+        workflow = apply_sets(ensure_api_format(workflow), args.set or [])
+        # A UI graph goes into the PNGs as ComfyUI's frontend has it do (the `workflow` chunk).
+        ui_graph = source if source is not workflow and isinstance(source.get("nodes"), list) else None
+    except WorkflowParseError as exc:
+        print("error: the workflow is invalid:", file=sys.stderr)
+        print(json.dumps(exc.body(), indent=2), file=sys.stderr)
+        return EXIT_INVALID
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -79,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             execution_mode=args.mode,
             listener=progress.on_event,
+            extra_data={"extra_pnginfo": {"workflow": ui_graph}} if ui_graph is not None else None,
         )
     except (WorkflowParseError, WorkflowValidationError) as exc:
         body = exc.body() if isinstance(exc, WorkflowParseError) else exc.body
@@ -231,12 +246,15 @@ def cmd_aws_local(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from comfyd.cli_check import add_check_arguments, add_check_parser, add_pull_parser
+
     parser = argparse.ArgumentParser(prog="comfyd", description="Run ComfyUI workflows as a service.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one workflow in this process")
-    run.add_argument("workflow", nargs="?", help="API-format or graph-form JSON (default: ComfyUI's default graph)")
+    run.add_argument("workflow", nargs="?", help="API, graph-form or UI JSON, or a PNG/WEBP ComfyUI wrote "
+                     "(default: ComfyUI's default graph)")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help='override an input, e.g. 6.text="a red fox"')
     run.add_argument("--models-dir", help="ComfyUI-layout models folder (also COMFYD_MODELS_DIR)")
     run.add_argument("--input-dir", help="where LoadImage finds its files")
@@ -246,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", action="store_true", help="check the workflow instead of running it (= comfyd check)")
+    add_check_arguments(run, for_run=True)
     run.set_defaults(func=cmd_run)
+    add_check_parser(sub, _settings)
 
     serve = sub.add_parser("serve", help="HTTP server: ComfyUI API, predictions, websocket")
     serve.add_argument("--host")
@@ -282,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models.add_parser("list", help="list model files")
     listing.add_argument("--models-dir")
     listing.set_defaults(func=cmd_models_list)
+    add_pull_parser(models, _settings)
 
     aws = sub.add_parser("aws", help="AWS resources").add_subparsers(dest="aws_command", required=True)
     init = aws.add_parser("init", help="create the bucket, table, queues and topic the settings name")

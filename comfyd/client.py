@@ -380,18 +380,27 @@ def submit_cli(args: Any) -> int:
     import os
 
     from comfyd.runner import apply_sets
+    from comfyd.workflow_formats.source import load_workflow_source
 
-    path = Path(args.workflow)
-    try:
-        workflow = json.loads(sys.stdin.read() if args.workflow == "-" else path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    try:  # JSON in any form, or a PNG/WEBP carrying a workflow; the server converts UI graphs
+        workflow, _format = load_workflow_source("/dev/stdin" if args.workflow == "-" else Path(args.workflow))
+    except ValueError as exc:
         print(f"error: cannot read workflow {args.workflow}: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(workflow, dict):
-        print(f"error: {args.workflow} must hold a JSON object (a workflow)", file=sys.stderr)
-        return 2
     try:
-        apply_sets(workflow, getattr(args, "set", None) or [])
+        sets = getattr(args, "set", None) or []
+        if sets:  # --set names API-prompt nodes: convert a UI graph here first
+            from comfyd.engine.errors import WorkflowParseError
+            from comfyd.workflow_formats import ensure_api_format, is_ui_workflow
+
+            if is_ui_workflow(workflow) or is_ui_workflow(workflow.get("prompt")):
+                import comfyd.nodes  # noqa: F401  (node schemas give the widget layout)
+
+                try:
+                    workflow = ensure_api_format(workflow)
+                except WorkflowParseError as exc:
+                    raise ValueError(f"{exc.message} ({exc.details})") from None
+        apply_sets(workflow, sets)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

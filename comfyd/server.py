@@ -33,6 +33,7 @@ from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
 from comfyd.http.missed_ends import MissedEnds
 from comfyd.http.ratelimit import RateLimiter
+from comfyd.http.routes_check import router as check_router
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
 from comfyd.http.routes_jobs_api import router as jobs_api_router
@@ -111,6 +112,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     app.include_router(public_router)
     app.include_router(predictions_router)
     install_v2(app, state)  # Comfy API v2 under /api/v2, before the ComfyUI routes under /api
+    app.include_router(check_router)
     for prefix in ("", "/api"):
         app.include_router(comfy_router, prefix=prefix)
         app.include_router(ws_router, prefix=prefix)

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Model computations (sampling, text encoding, VAE) at once per device; 0 = automatic:
     # 1 on CUDA/MPS (running jobs overlap their loading and I/O, not their GPU work), no limit on CPU.
     device_concurrency: int = Field(0, ge=0, le=64)
+    # Refuse at submission a job whose model files are in no model folder of this host; false on
+    # an API host without models (split deployments): workers then find out at run time.
+    submit_model_check: bool = True
     # A workflow file run once at start (comfyd.warmup) before /health-check reports READY.
     warmup_workflow: Path | None = None
 

@@ -223,15 +223,23 @@ def parse_workflow(body: Any) -> WorkflowRequest:
         raise WorkflowParseError(
             "Workflow must be a JSON object", f"got {type(body).__name__}; expected an API-format prompt"
         )
+    # A UI-format workflow (what ComfyUI's "Save" writes) becomes its API prompt first.
+    from comfyd.workflow_formats import api_prompt_from_ui, is_ui_workflow
+
+    # Like ComfyUI's frontend, keep the UI graph for saved PNGs (extra_pnginfo.workflow).
+    if is_ui_workflow(body):
+        body = {"prompt": api_prompt_from_ui(body), "extra_data": {"extra_pnginfo": {"workflow": body}}}
+    elif _is_wrapped_prompt(body) and is_ui_workflow(body["prompt"]):
+        extra = body.get("extra_data", {})
+        if isinstance(extra, dict):  # anything else is refused by the request model below
+            pnginfo = extra.get("extra_pnginfo")
+            if pnginfo is None or (isinstance(pnginfo, dict) and "workflow" not in pnginfo):
+                extra = {**extra, "extra_pnginfo": {**(pnginfo or {}), "workflow": body["prompt"]}}
+        body = {**body, "prompt": api_prompt_from_ui(body["prompt"]), "extra_data": extra}
     if _is_wrapped_prompt(body):
         return _parse_wrapped(body)
     if _is_graph_form(body):
         return _parse_graph_form(body)
-    if isinstance(body.get("nodes"), list) and "links" in body:
-        raise WorkflowParseError(
-            "This is a ComfyUI UI workflow, not an API-format prompt",
-            "export it with 'Save (API Format)' in ComfyUI, or send the graph form",
-        )
     prompt = _api_prompt(body)
     followed = DEFAULT_FOLLOWED_NODE if DEFAULT_FOLLOWED_NODE in prompt else None
     return WorkflowRequest(graph=_graph_from_api(prompt), node_id=followed, prompt=prompt)

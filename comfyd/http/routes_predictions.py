@@ -207,7 +207,7 @@ async def _create_prediction(request: Request, principal: str, path_id: str | No
         existing = await run_in_threadpool(state.services.job_store.get, job_id)
         if existing is not None:  # idempotent: the same id is the same prediction
             return await _submit_and_answer(state, request, existing)
-    workflow = copy.deepcopy(decode_workflow_json(pred.input.workflow_json))
+    workflow = await run_in_threadpool(_api_format, copy.deepcopy(decode_workflow_json(pred.input.workflow_json)), state)
     if pred.input.randomise_seeds:
         randomise_seeds(workflow)
     options = pred.input.model_dump(exclude={"workflow_json"}, exclude_defaults=True)
@@ -222,6 +222,20 @@ async def _create_prediction(request: Request, principal: str, path_id: str | No
                                   webhook_field="webhook")
     )
     return await _submit_and_answer(state, request, job, pred.input.force_reset_cache)
+
+
+def _api_format(workflow: dict[str, Any], state: AppState) -> dict[str, Any]:
+    """A UI-format workflow converted to its API prompt (comfyd.workflow_formats); 400 if it cannot be."""
+    from comfyd.engine.errors import WorkflowParseError
+    from comfyd.http.errors import ComfyError
+    from comfyd.workflow_formats import ensure_api_format, is_ui_workflow
+
+    if not (is_ui_workflow(workflow) or is_ui_workflow(workflow.get("prompt"))):
+        return workflow
+    try:
+        return ensure_api_format(workflow, state.runtime().registry)
+    except WorkflowParseError as exc:
+        raise ComfyError(400, exc.body()) from None
 
 
 def _new_id() -> str:
@@ -347,6 +361,8 @@ async def generate(request: Request, principal: str = Depends(require_key)) -> J
         if existing is not None:
             return await _submit_and_answer(state, request, existing)
     checkpoints = await run_in_threadpool(_checkpoints, state)
+    if gen.workflow is not None:
+        gen.workflow = await run_in_threadpool(_api_format, gen.workflow, state)
     workflow = fill_generate_workflow(gen, checkpoints)
     extra: dict[str, Any] = {"prediction_input": gen.model_dump(exclude={"workflow"}, exclude_none=True)}
     if gen.webhook:  # checked against the address policy in job_from_body (422 naming `webhook`)

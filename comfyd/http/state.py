@@ -93,6 +93,23 @@ class AppState:
                 headers={"Retry-After": retry_after_header(wait)},
             )
 
+    def _validate_submission(self, runtime: JobRuntime, req: Any) -> None:
+        """Validation, with the model-file check `submit_model_check` asks for (comfyd.check.submission)."""
+        from comfyd.check.submission import env_trusting_model_names, missing_models_body
+
+        if runtime.validator is not None:  # a runtime with its own validation (tests, fakes)
+            runtime.validate(req)
+            return
+        if getattr(self.settings, "submit_model_check", True):
+            runtime.validate(req)  # ComfyUI's own answer first (value_not_in_list for its loaders)
+            body = missing_models_body(req.prompt, self.settings, runtime.registry)
+            if body is not None:
+                raise WorkflowValidationError(body)
+            return
+        from comfyd.engine.validate import validate_workflow
+
+        validate_workflow(req, runtime.registry, env_trusting_model_names(runtime.env, req.prompt, runtime.registry))
+
     def job_from_body(
         self, body: dict[str, Any], *, source: str, job_id: str | None = None,
         extra_data: dict[str, Any] | None = None, priority: int | None = None,
@@ -110,7 +127,7 @@ class AppState:
         runtime = self.runtime()
         try:
             req = runtime.parse(body)
-            runtime.validate(req)
+            self._validate_submission(runtime, req)
         except WorkflowParseError as exc:
             raise ComfyError(400, exc.body()) from None
         except WorkflowValidationError as exc:
