@@ -97,6 +97,10 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     options = importlib.import_module("comfy.options")
     options.enable_args_parsing()
     folder_paths = importlib.import_module("folder_paths")
+    # nodes.py puts ComfyUI's comfy/ folder on sys.path, where comfy/utils.py would then shadow
+    # the top-level utils package that server.py (imported by some comfy_extras) needs; ComfyUI's
+    # main.py imports that package first, and so does this.
+    importlib.import_module("utils.install_util")
     for kind in ("checkpoints", "loras", "vae", "embeddings"):
         if (models_dir / kind).is_dir():
             folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
@@ -104,6 +108,9 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     if input_dir is not None:
         folder_paths.set_input_directory(str(input_dir))
     nodes = importlib.import_module("nodes")
+    # The comfy_extras nodes (masks, post-processing, primitives, ...) register only through this
+    # call, as ComfyUI's main.py makes it; no custom nodes, no API nodes.
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     execution = importlib.import_module("execution")
     version = importlib.import_module("comfyui_version").__version__
     return {"nodes": nodes, "execution": execution, "folder_paths": folder_paths, "version": version}
@@ -134,9 +141,8 @@ def render(comfy: dict[str, Any], workflow: dict[str, Any], output_dir: Path) ->
 
 
 def input_types(comfy: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """ComfyUI's input/output declarations of `names` (base nodes and the SDXL text encoder)."""
+    """ComfyUI's input/output declarations of `names` (base and comfy_extras nodes)."""
     classes = dict(comfy["nodes"].NODE_CLASS_MAPPINGS)
-    classes["CLIPTextEncodeSDXL"] = importlib.import_module("comfy_extras.nodes_clip_sdxl").CLIPTextEncodeSDXL
     out: dict[str, Any] = {}
     for name in names:
         cls = classes.get(name)
