@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from comfyd.engine.context import NodeContext
@@ -79,7 +81,8 @@ class GetImageSize(Node):
         outputs=(OutputSpec("INT", "width"), OutputSpec("INT", "height"), OutputSpec("INT", "batch_size")),
         category="image",
         description="Returns width and height of the image, and passes it through unchanged.",
+        hidden=("UNIQUE_ID",),
     )
 
-    def run(self, ctx: NodeContext, image: torch.Tensor) -> tuple[int, int, int]:
+    def run(self, ctx: NodeContext, image: torch.Tensor, **_hidden: Any) -> tuple[int, int, int]:
         return int(image.shape[2]), int(image.shape[1]), int(image.shape[0])
