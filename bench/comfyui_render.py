@@ -6,7 +6,7 @@
 
 ComfyUI is driven as a library, in this process, on CPU: each workflow is checked with ComfyUI's
 own `validate_prompt` and run by its `PromptExecutor`, exactly as its server would run it. The
-first image each workflow saves is copied to `DIR/<workflow stem>.png`, and `DIR/renders.json`
+first image each workflow saves is copied to `DIR/<workflow stem>.png` (`.webp` for SaveAnimatedWEBP), and `DIR/renders.json`
 records ComfyUI's version, the SHA-256 of every model file under the models folder, and per
 workflow the SHA-256 of its JSON (as parsed and re-serialised) and of the PNG; a test can then
 tell a stale reference from a real difference.
@@ -87,6 +87,9 @@ class _SilentServer:
     def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
         pass
 
+    def send_progress_text(self, text: str, node_id: Any, sid: Any = None) -> None:
+        pass
+
 
 def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_dir: Path) -> dict[str, Any]:
     """Import ComfyUI from `root`, on CPU, with its folders pointed at ours; returns its modules."""
@@ -97,6 +100,10 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     options = importlib.import_module("comfy.options")
     options.enable_args_parsing()
     folder_paths = importlib.import_module("folder_paths")
+    # nodes.py puts ComfyUI's comfy/ folder on sys.path, where comfy/utils.py would then shadow
+    # the top-level utils package that server.py (imported by some comfy_extras) needs; ComfyUI's
+    # main.py imports that package first, and so does this.
+    importlib.import_module("utils.install_util")
     for kind in ("checkpoints", "loras", "vae", "embeddings"):
         if (models_dir / kind).is_dir():
             folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
@@ -104,6 +111,11 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     if input_dir is not None:
         folder_paths.set_input_directory(str(input_dir))
     nodes = importlib.import_module("nodes")
+    # The comfy_extras nodes (masks, post-processing, primitives, ...) register only through this
+    # call, as ComfyUI's main.py makes it; no custom nodes, no API nodes.
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    # Nodes such as GetImageSize report to the running server; there is none, so a silent one.
+    importlib.import_module("server").PromptServer.instance = _SilentServer()
     execution = importlib.import_module("execution")
     version = importlib.import_module("comfyui_version").__version__
     return {"nodes": nodes, "execution": execution, "folder_paths": folder_paths, "version": version}
@@ -134,9 +146,8 @@ def render(comfy: dict[str, Any], workflow: dict[str, Any], output_dir: Path) ->
 
 
 def input_types(comfy: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """ComfyUI's input/output declarations of `names` (base nodes and the SDXL text encoder)."""
+    """ComfyUI's input/output declarations of `names` (base and comfy_extras nodes)."""
     classes = dict(comfy["nodes"].NODE_CLASS_MAPPINGS)
-    classes["CLIPTextEncodeSDXL"] = importlib.import_module("comfy_extras.nodes_clip_sdxl").CLIPTextEncodeSDXL
     out: dict[str, Any] = {}
     for name in names:
         cls = classes.get(name)
@@ -215,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.name}: FAILED: {exc}", file=sys.stderr)
             failed.append(path.name)
             continue
-        target = args.out / f"{path.stem}.png"
+        # An animated WEBP keeps its extension; everything else is a PNG.
+        target = args.out / f"{path.stem}{image.suffix}"
         shutil.copyfile(image, target)
         renders[path.stem] = {"workflow": digest, "png": sha256_file(target)}
         print(f"{path.name}: {target}")

@@ -27,6 +27,22 @@ sys.path.insert(0, str(CASES))
 
 from make_cases import threshold_db, write_models  # noqa: E402
 from parity import compare_png, first_saved_image  # noqa: E402
+from PIL import Image, ImageSequence  # noqa: E402
+
+
+def compare_frames(produced: Path, reference: Path) -> tuple[float, int]:
+    """compare_png over every frame (animated outputs): the lowest PSNR and the largest diff."""
+    with Image.open(produced) as ours, Image.open(reference) as theirs:
+        if getattr(ours, "n_frames", 1) != getattr(theirs, "n_frames", 1):
+            return -math.inf, 255
+        pairs = list(zip(ImageSequence.Iterator(ours), ImageSequence.Iterator(theirs), strict=True))
+        scores = [compare_png(a.convert("RGB"), b.convert("RGB")) for a, b in pairs]
+    return min(s[0] for s in scores), max(s[1] for s in scores)
+
+
+def reference_file(name: str) -> Path:
+    png = CASES / "references" / f"{name}.png"
+    return png if png.exists() else png.with_suffix(".webp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append((name, -math.inf, 255, threshold_db(workflow)))
                     continue
                 produced = first_saved_image(result.outputs, roots)
-                psnr, max_diff = compare_png(produced, CASES / "references" / f"{name}.png")
+                psnr, max_diff = compare_frames(produced, reference_file(name))
                 bar = threshold_db(workflow)
                 results.append((name, psnr, max_diff, bar))
                 print(f"{name:36s} PSNR {psnr:7.2f} dB  max diff {max_diff:3d}  bar {bar:g} dB", flush=True)

@@ -67,9 +67,12 @@ class Settings(BaseSettings):
     retry_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(1.0, ge=0)
     history_max_items: int = 10000
-    # Workflow limits checked by validation (any node's INT input named width/height/batch_size).
+    # Workflow limits checked by validation (comfyd.engine.service_limits).
     max_workflow_nodes: int = Field(100, ge=1)
-    max_image_side: int = Field(1024, ge=8)
+    # The pixel budget: width x height of any latent a workflow makes (EmptyLatentImage,
+    # LatentUpscale, LatentUpscaleBy, hires passes included). Not max_image_pixels, which bounds
+    # the pictures LoadImage and uploads accept.
+    max_latent_pixels: int = Field(1024 * 1024, ge=64 * 64)
     image_side_multiple: int = Field(8, ge=1)
     max_batch_size: int = Field(4, ge=1)
 

@@ -55,6 +55,9 @@ class InputSpec:
     # skips the range and choice-list checks and reports a returned reason as
     # `custom_validation_failed`. LoadImage accepts files its choice list does not show this way.
     validator: InputValidator | None = None
+    # ComfyUI's newer (v3 schema) nodes declare a choice as ["COMBO", {"options": [...]}] rather
+    # than [[...], {}]; /object_info and error bodies show it that way.
+    combo_as_options: bool = False
 
     @property
     def is_link(self) -> bool:
@@ -91,6 +94,8 @@ class InputSpec:
         """ComfyUI's `[type_or_choices, options]` pair for this input."""
         if self.type == "COMBO":
             opts = {k: v for k, v in self.options().items() if k != "tooltip"}
+            if self.combo_as_options:
+                return ["COMBO", {"multiselect": False, "options": self.resolve_choices(env), **opts}]
             return [self.resolve_choices(env), opts]
         return [self.type, self.options()]
 

@@ -5,8 +5,8 @@ shapes, so a ComfyUI client shows comfyd's 400s as it shows ComfyUI's. Differenc
 - every error of every node reachable from the outputs is collected (ComfyUI too, per output);
 - a workflow with any invalid output is refused as a whole (ComfyUI would run the valid outputs
   and return the others' errors beside a 200): a service job either runs as asked or not at all;
-- comfyd's own checks: dependency cycles, the node-count limit, per-input service limits
-  (width/height/batch_size), links to missing nodes or outputs, literals given for link inputs,
+- comfyd's own checks: dependency cycles, the node-count limit, service limits (the pixel
+  budget of every latent, width/height multiples, batch_size), links to missing nodes or outputs, literals given for link inputs,
   and the followed `node_id` existing;
 - BOOLEAN literals are parsed strictly ("false" is false), not with Python's `bool()`.
 """
@@ -21,6 +21,14 @@ from comfyd.engine.errors import WorkflowValidationError
 from comfyd.engine.events import full_type_name
 from comfyd.engine.graph import BadLink, Graph, Link, WorkflowRequest
 from comfyd.engine.schema import InputSpec, NodeRegistry, NodeSchema
+from comfyd.engine.service_limits import (  # noqa: F401  (InputLimit, SIZE_LIMITED_NODES: re-exported)
+    SIZE_LIMITED_NODES,
+    InputLimit,
+    LatentSizes,
+    ServiceLimits,
+    budget_message,
+    over_budget,
+)
 from comfyd.engine.topo import find_cycles, sort_ids, topological_order, upstream_closure
 
 if TYPE_CHECKING:
@@ -28,62 +36,6 @@ if TYPE_CHECKING:
 
 # ComfyUI stops listing COMBO choices in error bodies beyond this many.
 MAX_LISTED_CHOICES = 20
-
-
-# --------------------------------------------------------------------------------------------
-# Service limits
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputLimit:
-    """A comfyd limit on the literal INT input `input_name` of the nodes in `class_types`.
-
-    The limits bound generation size (latent width/height, batch), so they apply to the nodes
-    that create or resize latents, not to every input called `width` (ImageScale, SDXL size
-    conditioning and the like keep ComfyUI's ranges).
-    """
-
-    input_name: str
-    max: int | None = None
-    multiple_of: int | None = None
-    class_types: frozenset[str] = frozenset()
-
-
-# Nodes whose width/height/batch_size decide how much a job computes.
-SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale"})
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    max_nodes: int = 100
-    input_limits: tuple[InputLimit, ...] = (
-        InputLimit("width", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
-        InputLimit("height", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
-        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES),
-    )
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> ServiceLimits:
-        """Limits from `Settings` (max_workflow_nodes, max_image_side, image_side_multiple,
-        max_batch_size); a field the settings lack keeps its default."""
-        default = cls()
-        side = getattr(settings, "max_image_side", 1024)
-        multiple = getattr(settings, "image_side_multiple", 8)
-        return cls(
-            max_nodes=getattr(settings, "max_workflow_nodes", default.max_nodes),
-            input_limits=(
-                InputLimit("width", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
-                InputLimit("height", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
-                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES),
-            ),
-        )
-
-    def for_input(self, class_type: str, name: str) -> InputLimit | None:
-        for limit in self.input_limits:
-            if limit.input_name == name and class_type in limit.class_types:
-                return limit
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +130,10 @@ def plan_workflow(
         node_errors, inputs[node_id] = checker.check_node(node_id)
         if node_errors:
             errors[node_id] = node_errors
+
+    errors_by_budget = _pixel_budget_errors(graph, closure, inputs, errors, checker, limits)
+    for node_id, error in errors_by_budget.items():
+        errors.setdefault(node_id, []).append(error)
 
     for cycle in find_cycles({n: deps[n] for n in closure}):
         for node_id in cycle:
@@ -430,6 +386,40 @@ class _InputChecker:
             input_config=self._config(spec),
             received_value=value,
         )
+
+
+def _pixel_budget_errors(
+    graph: Graph,
+    closure: set[str],
+    inputs: dict[str, dict[str, Any]],
+    errors: dict[str, list[dict[str, Any]]],
+    checker: _InputChecker,
+    limits: ServiceLimits,
+) -> dict[str, dict[str, Any]]:
+    """One value_bigger_than_max error per node whose latent exceeds the pixel budget, on its
+    first size input (`width`, or `scale_by` for LatentUpscaleBy)."""
+    if not limits.max_latent_pixels:
+        return {}
+    sizes = LatentSizes(graph, lambda node_id, name: inputs.get(node_id, {}).get(name))
+    found: dict[str, dict[str, Any]] = {}
+    for node_id in sort_ids(closure):
+        if node_id in errors:
+            continue  # its own inputs are wrong already; the budget would only repeat that
+        size = over_budget(sizes, node_id, limits.max_latent_pixels)
+        if size is None:
+            continue
+        name = "scale_by" if graph.nodes[node_id].class_type == "LatentUpscaleBy" else "width"
+        spec = checker.schemas[node_id].input(name)
+        value = graph.nodes[node_id].inputs.get(name)
+        found[node_id] = _error(
+            "value_bigger_than_max",
+            budget_message(size[0], size[1], limits.max_latent_pixels),
+            name,
+            name,
+            input_config=checker._config(spec) if spec is not None else None,
+            received_value=value.to_json() if isinstance(value, Link) else value,
+        )
+    return found
 
 
 def types_compatible(received: str, expected: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from comfyd.engine.errors import WorkflowValidationError
 from comfyd.engine.graph import parse_workflow
-from comfyd.engine.validate import InputLimit, ServiceLimits, plan_workflow, validate_workflow
+from comfyd.engine.validate import ServiceLimits, plan_workflow, validate_workflow
 
 REFERENCE = Path(__file__).parent / "comfyui_validation_errors"
 
@@ -188,7 +188,7 @@ def test_all_errors_collected(fake: Any, default_prompt: dict[str, Any]) -> None
     default_prompt["3"]["inputs"].update(steps="abc", cfg=1000, sampler_name="x")
     del default_prompt["3"]["inputs"]["negative"]
     default_prompt["4"]["inputs"]["ckpt_name"] = "nope.safetensors"
-    default_prompt["5"]["inputs"]["width"] = 2048
+    default_prompt["5"]["inputs"]["width"] = 20000
     default_prompt["6"]["inputs"]["text"] = ["7", 0]  # CONDITIONING into STRING
     body = _fail(fake, default_prompt)
     found = {
@@ -246,31 +246,53 @@ def test_service_limits_on_size_and_batch(fake: Any, default_prompt: dict[str, A
     default_prompt["5"]["inputs"].update(width=1032, height=500, batch_size=5)
     errors = _fail(fake, default_prompt)["node_errors"]["5"]["errors"]
     assert [(e["type"], e["details"], e["message"]) for e in errors] == [
-        ("value_bigger_than_max", "width", "Value 1032 bigger than max of 1024 (comfyd service limit)"),
         ("value_not_multiple_of", "height", "Value 500 is not a multiple of 8"),
         ("value_bigger_than_max", "batch_size", "Value 5 bigger than max of 4 (comfyd service limit)"),
     ]
-    assert errors[1]["extra_info"] == {
+    assert errors[0]["extra_info"] == {
         "input_name": "height",
         "input_config": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
         "received_value": 500,
     }
 
 
+def test_pixel_budget_refuses_a_large_latent(fake: Any, default_prompt: dict[str, Any]) -> None:
+    default_prompt["5"]["inputs"].update(width=2048, height=2048)
+    error = _only_error(_fail(fake, default_prompt), "5")
+    assert error == {
+        "type": "value_bigger_than_max",
+        "message": "Value 2048x2048 (4194304 pixels) bigger than max of 1048576 pixels (comfyd service limit)",
+        "details": "width",
+        "extra_info": {
+            "input_name": "width",
+            "input_config": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
+            "received_value": 2048,
+        },
+    }
+
+
+@pytest.mark.parametrize("size", [(1344, 768), (896, 1152), (1024, 1024), (2048, 512)])
+def test_pixel_budget_accepts_sdxl_sizes(fake: Any, default_prompt: dict[str, Any], size: tuple[int, int]) -> None:
+    default_prompt["5"]["inputs"].update(width=size[0], height=size[1])
+    assert validate_workflow(parse_workflow(default_prompt), fake.registry, fake.env) == ["9"]
+
+
 def test_limits_are_configurable(fake: Any, default_prompt: dict[str, Any]) -> None:
     default_prompt["5"]["inputs"].update(width=2048, height=2048, batch_size=8)
     req = parse_workflow(default_prompt)
-    latent = frozenset({"EmptyLatentImage"})
-    roomy = ServiceLimits(
-        input_limits=(InputLimit("width", max=4096, class_types=latent), InputLimit("height", max=4096, class_types=latent))
-    )
+    roomy = ServiceLimits(max_latent_pixels=2048 * 2048, input_limits=())
     assert validate_workflow(req, fake.registry, fake.env, roomy) == ["9"]
-    settings = fake.env.settings.model_copy(update={"max_image_side": 2048, "max_batch_size": 8})
-    limit = ServiceLimits.from_settings(settings).for_input("EmptyLatentImage", "width")
-    assert (limit.max, limit.multiple_of) == (2048, 8)
-    assert ServiceLimits.from_settings(settings).for_input("ImageScale", "width") is None
+    assert validate_workflow(req, fake.registry, fake.env, ServiceLimits(max_latent_pixels=None, input_limits=()))
+    settings = fake.env.settings.model_copy(update={"max_latent_pixels": 2048 * 2048, "max_batch_size": 8})
+    limits = ServiceLimits.from_settings(settings)
+    assert limits.max_latent_pixels == 2048 * 2048
+    limit = limits.for_input("EmptyLatentImage", "width")
+    assert (limit.max, limit.multiple_of) == (None, 8)
+    assert limits.for_input("ImageScale", "width") is None
     fake.env.settings = settings
     assert validate_workflow(req, fake.registry, fake.env) == ["9"]
+    fake.env.settings = settings.model_copy(update={"max_latent_pixels": 2048 * 2047})
+    assert _only_error(_fail(fake, default_prompt), "5")["type"] == "value_bigger_than_max"
 
 
 def test_too_many_nodes(fake: Any, default_prompt: dict[str, Any]) -> None:

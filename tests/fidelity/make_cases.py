@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import image_cases  # beside this file (script dir, or on sys.path in test_parity)
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -228,6 +229,9 @@ def cases() -> dict[str, dict[str, Any]]:
     w["10"] = node("LoraLoaderModelOnly", model=["4", 0], lora_name=LORA_ORIGINAL, strength_model=1.0)
     w["3"]["inputs"]["model"] = ["10", 0]
     out["lora_original_names_model_only"] = w
+
+    # Image, mask, latent, value and animated-output nodes (image_cases.py).
+    out.update(image_cases.cases(base))
     return {name: copy.deepcopy(w) for name, w in out.items()}
 
 

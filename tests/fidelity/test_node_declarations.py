@@ -24,7 +24,8 @@ COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_te
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image"}
 # Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node.
 NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket"}
-NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip")
+# "options" and "multiselect": ComfyUI's newer nodes declare a choice as ["COMBO", {"options": [...]}].
+NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip", "options", "multiselect")
 
 
 def test_every_comfyd_node_is_declared_by_comfyui() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "bench"))
@@ -36,6 +36,39 @@ MANIFEST: dict[str, Any] = json.loads((HERE / "references" / "renders.json").rea
 # A semantic error (wrong noise, schedule, conditioning) moves pixels by tens of levels; float
 # round-off in a different order moves a few by one.
 MAX_LEVELS_OFF = 4
+
+
+def reference(stem: str) -> Path:
+    """The reference of a case: a PNG, or a WEBP where the workflow saves an animated WEBP."""
+    png = HERE / "references" / f"{stem}.png"
+    webp = png.with_suffix(".webp")
+    return webp if webp.exists() and not png.exists() else png
+
+
+def png_private_chunks(path: Path) -> list[bytes]:
+    """The `comf` chunks SaveAnimatedPNG writes (Pillow does not read them back)."""
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"comf":
+            chunks.append(data[offset + 8 : offset + 8 + length])
+        offset += 12 + length
+    return chunks
+
+
+def metadata(path: Path) -> dict[str, Any]:
+    """What ComfyUI writes beside the pixels: PNG text and `comf` chunks, or WEBP EXIF tags."""
+    with Image.open(path) as image:
+        if image.format == "WEBP":
+            return {"exif": dict(image.getexif())}
+        return {"text": dict(image.text), "comf": png_private_chunks(path)}
+
+
+def frames(path: Path) -> list[np.ndarray]:
+    with Image.open(path) as image:
+        return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +110,7 @@ def test_every_workflow_has_a_current_reference() -> None:
         assert entry["workflow"] == workflow_digest(json.loads(path.read_text())), (
             f"{path.name} changed after its reference was rendered; re-render it"
         )
-        assert entry["png"] == sha256_file(HERE / "references" / f"{path.stem}.png")
+        assert entry["png"] == sha256_file(reference(path.stem))
 
 
 # Cases that are meant to give the same picture: ddim is euler in ComfyUI, the _gpu samplers are
@@ -96,7 +129,7 @@ def test_the_tolerance_tells_every_case_from_every_other() -> None:
     """A comparison loose enough to pass two different cases would prove nothing."""
     images = {}
     for path in WORKFLOWS:
-        with Image.open(HERE / "references" / f"{path.stem}.png") as image:
+        with Image.open(reference(path.stem)) as image:
             images[path.stem] = np.asarray(image.convert("RGB"), dtype=np.int32)
     for name in ("sampler_euler", "img2img", "hires_bislerp", "lora_kohya"):
         assert images[name].std() > 20, f"{name} is nearly flat"
@@ -116,12 +149,19 @@ def test_comfyd_matches_comfyui(path: Path, runner) -> None:
     assert result.ok, json.dumps(result.error, indent=2)
     roots = {"output": runner.env.output_dir, "temp": runner.env.temp_dir, "input": runner.env.input_dir}
     produced = first_saved_image(result.outputs, roots)
-    psnr, max_diff = compare_png(produced, HERE / "references" / f"{path.stem}.png")
+    expected = reference(path.stem)
+    assert produced.suffix == expected.suffix
+    # Every frame of an animated output; a still picture is one frame.
+    ours_frames, their_frames = frames(produced), frames(expected)
+    assert len(ours_frames) == len(their_frames), f"{path.stem}: frame count"
     bar = threshold_db(workflow)
-    assert psnr >= bar, f"{path.stem}: PSNR {psnr:.2f} dB < {bar:g} dB (max diff {max_diff})"
-    assert max_diff <= MAX_LEVELS_OFF, f"{path.stem}: a pixel is {max_diff} levels off (PSNR {psnr:.2f} dB)"
-    # The text chunks too: ComfyUI's "prompt" JSON, byte for byte (LoadImage's is_changed included).
-    with Image.open(produced) as ours, Image.open(HERE / "references" / f"{path.stem}.png") as theirs:
-        assert ours.text == theirs.text
+    for index, (ours, theirs) in enumerate(zip(ours_frames, their_frames, strict=True)):
+        psnr, max_diff = compare_png(ours, theirs)
+        where = f"{path.stem} frame {index}"
+        assert psnr >= bar, f"{where}: PSNR {psnr:.2f} dB < {bar:g} dB (max diff {max_diff})"
+        assert max_diff <= MAX_LEVELS_OFF, f"{where}: a pixel is {max_diff} levels off (PSNR {psnr:.2f} dB)"
+    # The metadata too: ComfyUI's "prompt" JSON, byte for byte (LoadImage's is_changed included),
+    # in PNG text chunks, APNG `comf` chunks or WEBP EXIF tags as ComfyUI writes each.
+    assert metadata(produced) == metadata(expected)
     # ... written into the run's copy of the prompt, not into the caller's workflow.
     assert all("is_changed" not in n for n in workflow.values())

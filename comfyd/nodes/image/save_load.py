@@ -170,8 +170,8 @@ def next_counter(folder: Path, stem: str) -> int:
     return highest + 1
 
 
-def write_exclusive(folder: Path, stem: str, start: int, data: bytes) -> tuple[str, int]:
-    """Write `data` as `{stem}_{n:05}_.png` for the first n >= start that no file holds yet.
+def write_exclusive(folder: Path, stem: str, start: int, data: bytes, ext: str = "png") -> tuple[str, int]:
+    """Write `data` as `{stem}_{n:05}_.{ext}` for the first n >= start that no file holds yet.
 
     Creation is exclusive (O_EXCL), so two writers can never end up with the same file.
     Returns the file name and the counter used.
@@ -179,7 +179,7 @@ def write_exclusive(folder: Path, stem: str, start: int, data: bytes) -> tuple[s
     folder.mkdir(parents=True, exist_ok=True)
     counter = start
     for _ in range(_MAX_SAVE_ATTEMPTS):
-        name = f"{stem}_{counter:05}_.png"
+        name = f"{stem}_{counter:05}_.{ext}"
         path = folder / name
         try:
             handle = open(path, "xb")  # exclusive: fails if the name is taken

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Combo, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
+from comfyd.engine.service_limits import check_latent_pixels
 from comfyd.sampling.latent_resize import CROP_METHODS, UPSCALE_METHODS, resize_latent
 
 MAX_RESOLUTION = 16384
@@ -49,6 +50,8 @@ class EmptyLatentImage(Node):
     )
 
     def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[Latent]:
+        # Validation checked literal sizes; this catches a size that arrived over a link.
+        check_latent_pixels(ctx.env.settings, width, height)
         shape = [batch_size, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR]
         return ({"samples": torch.zeros(shape)},)
 
@@ -84,6 +87,8 @@ class LatentUpscale(Node):
         else:
             width = max(MIN_UPSCALE_PIXELS, width)
             height = max(MIN_UPSCALE_PIXELS, height)
+        check_latent_pixels(ctx.env.settings, width // LATENT_FACTOR * LATENT_FACTOR,
+                            height // LATENT_FACTOR * LATENT_FACTOR)
         out = dict(samples)
         out["samples"] = resize_latent(
             source, width // LATENT_FACTOR, height // LATENT_FACTOR, upscale_method, crop
@@ -108,6 +113,8 @@ class LatentUpscaleBy(Node):
         source = _samples(samples)
         width = round(source.shape[-1] * scale_by)
         height = round(source.shape[-2] * scale_by)
+        # The size of a hires pass depends on the latent it gets, which validation may not know.
+        check_latent_pixels(ctx.env.settings, width * LATENT_FACTOR, height * LATENT_FACTOR)
         out = dict(samples)
         out["samples"] = resize_latent(source, width, height, upscale_method, "disabled")
         return (out,)

@@ -1,0 +1,1 @@
+"""Value nodes (ComfyUI category `utils`): the Primitive* constants and string helpers."""
