@@ -15,6 +15,7 @@ from comfyd.check.estimate import estimate
 from comfyd.check.model_files import ModelUse, model_uses
 from comfyd.check.report import CheckError, CheckReport, MissingModel, ModelFileEntry, UnknownNodeEntry
 from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
+from comfyd.engine.service_limits import budget_message
 from comfyd.workflow_formats.layouts import pack_for, registry_layouts
 from comfyd.workflow_formats.source import detect_format
 from comfyd.workflow_formats.ui_graph import UiFormatError, is_ui_workflow
@@ -189,12 +190,16 @@ def _check_other_limits(report: CheckReport, prompt: dict[str, Any], settings: A
         if class_type not in OTHER_SIZED_NODES:
             continue
         inputs = node.get("inputs", {})
-        for name, limit in (("width", settings.max_image_side), ("height", settings.max_image_side),
-                            ("batch_size", settings.max_batch_size)):
-            value = inputs.get(name)
-            if isinstance(value, int) and value > limit:
-                report.errors.append(CheckError(kind="limit", node_id=node_id, class_type=class_type, input=name,
-                                                message=f"{name} {value} is bigger than comfyd's service limit {limit}"))
+        width, height = inputs.get("width"), inputs.get("height")
+        budget = getattr(settings, "max_latent_pixels", None)
+        if isinstance(width, int) and isinstance(height, int) and budget and width * height > budget:
+            report.errors.append(CheckError(kind="limit", node_id=node_id, class_type=class_type, input="width",
+                                            message=budget_message(width, height, budget)))
+        batch = inputs.get("batch_size")
+        if isinstance(batch, int) and batch > settings.max_batch_size:
+            report.errors.append(CheckError(
+                kind="limit", node_id=node_id, class_type=class_type, input="batch_size",
+                message=f"batch_size {batch} is bigger than comfyd's service limit {settings.max_batch_size}"))
 
 
 def _compute_bytes(settings: Any) -> int | None:
