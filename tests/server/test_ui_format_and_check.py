@@ -24,7 +24,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ui_default(models: Path) -> dict[str, Any]:
-    """ComfyUI's default template (UI format) on the tiny checkpoint, 64x48, 2 steps."""
+    """The default graph in UI format (templates/default.json) on the tiny checkpoint, 64x48, 2 steps."""
     ui = json.loads(TEMPLATE.read_text())
     tiny = next((models / "checkpoints").glob("*.safetensors")).name
     for node in ui["nodes"]:

@@ -1,4 +1,4 @@
-"""Real templates (default graph, a subgraph template) and workflows embedded in images."""
+"""comfyd's UI templates (default graph, a subgraph graph; make_templates.py) and workflows embedded in images."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from comfyd.runner import default_workflow
 from comfyd.workflow_formats import ui_to_api
 from comfyd.workflow_formats.embedded import read_embedded, workflow_from_image
 from comfyd.workflow_formats.source import load_workflow_source
+from tests.workflow_formats.make_templates import build_templates, render
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 REFERENCE_PNG = HERE.parent / "fidelity" / "references" / "cfg_1_euler.png"
+
+
+def test_templates_are_the_generators_output() -> None:
+    """The stored files are what make_templates.py writes (rerun it after changing it)."""
+    for name, workflow in build_templates().items():
+        assert (TEMPLATES / name).read_text() == render(workflow), f"{name} is stale: run make_templates.py"
 
 
 def test_default_template_converts_to_comfyuis_default_prompt() -> None:
@@ -28,10 +35,11 @@ def test_default_template_converts_to_comfyuis_default_prompt() -> None:
 
 
 def test_subgraph_template_expands_and_lists_its_model_downloads() -> None:
-    workflow = json.loads((TEMPLATES / "image_flux.1_fill_dev_OneReward.json").read_text())
+    workflow = json.loads((TEMPLATES / "flux_fill_subgraph.json").read_text())
     conversion = ui_to_api(workflow)
     prompt = conversion.prompt
-    # Subgraph "Grow and Blur Mask" is node 48; its widgets (expand 0, blur_radius 31) reach the inner nodes.
+    # Subgraph "Grow and Blur Mask" is node 48; its widgets (expand 0, blur_radius 31) reach the
+    # inner nodes, over the values those store themselves (6 and 9).
     assert prompt["48:199"] == {"inputs": {"expand": 0, "tapered_corners": True, "mask": ["17", 1]},
                                 "class_type": "GrowMask", "_meta": {"title": "GrowMask"}}
     assert prompt["48:252"]["inputs"] == {"blur_radius": 31, "sigma": 1, "image": ["48:251", 0]}
@@ -39,6 +47,10 @@ def test_subgraph_template_expands_and_lists_its_model_downloads() -> None:
     names = {m["name"]: m["directory"] for m in conversion.model_links}
     assert names["ae.safetensors"] == "vae"
     assert all(m["url"].startswith("https://huggingface.co/") for m in conversion.model_links)
+    # The bypassed LoRA hands the model through; the bypassed outpainting branch is left out.
+    assert prompt["39"]["inputs"]["model"] == ["31", 0]
+    bypassed = {str(n["id"]) for n in workflow["nodes"] if n["mode"] == 4}
+    assert bypassed and not bypassed & set(prompt) and conversion.unknown_nodes == []
 
 
 def _png_with_chunks(path: Path, chunks: dict[str, str]) -> None:

@@ -223,13 +223,13 @@ def test_malformed_ui_workflows_are_parse_errors(workflow: dict[str, Any]) -> No
 
 
 def test_mangled_real_workflows_never_crash() -> None:
-    """Random damage to real UI files (group node and subgraph ones) gives a parse error or a
-    prompt, never another exception."""
+    """Random damage to UI files (a group-node one ComfyUI saved, comfyd's subgraph template)
+    gives a parse error or a prompt, never another exception."""
     import random
 
     rng = random.Random(7)
     sources = [load("sdxl_edit_model")["workflow"],
-               json.loads((Path(__file__).parent / "templates" / "image_flux.1_fill_dev_OneReward.json").read_text())]
+               json.loads((Path(__file__).parent / "templates" / "flux_fill_subgraph.json").read_text())]
     junk: list[Any] = [None, 1, -1, "x", [], {}, [1], {"a": 1}, True, [None] * 6]
 
     def mutate(obj: Any) -> None:
