@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from comfyd.engine.jobs import JobManager
 from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
+from comfyd.http.jsonsafe import SafeJSONResponse
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
 from comfyd.http.ratelimit import RateLimiter
@@ -86,7 +87,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     app = FastAPI(
         title="comfyd", version=__version__, lifespan=lifespan,
         # The interactive docs would be unauthenticated: off.
-        docs_url=None, redoc_url=None, openapi_url=None,
+        docs_url=None, redoc_url=None, openapi_url=None, default_response_class=SafeJSONResponse,
     )
     app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
     app.state.comfyd = state

@@ -13,6 +13,7 @@ shapes, so a ComfyUI client shows comfyd's 400s as it shows ComfyUI's. Differenc
 
 from __future__ import annotations
 
+import math
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,8 @@ SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale"})
 @dataclass(frozen=True)
 class ServiceLimits:
     max_nodes: int = 100
+    # Characters per STRING literal: a long prompt holds a worker in a step that cannot stop.
+    max_text_chars: int = 100_000
     input_limits: tuple[InputLimit, ...] = (
         InputLimit("width", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
         InputLimit("height", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
@@ -72,6 +75,7 @@ class ServiceLimits:
         multiple = getattr(settings, "image_side_multiple", 8)
         return cls(
             max_nodes=getattr(settings, "max_workflow_nodes", default.max_nodes),
+            max_text_chars=getattr(settings, "max_text_chars", default.max_text_chars),
             input_limits=(
                 InputLimit("width", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
                 InputLimit("height", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
@@ -349,6 +353,9 @@ class _InputChecker:
                 received_value=raw,
                 exception_message=str(exc),
             ), None
+        error = self._representable(spec, value, raw)
+        if error is not None:
+            return error, None
         # ComfyUI skips these checks for inputs its VALIDATE_INPUTS takes (see _custom_errors).
         if spec.validator is None:
             error = self._declared_checks(spec, value)
@@ -369,6 +376,29 @@ class _InputChecker:
                         spec, value, "value_not_multiple_of", f"is not a multiple of {limit.multiple_of}"
                     ), None
         return None, value
+
+    def _representable(self, spec: InputSpec, value: Any, raw: Any) -> dict[str, Any] | None:
+        """comfyd's checks on any literal: finite numbers, valid Unicode, bounded text.
+
+        ComfyUI lets NaN through (every comparison with it is false) and renders black images;
+        a lone surrogate cannot be encoded, stored or shown. Both are refused here, before a job
+        exists, with ComfyUI's error shape.
+        """
+        name = spec.name
+        if isinstance(value, float) and not math.isfinite(value):
+            return _error("invalid_input_type", f"Input must be a finite number, got {value}",
+                          f"{name}, {value} is not finite", name, input_config=self._config(spec),
+                          received_value=str(value))
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                return _error("invalid_input_type", "Input is not valid Unicode text (it holds a lone surrogate)",
+                              f"{name}, lone UTF-16 surrogate", name, input_config=self._config(spec))
+            limit = self.limits.max_text_chars
+            if spec.type == "STRING" and len(value) > limit:
+                return _error("value_bigger_than_max",
+                              f"Text of {len(value)} characters is longer than max of {limit} (comfyd service limit)",
+                              name, name, input_config=self._config(spec), received_length=len(value))
+        return None
 
     def _declared_checks(self, spec: InputSpec, value: Any) -> dict[str, Any] | None:
         """The declaration's own limits: INT/FLOAT min and max, COMBO choices."""
@@ -430,6 +460,14 @@ class _InputChecker:
             input_config=self._config(spec),
             received_value=value,
         )
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def types_compatible(received: str, expected: str) -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
 
 log = logging.getLogger("comfyd.http")
 

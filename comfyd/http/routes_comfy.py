@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from comfyd.engine.interfaces import JobStatus
+from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.engine.job_views import history_entry, in_history, queue_entry
 from comfyd.engine.jobs import SubmitResult
 from comfyd.http.errors import ApiError, bad_request, not_found
+from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
+from comfyd.http.jsonsafe import render_robustly
 from comfyd.http.state import AppState, get_state, json_object
 from comfyd.safepath import UnsafePathError, safe_filename, safe_join
 
@@ -85,9 +87,23 @@ def _queue_view(state: AppState) -> dict[str, Any]:
     pending.sort(key=lambda j: (-j.priority, j.number))
     running.sort(key=lambda j: j.number)
     return {
-        "queue_running": [queue_entry(j, state.output_nodes(j)) for j in running],
-        "queue_pending": [queue_entry(j, state.output_nodes(j)) for j in pending],
+        "queue_running": [_queue_item(state, j) for j in running],
+        "queue_pending": [_queue_item(state, j) for j in pending],
     }
+
+
+def _queue_item(state: AppState, job: JobRecord) -> list[Any]:
+    return render_robustly(job, lambda j: queue_entry(j, state.output_nodes(j)),
+                           lambda j: [j.number, j.id, {}, {}, []])
+
+
+def _history_item(state: AppState, job: JobRecord) -> dict[str, Any]:
+    """A history entry that a malformed stored record cannot turn into a 500."""
+    def minimal(j: JobRecord) -> dict[str, Any]:
+        return {"prompt": [j.number, j.id, {}, {}, []], "outputs": {},
+                "status": {"status_str": "error", "completed": False, "messages": []}, "meta": {}}
+
+    return render_robustly(job, lambda j: history_entry(j, state.output_nodes(j)), minimal)
 
 
 @router.get("/queue")
@@ -158,7 +174,7 @@ def _history(state: AppState, max_items: int | None, offset: int) -> dict[str, A
     if max_items is not None:
         jobs = jobs[:max_items]
     jobs.reverse()  # ComfyUI lists history oldest first
-    return {j.id: history_entry(j, state.output_nodes(j)) for j in jobs}
+    return {j.id: _history_item(state, j) for j in jobs}
 
 
 @router.get("/history")
@@ -176,7 +192,7 @@ async def get_history_item(request: Request, prompt_id: str) -> dict[str, Any]:
     job = await run_in_threadpool(state.services.job_store.get, prompt_id)
     if job is None or not in_history(job):
         return {}  # ComfyUI: an unknown (or unfinished) prompt has no history yet
-    return {job.id: history_entry(job, state.output_nodes(job))}
+    return {job.id: _history_item(state, job)}
 
 
 @router.post("/history")

@@ -28,6 +28,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.schema import Combo, Link, Node, NodeOutput, NodeSchema, OutputSpec, String, register_node
+from comfyd.nodes.image.output_names import owner_key, reserve_name, write_atomically
 from comfyd.safepath import UnsafePathError, safe_join
 
 # ComfyUI's compression levels: 4 for saved images, 1 for previews and websocket frames.
@@ -206,8 +207,13 @@ def save_images(
     compress_level: int,
     prompt: dict[str, Any] | None,
     extra_pnginfo: dict[str, Any] | None,
+    owner: tuple[str, str] | None = None,
 ) -> list[dict[str, str]]:
-    """Write each image of the batch as a PNG under `base_dir`; returns ComfyUI's UI entries."""
+    """Write each image of the batch as a PNG under `base_dir`; returns ComfyUI's UI entries.
+
+    `owner` = (job id, node id): names are reserved per (job, node, batch index), so running the
+    same job again (a retry after a crash) writes the same files (comfyd.nodes.image.output_names).
+    """
     images = _check_images(images)
     height, width = images.shape[1], images.shape[2]
     target = save_target(base_dir, expand_prefix_tokens(filename_prefix, width, height))
@@ -218,9 +224,27 @@ def save_images(
         stem = target.stem.replace("%batch_num%", str(batch_number))
         data = encode_png(image, compress_level, metadata)
         start = max(counter + 1, next_counter(target.folder, stem))
-        name, counter = write_exclusive(target.folder, stem, start, data)
+        if owner is None:
+            name, counter = write_exclusive(target.folder, stem, start, data)
+        else:
+            name = reserve_name(target.folder, stem, owner_key(*owner, batch_number), start)
+            write_atomically(target.folder / name, data)
+            counter = max(counter, int(name[len(stem) + 1:].split("_", 1)[0]))
         results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
     return results
+
+
+def check_filename_prefix(env: NodeEnvironment | None, prefix: Any) -> str | None:
+    """SaveImage's validation of `filename_prefix`: refuse, before the job runs, a prefix that
+    would save outside the output folder (the node checks again when it runs)."""
+    if not isinstance(prefix, str):
+        return f"filename_prefix must be text, got {type(prefix).__name__}"
+    base = env.output_dir if env is not None else Path("output")
+    try:
+        save_target(base, expand_prefix_tokens(prefix, 1, 1))
+    except UnsafePathError as exc:
+        return f"filename_prefix {prefix[:100]!r} would save outside the output folder ({exc.reason})"
+    return None
 
 
 def _prompt_for_metadata(ctx: NodeContext, prompt: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -240,6 +264,7 @@ class SaveImage(Node):
             String(
                 "filename_prefix",
                 default="ComfyUI",
+                validator=check_filename_prefix,
                 tooltip="File name stem, optionally with subfolders ('portraits/fox') and tokens such as "
                 "%date:yyyy-MM-dd%, %width% or %height%.",
             ),
@@ -268,6 +293,7 @@ class SaveImage(Node):
             SAVE_COMPRESS_LEVEL,
             _prompt_for_metadata(ctx, prompt),
             _extra_for_metadata(ctx, extra_pnginfo),
+            owner=(ctx.job_id, ctx.node_id),
         )
         return NodeOutput(values=(), ui={"images": results})
 

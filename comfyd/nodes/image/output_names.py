@@ -1,0 +1,109 @@
+"""Output file names that a re-run of the same job reuses.
+
+SaveImage names files ComfyUI's way, `{stem}_{counter:05}_.png` with the counter after the
+highest one in the folder. A job re-run after a crash (kill -9 after the PNG was written, before
+success was recorded) would pick the next counter and leave two files, history naming only the
+second. So each name is *reserved* for (job, node, batch index) in a small ledger in the folder
+(`.comfyd-names.json`) before the file is written, and a re-run of the job finds its reservation
+and overwrites the same file. Object-store keys derive from these names, so they repeat too.
+
+The ledger is read and written under an exclusive `flock` on `.comfyd-names.lock`, so processes
+and threads sharing the folder never hand out one name twice; names in the ledger count as
+taken even before their file exists. Entries older than `LEDGER_TTL_S` are dropped (a job is not
+re-run that late; its file, if written, keeps its counter taken).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LEDGER_NAME = ".comfyd-names.json"
+LOCK_NAME = ".comfyd-names.lock"
+LEDGER_TTL_S = 7 * 24 * 3600
+_COUNTER_RE = re.compile(r"^[0-9]+$")
+
+
+def owner_key(job_id: str, node_id: str, index: int) -> str:
+    return f"{job_id}/{node_id}/{index}"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _read_ledger(folder: Path) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads((folder / LEDGER_NAME).read_text("utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_ledger(folder: Path, ledger: dict[str, dict[str, object]]) -> None:
+    """Atomically (tmp + fsync + rename): a kill -9 leaves the old ledger or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".comfyd-names-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(ledger, handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, folder / LEDGER_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _counter_of(name: str, stem: str) -> int | None:
+    lead = f"{stem}_"
+    if not name.startswith(lead):
+        return None
+    digits, sep, _tail = name[len(lead):].partition("_")
+    return int(digits) if sep and _COUNTER_RE.match(digits) else None
+
+
+def reserve_name(folder: Path, stem: str, owner: str, start: int) -> str:
+    """The file name for `owner` (see `owner_key`): its earlier reservation, or a new name
+    `{stem}_{n:05}_.png` with n >= start that neither a file nor a reservation holds."""
+    with _locked(folder):
+        ledger = _read_ledger(folder)
+        now = time.time()
+        ledger = {n: e for n, e in ledger.items()
+                  if isinstance(e, dict) and now - float(e.get("at", 0) or 0) < LEDGER_TTL_S}
+        for name, entry in ledger.items():
+            if entry.get("owner") == owner and _counter_of(name, stem) is not None:
+                return name
+        taken = {c for c in (_counter_of(n, stem) for n in ledger) if c is not None}
+        counter = start
+        while counter in taken or (folder / f"{stem}_{counter:05}_.png").exists():
+            counter += 1
+        name = f"{stem}_{counter:05}_.png"
+        ledger[name] = {"owner": owner, "at": now}
+        _write_ledger(folder, ledger)
+        return name
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".comfyd-save-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
