@@ -32,6 +32,7 @@ from comfyd.http.errors import install_error_handlers
 from comfyd.http.jsonsafe import SafeJSONResponse
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
+from comfyd.http.origin_guard import OriginGuardMiddleware
 from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
@@ -99,6 +100,9 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
             allow_headers=["*"], allow_credentials=False,
         )
+    if not state.keys.enabled:  # the keys are the guard otherwise
+        app.add_middleware(OriginGuardMiddleware, cors_origins=settings.cors_origins,
+                           allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes

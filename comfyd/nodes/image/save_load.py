@@ -424,37 +424,56 @@ def _frame_mask(frame: Image.Image) -> torch.Tensor:
     return 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
 
 
-def load_image_file(path: Path, max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_image_file(
+    path: Path, max_pixels: int | None = None, max_frame_pixels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE [F, H, W, 3] and MASK [F, H, W] from an image file, as ComfyUI's LoadImage reads it.
 
     EXIF orientation is applied; 32-bit integer images ('I') are scaled by 1/255 first; frames of
     an animation become a batch, skipping frames whose size differs from the first.
+
+    Bounds, checked before any frame is decoded: `max_pixels` per frame, `max_frame_pixels` for
+    frames x pixels (a few KB of GIF can declare hundreds of 4096x4096 frames). Frames are then
+    decoded one at a time into one preallocated batch.
     """
     with Image.open(path) as img:
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ValueError(
                 f"image {path.name} is {img.width}x{img.height}, more than the {max_pixels} pixels allowed"
             )
-        images: list[torch.Tensor] = []
+        frame_count = max(1, int(getattr(img, "n_frames", 1) or 1))
+        if img.format in _SINGLE_FRAME_FORMATS:
+            frame_count = 1
+        if max_frame_pixels is not None and frame_count * img.width * img.height > max_frame_pixels:
+            raise ValueError(
+                f"image {path.name} has {frame_count} frames of {img.width}x{img.height}, more than the "
+                f"{max_frame_pixels} pixels allowed over all frames"
+            )
+        images: torch.Tensor | None = None
         masks: list[torch.Tensor] = []
         size: tuple[int, int] | None = None
+        count = 0
         for raw_frame in ImageSequence.Iterator(img):
+            if count >= frame_count:
+                break
             frame = ImageOps.exif_transpose(raw_frame)
             if frame.mode == "I":
                 frame = frame.point(lambda value: value * (1 / 255))
             rgb = frame.convert("RGB")
             if size is None:
                 size = rgb.size
+                images = torch.empty((frame_count, size[1], size[0], 3), dtype=torch.float32)
             elif rgb.size != size:
                 continue
-            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None])
+            assert images is not None
+            images[count] = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
             masks.append(_frame_mask(frame)[None])
-        batch = len(images) > 1 and img.format not in _SINGLE_FRAME_FORMATS
-    if not images:
+            count += 1
+    if images is None or count == 0:
         raise ValueError(f"image {path.name} has no frames")
-    if batch:
-        return torch.cat(images, dim=0), torch.cat(masks, dim=0)
-    return images[0], masks[0]
+    if count > 1:
+        return images[:count], torch.cat(masks, dim=0)
+    return images[:1], masks[0]
 
 
 def _file_digest(path: Path) -> str:
@@ -488,4 +507,6 @@ class LoadImage(Node):
         path = resolve_image_path(ctx.env, image)
         if not path.is_file():
             raise FileNotFoundError(f"Invalid image file: {image} (no such file in {path.parent})")
-        return load_image_file(path, max_pixels=ctx.env.settings.max_image_pixels)
+        settings = ctx.env.settings
+        return load_image_file(path, max_pixels=settings.max_image_pixels,
+                               max_frame_pixels=getattr(settings, "max_image_frame_pixels", None))
