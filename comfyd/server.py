@@ -57,7 +57,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     services = services if services is not None else build_services(settings)
     run_workers = settings.queue == "local" if workers is None else workers
     manager = JobManager(settings, services, services.executor_factory, services.queue, workers=run_workers)
-    hub = WebSocketHub()
+    hub = WebSocketHub(settings.ws_max_backlog_bytes, settings.max_ws_connections)
     state = AppState(
         settings=settings,
         services=services,
@@ -65,6 +65,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
         hub=hub,
         keys=ApiKeys(settings.api_keys),
         limiter=RateLimiter(settings.rate_limit_per_minute),
+        auth_failures=RateLimiter(settings.auth_failures_per_minute),
         owns_services=owns_services,
     )
     manager.add_listener(state.on_job_event)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ class JobControl:
         self.reason: str | None = None
         self.held = threading.Event()
         self._lock = threading.Lock()
+        # Called once a hard timeout has ended the job in the store while its thread is still
+        # stuck in it: the scheduler gives the slot to a new thread (JobManager).
+        self.on_abandon: Callable[[], None] | None = None
 
     def stop(self, reason: str) -> bool:
         """Pull the switch; the first reason wins. False if it was already pulled."""
@@ -71,16 +75,69 @@ class JobOutcome:
     record: JobRecord | None = None
 
 
-@dataclass
-class _TimeoutTimer:
-    """Soft then hard wall-time budget for one job."""
+class _Budget:
+    """Soft then hard wall-time budget for one job, paused while the job loads a model.
 
-    soft: threading.Timer
-    hard: threading.Timer
+    The soft deadline interrupts the job; the hard one (a grace period later) ends it in the
+    store even if it hangs. Time spent loading a model does not count: loading is shared, and
+    the first job after a start would otherwise time out on a cold model.
+    """
+
+    def __init__(self, budget_s: float, grace_s: float, soft: Callable[[], None], hard: Callable[[], None],
+                 name: str) -> None:
+        self._lock = threading.Lock()
+        self._deadlines = {"soft": budget_s, "hard": budget_s + grace_s}  # seconds left
+        self._actions = {"soft": soft, "hard": hard}
+        self._timers: dict[str, threading.Timer] = {}
+        self._armed_at = 0.0
+        self._paused = 0
+        self._done = False
+        self._name = name
+        self._arm()
+
+    def _arm(self) -> None:
+        self._armed_at = time.monotonic()
+        for key, left in self._deadlines.items():
+            timer = threading.Timer(max(0.0, left), self._fire, args=(key,))
+            timer.daemon = True
+            timer.name = self._name
+            self._timers[key] = timer
+            timer.start()
+
+    def _fire(self, key: str) -> None:
+        with self._lock:
+            if self._done or self._paused or key not in self._deadlines:
+                return
+            del self._deadlines[key]
+        self._actions[key]()
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused += 1
+            if self._paused > 1 or self._done:
+                return
+            spent = time.monotonic() - self._armed_at
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
+            for key in self._deadlines:
+                self._deadlines[key] = max(0.0, self._deadlines[key] - spent)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = max(0, self._paused - 1)
+            if self._paused or self._done:
+                return
+            self._arm()
+
+    def loading(self, active: bool) -> None:
+        self.pause() if active else self.resume()
 
     def cancel(self) -> None:
-        self.soft.cancel()
-        self.hard.cancel()
+        with self._lock:
+            self._done = True
+            for timer in self._timers.values():
+                timer.cancel()
 
 
 def hard_timeout_grace_s(timeout_s: float) -> float:
@@ -153,6 +210,7 @@ def _run_claimed(
 
     recorder = EventRecorder(job, listener, backends)
     timer = _start_timeout(job, control, settings, backends, recorder, worker_id)
+    recorder.on_loading = timer.loading
     try:
         result, exception = _execute(job, runtime, recorder, control)
     finally:
@@ -350,7 +408,7 @@ def _job_error(error: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 def _start_timeout(
     job: JobRecord, control: JobControl, settings: Settings, backends: JobBackends, recorder: EventRecorder,
     holder: str | None,
-) -> _TimeoutTimer:
+) -> _Budget:
     """Soft budget: interrupt the job. Hard budget: end it in the store even if it hangs."""
     budget = settings.job_timeout_s
 
@@ -368,16 +426,12 @@ def _start_timeout(
         )
         if written:
             log.error("job %s: did not stop within the grace period; marked timed_out", job.id)
+            if control.on_abandon is not None:  # its slot is free as its status says: replace the thread
+                control.on_abandon()
             final = backends.job_store.get(job.id)
             if final is not None:
                 record_metrics(backends.metrics, final, {})
                 publish(backends, "job.completed", final)
                 recorder.announce_end(final, error)
 
-    soft_timer = threading.Timer(budget, soft)
-    hard_timer = threading.Timer(budget + hard_timeout_grace_s(budget), hard)
-    for t in (soft_timer, hard_timer):
-        t.daemon = True
-        t.name = f"comfyd-timeout-{job.id[:8]}"
-        t.start()
-    return _TimeoutTimer(soft_timer, hard_timer)
+    return _Budget(budget, hard_timeout_grace_s(budget), soft, hard, f"comfyd-timeout-{job.id[:8]}")

@@ -93,6 +93,18 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return details
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router names only the first route's)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -114,9 +126,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if status == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
+        headers = dict(exc.headers or {})
         if status == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        error = ApiError(status, STATUS_TYPES.get(status, "HTTPError"), message, headers=dict(exc.headers or {}))
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        error = ApiError(status, STATUS_TYPES.get(status, "HTTPError"), message, headers=headers)
         return error.response()
 
     @app.exception_handler(Exception)

@@ -39,7 +39,7 @@ def require_key(request: Request) -> str:
     """Dependency: the caller's identity; 401/403 when keys are configured and not presented."""
     state = get_state(request)
     host = request.client.host if request.client else "unknown"
-    return state.keys.principal(request.headers, host)
+    return state.authenticate(request.headers, host)
 
 
 router = APIRouter(dependencies=[Depends(require_key)])
@@ -149,8 +149,9 @@ async def post_interrupt(request: Request) -> Response:
 
 
 @router.post("/free")
-async def post_free(request: Request) -> Response:
+async def post_free(request: Request, principal: str = Depends(require_key)) -> Response:
     state = get_state(request)
+    state.check_rate(principal)  # unloading models makes the next jobs reload them: not free
     body = await json_object(request, required=False)
     for key in ("unload_models", "free_memory"):
         if key in body and not isinstance(body[key], bool):
@@ -538,7 +539,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.comfyd
     host = websocket.client.host if websocket.client else "unknown"
     try:
-        state.keys.principal(websocket.headers, host, websocket.query_params)
+        state.authenticate(websocket.headers, host, websocket.query_params)
     except ApiError as err:
         await _deny(websocket, err)
         return
@@ -546,6 +547,18 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if client_id is not None and len(client_id) > 256:
         await _deny(websocket, bad_request("clientId is longer than 256 characters"))
         return
+    if not state.hub.try_admit():
+        await _deny(websocket, ApiError(503, "ServiceUnavailable", f"too many websocket connections "
+                                        f"(limit {state.hub.max_connections}); retry later",
+                                        headers={"Retry-After": "5"}))
+        return
+    try:
+        await _serve_socket(websocket, state, client_id)
+    finally:
+        state.hub.release()
+
+
+async def _serve_socket(websocket: WebSocket, state: AppState, client_id: str | None) -> None:
     await websocket.accept()
     hello: list[tuple[str, dict[str, Any]]] = [
         ("status", {"status": {"exec_info": {"queue_remaining": state.manager.queue_remaining()}}})

@@ -46,6 +46,7 @@ class AppState:
     keys: ApiKeys
     limiter: RateLimiter
     owns_services: bool = True
+    auth_failures: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     started_at: float = field(default_factory=time.time)
 
     # ---- runtime ---------------------------------------------------------------------------
@@ -84,6 +85,22 @@ class AppState:
         self.hub.send_json(client_id, event, data)
 
     # ---- submission ------------------------------------------------------------------------
+
+    def authenticate(self, headers: Any, client_host: str, query: Any = None) -> str:
+        """The caller's principal (ApiKeys.principal), with failed attempts throttled per client
+        address: past `auth_failures_per_minute` failures, 429 until the bucket refills."""
+        if not self.keys.enabled:
+            return self.keys.principal(headers, client_host, query)
+        caller = f"addr:{client_host}"
+        wait = self.auth_failures.blocked(caller)
+        if wait is not None:
+            raise ApiError(429, "RateLimit", "too many failed authentications from this address; retry later",
+                           headers={"Retry-After": retry_after_header(wait)})
+        try:
+            return self.keys.principal(headers, client_host, query)
+        except ApiError:
+            self.auth_failures.acquire(caller)
+            raise
 
     def check_rate(self, principal: str) -> None:
         wait = self.limiter.acquire(principal)
