@@ -276,7 +276,7 @@ class JobManager:
         depth = self.queue.depth() if depth is None else depth
         rate = self.drain_rate()
         if rate is None:
-            estimate = depth / max(1, self.settings.max_concurrent_jobs) + 1
+            estimate = depth // max(1, self.settings.max_concurrent_jobs) + 1
         else:
             estimate = depth / rate
         return max(1, min(300, math.ceil(estimate)))
