@@ -486,3 +486,17 @@ def test_images_in_websocket_and_png_bytes_helpers_are_sane() -> None:
     with Image.open(io.BytesIO(gif_bomb())) as img:
         assert img.size == (4096, 4096) and img.n_frames == 200
     assert os.path.basename(__file__).startswith("test_")
+
+
+# ---- the whole probe ---------------------------------------------------------------------------------------
+
+
+def test_the_reproduction_probe_finds_no_5xx_and_no_poisoned_route(server) -> None:
+    from hostile_probe import probe
+
+    report = probe(server.url)
+    assert report.attacks >= 30
+    assert report.server_errors == [] and report.poisoned == []
+    with server.client() as http:
+        good = http.post("/prompt", json={"prompt": sleep_workflow()}).json()["prompt_id"]
+    assert server.wait_job(good).status is JobStatus.SUCCEEDED
