@@ -29,6 +29,16 @@ from comfyd.engine.jobs import SubmitResult
 from comfyd.http.errors import ApiError, bad_request, not_found
 from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
 from comfyd.http.jsonsafe import render_robustly
+from comfyd.http.request_models import (
+    ERROR_RESPONSES,
+    FreeBody,
+    InterruptBody,
+    PromptBody,
+    QueueBody,
+    UploadForm,
+    json_body,
+    multipart_body,
+)
 from comfyd.http.state import AppState, get_state, json_object
 from comfyd.safepath import UnsafePathError, safe_filename, safe_join
 
@@ -42,7 +52,7 @@ def require_key(request: Request) -> str:
     return state.authenticate(request.headers, host)
 
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
 
 def _file_dir(state: AppState, file_type: str) -> Path:
@@ -59,7 +69,7 @@ def _unsafe(exc: UnsafePathError, where: str) -> ApiError:
 # ---- prompts and queue ----------------------------------------------------------------------
 
 
-@router.post("/prompt")
+@router.post("/prompt", openapi_extra=json_body(PromptBody))
 async def post_prompt(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     state = get_state(request)
     state.check_rate(principal)
@@ -118,7 +128,7 @@ def _id_list(body: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-@router.post("/queue")
+@router.post("/queue", response_class=Response, openapi_extra=json_body(QueueBody))
 async def post_queue(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request)
@@ -137,7 +147,7 @@ async def post_queue(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/interrupt")
+@router.post("/interrupt", response_class=Response, openapi_extra=json_body(InterruptBody, required=False))
 async def post_interrupt(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request, required=False)
@@ -148,7 +158,7 @@ async def post_interrupt(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/free")
+@router.post("/free", response_class=Response, openapi_extra=json_body(FreeBody, required=False))
 async def post_free(request: Request, principal: str = Depends(require_key)) -> Response:
     state = get_state(request)
     state.check_rate(principal)  # unloading models makes the next jobs reload them: not free
@@ -196,7 +206,7 @@ async def get_history_item(request: Request, prompt_id: str) -> dict[str, Any]:
     return {job.id: _history_item(state, job)}
 
 
-@router.post("/history")
+@router.post("/history", response_class=Response, openapi_extra=json_body(QueueBody))
 async def post_history(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request)
@@ -340,7 +350,7 @@ async def _read_upload(request: Request, state: AppState) -> _Upload:
     return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
 
 
-@router.post("/upload/image")
+@router.post("/upload/image", openapi_extra=multipart_body(UploadForm))
 async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
     state = get_state(request)
     state.check_rate(principal)
@@ -400,7 +410,7 @@ def _apply_mask(original: Path, mask_data: bytes) -> bytes:
         return out.getvalue()
 
 
-@router.post("/upload/mask")
+@router.post("/upload/mask", openapi_extra=multipart_body(UploadForm))
 async def upload_mask(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
     """ComfyUI's mask editor: store the original image with the uploaded mask's alpha."""
     state = get_state(request)

@@ -27,6 +27,7 @@ from comfyd.engine.job_views import COG_STATUS, prediction_view
 from comfyd.http.errors import ApiError, bad_request, not_found, validation_details
 from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
 from comfyd.http.jsonsafe import render_robustly
+from comfyd.http.request_models import ERROR_RESPONSES, json_body
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import (
     WEBHOOK_EVENTS,
@@ -38,7 +39,7 @@ from comfyd.http.state import (
     request_digest,
 )
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 public_router = APIRouter()  # no key: load balancers and container health checks
 
 SEED_INPUTS = ("seed", "noise_seed")
@@ -249,12 +250,12 @@ def _new_id() -> str:
     return secrets.token_hex(13)  # Cog-style opaque id
 
 
-@router.post("/predictions")
+@router.post("/predictions", openapi_extra=json_body(PredictionRequest))
 async def post_prediction(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     return await _create_prediction(request, principal, None)
 
 
-@router.put("/predictions/{prediction_id}")
+@router.put("/predictions/{prediction_id}", openapi_extra=json_body(PredictionRequest))
 async def put_prediction(prediction_id: str, request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     return await _create_prediction(request, principal, prediction_id)
 
@@ -354,7 +355,7 @@ def _checkpoints(state: AppState) -> list[str]:
     return list(models.list_files("checkpoints")) if models is not None else []
 
 
-@router.post("/v1/generate")
+@router.post("/v1/generate", openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     state = get_state(request)
     state.check_rate(principal)
@@ -464,7 +465,7 @@ async def health_check(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(health, get_state(request))
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     state = get_state(request)
 
