@@ -163,6 +163,17 @@ def test_blank_or_malformed_api_keys_refuse_to_start(keys: str, monkeypatch: pyt
         Settings(host="0.0.0.0")
 
 
+def test_serve_with_a_blank_key_exits_with_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "COMFYD_API_KEYS": '[" "]', "COMFYD_CONFIG": os.devnull,
+           "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-m", "comfyd", "serve", "--host", "0.0.0.0", "--port", "1"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "api_keys[0] is blank" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_only_real_keys_satisfy_the_bind_check() -> None:
     settings = Settings(api_keys=" a-key ,", host="0.0.0.0")
     assert settings.api_keys == ["a-key"]
