@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.engine.errors import RetryableError, is_retryable
 from comfyd.engine.interfaces import JobRecord, JobStatus, JobStore
+from comfyd.engine.job_budget import JobBudget
 from comfyd.engine.job_events import EventRecorder, publish, record_metrics
 from comfyd.engine.job_outputs import store_outputs
 from comfyd.engine.job_runtime import EventListener, JobBackends, JobRuntime
@@ -73,71 +74,6 @@ class JobOutcome:
     retry_delay_s: float | None = None
     skipped: bool = False
     record: JobRecord | None = None
-
-
-class _Budget:
-    """Soft then hard wall-time budget for one job, paused while the job loads a model.
-
-    The soft deadline interrupts the job; the hard one (a grace period later) ends it in the
-    store even if it hangs. Time spent loading a model does not count: loading is shared, and
-    the first job after a start would otherwise time out on a cold model.
-    """
-
-    def __init__(self, budget_s: float, grace_s: float, soft: Callable[[], None], hard: Callable[[], None],
-                 name: str) -> None:
-        self._lock = threading.Lock()
-        self._deadlines = {"soft": budget_s, "hard": budget_s + grace_s}  # seconds left
-        self._actions = {"soft": soft, "hard": hard}
-        self._timers: dict[str, threading.Timer] = {}
-        self._armed_at = 0.0
-        self._paused = 0
-        self._done = False
-        self._name = name
-        self._arm()
-
-    def _arm(self) -> None:
-        self._armed_at = time.monotonic()
-        for key, left in self._deadlines.items():
-            timer = threading.Timer(max(0.0, left), self._fire, args=(key,))
-            timer.daemon = True
-            timer.name = self._name
-            self._timers[key] = timer
-            timer.start()
-
-    def _fire(self, key: str) -> None:
-        with self._lock:
-            if self._done or self._paused or key not in self._deadlines:
-                return
-            del self._deadlines[key]
-        self._actions[key]()
-
-    def pause(self) -> None:
-        with self._lock:
-            self._paused += 1
-            if self._paused > 1 or self._done:
-                return
-            spent = time.monotonic() - self._armed_at
-            for timer in self._timers.values():
-                timer.cancel()
-            self._timers.clear()
-            for key in self._deadlines:
-                self._deadlines[key] = max(0.0, self._deadlines[key] - spent)
-
-    def resume(self) -> None:
-        with self._lock:
-            self._paused = max(0, self._paused - 1)
-            if self._paused or self._done:
-                return
-            self._arm()
-
-    def loading(self, active: bool) -> None:
-        self.pause() if active else self.resume()
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._done = True
-            for timer in self._timers.values():
-                timer.cancel()
 
 
 def hard_timeout_grace_s(timeout_s: float) -> float:
@@ -408,7 +344,7 @@ def _job_error(error: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 def _start_timeout(
     job: JobRecord, control: JobControl, settings: Settings, backends: JobBackends, recorder: EventRecorder,
     holder: str | None,
-) -> _Budget:
+) -> JobBudget:
     """Soft budget: interrupt the job. Hard budget: end it in the store even if it hangs."""
     budget = settings.job_timeout_s
 
@@ -434,4 +370,4 @@ def _start_timeout(
                 publish(backends, "job.completed", final)
                 recorder.announce_end(final, error)
 
-    return _Budget(budget, hard_timeout_grace_s(budget), soft, hard, f"comfyd-timeout-{job.id[:8]}")
+    return JobBudget(budget, hard_timeout_grace_s(budget), soft, hard, f"comfyd-timeout-{job.id[:8]}")

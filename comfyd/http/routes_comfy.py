@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from comfyd.http.request_models import (
     multipart_body,
 )
 from comfyd.http.state import AppState, get_state, json_object
+from comfyd.http.uploads import check_image, store_upload, unsafe_path_error
 from comfyd.safepath import UnsafePathError, safe_filename, safe_join
 
 FILE_TYPES = ("output", "input", "temp")
@@ -60,10 +60,6 @@ def _file_dir(state: AppState, file_type: str) -> Path:
         raise bad_request(f"type must be one of {', '.join(FILE_TYPES)}; got {file_type!r}", {"location": "type"})
     settings = state.settings
     return Path({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir}[file_type])
-
-
-def _unsafe(exc: UnsafePathError, where: str) -> ApiError:
-    return bad_request(f"{where}: {exc}", {"location": where, "reason": exc.reason})
 
 
 # ---- prompts and queue ----------------------------------------------------------------------
@@ -244,70 +240,11 @@ async def get_view(
     try:
         path = safe_join(base, subfolder, filename)
     except UnsafePathError as exc:
-        raise _unsafe(exc, "subfolder/filename") from None
+        raise unsafe_path_error(exc, "subfolder/filename") from None
     if not path.is_file():
         raise not_found(f"no {type} file {filename!r} in subfolder {subfolder!r}")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
-
-
-def _too_large(filename: str, message: str, details: dict[str, Any]) -> ApiError:
-    return ApiError(413, "ImageTooLarge", f"image {filename!r} {message}", details)
-
-
-def _check_image(data: bytes, max_pixels: int, filename: str, max_frame_pixels: int | None = None) -> None:
-    """413 ImageTooLarge past the pixel bounds (per frame, and frames x pixels), 400 if unreadable.
-    Only headers are read: nothing is decoded before the bounds are checked."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise _too_large(filename, f"is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-                                 {"width": width, "height": height, "max_pixels": max_pixels})
-            frames = max(1, int(getattr(img, "n_frames", 1) or 1))
-            if max_frame_pixels is not None and frames * width * height > max_frame_pixels:
-                raise _too_large(filename, f"has {frames} frames of {width}x{height}; the limit over all frames is "
-                                 f"{max_frame_pixels} pixels", {"width": width, "height": height, "frames": frames,
-                                                                "max_frame_pixels": max_frame_pixels})
-            img.seek(0)
-            img.verify()
-    except ApiError:
-        raise
-    except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours: still too large
-        raise _too_large(filename, f"is too large to decode ({exc})", {"max_pixels": max_pixels}) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise bad_request(f"'image' ({filename!r}) is not an image comfyd can read: {exc}",
-                          {"location": "image"}) from None
-
-
-def _store_upload(directory: Path, filename: str, data: bytes, overwrite: bool) -> str:
-    """Write the upload; without overwrite an existing different file gets "name (1).ext"."""
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        target = safe_join(directory, filename)
-        if target.is_symlink():  # existing or dangling: never write through (or over) a link
-            raise UnsafePathError(filename, "names a symbolic link in the folder")
-        if target.exists() and not overwrite:
-            stem, suffix = os.path.splitext(filename)
-            index = 0
-            while target.exists() or target.is_symlink():
-                if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
-                    return target.name  # the same image again: reuse it
-                index += 1
-                target = safe_join(directory, f"{stem} ({index}){suffix}")
-    except UnsafePathError as exc:
-        raise _unsafe(exc, "image filename") from None
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-", suffix=target.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target.name
 
 
 @dataclass
@@ -337,14 +274,14 @@ async def _read_upload(request: Request, state: AppState) -> _Upload:
         try:
             filename = safe_filename(image.filename or "")
         except UnsafePathError as exc:
-            raise _unsafe(exc, "image filename") from None
+            raise unsafe_path_error(exc, "image filename") from None
         data = await image.read()
     base = _file_dir(state, file_type)
     try:
         directory = safe_join(base, subfolder)
     except UnsafePathError as exc:
-        raise _unsafe(exc, "subfolder") from None
-    await run_in_threadpool(_check_image, data, state.settings.max_image_pixels, filename,
+        raise unsafe_path_error(exc, "subfolder") from None
+    await run_in_threadpool(check_image, data, state.settings.max_image_pixels, filename,
                             state.settings.max_image_frame_pixels)
     ref = original_ref if isinstance(original_ref, str) else None
     return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
@@ -355,7 +292,7 @@ async def upload_image(request: Request, principal: str = Depends(require_key)) 
     state = get_state(request)
     state.check_rate(principal)
     upload = await _read_upload(request, state)
-    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
+    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
@@ -382,7 +319,7 @@ def _original_path(state: AppState, original_ref: str | None) -> Path:
         directory = safe_join(_file_dir(state, file_type), str(ref.get("subfolder") or ""))
         path = safe_join(directory, safe_filename(filename))
     except UnsafePathError as exc:
-        raise _unsafe(exc, "original_ref") from None
+        raise unsafe_path_error(exc, "original_ref") from None
     if not path.is_file():
         raise not_found(f"original_ref: no image {filename!r} in the {file_type} folder")
     return path
@@ -418,7 +355,7 @@ async def upload_mask(request: Request, principal: str = Depends(require_key)) -
     upload = await _read_upload(request, state)
     original = _original_path(state, upload.original_ref)
     composed = await run_in_threadpool(_apply_mask, original, upload.data)
-    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, composed, upload.overwrite)
+    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, composed, upload.overwrite)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 

@@ -23,7 +23,12 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from comfyd.engine.context import NodeEnvironment
+from comfyd.safepath import UnsafePathError, safe_join
 
 LEDGER_NAME = ".comfyd-names.json"
 LOCK_NAME = ".comfyd-names.lock"
@@ -107,3 +112,78 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def expand_prefix_tokens(prefix: str, width: int, height: int, now: time.struct_time | None = None) -> str:
+    """ComfyUI's filename tokens: %width% %height% %year% %month% %day% %hour% %minute% %second%,
+    and the UI's %date:yyyy-MM-dd% style (yyyy yy MM M dd d hh h mm m ss s)."""
+    if "%" not in prefix:
+        return prefix
+    now = now or time.localtime()
+    values = {
+        "width": str(width),
+        "height": str(height),
+        "year": str(now.tm_year),
+        "month": f"{now.tm_mon:02}",
+        "day": f"{now.tm_mday:02}",
+        "hour": f"{now.tm_hour:02}",
+        "minute": f"{now.tm_min:02}",
+        "second": f"{now.tm_sec:02}",
+    }
+    for key, value in values.items():
+        prefix = prefix.replace(f"%{key}%", value)
+    date_parts = {
+        "yyyy": f"{now.tm_year:04}",
+        "yy": f"{now.tm_year % 100:02}",
+        "MM": f"{now.tm_mon:02}",
+        "M": str(now.tm_mon),
+        "dd": f"{now.tm_mday:02}",
+        "d": str(now.tm_mday),
+        "hh": f"{now.tm_hour:02}",
+        "h": str(now.tm_hour),
+        "mm": f"{now.tm_min:02}",
+        "m": str(now.tm_min),
+        "ss": f"{now.tm_sec:02}",
+        "s": str(now.tm_sec),
+    }
+    token = re.compile("|".join(sorted(date_parts, key=len, reverse=True)))
+    return re.sub(
+        r"%date:([^%]+)%", lambda m: token.sub(lambda t: date_parts[t.group(0)], m.group(1)), prefix
+    )
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """Where a prefix points: `folder` (absolute), `subfolder` ('/'-separated) and the file stem."""
+
+    folder: Path
+    subfolder: str
+    stem: str
+
+
+def save_target(base_dir: Path, filename_prefix: str) -> SaveTarget:
+    """Split "sub/dir/name" into subfolder and stem, refusing anything that leaves `base_dir`."""
+    try:
+        safe_join(base_dir, filename_prefix)
+    except UnsafePathError as exc:
+        raise UnsafePathError(
+            filename_prefix, f"filename_prefix would save outside the output folder ({exc.reason})"
+        ) from exc
+    components = [c for c in filename_prefix.split("/") if c not in ("", ".")]
+    stem = components[-1] if components else ""
+    subfolder = "/".join(components[:-1])
+    folder = safe_join(base_dir, subfolder)
+    return SaveTarget(folder=folder, subfolder=subfolder, stem=stem)
+
+
+def check_filename_prefix(env: NodeEnvironment | None, prefix: Any) -> str | None:
+    """SaveImage's validation of `filename_prefix`: refuse, before the job runs, a prefix that
+    would save outside the output folder (the node checks again when it runs)."""
+    if not isinstance(prefix, str):
+        return f"filename_prefix must be text, got {type(prefix).__name__}"
+    base = env.output_dir if env is not None else Path("output")
+    try:
+        save_target(base, expand_prefix_tokens(prefix, 1, 1))
+    except UnsafePathError as exc:
+        return f"filename_prefix {prefix[:100]!r} would save outside the output folder ({exc.reason})"
+    return None

@@ -15,9 +15,7 @@ import json
 import mimetypes
 import re
 import secrets
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.schema import Combo, Link, Node, NodeOutput, NodeSchema, OutputSpec, String, register_node
-from comfyd.nodes.image.output_names import owner_key, reserve_name, write_atomically
+from comfyd.nodes.image.output_names import (
+    check_filename_prefix,
+    expand_prefix_tokens,
+    owner_key,
+    reserve_name,
+    save_target,
+    write_atomically,
+)
 from comfyd.safepath import UnsafePathError, safe_join
 
 # ComfyUI's compression levels: 4 for saved images, 1 for previews and websocket frames.
@@ -88,68 +93,6 @@ def _check_images(images: Any) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Saving
-
-
-def expand_prefix_tokens(prefix: str, width: int, height: int, now: time.struct_time | None = None) -> str:
-    """ComfyUI's filename tokens: %width% %height% %year% %month% %day% %hour% %minute% %second%,
-    and the UI's %date:yyyy-MM-dd% style (yyyy yy MM M dd d hh h mm m ss s)."""
-    if "%" not in prefix:
-        return prefix
-    now = now or time.localtime()
-    values = {
-        "width": str(width),
-        "height": str(height),
-        "year": str(now.tm_year),
-        "month": f"{now.tm_mon:02}",
-        "day": f"{now.tm_mday:02}",
-        "hour": f"{now.tm_hour:02}",
-        "minute": f"{now.tm_min:02}",
-        "second": f"{now.tm_sec:02}",
-    }
-    for key, value in values.items():
-        prefix = prefix.replace(f"%{key}%", value)
-    date_parts = {
-        "yyyy": f"{now.tm_year:04}",
-        "yy": f"{now.tm_year % 100:02}",
-        "MM": f"{now.tm_mon:02}",
-        "M": str(now.tm_mon),
-        "dd": f"{now.tm_mday:02}",
-        "d": str(now.tm_mday),
-        "hh": f"{now.tm_hour:02}",
-        "h": str(now.tm_hour),
-        "mm": f"{now.tm_min:02}",
-        "m": str(now.tm_min),
-        "ss": f"{now.tm_sec:02}",
-        "s": str(now.tm_sec),
-    }
-    token = re.compile("|".join(sorted(date_parts, key=len, reverse=True)))
-    return re.sub(
-        r"%date:([^%]+)%", lambda m: token.sub(lambda t: date_parts[t.group(0)], m.group(1)), prefix
-    )
-
-
-@dataclass(frozen=True)
-class SaveTarget:
-    """Where a prefix points: `folder` (absolute), `subfolder` ('/'-separated) and the file stem."""
-
-    folder: Path
-    subfolder: str
-    stem: str
-
-
-def save_target(base_dir: Path, filename_prefix: str) -> SaveTarget:
-    """Split "sub/dir/name" into subfolder and stem, refusing anything that leaves `base_dir`."""
-    try:
-        safe_join(base_dir, filename_prefix)
-    except UnsafePathError as exc:
-        raise UnsafePathError(
-            filename_prefix, f"filename_prefix would save outside the output folder ({exc.reason})"
-        ) from exc
-    components = [c for c in filename_prefix.split("/") if c not in ("", ".")]
-    stem = components[-1] if components else ""
-    subfolder = "/".join(components[:-1])
-    folder = safe_join(base_dir, subfolder)
-    return SaveTarget(folder=folder, subfolder=subfolder, stem=stem)
 
 
 def next_counter(folder: Path, stem: str) -> int:
@@ -232,19 +175,6 @@ def save_images(
             counter = max(counter, int(name[len(stem) + 1:].split("_", 1)[0]))
         results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
     return results
-
-
-def check_filename_prefix(env: NodeEnvironment | None, prefix: Any) -> str | None:
-    """SaveImage's validation of `filename_prefix`: refuse, before the job runs, a prefix that
-    would save outside the output folder (the node checks again when it runs)."""
-    if not isinstance(prefix, str):
-        return f"filename_prefix must be text, got {type(prefix).__name__}"
-    base = env.output_dir if env is not None else Path("output")
-    try:
-        save_target(base, expand_prefix_tokens(prefix, 1, 1))
-    except UnsafePathError as exc:
-        return f"filename_prefix {prefix[:100]!r} would save outside the output folder ({exc.reason})"
-    return None
 
 
 def _prompt_for_metadata(ctx: NodeContext, prompt: dict[str, Any] | None) -> dict[str, Any] | None:
