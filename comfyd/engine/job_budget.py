@@ -2,8 +2,9 @@
 
 The soft deadline interrupts the job; the hard one (a grace period later) ends it in the store
 even if it hangs. Time spent loading a model does not count (loading is shared, and the first
-job after a start would otherwise time out on a cold model), but at most one extra budget's
-worth of it: a load that hangs still ends in a timeout.
+job after a start would otherwise time out on a cold model), but at most `load_allowance_s`
+of it (by default the larger of the budget and `LOAD_ALLOWANCE_S`): a load that hangs still
+ends in a timeout.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import time
 from collections.abc import Callable
 
 
+LOAD_ALLOWANCE_S = 600.0
+
+
 class JobBudget:
     def __init__(self, budget_s: float, grace_s: float, soft: Callable[[], None], hard: Callable[[], None],
-                 name: str) -> None:
+                 name: str, load_allowance_s: float | None = None) -> None:
         self._lock = threading.Lock()
         self._left = {"soft": budget_s, "hard": budget_s + grace_s}  # seconds left per deadline
         self._actions = {"soft": soft, "hard": hard}
@@ -23,7 +27,8 @@ class JobBudget:
         self._armed_at = 0.0
         self._paused = 0
         self._paused_at = 0.0
-        self._allowance = budget_s  # loading time that may still be left out
+        # Loading time that may still be left out of the budget.
+        self._allowance = max(budget_s, LOAD_ALLOWANCE_S) if load_allowance_s is None else load_allowance_s
         self._done = False
         self._name = name
         self._arm()
