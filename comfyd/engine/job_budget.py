@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-
 LOAD_ALLOWANCE_S = 600.0
 
 
