@@ -18,13 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import torch  # noqa: E402
 import uvicorn  # noqa: E402
 from conftest import Recorder, fake_runtime  # noqa: E402
 
 from comfyd.engine.context import NodeContext  # noqa: E402
 from comfyd.engine.schema import Link, Node, NodeOutput, NodeSchema, OutputSpec, String  # noqa: E402
-from comfyd.nodes.image.save_load import SAVE_COMPRESS_LEVEL, save_images  # noqa: E402
 from comfyd.runtime import build_services  # noqa: E402
 from comfyd.server import create_app  # noqa: E402
 from comfyd.settings import Settings  # noqa: E402
@@ -67,6 +65,10 @@ def add_nodes(registry) -> None:  # type: ignore[no-untyped-def]
                             outputs=(), output_node=True)
 
         def run(self, ctx: NodeContext, value: int, filename_prefix: str) -> NodeOutput:
+            import torch  # here, not at import: the other tests' processes start faster without it
+
+            from comfyd.nodes.image.save_load import SAVE_COMPRESS_LEVEL, save_images
+
             images = torch.full((2, 8, 8, 3), 0.5)
             results = save_images(images, ctx.env.output_dir, filename_prefix, "output", SAVE_COMPRESS_LEVEL,
                                   ctx.prompt, None, owner=(ctx.job_id, ctx.node_id))
