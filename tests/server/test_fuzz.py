@@ -29,7 +29,7 @@ from conftest import sleep_workflow  # noqa: E402
 
 EXAMPLES = int(os.environ.get("COMFYD_FUZZ_EXAMPLES", "40"))
 FUZZ_SETTINGS = settings(
-    max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,
+    max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

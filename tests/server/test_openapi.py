@@ -50,7 +50,7 @@ def test_schemathesis_finds_nothing(start_server) -> None:
               allow_header_conformance)
     failures: list[str] = []
 
-    @settings(max_examples=EXAMPLES * len(operations), deadline=None, derandomize=True,
+    @settings(max_examples=EXAMPLES * len(operations), deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
