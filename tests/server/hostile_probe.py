@@ -23,8 +23,9 @@ from typing import Any
 
 import httpx
 
-# A ComfyUI-shaped workflow on comfyd's test nodes, or any API workflow whose node "3" has a
-# STRING input `text_input` and a FLOAT input `float_input` (see --workflow).
+# The workflow the attacks mutate: comfyd's test nodes (the test server), or with --checkpoint
+# ComfyUI's default graph on that checkpoint (a real `comfyd serve`): TEXT_INPUT is a STRING
+# input and FLOAT_INPUT a FLOAT input of it.
 DEFAULT_WORKFLOW: dict[str, Any] = {
     "3": {"class_type": "TestSleep", "inputs": {"seconds": 0.0, "steps": 1, "tag": ""}},
     "9": {"class_type": "TestSave", "inputs": {"value": ["3", 0], "filename_prefix": "probe", "folder": "output"}},
@@ -118,13 +119,31 @@ def _attacks() -> list[tuple[str, str, dict[str, Any]]]:
     return attacks
 
 
+def use_default_graph(checkpoint: str) -> None:
+    """Mutate ComfyUI's default text-to-image graph instead of the test nodes' workflow."""
+    global TEXT_INPUT, FLOAT_INPUT
+    from importlib import resources
+
+    graph = json.loads(resources.files("comfyd.workflows").joinpath("default_api.json").read_text())
+    graph["4"]["inputs"]["ckpt_name"] = checkpoint
+    graph["3"]["inputs"]["steps"] = 1
+    graph["5"]["inputs"].update(width=64, height=64)
+    DEFAULT_WORKFLOW.clear()
+    DEFAULT_WORKFLOW.update(graph)
+    TEXT_INPUT, FLOAT_INPUT = ("6", "text"), ("3", "cfg")
+
+
 def probe(base_url: str, key: str | None = None) -> Report:
     report = Report()
     headers = {"x-api-key": key} if key else {}
     with httpx.Client(base_url=base_url, timeout=60.0, headers=headers) as http:
         for method, path, kwargs in _attacks():
             report.attacks += 1
-            answer = http.request(method, path, **kwargs)
+            try:
+                answer = http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:  # the server dropped the connection: as bad as a 500
+                report.server_errors.append(f"{method} {path}: no answer ({exc})")
+                continue
             if answer.status_code >= 500:
                 report.server_errors.append(f"{method} {path}: {answer.status_code} {answer.text[:200]}")
             elif answer.status_code == 200 and path == "/prompt":
@@ -132,7 +151,11 @@ def probe(base_url: str, key: str | None = None) -> Report:
         ids = [j for j in report.job_ids if j]
         routes = [*READ_ROUTES, *(f"/history/{j}" for j in ids), *(f"/predictions/{j}" for j in ids)]
         for path in routes:
-            answer = http.get(path)
+            try:
+                answer = http.get(path)
+            except httpx.HTTPError as exc:
+                report.poisoned.append(f"GET {path}: no answer ({exc})")
+                continue
             try:
                 ok = answer.status_code < 300 and (path == "/prompt" or _strict(answer.text) is not None)
             except ValueError:
@@ -146,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url")
     parser.add_argument("--key")
+    parser.add_argument("--checkpoint", help="attack ComfyUI's default graph on this checkpoint (a real server)")
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        use_default_graph(args.checkpoint)
     report = probe(args.url, args.key)
     for line in report.server_errors + report.poisoned:
         print(line)
