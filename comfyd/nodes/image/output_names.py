@@ -9,8 +9,9 @@ and overwrites the same file. Object-store keys derive from these names, so they
 
 The ledger is read and written under an exclusive `flock` on `.comfyd-names.lock`, so processes
 and threads sharing the folder never hand out one name twice; names in the ledger count as
-taken even before their file exists. Entries older than `LEDGER_TTL_S` are dropped (a job is not
-re-run that late; its file, if written, keeps its counter taken).
+taken even before their file exists. An entry whose file exists is kept for `RERUN_WINDOW_S`
+(a job re-run later than that after a crash at save time gets new names); one whose file was
+never written, for `LEDGER_TTL_S`. This keeps the ledger, rewritten on every save, small.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from comfyd.safepath import UnsafePathError, safe_join
 LEDGER_NAME = ".comfyd-names.json"
 LOCK_NAME = ".comfyd-names.lock"
 LEDGER_TTL_S = 7 * 24 * 3600
+RERUN_WINDOW_S = 6 * 3600
 _COUNTER_RE = re.compile(r"^[0-9]+$")
 
 
@@ -81,14 +83,23 @@ def _counter_of(name: str, stem: str) -> int | None:
     return int(digits) if sep and _COUNTER_RE.match(digits) else None
 
 
+def _keep(folder: Path, name: str, entry: dict[str, object], now: float) -> bool:
+    try:
+        age = now - float(entry.get("at", 0) or 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    if age >= LEDGER_TTL_S:
+        return False
+    return age < RERUN_WINDOW_S or not (folder / name).exists()
+
+
 def reserve_name(folder: Path, stem: str, owner: str, start: int) -> str:
     """The file name for `owner` (see `owner_key`): its earlier reservation, or a new name
     `{stem}_{n:05}_.png` with n >= start that neither a file nor a reservation holds."""
     with _locked(folder):
         ledger = _read_ledger(folder)
         now = time.time()
-        ledger = {n: e for n, e in ledger.items()
-                  if isinstance(e, dict) and now - float(e.get("at", 0) or 0) < LEDGER_TTL_S}
+        ledger = {n: e for n, e in ledger.items() if isinstance(e, dict) and _keep(folder, n, e, now)}
         for name, entry in ledger.items():
             if entry.get("owner") == owner and _counter_of(name, stem) is not None:
                 return name
