@@ -37,7 +37,13 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         if value is not None:
             overrides[field] = value
     overrides.update(extra)
-    return Settings(**overrides)
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:  # a bad COMFYD_* value: say which, without a traceback
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"error: invalid settings: {problems}") from None
 
 
 def _read_workflow(path: str | None) -> dict[str, Any] | None:

@@ -94,8 +94,11 @@ def safe_join(base: Path | str, *parts: str) -> Path:
         components.extend(_components(part))
     candidate = base_path.joinpath(*components)
     # A symlink inside base may point anywhere; judge the path by where it really leads.
-    resolved_base = base_path.resolve()
-    resolved = candidate.resolve()
+    try:
+        resolved_base = base_path.resolve()
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long to resolve
+        raise UnsafePathError("/".join(components), f"cannot be resolved ({exc})") from None
     if not resolved.is_relative_to(resolved_base):
         raise UnsafePathError("/".join(components), f"resolves outside {base_path} (through a symlink)")
     return candidate

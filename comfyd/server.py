@@ -29,9 +29,11 @@ from starlette.concurrency import run_in_threadpool
 from comfyd.engine.jobs import JobManager
 from comfyd.http.auth import ApiKeys, InsecureBindError, check_bind_safety
 from comfyd.http.errors import install_error_handlers
+from comfyd.http.jsonsafe import SafeJSONResponse
 from comfyd.http.limits import BodySizeLimitMiddleware
 from comfyd.http.metrics import RequestMetricsMiddleware
 from comfyd.http.missed_ends import MissedEnds
+from comfyd.http.origin_guard import OriginGuardMiddleware
 from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_check import router as check_router
 from comfyd.http.routes_comfy import router as comfy_router
@@ -59,7 +61,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     services = services if services is not None else build_services(settings)
     run_workers = settings.queue == "local" if workers is None else workers
     manager = JobManager(settings, services, services.executor_factory, services.queue, workers=run_workers)
-    hub = WebSocketHub()
+    hub = WebSocketHub(settings.ws_max_backlog_bytes, settings.max_ws_connections)
     state = AppState(
         settings=settings,
         services=services,
@@ -67,6 +69,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
         hub=hub,
         keys=ApiKeys(settings.api_keys),
         limiter=RateLimiter(settings.rate_limit_per_minute),
+        auth_failures=RateLimiter(settings.auth_failures_per_minute),
         owns_services=owns_services,
     )
     manager.add_listener(state.on_job_event)
@@ -92,7 +95,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     app = FastAPI(
         title="comfyd", version=__version__, lifespan=lifespan,
         # The interactive docs would be unauthenticated: off.
-        docs_url=None, redoc_url=None, openapi_url=None,
+        docs_url=None, redoc_url=None, openapi_url=None, default_response_class=SafeJSONResponse,
     )
     app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
     app.state.comfyd = state
@@ -105,6 +108,9 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
             allow_headers=["*"], allow_credentials=False,
         )
+    if not state.keys.enabled:  # the keys are the guard otherwise
+        app.add_middleware(OriginGuardMiddleware, cors_origins=settings.cors_origins,
+                           allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     app.add_middleware(
         BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_upload_bytes=settings.max_upload_bytes

@@ -82,9 +82,22 @@ class Settings(BaseSettings):
     # Keys, or `sha256:<hex>` of keys. Empty = no auth (allowed only on loopback).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_per_minute: int = Field(120, ge=0)  # per key (or client address); 0 = off
+    # Failed authentications per client address per minute before 429 (0 = no throttle).
+    auth_failures_per_minute: int = Field(20, ge=0)
+    # Without API keys: Host names accepted besides loopback ones (DNS-rebinding guard).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 16 * 1024**2
     max_upload_bytes: int = 32 * 1024**2
     max_image_pixels: int = 4096 * 4096
+    # All frames of an animated upload / LoadImage together (frames x width x height).
+    max_image_frame_pixels: int = Field(4096 * 4096 * 4, ge=1)
+    # Characters per STRING literal of a workflow (prompt text); ComfyUI's UI never comes close.
+    max_text_chars: int = Field(100_000, ge=1)
+    # extra_data of a submission, as compact JSON (ComfyUI's UI puts its graph in there).
+    max_extra_data_bytes: int = Field(4 * 1024**2, ge=1024)
+    # Websocket: open connections at once, and unsent bytes per connection before it is closed.
+    max_ws_connections: int = Field(500, ge=1)
+    ws_max_backlog_bytes: int = Field(64 * 1024**2, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_secret: str | None = None  # Standard Webhooks secret (`whsec_<base64>` or raw)
     # Webhooks go to public addresses only (comfyd.backends.webhook_guard); these hosts, `*.suffix`
@@ -114,7 +127,8 @@ class Settings(BaseSettings):
     aws_role_arn: str | None = None
     aws_region: str | None = None
 
-    @field_validator("api_keys", "cors_origins", "extra_model_dirs", "webhook_allowed_hosts", mode="before")
+    @field_validator("api_keys", "cors_origins", "extra_model_dirs", "webhook_allowed_hosts", "allowed_hosts",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         # COMFYD_API_KEYS=a,b is friendlier than JSON in an environment variable.
@@ -124,6 +138,23 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [v.strip() for v in text.split(",") if v.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, keys: list[str]) -> list[str]:
+        # The one place keys are checked: a blank entry must not look like "auth on" to the bind
+        # check and then vanish, leaving a network-facing server open.
+        checked = []
+        for index, key in enumerate(keys):
+            entry = key.strip() if isinstance(key, str) else ""
+            if not entry:
+                raise ValueError(f"api_keys[{index}] is blank; remove it or give a real key")
+            if entry.lower().startswith("sha256:"):
+                digest = entry[len("sha256:"):].strip()
+                if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                    raise ValueError(f"api_keys[{index}]: sha256: must be followed by 64 hex digits")
+            checked.append(entry)
+        return checked
 
     @classmethod
     def settings_customise_sources(

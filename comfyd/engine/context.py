@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ class NodeEnvironment:
         return Path(self.settings.temp_dir)
 
 
+# Internal event (never sent to clients): a node starts or ends loading a model.
+MODEL_LOADING = "comfyd.model_loading"
+
 ProgressFn = Callable[[int, int, Any], None]
 EmitFn = Callable[[str, dict[str, Any]], None]
 
@@ -66,6 +70,17 @@ class NodeContext:
         if self.on_progress is not None:
             self.on_progress(value, total, preview)
         self.check_interrupted()
+
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """Mark a model load: its time does not count against the job's wall-time budget (the
+        model is shared; a cold start must not time out the first job), and a crash during it is
+        not blamed on this job alone."""
+        self.emit(MODEL_LOADING, {"active": True, "node": self.node_id})
+        try:
+            yield
+        finally:
+            self.emit(MODEL_LOADING, {"active": False, "node": self.node_id})
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         if self.on_emit is not None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from comfyd.engine.context import MODEL_LOADING
 from comfyd.engine.interfaces import JobRecord, JobStatus, Metrics
 from comfyd.engine.job_runtime import EventListener, JobBackends
 from comfyd.engine.job_views import prediction_view
@@ -73,12 +75,22 @@ class EventRecorder:
         self.ended = threading.Event()  # set once the end was announced (normal or hard timeout)
         self._last_progress_write = 0.0
         self._lock = threading.Lock()
+        # "node" while a node computes, "loading" while one loads a model (stored with progress:
+        # after a crash, recovery blames the jobs that were computing, not those loading).
+        self.phase: str | None = None
+        self._loading = 0
+        self.on_loading: Callable[[bool], None] | None = None  # the wall-time budget pauses
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if self.ended.is_set():
             return  # a hard timeout already announced this job's end
+        if event == MODEL_LOADING:
+            self._on_loading(bool(data.get("active")))
+            return
         data = dict(data)
         data.setdefault("prompt_id", self.job.id)
+        if event == "executing" and data.get("node") is not None:
+            self._set_phase("node" if not self._loading else "loading", data.get("node"))
         if event in HISTORY_EVENTS:
             with self._lock:
                 self.messages.append([event, {"timestamp": int(time.time() * 1000), **data}])
@@ -100,8 +112,27 @@ class EventRecorder:
             self._publish_running("job.logs")
         self._forward(event, data)
 
+    def _on_loading(self, active: bool) -> None:
+        with self._lock:
+            self._loading = max(0, self._loading + (1 if active else -1))
+            loading = self._loading > 0
+        self._set_phase("loading" if loading else "node", self.progress.get("node"))
+        if self.on_loading is not None:
+            self.on_loading(active)
+
+    def _set_phase(self, phase: str, node: Any) -> None:
+        """Store the phase when it changes (one small write per node start or model load)."""
+        if phase == self.phase and node == self.progress.get("node"):
+            return
+        self.phase = phase
+        self.progress = {**self.progress, "node": node, "phase": phase}
+        try:
+            self.backends.job_store.update(self.job.id, progress=self.progress)
+        except Exception:
+            log.exception("job %s: progress write failed", self.job.id)
+
     def _on_progress(self, data: dict[str, Any]) -> None:
-        self.progress = {k: data.get(k) for k in ("value", "max", "node")}
+        self.progress = {**{k: data.get(k) for k in ("value", "max", "node")}, "phase": self.phase}
         now = time.monotonic()
         if now - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
             self._last_progress_write = now

@@ -7,8 +7,10 @@ start, and an event fan-out to websockets and sync waiters. Each job runs throug
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
     from comfyd.settings import Settings
 
 log = logging.getLogger("comfyd.jobs")
+
+# Retry-After measures the drain rate over the last DRAIN_SAMPLES finished jobs within this window.
+DRAIN_SAMPLES = 200
+DRAIN_WINDOW_S = 300.0
 
 
 class QueueFullError(Exception):
@@ -87,6 +93,10 @@ class JobManager:
         self._listeners: list[JobEventListener] = []
         self._done_callbacks: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._number = 0
+        self._submit_lock = threading.Lock()
+        self._worker_index = 0
+        self._retired: set[threading.Thread] = set()
+        self._finished_at: collections.deque[float] = collections.deque(maxlen=DRAIN_SAMPLES)
         self.worker_id = f"local-{uuid.uuid4().hex[:8]}"
         # SQS: other processes (workers, other API servers) share the queue and the store.
         self._shares_queue = settings.queue != "local"
@@ -139,10 +149,8 @@ class JobManager:
             self._sweeper = Sweeper(self.store, self.queue, self.settings.requeue_after_s).start()
         if self._run_workers:
             self.recover()
-            for index in range(self.settings.max_concurrent_jobs):
-                thread = threading.Thread(target=self._worker_loop, name=f"comfyd-worker-{index}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            for _ in range(self.settings.max_concurrent_jobs):
+                self._start_worker()
 
     def _sweeps(self) -> bool:
         """Sweep for unsent jobs here? With a shared queue, unless in Lambda, where a thread runs
@@ -173,6 +181,27 @@ class JobManager:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
+    def _start_worker(self) -> None:
+        with self._lock:
+            self._worker_index += 1
+            thread = threading.Thread(target=self._worker_loop, name=f"comfyd-worker-{self._worker_index}",
+                                      daemon=True)
+            self._threads.append(thread)
+        thread.start()
+
+    def _abandon_worker(self, thread: threading.Thread, job_id: str) -> None:
+        """A hard timeout ended `thread`'s job while the thread is stuck in it: a new thread
+        takes the slot now, and that one exits when (if) the job's code returns."""
+        with self._lock:
+            if thread not in self._threads or self._stopping.is_set():
+                return
+            self._threads.remove(thread)
+            self._retired.add(thread)
+            self._controls.pop(job_id, None)  # no longer running, as its status says
+            self._running.pop(job_id, None)
+        log.warning("worker %s is stuck in a timed-out job; starting a replacement", thread.name)
+        self._start_worker()
+
     @property
     def workers_alive(self) -> bool:
         return not self._run_workers or (bool(self._threads) and all(t.is_alive() for t in self._threads))
@@ -181,7 +210,21 @@ class JobManager:
         """Requeue jobs left running or queued by a process that died (this process owns the
         local queue). A finished job is never re-run: its queue item is acked when received."""
         recovered = []
-        for job in self.store.list(status={JobStatus.RUNNING}, limit=100_000):
+        running = self.store.list(status={JobStatus.RUNNING}, limit=100_000)
+        # The crash is blamed on the jobs that were computing a node when the process died, not
+        # on those loading a model (shared) or waiting between nodes; if none was computing,
+        # every running job shares the blame (a crash during loading still ends a crash loop).
+        computing = {j.id for j in running if isinstance(j.progress, dict) and j.progress.get("phase") == "node"}
+        for job in running:
+            blamed = not computing or job.id in computing
+            if not blamed:
+                if self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, worker_id=None,
+                                         attempts=max(0, job.attempts - 1)):
+                    log.warning("recovering job %s (was running, not computing, when the server stopped; "
+                                "the attempt does not count)", job.id)
+                    self.queue.put(job.id, job.priority)
+                    recovered.append(job.id)
+                continue
             if job.attempts > self.settings.retry_attempts:
                 # The process died during every attempt: this job is what kills it. Stop here.
                 error = {"type": "crashed", "message": f"the server stopped while running this job "
@@ -210,25 +253,47 @@ class JobManager:
         existing = self.store.get(job.id)
         if existing is not None:
             return SubmitResult(existing, created=False)
-        depth = self.queue.depth()
-        if depth >= self.settings.queue_max_depth:
-            raise QueueFullError(depth, self.retry_after_s())
-        if not job.number:
-            job.number = self.next_number()
-        job.status = JobStatus.QUEUED
-        if not self.store.create(job):
-            existing = self.store.get(job.id)
-            if existing is not None:
-                return SubmitResult(existing, created=False)
-        self.queue.put(job.id, job.priority)
+        # The depth check and the insert are one step for this process: two submissions racing
+        # for the last slot cannot both pass the check (with a shared queue, other API processes
+        # still can; the bound is then approximate).
+        with self._submit_lock:
+            depth = self.queue.depth()
+            if depth >= self.settings.queue_max_depth:
+                raise QueueFullError(depth, self.retry_after_s(depth))
+            if not job.number:
+                job.number = self.next_number()
+            job.status = JobStatus.QUEUED
+            if not self.store.create(job):
+                existing = self.store.get(job.id)
+                if existing is not None:
+                    return SubmitResult(existing, created=False)
+            self.queue.put(job.id, job.priority)
         mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
         self.backends.metrics.increment("JobsSubmitted", source=job.source)
         self._broadcast_status()
         return SubmitResult(job, created=True)
 
-    def retry_after_s(self) -> int:
-        """A rough wait for a queue slot: the average job duration times queued per worker."""
-        return max(1, min(60, int(self.queue.depth() / max(1, self.settings.max_concurrent_jobs)) + 1))
+    def retry_after_s(self, depth: int | None = None) -> int:
+        """Seconds until the queue has drained: its depth over the measured drain rate (jobs this
+        process finished recently); before any measurement, one second per job per worker."""
+        depth = self.queue.depth() if depth is None else depth
+        rate = self.drain_rate()
+        if rate is None:
+            estimate = depth // max(1, self.settings.max_concurrent_jobs) + 1
+        else:
+            estimate = depth / rate
+        return max(1, min(300, math.ceil(estimate)))
+
+    def drain_rate(self) -> float | None:
+        """Jobs finished per second over the recent window, or None without enough data."""
+        with self._lock:
+            times = list(self._finished_at)
+        now = time.monotonic()
+        times = [t for t in times if now - t <= DRAIN_WINDOW_S]
+        if len(times) < 2 or times[-1] <= times[0]:
+            return None
+        # Measured from the first finish to now: an idle spell after a burst lowers the rate.
+        return (len(times) - 1) / max(now - times[0], times[-1] - times[0])
 
     def cancel(self, job_id: str, reason: str = "canceled") -> JobRecord | None:
         """Cancel one job: drop it if waiting, stop it if running (here or on a remote worker,
@@ -336,7 +401,12 @@ class JobManager:
     # ---- workers -----------------------------------------------------------------------------
 
     def _worker_loop(self) -> None:
+        me = threading.current_thread()
         while not self._stopping.is_set():
+            if me in self._retired:
+                with self._lock:
+                    self._retired.discard(me)
+                return
             try:
                 item = self.queue.get(timeout=0.5)
             except Exception:
@@ -375,6 +445,9 @@ class JobManager:
             self._stopping.wait(5.0)
             return
         control = JobControl()
+        worker = threading.current_thread()
+        # The hard timeout fires on a timer thread: it retires *this* worker thread.
+        control.on_abandon = lambda: self._abandon_worker(worker, job.id)
         with self._lock:
             self._controls[job.id] = control
             self._running[job.id] = job
@@ -408,6 +481,8 @@ class JobManager:
         with self._lock:
             self._inflight.pop(id(item), None)  # only now: a retry is never out of both counts
         if outcome.record is not None and outcome.record.status.terminal:
+            with self._lock:
+                self._finished_at.append(time.monotonic())
             self._on_job_done(outcome.record)
         self._broadcast_status()
 

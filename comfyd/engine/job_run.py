@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from comfyd.engine.errors import RetryableError, is_retryable
 from comfyd.engine.interfaces import JobRecord, JobStatus, JobStore
+from comfyd.engine.job_budget import JobBudget
 from comfyd.engine.job_events import EventRecorder, publish, record_metrics
 from comfyd.engine.job_outputs import store_outputs
 from comfyd.engine.job_runtime import EventListener, JobBackends, JobRuntime
@@ -42,6 +44,9 @@ class JobControl:
         self.reason: str | None = None
         self.held = threading.Event()
         self._lock = threading.Lock()
+        # Called once a hard timeout has ended the job in the store while its thread is still
+        # stuck in it: the scheduler gives the slot to a new thread (JobManager).
+        self.on_abandon: Callable[[], None] | None = None
 
     def stop(self, reason: str) -> bool:
         """Pull the switch; the first reason wins. False if it was already pulled."""
@@ -69,18 +74,6 @@ class JobOutcome:
     retry_delay_s: float | None = None
     skipped: bool = False
     record: JobRecord | None = None
-
-
-@dataclass
-class _TimeoutTimer:
-    """Soft then hard wall-time budget for one job."""
-
-    soft: threading.Timer
-    hard: threading.Timer
-
-    def cancel(self) -> None:
-        self.soft.cancel()
-        self.hard.cancel()
 
 
 def hard_timeout_grace_s(timeout_s: float) -> float:
@@ -153,6 +146,7 @@ def _run_claimed(
 
     recorder = EventRecorder(job, listener, backends)
     timer = _start_timeout(job, control, settings, backends, recorder, worker_id)
+    recorder.on_loading = timer.loading
     try:
         result, exception = _execute(job, runtime, recorder, control)
     finally:
@@ -350,7 +344,7 @@ def _job_error(error: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 def _start_timeout(
     job: JobRecord, control: JobControl, settings: Settings, backends: JobBackends, recorder: EventRecorder,
     holder: str | None,
-) -> _TimeoutTimer:
+) -> JobBudget:
     """Soft budget: interrupt the job. Hard budget: end it in the store even if it hangs."""
     budget = settings.job_timeout_s
 
@@ -368,16 +362,12 @@ def _start_timeout(
         )
         if written:
             log.error("job %s: did not stop within the grace period; marked timed_out", job.id)
+            if control.on_abandon is not None:  # its slot is free as its status says: replace the thread
+                control.on_abandon()
             final = backends.job_store.get(job.id)
             if final is not None:
                 record_metrics(backends.metrics, final, {})
                 publish(backends, "job.completed", final)
                 recorder.announce_end(final, error)
 
-    soft_timer = threading.Timer(budget, soft)
-    hard_timer = threading.Timer(budget + hard_timeout_grace_s(budget), hard)
-    for t in (soft_timer, hard_timer):
-        t.daemon = True
-        t.name = f"comfyd-timeout-{job.id[:8]}"
-        t.start()
-    return _TimeoutTimer(soft_timer, hard_timer)
+    return JobBudget(budget, hard_timeout_grace_s(budget), soft, hard, f"comfyd-timeout-{job.id[:8]}")

@@ -24,7 +24,7 @@ COG_STATUS = {
 
 # extra_data keys comfyd adds for its own bookkeeping (not shown in ComfyUI's views).
 INTERNAL_EXTRA_KEYS = frozenset({"prediction_input", "webhook", "webhook_events_filter", "partial_execution_targets",
-                                 "v2"})
+                                 "v2", "request_sha256"})
 
 
 def iso_time(ts: float | None) -> str | None:

@@ -51,6 +51,8 @@ class ServiceLimits:
     budget, below); `input_limits` bound single inputs."""
 
     max_nodes: int = 100
+    # Characters per STRING literal: a long prompt holds a worker in a step that cannot stop.
+    max_text_chars: int = 100_000
     max_latent_pixels: int | None = DEFAULT_MAX_LATENT_PIXELS
     input_limits: tuple[InputLimit, ...] = (
         InputLimit("width", multiple_of=8, class_types=SIZE_LIMITED_NODES),
@@ -60,12 +62,13 @@ class ServiceLimits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> ServiceLimits:
-        """Limits from `Settings` (max_workflow_nodes, max_latent_pixels, image_side_multiple,
-        max_batch_size); a field the settings lack keeps its default."""
+        """Limits from `Settings` (max_workflow_nodes, max_text_chars, max_latent_pixels,
+        image_side_multiple, max_batch_size); a field the settings lack keeps its default."""
         default = cls()
         multiple = getattr(settings, "image_side_multiple", 8)
         return cls(
             max_nodes=getattr(settings, "max_workflow_nodes", default.max_nodes),
+            max_text_chars=getattr(settings, "max_text_chars", default.max_text_chars),
             max_latent_pixels=getattr(settings, "max_latent_pixels", default.max_latent_pixels),
             input_limits=(
                 InputLimit("width", multiple_of=multiple, class_types=SIZE_LIMITED_NODES),

@@ -13,6 +13,7 @@ shapes, so a ComfyUI client shows comfyd's 400s as it shows ComfyUI's. Differenc
 
 from __future__ import annotations
 
+import math
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -305,6 +306,9 @@ class _InputChecker:
                 received_value=raw,
                 exception_message=str(exc),
             ), None
+        error = self._representable(spec, value, raw)
+        if error is not None:
+            return error, None
         # ComfyUI skips these checks for inputs its VALIDATE_INPUTS takes (see _custom_errors).
         if spec.validator is None:
             error = self._declared_checks(spec, value)
@@ -325,6 +329,29 @@ class _InputChecker:
                         spec, value, "value_not_multiple_of", f"is not a multiple of {limit.multiple_of}"
                     ), None
         return None, value
+
+    def _representable(self, spec: InputSpec, value: Any, raw: Any) -> dict[str, Any] | None:
+        """comfyd's checks on any literal: finite numbers, valid Unicode, bounded text.
+
+        ComfyUI lets NaN through (every comparison with it is false) and renders black images;
+        a lone surrogate cannot be encoded, stored or shown. Both are refused here, before a job
+        exists, with ComfyUI's error shape.
+        """
+        name = spec.name
+        if isinstance(value, float) and not math.isfinite(value):
+            return _error("invalid_input_type", f"Input must be a finite number, got {value}",
+                          f"{name}, {value} is not finite", name, input_config=self._config(spec),
+                          received_value=str(value))
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                return _error("invalid_input_type", "Input is not valid Unicode text (it holds a lone surrogate)",
+                              f"{name}, lone UTF-16 surrogate", name, input_config=self._config(spec))
+            limit = self.limits.max_text_chars
+            if spec.type == "STRING" and len(value) > limit:
+                return _error("value_bigger_than_max",
+                              f"Text of {len(value)} characters is longer than max of {limit} (comfyd service limit)",
+                              name, name, input_config=self._config(spec), received_length=len(value))
+        return None
 
     def _declared_checks(self, spec: InputSpec, value: Any) -> dict[str, Any] | None:
         """The declaration's own limits: INT/FLOAT min and max, COMBO choices."""
@@ -420,6 +447,14 @@ def _pixel_budget_errors(
             received_value=value.to_json() if isinstance(value, Link) else value,
         )
     return found
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def types_compatible(received: str, expected: str) -> bool:

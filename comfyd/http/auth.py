@@ -75,7 +75,8 @@ class ApiKeys:
     """The configured keys, and the check of a request's credentials."""
 
     def __init__(self, entries: list[str]) -> None:
-        self._entries = [_parse_entry(e) for e in entries if e.strip()]
+        # Settings refuse blank entries (settings._check_api_keys); none is dropped silently here.
+        self._entries = [_parse_entry(e) for e in entries]
 
     @property
     def enabled(self) -> bool:

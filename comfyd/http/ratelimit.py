@@ -49,6 +49,18 @@ class RateLimiter:
                 return None
             return (1.0 - bucket.tokens) / self.refill_per_s
 
+    def blocked(self, caller: str) -> float | None:
+        """Seconds until `caller` has a token again, without taking one; None if it has one."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.get(caller)
+            if bucket is None:
+                return None
+            tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.refill_per_s)
+            return None if tokens >= 1.0 else (1.0 - tokens) / self.refill_per_s
+
     def _prune(self, now: float) -> None:
         """Forget callers whose bucket is full again (they would start full anyway)."""
         full_after = self.capacity / self.refill_per_s

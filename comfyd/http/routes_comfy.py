@@ -13,21 +13,33 @@ import os
 import platform
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from comfyd.engine.interfaces import JobStatus
+from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.engine.job_views import history_entry, in_history, queue_entry
 from comfyd.engine.jobs import SubmitResult
 from comfyd.http.errors import ApiError, bad_request, not_found
+from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
+from comfyd.http.jsonsafe import render_robustly
+from comfyd.http.request_models import (
+    ERROR_RESPONSES,
+    FreeBody,
+    InterruptBody,
+    PromptBody,
+    QueueBody,
+    UploadForm,
+    json_body,
+    multipart_body,
+)
 from comfyd.http.state import AppState, get_state, json_object
+from comfyd.http.uploads import check_image, looks_like_image, store_upload, unsafe_path_error
 from comfyd.safepath import UnsafePathError, safe_filename, safe_join
 
 FILE_TYPES = ("output", "input", "temp")
@@ -37,10 +49,10 @@ def require_key(request: Request) -> str:
     """Dependency: the caller's identity; 401/403 when keys are configured and not presented."""
     state = get_state(request)
     host = request.client.host if request.client else "unknown"
-    return state.keys.principal(request.headers, host)
+    return state.authenticate(request.headers, host)
 
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
 
 def _file_dir(state: AppState, file_type: str) -> Path:
@@ -50,14 +62,10 @@ def _file_dir(state: AppState, file_type: str) -> Path:
     return Path({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir}[file_type])
 
 
-def _unsafe(exc: UnsafePathError, where: str) -> ApiError:
-    return bad_request(f"{where}: {exc}", {"location": where, "reason": exc.reason})
-
-
 # ---- prompts and queue ----------------------------------------------------------------------
 
 
-@router.post("/prompt")
+@router.post("/prompt", openapi_extra=json_body(PromptBody))
 async def post_prompt(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     state = get_state(request)
     state.check_rate(principal)
@@ -85,9 +93,23 @@ def _queue_view(state: AppState) -> dict[str, Any]:
     pending.sort(key=lambda j: (-j.priority, j.number))
     running.sort(key=lambda j: j.number)
     return {
-        "queue_running": [queue_entry(j, state.output_nodes(j)) for j in running],
-        "queue_pending": [queue_entry(j, state.output_nodes(j)) for j in pending],
+        "queue_running": [_queue_item(state, j) for j in running],
+        "queue_pending": [_queue_item(state, j) for j in pending],
     }
+
+
+def _queue_item(state: AppState, job: JobRecord) -> list[Any]:
+    return render_robustly(job, lambda j: queue_entry(j, state.output_nodes(j)),
+                           lambda j: [j.number, j.id, {}, {}, []])
+
+
+def _history_item(state: AppState, job: JobRecord) -> dict[str, Any]:
+    """A history entry that a malformed stored record cannot turn into a 500."""
+    def minimal(j: JobRecord) -> dict[str, Any]:
+        return {"prompt": [j.number, j.id, {}, {}, []], "outputs": {},
+                "status": {"status_str": "error", "completed": False, "messages": []}, "meta": {}}
+
+    return render_robustly(job, lambda j: history_entry(j, state.output_nodes(j)), minimal)
 
 
 @router.get("/queue")
@@ -102,7 +124,7 @@ def _id_list(body: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-@router.post("/queue")
+@router.post("/queue", response_class=Response, openapi_extra=json_body(QueueBody))
 async def post_queue(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request)
@@ -121,7 +143,7 @@ async def post_queue(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/interrupt")
+@router.post("/interrupt", response_class=Response, openapi_extra=json_body(InterruptBody, required=False))
 async def post_interrupt(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request, required=False)
@@ -132,9 +154,10 @@ async def post_interrupt(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/free")
-async def post_free(request: Request) -> Response:
+@router.post("/free", response_class=Response, openapi_extra=json_body(FreeBody, required=False))
+async def post_free(request: Request, principal: str = Depends(require_key)) -> Response:
     state = get_state(request)
+    state.check_rate(principal)  # unloading models makes the next jobs reload them: not free
     body = await json_object(request, required=False)
     for key in ("unload_models", "free_memory"):
         if key in body and not isinstance(body[key], bool):
@@ -158,7 +181,7 @@ def _history(state: AppState, max_items: int | None, offset: int) -> dict[str, A
     if max_items is not None:
         jobs = jobs[:max_items]
     jobs.reverse()  # ComfyUI lists history oldest first
-    return {j.id: history_entry(j, state.output_nodes(j)) for j in jobs}
+    return {j.id: _history_item(state, j) for j in jobs}
 
 
 @router.get("/history")
@@ -176,10 +199,10 @@ async def get_history_item(request: Request, prompt_id: str) -> dict[str, Any]:
     job = await run_in_threadpool(state.services.job_store.get, prompt_id)
     if job is None or not in_history(job):
         return {}  # ComfyUI: an unknown (or unfinished) prompt has no history yet
-    return {job.id: history_entry(job, state.output_nodes(job))}
+    return {job.id: _history_item(state, job)}
 
 
-@router.post("/history")
+@router.post("/history", response_class=Response, openapi_extra=json_body(QueueBody))
 async def post_history(request: Request) -> Response:
     state = get_state(request)
     body = await json_object(request)
@@ -217,64 +240,11 @@ async def get_view(
     try:
         path = safe_join(base, subfolder, filename)
     except UnsafePathError as exc:
-        raise _unsafe(exc, "subfolder/filename") from None
+        raise unsafe_path_error(exc, "subfolder/filename") from None
     if not path.is_file():
         raise not_found(f"no {type} file {filename!r} in subfolder {subfolder!r}")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
-
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
-
-
-def looks_like_image(data: bytes, filename: str) -> bool:
-    """An image by its name or its first bytes: checked as an image; anything else is stored as is."""
-    return (Path(filename).suffix.lower() in IMAGE_SUFFIXES or data.startswith(_IMAGE_MAGIC)
-            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))
-
-
-def check_upload_image(data: bytes, max_pixels: int, filename: str) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ApiError(
-                    413, "ImageTooLarge",
-                    f"image {filename!r} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-                    {"width": width, "height": height, "max_pixels": max_pixels},
-                )
-            img.verify()
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise bad_request(f"'image' ({filename!r}) is not an image comfyd can read: {exc}",
-                          {"location": "image"}) from None
-
-
-def _store_upload(directory: Path, filename: str, data: bytes, overwrite: bool) -> str:
-    """Write the upload; without overwrite an existing different file gets "name (1).ext"."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = safe_join(directory, filename)
-    if target.exists() and not overwrite:
-        stem, suffix = os.path.splitext(filename)
-        index = 0
-        while target.exists():
-            if target.is_file() and target.read_bytes() == data:
-                return target.name  # the same image again: reuse it
-            index += 1
-            target = safe_join(directory, f"{stem} ({index}){suffix}")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".upload-", suffix=target.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target.name
 
 
 @dataclass
@@ -304,25 +274,26 @@ async def _read_upload(request: Request, state: AppState, *, images_only: bool) 
         try:
             filename = safe_filename(image.filename or "")
         except UnsafePathError as exc:
-            raise _unsafe(exc, "image filename") from None
+            raise unsafe_path_error(exc, "image filename") from None
         data = await image.read()
     base = _file_dir(state, file_type)
     try:
         directory = safe_join(base, subfolder)
     except UnsafePathError as exc:
-        raise _unsafe(exc, "subfolder") from None
+        raise unsafe_path_error(exc, "subfolder") from None
     if images_only or looks_like_image(data, filename):  # ComfyUI stores other files as they are
-        await run_in_threadpool(check_upload_image, data, state.settings.max_image_pixels, filename)
+        await run_in_threadpool(check_image, data, state.settings.max_image_pixels, filename,
+                                state.settings.max_image_frame_pixels)
     ref = original_ref if isinstance(original_ref, str) else None
     return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
 
 
-@router.post("/upload/image")
+@router.post("/upload/image", openapi_extra=multipart_body(UploadForm))
 async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
     state = get_state(request)
     state.check_rate(principal)
     upload = await _read_upload(request, state, images_only=False)
-    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
+    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
@@ -349,7 +320,7 @@ def _original_path(state: AppState, original_ref: str | None) -> Path:
         directory = safe_join(_file_dir(state, file_type), str(ref.get("subfolder") or ""))
         path = safe_join(directory, safe_filename(filename))
     except UnsafePathError as exc:
-        raise _unsafe(exc, "original_ref") from None
+        raise unsafe_path_error(exc, "original_ref") from None
     if not path.is_file():
         raise not_found(f"original_ref: no image {filename!r} in the {file_type} folder")
     return path
@@ -377,7 +348,7 @@ def _apply_mask(original: Path, mask_data: bytes) -> bytes:
         return out.getvalue()
 
 
-@router.post("/upload/mask")
+@router.post("/upload/mask", openapi_extra=multipart_body(UploadForm))
 async def upload_mask(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
     """ComfyUI's mask editor: store the original image with the uploaded mask's alpha."""
     state = get_state(request)
@@ -385,7 +356,7 @@ async def upload_mask(request: Request, principal: str = Depends(require_key)) -
     upload = await _read_upload(request, state, images_only=True)
     original = _original_path(state, upload.original_ref)
     composed = await run_in_threadpool(_apply_mask, original, upload.data)
-    name = await run_in_threadpool(_store_upload, upload.directory, upload.filename, composed, upload.overwrite)
+    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, composed, upload.overwrite)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
@@ -525,7 +496,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.comfyd
     host = websocket.client.host if websocket.client else "unknown"
     try:
-        state.keys.principal(websocket.headers, host, websocket.query_params)
+        state.authenticate(websocket.headers, host, websocket.query_params)
     except ApiError as err:
         await _deny(websocket, err)
         return
@@ -533,6 +504,18 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if client_id is not None and len(client_id) > 256:
         await _deny(websocket, bad_request("clientId is longer than 256 characters"))
         return
+    if not state.hub.try_admit():
+        await _deny(websocket, ApiError(503, "ServiceUnavailable", f"too many websocket connections "
+                                        f"(limit {state.hub.max_connections}); retry later",
+                                        headers={"Retry-After": "5"}))
+        return
+    try:
+        await _serve_socket(websocket, state, client_id)
+    finally:
+        state.hub.release()
+
+
+async def _serve_socket(websocket: WebSocket, state: AppState, client_id: str | None) -> None:
     await websocket.accept()
     hello: list[tuple[str, dict[str, Any]]] = [
         ("status", {"status": {"exec_info": {"queue_remaining": state.manager.queue_remaining()}}})

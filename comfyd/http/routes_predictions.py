@@ -18,17 +18,28 @@ from typing import Any, Literal
 from urllib.parse import unquote_to_bytes, urlparse
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from comfyd.engine.interfaces import JobRecord
-from comfyd.engine.job_views import prediction_view
+from comfyd.engine.job_views import COG_STATUS, prediction_view
 from comfyd.http.errors import ApiError, bad_request, not_found, validation_details
+from comfyd.http.jsonsafe import SafeJSONResponse as JSONResponse
+from comfyd.http.jsonsafe import render_robustly
+from comfyd.http.request_models import ERROR_RESPONSES, json_body
 from comfyd.http.routes_comfy import require_key
-from comfyd.http.state import WEBHOOK_EVENTS, AppState, check_job_id, get_state, json_object
+from comfyd.http.state import (
+    WEBHOOK_EVENTS,
+    AppState,
+    check_job_id,
+    check_same_request,
+    get_state,
+    json_object,
+    request_digest,
+)
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 public_router = APIRouter()  # no key: load balancers and container health checks
 
 SEED_INPUTS = ("seed", "noise_seed")
@@ -173,9 +184,18 @@ def request_body(workflow: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 # ---- predictions --------------------------------------------------------------------------------
 
 
+def safe_prediction_view(job: JobRecord, base_url: str | None) -> dict[str, Any]:
+    """prediction_view, robust to any stored record (a malformed one still gets an answer)."""
+    def minimal(j: JobRecord) -> dict[str, Any]:
+        return {"id": j.id, "input": {}, "output": None, "logs": "", "error": "the stored record cannot be shown",
+                "status": COG_STATUS.get(j.status, "failed"), "metrics": {}}
+
+    return render_robustly(job, lambda j: prediction_view(j, base_url), minimal)
+
+
 def _respond(job: JobRecord, request: Request, status: int) -> JSONResponse:
     headers = {"Location": f"/predictions/{job.id}"} if status == 202 else None
-    return JSONResponse(prediction_view(job, str(request.base_url)), status_code=status, headers=headers)
+    return JSONResponse(safe_prediction_view(job, str(request.base_url)), status_code=status, headers=headers)
 
 
 async def _submit_and_answer(
@@ -202,10 +222,12 @@ async def _create_prediction(request: Request, principal: str, path_id: str | No
     if path_id is not None and pred.id is not None and pred.id != path_id:
         raise bad_request(f"body id {pred.id!r} differs from the URL's {path_id!r}", {"location": "id"})
     job_id = path_id or pred.id
+    digest = request_digest({k: v for k, v in body.items() if k != "id"})
     if job_id is not None:
         check_job_id(job_id, "id")
         existing = await run_in_threadpool(state.services.job_store.get, job_id)
-        if existing is not None:  # idempotent: the same id is the same prediction
+        if existing is not None:  # idempotent: the same id is the same prediction (409 if not)
+            check_same_request(existing, digest)
             return await _submit_and_answer(state, request, existing)
     workflow = await run_in_threadpool(_api_format, copy.deepcopy(decode_workflow_json(pred.input.workflow_json)), state)
     if pred.input.randomise_seeds:
@@ -219,7 +241,7 @@ async def _create_prediction(request: Request, principal: str, path_id: str | No
                                          "priority": pred.input.priority})
     job = await run_in_threadpool(
         lambda: state.job_from_body(parse_body, source="prediction", job_id=job_id or _new_id(), extra_data=extra,
-                                  webhook_field="webhook")
+                                  webhook_field="webhook", digest=digest)
     )
     return await _submit_and_answer(state, request, job, pred.input.force_reset_cache)
 
@@ -242,12 +264,12 @@ def _new_id() -> str:
     return secrets.token_hex(13)  # Cog-style opaque id
 
 
-@router.post("/predictions")
+@router.post("/predictions", openapi_extra=json_body(PredictionRequest))
 async def post_prediction(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     return await _create_prediction(request, principal, None)
 
 
-@router.put("/predictions/{prediction_id}")
+@router.put("/predictions/{prediction_id}", openapi_extra=json_body(PredictionRequest))
 async def put_prediction(prediction_id: str, request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     return await _create_prediction(request, principal, prediction_id)
 
@@ -258,7 +280,7 @@ async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     job = await run_in_threadpool(state.services.job_store.get, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(prediction_view(job, str(request.base_url)))
+    return JSONResponse(safe_prediction_view(job, str(request.base_url)))
 
 
 @router.post("/predictions/{prediction_id}/cancel")
@@ -267,7 +289,7 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
     job = await run_in_threadpool(state.manager.cancel, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(prediction_view(job, str(request.base_url)))
+    return JSONResponse(safe_prediction_view(job, str(request.base_url)))
 
 
 # ---- /v1 -------------------------------------------------------------------------------------
@@ -347,11 +369,13 @@ def _checkpoints(state: AppState) -> list[str]:
     return list(models.list_files("checkpoints")) if models is not None else []
 
 
-@router.post("/v1/generate")
+@router.post("/v1/generate", openapi_extra=json_body(GenerateRequest))
 async def generate(request: Request, principal: str = Depends(require_key)) -> JSONResponse:
     state = get_state(request)
     state.check_rate(principal)
-    gen: GenerateRequest = _validated(GenerateRequest, await json_object(request))
+    raw = await json_object(request)
+    gen: GenerateRequest = _validated(GenerateRequest, raw)
+    digest = request_digest({k: v for k, v in raw.items() if k != "id"})
     if gen.width is not None and gen.height is not None and gen.width * gen.height > state.settings.max_image_pixels:
         raise ApiError(413, "ImageTooLarge", f"{gen.width}x{gen.height} exceeds max_image_pixels "
                        f"{state.settings.max_image_pixels}", {"location": "width/height"})
@@ -359,6 +383,7 @@ async def generate(request: Request, principal: str = Depends(require_key)) -> J
         check_job_id(gen.id, "id")
         existing = await run_in_threadpool(state.services.job_store.get, gen.id)
         if existing is not None:
+            check_same_request(existing, digest)
             return await _submit_and_answer(state, request, existing)
     checkpoints = await run_in_threadpool(_checkpoints, state)
     if gen.workflow is not None:
@@ -372,7 +397,7 @@ async def generate(request: Request, principal: str = Depends(require_key)) -> J
                                    "priority": gen.priority})
     job = await run_in_threadpool(
         lambda: state.job_from_body(body, source="generate", job_id=gen.id or _new_id(), extra_data=extra,
-                                  webhook_field="webhook")
+                                  webhook_field="webhook", digest=digest)
     )
     return await _submit_and_answer(state, request, job)
 
@@ -405,7 +430,7 @@ def _status(state: AppState, base_url: str) -> dict[str, Any]:
              "class_type": (timings_of.workflow.get(node_id) or {}).get("class_type"), "seconds": seconds}
             for node_id, seconds in timings_of.node_timings.items()
         ] if timings_of is not None else [],
-        "recent_predictions": [prediction_view(j, base_url) for j in recent],
+        "recent_predictions": [safe_prediction_view(j, base_url) for j in recent],
     }
 
 
@@ -456,7 +481,7 @@ async def health_check(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(health, get_state(request))
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     state = get_state(request)
 

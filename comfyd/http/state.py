@@ -7,7 +7,9 @@ the backends (`Services`), the job manager, the websocket hub, the API keys and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -44,6 +46,7 @@ class AppState:
     keys: ApiKeys
     limiter: RateLimiter
     owns_services: bool = True
+    auth_failures: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     started_at: float = field(default_factory=time.time)
 
     # ---- runtime ---------------------------------------------------------------------------
@@ -83,6 +86,22 @@ class AppState:
 
     # ---- submission ------------------------------------------------------------------------
 
+    def authenticate(self, headers: Any, client_host: str, query: Any = None) -> str:
+        """The caller's principal (ApiKeys.principal), with failed attempts throttled per client
+        address: past `auth_failures_per_minute` failures, 429 until the bucket refills."""
+        if not self.keys.enabled:
+            return self.keys.principal(headers, client_host, query)
+        caller = f"addr:{client_host}"
+        wait = self.auth_failures.blocked(caller)
+        if wait is not None:
+            raise ApiError(429, "RateLimit", "too many failed authentications from this address; retry later",
+                           headers={"Retry-After": retry_after_header(wait)})
+        try:
+            return self.keys.principal(headers, client_host, query)
+        except ApiError:
+            self.auth_failures.acquire(caller)
+            raise
+
     def check_rate(self, principal: str) -> None:
         wait = self.limiter.acquire(principal)
         if wait is not None:
@@ -113,7 +132,7 @@ class AppState:
     def job_from_body(
         self, body: dict[str, Any], *, source: str, job_id: str | None = None,
         extra_data: dict[str, Any] | None = None, priority: int | None = None,
-        webhook_field: str = "extra_data.webhook",
+        webhook_field: str = "extra_data.webhook", digest: str | None = None,
     ) -> JobRecord:
         """Parse and validate a workflow request; a JobRecord ready to submit.
 
@@ -146,7 +165,12 @@ class AppState:
             extra.update(extra_data)
         if req.partial_execution_targets is not None:  # kept for the run (and ComfyUI's queue views)
             extra["partial_execution_targets"] = list(req.partial_execution_targets)
-        check_extra_data(extra)
+        check_extra_data(extra, self.settings.max_extra_data_bytes)
+        problem = find_unencodable(body) or find_unencodable(extra)
+        if problem is not None:  # anywhere validation did not look (undeclared inputs, extra_data)
+            raise bad_request(f"{problem[1]} holds {problem[0]}; JSON text must be finite numbers and valid "
+                              "Unicode", {"location": problem[1]})
+        extra[REQUEST_DIGEST_KEY] = digest or request_digest(body)
         webhook = extra.get("webhook")
         if webhook and webhook != given_webhook:  # the body's own extra_data.webhook
             self.check_webhook(webhook, "extra_data.webhook")
@@ -169,14 +193,19 @@ class AppState:
             raise ApiError(422, "InvalidWebhook", str(exc), {"location": field}) from None
 
     def submit(self, job: JobRecord) -> SubmitResult:
+        """Store and enqueue; the same id with the same request gives the existing job back,
+        with a different request 409 Conflict."""
         try:
-            return self.manager.submit(job)
+            result = self.manager.submit(job)
         except QueueFullError as exc:
             raise ApiError(
                 503, "ServiceUnavailable", str(exc),
                 details={"queue_depth": exc.depth, "queue_max_depth": self.settings.queue_max_depth},
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
+        if not result.created:
+            check_same_request(result.job, job.extra_data.get(REQUEST_DIGEST_KEY))
+        return result
 
     async def wait_for(self, job_id: str, timeout: float) -> JobRecord | None:
         """The job once it is terminal, or as it is after `timeout` seconds."""
@@ -212,21 +241,86 @@ def check_job_id(job_id: str, field_name: str) -> None:
 
 
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+# extra_data key holding the digest of the request that created a job (idempotency checks).
+REQUEST_DIGEST_KEY = "request_sha256"
+# JSON nesting deeper than this is refused (workflows and extra_data are a few levels deep).
+MAX_JSON_DEPTH = 64
 
 
-def check_extra_data(extra: dict[str, Any]) -> None:
+def request_digest(body: Any) -> str:
+    """SHA-256 of a request body in canonical JSON: the same request gives the same digest."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_same_request(existing: JobRecord, digest: str | None) -> None:
+    """409 when a job id is reused for a different request (records without a digest match)."""
+    stored = existing.extra_data.get(REQUEST_DIGEST_KEY) if isinstance(existing.extra_data, dict) else None
+    if digest is not None and stored is not None and stored != digest:
+        raise ApiError(409, "Conflict", f"job {existing.id!r} exists with a different request; use a new id "
+                       "or send the same request again", {"location": "id"})
+
+
+def find_unencodable(value: Any) -> tuple[str, str] | None:
+    """(what, where) of the first lone surrogate or non-finite number in `value`, iteratively."""
+    stack: list[tuple[Any, str]] = [(value, "body")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"the non-finite number {item}", where
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return "a lone UTF-16 surrogate", where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _has_surrogate(key):
+                    return "a lone UTF-16 surrogate", where
+                stack.append((child, f"{where}.{key}"[:200]))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]"[:200]) for i, child in enumerate(item))
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when `value` nests containers more than `limit` deep (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def check_extra_data(extra: dict[str, Any], max_bytes: int | None = None) -> None:
     """The extra_data keys comfyd acts on (any submission may set them): 400 when malformed."""
+    if max_bytes is not None:
+        size = len(json.dumps(extra, separators=(",", ":"), default=str))
+        if size > max_bytes:
+            raise ApiError(413, "PayloadTooLarge", f"extra_data is {size} bytes of JSON; the limit is {max_bytes}",
+                           {"location": "extra_data", "limit_bytes": max_bytes})
     webhook = extra.get("webhook")
     if webhook is not None:
         parsed = urlparse(webhook) if isinstance(webhook, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise bad_request("extra_data.webhook must be an absolute http(s) URL", {"location": "extra_data.webhook"})
     events = extra.get("webhook_events_filter")
-    if events is not None and (not isinstance(events, list) or not set(events) <= set(WEBHOOK_EVENTS)):
+    if events is not None and (not isinstance(events, list)
+                               or not all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)):
         raise bad_request(f"extra_data.webhook_events_filter must be a list drawn from {', '.join(WEBHOOK_EVENTS)}",
                           {"location": "extra_data.webhook_events_filter"})
     method = extra.get("preview_method")
-    if method is not None and method not in PREVIEW_METHODS:
+    if method is not None and (not isinstance(method, str) or method not in PREVIEW_METHODS):
         raise bad_request(f"extra_data.preview_method must be one of {', '.join(sorted(PREVIEW_METHODS))}",
                           {"location": "extra_data.preview_method"})
 
@@ -243,7 +337,7 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
             raise bad_request("the request body is empty; expected a JSON object")
         return None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except UnicodeDecodeError:
         raise bad_request("the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -251,6 +345,9 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
                           {"line": exc.lineno, "column": exc.colno}) from None
     except RecursionError:
         raise bad_request("the request body nests JSON too deeply") from None
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise bad_request(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    return body
 
 
 async def json_object(request: Request, *, required: bool = True) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from comfyd.models.interrupts import check_interrupt
+
 COMPUTE_DTYPE = torch.float32
 
 
@@ -67,6 +69,7 @@ def run_text_encoder(encoder: Any, input_embeds: torch.Tensor, capture_layer: in
     causal_mask = causal_mask.triu(1)
     captured = None
     for index, layer in enumerate(model.encoder.layers):
+        check_interrupt()  # a prompt of hundreds of chunks takes seconds per layer
         x = _encoder_layer(layer, x, causal_mask)
         if index == capture_layer:
             captured = x

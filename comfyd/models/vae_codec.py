@@ -19,6 +19,7 @@ import os
 import torch
 
 from comfyd.models.handles import VaeHandle
+from comfyd.models.interrupts import check_interrupt, install_hooks
 
 # Working-memory estimates per sample for the SD VAE, in units of the tensor element size:
 # decode needs about 2178 * (latent h * w * 64) elements, encode about 1767 * (pixel h * w)
@@ -81,7 +82,9 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
     images: list[torch.Tensor] = []
     with vae.computing() as module, torch.inference_mode():
         step = _chunk_size(per_sample, batch, device)  # free memory is read once the device is ours
+        install_hooks(module.decoder)  # an interrupt takes effect between decoder blocks
         for start in range(0, batch, step):
+            check_interrupt()
             z = samples[start : start + step].to(device=device, dtype=vae.dtype)
             if getattr(module, "post_quant_conv", None) is not None:
                 z = module.post_quant_conv(z)

@@ -35,7 +35,7 @@ def services(settings: Settings, provisioned, fake_runtime, recording) -> Iterat
 @pytest.fixture
 def http(settings: Settings, services: Services) -> Iterator[TestClient]:
     app = create_app(settings, services)  # SQS queue: an API server only, workers run the jobs
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client
 
 

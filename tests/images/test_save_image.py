@@ -65,7 +65,7 @@ def gradient(batch: int = 1, height: int = 8, width: int = 12) -> torch.Tensor:
 def test_saves_numbered_files_with_prompt_and_workflow_chunks(make_ctx, env) -> None:
     ctx = make_ctx(prompt=PROMPT, extra_pnginfo={"workflow": WORKFLOW})
     first = SaveImage().run(ctx, images=gradient())
-    second = SaveImage().run(ctx, images=gradient())
+    second = SaveImage().run(make_ctx(job_id="job-2", prompt=PROMPT), images=gradient())
     assert first.values == ()
     assert first.ui == {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]}
     assert second.ui["images"][0]["filename"] == "ComfyUI_00002_.png"
@@ -192,7 +192,7 @@ def test_concurrent_saves_never_collide(make_ctx, env, monkeypatch: pytest.Monke
         thread.join()
     assert errors == []
     assert len(results) == len(set(results)) == workers * per_worker
-    files = sorted(p.name for p in env.output_dir.iterdir())
+    files = sorted(p.name for p in env.output_dir.iterdir() if not p.name.startswith(".comfyd-names"))
     assert files == sorted(results)
     assert all(re.fullmatch(r"race_\d{5}_\.png", name) for name in files)
     # Every file is a complete PNG holding one job's pixels.
@@ -262,3 +262,24 @@ def test_output_dir_created_on_demand(make_ctx, env, tmp_path: Path) -> None:
     env.settings.output_dir = tmp_path / "fresh" / "out"
     SaveImage().run(make_ctx(), images=gradient())
     assert (tmp_path / "fresh" / "out" / "ComfyUI_00001_.png").is_file()
+
+
+def test_rerun_of_the_same_job_overwrites_its_files(make_ctx, env) -> None:
+    """A job re-run after a crash (same job, node, index) reuses its names; others do not."""
+    first = SaveImage().run(make_ctx(job_id="job-a"), images=gradient(batch=2))
+    other = SaveImage().run(make_ctx(job_id="job-b"), images=gradient())
+    again = SaveImage().run(make_ctx(job_id="job-a"), images=gradient(batch=2))
+    names = [e["filename"] for e in first.ui["images"]]
+    assert names == ["ComfyUI_00001_.png", "ComfyUI_00002_.png"]
+    assert [e["filename"] for e in again.ui["images"]] == names
+    assert other.ui["images"][0]["filename"] == "ComfyUI_00003_.png"
+    pngs = sorted(p.name for p in env.output_dir.iterdir() if p.suffix == ".png")
+    assert pngs == ["ComfyUI_00001_.png", "ComfyUI_00002_.png", "ComfyUI_00003_.png"]
+
+
+def test_traversal_prefix_is_refused_at_validation(env) -> None:
+    from comfyd.nodes.image.save_load import check_filename_prefix
+
+    assert check_filename_prefix(env, "fine/sub/name") is None
+    for prefix in ("../escape", "/tmp/x", "%2e%2e/escape", "a/../../b"):
+        assert "outside the output folder" in check_filename_prefix(env, prefix)

@@ -104,9 +104,11 @@ def test_kill_9_mid_job_then_restart_finishes_every_job_exactly_once(tmp_path: P
             numbers = {job_id: e["prompt"][0] for job_id, e in entries.items()}
             assert len(set(numbers.values())) == 5
             assert all(numbers[j] == n for j, n in numbers_before.items())  # same jobs, not new ones
-            # The same id once more is still the same single job.
-            again = http.post("/prompt", json={"prompt": sleep_prompt(3.0, 60, "job-a"), "prompt_id": "job-a"})
+            # The same id once more is still the same single job; with another body it is a conflict.
+            again = http.post("/prompt", json={"prompt": sleep_prompt(1.5, 30, "job-a"), "prompt_id": "job-a"})
             assert again.json()["number"] == numbers["job-a"]
+            other = http.post("/prompt", json={"prompt": sleep_prompt(3.0, 60, "job-a"), "prompt_id": "job-a"})
+            assert other.status_code == 409 and other.json()["error"]["type"] == "Conflict"
             assert http.get("/predictions/job-d").json()["status"] == "succeeded"
         # Each job saved exactly one image: the finished one was not re-run, the killed one ran again once.
         for tag in ("done", "job-a", "job-b", "job-c", "job-d"):

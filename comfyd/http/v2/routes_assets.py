@@ -15,8 +15,9 @@ from starlette.datastructures import UploadFile
 
 from comfyd.engine.assets import AssetRecord
 from comfyd.engine.interfaces import JobStatus
-from comfyd.http.routes_comfy import check_upload_image, require_key
+from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import AppState, get_state, json_object
+from comfyd.http.uploads import check_image
 from comfyd.http.v2.asset_files import (
     IMAGE_EXTS,
     blake3_hex,
@@ -130,7 +131,8 @@ async def upload_asset(request: Request, principal: str = Depends(require_key)) 
                           {"expected_hash": expected, "actual_hash": digest})
         ext = file_path.rsplit(".", 1)[-1].lower() if "." in file_path else ""
         if ext in IMAGE_EXTS or content_type.startswith("image/"):
-            await run_in_threadpool(check_upload_image, data, state.settings.max_image_pixels, file_path)
+            await run_in_threadpool(check_image, data, state.settings.max_image_pixels, file_path,
+                                    state.settings.max_image_frame_pixels)
         asset, new_blob, _ = await run_in_threadpool(_store_upload, state, v2, data, digest, file_path,
                                                      content_type, tags, expires_at, _owner(state, principal))
     except Exception:

@@ -16,6 +16,7 @@ from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Float, InputSpec, Int, Link, Node, NodeSchema, OutputSpec, register_node
 from comfyd.models.clip_tokens import EmbeddingLookup
 from comfyd.models.handles import ClipHandle
+from comfyd.models.interrupts import interruptible
 from comfyd.models.text_encoding import Conditioning, encode_text, encode_text_sdxl
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class CLIPTextEncode(Node):
     )
 
     def run(self, ctx: NodeContext, text: str, clip: ClipHandle) -> tuple[Conditioning]:
-        return (encode_text(_require_clip(clip), text, embeddings=_embedding_lookup(ctx)),)
+        with interruptible(ctx.check_interrupted):
+            return (encode_text(_require_clip(clip), text, embeddings=_embedding_lookup(ctx)),)
 
 
 @register_node
@@ -119,9 +121,10 @@ class CLIPTextEncodeSDXL(Node):
         text_g: str,
         text_l: str,
     ) -> tuple[Conditioning]:
-        conditioning = encode_text_sdxl(
-            _require_clip(clip), text_g, text_l, embeddings=_embedding_lookup(ctx)
-        )
+        with interruptible(ctx.check_interrupted):
+            conditioning = encode_text_sdxl(
+                _require_clip(clip), text_g, text_l, embeddings=_embedding_lookup(ctx)
+            )
         # The sampler turns these into SDXL's size/crop embedding (time_ids).
         size_keys = {
             "width": width,

@@ -15,9 +15,7 @@ import json
 import mimetypes
 import re
 import secrets
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from comfyd.engine.context import NodeContext, NodeEnvironment
 from comfyd.engine.schema import Combo, Link, Node, NodeOutput, NodeSchema, OutputSpec, String, register_node
+from comfyd.nodes.image.output_names import (
+    check_filename_prefix,
+    expand_prefix_tokens,
+    owner_key,
+    reserve_name,
+    save_target,
+    write_atomically,
+)
 from comfyd.safepath import UnsafePathError, safe_join
 
 # ComfyUI's compression levels: 4 for saved images, 1 for previews and websocket frames.
@@ -89,68 +95,6 @@ def _check_images(images: Any) -> torch.Tensor:
 # Saving
 
 
-def expand_prefix_tokens(prefix: str, width: int, height: int, now: time.struct_time | None = None) -> str:
-    """ComfyUI's filename tokens: %width% %height% %year% %month% %day% %hour% %minute% %second%,
-    and the UI's %date:yyyy-MM-dd% style (yyyy yy MM M dd d hh h mm m ss s)."""
-    if "%" not in prefix:
-        return prefix
-    now = now or time.localtime()
-    values = {
-        "width": str(width),
-        "height": str(height),
-        "year": str(now.tm_year),
-        "month": f"{now.tm_mon:02}",
-        "day": f"{now.tm_mday:02}",
-        "hour": f"{now.tm_hour:02}",
-        "minute": f"{now.tm_min:02}",
-        "second": f"{now.tm_sec:02}",
-    }
-    for key, value in values.items():
-        prefix = prefix.replace(f"%{key}%", value)
-    date_parts = {
-        "yyyy": f"{now.tm_year:04}",
-        "yy": f"{now.tm_year % 100:02}",
-        "MM": f"{now.tm_mon:02}",
-        "M": str(now.tm_mon),
-        "dd": f"{now.tm_mday:02}",
-        "d": str(now.tm_mday),
-        "hh": f"{now.tm_hour:02}",
-        "h": str(now.tm_hour),
-        "mm": f"{now.tm_min:02}",
-        "m": str(now.tm_min),
-        "ss": f"{now.tm_sec:02}",
-        "s": str(now.tm_sec),
-    }
-    token = re.compile("|".join(sorted(date_parts, key=len, reverse=True)))
-    return re.sub(
-        r"%date:([^%]+)%", lambda m: token.sub(lambda t: date_parts[t.group(0)], m.group(1)), prefix
-    )
-
-
-@dataclass(frozen=True)
-class SaveTarget:
-    """Where a prefix points: `folder` (absolute), `subfolder` ('/'-separated) and the file stem."""
-
-    folder: Path
-    subfolder: str
-    stem: str
-
-
-def save_target(base_dir: Path, filename_prefix: str) -> SaveTarget:
-    """Split "sub/dir/name" into subfolder and stem, refusing anything that leaves `base_dir`."""
-    try:
-        safe_join(base_dir, filename_prefix)
-    except UnsafePathError as exc:
-        raise UnsafePathError(
-            filename_prefix, f"filename_prefix would save outside the output folder ({exc.reason})"
-        ) from exc
-    components = [c for c in filename_prefix.split("/") if c not in ("", ".")]
-    stem = components[-1] if components else ""
-    subfolder = "/".join(components[:-1])
-    folder = safe_join(base_dir, subfolder)
-    return SaveTarget(folder=folder, subfolder=subfolder, stem=stem)
-
-
 def next_counter(folder: Path, stem: str) -> int:
     """1 + the highest counter among files named `{stem}_{counter}_...` in `folder` (1 if none)."""
     highest = 0
@@ -206,8 +150,13 @@ def save_images(
     compress_level: int,
     prompt: dict[str, Any] | None,
     extra_pnginfo: dict[str, Any] | None,
+    owner: tuple[str, str] | None = None,
 ) -> list[dict[str, str]]:
-    """Write each image of the batch as a PNG under `base_dir`; returns ComfyUI's UI entries."""
+    """Write each image of the batch as a PNG under `base_dir`; returns ComfyUI's UI entries.
+
+    `owner` = (job id, node id): names are reserved per (job, node, batch index), so running the
+    same job again (a retry after a crash) writes the same files (comfyd.nodes.image.output_names).
+    """
     images = _check_images(images)
     height, width = images.shape[1], images.shape[2]
     target = save_target(base_dir, expand_prefix_tokens(filename_prefix, width, height))
@@ -218,7 +167,12 @@ def save_images(
         stem = target.stem.replace("%batch_num%", str(batch_number))
         data = encode_png(image, compress_level, metadata)
         start = max(counter + 1, next_counter(target.folder, stem))
-        name, counter = write_exclusive(target.folder, stem, start, data)
+        if owner is None:
+            name, counter = write_exclusive(target.folder, stem, start, data)
+        else:
+            name = reserve_name(target.folder, stem, owner_key(*owner, batch_number), start)
+            write_atomically(target.folder / name, data)
+            counter = max(counter, int(name[len(stem) + 1:].split("_", 1)[0]))
         results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
     return results
 
@@ -240,6 +194,7 @@ class SaveImage(Node):
             String(
                 "filename_prefix",
                 default="ComfyUI",
+                validator=check_filename_prefix,
                 tooltip="File name stem, optionally with subfolders ('portraits/fox') and tokens such as "
                 "%date:yyyy-MM-dd%, %width% or %height%.",
             ),
@@ -268,6 +223,7 @@ class SaveImage(Node):
             SAVE_COMPRESS_LEVEL,
             _prompt_for_metadata(ctx, prompt),
             _extra_for_metadata(ctx, extra_pnginfo),
+            owner=(ctx.job_id, ctx.node_id),
         )
         return NodeOutput(values=(), ui={"images": results})
 
@@ -398,37 +354,56 @@ def _frame_mask(frame: Image.Image) -> torch.Tensor:
     return 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
 
 
-def load_image_file(path: Path, max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_image_file(
+    path: Path, max_pixels: int | None = None, max_frame_pixels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """IMAGE [F, H, W, 3] and MASK [F, H, W] from an image file, as ComfyUI's LoadImage reads it.
 
     EXIF orientation is applied; 32-bit integer images ('I') are scaled by 1/255 first; frames of
     an animation become a batch, skipping frames whose size differs from the first.
+
+    Bounds, checked before any frame is decoded: `max_pixels` per frame, `max_frame_pixels` for
+    frames x pixels (a few KB of GIF can declare hundreds of 4096x4096 frames). Frames are then
+    decoded one at a time into one preallocated batch.
     """
     with Image.open(path) as img:
         if max_pixels is not None and img.width * img.height > max_pixels:
             raise ValueError(
                 f"image {path.name} is {img.width}x{img.height}, more than the {max_pixels} pixels allowed"
             )
-        images: list[torch.Tensor] = []
+        frame_count = max(1, int(getattr(img, "n_frames", 1) or 1))
+        if img.format in _SINGLE_FRAME_FORMATS:
+            frame_count = 1
+        if max_frame_pixels is not None and frame_count * img.width * img.height > max_frame_pixels:
+            raise ValueError(
+                f"image {path.name} has {frame_count} frames of {img.width}x{img.height}, more than the "
+                f"{max_frame_pixels} pixels allowed over all frames"
+            )
+        images: torch.Tensor | None = None
         masks: list[torch.Tensor] = []
         size: tuple[int, int] | None = None
+        count = 0
         for raw_frame in ImageSequence.Iterator(img):
+            if count >= frame_count:
+                break
             frame = ImageOps.exif_transpose(raw_frame)
             if frame.mode == "I":
                 frame = frame.point(lambda value: value * (1 / 255))
             rgb = frame.convert("RGB")
             if size is None:
                 size = rgb.size
+                images = torch.empty((frame_count, size[1], size[0], 3), dtype=torch.float32)
             elif rgb.size != size:
                 continue
-            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)[None])
+            assert images is not None
+            images[count] = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
             masks.append(_frame_mask(frame)[None])
-        batch = len(images) > 1 and img.format not in _SINGLE_FRAME_FORMATS
-    if not images:
+            count += 1
+    if images is None or count == 0:
         raise ValueError(f"image {path.name} has no frames")
-    if batch:
-        return torch.cat(images, dim=0), torch.cat(masks, dim=0)
-    return images[0], masks[0]
+    if count > 1:
+        return images[:count], torch.cat(masks, dim=0)
+    return images[:1], masks[0]
 
 
 def _file_digest(path: Path) -> str:
@@ -462,4 +437,6 @@ class LoadImage(Node):
         path = resolve_image_path(ctx.env, image)
         if not path.is_file():
             raise FileNotFoundError(f"Invalid image file: {image} (no such file in {path.parent})")
-        return load_image_file(path, max_pixels=ctx.env.settings.max_image_pixels)
+        settings = ctx.env.settings
+        return load_image_file(path, max_pixels=settings.max_image_pixels,
+                               max_frame_pixels=getattr(settings, "max_image_frame_pixels", None))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Int, Link, Node, NodeSchema, OutputSpec, register_node
 from comfyd.models.handles import VaeHandle
+from comfyd.models.interrupts import interruptible
 from comfyd.models.vae_codec import vae_decode, vae_encode
 
 
@@ -34,7 +35,8 @@ class VAEDecode(Node):
     )
 
     def run(self, ctx: NodeContext, samples: dict[str, Any], vae: VaeHandle) -> tuple[torch.Tensor]:
-        return (vae_decode(vae, _latent_samples(samples)),)
+        with interruptible(ctx.check_interrupted):
+            return (vae_decode(vae, _latent_samples(samples)),)
 
 
 @register_node

@@ -49,7 +49,8 @@ class CheckpointLoaderSimple(Node):
         return _fingerprint(ctx, "checkpoints", inputs.get("ckpt_name", ""))
 
     def run(self, ctx: NodeContext, ckpt_name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
-        return ctx.env.models.load_checkpoint(ckpt_name)
+        with ctx.loading():
+            return ctx.env.models.load_checkpoint(ckpt_name)
 
 
 @register_node
@@ -65,7 +66,8 @@ class VAELoader(Node):
         return _fingerprint(ctx, "vae", inputs.get("vae_name", ""))
 
     def run(self, ctx: NodeContext, vae_name: str) -> tuple[VaeHandle]:
-        return (ctx.env.models.load_vae(vae_name),)
+        with ctx.loading():
+            return (ctx.env.models.load_vae(vae_name),)
 
 
 def _strength(name: str, tooltip: str | None = None) -> Any:
