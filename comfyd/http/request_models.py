@@ -92,3 +92,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "Queue full, or the runtime is not ready"),
     )
 }
+
+# Comfy API v2 answers with its own envelope {error: {code, message, details}}, and with the
+# success codes of its spec (201 new asset, 206 range, 302 to object storage, 416 bad range).
+V2_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    **{status: {"description": text, **_ERROR} for status, text in (
+        (201, "Created"), (416, "Range not satisfiable"),
+        (501, "Not available on this host (no asset database)"),
+    )},
+    206: {"description": "Partial content"},
+    302: {"description": "Redirect to the output store's signed URL"},
+}

@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from comfyd.http.errors import bad_request
+from comfyd.http.request_models import ERROR_RESPONSES
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import get_state, json_object
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/check")

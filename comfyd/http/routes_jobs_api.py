@@ -14,10 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.engine.job_views import public_extra_data
+from comfyd.http.request_models import ERROR_RESPONSES
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import JOB_ID_RE, AppState, get_state
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
 
 STATUS = {
     JobStatus.QUEUED: "pending",

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from comfyd.engine.assets import AssetRecord
 from comfyd.engine.interfaces import JobStatus
+from comfyd.http.request_models import V2_RESPONSES
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import AppState, get_state, json_object
 from comfyd.http.uploads import check_image
@@ -33,7 +34,7 @@ from comfyd.http.v2.service import V2Service, base_url, get_v2
 from comfyd.http.v2.views import asset_view
 from comfyd.safepath import UnsafePathError, safe_join
 
-router = APIRouter(prefix="/api/v2")
+router = APIRouter(prefix="/api/v2", responses=V2_RESPONSES)
 MIN_EXPIRES_IN, MAX_EXPIRES_IN = 60, 604800
 
 
@@ -155,7 +156,8 @@ def _blob(v2: V2Service, state: AppState, digest: str) -> AssetRecord | None:
 @router.head("/assets/by-hash/{digest}", dependencies=[Depends(require_key)])
 async def head_by_hash(request: Request, digest: str) -> Response:
     found = is_blake3(digest) and await run_in_threadpool(_blob, get_v2(request), get_state(request), digest)
-    return Response(status_code=200 if found else 404)
+    # No body (HEAD), but the headers a JSON answer would carry, as the documented responses say.
+    return Response(status_code=200 if found else 404, media_type="application/json")
 
 
 @router.post("/assets/from-hash")

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from comfyd.engine.interfaces import JobRecord
 from comfyd.http.errors import ApiError, ComfyError
+from comfyd.http.request_models import V2_RESPONSES
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import MAX_PRIORITY, AppState, get_state, json_object
 from comfyd.http.v2.errors import V2Error, invalid, not_found
@@ -26,7 +27,7 @@ from comfyd.http.v2.service import V2Service, base_url, get_v2
 from comfyd.http.v2.views import job_summary, v2_status
 from comfyd.http.v2.workflow_assets import resolve_asset_refs
 
-router = APIRouter(prefix="/api/v2")
+router = APIRouter(prefix="/api/v2", responses=V2_RESPONSES)
 ALLOWED_FIELDS = frozenset({"workflow", "extra_data", "metadata", "priority"})
 RESERVED_FIELDS = frozenset({"webhook_url", "inputs"})
 MAX_LABELS = 16

@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from comfyd.engine.interfaces import JobRecord
+from comfyd.http.request_models import V2_RESPONSES
 from comfyd.http.routes_comfy import require_key
 from comfyd.http.state import get_state
 from comfyd.http.v2.asset_files import output_assets
@@ -30,7 +31,7 @@ from comfyd.http.v2.live import Event
 from comfyd.http.v2.service import V2Service, base_url, get_v2
 from comfyd.http.v2.views import TERMINAL, output_view, v2_status
 
-router = APIRouter(prefix="/api/v2")
+router = APIRouter(prefix="/api/v2", responses=V2_RESPONSES)
 EPOCH = uuid.uuid4().hex[:8]  # event ids of another process (before a restart) are not resumed
 POLL_S = 1.0
 KEEPALIVE_S = 15.0
