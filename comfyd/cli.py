@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +78,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"note: {notice}", file=sys.stderr)
 
     progress = _ProgressBar(enabled=not args.quiet)
+    progress.set_class_types(_class_types(workflow))
+    interrupt = threading.Event()
     try:
-        result = runner.run(
-            workflow,
-            node_id=args.node_id,
-            execution_mode=args.mode,
-            listener=progress.on_event,
-        )
+        with _interrupt_on_sigint(interrupt, progress):
+            result = runner.run(
+                workflow,
+                node_id=args.node_id,
+                execution_mode=args.mode,
+                listener=progress.on_event,
+                interrupt=interrupt,
+            )
     except (WorkflowParseError, WorkflowValidationError) as exc:
         body = exc.body() if isinstance(exc, WorkflowParseError) else exc.body
         print("error: the workflow is invalid:", file=sys.stderr)
@@ -100,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path in result.paths:
             print(f"wrote {path}")
     if result.status == "interrupted":
+        print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
         error = result.error or {}
@@ -107,6 +117,34 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{error.get('exception_message', error.get('message', ''))}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextmanager
+def _interrupt_on_sigint(interrupt: threading.Event, progress: _ProgressBar) -> Iterator[None]:
+    """First Ctrl-C: set the run's interrupt flag, so the running node stops at its next step
+    (in both execution modes: in parallel mode the node runs on a pool thread, where a
+    KeyboardInterrupt raised in the main thread would never reach it). Second Ctrl-C: leave at
+    once. `os._exit` skips the interpreter's shutdown, which would otherwise wait for (or abort
+    under) the native threads torch is still running."""
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupt.is_set():
+            sys.stderr.write("\ninterrupted again: exiting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        interrupt.set()
+        progress.close()
+        sys.stderr.write("\ninterrupting at the next step (Ctrl-C again to quit at once)\n")
+        sys.stderr.flush()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _class_types(workflow: dict[str, Any]) -> dict[str, str]:
@@ -128,23 +166,49 @@ def _print_timings(timings: dict[str, float], cached: list[str], class_types: di
 
 
 class _ProgressBar:
-    """A tqdm bar fed by the executor's progress events (sampler steps)."""
+    """Sampler progress from the executor's events: a tqdm bar on a terminal, plain lines
+    (first step, every tenth, last) when stderr is a pipe or a log file.
 
-    def __init__(self, enabled: bool) -> None:
+    The bar closes at its node's last step, or when another node starts, so what follows (VAE
+    decode, saving) is not shown under a finished bar.
+    """
+
+    def __init__(self, enabled: bool, interactive: bool | None = None) -> None:
         self.enabled = enabled
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._bar: Any = None
         self._node: str | None = None
+        self._class_types: dict[str, str] = {}
+
+    def set_class_types(self, class_types: dict[str, str]) -> None:
+        self._class_types = class_types
 
     def on_event(self, event: str, data: dict[str, Any]) -> None:
-        if not self.enabled or event != "progress":
+        if not self.enabled:
+            return
+        if event == "executing":
+            if data.get("node") != self._node:
+                self.close()
+            return
+        if event != "progress":
+            return
+        node, value, total = data.get("node"), int(data["value"]), int(data["max"])
+        label = f"node {node} {self._class_types.get(str(node), '')}".rstrip()
+        if not self.interactive:
+            self._node = node
+            if value in (1, total) or (total >= 10 and value % max(1, total // 10) == 0):
+                sys.stderr.write(f"{label}: step {value}/{total}\n")
+                sys.stderr.flush()
             return
         from tqdm import tqdm
 
-        if self._bar is None or self._node != data.get("node") or data["value"] < self._bar.n:
+        if self._bar is None or self._node != node or value < self._bar.n:
             self.close()
-            self._node = data.get("node")
-            self._bar = tqdm(total=data["max"], desc=f"node {self._node}", unit="step", file=sys.stderr)
-        self._bar.update(data["value"] - self._bar.n)
+            self._node = node
+            self._bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr)
+        self._bar.update(value - self._bar.n)
+        if value >= total:
+            self.close()
 
     def close(self) -> None:
         if self._bar is not None:

@@ -223,18 +223,23 @@ def parse_workflow(body: Any) -> WorkflowRequest:
         raise WorkflowParseError(
             "Workflow must be a JSON object", f"got {type(body).__name__}; expected an API-format prompt"
         )
-    if _is_wrapped_prompt(body):
-        return _parse_wrapped(body)
-    if _is_graph_form(body):
-        return _parse_graph_form(body)
-    if isinstance(body.get("nodes"), list) and "links" in body:
+    if _is_ui_workflow(body) or (_is_wrapped_prompt(body) and _is_ui_workflow(body["prompt"])):
         raise WorkflowParseError(
             "This is a ComfyUI UI workflow, not an API-format prompt",
             "export it with 'Save (API Format)' in ComfyUI, or send the graph form",
         )
+    if _is_wrapped_prompt(body):
+        return _parse_wrapped(body)
+    if _is_graph_form(body):
+        return _parse_graph_form(body)
     prompt = _api_prompt(body)
     followed = DEFAULT_FOLLOWED_NODE if DEFAULT_FOLLOWED_NODE in prompt else None
     return WorkflowRequest(graph=_graph_from_api(prompt), node_id=followed, prompt=prompt)
+
+
+def _is_ui_workflow(value: Any) -> bool:
+    """The UI's saved workflow: a node list plus a links list (the API format has neither)."""
+    return isinstance(value, dict) and isinstance(value.get("nodes"), list) and "links" in value
 
 
 def _looks_like_node(value: Any) -> bool:
