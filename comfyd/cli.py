@@ -32,7 +32,6 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     for flag, field in (
         ("models_dir", "models_dir"),
         ("input_dir", "input_dir"),
-        ("output", "output_dir"),
         ("output_dir", "output_dir"),
         ("host", "host"),
         ("port", "port"),
@@ -60,7 +59,7 @@ def _read_workflow(path: str | None) -> dict[str, Any] | None:
 # --- run ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
-    from comfyd.runner import LocalRunner, apply_sets, default_workflow
+    from comfyd.runner import CheckpointChoiceError, LocalRunner, apply_sets, default_workflow
 
     settings = _settings(args)
     workflow = _read_workflow(args.workflow)
@@ -73,7 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
     runner = LocalRunner(settings)
-    notice = runner.ensure_default_checkpoint(workflow)
+    try:
+        notice = runner.resolve_checkpoint(workflow, ckpt=args.ckpt)
+    except CheckpointChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if notice:
         print(f"note: {notice}", file=sys.stderr)
 
@@ -91,8 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     except (WorkflowParseError, WorkflowValidationError) as exc:
         body = exc.body() if isinstance(exc, WorkflowParseError) else exc.body
-        print("error: the workflow is invalid:", file=sys.stderr)
-        print(json.dumps(body, indent=2), file=sys.stderr)
+        if args.json:
+            print(json.dumps(body, indent=2))
+        else:
+            print_invalid(body)
         return EXIT_INVALID
     finally:
         progress.close()
@@ -112,9 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        error = result.error or {}
-        print(f"error: node {error.get('node_id')} ({error.get('node_type')}): {error.get('exception_type', '')}: "
-              f"{error.get('exception_message', error.get('message', ''))}", file=sys.stderr)
+        print(f"error: {runtime_error_line(result.error or {})}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -145,6 +148,29 @@ def _interrupt_on_sigint(interrupt: threading.Event, progress: _ProgressBar) -> 
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def print_invalid(body: dict[str, Any]) -> None:
+    """A /prompt error body as one line per problem (`--json` prints the body itself)."""
+    from comfyd.engine.errors import validation_problems
+
+    problems = validation_problems(body)
+    print(f"error: the workflow is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):",
+          file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    details = (body.get("error") or {}).get("details")
+    if not body.get("node_errors") and isinstance(details, str) and details and details not in problems[0]:
+        print(f"  ({details})", file=sys.stderr)
+    print("  (--json prints the full error body)", file=sys.stderr)
+
+
+def runtime_error_line(error: dict[str, Any]) -> str:
+    """`node 3 (KSampler): RuntimeError: ...` from an execution error dict ({type, message, ...})."""
+    where = f"node {error.get('node_id')} ({error.get('node_type')})" if error.get("node_id") else "the run"
+    kind = str(error.get("type") or "").rsplit(".", 1)[-1]
+    message = str(error.get("message") or "")
+    return f"{where}: {kind}: {message}" if kind else f"{where}: {message}"
 
 
 def _class_types(workflow: dict[str, Any]) -> dict[str, str]:
@@ -294,49 +320,58 @@ def cmd_aws_local(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_HELP_MODELS = "ComfyUI-layout models folder (checkpoints/, loras/, vae/, ...; also COMFYD_MODELS_DIR)"
+_HELP_INPUT = "folder LoadImage reads and uploads go to (also COMFYD_INPUT_DIR)"
+_HELP_OUTPUT = "folder SaveImage writes to (also COMFYD_OUTPUT_DIR)"
+_HELP_DEVICE = "auto | cpu | cuda | cuda:N | mps (also COMFYD_DEVICE)"
+
+
+def _add_folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", help=_HELP_MODELS)
+    parser.add_argument("--input-dir", help=_HELP_INPUT)
+    # One name for the output folder everywhere; `--output` still works (it was run's name).
+    parser.add_argument("--output-dir", "--output", dest="output_dir", help=_HELP_OUTPUT)
+    parser.add_argument("--device", help=_HELP_DEVICE)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from comfyd import __version__
+
     parser = argparse.ArgumentParser(prog="comfyd", description="Run ComfyUI workflows as a service.")
+    parser.add_argument("--version", action="version", version=f"comfyd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one workflow in this process")
     run.add_argument("workflow", nargs="?", help="API-format or graph-form JSON (default: ComfyUI's default graph)")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help='override an input, e.g. 6.text="a red fox"')
-    run.add_argument("--models-dir", help="ComfyUI-layout models folder (also COMFYD_MODELS_DIR)")
-    run.add_argument("--input-dir", help="where LoadImage finds its files")
-    run.add_argument("--output", help="output folder")
+    run.add_argument("--ckpt", metavar="NAME", help="checkpoint every CheckpointLoaderSimple loads (a name in checkpoints/)")
+    _add_folders(run)
     run.add_argument("--node-id", help="node whose progress is followed (default: the workflow's, or 3)")
-    run.add_argument("--mode", choices=["sequential", "parallel"], help="execution mode")
-    run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--mode", choices=["sequential", "parallel"], help="execution mode (default: the workflow's, else sequential)")
+    run.add_argument("--json", action="store_true", help="print the result, or the raw validation error body, as JSON")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser("serve", help="HTTP server: ComfyUI API, predictions, websocket")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--models-dir")
-    serve.add_argument("--output-dir")
-    serve.add_argument("--input-dir")
-    serve.add_argument("--device")
+    serve.add_argument("--host", help="bind address (also COMFYD_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (also COMFYD_PORT; default 8188)")
+    _add_folders(serve)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="consume the shared job queue (SQS) and run jobs")
-    worker.add_argument("--models-dir")
-    worker.add_argument("--output-dir")
-    worker.add_argument("--input-dir")
-    worker.add_argument("--device")
+    _add_folders(worker)
     worker.add_argument("--visibility-timeout", type=int, default=60, help="SQS visibility timeout per job lease (s)")
     worker.add_argument("--poll", type=int, default=20, help="SQS long-poll wait (s)")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     worker.set_defaults(func=cmd_worker)
 
     submit = sub.add_parser("submit", help="submit a workflow to a comfyd server and wait")
-    submit.add_argument("workflow")
-    submit.add_argument("--server", default="http://127.0.0.1:8188")
-    submit.add_argument("--api-key")
-    submit.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE")
-    submit.add_argument("--output", help="download the images here")
+    submit.add_argument("workflow", help="API-format or graph-form JSON file ('-' reads stdin)")
+    submit.add_argument("--server", default="http://127.0.0.1:8188", help="server URL (default http://127.0.0.1:8188)")
+    submit.add_argument("--api-key", help="API key, when the server has COMFYD_API_KEYS set")
+    submit.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help='override an input, e.g. 3.seed=7')
+    submit.add_argument("--output-dir", "--output", dest="output", help="download the images into this folder")
     submit.set_defaults(func=cmd_submit)
 
     models = sub.add_parser("models", help="model files").add_subparsers(dest="models_command", required=True)
@@ -344,15 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="models folder (checkpoints/ is created inside)")
     tiny.set_defaults(func=cmd_models_make_tiny)
     listing = models.add_parser("list", help="list model files")
-    listing.add_argument("--models-dir")
+    listing.add_argument("--models-dir", help=_HELP_MODELS)
     listing.set_defaults(func=cmd_models_list)
 
     aws = sub.add_parser("aws", help="AWS resources").add_subparsers(dest="aws_command", required=True)
     init = aws.add_parser("init", help="create the bucket, table, queues and topic the settings name")
     init.set_defaults(func=cmd_aws_init)
     local = aws.add_parser("local", help="start a local AWS endpoint (moto server) for development")
-    local.add_argument("--host", default="127.0.0.1")
-    local.add_argument("--port", type=int, default=5000)
+    local.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    local.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     local.set_defaults(func=cmd_aws_local)
     return parser
 

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 32 * 1024**2
     max_image_pixels: int = 4096 * 4096
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Serve /docs and /openapi.json; unset = only when auth is off (the docs need no key).
+    api_docs: bool | None = None
     webhook_secret: str | None = None  # Standard Webhooks secret (`whsec_<base64>` or raw)
     # Webhooks go to public addresses only (comfyd.backends.webhook_guard); these hosts, `*.suffix`
     # patterns, IPs or CIDR networks are allowed even when private.

@@ -48,6 +48,8 @@ class InputLimit:
     max: int | None = None
     multiple_of: int | None = None
     class_types: frozenset[str] = frozenset()
+    # The variable that raises `max`, named in the error so the operator knows what to change.
+    setting: str | None = None
 
 
 # Nodes whose width/height/batch_size decide how much a job computes.
@@ -58,9 +60,9 @@ SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale"})
 class ServiceLimits:
     max_nodes: int = 100
     input_limits: tuple[InputLimit, ...] = (
-        InputLimit("width", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
-        InputLimit("height", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES),
-        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES),
+        InputLimit("width", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES, setting="COMFYD_MAX_IMAGE_SIDE"),
+        InputLimit("height", max=1024, multiple_of=8, class_types=SIZE_LIMITED_NODES, setting="COMFYD_MAX_IMAGE_SIDE"),
+        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES, setting="COMFYD_MAX_BATCH_SIZE"),
     )
 
     @classmethod
@@ -73,9 +75,12 @@ class ServiceLimits:
         return cls(
             max_nodes=getattr(settings, "max_workflow_nodes", default.max_nodes),
             input_limits=(
-                InputLimit("width", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
-                InputLimit("height", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
-                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES),
+                InputLimit("width", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES,
+                           setting="COMFYD_MAX_IMAGE_SIDE"),
+                InputLimit("height", max=side, multiple_of=multiple, class_types=SIZE_LIMITED_NODES,
+                           setting="COMFYD_MAX_IMAGE_SIDE"),
+                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES,
+                           setting="COMFYD_MAX_BATCH_SIZE"),
             ),
         )
 
@@ -127,7 +132,8 @@ def plan_workflow(
         raise WorkflowValidationError(
             _prompt_error(
                 "invalid_prompt",
-                f"Workflow has {len(graph)} nodes; comfyd runs at most {limits.max_nodes}",
+                f"Workflow has {len(graph)} nodes; comfyd runs at most {limits.max_nodes} "
+                "(COMFYD_MAX_WORKFLOW_NODES raises it)",
                 f"{len(graph)} nodes > max_nodes {limits.max_nodes}",
                 {"node_count": len(graph), "max_nodes": limits.max_nodes},
             )
@@ -362,7 +368,8 @@ class _InputChecker:
                         spec,
                         value,
                         "value_bigger_than_max",
-                        f"bigger than max of {limit.max} (comfyd service limit)",
+                        f"bigger than max of {limit.max} (comfyd service limit"
+                        + (f"; {limit.setting} raises it)" if limit.setting else ")"),
                     ), None
                 if limit.multiple_of and value % limit.multiple_of:
                     return self._value_error(

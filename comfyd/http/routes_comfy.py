@@ -233,7 +233,8 @@ def _check_image(data: bytes, max_pixels: int, filename: str) -> None:
             if width * height > max_pixels:
                 raise ApiError(
                     413, "ImageTooLarge",
-                    f"image {filename!r} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                    f"image {filename!r} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                    "(COMFYD_MAX_IMAGE_PIXELS raises it)",
                     {"width": width, "height": height, "max_pixels": max_pixels},
                 )
             img.verify()

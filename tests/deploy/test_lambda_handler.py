@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from comfyd.engine.interfaces import JobRecord, JobStatus
-from comfyd.settings import Settings
 from comfyd.lambda_handler import LAMBDA_SCRATCH, UnsupportedEventError, handler, lambda_app, lambda_settings
+from comfyd.settings import Settings
 
 COG_STATUSES = {"STARTING", "READY", "BUSY", "SETUP_FAILED", "DEFUNCT", "UNHEALTHY"}
 

@@ -246,9 +246,9 @@ def test_service_limits_on_size_and_batch(fake: Any, default_prompt: dict[str, A
     default_prompt["5"]["inputs"].update(width=1032, height=500, batch_size=5)
     errors = _fail(fake, default_prompt)["node_errors"]["5"]["errors"]
     assert [(e["type"], e["details"], e["message"]) for e in errors] == [
-        ("value_bigger_than_max", "width", "Value 1032 bigger than max of 1024 (comfyd service limit)"),
+        ("value_bigger_than_max", "width", "Value 1032 bigger than max of 1024 (comfyd service limit; COMFYD_MAX_IMAGE_SIDE raises it)"),
         ("value_not_multiple_of", "height", "Value 500 is not a multiple of 8"),
-        ("value_bigger_than_max", "batch_size", "Value 5 bigger than max of 4 (comfyd service limit)"),
+        ("value_bigger_than_max", "batch_size", "Value 5 bigger than max of 4 (comfyd service limit; COMFYD_MAX_BATCH_SIZE raises it)"),
     ]
     assert errors[1]["extra_info"] == {
         "input_name": "height",
@@ -279,7 +279,7 @@ def test_too_many_nodes(fake: Any, default_prompt: dict[str, Any]) -> None:
     assert len(default_prompt) == 101
     body = _fail(fake, default_prompt)
     assert body["error"]["type"] == "invalid_prompt"
-    assert body["error"]["message"] == "Workflow has 101 nodes; comfyd runs at most 100"
+    assert body["error"]["message"] == "Workflow has 101 nodes; comfyd runs at most 100 (COMFYD_MAX_WORKFLOW_NODES raises it)"
     assert body["node_errors"] == {}
     del default_prompt["100"]
     assert validate_workflow(parse_workflow(default_prompt), fake.registry, fake.env) == ["9"]
