@@ -198,6 +198,20 @@ def write_exclusive(folder: Path, stem: str, start: int, data: bytes) -> tuple[s
     )
 
 
+def check_filename_prefix(env: NodeEnvironment | None, prefix: Any) -> str | None:
+    """Validation of SaveImage's prefix: one that would leave the output folder is refused
+    before the workflow runs, not after its sampling. Tokens are expanded with placeholder sizes
+    (%width% and friends are digits, which cannot change where the path leads)."""
+    if not isinstance(prefix, str):
+        return None
+    base = env.output_dir if env is not None else Path("output")
+    try:
+        save_target(base, expand_prefix_tokens(prefix, 512, 512))
+    except UnsafePathError as exc:
+        return str(exc)
+    return None
+
+
 def save_images(
     images: torch.Tensor,
     base_dir: Path,
@@ -242,6 +256,7 @@ class SaveImage(Node):
                 default="ComfyUI",
                 tooltip="File name stem, optionally with subfolders ('portraits/fox') and tokens such as "
                 "%date:yyyy-MM-dd%, %width% or %height%.",
+                validator=check_filename_prefix,
             ),
         ),
         outputs=(),
