@@ -22,12 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env["COMFYD_HOME"] = env.get("COMFYD_HOME", "")  # the conftest's temporary home
     return env
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     from comfyd.models.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("models")
@@ -108,6 +107,7 @@ def test_second_ctrl_c_exits_at_once_while_a_node_ignores_the_flag(tmp_path: Pat
     assert "Traceback" not in stderr and "terminate called" not in stderr
 
 
+@pytest.mark.slow
 def test_two_quick_ctrl_c_on_a_real_run_exit_130_cleanly(models_dir: tuple[Path, str], tmp_path: Path) -> None:
     proc = _start_run(models_dir, tmp_path / "out", "parallel")
     try:
