@@ -117,7 +117,45 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     for prefix in ("", "/api"):
         app.include_router(comfy_router, prefix=prefix)
         app.include_router(ws_router, prefix=prefix)
+    if docs:
+        _document_request_bodies(app)
     return app
+
+
+def _document_request_bodies(app: FastAPI) -> None:
+    """The routes read their JSON bodies themselves (to answer ComfyUI's error shapes), so
+    FastAPI cannot see their models: name them in the OpenAPI document here."""
+    from comfyd.engine.graph import WrappedPromptModel
+    from comfyd.http.routes_predictions import GenerateRequest, PredictionRequest
+
+    bodies: dict[tuple[str, str], type[Any]] = {}
+    for prefix in ("", "/api"):
+        bodies[(f"{prefix}/prompt", "post")] = WrappedPromptModel
+    bodies[("/predictions", "post")] = PredictionRequest
+    bodies[("/predictions/{prediction_id}", "put")] = PredictionRequest
+    bodies[("/v1/generate", "post")] = GenerateRequest
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for (path, method), model in bodies.items():
+            operation = schema.get("paths", {}).get(path, {}).get(method)
+            if operation is None:
+                continue
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def docs_enabled(settings: Settings) -> bool:

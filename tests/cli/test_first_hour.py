@@ -258,7 +258,10 @@ def test_root_introduces_the_server_and_docs_serve_request_schemas(tmp_path: Pat
     assert intro["name"] == "comfyd" and intro["docs"] == "/docs" and "POST /prompt" in intro["api"]["comfyui"]
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
-    assert "/v1/generate" in schema["paths"]
+    generate = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert generate == {"$ref": "#/components/schemas/GenerateRequest"}
+    assert "ckpt_name" in schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert "requestBody" in schema["paths"]["/prompt"]["post"]
     app.state.comfyd.services.close()
 
     keyed = create_app(_server_settings(tmp_path / "k", api_keys=["secret"]))
