@@ -96,3 +96,17 @@ def test_runner_sets_torch_threads_and_comfyd_prefers_passive_openmp_waiting(tmp
     out = subprocess.run([sys.executable, "-c", "import os, comfyd; print(os.environ['OMP_WAIT_POLICY'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_interactive_progress_is_a_tqdm_bar_closed_at_the_last_step(capsys: pytest.CaptureFixture[str]) -> None:
+    from comfyd.runner import _progress_listener
+
+    assert _progress_listener(False) is None
+    listener = _progress_listener(True)
+    assert listener is not None
+    for step in (1, 2, 3):
+        listener("progress", {"node": "3", "value": step, "max": 3})
+    listener("executing", {"node": "8"})
+    listener("closed", {})
+    err = capsys.readouterr().err
+    assert "3/3" in err and "node 3" in err
