@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 setup:
 	./scripts/setup.sh
 
+# Small and quick on the tiny random-weight model; the run says how to get real pictures.
 demo: setup
-	$(VENV)/bin/comfyd run --models-dir models --output output
+	$(VENV)/bin/comfyd run --output-dir output --set 5.width=128 --set 5.height=128
 
 test: setup
 	$(PY) -m pytest -q

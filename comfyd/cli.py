@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,6 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     for flag, field in (
         ("models_dir", "models_dir"),
         ("input_dir", "input_dir"),
-        ("output", "output_dir"),
         ("output_dir", "output_dir"),
         ("host", "host"),
         ("port", "port"),
@@ -58,7 +62,7 @@ def _read_workflow(path: str | None) -> dict[str, Any] | None:
 # --- run ---------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
-    from comfyd.runner import LocalRunner, apply_sets, default_workflow
+    from comfyd.runner import CheckpointChoiceError, LocalRunner, apply_sets, default_workflow
 
     settings = _settings(args)
     if args.dry_run:
@@ -88,23 +92,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
     runner = LocalRunner(settings)
-    notice = runner.ensure_default_checkpoint(workflow)
+    try:
+        notice = runner.resolve_checkpoint(workflow, ckpt=args.ckpt)
+    except CheckpointChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if notice:
         print(f"note: {notice}", file=sys.stderr)
 
     progress = _ProgressBar(enabled=not args.quiet)
+    progress.set_class_types(_class_types(workflow))
+    interrupt = threading.Event()
     try:
-        result = runner.run(
-            workflow,
-            node_id=args.node_id,
-            execution_mode=args.mode,
-            listener=progress.on_event,
-            extra_data={"extra_pnginfo": {"workflow": ui_graph}} if ui_graph is not None else None,
-        )
+        with _interrupt_on_sigint(interrupt, progress):
+            result = runner.run(
+                workflow,
+                node_id=args.node_id,
+                execution_mode=args.mode,
+                listener=progress.on_event,
+                interrupt=interrupt,
+                extra_data={"extra_pnginfo": {"workflow": ui_graph}} if ui_graph is not None else None,
+            )
     except (WorkflowParseError, WorkflowValidationError) as exc:
         body = exc.body() if isinstance(exc, WorkflowParseError) else exc.body
-        print("error: the workflow is invalid:", file=sys.stderr)
-        print(json.dumps(body, indent=2), file=sys.stderr)
+        if args.json:
+            print(json.dumps(body, indent=2))
+        else:
+            print_invalid(body)
         return EXIT_INVALID
     finally:
         progress.close()
@@ -121,13 +135,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path in result.paths:
             print(f"wrote {path}")
     if result.status == "interrupted":
+        print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        error = result.error or {}
-        print(f"error: node {error.get('node_id')} ({error.get('node_type')}): {error.get('exception_type', '')}: "
-              f"{error.get('exception_message', error.get('message', ''))}", file=sys.stderr)
+        print(f"error: {runtime_error_line(result.error or {})}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+@contextmanager
+def _interrupt_on_sigint(interrupt: threading.Event, progress: _ProgressBar) -> Iterator[None]:
+    """First Ctrl-C: set the run's interrupt flag, so the running node stops at its next step
+    (in both execution modes: in parallel mode the node runs on a pool thread, where a
+    KeyboardInterrupt raised in the main thread would never reach it). Second Ctrl-C: leave at
+    once. `os._exit` skips the interpreter's shutdown, which would otherwise wait for (or abort
+    under) the native threads torch is still running."""
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupt.is_set():
+            sys.stderr.write("\ninterrupted again: exiting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        interrupt.set()
+        progress.close()
+        sys.stderr.write("\ninterrupting at the next step (Ctrl-C again to quit at once)\n")
+        sys.stderr.flush()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def print_invalid(body: dict[str, Any]) -> None:
+    """A /prompt error body as one line per problem (`--json` prints the body itself)."""
+    from comfyd.engine.errors import validation_problems
+
+    problems = validation_problems(body)
+    print(f"error: the workflow is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):",
+          file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    details = (body.get("error") or {}).get("details")
+    if not body.get("node_errors") and isinstance(details, str) and details and details not in problems[0]:
+        print(f"  ({details})", file=sys.stderr)
+    print("  (--json prints the full error body)", file=sys.stderr)
+
+
+def runtime_error_line(error: dict[str, Any]) -> str:
+    """`node 3 (KSampler): RuntimeError: ...` from an execution error dict ({type, message, ...})."""
+    where = f"node {error.get('node_id')} ({error.get('node_type')})" if error.get("node_id") else "the run"
+    kind = str(error.get("type") or "").rsplit(".", 1)[-1]
+    message = str(error.get("message") or "")
+    return f"{where}: {kind}: {message}" if kind else f"{where}: {message}"
 
 
 def _class_types(workflow: dict[str, Any]) -> dict[str, str]:
@@ -149,23 +213,49 @@ def _print_timings(timings: dict[str, float], cached: list[str], class_types: di
 
 
 class _ProgressBar:
-    """A tqdm bar fed by the executor's progress events (sampler steps)."""
+    """Sampler progress from the executor's events: a tqdm bar on a terminal, plain lines
+    (first step, every tenth, last) when stderr is a pipe or a log file.
 
-    def __init__(self, enabled: bool) -> None:
+    The bar closes at its node's last step, or when another node starts, so what follows (VAE
+    decode, saving) is not shown under a finished bar.
+    """
+
+    def __init__(self, enabled: bool, interactive: bool | None = None) -> None:
         self.enabled = enabled
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._bar: Any = None
         self._node: str | None = None
+        self._class_types: dict[str, str] = {}
+
+    def set_class_types(self, class_types: dict[str, str]) -> None:
+        self._class_types = class_types
 
     def on_event(self, event: str, data: dict[str, Any]) -> None:
-        if not self.enabled or event != "progress":
+        if not self.enabled:
+            return
+        if event == "executing":
+            if data.get("node") != self._node:
+                self.close()
+            return
+        if event != "progress":
+            return
+        node, value, total = data.get("node"), int(data["value"]), int(data["max"])
+        label = f"node {node} {self._class_types.get(str(node), '')}".rstrip()
+        if not self.interactive:
+            self._node = node
+            if value in (1, total) or (total >= 10 and value % max(1, total // 10) == 0):
+                sys.stderr.write(f"{label}: step {value}/{total}\n")
+                sys.stderr.flush()
             return
         from tqdm import tqdm
 
-        if self._bar is None or self._node != data.get("node") or data["value"] < self._bar.n:
+        if self._bar is None or self._node != node or value < self._bar.n:
             self.close()
-            self._node = data.get("node")
-            self._bar = tqdm(total=data["max"], desc=f"node {self._node}", unit="step", file=sys.stderr)
-        self._bar.update(data["value"] - self._bar.n)
+            self._node = node
+            self._bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr)
+        self._bar.update(value - self._bar.n)
+        if value >= total:
+            self.close()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -251,10 +341,26 @@ def cmd_aws_local(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_HELP_MODELS = "ComfyUI-layout models folder (checkpoints/, loras/, vae/, ...; also COMFYD_MODELS_DIR)"
+_HELP_INPUT = "folder LoadImage reads and uploads go to (also COMFYD_INPUT_DIR)"
+_HELP_OUTPUT = "folder SaveImage writes to (also COMFYD_OUTPUT_DIR)"
+_HELP_DEVICE = "auto | cpu | cuda | cuda:N | mps (also COMFYD_DEVICE)"
+
+
+def _add_folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", help=_HELP_MODELS)
+    parser.add_argument("--input-dir", help=_HELP_INPUT)
+    # One name for the output folder everywhere; `--output` still works (it was run's name).
+    parser.add_argument("--output-dir", "--output", dest="output_dir", help=_HELP_OUTPUT)
+    parser.add_argument("--device", help=_HELP_DEVICE)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from comfyd import __version__
     from comfyd.cli_check import add_check_arguments, add_check_parser, add_pull_parser
 
     parser = argparse.ArgumentParser(prog="comfyd", description="Run ComfyUI workflows as a service.")
+    parser.add_argument("--version", action="version", version=f"comfyd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -262,13 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workflow", nargs="?", help="API, graph-form or UI JSON, or a PNG/WEBP ComfyUI wrote "
                      "(default: ComfyUI's default graph)")
     run.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help='override an input, e.g. 6.text="a red fox"')
-    run.add_argument("--models-dir", help="ComfyUI-layout models folder (also COMFYD_MODELS_DIR)")
-    run.add_argument("--input-dir", help="where LoadImage finds its files")
-    run.add_argument("--output", help="output folder")
+    run.add_argument("--ckpt", metavar="NAME", help="checkpoint every CheckpointLoaderSimple loads (a name in checkpoints/)")
+    _add_folders(run)
     run.add_argument("--node-id", help="node whose progress is followed (default: the workflow's, or 3)")
-    run.add_argument("--mode", choices=["sequential", "parallel"], help="execution mode")
-    run.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--mode", choices=["sequential", "parallel"], help="execution mode (default: the workflow's, else sequential)")
+    run.add_argument("--json", action="store_true", help="print the result, or the raw validation error body, as JSON")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.add_argument("--dry-run", action="store_true", help="check the workflow instead of running it (= comfyd check)")
     add_check_arguments(run, for_run=True)
@@ -276,30 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_parser(sub, _settings)
 
     serve = sub.add_parser("serve", help="HTTP server: ComfyUI API, predictions, websocket")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--models-dir")
-    serve.add_argument("--output-dir")
-    serve.add_argument("--input-dir")
-    serve.add_argument("--device")
+    serve.add_argument("--host", help="bind address (also COMFYD_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (also COMFYD_PORT; default 8188)")
+    _add_folders(serve)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="consume the shared job queue (SQS) and run jobs")
-    worker.add_argument("--models-dir")
-    worker.add_argument("--output-dir")
-    worker.add_argument("--input-dir")
-    worker.add_argument("--device")
+    _add_folders(worker)
     worker.add_argument("--visibility-timeout", type=int, default=60, help="SQS visibility timeout per job lease (s)")
     worker.add_argument("--poll", type=int, default=20, help="SQS long-poll wait (s)")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     worker.set_defaults(func=cmd_worker)
 
     submit = sub.add_parser("submit", help="submit a workflow to a comfyd server and wait")
-    submit.add_argument("workflow")
-    submit.add_argument("--server", default="http://127.0.0.1:8188")
-    submit.add_argument("--api-key")
-    submit.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE")
-    submit.add_argument("--output", help="download the images here")
+    submit.add_argument("workflow", help="API-format or graph-form JSON file ('-' reads stdin)")
+    submit.add_argument("--server", default="http://127.0.0.1:8188", help="server URL (default http://127.0.0.1:8188)")
+    submit.add_argument("--api-key", help="API key, when the server has COMFYD_API_KEYS set")
+    submit.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help='override an input, e.g. 3.seed=7')
+    submit.add_argument("--output-dir", "--output", dest="output", help="download the images into this folder")
     submit.set_defaults(func=cmd_submit)
 
     models = sub.add_parser("models", help="model files").add_subparsers(dest="models_command", required=True)
@@ -307,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", help="models folder (checkpoints/ is created inside)")
     tiny.set_defaults(func=cmd_models_make_tiny)
     listing = models.add_parser("list", help="list model files")
-    listing.add_argument("--models-dir")
+    listing.add_argument("--models-dir", help=_HELP_MODELS)
     listing.set_defaults(func=cmd_models_list)
     add_pull_parser(models, _settings)
 
@@ -315,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     init = aws.add_parser("init", help="create the bucket, table, queues and topic the settings name")
     init.set_defaults(func=cmd_aws_init)
     local = aws.add_parser("local", help="start a local AWS endpoint (moto server) for development")
-    local.add_argument("--host", default="127.0.0.1")
-    local.add_argument("--port", type=int, default=5000)
+    local.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    local.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     local.set_defaults(func=cmd_aws_local)
     return parser
 

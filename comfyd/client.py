@@ -406,13 +406,19 @@ def submit_cli(args: Any) -> int:
         return 2
     api_key = getattr(args, "api_key", None) or os.environ.get("COMFYD_API_KEY")
     progress = _Progress()
+    started = time.monotonic()
     with Client(args.server, api_key) as client:
         try:
             prompt_id, entry = client.submit_and_wait(workflow, on_event=progress)
         except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if isinstance(exc.body, dict):
-                print(json.dumps(exc.body, indent=2), file=sys.stderr)
+            if isinstance(exc.body, dict) and "node_errors" in exc.body:
+                from comfyd.cli import print_invalid
+
+                print_invalid(exc.body)
+            else:
+                print(f"error: {exc}", file=sys.stderr)
+                if isinstance(exc.body, dict):
+                    print(json.dumps(exc.body, indent=2), file=sys.stderr)
             return 2 if 400 <= exc.status < 500 else 1
         except (httpx.HTTPError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -420,13 +426,16 @@ def submit_cli(args: Any) -> int:
         finally:
             progress.close()
         status = entry.get("status", {})
+        elapsed = time.monotonic() - started
         if not status.get("completed"):
-            print(f"job {prompt_id} ended: {status.get('reason') or status.get('status_str')}", file=sys.stderr)
+            print(f"job {prompt_id} ended after {elapsed:.1f} s: {status.get('reason') or status.get('status_str')}",
+                  file=sys.stderr)
             for event, data in status.get("messages", []):
                 if event == "execution_error":
                     print(f"  node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
                           f"{data.get('exception_message')}", file=sys.stderr)
             return 1
+        print(f"job {prompt_id} succeeded in {elapsed:.1f} s", file=sys.stderr)
         output = getattr(args, "output", None)
         if output:
             for written in client.download(entry, output):

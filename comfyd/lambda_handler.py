@@ -46,7 +46,7 @@ from comfyd.lambda_asgi import (
     is_http_api_event,
     is_rest_api_event,
 )
-from comfyd.settings import Settings
+from comfyd.settings import HOME_PATHS, Settings
 
 if TYPE_CHECKING:
     from comfyd.engine.interfaces import JobQueue, JobRecord, QueueItem
@@ -84,7 +84,9 @@ def lambda_settings() -> Settings:
     updates: dict[str, Path] = {}
     for name in WRITABLE_PATH_FIELDS:
         value = Path(getattr(settings, name))
-        if not value.is_absolute():
+        if not settings.is_explicit(name):  # a default inside comfyd's home: read-only here
+            updates[name] = LAMBDA_SCRATCH / HOME_PATHS[name]
+        elif not value.is_absolute():
             updates[name] = LAMBDA_SCRATCH / value
     LAMBDA_SCRATCH.mkdir(parents=True, exist_ok=True)
     # Libraries that cache under $HOME would fail on the read-only image file system.

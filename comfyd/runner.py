@@ -31,6 +31,17 @@ TINY_CHECKPOINT = "comfyd-tiny-sd1.safetensors"
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+class CheckpointChoiceError(ValueError):
+    """The workflow's checkpoint is absent and comfyd will not guess which other one to load."""
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    if not names:
+        return "no checkpoint is there"
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+    return f"available: {shown}"
+
+
 def default_workflow(prompt: str = DEFAULT_PROMPT) -> dict[str, Any]:
     """ComfyUI's default text-to-image graph in API format, with `prompt` as positive text."""
     text = resources.files("comfyd.workflows").joinpath("default_api.json").read_text()
@@ -115,8 +126,10 @@ class LocalRunner:
         from comfyd.engine.executor import Executor
         from comfyd.engine.schema import REGISTRY
         from comfyd.models.manager import ModelManager
+        from comfyd.models.threads import configure_cpu_threads
 
         self.settings = settings or Settings()
+        configure_cpu_threads(self.settings, concurrent_jobs=1)
         self.env = NodeEnvironment(self.settings, models=ModelManager(self.settings))
         self.registry = REGISTRY
         self.executor = Executor(REGISTRY, self.env, cache=NodeCache(max_bytes=self.settings.node_cache_bytes))
@@ -133,33 +146,70 @@ class LocalRunner:
         self.executor.cache.clear()
         self.env.models.free()
 
-    def ensure_default_checkpoint(self, workflow: dict[str, Any]) -> str | None:
-        """If the workflow names the default SD1.5 file and it is absent, use the tiny model.
+    def resolve_checkpoint(self, workflow: dict[str, Any], ckpt: str | None = None) -> str | None:
+        """Settle which checkpoint the workflow's CheckpointLoaderSimple nodes load.
 
-        Returns a notice for the user when it substituted (random weights draw noise).
+        - `ckpt` given: every such loader loads it (CheckpointChoiceError if no root has it).
+        - The workflow names the default SD1.5 file, which is absent, and other checkpoints
+          exist: CheckpointChoiceError listing them (never a silent pick).
+        - No checkpoint at all: the tiny random-weight model, written into comfyd's own models
+          folder (`home/models`), never into a models folder the user named; returns a notice
+          saying so (its images are noise).
         """
-        from comfyd.models.tiny import make_tiny_checkpoint
-
         names = self.env.models.list_files("checkpoints")
-        nodes = workflow_nodes(workflow).values()
-        loaders = [n for n in nodes if isinstance(n, dict) and n.get("class_type") == "CheckpointLoaderSimple"]
+        loaders = [n for n in workflow_nodes(workflow).values()
+                   if isinstance(n, dict) and n.get("class_type") == "CheckpointLoaderSimple"]
+        if ckpt is not None:
+            if ckpt not in names:
+                raise CheckpointChoiceError(
+                    f"checkpoint {ckpt!r} is not in {self._checkpoint_dirs()}; {_listing(names)}"
+                )
+            for node in loaders:
+                node.setdefault("inputs", {})["ckpt_name"] = ckpt
+            return None
         missing = [n for n in loaders if n.get("inputs", {}).get("ckpt_name") == DEFAULT_CHECKPOINT]
         if not missing or DEFAULT_CHECKPOINT in names:
             return None
+        others = [n for n in names if n != TINY_CHECKPOINT]
+        if others:
+            raise CheckpointChoiceError(
+                f"{DEFAULT_CHECKPOINT} (the workflow's checkpoint) is not in {self._checkpoint_dirs()}; "
+                f"{_listing(others)}. Choose one with --ckpt NAME (ckpt_name in /v1/generate, "
+                "checkpoint= in generate_image) or name it in the workflow."
+            )
+        own_root = Path(self.settings.home).expanduser() / "models"
         if TINY_CHECKPOINT not in names:
-            folder = Path(self.settings.models_dir) / "checkpoints"
-            made = make_tiny_checkpoint(folder, family="sd1", fmt="single", seed=0)
-            if made.name != TINY_CHECKPOINT:
-                made.rename(folder / TINY_CHECKPOINT)
+            folder = own_root / "checkpoints"
+            if not (folder / TINY_CHECKPOINT).is_file():
+                from comfyd.models.tiny import make_tiny_checkpoint
+
+                made = make_tiny_checkpoint(folder, family="sd1", fmt="single", seed=0)
+                if made.name != TINY_CHECKPOINT:
+                    made.rename(folder / TINY_CHECKPOINT)
+            self._add_model_root(own_root)
         for node in missing:
             node["inputs"]["ckpt_name"] = TINY_CHECKPOINT
-        models_dir = Path(self.settings.models_dir).resolve()
         return (
-            f"{DEFAULT_CHECKPOINT} is not in {models_dir}/checkpoints, so this run uses the tiny "
-            f"random-weight model {TINY_CHECKPOINT}: its images are noise, not pictures. For real "
-            f"images put a checkpoint in {models_dir}/checkpoints (or pass --models-dir / set "
-            "COMFYD_MODELS_DIR to a ComfyUI models folder) and name it in the workflow."
+            f"{DEFAULT_CHECKPOINT} is not in {self._checkpoint_dirs()}, so this run uses the tiny "
+            f"random-weight model {TINY_CHECKPOINT} (in {own_root / 'checkpoints'}): its images are "
+            "noise, not pictures. For real images pass --models-dir (or set COMFYD_MODELS_DIR) to "
+            "a ComfyUI models folder holding a checkpoint, and --ckpt NAME to pick one."
         )
+
+    # The name this method had before it could refuse; kept for callers of the library.
+    ensure_default_checkpoint = resolve_checkpoint
+
+    def _checkpoint_dirs(self) -> str:
+        roots = self.env.models.paths.roots
+        return ", ".join(str(Path(r).resolve() / "checkpoints") for r in roots)
+
+    def _add_model_root(self, root: Path) -> None:
+        """Search `root` too (after the configured ones): where the tiny model was written."""
+        from comfyd.models.paths import ModelPaths
+
+        roots = tuple(self.env.models.paths.roots)
+        if Path(root) not in [Path(r) for r in roots]:
+            self.env.models.paths = ModelPaths((*roots, Path(root)))
 
     def run(
         self,
@@ -215,22 +265,37 @@ class LocalRunner:
         return files
 
 
+ProgressFn = Callable[[int, int], None]
+
+
 def generate_image(
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str | None = None,
     workflow: dict[str, Any] | None = None,
-    node_id: str = "3",
+    node_id: str | None = None,
     execution_mode: str = "sequential",
     *,
     negative_prompt: str | None = None,
     seed: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    checkpoint: str | None = None,
     settings: Settings | None = None,
     listener: Listener | None = None,
+    progress: ProgressFn | bool | None = None,
     runner: LocalRunner | None = None,
 ) -> RunResult:
     """Run a text-to-image workflow (ComfyUI's default graph unless `workflow` is given).
 
-    `prompt` replaces the text of the positive CLIPTextEncode feeding node `node_id` when the
-    workflow is the default one; a custom workflow runs as given.
+    `prompt`, `negative_prompt`, `seed`, `width`, `height`, `steps`, `cfg` and `checkpoint`
+    are written into the workflow, the given one too: into the text encoders feeding the
+    sampler (node `node_id`, or the workflow's only KSampler), the sampler, its
+    EmptyLatentImage and every CheckpointLoaderSimple. A parameter with no place in the
+    workflow raises `WorkflowParamError`; parameters left at None keep the workflow's values.
+
+    `progress`: a callable `(step, total)` called per sampler step; by default a tqdm bar is
+    shown when stderr is a terminal (`progress=False`: none).
 
     Without `runner`, the call builds a runner from `settings`, runs, and frees its models, so
     nothing stays loaded afterwards. To keep models warm across calls, hold a runner:
@@ -239,31 +304,83 @@ def generate_image(
             for text in ("a red fox", "a blue fox"):
                 generate_image(text, runner=runner)
     """
+    from comfyd.workflow_params import GenerationParams
+
+    params = GenerationParams(prompt, negative_prompt, seed, width, height, steps, cfg, checkpoint)
     if runner is None:
         with LocalRunner(settings) as own:
-            return _generate(own, prompt, workflow, node_id, execution_mode, negative_prompt, seed, listener)
+            return _generate(own, params, workflow, node_id, execution_mode, listener, progress)
     if settings is not None and settings is not runner.settings:
         raise ValueError("pass either settings or a runner: the runner already has its settings")
-    return _generate(runner, prompt, workflow, node_id, execution_mode, negative_prompt, seed, listener)
+    return _generate(runner, params, workflow, node_id, execution_mode, listener, progress)
 
 
 def _generate(
     runner: LocalRunner,
-    prompt: str,
+    params: Any,
     workflow: dict[str, Any] | None,
-    node_id: str,
+    node_id: str | None,
     execution_mode: str,
-    negative_prompt: str | None,
-    seed: int | None,
     listener: Listener | None,
+    progress: ProgressFn | bool | None,
 ) -> RunResult:
+    from comfyd.workflow_params import apply_params
+
     if workflow is None:
-        workflow = default_workflow(prompt)
-        if negative_prompt is not None:
-            workflow["7"]["inputs"]["text"] = negative_prompt
-        if seed is not None:
-            workflow["3"]["inputs"]["seed"] = seed
-        notice = runner.ensure_default_checkpoint(workflow)
+        workflow = default_workflow(params.prompt if params.prompt is not None else DEFAULT_PROMPT)
+        node_id = node_id or "3"
+    else:
+        workflow = copy.deepcopy(workflow)
+    apply_params(workflow, params, node_id)
+    if params.checkpoint is None:
+        notice = runner.resolve_checkpoint(workflow)
         if notice:
             log.warning(notice)
-    return runner.run(workflow, node_id=node_id, execution_mode=execution_mode, listener=listener)
+    bar = _progress_listener(progress)
+    try:
+        def both(event: str, data: dict[str, Any]) -> None:
+            if bar is not None:
+                bar(event, data)
+            if listener is not None:
+                listener(event, data)
+
+        return runner.run(workflow, node_id=node_id, execution_mode=execution_mode, listener=both)
+    finally:
+        if bar is not None:
+            bar("closed", {})
+
+
+def _progress_listener(progress: ProgressFn | bool | None) -> Listener | None:
+    """Sampler steps to a callback, or to a tqdm bar when stderr is a terminal."""
+    import sys
+
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    if callable(progress):
+        callback = progress
+
+        def to_callback(event: str, data: dict[str, Any]) -> None:
+            if event == "progress":
+                callback(int(data["value"]), int(data["max"]))
+
+        return to_callback
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def to_bar(event: str, data: dict[str, Any]) -> None:
+        bar = state["bar"]
+        if event == "progress":
+            if bar is None or data["value"] < bar.n:
+                if bar is not None:
+                    bar.close()
+                bar = state["bar"] = tqdm(total=data["max"], desc=f"node {data.get('node')}", unit="step")
+            bar.update(data["value"] - bar.n)
+            if data["value"] >= data["max"]:
+                bar.close()
+                state["bar"] = None
+        elif event in ("executing", "closed") and bar is not None:
+            bar.close()
+            state["bar"] = None
+
+    return to_bar

@@ -173,8 +173,12 @@ def build_runtime(settings: Settings) -> JobRuntime:
     from comfyd.engine.schema import REGISTRY
     from comfyd.engine.validate import ServiceLimits
     from comfyd.models.manager import ModelManager
+    from comfyd.models.threads import configure_cpu_threads
     from comfyd.warmup import run_warmup
 
+    # Jobs that may compute at once share the CPUs (device_concurrency bounds them when set).
+    computing = settings.device_concurrency or settings.max_concurrent_jobs
+    configure_cpu_threads(settings, concurrent_jobs=computing)
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
     env = NodeEnvironment(settings, models=ModelManager(settings))

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -92,11 +94,20 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
 
     from comfyd import __version__
 
+    docs = docs_enabled(settings)
     app = FastAPI(
         title="comfyd", version=__version__, lifespan=lifespan,
-        # The interactive docs would be unauthenticated: off.
-        docs_url=None, redoc_url=None, openapi_url=None, default_response_class=SafeJSONResponse,
+        description="Runs ComfyUI workflows as a service: ComfyUI's HTTP and websocket API, "
+        "Cog-style predictions and /v1/generate.",
+        # The interactive docs answer without a key: on by default only when auth is off.
+        docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json" if docs else None,
+        default_response_class=SafeJSONResponse,
     )
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> dict[str, Any]:
+        return introduction(docs)
+
     app.router.redirect_slashes = False  # a 307 on POST /prompt/ would confuse clients: 404 instead
     app.state.comfyd = state
     app.state.comfyd_missed_ends = missed_ends
@@ -126,6 +137,78 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     return app
 
 
+def docs_enabled(settings: Settings) -> bool:
+    return settings.api_docs if settings.api_docs is not None else not settings.api_keys
+
+
+def introduction(docs: bool) -> dict[str, Any]:
+    """What GET / answers: what this server is and where its API and docs are (no key needed,
+    so nothing about the host: no paths, no settings)."""
+    from comfyd import __version__
+
+    return {
+        "name": "comfyd",
+        "version": __version__,
+        "about": "Runs ComfyUI workflows as a service.",
+        "docs": "/docs" if docs else None,
+        "openapi": "/openapi.json" if docs else None,
+        "api": {
+            "comfyui": ["POST /prompt", "GET /queue", "GET /history/{prompt_id}", "GET /view", "GET /ws",
+                        "GET /object_info", "POST /upload/image", "POST /interrupt"],
+            "predictions": ["POST /predictions", "GET /predictions/{id}", "POST /predictions/{id}/cancel"],
+            "generate": ["POST /v1/generate", "GET /v1/status"],
+            "health": "GET /health-check",
+        },
+        "source_docs": "README.md and docs/server.md in the comfyd repository",
+    }
+
+
+def banner(settings: Settings) -> str:
+    """The lines `comfyd serve` prints on start: where it listens and what it uses."""
+    from comfyd import __version__
+
+    url = f"http://{settings.host}:{settings.port}"
+    auth = f"on ({len(settings.api_keys)} key{'s' if len(settings.api_keys) != 1 else ''})" if settings.api_keys \
+        else "off (no COMFYD_API_KEYS; loopback only)"
+    database = (f"DynamoDB table {settings.dynamodb_table}" if settings.jobstore == "dynamodb"
+                else str(Path(settings.db_path).resolve()))
+    output = (f"s3://{settings.s3_bucket}/{settings.s3_prefix}" if settings.storage == "s3"
+              else str(Path(settings.output_dir).resolve()))
+    docs = f"{url}/docs" if docs_enabled(settings) else "off (COMFYD_API_DOCS=true serves them)"
+    rows = [
+        ("URL", url),
+        ("API docs", docs),
+        ("models", ", ".join(str(Path(p).resolve()) for p in settings.model_roots())),
+        ("input", str(Path(settings.input_dir).resolve())),
+        ("output", output),
+        ("temp", str(Path(settings.temp_dir).resolve())),
+        ("database", database),
+        ("auth", auth),
+        ("device", describe_device(settings)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"comfyd {__version__}"] + [f"  {k + ':':<{width + 1}} {v}" for k, v in rows])
+
+
+def describe_device(settings: Settings) -> str:
+    """The device the models will use (torch is imported here: `serve` runs jobs anyway)."""
+    try:
+        from comfyd.models.devices import choose_device
+        from comfyd.models.threads import cpu_threads_for
+
+        device = choose_device(settings.device)
+    except Exception as exc:  # a bad COMFYD_DEVICE is reported when jobs run; the banner says it
+        return f"{settings.device} ({exc})"
+    if device.type == "cpu":
+        computing = settings.device_concurrency or settings.max_concurrent_jobs
+        return f"cpu ({cpu_threads_for(settings, computing)} threads per job)"
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def serve(settings: Settings) -> None:
     """Run the server under uvicorn until interrupted. Refuses to start without API keys on a
     non-loopback address (SystemExit with the reason)."""
@@ -141,7 +224,7 @@ def serve(settings: Settings) -> None:
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    log.info("comfyd listening on http://%s:%d", settings.host, settings.port)
+    print(banner(settings), file=sys.stderr, flush=True)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=10, ws_max_size=16 * 1024 * 1024,

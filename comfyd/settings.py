@@ -3,6 +3,11 @@
 Read from (highest first): keyword arguments, `COMFYD_*` environment variables, the TOML file
 named by `COMFYD_CONFIG` (default `comfyd.toml` in the working directory, if present), defaults.
 Every field is documented in the README's settings table; keep the two in step.
+
+Folders and the database default to places inside `home` (COMFYD_HOME, else
+`$XDG_DATA_HOME/comfyd` or `~/.local/share/comfyd`), never the working directory; a path given
+explicitly (flag, variable, TOML) is used as given, relative ones relative to the working
+directory as before.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,10 +31,29 @@ def _config_file() -> Path:
     return Path(os.environ.get("COMFYD_CONFIG", "comfyd.toml"))
 
 
+def default_home() -> Path:
+    """`$XDG_DATA_HOME/comfyd`, else `~/.local/share/comfyd`."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "comfyd"
+
+
+# Path settings that live inside `home` unless given explicitly: field -> name inside home.
+HOME_PATHS: dict[str, str] = {
+    "models_dir": "models",
+    "output_dir": "output",
+    "input_dir": "input",
+    "temp_dir": "temp",
+    "db_path": "comfyd.db",
+    "spool_dir": "spool",
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COMFYD_", extra="ignore", validate_default=True)
 
     # --- paths ---------------------------------------------------------------------------
+    # comfyd's data folder: the defaults of the paths below (HOME_PATHS) are inside it.
+    home: Path = Field(default_factory=default_home)
     models_dir: Path = Path("models")
     # More model roots in ComfyUI's layout, searched after models_dir (extra_model_paths).
     extra_model_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
@@ -50,6 +74,9 @@ class Settings(BaseSettings):
     # Pickle checkpoints (.ckpt/.pt) are refused unless enabled, and then loaded weights_only.
     allow_pickle: bool = False
     torch_compile: bool = False
+    # torch intra-op threads on CPU; 0 = automatic (see comfyd.models.threads): the usable CPUs
+    # shared among the jobs that may compute at once, so threads never outnumber the cores.
+    cpu_threads: int = Field(0, ge=0, le=1024)
     # Model computations (sampling, text encoding, VAE) at once per device; 0 = automatic:
     # 1 on CUDA/MPS (running jobs overlap their loading and I/O, not their GPU work), no limit on CPU.
     device_concurrency: int = Field(0, ge=0, le=64)
@@ -99,6 +126,8 @@ class Settings(BaseSettings):
     max_ws_connections: int = Field(500, ge=1)
     ws_max_backlog_bytes: int = Field(64 * 1024**2, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Serve /docs and /openapi.json; unset = only when auth is off (the docs need no key).
+    api_docs: bool | None = None
     webhook_secret: str | None = None  # Standard Webhooks secret (`whsec_<base64>` or raw)
     # Webhooks go to public addresses only (comfyd.backends.webhook_guard); these hosts, `*.suffix`
     # patterns, IPs or CIDR networks are allowed even when private.
@@ -170,6 +199,18 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _paths_in_home(self) -> Settings:
+        # Written through __dict__ so the filled-in defaults do not count as explicitly set.
+        for name, inside in HOME_PATHS.items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = Path(self.home).expanduser() / inside
+        return self
+
+    def is_explicit(self, name: str) -> bool:
+        """Whether the field was given (keyword, variable, TOML) rather than defaulted."""
+        return name in self.model_fields_set
 
     def model_roots(self) -> list[Path]:
         return [Path(self.models_dir), *[Path(p) for p in self.extra_model_dirs]]

@@ -2,12 +2,14 @@
 # Create .venv and install comfyd with its test tools.
 #
 # torch is installed first and explicitly, because a bare `torch` requirement pulls a multi-GB
-# CUDA build on a machine without torch:
-#   - no NVIDIA GPU: torch==2.13.0, the CPU build (set COMFYD_TORCH_INDEX_URL to a CPU wheel
-#     index if your pip does not already resolve torch==2.13.0 to a CPU wheel);
-#   - NVIDIA GPU (nvidia-smi works) or COMFYD_TORCH_CUDA=1: the CUDA build from
-#     COMFYD_TORCH_INDEX_URL (see Dockerfile.gpu for the pinned CUDA index).
-# An existing importable torch in the venv is kept.
+# CUDA build onto a machine without a GPU. scripts/torch_index.py decides:
+#   - which build: CUDA when COMFYD_TORCH_CUDA=1 or an NVIDIA GPU answers `nvidia-smi -L`,
+#     else CPU (COMFYD_TORCH_CUDA=0 forces CPU);
+#   - from where: pip's own resolution when it already yields that build (a local wheel, a
+#     mirror), else the official index of the build (https://download.pytorch.org/whl/cpu or
+#     .../whl/cu128); COMFYD_TORCH_INDEX_URL overrides.
+# An existing importable torch in the venv is kept. Either way the script fails (exit 1) when
+# the torch it ends with is not the wanted build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,21 +18,21 @@ TORCH_VERSION=${COMFYD_TORCH_VERSION:-2.13.0}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
+want=$("$PY" scripts/torch_index.py want)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  report=$(mktemp)
+  trap 'rm -f "$report"' EXIT
+  # What pip would install unaided (metadata only, nothing is installed); may fail offline.
+  "${PIP[@]}" install -q --dry-run --no-deps --ignore-installed --report "$report" \
+    "torch==${TORCH_VERSION}" >/dev/null 2>&1 || : >"$report"
+  index=$("$PY" scripts/torch_index.py index "$want" "$report")
   args=("torch==${TORCH_VERSION}")
-  if [ -n "${COMFYD_TORCH_INDEX_URL:-}" ]; then
-    args+=(--index-url "${COMFYD_TORCH_INDEX_URL}")
+  if [ -n "$index" ]; then
+    args+=(--index-url "$index")
   fi
-  if [ "${COMFYD_TORCH_CUDA:-0}" != "1" ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "setup: no NVIDIA GPU found: installing the CPU build of torch ${TORCH_VERSION}"
-  else
-    echo "setup: NVIDIA GPU: installing torch ${TORCH_VERSION} (CUDA build from \${COMFYD_TORCH_INDEX_URL:-PyPI})"
-  fi
+  echo "setup: installing the $want build of torch ${TORCH_VERSION} from ${index:-the configured package index}"
   "${PIP[@]}" install -q "${args[@]}"
 fi
 "${PIP[@]}" install -q -e '.[dev]'
-# Refuse to go on with a CUDA build on a machine without a GPU: it means the pin above failed.
-.venv/bin/python - <<'PYEOF'
-import torch
-print(f"setup: torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
-PYEOF
+# Refuse to end with the wrong build (a CUDA torch on a machine without a GPU, say).
+.venv/bin/python scripts/torch_index.py verify "$want"

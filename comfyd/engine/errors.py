@@ -25,11 +25,58 @@ class WorkflowParseError(ComfydError):
 
 
 class WorkflowValidationError(ComfydError):
-    """Validation failed; `body` is ComfyUI's /prompt 400 body ({error, node_errors})."""
+    """Validation failed; `body` is ComfyUI's /prompt 400 body ({error, node_errors}).
+
+    `str()` names every problem (see `validation_problems`), not just ComfyUI's summary line.
+    """
 
     def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(body.get("error", {}).get("message", "invalid workflow"))
+        summary = (body.get("error") or {}).get("message") or "invalid workflow"
+        problems = validation_problems(body)
+        if problems and problems != [summary]:
+            summary = f"{summary}: " + "; ".join(problems)
+        super().__init__(summary)
         self.body = body
+
+    def problems(self) -> list[str]:
+        return validation_problems(self.body)
+
+
+# Longer details (a 300-name choice list, say) are cut: the one-line form is for people.
+_MAX_DETAIL_CHARS = 240
+
+
+def validation_problems(body: dict[str, Any]) -> list[str]:
+    """One line per problem of a /prompt error body, e.g.
+    `node 3 KSampler.cfg: value inf bigger than max of 100.0`."""
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
+    lines: list[str] = []
+    for node_id, entry in node_errors.items():
+        entry = entry if isinstance(entry, dict) else {}
+        where_node = f"node {node_id} {entry.get('class_type', '?')}"
+        for problem in entry.get("errors") or []:
+            if not isinstance(problem, dict):
+                continue
+            name = (problem.get("extra_info") or {}).get("input_name")
+            message = str(problem.get("message") or problem.get("type") or "invalid")
+            details = str(problem.get("details") or "")
+            if name and details.startswith(f"{name}: "):
+                details = details[len(name) + 2 :]
+            elif name and details.startswith(f"{name} - "):
+                details = details[len(name) + 3 :]
+            elif details in ("", name, message):
+                details = ""
+            text = f"{message}: {details}" if details else message
+            if len(text) > _MAX_DETAIL_CHARS:
+                text = text[: _MAX_DETAIL_CHARS - 3] + "..."
+            where = f"{where_node}.{name}" if name else where_node
+            lines.append(f"{where}: {text[:1].lower()}{text[1:]}")
+    if not lines:
+        message = str(error.get("message") or "invalid workflow")
+        details = error.get("details")
+        lines.append(f"{message}: {details}" if isinstance(details, str) and details else message)
+    return lines
 
 
 class ExecutionInterrupted(ComfydError):

@@ -38,6 +38,8 @@ class InputLimit:
     max: int | None = None
     multiple_of: int | None = None
     class_types: frozenset[str] = frozenset()
+    # The variable that raises `max`, named in the error so the operator knows what to change.
+    setting: str | None = None
 
 
 # Nodes whose width/height/batch_size decide how much a job computes.
@@ -57,7 +59,7 @@ class ServiceLimits:
     input_limits: tuple[InputLimit, ...] = (
         InputLimit("width", multiple_of=8, class_types=SIZE_LIMITED_NODES),
         InputLimit("height", multiple_of=8, class_types=SIZE_LIMITED_NODES),
-        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES),
+        InputLimit("batch_size", max=4, class_types=SIZE_LIMITED_NODES, setting="COMFYD_MAX_BATCH_SIZE"),
     )
 
     @classmethod
@@ -73,7 +75,8 @@ class ServiceLimits:
             input_limits=(
                 InputLimit("width", multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
                 InputLimit("height", multiple_of=multiple, class_types=SIZE_LIMITED_NODES),
-                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES),
+                InputLimit("batch_size", max=getattr(settings, "max_batch_size", 4), class_types=SIZE_LIMITED_NODES,
+                           setting="COMFYD_MAX_BATCH_SIZE"),
             ),
         )
 
@@ -116,7 +119,7 @@ class LatentTooLarge(ValueError):
 def budget_message(width: int, height: int, max_pixels: int) -> str:
     return (
         f"Value {width}x{height} ({width * height} pixels) bigger than max of {max_pixels} pixels "
-        "(comfyd service limit)"
+        "(comfyd service limit; COMFYD_MAX_LATENT_PIXELS raises it)"
     )
 
 

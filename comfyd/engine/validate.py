@@ -80,7 +80,8 @@ def plan_workflow(
         raise WorkflowValidationError(
             _prompt_error(
                 "invalid_prompt",
-                f"Workflow has {len(graph)} nodes; comfyd runs at most {limits.max_nodes}",
+                f"Workflow has {len(graph)} nodes; comfyd runs at most {limits.max_nodes} "
+                "(COMFYD_MAX_WORKFLOW_NODES raises it)",
                 f"{len(graph)} nodes > max_nodes {limits.max_nodes}",
                 {"node_count": len(graph), "max_nodes": limits.max_nodes},
             )
@@ -322,7 +323,8 @@ class _InputChecker:
                         spec,
                         value,
                         "value_bigger_than_max",
-                        f"bigger than max of {limit.max} (comfyd service limit)",
+                        f"bigger than max of {limit.max} (comfyd service limit"
+                        + (f"; {limit.setting} raises it)" if limit.setting else ")"),
                     ), None
                 if limit.multiple_of and value % limit.multiple_of:
                     return self._value_error(
@@ -349,7 +351,7 @@ class _InputChecker:
             limit = self.limits.max_text_chars
             if spec.type == "STRING" and len(value) > limit:
                 return _error("value_bigger_than_max",
-                              f"Text of {len(value)} characters is longer than max of {limit} (comfyd service limit)",
+                              f"Text of {len(value)} characters is longer than max of {limit} (comfyd service limit; COMFYD_MAX_TEXT_CHARS raises it)",
                               name, name, input_config=self._config(spec), received_length=len(value))
         return None
 

@@ -20,10 +20,11 @@ class _TooLarge(Exception):
 
 
 def _payload_too_large(limit: int, what: str) -> bytes:
+    setting = "COMFYD_MAX_UPLOAD_BYTES" if "upload" in what else "COMFYD_MAX_BODY_BYTES"
     body = {
         "error": {
             "type": "PayloadTooLarge",
-            "message": f"{what} is larger than the limit of {limit} bytes",
+            "message": f"{what} is larger than the limit of {limit} bytes ({setting} raises it)",
             "details": {"limit_bytes": limit},
         }
     }

@@ -358,9 +358,18 @@ def fill_generate_workflow(gen: GenerateRequest, checkpoints: list[str]) -> dict
             continue
         if gen.ckpt_name is not None:
             node_inputs["ckpt_name"] = gen.ckpt_name
-        elif gen.workflow is None and node_inputs["ckpt_name"] not in checkpoints and checkpoints:
-            node_inputs["ckpt_name"] = checkpoints[0]  # the default graph on whatever checkpoint is installed
+        elif gen.workflow is None and node_inputs["ckpt_name"] not in checkpoints:
+            node_inputs["ckpt_name"] = _only_checkpoint(node_inputs["ckpt_name"], checkpoints)
     return workflow
+
+
+def _only_checkpoint(wanted: str, checkpoints: list[str]) -> str:
+    """The default graph runs on the one installed checkpoint; among several, never a guess."""
+    if len(checkpoints) == 1:
+        return checkpoints[0]
+    found = ", ".join(checkpoints[:20]) if checkpoints else "none is installed"
+    raise bad_request(f"ckpt_name: the default graph's checkpoint {wanted!r} is not installed; choose one "
+                      f"with ckpt_name (installed: {found})", {"location": "ckpt_name"})
 
 
 def _checkpoints(state: AppState) -> list[str]:
@@ -378,7 +387,8 @@ async def generate(request: Request, principal: str = Depends(require_key)) -> J
     digest = request_digest({k: v for k, v in raw.items() if k != "id"})
     if gen.width is not None and gen.height is not None and gen.width * gen.height > state.settings.max_image_pixels:
         raise ApiError(413, "ImageTooLarge", f"{gen.width}x{gen.height} exceeds max_image_pixels "
-                       f"{state.settings.max_image_pixels}", {"location": "width/height"})
+                       f"{state.settings.max_image_pixels} (COMFYD_MAX_IMAGE_PIXELS raises it)",
+                       {"location": "width/height"})
     if gen.id is not None:
         check_job_id(gen.id, "id")
         existing = await run_in_threadpool(state.services.job_store.get, gen.id)

@@ -107,7 +107,8 @@ class AppState:
         if wait is not None:
             raise ApiError(
                 429, "RateLimit",
-                f"rate limit of {self.limiter.per_minute} submissions per minute exceeded; retry later",
+                f"rate limit of {self.limiter.per_minute} submissions per minute exceeded; retry later "
+                "(COMFYD_RATE_LIMIT_PER_MINUTE sets it)",
                 details={"limit_per_minute": self.limiter.per_minute},
                 headers={"Retry-After": retry_after_header(wait)},
             )
@@ -199,7 +200,7 @@ class AppState:
             result = self.manager.submit(job)
         except QueueFullError as exc:
             raise ApiError(
-                503, "ServiceUnavailable", str(exc),
+                503, "ServiceUnavailable", f"{exc} (COMFYD_QUEUE_MAX_DEPTH sets the queue's size)",
                 details={"queue_depth": exc.depth, "queue_max_depth": self.settings.queue_max_depth},
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None

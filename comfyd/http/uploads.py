@@ -34,12 +34,13 @@ def check_image(data: bytes, max_pixels: int, filename: str, max_frame_pixels: i
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise _too_large(filename, f"is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                raise _too_large(filename, f"is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                                 "(COMFYD_MAX_IMAGE_PIXELS raises it)",
                                  {"width": width, "height": height, "max_pixels": max_pixels})
             frames = max(1, int(getattr(img, "n_frames", 1) or 1))
             if max_frame_pixels is not None and frames * width * height > max_frame_pixels:
                 raise _too_large(filename, f"has {frames} frames of {width}x{height}; the limit over all frames is "
-                                 f"{max_frame_pixels} pixels", {"width": width, "height": height, "frames": frames,
+                                 f"{max_frame_pixels} pixels (COMFYD_MAX_IMAGE_FRAME_PIXELS raises it)", {"width": width, "height": height, "frames": frames,
                                                                 "max_frame_pixels": max_frame_pixels})
             img.seek(0)
             img.verify()

@@ -15,6 +15,10 @@ __all__ = [
 ]
 
 
+# What a user can always do instead of a server-side conversion.
+EXPORT_HINT = "or export the workflow from ComfyUI with 'Save (API Format)'"
+
+
 def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
     """The API prompt of a UI-format workflow, for the edges that run it.
 
@@ -27,7 +31,7 @@ def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
     try:
         conversion = ui_to_api(workflow, registry_layouts(registry))
     except UiFormatError as exc:
-        raise WorkflowParseError(f"Invalid UI workflow: {exc}", str(exc)) from None
+        raise WorkflowParseError(f"Invalid UI workflow: {exc}", f"{exc}; {EXPORT_HINT}") from None
     from comfyd.workflow_formats.layouts import pack_for
 
     if registry is None:
@@ -44,7 +48,7 @@ def api_prompt_from_ui(workflow: dict, registry: object | None = None) -> dict:
         lines = [f"node {u.node_id}: {u.message()}" for u in unknown]
         raise WorkflowParseError(
             "The workflow uses node classes comfyd does not have: " + ", ".join(sorted({u.class_type for u in unknown})),
-            "; ".join(lines),
+            "; ".join(lines) + f" ({EXPORT_HINT})",
         )
     if not conversion.prompt:
         raise WorkflowParseError("Workflow has no nodes", "the UI workflow holds only notes, reroutes or muted nodes")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.lambda_handler import LAMBDA_SCRATCH, UnsupportedEventError, handler, lambda_app, lambda_settings
+from comfyd.settings import Settings
 
 COG_STATUSES = {"STARTING", "READY", "BUSY", "SETUP_FAILED", "DEFUNCT", "UNHEALTHY"}
 
@@ -63,7 +64,7 @@ def test_writable_paths_move_to_tmp_inside_lambda(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("COMFYD_TEMP_DIR", "/var/scratch/comfyd-temp")  # absolute: kept
     monkeypatch.setattr("comfyd.lambda_handler.LAMBDA_SCRATCH", tmp_path / "scratch")
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
-    assert lambda_settings().output_dir == Path("output")  # outside Lambda: as configured
+    assert lambda_settings().output_dir == Settings().output_dir  # outside Lambda: as configured
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "comfyd-api")
     settings = lambda_settings()
     assert settings.output_dir == tmp_path / "scratch" / "output"

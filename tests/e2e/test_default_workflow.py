@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,10 @@ def test_cli_run_default_creates_tiny_model_and_reports(tmp_path: Path) -> None:
     proc = _cli("run", "--models-dir", "m", "--output", "o", "-q", *sets, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "random" in proc.stderr and "noise" in proc.stderr  # says plainly what the tiny model is
-    assert (tmp_path / "m" / "checkpoints" / "comfyd-tiny-sd1.safetensors").is_file()
+    # Never written into the models folder the user named: into comfyd's own home instead.
+    assert not (tmp_path / "m" / "checkpoints" / "comfyd-tiny-sd1.safetensors").exists()
+    home = Path(os.environ["COMFYD_HOME"])
+    assert (home / "models" / "checkpoints" / "comfyd-tiny-sd1.safetensors").is_file()
     pngs = list((tmp_path / "o").glob("ComfyUI_*_.png"))
     assert len(pngs) == 1
     assert "KSampler" in proc.stdout and "wrote" in proc.stdout
@@ -131,5 +135,10 @@ def test_cli_run_invalid_workflow_exits_nonzero_with_node_errors(tmp_path: Path)
     path.write_text(json.dumps(workflow))
     proc = _cli("run", str(path), "--models-dir", "m", "--output", "o", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "required_input_missing" in proc.stderr and "invalid_input_type" in proc.stderr
+    assert "node 3 KSampler.positive: required input is missing" in proc.stderr
+    assert "node 3 KSampler.steps: " in proc.stderr
+    raw = _cli("run", str(path), "--models-dir", "m", "--output", "o", "--json", cwd=tmp_path)
+    assert raw.returncode == 2
+    types = {e["type"] for e in json.loads(raw.stdout)["node_errors"]["3"]["errors"]}
+    assert {"required_input_missing", "invalid_input_type"} <= types
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))

@@ -52,7 +52,7 @@ def test_hires_pass_is_checked_against_the_budget(fake: Any, default_prompt: dic
     [error] = errors["10"]["errors"]
     assert error["type"] == "value_bigger_than_max"
     assert error["message"] == (
-        "Value 1248x960 (1198080 pixels) bigger than max of 1048576 pixels (comfyd service limit)"
+        "Value 1248x960 (1198080 pixels) bigger than max of 1048576 pixels (comfyd service limit; COMFYD_MAX_LATENT_PIXELS raises it)"
     )
     assert error["extra_info"]["input_name"] == "scale_by"
     assert error["extra_info"]["received_value"] == 1.5

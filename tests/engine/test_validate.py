@@ -247,7 +247,7 @@ def test_service_limits_on_size_and_batch(fake: Any, default_prompt: dict[str, A
     errors = _fail(fake, default_prompt)["node_errors"]["5"]["errors"]
     assert [(e["type"], e["details"], e["message"]) for e in errors] == [
         ("value_not_multiple_of", "height", "Value 500 is not a multiple of 8"),
-        ("value_bigger_than_max", "batch_size", "Value 5 bigger than max of 4 (comfyd service limit)"),
+        ("value_bigger_than_max", "batch_size", "Value 5 bigger than max of 4 (comfyd service limit; COMFYD_MAX_BATCH_SIZE raises it)"),
     ]
     assert errors[0]["extra_info"] == {
         "input_name": "height",
@@ -261,7 +261,7 @@ def test_pixel_budget_refuses_a_large_latent(fake: Any, default_prompt: dict[str
     error = _only_error(_fail(fake, default_prompt), "5")
     assert error == {
         "type": "value_bigger_than_max",
-        "message": "Value 2048x2048 (4194304 pixels) bigger than max of 1048576 pixels (comfyd service limit)",
+        "message": "Value 2048x2048 (4194304 pixels) bigger than max of 1048576 pixels (comfyd service limit; COMFYD_MAX_LATENT_PIXELS raises it)",
         "details": "width",
         "extra_info": {
             "input_name": "width",
@@ -301,7 +301,7 @@ def test_too_many_nodes(fake: Any, default_prompt: dict[str, Any]) -> None:
     assert len(default_prompt) == 101
     body = _fail(fake, default_prompt)
     assert body["error"]["type"] == "invalid_prompt"
-    assert body["error"]["message"] == "Workflow has 101 nodes; comfyd runs at most 100"
+    assert body["error"]["message"] == "Workflow has 101 nodes; comfyd runs at most 100 (COMFYD_MAX_WORKFLOW_NODES raises it)"
     assert body["node_errors"] == {}
     del default_prompt["100"]
     assert validate_workflow(parse_workflow(default_prompt), fake.registry, fake.env) == ["9"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def test_submit_cli(server, workflow, tmp_path: Path, capsys) -> None:
     args = argparse.Namespace(workflow=str(path), server=server.url, api_key=None, set=['3.tag="cli"'],
                               output=str(tmp_path / "out"))
     assert submit_cli(args) == 0
+    assert re.search(r"job [0-9a-f-]{36} succeeded in \d+\.\d s", capsys.readouterr().err)
     written = list((tmp_path / "out").glob("*.png"))
     assert len(written) == 1 and written[0].read_bytes().startswith(b"\x89PNG")
     assert server.recorder.order() == ["cli"]

@@ -16,6 +16,19 @@ def error_type(response: httpx.Response) -> str:
 # ---- 400 ----------------------------------------------------------------------------------------
 
 
+def test_unconvertible_ui_workflow_posted_to_prompt_gets_the_export_hint(server) -> None:
+    # UI workflows are converted (tests/workflow_formats); one that cannot be gets the hint.
+    ui = {"last_node_id": 9, "last_link_id": 9, "nodes": [{"id": 3, "type": "NoSuchNodeAnywhere"}], "links": [],
+          "version": 0.4}
+    with server.client() as http:
+        for body in ({"prompt": ui}, {"prompt": ui, "client_id": "c", "extra_data": {}}):
+            answer = http.post("/prompt", json=body)
+            assert answer.status_code == 400
+            error = answer.json()["error"]
+            assert "NoSuchNodeAnywhere" in error["message"] and "Save (API Format)" in error["details"]
+            assert "last_node_id" not in json.dumps(answer.json())
+
+
 def test_400_validation_bodies_are_comfyuis(server, workflow) -> None:
     with server.client() as http:
         unknown = http.post("/prompt", json={"prompt": {"3": {"class_type": "NoSuchNode", "inputs": {}}}})
@@ -185,6 +198,7 @@ def test_413_body_upload_and_image_size(start_server, workflow, png) -> None:
         answer = http.post("/prompt", json=big)
         assert answer.status_code == 413 and error_type(answer) == "PayloadTooLarge"
         assert answer.json()["error"]["details"]["limit_bytes"] == 2000
+        assert "COMFYD_MAX_BODY_BYTES" in answer.json()["error"]["message"]  # names what raises it
 
         def chunks():  # no Content-Length: counted while streaming
             for _ in range(10):
@@ -195,10 +209,12 @@ def test_413_body_upload_and_image_size(start_server, workflow, png) -> None:
 
         huge_file = http.post("/upload/image", files={"image": ("a.png", b"\0" * 6000, "image/png")})
         assert huge_file.status_code == 413 and "upload" in huge_file.json()["error"]["message"]
+        assert "COMFYD_MAX_UPLOAD_BYTES" in huge_file.json()["error"]["message"]
 
         many_pixels = http.post("/upload/image", files={"image": ("b.png", png(64, 64), "image/png")})
         assert many_pixels.status_code == 413 and error_type(many_pixels) == "ImageTooLarge"
         assert many_pixels.json()["error"]["details"] == {"width": 64, "height": 64, "max_pixels": 1024}
+        assert "COMFYD_MAX_IMAGE_PIXELS" in many_pixels.json()["error"]["message"]
 
         ok = http.post("/upload/image", files={"image": ("c.png", png(16, 16), "image/png")})
         assert ok.status_code == 200 and ok.json() == {"name": "c.png", "subfolder": "", "type": "input"}
@@ -216,6 +232,7 @@ def test_429_rate_limit_per_key(start_server, workflow) -> None:
         limited = http.post("/prompt", json={"prompt": workflow()}, headers={"X-API-Key": "key-a"})
         assert limited.status_code == 429 and error_type(limited) == "RateLimit"
         assert int(limited.headers["retry-after"]) >= 1
+        assert "COMFYD_RATE_LIMIT_PER_MINUTE" in limited.json()["error"]["message"]
         # Another key has its own budget; reads are not limited.
         assert http.post("/prompt", json={"prompt": workflow()}, headers={"X-API-Key": "key-b"}).status_code == 200
         assert http.get("/queue", headers={"X-API-Key": "key-a"}).status_code == 200
@@ -236,6 +253,7 @@ def test_503_when_the_queue_is_full(start_server, workflow) -> None:
         assert full.status_code == 503 and error_type(full) == "ServiceUnavailable"
         assert int(full.headers["retry-after"]) >= 1
         assert full.json()["error"]["details"] == {"queue_depth": 2, "queue_max_depth": 2}
+        assert "COMFYD_QUEUE_MAX_DEPTH" in full.json()["error"]["message"]
         predicted = http.post("/predictions", json={"input": {"workflow_json": workflow(tag="p")}})
         assert predicted.status_code == 503
         http.post("/interrupt", json={"prompt_id": running})
