@@ -45,12 +45,12 @@ def _files(root: Path) -> list[str]:
 def test_invalid_workflow_prints_one_line_per_problem(two_checkpoints: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     args = ["run", "--models-dir", str(two_checkpoints), "--ckpt", "a.safetensors", "--output-dir", str(tmp_path),
-            "--set", "3.cfg=1000", "--set", "5.width=2000", "-q"]
+            "--set", "3.cfg=1000", "--set", "5.width=2048", "--set", "5.height=1024", "-q"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "node 3 KSampler.cfg: value 1000.0 bigger than max of 100.0" in err
-    assert "node 5 EmptyLatentImage.width: value 2000 bigger than max of 1024 (comfyd service limit; " \
-           "COMFYD_MAX_IMAGE_SIDE raises it)" in err
+    assert "node 5 EmptyLatentImage.width: value 2048x1024 (2097152 pixels) bigger than max of 1048576 pixels " \
+           "(comfyd service limit; COMFYD_MAX_LATENT_PIXELS raises it)" in err
     assert len(err.splitlines()) < 8 and "input_config" not in err
 
     assert main([*args, "--json"]) == 2
@@ -254,14 +254,13 @@ def test_root_introduces_the_server_and_docs_serve_request_schemas(tmp_path: Pat
     from comfyd.server import create_app
 
     app = create_app(_server_settings(tmp_path))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")  # without keys only loopback Host names answer
     intro = client.get("/").json()
     assert intro["name"] == "comfyd" and intro["docs"] == "/docs" and "POST /prompt" in intro["api"]["comfyui"]
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     generate = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert generate == {"$ref": "#/components/schemas/GenerateRequest"}
-    assert "ckpt_name" in schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert generate["type"] == "object" and "ckpt_name" in generate["properties"]
     assert "requestBody" in schema["paths"]["/prompt"]["post"]
     app.state.comfyd.services.close()
 

@@ -91,6 +91,10 @@ def test_a_claimed_job_is_remaining_before_it_runs(tmp_path, make_fake_runtime, 
 
 
 def test_system_stats_answers_while_torch_is_still_importing(start_server, make_fake_runtime, monkeypatch) -> None:
+    # diffusers decides once, at its first import, whether torch is there: import it now, or a
+    # first import during the fake half-imported torch below would disable it for later tests.
+    import diffusers  # noqa: F401
+
     release = threading.Event()
 
     def slow_runtime(settings: Any) -> Any:
