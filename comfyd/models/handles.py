@@ -70,6 +70,14 @@ class ModelHandle:
         return DiscreteModelSampling(self.prediction, self.beta_start, self.beta_end, self.num_train_timesteps)
 
     @property
+    def latent_format(self) -> families.LatentFormat | None:
+        """The family's latent format (preview factors); None for a family not registered."""
+        try:
+            return families.get(self.family).latent
+        except ValueError:
+            return None
+
+    @property
     def vector_conditioning(self) -> VectorConditioning | None:
         """The family's builder of the UNet's vector input (None: the UNet has none)."""
         return families.get(self.family).vector_conditioning

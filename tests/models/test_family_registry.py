@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyd.models import detect, families
+from comfyd.models import detect, families, loader
 from comfyd.models.families import Family
 from comfyd.models.tensorfile import TensorFile
 from comfyd.models.text_encoding import encode_text
-from comfyd.models.tiny import make_tiny_checkpoint
+from comfyd.models.tiny import make_tiny, make_tiny_checkpoint
 
 from .conftest import make_settings
 
@@ -104,8 +104,9 @@ def test_a_family_registered_twice_under_one_name_is_refused(toy_family: Family)
 
 def test_a_dropped_in_family_module_is_written_detected_and_loaded(tmp_path: Path, toy_family: Family) -> None:
     checkpoints = tmp_path / "models" / "checkpoints"
-    toy = make_tiny_checkpoint(checkpoints, "toy", "single", seed=0)
+    toy, toy_folder = make_tiny(tmp_path / "models", family="toy")
     sd1 = make_tiny_checkpoint(checkpoints, "sd1", "single", seed=0)
+    assert loader.diffusers_family(toy_folder)[0] == "toy"
     with TensorFile(toy) as tf:
         info = detect.detect_checkpoint(tf)
     assert (info.family, info.latent_scale, info.prediction) == ("toy", 0.5, "eps")
