@@ -25,15 +25,12 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from comfyd.models import detect, families
-from comfyd.models.detect import CheckpointInfo, EncoderInfo, UnknownCheckpointLayout
+from comfyd.models.detect import CheckpointInfo, UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.keymap import (
-    HfClipTranslator,
     IdentityTranslator,
-    OpenClipTranslator,
     Translator,
     apply_op,
-    unet_translator,
     vae_translator,
 )
 from comfyd.models.tensorfile import ModelFileError, TensorFile
@@ -160,12 +157,6 @@ def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def encoder_translator(encoder: EncoderInfo) -> Translator:
-    if encoder.layout == "openclip":
-        return OpenClipTranslator(encoder.key_prefix)
-    return HfClipTranslator(encoder.key_prefix)
-
-
 # --- single-file checkpoints ----------------------------------------------------------------
 def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> LoadedCheckpoint:
     """An original-layout checkpoint (`.safetensors`, or pickle when allowed) as runnable modules."""
@@ -176,9 +167,10 @@ def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) 
 
 def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> LoadedCheckpoint:
     device = plan.device
+    family = families.get(info.family)
     unet = materialize(
         empty_unet(info.unet_config),
-        unet_translator(info.unet_config, info.unet_prefix),
+        family.unet_key_map(info.unet_config, info.unet_prefix),
         tf,
         device,
         plan.unet_dtype,
@@ -186,7 +178,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
     )
     vae = materialize(
         empty_vae(info.vae_config),
-        vae_translator(info.vae_config, info.vae_prefix),
+        family.vae_key_map(info.vae_config, info.vae_prefix),
         tf,
         device,
         plan.vae_dtype,
@@ -195,7 +187,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
     encoders = {
         name: materialize(
             empty_text_encoder(enc.config),
-            encoder_translator(enc),
+            family.encoder_key_map(enc.layout, enc.key_prefix),
             tf,
             device,
             plan.clip_dtype,

@@ -173,12 +173,21 @@ def _patchable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d)
 
 
-def module_index(module: nn.Module, role: str) -> dict[str, str]:
-    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`."""
+def module_index(module: nn.Module, role: str, family: str | None = None) -> dict[str, str]:
+    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`.
+
+    UNet layers are also indexed under their stored (original-layout) names, by the family's
+    key map (the LDM/SGM one when no family is given)."""
     index: dict[str, str] = {}
     if role == "unet":
         config = getattr(module, "config", None)
-        translator = unet_translator(config, key_prefix="") if config is not None else None
+        translator = None
+        if config is not None:
+            translator = (
+                families.get(family).unet_key_map(config, key_prefix="")
+                if family is not None
+                else unet_translator(config, key_prefix="")
+            )
         for name, sub in module.named_modules():
             if not _patchable(sub):
                 continue
@@ -263,7 +272,7 @@ class LoraPatcher:
 
     def _patch(self, state: _ModuleState, patches: tuple[LoraPatch, ...]) -> None:
         if state.index is None:
-            state.index = module_index(state.module, state.role)
+            state.index = module_index(state.module, state.role, self.family)
         # Gather every patch's contribution per weight first, so each weight is touched once.
         contributions: dict[str, list[tuple[float, LoraWeights]]] = {}
         for patch in patches:

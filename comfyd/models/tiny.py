@@ -31,12 +31,8 @@ from torch import nn
 from comfyd.models import detect, families
 from comfyd.models.diffusers_layout import write_diffusers_folder
 from comfyd.models.keymap import (
-    HfClipTranslator,
-    OpenClipTranslator,
     Translator,
     to_original,
-    unet_translator,
-    vae_translator,
 )
 from comfyd.models.loader import diffusers_family, empty_text_encoder, empty_unet, empty_vae
 from comfyd.models.tensorfile import TensorFile
@@ -179,10 +175,9 @@ def encoder_translators(
     for name in encoder_configs:
         encoder = spec.encoder(name)
         prefix = encoder.single_file_prefixes[0]
-        if encoder.layout == "openclip":
-            out[name] = OpenClipTranslator(prefix)
-        else:
-            out[name] = HfClipTranslator(prefix + "text_model.")
+        if encoder.layout == "hf":
+            prefix += "text_model."
+        out[name] = spec.encoder_key_map(encoder.layout, prefix)
     return out
 
 
@@ -190,8 +185,9 @@ def original_state(
     configs: ModelConfigs, weights: Mapping[str, Mapping[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
     """One original-layout state dict (what a single-file checkpoint holds)."""
-    state = to_original(weights["unet"], unet_translator(configs.unet))
-    state.update(to_original(weights["vae"], vae_translator(configs.vae)))
+    family = families.get(configs.family)
+    state = to_original(weights["unet"], family.unet_key_map(configs.unet))
+    state.update(to_original(weights["vae"], family.vae_key_map(configs.vae)))
     for name, translator in encoder_translators(configs.family, configs.encoders).items():
         state.update(to_original(weights[name], translator))
     # Tensors real checkpoints carry besides the weights the modules use; loaders must skip them.
@@ -357,7 +353,7 @@ def make_tiny_lora(
     generator = _generator(seed, f"lora-{fmt}")
     tensors: dict[str, torch.Tensor] = {}
     unet = empty_unet(configs.unet)
-    translator = unet_translator(configs.unet, key_prefix="")
+    translator = families.get(configs.family).unet_key_map(configs.unet, key_prefix="")
     for layer_name, layer in lora_layers(unet, LORA_UNET_TARGETS):
         down, up = _lora_pair(layer, rank, generator)
         if fmt == "peft":

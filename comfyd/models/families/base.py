@@ -13,8 +13,9 @@ Declared data:
 - `unet_heads`: the attention-head rule (fixed heads, or channels // head width);
 - `pooled_encoder` / `vector_conditioning`: the UNet's vector (ADM) input, if it has one;
 - diffusers pipeline class and index extras; the file keys of its textual-inversion embeddings.
-Hooks (methods): recognising single files and diffusers folders, the prediction rule, and the
-family's changes to the tiny test architecture.
+Hooks (methods): recognising single files and diffusers folders, the prediction rule, the key
+maps between module parameter names and stored keys (default: the LDM/SGM layout of
+`keymap.py`), and the family's changes to the tiny test architecture.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from comfyd.models.clip_tokens import ChunkLayout
+from comfyd.models.keymap import (
+    HfClipTranslator,
+    OpenClipTranslator,
+    Translator,
+    unet_translator,
+    vae_translator,
+)
 from comfyd.sampling.model_sampling import DiscreteModelSampling
 from comfyd.sampling.protocols import VectorConditioning
 
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
 LABEL_EMB_KEY = f"{UNET_PREFIX}label_emb.0.0.weight"
 
 # Reads a diffusers component's config.json: (folder, component) -> dict, {} when absent.
@@ -204,6 +213,20 @@ class Family:
         if "v_pred" in keys:
             return "v", "v_pred key present"
         return self.sampling.prediction, f"{self.name} default"
+
+    # --- key maps: module parameter name -> stored single-file key --------------------------
+    def unet_key_map(self, config: Mapping[str, Any], key_prefix: str = UNET_PREFIX) -> Translator:
+        return unet_translator(config, key_prefix)
+
+    def vae_key_map(self, config: Mapping[str, Any], key_prefix: str = VAE_PREFIX) -> Translator:
+        return vae_translator(config, key_prefix)
+
+    def encoder_key_map(self, layout: str, key_prefix: str) -> Translator:
+        """`key_prefix`: for "hf" it stands for transformers' `text_model.`; for "openclip" it
+        precedes OpenCLIP's names."""
+        if layout == "openclip":
+            return OpenClipTranslator(key_prefix)
+        return HfClipTranslator(key_prefix)
 
     # --- the tiny test architecture ----------------------------------------------------------
     def tiny_encoder_config(self, config: dict[str, Any]) -> dict[str, Any]:
