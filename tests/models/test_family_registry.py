@@ -19,9 +19,11 @@ import torch
 
 from comfyd.models import detect, families, loader
 from comfyd.models.families import Family
+from comfyd.models.handles import ModelHandle
 from comfyd.models.tensorfile import TensorFile
 from comfyd.models.text_encoding import encode_text
 from comfyd.models.tiny import make_tiny, make_tiny_checkpoint
+from comfyd.sampling.protocols import SamplingModel
 
 from .conftest import make_settings
 
@@ -88,6 +90,15 @@ def test_the_shipped_families_are_found_and_declare_what_the_code_needs() -> Non
             assert len(family.latent.rgb_factors) == family.latent.channels
         if len(family.encoders) > 1:
             assert sorted(family.context_order) == sorted(family.encoder_names)
+
+
+def test_a_model_handle_is_what_the_sampler_takes() -> None:
+    handle = ModelHandle("k", "sdxl", "eps", object(), 0.13025, torch.device("cpu"), torch.float32)
+    assert isinstance(handle, SamplingModel)
+    assert handle.vector_conditioning is families.get("sdxl").vector_conditioning is not None
+    v_model = ModelHandle("k", "sd2", "v", object(), 0.18215, torch.device("cpu"), torch.float32)
+    assert v_model.model_sampling.prediction == "v" and v_model.vector_conditioning is None
+    assert v_model.model_sampling.schedule.num_timesteps == 1000
 
 
 def test_unknown_family_names_the_known_ones() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families.base import (
+    LABEL_EMB_KEY,
     ConfigReader,
     EncoderRecipe,
     EncoderSpec,
@@ -55,7 +56,7 @@ OPENCLIP_G = EncoderSpec(
 
 class SDXL(Family):
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
-        if "conditioner.embedders.0.model." in prefixes and "model.diffusion_model.label_emb.0.0.weight" in keys:
+        if "conditioner.embedders.0.model." in prefixes and LABEL_EMB_KEY in keys:
             return "looks like an SDXL refiner (OpenCLIP-G only, label_emb); refiners are not supported"
         return None
 
