@@ -113,7 +113,7 @@ def test_a_family_registered_twice_under_one_name_is_refused(toy_family: Family)
         families.register(replace(toy_family))
 
 
-def test_a_dropped_in_family_module_is_written_detected_and_loaded(tmp_path: Path, toy_family: Family) -> None:
+def test_a_dropped_in_family_module_is_written_and_detected(tmp_path: Path, toy_family: Family) -> None:
     checkpoints = tmp_path / "models" / "checkpoints"
     toy, toy_folder = make_tiny(tmp_path / "models", family="toy")
     sd1 = make_tiny_checkpoint(checkpoints, "sd1", "single", seed=0)
@@ -124,6 +124,9 @@ def test_a_dropped_in_family_module_is_written_detected_and_loaded(tmp_path: Pat
     with TensorFile(sd1) as tf:
         assert detect.detect_checkpoint(tf).family == "sd1"  # the refined family keeps its own files
 
+
+def test_a_dropped_in_family_loads_and_encodes(tmp_path: Path, toy_family: Family) -> None:
+    toy = make_tiny_checkpoint(tmp_path / "models" / "checkpoints", "toy", "single", seed=0)
     from comfyd.models.manager import ModelManager
 
     manager = ModelManager(make_settings(tmp_path / "models", device="cpu"))
