@@ -5,29 +5,17 @@ prediction rule below. The same code serves real full-size checkpoints and the t
 every size (channels, levels, layers, depths, context width, vocabulary) comes from the shapes,
 and the shipped full-size configs (`configs/<family>/`) supply what shapes cannot tell.
 
-Families (original single-file layout):
-- sd1:  `model.diffusion_model.*` + `cond_stage_model.transformer.*` (CLIP-L, transformers names)
-- sd2:  `model.diffusion_model.*` + `cond_stage_model.model.*` (OpenCLIP-H; also the SGM spelling
-        `conditioner.embedders.0.model.*` without SDXL's `label_emb`)
-- sdxl: `model.diffusion_model.*` (with `label_emb`, ADM 2816) + `conditioner.embedders.0.transformer.*`
-        (CLIP-L) + `conditioner.embedders.1.model.*` (OpenCLIP-bigG). SDXL turbo / lightning / other
-        fine-tunes share the layout and load as sdxl.
-All of them also hold the VAE under `first_stage_model.*`.
+Which families exist, how each is recognised, its shipped configs and its prediction rule are
+declared by the family modules (`comfyd.models.families`); this module holds the generic part.
+Every family's files also hold the VAE under `first_stage_model.*`.
 
 What shapes cannot tell, and the rule used (ComfyUI's where it has one):
 - OpenCLIP text towers load as transformers CLIPTextModelWithProjection when the file holds
   `text_projection` (SDXL's G always; SD2's H in single files), so the pooled output can be
   projected as ComfyUI does; diffusers SD2 folders have no projection and load without it.
-- Attention heads: sd1 uses 8 heads per block; sd2 and sdxl use 64-channel heads, so
-  heads = channels // 64 (at least 1, for tiny models). Text encoders: heads = width // 64 (>= 1).
-- Prediction type:
-  1. a `v_pred` key in the file means v-prediction (ComfyUI's marker, used by SDXL v-pred fine-tunes);
-  2. sd2 with 4 input channels: ComfyUI's statistic, v-prediction when the population standard
-     deviation of `output_blocks.<last>.1.transformer_blocks.0.norm1.bias` exceeds 0.09
-     (the 768-v models); otherwise epsilon (512-base);
-  3. sd2 where that tensor is absent: the file's `modelspec.prediction_type` metadata if present,
-     else epsilon when `modelspec.resolution` says 512, else v (the common SD2 768-v);
-  4. sd1 and sdxl: epsilon.
+- Attention heads: the family's head rule (fixed count, or channels // head width, at least 1
+  for tiny models). Text encoders: heads = width // 64 (>= 1).
+- Prediction type: the family's rule (a `v_pred` key means v-prediction for every family).
 """
 
 from __future__ import annotations
@@ -35,45 +23,61 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-import torch
-
+from comfyd.models import families
 from comfyd.models.tensorfile import TensorFile
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-FAMILIES = ("sd1", "sd2", "sdxl")
+CONFIG_DIR = families.CONFIG_DIR
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-V_PRED_STD_THRESHOLD = 0.09
-# Where each family's text encoders sit in a single-file checkpoint (SD2 may also use the SGM
-# spelling `conditioner.embedders.0.model.`). transformers-named encoders add `text_model.`.
-ENCODER_PREFIXES: dict[str, dict[str, str]] = {
-    "sd1": {"l": "cond_stage_model.transformer."},
-    "sd2": {"h": "cond_stage_model.model."},
-    "sdxl": {"l": "conditioner.embedders.0.transformer.", "g": "conditioner.embedders.1.model."},
-}
+
+
+class _EncoderPrefixes(Mapping[str, dict[str, str]]):
+    """Family -> encoder -> canonical single-file prefix, read from the registered families."""
+
+    def __getitem__(self, family: str) -> dict[str, str]:
+        try:
+            spec = families.get(family)
+        except ValueError:
+            raise KeyError(family) from None
+        return {e.name: e.single_file_prefixes[0] for e in spec.encoders}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(families.names())
+
+    def __len__(self) -> int:
+        return len(families.names())
+
+
+ENCODER_PREFIXES: Mapping[str, dict[str, str]] = _EncoderPrefixes()
 
 
 class UnknownCheckpointLayout(ValueError):
     """The file is not a checkpoint comfyd can load; the message says what was found."""
 
 
-@cache
 def family_manifest(family: str) -> dict[str, Any]:
-    """configs/<family>/model.json: latent scale, default prediction, text encoders, head rule."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
-    return json.loads((CONFIG_DIR / family / "model.json").read_text())
+    """A plain summary of a family's declaration: latent scale, default prediction, encoders."""
+    spec = families.get(family)
+    return {
+        "family": spec.name,
+        "latent_scale": spec.latent.scale_factor,
+        "prediction": spec.sampling.prediction,
+        "unet_heads": {"rule": spec.unet_heads_rule.kind, "value": spec.unet_heads_rule.value},
+        "encoders": {
+            e.name: {"config": e.config, "layout": e.layout, "tokenizer": dict(e.tokenizer)}
+            for e in spec.encoders
+        },
+    }
 
 
 @cache
 def _shipped_config(family: str, name: str) -> str:
-    return (CONFIG_DIR / family / name).read_text()
+    return (families.get(family).configs / name).read_text()
 
 
 def shipped_config(family: str, name: str) -> dict[str, Any]:
@@ -109,12 +113,8 @@ class CheckpointInfo:
 
 
 def unet_heads(family: str, channels: int) -> int:
-    """Attention heads of a UNet block with `channels` channels (see the module docstring)."""
-    rule = family_manifest(family)["unet_heads"]
-    if rule["rule"] == "fixed_heads":
-        heads = int(rule["value"])
-    else:
-        heads = max(1, channels // int(rule["value"]))
+    """Attention heads of a UNet block with `channels` channels (the family's head rule)."""
+    heads = families.get(family).unet_heads(channels)
     if channels % heads:
         raise UnknownCheckpointLayout(
             f"{family} UNet block of {channels} channels cannot split into {heads} heads"
@@ -133,57 +133,47 @@ def detect_checkpoint(tf: TensorFile) -> CheckpointInfo:
     name = tf.path.name
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in key_set:
         raise UnknownCheckpointLayout(_unknown_message(name, keys, "no UNet (model.diffusion_model.*)"))
-    has_label_emb = f"{UNET_PREFIX}label_emb.0.0.weight" in key_set
     prefixes = _prefixes(keys)
-    if "conditioner.embedders.1.model." in prefixes and "conditioner.embedders.0.transformer." in prefixes:
-        family = "sdxl"
-        encoder_prefixes = dict(ENCODER_PREFIXES["sdxl"])
-    elif "conditioner.embedders.0.model." in prefixes and has_label_emb:
-        raise UnknownCheckpointLayout(
-            f"{name} looks like an SDXL refiner (OpenCLIP-G only, label_emb); refiners are not supported"
-        )
-    elif "cond_stage_model.model." in prefixes or "conditioner.embedders.0.model." in prefixes:
-        family = "sd2"
-        sd2_prefix = (
-            "cond_stage_model.model."
-            if "cond_stage_model.model." in prefixes
-            else "conditioner.embedders.0.model."
-        )
-        encoder_prefixes = {"h": sd2_prefix}
-    elif "cond_stage_model.transformer." in prefixes:
-        family = "sd1"
-        encoder_prefixes = dict(ENCODER_PREFIXES["sd1"])
-    else:
+    try:
+        recognised = families.recognise_single_file(prefixes, key_set)
+    except ValueError as exc:
+        raise UnknownCheckpointLayout(f"{name}: {exc}") from None
+    if recognised is None:
+        near_miss = families.near_miss(prefixes, key_set)
+        if near_miss:
+            raise UnknownCheckpointLayout(f"{name} {near_miss}")
         raise UnknownCheckpointLayout(
             _unknown_message(
                 name, keys, "a UNet but no text encoder this loader knows (CLIP-L, OpenCLIP-H/G)"
             )
         )
+    family, encoder_prefixes = recognised
     if f"{VAE_PREFIX}encoder.conv_in.weight" not in key_set:
         raise UnknownCheckpointLayout(_unknown_message(name, keys, "no VAE (first_stage_model.*)"))
 
-    manifest = family_manifest(family)
     shapes = {k: tf.shape(k) for k in keys}
     encoders: dict[str, EncoderInfo] = {}
-    for enc_name, prefix in encoder_prefixes.items():
-        spec = manifest["encoders"][enc_name]
-        base = shipped_config(family, spec["config"])
-        if spec["layout"] == "hf":
+    for spec in family.encoders:
+        prefix = encoder_prefixes[spec.name]
+        base = shipped_config(family.name, spec.config)
+        if spec.layout == "hf":
             prefix = _hf_text_prefix(prefix, key_set)
             config = infer_hf_clip_config(shapes, prefix, base)
         else:
             config = infer_openclip_config(shapes, prefix, base)
-        encoders[enc_name] = EncoderInfo(
-            name=enc_name,
-            layout=spec["layout"],
+        encoders[spec.name] = EncoderInfo(
+            name=spec.name,
+            layout=spec.layout,
             key_prefix=prefix,
             config=config,
             with_projection=config["architectures"][0] == "CLIPTextModelWithProjection",
-            tokenizer=dict(spec["tokenizer"]),
+            tokenizer=dict(spec.tokenizer),
         )
-    pooled_dim = encoders["g"].config["projection_dim"] if family == "sdxl" else None
+    pooled_dim = (
+        encoders[family.pooled_encoder].config["projection_dim"] if family.pooled_encoder else None
+    )
     unet_config = infer_unet_config(
-        shapes, UNET_PREFIX, family, shipped_config(family, "unet.json"), pooled_dim
+        shapes, UNET_PREFIX, family.name, shipped_config(family.name, "unet.json"), pooled_dim
     )
     context = sum(e.config["hidden_size"] for e in encoders.values())
     if unet_config["cross_attention_dim"] != context:
@@ -191,44 +181,23 @@ def detect_checkpoint(tf: TensorFile) -> CheckpointInfo:
             f"{name}: the UNet attends to {unet_config['cross_attention_dim']}-wide text features but the "
             f"text encoder(s) produce {context}; the file mixes parts of different models"
         )
-    if unet_config["in_channels"] != 4:
+    channels = family.latent.channels
+    if unet_config["in_channels"] != channels:
         raise UnknownCheckpointLayout(
-            f"{name}: a {family} UNet with {unet_config['in_channels']} input channels (an inpainting or "
-            "other conditioned variant); only 4-channel text-to-image checkpoints are supported"
+            f"{name}: a {family.name} UNet with {unet_config['in_channels']} input channels (an inpainting or "
+            f"other conditioned variant); only {channels}-channel text-to-image checkpoints are supported"
         )
-    vae_config = infer_vae_config(shapes, VAE_PREFIX, shipped_config(family, "vae.json"))
-    prediction, rule = _prediction(tf, family, unet_config, key_set)
+    vae_config = infer_vae_config(shapes, VAE_PREFIX, shipped_config(family.name, "vae.json"))
+    prediction, rule = family.prediction(tf, unet_config, key_set)
     return CheckpointInfo(
-        family=family,
+        family=family.name,
         prediction=prediction,
         prediction_rule=rule,
-        latent_scale=float(manifest["latent_scale"]),
+        latent_scale=float(family.latent.scale_factor),
         unet_config=unet_config,
         vae_config=vae_config,
         encoders=encoders,
     )
-
-
-def _prediction(tf: TensorFile, family: str, unet_config: dict[str, Any], keys: set[str]) -> tuple[str, str]:
-    if "v_pred" in keys:
-        return "v", "v_pred key present"
-    if family != "sd2":
-        return "eps", f"{family} default"
-    last = len(unet_config["block_out_channels"]) * (int(unet_config["layers_per_block"]) + 1) - 1
-    stat_key = f"{UNET_PREFIX}output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
-    if stat_key in keys:
-        std = float(torch.std(tf.get(stat_key).float(), unbiased=False))
-        if std > V_PRED_STD_THRESHOLD:
-            return "v", f"std of {stat_key} = {std:.4f} > {V_PRED_STD_THRESHOLD}"
-        return "eps", f"std of {stat_key} = {std:.4f} <= {V_PRED_STD_THRESHOLD}"
-    declared = tf.metadata.get("modelspec.prediction_type", "").lower()
-    if declared in ("v", "v_prediction", "v-prediction"):
-        return "v", "modelspec.prediction_type metadata"
-    if declared in ("eps", "epsilon"):
-        return "eps", "modelspec.prediction_type metadata"
-    if tf.metadata.get("modelspec.resolution", "").startswith("512"):
-        return "eps", "modelspec.resolution 512 (SD2 base)"
-    return "v", "SD2 default (768-v)"
 
 
 def _prefixes(keys: list[str]) -> set[str]:

@@ -15,19 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from comfyd.models import detect
-
-# Encoder name -> (text encoder subfolder, tokenizer subfolder), per family.
-ENCODER_FOLDERS: dict[str, dict[str, tuple[str, str]]] = {
-    "sd1": {"l": ("text_encoder", "tokenizer")},
-    "sd2": {"h": ("text_encoder", "tokenizer")},
-    "sdxl": {"l": ("text_encoder", "tokenizer"), "g": ("text_encoder_2", "tokenizer_2")},
-}
-_PIPELINES = {
-    "sd1": "StableDiffusionPipeline",
-    "sd2": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-}
+from comfyd.models import detect, families
 
 
 def _dump(path: Path, obj: Mapping[str, Any]) -> None:
@@ -68,20 +56,15 @@ def write_diffusers_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     version = _diffusers_version()
-    manifest = detect.family_manifest(family)
+    spec = families.get(family)
     index: dict[str, Any] = {
-        "_class_name": _PIPELINES[family],
+        "_class_name": spec.diffusers_pipeline,
         "_diffusers_version": version,
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        **spec.diffusers_index_extras,
     }
-    if family == "sdxl":
-        index["force_zeros_for_empty_prompt"] = True
-    else:
-        index.update(
-            safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False
-        )
     meta = {"format": "pt"}
     for part, config in (("unet", unet_config), ("vae", vae_config)):
         _dump(folder / part / "config.json", {**config, "_diffusers_version": version})
@@ -89,7 +72,9 @@ def write_diffusers_folder(
             save_file(
                 dict(weights[part]), str(folder / part / "diffusion_pytorch_model.safetensors"), metadata=meta
             )
-    for name, (encoder_dir, tokenizer_dir) in ENCODER_FOLDERS[family].items():
+    for encoder in spec.encoders:
+        name = encoder.name
+        encoder_dir, tokenizer_dir = encoder.diffusers_folders
         config = dict(encoder_configs[name])
         architecture = config["architectures"][0]
         index[encoder_dir] = ["transformers", architecture]
@@ -97,7 +82,7 @@ def write_diffusers_folder(
         _dump(folder / encoder_dir / "config.json", config)
         if weights is not None:
             save_file(dict(weights[name]), str(folder / encoder_dir / "model.safetensors"), metadata=meta)
-        write_tokenizer(folder / tokenizer_dir, manifest["encoders"][name]["tokenizer"])
+        write_tokenizer(folder / tokenizer_dir, encoder.tokenizer)
     scheduler = detect.shipped_config(family, "scheduler.json")
     scheduler["prediction_type"] = "v_prediction" if prediction == "v" else "epsilon"
     _dump(folder / "scheduler" / "scheduler_config.json", {**scheduler, "_diffusers_version": version})

@@ -19,7 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from comfyd.models import families
 from comfyd.models.device_gate import DeviceGate
+from comfyd.sampling.model_sampling import DiscreteModelSampling
+from comfyd.sampling.protocols import VectorConditioning
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,17 @@ class WeightPatcher(Protocol):
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """MODEL: the denoising UNet (diffusers UNet2DConditionModel) and how to drive it."""
+    """MODEL: the denoising UNet (diffusers UNet2DConditionModel) and how to drive it.
+
+    It is the `comfyd.sampling.protocols.SamplingModel` the sampler takes: the network lent by
+    `patched()`, its model sampling, latent scaling and vector conditioning (from its family).
+    """
 
     key: str  # cache key of the base weights (resolved checkpoint path + size + mtime)
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str  # a registered family name (comfyd.models.families)
     prediction: str  # "eps" | "v"
     unet: Any
-    latent_scale: float  # 0.18215 for SD1/SD2, 0.13025 for SDXL
+    latent_scale: float  # the family's latent scale factor (or the diffusers VAE's own)
     device: Any  # torch.device
     dtype: Any  # torch.dtype the UNet runs in
     loras: tuple[LoraPatch, ...] = ()
@@ -56,6 +63,24 @@ class ModelHandle:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
+    latent_shift: float = 0.0  # sampler space = (latent - shift) * scale
+
+    @property
+    def model_sampling(self) -> DiscreteModelSampling:
+        return DiscreteModelSampling(self.prediction, self.beta_start, self.beta_end, self.num_train_timesteps)
+
+    @property
+    def latent_format(self) -> families.LatentFormat | None:
+        """The family's latent format (preview factors); None for a family not registered."""
+        try:
+            return families.get(self.family).latent
+        except ValueError:
+            return None
+
+    @property
+    def vector_conditioning(self) -> VectorConditioning | None:
+        """The family's builder of the UNet's vector input (None: the UNet has none)."""
+        return families.get(self.family).vector_conditioning
 
     def with_loras(self, *patches: LoraPatch) -> ModelHandle:
         return replace(self, loras=self.loras + tuple(patches))

@@ -24,16 +24,13 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from comfyd.models import detect
-from comfyd.models.detect import CheckpointInfo, EncoderInfo, UnknownCheckpointLayout
+from comfyd.models import detect, families
+from comfyd.models.detect import CheckpointInfo, UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.keymap import (
-    HfClipTranslator,
     IdentityTranslator,
-    OpenClipTranslator,
     Translator,
     apply_op,
-    unet_translator,
     vae_translator,
 )
 from comfyd.models.tensorfile import ModelFileError, TensorFile
@@ -160,12 +157,6 @@ def _squeezed(shape: torch.Size) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def encoder_translator(encoder: EncoderInfo) -> Translator:
-    if encoder.layout == "openclip":
-        return OpenClipTranslator(encoder.key_prefix)
-    return HfClipTranslator(encoder.key_prefix)
-
-
 # --- single-file checkpoints ----------------------------------------------------------------
 def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> LoadedCheckpoint:
     """An original-layout checkpoint (`.safetensors`, or pickle when allowed) as runnable modules."""
@@ -176,9 +167,10 @@ def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) 
 
 def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> LoadedCheckpoint:
     device = plan.device
+    family = families.get(info.family)
     unet = materialize(
         empty_unet(info.unet_config),
-        unet_translator(info.unet_config, info.unet_prefix),
+        family.unet_key_map(info.unet_config, info.unet_prefix),
         tf,
         device,
         plan.unet_dtype,
@@ -186,7 +178,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
     )
     vae = materialize(
         empty_vae(info.vae_config),
-        vae_translator(info.vae_config, info.vae_prefix),
+        family.vae_key_map(info.vae_config, info.vae_prefix),
         tf,
         device,
         plan.vae_dtype,
@@ -195,7 +187,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
     encoders = {
         name: materialize(
             empty_text_encoder(enc.config),
-            encoder_translator(enc),
+            family.encoder_key_map(enc.layout, enc.key_prefix),
             tf,
             device,
             plan.clip_dtype,
@@ -265,17 +257,25 @@ def _diffusers_component(cls: Any, folder: Path, dtype: torch.dtype, allow_pickl
         raise ModelFileError(f"cannot load {folder}: {exc}") from exc
 
 
+def _component_config(folder: Path, component: str) -> dict[str, Any]:
+    path = folder / component / "config.json"
+    return _read_json(path) if path.is_file() else {}
+
+
 def diffusers_family(folder: Path) -> tuple[str, dict[str, str]]:
     """(family, encoder name -> subfolder) of a diffusers checkpoint folder."""
-    unet_config = _read_json(folder / "unet" / "config.json")
-    if (folder / "text_encoder_2").is_dir() and unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl", {"l": "text_encoder", "g": "text_encoder_2"}
-    if not (folder / "text_encoder").is_dir():
-        raise UnknownCheckpointLayout(f"diffusers folder {folder.name} has no text_encoder/")
-    text_config = _read_json(folder / "text_encoder" / "config.json")
-    if text_config.get("hidden_act") == "gelu":
-        return "sd2", {"h": "text_encoder"}
-    return "sd1", {"l": "text_encoder"}
+    _read_json(folder / "unet" / "config.json")  # a folder without a readable UNet config is refused
+    try:
+        family = families.recognise_diffusers(folder, _component_config)
+    except ValueError as exc:
+        raise UnknownCheckpointLayout(str(exc)) from None
+    if family is None:
+        if not (folder / "text_encoder").is_dir():
+            raise UnknownCheckpointLayout(f"diffusers folder {folder.name} has no text_encoder/")
+        raise UnknownCheckpointLayout(
+            f"diffusers folder {folder.name}: no model family recognises its text encoders and UNet"
+        )
+    return family.name, {e.name: e.diffusers_folders[0] for e in family.encoders}
 
 
 def load_diffusers_folder(folder: Path, plan: ComputePlan, allow_pickle: bool = False) -> LoadedCheckpoint:
@@ -285,8 +285,8 @@ def load_diffusers_folder(folder: Path, plan: ComputePlan, allow_pickle: bool = 
     for part in ("unet", "vae"):
         if not (folder / part / "config.json").is_file():
             raise UnknownCheckpointLayout(f"diffusers folder {folder.name} has no {part}/config.json")
-    family, encoder_dirs = diffusers_family(folder)
-    manifest = detect.family_manifest(family)
+    family_name, encoder_dirs = diffusers_family(folder)
+    family = families.get(family_name)
     device = plan.device
     unet = _diffusers_component(UNet2DConditionModel, folder / "unet", plan.unet_dtype, allow_pickle)
     vae = _diffusers_component(AutoencoderKL, folder / "vae", plan.vae_dtype, allow_pickle)
@@ -303,21 +303,21 @@ def load_diffusers_folder(folder: Path, plan: ComputePlan, allow_pickle: bool = 
         module.requires_grad_(False)
         module.eval()
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
-    prediction = manifest["prediction"]
-    rule = f"{family} default"
+    prediction = family.sampling.prediction
+    rule = f"{family.name} default"
     if scheduler_path.is_file():
         declared = _read_json(scheduler_path).get("prediction_type", "epsilon")
         prediction = "v" if declared == "v_prediction" else "eps"
         rule = f"scheduler prediction_type {declared}"
-    latent_scale = float(getattr(vae.config, "scaling_factor", None) or manifest["latent_scale"])
+    latent_scale = float(getattr(vae.config, "scaling_factor", None) or family.latent.scale_factor)
     return LoadedCheckpoint(
-        family=family,
+        family=family.name,
         prediction=prediction,
         latent_scale=latent_scale,
         unet=unet,
         vae=vae,
         text_encoders=encoders,
-        tokenizer_options={name: dict(manifest["encoders"][name]["tokenizer"]) for name in encoders},
+        tokenizer_options={name: dict(family.encoder(name).tokenizer) for name in encoders},
         source_format="diffusers",
         notes={"prediction_rule": rule},
     )
@@ -335,7 +335,8 @@ def load_vae_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> 
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
         keys = set(tf.keys())
         shapes = tf.shapes()
-        base = detect.shipped_config("sd1", "vae.json")
+        # The VAE architecture is shared by the SD families; the default family's config is the base.
+        base = detect.shipped_config(families.DEFAULT_FAMILY, "vae.json")
         for prefix in ("", detect.VAE_PREFIX):
             if f"{prefix}encoder.down.0.block.0.conv1.weight" in keys:
                 config = detect.infer_vae_config(shapes, prefix, base)

@@ -2,7 +2,8 @@
 
 Formats (all normalised to `(component, module path with '_' for '.')`):
 - kohya / ComfyUI: `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`, text
-  encoders `lora_te_` (SD1/SD2) or `lora_te1_` / `lora_te2_` (SDXL's CLIP-L / OpenCLIP-G). UNet
+  encoders `lora_te_` (SD1/SD2) or `lora_te1_` / `lora_te2_` (SDXL's CLIP-L / OpenCLIP-G; each
+  family says which component patches which of its encoders). UNet
   module names may be diffusers-style (`down_blocks_0_attentions_0_...`) or original-style
   (`input_blocks_1_1_transformer_blocks_0_attn1_to_q`); both resolve.
 - diffusers / peft: `unet.<module>.lora_A.weight` / `.lora_B.weight` (or `.lora.down/up.weight`),
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from comfyd.models import families
 from comfyd.models.handles import LoraPatch
 from comfyd.models.keymap import text_model_name, unet_translator
 from comfyd.models.tensorfile import TensorFile
@@ -159,25 +161,33 @@ def parse_lora(tf: TensorFile) -> ParsedLora:
 
 
 # --- patching --------------------------------------------------------------------------------
-def component_role(component: str, family: str) -> str:
-    """Which module a LoRA component patches: "unet", or the text encoder name (l, h, g)."""
+def component_role(component: str, family: str) -> str | None:
+    """Which module a LoRA component patches: "unet", the text encoder name (l, h, g), or None
+    when the family has no encoder that component is meant for."""
     if component == "unet":
         return "unet"
-    if component == "te2":
-        return "g"
-    return "h" if family == "sd2" else "l"
+    return families.get(family).lora_role(component)
 
 
 def _patchable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d)
 
 
-def module_index(module: nn.Module, role: str) -> dict[str, str]:
-    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`."""
+def module_index(module: nn.Module, role: str, family: str | None = None) -> dict[str, str]:
+    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`.
+
+    UNet layers are also indexed under their stored (original-layout) names, by the family's
+    key map (the LDM/SGM one when no family is given)."""
     index: dict[str, str] = {}
     if role == "unet":
         config = getattr(module, "config", None)
-        translator = unet_translator(config, key_prefix="") if config is not None else None
+        translator = None
+        if config is not None:
+            translator = (
+                families.get(family).unet_key_map(config, key_prefix="")
+                if family is not None
+                else unet_translator(config, key_prefix="")
+            )
         for name, sub in module.named_modules():
             if not _patchable(sub):
                 continue
@@ -262,7 +272,7 @@ class LoraPatcher:
 
     def _patch(self, state: _ModuleState, patches: tuple[LoraPatch, ...]) -> None:
         if state.index is None:
-            state.index = module_index(state.module, state.role)
+            state.index = module_index(state.module, state.role, self.family)
         # Gather every patch's contribution per weight first, so each weight is touched once.
         contributions: dict[str, list[tuple[float, LoraWeights]]] = {}
         for patch in patches:

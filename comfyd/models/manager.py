@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from comfyd.models import loader
+from comfyd.models import families, loader
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
@@ -342,6 +342,7 @@ class ModelManager:
             # Compiles lazily on the first call; LoRA patches change weights in place, which
             # torch.compile tolerates (parameters are inputs of the compiled graph).
             loaded.unet.compile()
+        family = families.get(loaded.family)
         patcher = LoraPatcher(loaded.family, {"unet": loaded.unet, **loaded.text_encoders}, self.parsed_lora)
         device = self.plan.device
         model = ModelHandle(
@@ -354,6 +355,10 @@ class ModelManager:
             dtype=self.plan.unet_dtype,
             patcher=patcher,
             gate=self.gate,
+            latent_shift=family.latent.shift,
+            beta_start=family.sampling.beta_start,
+            beta_end=family.sampling.beta_end,
+            num_train_timesteps=family.sampling.timesteps,
         )
         clip = ClipHandle(
             key=key,
@@ -392,5 +397,4 @@ class ModelManager:
     def _load_vae(self, path: Path, key: str, name: str) -> VaeHandle:
         vae = loader.load_vae_file(path, self.plan, bool(self.settings.allow_pickle))
         # A standalone VAE does not say which model it was trained with; the name is a hint only.
-        family = "sdxl" if "xl" in name.lower() else "sd1"
-        return self._vae_handle(key, family, vae)
+        return self._vae_handle(key, families.vae_family_hint(name).name, vae)

@@ -10,30 +10,21 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
 - pooled output: final (normalised) hidden state of the first chunk at its first end token,
   through text_projection where the family uses the projected one.
 
-Families (comfy/sd1_clip.py, comfy/text_encoders/sd2_clip.py, comfy/sdxl_clip.py):
-    sd1  CLIP-L        last layer             pad 49407  pooled unprojected
-    sd2  OpenCLIP-H    penultimate + norm     pad 0      pooled projected (if a projection exists)
-    sdxl CLIP-L        penultimate, no norm   pad 49407  (pooled unused)
-         OpenCLIP-bigG penultimate, no norm   pad 0      pooled projected
-SDXL concatenates [CLIP-L, bigG] on the feature axis (768 + 1280 = 2048).
+Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
+order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
+encoder's pooled output the model takes (`comfyd.models.families`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward
-from comfyd.models.clip_tokens import (
-    END_TOKEN,
-    Chunk,
-    ChunkLayout,
-    EmbeddingLookup,
-    tokenize_prompt,
-)
+from comfyd.models import clip_forward, families
+from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
+from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
 
 logger = logging.getLogger(__name__)
@@ -47,31 +38,12 @@ EncoderTokens = dict[str, list[Chunk]]
 OUTPUT_DEVICE = torch.device("cpu")
 
 
-@dataclass(frozen=True)
-class EncoderRecipe:
-    """How ComfyUI drives one text encoder of a model family."""
-
-    layout: ChunkLayout
-    default_layer: int | None  # None: last layer; -2: penultimate (the family's default)
-    norm_intermediate: bool  # final_layer_norm on an intermediate layer's output
-    projected_pooled: bool  # pooled output through text_projection
-
-
-_SD1_L = EncoderRecipe(ChunkLayout(pad_token=END_TOKEN), None, norm_intermediate=True, projected_pooled=False)
-_SD2_H = EncoderRecipe(ChunkLayout(pad_token=0), -2, norm_intermediate=True, projected_pooled=True)
-_SDXL_L = EncoderRecipe(ChunkLayout(pad_token=END_TOKEN), -2, norm_intermediate=False, projected_pooled=True)
-_SDXL_G = EncoderRecipe(ChunkLayout(pad_token=0), -2, norm_intermediate=False, projected_pooled=True)
-
-
 def encoder_recipe(family: str, key: str) -> EncoderRecipe:
     """The recipe of encoder `key` in a `family` checkpoint; ValueError for unknown combinations."""
-    if family == "sd1":
-        return _SD1_L
-    if family == "sd2":
-        return _SD2_H
-    if family == "sdxl" and key in ("l", "g"):
-        return _SDXL_L if key == "l" else _SDXL_G
-    raise ValueError(f"no text encoding recipe for encoder {key!r} of model family {family!r}")
+    spec = families.get(family)
+    if key not in spec.encoder_names:
+        raise ValueError(f"no text encoding recipe for encoder {key!r} of model family {family!r}")
+    return spec.encoder(key).recipe
 
 
 def encode_text(clip: ClipHandle, text: str, embeddings: EmbeddingLookup | None = None) -> Conditioning:
@@ -89,7 +61,7 @@ def encode_text_sdxl(
     When the two prompts give different chunk counts, the shorter side is extended with
     empty-prompt chunks so both cover the same tokens (as ComfyUI does).
     """
-    if clip.family != "sdxl" or set(clip.text_encoders) != {"l", "g"}:
+    if _family_encoders(clip.family) != {"l", "g"} or set(clip.text_encoders) != {"l", "g"}:
         raise ValueError(
             f"CLIPTextEncodeSDXL needs an SDXL CLIP with 'l' and 'g' encoders, got family {clip.family!r} "
             f"with encoders {sorted(clip.text_encoders)}"
@@ -133,11 +105,13 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
-    if clip.family == "sdxl":
-        (cond_l, _), (cond_g, pooled_g) = outputs["l"], outputs["g"]
-        shared = min(cond_l.shape[1], cond_g.shape[1])
-        return torch.cat([cond_l[:, :shared], cond_g[:, :shared]], dim=-1), pooled_g
-    return outputs[keys[0]]
+    if len(keys) == 1:
+        return outputs[keys[0]]
+    family = families.get(clip.family)
+    order = family.context_order or tuple(keys)
+    shared = min(outputs[key][0].shape[1] for key in order)
+    cond = torch.cat([outputs[key][0][:, :shared] for key in order], dim=-1)
+    return cond, outputs[family.pooled_encoder or order[-1]][1]
 
 
 def encode_chunks(
@@ -259,14 +233,20 @@ def _place_vectors(sequence: list[Any], vocab_rows: torch.Tensor, end_token: int
     return torch.stack(rows + pad_rows), counted
 
 
+def _family_encoders(family: str) -> set[str]:
+    try:
+        return set(families.get(family).encoder_names)
+    except ValueError:
+        return set()
+
+
 def _encoder_keys(clip: ClipHandle) -> list[str]:
     keys = list(clip.text_encoders)
     if not keys:
         raise ValueError(f"the {clip.family} CLIP has no text encoder")
-    if clip.family == "sdxl":
-        if set(keys) != {"l", "g"}:
-            raise ValueError(f"an SDXL CLIP needs 'l' and 'g' text encoders, got {sorted(keys)}")
-        return ["g", "l"]
-    if len(keys) != 1:
-        raise ValueError(f"a {clip.family} CLIP has one text encoder, got {sorted(keys)}")
-    return keys
+    expected = families.get(clip.family).encoder_names
+    if set(keys) != set(expected):
+        raise ValueError(
+            f"a {clip.family} CLIP needs text encoder(s) {list(expected)}, got {sorted(keys)}"
+        )
+    return list(expected)

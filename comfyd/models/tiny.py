@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints, LoRAs and embeddings in the real file layouts.
 
-Each family (sd1, sd2 v-prediction, sdxl) gets a UNet with two levels, a VAE with the real 8x
+Each registered family (sd1, sd2 v-prediction, sdxl, ...) gets a UNet with two levels, a VAE with the real 8x
 downscale (four levels), and text encoders with CLIP's full 49408-token vocabulary and 77
 positions, 32 wide. They are written in the original single-file layout (`model.diffusion_model.*`
 ...) or as a diffusers folder, from the same tensors: the same seed gives the same weights in
@@ -28,24 +28,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from comfyd.models import detect
+from comfyd.models import detect, families
 from comfyd.models.diffusers_layout import write_diffusers_folder
 from comfyd.models.keymap import (
-    HfClipTranslator,
-    OpenClipTranslator,
     Translator,
     to_original,
-    unet_translator,
-    vae_translator,
 )
 from comfyd.models.loader import diffusers_family, empty_text_encoder, empty_unet, empty_vae
 from comfyd.models.tensorfile import TensorFile
 
 STORAGE_DTYPE = torch.float16
 TINY_WIDTH = 32  # text encoder width (each encoder)
-TINY_SDXL_TIME_DIM = 8  # SDXL size/crop embedding width (256 in the real model)
-# SD2's v-prediction test statistic (see detect): std of this bias above 0.09 means v.
-V_PRED_BIAS_STD = 0.2
 
 
 @dataclass(frozen=True)
@@ -56,39 +49,33 @@ class ModelConfigs:
     encoders: dict[str, dict[str, Any]]
 
 
-def _encoder_names(family: str) -> list[str]:
-    return list(detect.family_manifest(family)["encoders"])
-
-
 def full_configs(family: str) -> ModelConfigs:
     """The real architecture's configs, as shipped."""
-    manifest = detect.family_manifest(family)
+    spec = families.get(family)
     return ModelConfigs(
         family=family,
         unet=detect.shipped_config(family, "unet.json"),
         vae=detect.shipped_config(family, "vae.json"),
-        encoders={
-            n: detect.shipped_config(family, spec["config"]) for n, spec in manifest["encoders"].items()
-        },
+        encoders={e.name: detect.shipped_config(family, e.config) for e in spec.encoders},
     )
 
 
 def tiny_configs(family: str) -> ModelConfigs:
     """The tiny architecture: the real configs with small widths and depths."""
+    spec = families.get(family)
     full = full_configs(family)
     encoders: dict[str, dict[str, Any]] = {}
     for name, config in full.encoders.items():
-        encoders[name] = dict(
-            config,
-            hidden_size=TINY_WIDTH,
-            intermediate_size=2 * TINY_WIDTH,
-            num_hidden_layers=2,
-            num_attention_heads=detect.text_encoder_heads(TINY_WIDTH),
-            projection_dim=TINY_WIDTH,
+        encoders[name] = spec.tiny_encoder_config(
+            dict(
+                config,
+                hidden_size=TINY_WIDTH,
+                intermediate_size=2 * TINY_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=detect.text_encoder_heads(TINY_WIDTH),
+                projection_dim=TINY_WIDTH,
+            )
         )
-        if family == "sd2":
-            # Like a real SD2 single file, with OpenCLIP's text projection (see detect).
-            encoders[name]["architectures"] = ["CLIPTextModelWithProjection"]
     channels = [32, 64]
     unet = dict(
         full.unet,
@@ -98,31 +85,18 @@ def tiny_configs(family: str) -> ModelConfigs:
         attention_head_dim=[detect.unet_heads(family, c) for c in channels],
         cross_attention_dim=sum(e["hidden_size"] for e in encoders.values()),
     )
-    if family == "sdxl":
-        pooled = encoders["g"]["projection_dim"]
-        unet.update(
-            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-            transformer_layers_per_block=[1, 2],
-            addition_time_embed_dim=TINY_SDXL_TIME_DIM,
-            projection_class_embeddings_input_dim=pooled + 6 * TINY_SDXL_TIME_DIM,
-        )
-    else:
-        unet.update(
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            transformer_layers_per_block=[1, 1],
-        )
+    unet.update(spec.tiny_unet_layout(encoders))
     vae = dict(full.vae, block_out_channels=[32, 32, 64, 64], layers_per_block=1, sample_size=64)
     return ModelConfigs(family=family, unet=unet, vae=vae, encoders=encoders)
 
 
 def parity_configs(family: str) -> ModelConfigs:
     """Full text encoders and VAE, a two-level UNet at the real widths (see the module docstring)."""
-    if family != "sd1":
-        raise ValueError("the parity checkpoint exists for sd1 only")
+    parity_channels = families.get(family).parity_unet_channels()
+    if parity_channels is None:
+        raise ValueError(f"model family {family!r} has no parity checkpoint")
     full = full_configs(family)
-    channels = [320, 640]  # ComfyUI matches SD1.5 on model_channels 320 and context_dim 768
+    channels = list(parity_channels)
     unet = dict(
         full.unet,
         block_out_channels=channels,
@@ -180,15 +154,10 @@ def random_weights(configs: ModelConfigs, seed: int, prediction: str) -> dict[st
         weights[name] = {
             _stored_text_name(k): v for k, v in encoder.state_dict().items() if not k.endswith("position_ids")
         }
-    if configs.family == "sd2":
-        # Make detect's v-prediction statistic say what this checkpoint is meant to be.
-        levels = len(configs.unet["block_out_channels"])
-        per_level = int(configs.unet["layers_per_block"])
-        key = f"up_blocks.{levels - 1}.attentions.{per_level}.transformer_blocks.0.norm1.bias"
-        bias = weights["unet"][key]
-        scale = V_PRED_BIAS_STD if prediction == "v" else 0.02
-        noise = torch.randn(bias.shape, generator=_generator(seed, "v_pred_statistic"))
-        weights["unet"][key] = (noise * scale).to(STORAGE_DTYPE)
+    # Make detect's prediction rule say what this checkpoint is meant to be (where it has one).
+    families.get(configs.family).mark_prediction(
+        configs.unet, weights["unet"], prediction, _generator(seed, "v_pred_statistic")
+    )
     return weights
 
 
@@ -201,14 +170,14 @@ def encoder_translators(
     family: str, encoder_configs: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Translator]:
     """Single-file translators of a family's text encoders (the layout real checkpoints use)."""
-    manifest = detect.family_manifest(family)
+    spec = families.get(family)
     out: dict[str, Translator] = {}
     for name in encoder_configs:
-        prefix = detect.ENCODER_PREFIXES[family][name]
-        if manifest["encoders"][name]["layout"] == "openclip":
-            out[name] = OpenClipTranslator(prefix)
-        else:
-            out[name] = HfClipTranslator(prefix + "text_model.")
+        encoder = spec.encoder(name)
+        prefix = encoder.single_file_prefixes[0]
+        if encoder.layout == "hf":
+            prefix += "text_model."
+        out[name] = spec.encoder_key_map(encoder.layout, prefix)
     return out
 
 
@@ -216,39 +185,41 @@ def original_state(
     configs: ModelConfigs, weights: Mapping[str, Mapping[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
     """One original-layout state dict (what a single-file checkpoint holds)."""
-    state = to_original(weights["unet"], unet_translator(configs.unet))
-    state.update(to_original(weights["vae"], vae_translator(configs.vae)))
+    family = families.get(configs.family)
+    state = to_original(weights["unet"], family.unet_key_map(configs.unet))
+    state.update(to_original(weights["vae"], family.vae_key_map(configs.vae)))
     for name, translator in encoder_translators(configs.family, configs.encoders).items():
         state.update(to_original(weights[name], translator))
     # Tensors real checkpoints carry besides the weights the modules use; loaders must skip them.
-    if configs.family == "sd1":
-        state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    elif configs.family == "sd2":
-        state["cond_stage_model.model.logit_scale"] = torch.tensor(4.6052, dtype=STORAGE_DTYPE)
+    state.update(families.get(configs.family).extra_single_file_tensors())
     return {k: v.contiguous() for k, v in state.items()}
 
 
 def write_random_checkpoint(
     path: Path,
-    family: str = "sd1",
+    family: str = families.DEFAULT_FAMILY,
     fmt: str = "single",
     seed: int = 0,
     size: str = "tiny",
     prediction: str | None = None,
 ) -> Path:
     """Write a random-weight checkpoint of `family` at `path` (a file, or a folder for diffusers)."""
-    if family not in detect.FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(detect.FAMILIES)}")
+    if family not in families.names():
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(families.names())}")
     if fmt not in ("single", "diffusers"):
         raise ValueError(f"unknown format {fmt!r}; choose 'single' or 'diffusers'")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     configs = SIZES[size](family)
-    prediction = prediction or detect.family_manifest(family)["prediction"]
+    spec = families.get(family)
+    prediction = prediction or spec.sampling.prediction
     if prediction not in ("eps", "v"):
         raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
-    if prediction == "v" and family != "sd2":
-        raise ValueError("only sd2 checkpoints carry a v-prediction marker comfyd detects")
+    if prediction not in spec.tiny_predictions:
+        raise ValueError(
+            f"a tiny {family} checkpoint can be written as {' or '.join(spec.tiny_predictions)} prediction "
+            f"only (no {prediction!r} marker comfyd detects)"
+        )
     weights = random_weights(configs, seed, prediction)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +240,7 @@ def tiny_checkpoint_name(family: str, fmt: str, seed: int = 0) -> str:
 
 
 def make_tiny_checkpoint(
-    dir: Path | str, family: str = "sd1", fmt: str = "single", seed: int = 0, *, prediction: str | None = None
+    dir: Path | str, family: str = families.DEFAULT_FAMILY, fmt: str = "single", seed: int = 0, *, prediction: str | None = None
 ) -> Path:
     """A tiny random checkpoint written into `dir` (e.g. models/checkpoints); returns its path.
 
@@ -280,26 +251,19 @@ def make_tiny_checkpoint(
     return write_random_checkpoint(target, family=family, fmt=fmt, seed=seed, prediction=prediction)
 
 
-def make_tiny(dir: Path | str) -> list[Path]:
-    """`comfyd models make-tiny DIR`: the tiny SD1 checkpoint in both formats under DIR/checkpoints."""
+def make_tiny(dir: Path | str, family: str = families.DEFAULT_FAMILY) -> list[Path]:
+    """`comfyd models make-tiny DIR [--family F]`: a tiny checkpoint of one registered family (SD1
+    by default) in both formats under DIR/checkpoints."""
+    if family not in families.names():
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(families.names())}")
     checkpoints = Path(dir) / "checkpoints"
     return [
-        make_tiny_checkpoint(checkpoints, "sd1", "single", seed=0),
-        make_tiny_checkpoint(checkpoints, "sd1", "diffusers", seed=0),
+        make_tiny_checkpoint(checkpoints, family, "single", seed=0),
+        make_tiny_checkpoint(checkpoints, family, "diffusers", seed=0),
     ]
 
 
 # --- LoRAs and embeddings --------------------------------------------------------------------
-_KOHYA_TEXT_PREFIX = {
-    "sd1": {"l": "lora_te_"},
-    "sd2": {"h": "lora_te_"},
-    "sdxl": {"l": "lora_te1_", "g": "lora_te2_"},
-}
-_PEFT_TEXT_PREFIX = {
-    "sd1": {"l": "text_encoder."},
-    "sd2": {"h": "text_encoder."},
-    "sdxl": {"l": "text_encoder.", "g": "text_encoder_2."},
-}
 LORA_UNET_TARGETS = (
     "attn1.to_q",
     "attn1.to_k",
@@ -389,7 +353,7 @@ def make_tiny_lora(
     generator = _generator(seed, f"lora-{fmt}")
     tensors: dict[str, torch.Tensor] = {}
     unet = empty_unet(configs.unet)
-    translator = unet_translator(configs.unet, key_prefix="")
+    translator = families.get(configs.family).unet_key_map(configs.unet, key_prefix="")
     for layer_name, layer in lora_layers(unet, LORA_UNET_TARGETS):
         down, up = _lora_pair(layer, rank, generator)
         if fmt == "peft":
@@ -411,12 +375,13 @@ def make_tiny_lora(
             for layer_name, layer in lora_layers(encoder, LORA_TEXT_TARGETS):
                 down, up = _lora_pair(layer, rank, generator)
                 canonical = _stored_text_name(layer_name)
+                encoder_spec = families.get(configs.family).encoder(enc_name)
                 if fmt == "peft":
-                    prefix = _PEFT_TEXT_PREFIX[configs.family][enc_name]
+                    prefix = encoder_spec.peft_prefix
                     tensors[f"{prefix}{canonical}.lora_A.weight"] = down
                     tensors[f"{prefix}{canonical}.lora_B.weight"] = up
                 else:
-                    base = _KOHYA_TEXT_PREFIX[configs.family][enc_name] + canonical.replace(".", "_")
+                    base = encoder_spec.kohya_prefix + canonical.replace(".", "_")
                     tensors[f"{base}.lora_down.weight"] = down
                     tensors[f"{base}.lora_up.weight"] = up
                     tensors[f"{base}.alpha"] = torch.tensor(rank / 2)
@@ -432,19 +397,20 @@ def make_tiny_lora(
 def make_tiny_embedding(
     dir: Path | str,
     name: str = "comfyd-tiny-embedding",
-    family: str = "sd1",
+    family: str = families.DEFAULT_FAMILY,
     *,
     vectors: int = 2,
     seed: int = 0,
     width: int = TINY_WIDTH,
 ) -> Path:
-    """A random textual-inversion embedding: A1111 `emb_params` (sd1, sd2) or SDXL `clip_l`/`clip_g`."""
+    """A random textual-inversion embedding in the family's file layout: A1111 `emb_params` (sd1,
+    sd2) or SDXL `clip_l`/`clip_g`."""
     generator = _generator(seed, f"embedding-{name}")
 
     def draw() -> torch.Tensor:
         return (torch.randn(vectors, width, generator=generator) * 0.02).to(STORAGE_DTYPE)
 
-    tensors = {"clip_l": draw(), "clip_g": draw()} if family == "sdxl" else {"emb_params": draw()}
+    tensors = {key: draw() for key in families.get(family).embedding_keys}
     path = Path(dir) / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt"})

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.protocols import VectorConditioning
 from comfyd.sampling.sigmas import DiscreteSchedule
+from comfyd.sampling.vector_conditioning import pooled_and_sizes
 
 POSITIVE = 0
 NEGATIVE = 1
 _AREA_FEATHER = 8  # cells faded in at the inner edges of an area without a mask
 _MAX_CONTEXT_REPEAT = 4  # contexts longer than 4x the shortest run as a separate batch
-_LATENT_TO_PIXELS = 8
 
 
 @dataclass(eq=False)
@@ -130,22 +131,6 @@ def _mask_bounds(mask: Tensor) -> tuple[int, int, int, int]:
         return (8, 8, 0, 0)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
     return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
-
-
-def _sdxl_added(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
-    """SDXL's vector conditioning: pooled CLIP-G output and the six size/crop numbers."""
-    pooled = item.get("pooled_output")
-    if pooled is None:
-        raise ValueError("SDXL conditioning has no pooled_output (encode the prompt with an SDXL CLIP)")
-    width = item.get("width", dims[1] * _LATENT_TO_PIXELS)
-    height = item.get("height", dims[0] * _LATENT_TO_PIXELS)
-    crop_w = item.get("crop_w", 0)
-    crop_h = item.get("crop_h", 0)
-    target_width = item.get("target_width", width)
-    target_height = item.get("target_height", height)
-    sizes = [height, width, crop_h, crop_w, target_height, target_width]
-    time_ids = torch.tensor([sizes], dtype=torch.float32).repeat(pooled.shape[0], 1)
-    return {"text_embeds": pooled, "time_ids": time_ids}
 
 
 def _area_inside(inner: tuple[int, ...], outer: tuple[int, ...]) -> bool:
@@ -247,8 +232,15 @@ def prepare_conds(
     device: Any,
     dtype: torch.dtype,
     sdxl: bool = False,
+    vector_conditioning: VectorConditioning | None = None,
 ) -> list[CondEntry]:
-    """Both prompts' entries, positive first, each in its CONDITIONING order."""
+    """Both prompts' entries, positive first, each in its CONDITIONING order.
+
+    `vector_conditioning` builds the UNet's vector input per entry (the model family's);
+    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder.
+    """
+    if sdxl and vector_conditioning is None:
+        vector_conditioning = pooled_and_sizes
     device = torch.device(device)
     batch, _, height, width = latent_shape
     dims = (int(height), int(width))
@@ -262,14 +254,14 @@ def prepare_conds(
     for kind, items in enumerate(prompts):
         for item in items:
             added = None
-            if sdxl:
+            if vector_conditioning is not None:
                 # time_ids stay float32: sizes above 2048 are not exact in fp16, and the UNet
                 # embeds them in float32 anyway.
                 added = {
                     key: repeat_to_batch(value, batch).to(
                         device=device, dtype=torch.float32 if key == "time_ids" else dtype
                     )
-                    for key, value in _sdxl_added(item, dims).items()
+                    for key, value in vector_conditioning(item, dims).items()
                 }
             area, mult = _weights(item, latent_shape, device)
             start = item.get("start_percent")

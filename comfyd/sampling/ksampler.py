@@ -7,11 +7,14 @@ ComfyUI's `nodes.common_ksampler` -> `comfy.sample.sample` -> `KSampler.sample` 
 2. sigmas: the scheduler's, with the denoise tail and the penultimate-sigma drop, then
    KSamplerAdvanced's [start_step, last_step] window (last sigma forced to 0 unless the caller
    wants the leftover noise back);
-3. a non-empty latent is scaled into the model's space (x latent_scale), the start point is
+3. a non-empty latent is moved into the model's space ((latent - latent_shift) x latent_scale), the start point is
    latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise);
 4. the sampler runs on the guided denoiser (with a noise_mask: the kept region is reset to the
    re-noised original before and to the original after every model call);
-5. the result is scaled back (/ latent_scale) to float32 on the CPU.
+5. the result is scaled back (/ latent_scale + latent_shift) to float32 on the CPU.
+
+The model is anything satisfying `protocols.SamplingModel` (the models package's ModelHandle is
+one): sampling knows no model family.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +32,10 @@ from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.cfg import CFGGuider, prepare_conds, repeat_to_batch
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.noise import initial_noise
+from comfyd.sampling.protocols import SamplingModel
 from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, SamplerRun, get_sampler
 from comfyd.sampling.samplers.base import Denoiser
-from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, discrete_schedule, ksampler_sigmas
-
-if TYPE_CHECKING:
-    from comfyd.models.handles import ModelHandle
+from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
 
 ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
 
@@ -115,7 +116,7 @@ def _window(
 
 
 def common_ksampler(
-    model: ModelHandle,
+    model: SamplingModel,
     seed: int,
     steps: int,
     cfg: float,
@@ -132,7 +133,7 @@ def common_ksampler(
     callback: ProgressCallback | None = None,
     interrupt: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Sample `latent` with `model` (a ModelHandle); returns a copy of the LATENT dict with new samples."""
+    """Sample `latent` with `model`; returns a copy of the LATENT dict with new samples."""
     sampler = get_sampler(sampler_name)
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}")
@@ -145,7 +146,8 @@ def common_ksampler(
     else:
         noise = initial_noise(latent_image, seed, latent.get("batch_index"))
 
-    schedule = discrete_schedule(model.beta_start, model.beta_end, model.num_train_timesteps)
+    model_sampling = model.model_sampling
+    schedule = model_sampling.schedule
     sigmas = _window(
         ksampler_sigmas(schedule, scheduler, sampler_name, steps, denoise),
         start_step,
@@ -159,11 +161,12 @@ def common_ksampler(
     device = torch.device(model.device)
     x0 = latent_image.to(device=device, dtype=torch.float32)
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
-        x0 = x0 * model.latent_scale
+        x0 = (x0 - model.latent_shift) * model.latent_scale
     noise = noise.to(device=device, dtype=torch.float32)
     entries = prepare_conds(
-        positive, negative, noise.shape, schedule, device, model.dtype, sdxl=model.family == "sdxl"
-    )
+        positive, negative, noise.shape, schedule, device, model.dtype,
+        vector_conditioning=model.vector_conditioning,
+    )  # fmt: skip
 
     sigma0 = float(sigmas[0])
     max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max
@@ -180,7 +183,7 @@ def common_ksampler(
 
     # LoRA patching happens outside inference mode: the patched weights are ordinary tensors.
     with model.patched() as unet, torch.inference_mode():
-        unet_denoiser = UNetDenoiser(unet, schedule, model.prediction, model.dtype, device)
+        unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
         denoiser: Denoiser = CFGGuider(unet_denoiser, entries, cfg)
         noise_mask = latent.get("noise_mask")
@@ -195,5 +198,5 @@ def common_ksampler(
             denoiser = _Interruptible(denoiser, interrupt)
         samples = sampler(denoiser, x, sigmas, SamplerRun(seed=seed, callback=on_step))
     # Outside inference mode, so downstream nodes get an ordinary tensor.
-    out["samples"] = (samples.float() / model.latent_scale).cpu()
+    out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     return out

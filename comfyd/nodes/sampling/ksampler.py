@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfyd.engine.context import NodeContext
+from comfyd.engine.previews import LatentPreview
 from comfyd.engine.schema import Combo, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
 from comfyd.sampling.ksampler import common_ksampler
 from comfyd.sampling.samplers import SAMPLER_NAMES
@@ -14,8 +15,13 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_STEPS = 10000
 
 
-def _progress(ctx: NodeContext):
+def _progress(ctx: NodeContext, model: Any):
+    latent = getattr(model, "latent_format", None)
+    factors = getattr(latent, "rgb_factors", None)
+
     def report(step: int, total: int, preview: Any) -> None:
+        if factors is not None:
+            preview = LatentPreview(preview, factors, latent.rgb_bias)
         ctx.progress(step + 1, total, preview)  # also where an interrupt takes effect
 
     return report
@@ -58,7 +64,7 @@ class KSampler(Node):
     ) -> tuple[dict[str, Any]]:
         latent = common_ksampler(
             model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-            denoise=denoise, callback=_progress(ctx), interrupt=ctx.interrupt,
+            denoise=denoise, callback=_progress(ctx, model), interrupt=ctx.interrupt,
         )  # fmt: skip
         return (latent,)
 
@@ -110,7 +116,7 @@ class KSamplerAdvanced(Node):
             start_step=start_at_step,
             last_step=end_at_step,
             force_full_denoise=return_with_leftover_noise != "enable",
-            callback=_progress(ctx),
+            callback=_progress(ctx, model),
             interrupt=ctx.interrupt,
         )  # fmt: skip
         return (latent,)
