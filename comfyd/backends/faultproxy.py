@@ -296,6 +296,17 @@ class FaultProxy:
         """Fail every matching request for the next `seconds`."""
         return self.add(Fault(kind, until=time.monotonic() + seconds, **match))  # type: ignore[arg-type]
 
+    def hold(self, kind: FaultKind = "slowdown", **match: str) -> Fault:
+        """Fail every matching request until `lift(fault)`: a test lifts it on an observed state
+        (a worker logged that it spooled), not after a guessed duration."""
+        return self.add(Fault(kind, **match))  # type: ignore[arg-type]
+
+    def lift(self, fault: Fault) -> None:
+        """Stop applying one rule (its `hits` stay readable)."""
+        with self._lock:
+            if fault in self._faults:
+                self._faults.remove(fault)
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
