@@ -186,8 +186,8 @@ __all__ = ["Services", "build_runtime", "build_services"]
 
 
 def check_aws_region(settings: Settings) -> None:
-    """Fail at start-up (SystemExit naming InvalidRegion) when AWS backends are configured and
-    the region is unknown or not enabled for the account."""
+    """Fail at start-up (SystemExit naming InvalidRegion or MissingCredentials) when AWS backends
+    are configured and no credentials resolve, or the region is unknown or not enabled."""
     from comfyd.backends.aws import session_for, uses_aws
 
     if not uses_aws(settings):
@@ -195,6 +195,6 @@ def check_aws_region(settings: Settings) -> None:
     from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
 
     try:
-        session_for(settings).verify_region_enabled()
+        session_for(settings).verify()
     except (InvalidRegion, AwsConfigError) as exc:
         raise SystemExit(f"error: {type(exc).__name__}: {exc}") from None

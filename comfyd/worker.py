@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -446,10 +447,10 @@ def run_worker(
     from comfyd.runtime import build_services
 
     stop = stop_event or threading.Event()
+    _verify_aws(settings)  # before anything talks to AWS: one clear error, not a retry loop
     own_services = services is None
     services = services or build_services(settings)
     try:
-        _verify_region(settings)
         runtime = runtime or services.executor_factory()
         worker = Worker(settings, services, runtime, worker_id=worker_id, visibility_s=visibility_s, poll_s=poll_s)
         if on_start is not None:
@@ -460,11 +461,12 @@ def run_worker(
             services.close()
 
 
-def _verify_region(settings: Settings) -> None:
+def _verify_aws(settings: Settings) -> None:
+    """MissingCredentials / InvalidRegion (AwsConfigError, ValueError) at start-up."""
     from comfyd.backends.aws import session_for, uses_aws
 
     if uses_aws(settings):
-        session_for(settings).verify_region_enabled()
+        session_for(settings).verify()
 
 
 def _load_runtime_factory(spec: str) -> Callable[[Settings], JobRuntime]:
@@ -484,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", metavar="MODULE:FUNCTION",
                         help="build the executor with FUNCTION(settings) instead of the real nodes (tests)")
     args = parser.parse_args(argv)
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
+
     logging.basicConfig(level=os.environ.get("COMFYD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -501,9 +505,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stats = run_worker(settings, stop, runtime=runtime, worker_id=args.worker_id,
-                       visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs,
-                       on_start=workers.append)
+    try:
+        stats = run_worker(settings, stop, runtime=runtime, worker_id=args.worker_id,
+                           visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs,
+                           on_start=workers.append)
+    except (InvalidRegion, AwsConfigError) as exc:  # also MissingCredentials, a missing setting
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     log.info("worker done: %s", stats)
     return 0
 

@@ -18,7 +18,7 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from comfyd.backends.aws.session import AwsConfigError, AwsSession, InvalidRegion
+from comfyd.backends.aws.session import AwsConfigError, AwsSession, InvalidRegion, MissingCredentials
 
 if TYPE_CHECKING:
     from comfyd.backends.aws.cloudwatch import CloudWatchMetrics
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from comfyd.settings import Settings
 
 __all__ = [
-    "AwsConfigError", "AwsSession", "InvalidRegion", "build_job_store", "build_metrics", "build_notifier",
+    "AwsConfigError", "AwsSession", "InvalidRegion", "MissingCredentials", "build_job_store", "build_metrics", "build_notifier",
     "build_output_store", "build_queue", "session_for", "uses_aws",
 ]
 
