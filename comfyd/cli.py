@@ -161,15 +161,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
-    from comfyd.worker import run_worker
+    from comfyd.worker import run_until_signalled
 
-    try:
-        run_worker(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
-    except (InvalidRegion, AwsConfigError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    # SIGTERM drains (the running job finishes within COMFYD_SHUTDOWN_GRACE_S or is handed
+    # back), then exit 0; a start-up error is one line and exit 1.
+    return run_until_signalled(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll,
+                               max_jobs=args.max_jobs)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

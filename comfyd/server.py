@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,7 +78,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
             yield
         finally:
             await hub.close_all()
-            await run_in_threadpool(manager.stop)
+            await run_in_threadpool(manager.stop, 10.0, settings.shutdown_grace_s)
             if owns_services:
                 await run_in_threadpool(services.close)
 
@@ -110,9 +111,11 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     return app
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, services: Services | None = None) -> None:
     """Run the server under uvicorn until interrupted. Refuses to start without API keys on a
-    non-loopback address (SystemExit with the reason)."""
+    non-loopback address (SystemExit with the reason). SIGTERM drains: no new jobs, running
+    ones get COMFYD_SHUTDOWN_GRACE_S to finish and are then queued again; the exit is normal.
+    `services`: the backends (tests inject a fake executor; default: built from settings)."""
     try:
         check_bind_safety(settings.host, settings.api_keys)
     except InsecureBindError as exc:
@@ -124,8 +127,13 @@ def serve(settings: Settings) -> None:
     check_aws_region(settings)  # an unknown or disabled region fails here, not on the first job
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    app = create_app(settings, services)
     log.info("comfyd listening on http://%s:%d", settings.host, settings.port)
+    # uvicorn drains on SIGTERM (the lifespan's end lets running jobs finish within
+    # COMFYD_SHUTDOWN_GRACE_S and flushes metrics), then raises the signal again with the handler
+    # that was in place before it: make that one a no-op, so a drained stop exits 0.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=10, ws_max_size=16 * 1024 * 1024,

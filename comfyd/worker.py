@@ -243,6 +243,7 @@ class Worker:
         self.stats = WorkerStats()
         self.control: JobControl | None = None  # of the running job: `shutdown` requeues it
         self.heartbeat: Heartbeat | None = None  # of the running job
+        self._drain_timer: threading.Timer | None = None
         self._next_depth = 0.0
         self._next_dead_letters = 0.0
         self._next_sweep = 0.0
@@ -250,18 +251,42 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_jobs: int | None = None) -> WorkerStats:
         log.info("worker %s consuming %s", self.worker_id, type(self.services.queue).__name__)
-        while not stop.is_set() and (max_jobs is None or self.stats.received < max_jobs):
-            self._housekeeping()
-            try:
-                item = self.services.queue.get(timeout=self.poll_s)
-            except Exception as exc:
-                log.error("queue receive failed: %s", exc)
-                stop.wait(min(self.settings.retry_backoff_s * 4, 30.0) or 1.0)
-                continue
-            if item is not None:
+        try:
+            while not stop.is_set() and (max_jobs is None or self.stats.received < max_jobs):
+                self._housekeeping()
+                try:
+                    item = self.services.queue.get(timeout=self.poll_s)
+                except Exception as exc:
+                    log.error("queue receive failed: %s", exc)
+                    stop.wait(min(self.settings.retry_backoff_s * 4, 30.0) or 1.0)
+                    continue
+                if item is None:
+                    continue
+                if stop.is_set():  # received while draining: give it straight back, untouched
+                    self.services.queue.nack(item, delay=0)
+                    break
                 self.stats.received += 1
                 self.handle(item)
+        finally:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
         return self.stats
+
+    def drain(self, grace_s: float) -> None:
+        """Shutdown (SIGTERM): take no more work; the running job may finish within `grace_s`,
+        then it is handed back (queued again, its message visible at once, the attempt not
+        counted). The caller sets the loop's stop event."""
+        if self._drain_timer is None:
+            log.info("worker %s draining: running job gets %g s to finish", self.worker_id, grace_s)
+            self._drain_timer = threading.Timer(grace_s, self.hand_back)
+            self._drain_timer.daemon = True
+            self._drain_timer.start()
+
+    def hand_back(self) -> None:
+        """Stop the running job now; run_job queues it again and the worker releases its message."""
+        control = self.control
+        if control is not None and control.stop("shutdown"):
+            log.warning("worker %s: handing job back to the queue on shutdown", self.worker_id)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -476,6 +501,49 @@ def _load_runtime_factory(spec: str) -> Callable[[Settings], JobRuntime]:
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def run_until_signalled(
+    settings: Settings,
+    *,
+    runtime: JobRuntime | None = None,
+    worker_id: str | None = None,
+    visibility_s: float = DEFAULT_VISIBILITY_S,
+    poll_s: float = POLL_S,
+    max_jobs: int | None = None,
+) -> int:
+    """`comfyd worker` / `python -m comfyd.worker`: run until SIGTERM or SIGINT, then drain.
+
+    First signal: no new work; the running job gets `settings.shutdown_grace_s` to finish, then
+    is handed back. Second signal: hand it back now. Metrics are flushed as the backends close.
+    Returns the exit status: 0, or 1 with a one-line error for missing credentials, a bad
+    region or a missing setting."""
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
+
+    stop = threading.Event()
+    workers: list[Worker] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        again = stop.is_set()
+        stop.set()
+        for worker in workers:
+            if again:
+                worker.hand_back()
+            else:
+                worker.drain(settings.shutdown_grace_s)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stats = run_worker(settings, stop, runtime=runtime, worker_id=worker_id, visibility_s=visibility_s,
+                           poll_s=poll_s, max_jobs=max_jobs, on_start=workers.append)
+    except (InvalidRegion, AwsConfigError) as exc:  # also MissingCredentials, a missing setting
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("worker done: %s", stats)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfyd.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--worker-id", help="name in the job records (default: host-pid-random)")
@@ -486,34 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", metavar="MODULE:FUNCTION",
                         help="build the executor with FUNCTION(settings) instead of the real nodes (tests)")
     args = parser.parse_args(argv)
-    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
-
     logging.basicConfig(level=os.environ.get("COMFYD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    stop = threading.Event()
     runtime = _load_runtime_factory(args.runtime)(settings) if args.runtime else None
-    workers: list[Worker] = []
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        # First signal: finish the running job, then exit. Second: give the job back now.
-        if stop.is_set():
-            for worker in workers:
-                if worker.control is not None:
-                    worker.control.stop("shutdown")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        stats = run_worker(settings, stop, runtime=runtime, worker_id=args.worker_id,
-                           visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs,
-                           on_start=workers.append)
-    except (InvalidRegion, AwsConfigError) as exc:  # also MissingCredentials, a missing setting
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    log.info("worker done: %s", stats)
-    return 0
+    return run_until_signalled(settings, runtime=runtime, worker_id=args.worker_id,
+                               visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
 
 
 if __name__ == "__main__":
