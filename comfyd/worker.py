@@ -408,9 +408,7 @@ class Worker:
         elif outcome.status is JobStatus.CANCELED:
             self.stats.canceled += 1  # a client's request, not an error
         else:
-            self.stats.failed += 1
-            error = (outcome.record.error if outcome.record else None) or {}
-            self.services.metrics.increment("Errors", error_type=str(error.get("exception_type") or error.get("type") or status))
+            self.stats.failed += 1  # run_job counted it in Errors (record_metrics)
 
     # --- dead letters --------------------------------------------------------------------
     def fail_dead_letters(self) -> int:
