@@ -333,11 +333,13 @@ class LambdaApp:
                        worker_id=self.worker_id)
 
     def _result(self, job: JobRecord, inline_images: bool) -> dict[str, Any]:
+        from comfyd.engine.job_views import output_urls
+
         result: dict[str, Any] = {
             "job_id": job.id,
             "status": job.status.value,
             "outputs": job.outputs,
-            "output_urls": job.output_urls,
+            "output_urls": output_urls(job, self.services.output_store.url),  # signed now
             "node_timings": job.node_timings,
             "attempts": job.attempts,
             "error": job.error,

@@ -430,7 +430,7 @@ class Worker:
                 final = store.get(item.job_id)
                 if final is not None:
                     try:
-                        self.services.notifier.publish("job.completed", prediction_view(final),
+                        self.services.notifier.publish("job.completed", prediction_view(final, sign=self.services.output_store.url),
                                                        {"job_id": final.id, "status": final.status.value,
                                                         "source": final.source})
                     except Exception:

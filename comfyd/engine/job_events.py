@@ -50,7 +50,9 @@ def publish(backends: JobBackends, event: str, job: JobRecord) -> None:
         if isinstance(events, list):
             attributes["webhook_events_filter"] = ",".join(str(e) for e in events)
     try:
-        backends.notifier.publish(event, prediction_view(job), attributes)
+        # URLs signed now, for this message: a presigned URL stored at job end would die long
+        # before the record does.
+        backends.notifier.publish(event, prediction_view(job, sign=backends.output_store.url), attributes)
     except Exception:
         log.exception("job %s: notifier failed on %s", job.id, event)
 

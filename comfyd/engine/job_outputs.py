@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 def store_outputs(
     job: JobRecord, outputs: dict[str, Any], output_store: OutputStore, settings: Settings
 ) -> list[str]:
-    """Put every `type: output` image the job saved through the OutputStore; their URLs."""
-    urls: list[str] = []
+    """Put every `type: output` image the job saved through the OutputStore; their keys (the
+    record keeps keys, never URLs: a presigned URL is signed when the job is shown)."""
+    keys: list[str] = []
     metadata = output_metadata(job)
     for ui in outputs.values():
         if not isinstance(ui, dict):
@@ -32,9 +33,8 @@ def store_outputs(
             path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
             relative = f"{subfolder}/{filename}" if subfolder else filename
             stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
-            if stored.url:
-                urls.append(stored.url)
-    return urls
+            keys.append(stored.key)
+    return keys
 
 
 def output_metadata(job: JobRecord) -> dict[str, str]:

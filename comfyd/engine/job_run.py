@@ -235,10 +235,10 @@ def _finish(
         control.stop("lost")
         log.warning("job %s: no longer held by worker %s; dropping this run's result", job.id, holder)
         return JobOutcome(job.id, skipped=True, record=store.get(job.id))
-    output_urls: list[str] = []
+    output_keys: list[str] = []
     if result.status == "success":
         try:
-            output_urls = store_outputs(job, result.outputs, backends.output_store, settings)
+            output_keys = store_outputs(job, result.outputs, backends.output_store, settings)
         except Exception as exc:
             log.warning("job %s: storing outputs failed: %s", job.id, exc)
             result = _Result("error", result.outputs, result.node_timings, _error_from_exception(job, exc))
@@ -276,7 +276,7 @@ def _finish(
     finished = time.time()
     written = store.transition(
         job.id, {JobStatus.RUNNING}, status, holder=holder,
-        finished_at=finished, outputs=result.outputs, output_urls=output_urls,
+        finished_at=finished, outputs=result.outputs, output_keys=output_keys,
         node_timings=result.node_timings, error=error, messages=recorder.messages_for(status, error),
         progress=recorder.progress,
     )

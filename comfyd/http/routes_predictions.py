@@ -173,9 +173,14 @@ def request_body(workflow: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 # ---- predictions --------------------------------------------------------------------------------
 
 
+def _view(job: JobRecord, request: Request) -> dict[str, Any]:
+    """The prediction object, its output URLs signed now (never stored ones)."""
+    return prediction_view(job, str(request.base_url), sign=get_state(request).services.output_store.url)
+
+
 def _respond(job: JobRecord, request: Request, status: int) -> JSONResponse:
     headers = {"Location": f"/predictions/{job.id}"} if status == 202 else None
-    return JSONResponse(prediction_view(job, str(request.base_url)), status_code=status, headers=headers)
+    return JSONResponse(_view(job, request), status_code=status, headers=headers)
 
 
 async def _submit_and_answer(
@@ -244,7 +249,7 @@ async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     job = await run_in_threadpool(state.services.job_store.get, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(prediction_view(job, str(request.base_url)))
+    return JSONResponse(_view(job, request))
 
 
 @router.post("/predictions/{prediction_id}/cancel")
@@ -253,7 +258,7 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
     job = await run_in_threadpool(state.manager.cancel, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(prediction_view(job, str(request.base_url)))
+    return JSONResponse(_view(job, request))
 
 
 # ---- /v1 -------------------------------------------------------------------------------------
@@ -389,7 +394,7 @@ def _status(state: AppState, base_url: str) -> dict[str, Any]:
              "class_type": (timings_of.workflow.get(node_id) or {}).get("class_type"), "seconds": seconds}
             for node_id, seconds in timings_of.node_timings.items()
         ] if timings_of is not None else [],
-        "recent_predictions": [prediction_view(j, base_url) for j in recent],
+        "recent_predictions": [prediction_view(j, base_url, sign=state.services.output_store.url) for j in recent],
     }
 
 

@@ -183,7 +183,7 @@ def test_serve_and_two_workers_survive_a_kill_and_an_s3_outage(
     jobs = {j: store.get(j) for j in job_ids}
     assert {j.status for j in jobs.values()} == {JobStatus.SUCCEEDED}, {j: (r.status, r.error) for j, r in jobs.items()}
     assert jobs[killed_job].worker_id == "survivor" and jobs[killed_job].attempts == 2
-    assert all(len(job.output_urls) == 1 for job in jobs.values())
+    assert all(len(job.output_keys) == 1 for job in jobs.values())
     # S3: each job's image exactly once, stored while S3 failed (it refused uploads meanwhile).
     assert outage.hits > 0
     s3 = aws.client("s3")
