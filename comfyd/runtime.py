@@ -67,12 +67,12 @@ class Services:
 # An object with a `close()` method is closed by Services.close().
 
 
-def _aws(factory_name: str, settings: Settings) -> Any:
+def _aws(factory_name: str, settings: Settings, **options: Any) -> Any:
     module = importlib.import_module("comfyd.backends.aws")
     factory = getattr(module, factory_name, None)
     if factory is None:
         raise RuntimeError(f"comfyd.backends.aws has no {factory_name}(settings); the AWS backend is incomplete")
-    return factory(settings)
+    return factory(settings, **options)
 
 
 def _closer_of(obj: Any) -> Callable[[], None] | None:
@@ -80,8 +80,10 @@ def _closer_of(obj: Any) -> Callable[[], None] | None:
     return close if callable(close) else None
 
 
-def build_services(settings: Settings) -> Services:
-    """The backends the settings ask for (embedded by default)."""
+def build_services(settings: Settings, *, api_only: bool = False) -> Services:
+    """The backends the settings ask for (embedded by default). `api_only`: for a process that
+    serves the API and runs no jobs (`comfyd serve` with SQS): it keeps to the API's IAM policy
+    (deploy/iam-policy-api.json), e.g. never deletes S3 objects."""
     from comfyd.backends.prometheus import NullMetrics, PrometheusMetrics
     from comfyd.backends.webhook_guard import WebhookPolicy
     from comfyd.backends.webhooks import CompositeNotifier, WebhookNotifier
@@ -100,7 +102,7 @@ def build_services(settings: Settings) -> Services:
 
     job_store: JobStore
     if settings.jobstore == "dynamodb":
-        job_store = _aws("build_job_store", settings)
+        job_store = _aws("build_job_store", settings, api_only=api_only)
     else:
         from comfyd.backends.sqlite_store import SqliteJobStore
 

@@ -53,8 +53,8 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     queue is the local one; with SQS, `comfyd worker` processes run them).
     """
     owns_services = services is None
-    services = services if services is not None else build_services(settings)
     run_workers = settings.queue == "local" if workers is None else workers
+    services = services if services is not None else build_services(settings, api_only=not run_workers)
     manager = JobManager(settings, services, services.executor_factory, services.queue, workers=run_workers)
     hub = WebSocketHub()
     state = AppState(

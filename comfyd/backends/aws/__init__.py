@@ -79,7 +79,9 @@ def build_output_store(settings: Settings, aws: AwsSession | None = None) -> S3O
     )
 
 
-def build_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJobStore:
+def build_job_store(settings: Settings, aws: AwsSession | None = None, *, api_only: bool = False) -> DynamoJobStore:
+    """`api_only`: for an API process (deploy/iam-policy-api.json has no s3:DeleteObject), which
+    leaves stale offloaded state to the bucket's lifecycle rule instead of deleting it."""
     from comfyd.backends.aws.dynamodb_store import DynamoJobStore
 
     return DynamoJobStore(
@@ -90,6 +92,7 @@ def build_job_store(settings: Settings, aws: AwsSession | None = None) -> Dynamo
         prefix=settings.s3_prefix,
         retry_attempts=settings.retry_attempts,
         retry_backoff_s=settings.retry_backoff_s,
+        delete_stale_state=not api_only,
     )
 
 

@@ -117,6 +117,7 @@ class DynamoJobStore:
         retry_attempts: int = 3,
         retry_backoff_s: float = 1.0,
         inline_limit: int = INLINE_LIMIT,
+        delete_stale_state: bool = True,
     ) -> None:
         if not table:
             raise ValueError("COMFYD_JOBSTORE=dynamodb needs COMFYD_DYNAMODB_TABLE")
@@ -128,6 +129,9 @@ class DynamoJobStore:
         self.retry_attempts = retry_attempts
         self.retry_backoff_s = retry_backoff_s
         self.inline_limit = inline_limit
+        # False in API processes, whose IAM policy has no s3:DeleteObject: offloaded state a
+        # failed write or a delete leaves behind is removed by the bucket's lifecycle rule instead.
+        self.delete_stale_state = delete_stale_state
         self._ddb = aws.client("dynamodb")
         self._s3 = aws.client("s3") if bucket else None
 
@@ -169,6 +173,8 @@ class DynamoJobStore:
         return key
 
     def _discard(self, keys: list[str]) -> None:
+        if not self.delete_stale_state:
+            return
         for key in keys:
             try:
                 self._s3.delete_object(Bucket=self.bucket, Key=key)  # type: ignore[union-attr]
