@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from comfyd.engine.errors import RetryableError, is_retryable
 from comfyd.engine.interfaces import JobRecord, JobStatus, JobStore
 from comfyd.engine.job_events import EventRecorder, publish, record_metrics
+from comfyd.engine.job_inputs import fetch_job_inputs
 from comfyd.engine.job_outputs import store_outputs
 from comfyd.engine.job_runtime import EventListener, JobBackends, JobRuntime
 
@@ -154,7 +155,7 @@ def _run_claimed(
     recorder = EventRecorder(job, listener, backends)
     timer = _start_timeout(job, control, settings, backends, recorder, worker_id)
     try:
-        result, exception = _execute(job, runtime, recorder, control)
+        result, exception = _execute(job, runtime, recorder, control, backends.output_store)
     finally:
         timer.cancel()
     return _finish(job, result, exception, backends, settings, recorder, control, worker_id)
@@ -171,9 +172,16 @@ class _Result:
 
 
 def _execute(
-    job: JobRecord, runtime: JobRuntime, recorder: EventRecorder, control: JobControl
+    job: JobRecord, runtime: JobRuntime, recorder: EventRecorder, control: JobControl, output_store: Any = None,
 ) -> tuple[_Result, BaseException | None]:
     try:
+        # Inputs uploaded through another host, exactly as validated at submit (job_inputs).
+        try:
+            fetch_job_inputs(job.extra_data, output_store, runtime.env.input_dir)
+        except (ValueError, KeyError):
+            raise  # a damaged or vanished input: retrying will not help
+        except Exception as exc:  # the store is unreachable: try again later
+            raise RetryableError(f"could not fetch the job's input files: {exc}") from exc
         req = runtime.request_for(job)
         raw = runtime.executor.execute(
             req, job_id=job.id, listener=recorder, interrupt=control.interrupt, extra_data=dict(job.extra_data)

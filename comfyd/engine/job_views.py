@@ -28,7 +28,8 @@ COG_STATUS = {
 UrlSigner = Callable[[str], "str | None"]
 
 # extra_data keys comfyd adds for its own bookkeeping (not shown in ComfyUI's views).
-INTERNAL_EXTRA_KEYS = frozenset({"prediction_input", "webhook", "webhook_events_filter", "partial_execution_targets"})
+INTERNAL_EXTRA_KEYS = frozenset({"prediction_input", "webhook", "webhook_events_filter", "partial_execution_targets",
+                                 "input_keys"})
 
 
 def iso_time(ts: float | None) -> str | None:
