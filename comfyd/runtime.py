@@ -46,6 +46,8 @@ class Services:
     executor_factory: Callable[[], JobRuntime]
     # Called by close(), last first (database connections, webhook threads, ...).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    # The shared model catalog (S3 storage): workers publish what they hold, API hosts list it.
+    model_catalog: Any = None
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -143,20 +145,25 @@ def build_services(settings: Settings, *, api_only: bool = False) -> Services:
     if metrics is not None and callable(getattr(metrics, "flush", None)):
         closers.append(metrics.flush)
 
+    # With shared storage, hosts share a model catalog: an API host (api_only) validates and
+    # lists against what the workers published; a worker publishes what it holds (comfyd.worker).
+    model_catalog = _aws("build_model_catalog", settings) if settings.storage == "s3" else None
     return Services(
         job_store=job_store,
         queue=queue,
         output_store=output_store,
         metrics=metrics,
         notifier=notifier,
-        executor_factory=lambda: build_runtime(settings),
+        executor_factory=lambda: build_runtime(settings, catalog=model_catalog if api_only else None),
         closers=closers,
+        model_catalog=model_catalog,
     )
 
 
-def build_runtime(settings: Settings) -> JobRuntime:
+def build_runtime(settings: Settings, catalog: Any = None) -> JobRuntime:
     """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
-    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it."""
+    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it.
+    `catalog`: a shared model catalog whose names the model lists include (API hosts)."""
     import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
     from comfyd.engine.cache import NodeCache
     from comfyd.engine.context import NodeEnvironment
@@ -169,7 +176,7 @@ def build_runtime(settings: Settings) -> JobRuntime:
 
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
-    env = NodeEnvironment(settings, models=ModelManager(settings))
+    env = NodeEnvironment(settings, models=ModelManager(settings, catalog=catalog))
     cache = NodeCache(max_bytes=settings.node_cache_bytes)
     executor = Executor(REGISTRY, env, cache=cache, limits=ServiceLimits.from_settings(settings))
 

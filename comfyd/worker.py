@@ -475,6 +475,7 @@ def run_worker(
     services = services or build_services(settings)
     try:
         runtime = runtime or services.executor_factory()
+        _publish_models(settings, services, runtime, worker_id)
         worker = Worker(settings, services, runtime, worker_id=worker_id, visibility_s=visibility_s, poll_s=poll_s)
         if on_start is not None:
             on_start(worker)
@@ -482,6 +483,20 @@ def run_worker(
     finally:
         if own_services:
             services.close()
+
+
+def _publish_models(settings: Settings, services: Services, runtime: JobRuntime, worker_id: str | None) -> None:
+    """Tell the shared model catalog what this worker holds, so API hosts validate against it.
+    A failure is logged: the worker still runs jobs (API hosts then miss its models)."""
+    models = getattr(runtime.env, "models", None)
+    if services.model_catalog is None or models is None:
+        return
+    from comfyd.catalog_publish import publish_models
+
+    try:
+        publish_models(settings, services.model_catalog, host=worker_id, paths=models.paths)
+    except Exception as exc:
+        log.warning("could not publish this worker's models to the catalog: %s", exc)
 
 
 def _verify_aws(settings: Settings) -> None:
