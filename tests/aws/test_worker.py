@@ -233,3 +233,37 @@ def test_an_ambiguous_job_write_still_completes_the_job_once(write: str, fault_p
         assert services.queue.get(timeout=0) is None  # its message was deleted
     finally:
         services.close()
+
+
+@pytest.mark.parametrize("spool_here", [True, False], ids=["spooled-here", "spooled-elsewhere"])
+def test_a_retry_completes_from_spooled_outputs_instead_of_rendering_again(
+        spool_here: bool, fault_proxy: FaultProxy, settings: Settings, provisioned, fake_runtime) -> None:
+    """S3 refuses uploads for longer than the job's budget: the attempt's output waits in the
+    spool and the job goes back to the queue. Its retry waits for the spooled copy instead of
+    rendering again; only a copy this host cannot see (another host's spool) is rendered again."""
+    settings = settings.model_copy(update={"job_timeout_s": 1.0})  # also how long put waits for S3
+    services = build_services(settings)
+    services.output_store.spool._min_interval_s = services.output_store.spool._interval_s = 0.1
+    try:
+        _submit(services, "spooled", fake_runtime.workflow())
+        outage = fault_proxy.hold("slowdown", service="s3", method="PUT")
+        worker = _worker(settings, services, fake_runtime)
+        assert worker.run(threading.Event(), max_jobs=1).retried == 1
+        job = services.job_store.get("spooled")
+        key = "out/spooled/spooled_00001_.png"
+        assert job.status is JobStatus.QUEUED and job.outputs_spooled and job.output_keys == [key]
+        if not spool_here:  # the copy is in a spool this worker cannot see
+            for entry in services.output_store.spool.entries():
+                entry.unlink()
+        fault_proxy.lift(outage)
+        again = _worker(settings, services, fake_runtime)
+        assert again.run(threading.Event(), max_jobs=1).succeeded == 1
+        job = services.job_store.get("spooled")
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and job.output_keys == [key]
+        assert not job.outputs_spooled
+        assert fake_runtime.executions(settings.output_dir, "spooled") == (1 if spool_here else 2)
+        assert services.output_store.get(key).startswith(b"\x89PNG")
+        assert services.output_store.output_key_by_name("spooled_00001_.png") == key  # /view finds it
+        assert services.output_store.pending() == 0
+    finally:
+        services.close()

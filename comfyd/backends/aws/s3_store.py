@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from comfyd.backends.aws.retry import is_transient, with_backoff
 from comfyd.backends.aws.session import AwsSession
 from comfyd.backends.aws.spool import Spool, SpoolEntry
-from comfyd.engine.errors import RetryableError
+from comfyd.engine.errors import OutputsPendingError
 from comfyd.engine.interfaces import StoredOutput
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,13 @@ MULTIPART_THRESHOLD = 16 * 1024**2
 MULTIPART_CHUNK = 8 * 1024**2
 
 
-class OutputNotStoredError(RetryableError):
+class OutputNotStoredError(OutputsPendingError):
     """S3 did not take an output in time; it waits in the local spool and will be uploaded."""
 
     def __init__(self, key: str, spool_path: Path, cause: BaseException) -> None:
         super().__init__(
             f"output {key} is not in S3 yet ({type(cause).__name__}: {cause}); it is kept at "
-            f"{spool_path} and uploaded when S3 answers again"
+            f"{spool_path} and uploaded when S3 answers again", [key],
         )
         self.key = key
         self.spool_path = spool_path
@@ -209,6 +209,48 @@ class S3OutputStore:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
+
+    # --- outputs that wait in the spool -------------------------------------------------
+    def spool_put(
+        self, job_id: str, filename: str, data: bytes, content_type: str = "image/png",
+        metadata: dict[str, str] | None = None,
+    ) -> StoredOutput:
+        """Keep an output in the spool for the background upload, without trying S3 first or
+        waiting (S3 just refused another output of the same job)."""
+        key = self.key_for(job_id, filename)
+        meta = {_metadata_key(k): _metadata_value(v) for k, v in (metadata or {}).items()}
+        meta["job-id"] = _metadata_value(job_id)
+        entry = SpoolEntry(bucket=self.bucket, key=key, content_type=content_type, metadata=meta,
+                           extra_args=self._extra_args(content_type, meta))
+        self.spool.write(entry, data)
+        return StoredOutput(key=key, url=None, size=len(data), content_type=content_type)
+
+    def await_stored(self, keys: list[str], timeout: float) -> bool:
+        """True once every key is in S3: at once, or after this host's spool uploaded the ones
+        it holds (waiting up to `timeout`). False if a key is neither in S3 nor in this host's
+        spool (another host's spool, or lost): the job must render it again."""
+        deadline = time.monotonic() + timeout
+        for key in keys:
+            while not self._exists(key):
+                if self.spool.find(self.bucket, key) is None or time.monotonic() >= deadline:
+                    if self._exists(key):
+                        break  # uploaded between the two looks
+                    return False
+                self.spool.ensure_running()
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            relative = key.removeprefix(f"{self.prefix}/" if self.prefix else "").split("/", 1)
+            if len(relative) == 2:  # a spooled output was never indexed by name (GET /view)
+                self._index_output(relative[1], key)
+        return True
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+                return False
+            raise
 
     def _upload_entry(self, entry: SpoolEntry, data: bytes) -> None:
         if len(data) < MULTIPART_THRESHOLD:
