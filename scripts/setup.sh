@@ -28,7 +28,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   fi
   "${PIP[@]}" install -q "${args[@]}"
 fi
-"${PIP[@]}" install -q -e '.[dev]'
+# The exact versions the images install (constraints.txt, generated from this environment).
+"${PIP[@]}" install -q -c constraints.txt -e '.[dev]'
 # Refuse to go on with a CUDA build on a machine without a GPU: it means the pin above failed.
 .venv/bin/python - <<'PYEOF'
 import torch

@@ -278,3 +278,18 @@ def _resource_kind(resource: Any) -> str:
         if needle in text:
             return kind
     return text
+
+
+def test_rules_refuse_govcloud_with_cloudfront_and_endpoints_without_s3(template: dict[str, Any]) -> None:
+    rules = template["Rules"]
+    cloudfront = rules["CloudFrontIsAvailable"]
+    assert cloudfront["RuleCondition"] == {"Fn::Equals": [{"Ref": "EnableCloudFront"}, "true"]}
+    refused = cloudfront["Assertions"][0]["Assert"]["Fn::Not"][0]["Fn::Contains"][0]
+    assert {"us-gov-west-1", "us-gov-east-1"} <= set(refused)
+    endpoints = rules["VpcEndpointsIncludeS3"]
+    assert endpoints["RuleCondition"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]}
+    assert endpoints["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "PrivateRouteTableIds"}, ""]}]}
+    # With the defaults (endpoints on) the S3 gateway endpoint is part of the stack.
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "true"
+    assert template["Resources"]["S3Endpoint"]["Properties"]["VpcEndpointType"] == "Gateway"
