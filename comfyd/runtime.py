@@ -160,10 +160,12 @@ def build_services(settings: Settings, *, api_only: bool = False) -> Services:
     )
 
 
-def build_runtime(settings: Settings, catalog: Any = None) -> JobRuntime:
+def build_runtime(settings: Settings, catalog: Any = None, *, isolated_child: bool = False) -> JobRuntime:
     """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
     optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it.
-    `catalog`: a shared model catalog whose names the model lists include (API hosts)."""
+    `catalog`: a shared model catalog whose names the model lists include (API hosts).
+    With `isolation=process` the executor is an IsolatedExecutor: workflows (and the warm-up)
+    run in a child process that builds this same runtime with `isolated_child=True`."""
     import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
     from comfyd.engine.cache import NodeCache
     from comfyd.engine.context import NodeEnvironment
@@ -186,6 +188,12 @@ def build_runtime(settings: Settings, catalog: Any = None) -> JobRuntime:
         if unload_models:
             env.models.free()
 
+    if settings.isolation == "process" and not isolated_child:
+        from comfyd.isolation import IsolatedExecutor
+
+        isolated = IsolatedExecutor(settings, kill_grace_s=settings.isolation_kill_grace_s)
+        isolated.start()  # the child loads its models and runs the warm-up now, before READY
+        return JobRuntime(registry=REGISTRY, env=env, executor=isolated, release=isolated.free)
     runtime = JobRuntime(registry=REGISTRY, env=env, executor=executor, release=release)
     run_warmup(runtime, settings)
     return runtime
