@@ -131,7 +131,7 @@ def test_serve_and_two_workers_survive_a_kill_and_an_s3_outage(
                 {**env, "COMFYD_OUTPUT_DIR": str(tmp_path / f"{name}-out"),
                  "COMFYD_TEMP_DIR": str(tmp_path / f"{name}-temp"), "COMFYD_SPOOL_DIR": str(tmp_path / f"spool-{name}")},
             )
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)  # the first /prompt imports the nodes
 
         def server_up() -> bool:
             assert processes.running["server"].poll() is None, processes.log("server")

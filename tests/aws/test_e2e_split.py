@@ -113,7 +113,7 @@ def test_split_deployment(moto_endpoint: LocalAwsEndpoint, tmp_path: Path, setti
         for name in ("w1", "w2"):
             start(name, ["-m", "comfyd.worker", "--runtime", "split_nodes:build", "--worker-id", name,
                          "--visibility-timeout", "4", "--poll", "1"])
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
 
         def api_up() -> bool:
             assert processes["api"].poll() is None, log_of("api")
