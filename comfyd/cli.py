@@ -272,15 +272,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
-    from comfyd.worker import run_worker
+    from comfyd.worker import run_until_signalled
 
-    try:
-        run_worker(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
-    except (InvalidRegion, AwsConfigError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    # SIGTERM drains (the running job finishes within COMFYD_SHUTDOWN_GRACE_S or is handed
+    # back), then exit 0; a start-up error is one line and exit 1.
+    return run_until_signalled(_settings(args), visibility_s=args.visibility_timeout, poll_s=args.poll,
+                               max_jobs=args.max_jobs)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -307,6 +304,39 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for folder in ("checkpoints", "vae", "loras", "embeddings", "clip", "unet", "upscale_models"):
         for name in manager.list_files(folder):
             print(f"{folder}/{name}")
+    return EXIT_OK
+
+
+def cmd_models_publish(args: argparse.Namespace) -> int:
+    """Publish this host's models to the shared catalog (needs COMFYD_STORAGE=s3)."""
+    from comfyd.backends.aws import AwsConfigError, InvalidRegion, build_model_catalog, session_for
+    from comfyd.catalog_publish import publish_models
+
+    settings = _settings(args)
+    try:
+        session_for(settings).verify()
+        count = publish_models(settings, build_model_catalog(settings), host=args.manifest_name)
+    except (InvalidRegion, AwsConfigError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"published {count} model(s)")
+    return EXIT_OK
+
+
+def cmd_models_sync(args: argparse.Namespace) -> int:
+    """Fill the models folder from an S3 prefix, checksum-verified."""
+    from comfyd.backends.aws import AwsConfigError, InvalidRegion, session_for
+    from comfyd.backends.aws.model_catalog import sync_models
+
+    settings = _settings(args)
+    try:
+        aws = session_for(settings)
+        aws.verify_credentials()
+        report = sync_models(aws, args.source, Path(settings.models_dir))
+    except (InvalidRegion, AwsConfigError, ValueError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(report, indent=2))
     return EXIT_OK
 
 
@@ -408,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--models-dir", help=_HELP_MODELS)
     listing.set_defaults(func=cmd_models_list)
     add_pull_parser(models, _settings)
+    publish = models.add_parser("publish", help="publish this host's models to the shared catalog (S3 storage)")
+    publish.add_argument("--models-dir")
+    publish.add_argument("--name", dest="manifest_name", help="manifest name (default: the host name)")
+    publish.set_defaults(func=cmd_models_publish)
+    sync = models.add_parser("sync", help="fill the models folder from s3://bucket/prefix, checksum-verified")
+    sync.add_argument("--from", dest="source", required=True, metavar="S3_URL")
+    sync.add_argument("--models-dir")
+    sync.set_defaults(func=cmd_models_sync)
 
     aws = sub.add_parser("aws", help="AWS resources").add_subparsers(dest="aws_command", required=True)
     init = aws.add_parser("init", help="create the bucket, table, queues and topic the settings name")

@@ -159,8 +159,21 @@ class LambdaApp:
             check_bind_safety("0.0.0.0", self.settings.api_keys)
             # No job threads in an API invocation (Lambda freezes the process between events):
             # jobs run on SQS workers, or in this function through SQS events / direct invocations.
-            self._bridge = AsgiBridge(create_app(self.settings, self.services, workers=False))
+            self._bridge = AsgiBridge(create_app(self.settings, self._api_services(), workers=False))
         return self._bridge
+
+    def _api_services(self) -> Services:
+        """The services the API routes use: validation and model lists include the shared model
+        catalog (the API function has no models; the workers published theirs)."""
+        services = self.services
+        if services.model_catalog is None:
+            return services
+        import dataclasses
+
+        from comfyd.runtime import build_runtime
+
+        catalog = services.model_catalog
+        return dataclasses.replace(services, executor_factory=lambda: build_runtime(self.settings, catalog=catalog))
 
     @property
     def runtime(self) -> JobRuntime:
@@ -335,11 +348,13 @@ class LambdaApp:
                        worker_id=self.worker_id)
 
     def _result(self, job: JobRecord, inline_images: bool) -> dict[str, Any]:
+        from comfyd.engine.job_views import output_urls
+
         result: dict[str, Any] = {
             "job_id": job.id,
             "status": job.status.value,
             "outputs": job.outputs,
-            "output_urls": job.output_urls,
+            "output_urls": output_urls(job, self.services.output_store.url),  # signed now
             "node_timings": job.node_timings,
             "attempts": job.attempts,
             "error": job.error,

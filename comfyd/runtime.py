@@ -50,6 +50,8 @@ class Services:
     # Comfy API v2 assets and idempotency keys (None: built on first use, comfyd.http.v2).
     assets: AssetStore | None = None
     idempotency: IdempotencyKeys | None = None
+    # The shared model catalog (S3 storage): workers publish what they hold, API hosts list it.
+    model_catalog: Any = None
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -71,12 +73,12 @@ class Services:
 # An object with a `close()` method is closed by Services.close().
 
 
-def _aws(factory_name: str, settings: Settings) -> Any:
+def _aws(factory_name: str, settings: Settings, **options: Any) -> Any:
     module = importlib.import_module("comfyd.backends.aws")
     factory = getattr(module, factory_name, None)
     if factory is None:
         raise RuntimeError(f"comfyd.backends.aws has no {factory_name}(settings); the AWS backend is incomplete")
-    return factory(settings)
+    return factory(settings, **options)
 
 
 def _closer_of(obj: Any) -> Callable[[], None] | None:
@@ -84,8 +86,10 @@ def _closer_of(obj: Any) -> Callable[[], None] | None:
     return close if callable(close) else None
 
 
-def build_services(settings: Settings) -> Services:
-    """The backends the settings ask for (embedded by default)."""
+def build_services(settings: Settings, *, api_only: bool = False) -> Services:
+    """The backends the settings ask for (embedded by default). `api_only`: for a process that
+    serves the API and runs no jobs (`comfyd serve` with SQS): it keeps to the API's IAM policy
+    (deploy/iam-policy-api.json), e.g. never deletes S3 objects."""
     from comfyd.backends.prometheus import NullMetrics, PrometheusMetrics
     from comfyd.backends.webhook_guard import WebhookPolicy
     from comfyd.backends.webhooks import CompositeNotifier, WebhookNotifier
@@ -106,7 +110,7 @@ def build_services(settings: Settings) -> Services:
     assets: AssetStore | None = None
     idempotency: IdempotencyKeys | None = None
     if settings.jobstore == "dynamodb":
-        job_store = _aws("build_job_store", settings)
+        job_store = _aws("build_job_store", settings, api_only=api_only)
     else:
         from comfyd.backends.sqlite_assets import SqliteAssetStore, SqliteIdempotencyKeys
         from comfyd.backends.sqlite_store import SqliteJobStore
@@ -149,22 +153,29 @@ def build_services(settings: Settings) -> Services:
     if metrics is not None and callable(getattr(metrics, "flush", None)):
         closers.append(metrics.flush)
 
+    # With shared storage, hosts share a model catalog: an API host (api_only) validates and
+    # lists against what the workers published; a worker publishes what it holds (comfyd.worker).
+    model_catalog = _aws("build_model_catalog", settings) if settings.storage == "s3" else None
     return Services(
         job_store=job_store,
         queue=queue,
         output_store=output_store,
         metrics=metrics,
         notifier=notifier,
-        executor_factory=lambda: build_runtime(settings),
+        executor_factory=lambda: build_runtime(settings, catalog=model_catalog if api_only else None),
         closers=closers,
         assets=assets,
         idempotency=idempotency,
+        model_catalog=model_catalog,
     )
 
 
-def build_runtime(settings: Settings) -> JobRuntime:
+def build_runtime(settings: Settings, catalog: Any = None, *, isolated_child: bool = False) -> JobRuntime:
     """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
-    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it."""
+    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it.
+    `catalog`: a shared model catalog whose names the model lists include (API hosts).
+    With `isolation=process` the executor is an IsolatedExecutor: workflows (and the warm-up)
+    run in a child process that builds this same runtime with `isolated_child=True`."""
     import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
     from comfyd.engine.cache import NodeCache
     from comfyd.engine.context import NodeEnvironment
@@ -181,7 +192,7 @@ def build_runtime(settings: Settings) -> JobRuntime:
     configure_cpu_threads(settings, concurrent_jobs=computing)
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
-    env = NodeEnvironment(settings, models=ModelManager(settings))
+    env = NodeEnvironment(settings, models=ModelManager(settings, catalog=catalog))
     cache = NodeCache(max_bytes=settings.node_cache_bytes)
     executor = Executor(REGISTRY, env, cache=cache, limits=ServiceLimits.from_settings(settings))
 
@@ -191,6 +202,12 @@ def build_runtime(settings: Settings) -> JobRuntime:
         if unload_models:
             env.models.free()
 
+    if settings.isolation == "process" and not isolated_child:
+        from comfyd.isolation import IsolatedExecutor
+
+        isolated = IsolatedExecutor(settings, kill_grace_s=settings.isolation_kill_grace_s)
+        isolated.start()  # the child loads its models and runs the warm-up now, before READY
+        return JobRuntime(registry=REGISTRY, env=env, executor=isolated, release=isolated.free)
     runtime = JobRuntime(registry=REGISTRY, env=env, executor=executor, release=release)
     run_warmup(runtime, settings)
     return runtime
@@ -200,8 +217,8 @@ __all__ = ["Services", "build_runtime", "build_services"]
 
 
 def check_aws_region(settings: Settings) -> None:
-    """Fail at start-up (SystemExit naming InvalidRegion) when AWS backends are configured and
-    the region is unknown or not enabled for the account."""
+    """Fail at start-up (SystemExit naming InvalidRegion or MissingCredentials) when AWS backends
+    are configured and no credentials resolve, or the region is unknown or not enabled."""
     from comfyd.backends.aws import session_for, uses_aws
 
     if not uses_aws(settings):
@@ -209,6 +226,6 @@ def check_aws_region(settings: Settings) -> None:
     from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
 
     try:
-        session_for(settings).verify_region_enabled()
+        session_for(settings).verify()
     except (InvalidRegion, AwsConfigError) as exc:
         raise SystemExit(f"error: {type(exc).__name__}: {exc}") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -60,8 +61,8 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     queue is the local one; with SQS, `comfyd worker` processes run them).
     """
     owns_services = services is None
-    services = services if services is not None else build_services(settings)
     run_workers = settings.queue == "local" if workers is None else workers
+    services = services if services is not None else build_services(settings, api_only=not run_workers)
     manager = JobManager(settings, services, services.executor_factory, services.queue, workers=run_workers)
     hub = WebSocketHub(settings.ws_max_backlog_bytes, settings.max_ws_connections)
     state = AppState(
@@ -88,7 +89,7 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
             yield
         finally:
             await hub.close_all()
-            await run_in_threadpool(manager.stop)
+            await run_in_threadpool(manager.stop, 10.0, settings.shutdown_grace_s)
             if owns_services:
                 await run_in_threadpool(services.close)
 
@@ -209,9 +210,11 @@ def describe_device(settings: Settings) -> str:
     return str(device)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, services: Services | None = None) -> None:
     """Run the server under uvicorn until interrupted. Refuses to start without API keys on a
-    non-loopback address (SystemExit with the reason)."""
+    non-loopback address (SystemExit with the reason). SIGTERM drains: no new jobs, running
+    ones get COMFYD_SHUTDOWN_GRACE_S to finish and are then queued again; the exit is normal.
+    `services`: the backends (tests inject a fake executor; default: built from settings)."""
     try:
         check_bind_safety(settings.host, settings.api_keys)
     except InsecureBindError as exc:
@@ -223,8 +226,13 @@ def serve(settings: Settings) -> None:
     check_aws_region(settings)  # an unknown or disabled region fails here, not on the first job
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    app = create_app(settings, services)
     print(banner(settings), file=sys.stderr, flush=True)
+    # uvicorn drains on SIGTERM (the lifespan's end lets running jobs finish within
+    # COMFYD_SHUTDOWN_GRACE_S and flushes metrics), then raises the signal again with the handler
+    # that was in place before it: make that one a no-op, so a drained stop exits 0.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=10, ws_max_size=16 * 1024 * 1024,

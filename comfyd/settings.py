@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(3, ge=1, le=64)
     queue_max_depth: int = Field(100, ge=1)
     job_timeout_s: float = Field(600.0, gt=0)
+    # On SIGTERM/SIGINT (docker stop, ASG lifecycle, systemd): running jobs may finish for this
+    # long; then they are handed back to the queue (visible again at once) and the process exits 0.
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    # Where workflows execute: "thread" (threads of this process) or "process" (one child process
+    # per device, comfyd.isolation: a crash or a hung node ends the child, not the server).
+    isolation: Literal["thread", "process"] = "thread"
+    # With isolation=process: how long a canceled or timed-out job may ignore its interrupt
+    # before its execution process is killed (and restarted for the next job).
+    isolation_kill_grace_s: float = Field(10.0, gt=0)
     sync_wait_s: float = Field(30.0, ge=0)
     retry_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(1.0, ge=0)

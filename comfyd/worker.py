@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -45,9 +46,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from comfyd.engine.interfaces import JobQueue, JobRecord, JobStatus, JobStore, QueueItem
+from comfyd.engine.interfaces import JobRecord, JobStatus, QueueItem
 from comfyd.engine.sweeper import requeue_unsent, sweep_interval_s
 from comfyd.settings import Settings
+from comfyd.worker_liveness import (  # noqa: F401  (LEASE_BEATS, last_beat: part of this module's API)
+    LEASE_BEATS,
+    CancelWatch,
+    Heartbeat,
+    JobLease,
+    heartbeat_interval_s,
+    last_beat,
+    lease_for,
+    lease_left_s,
+)
 
 if TYPE_CHECKING:
     from comfyd.engine.jobs import JobControl, JobRuntime
@@ -60,142 +71,10 @@ POLL_S = 20.0  # long-poll wait per receive
 QUEUE_DEPTH_EVERY_S = 15.0
 DEAD_LETTERS_EVERY_S = 60.0
 CANCEL_POLL_S = 1.0  # how often a running job's record is checked for a cancel request
-LEASE_BEATS = 3  # a holder's lease lasts this many heartbeat periods (= its visibility timeout)
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def heartbeat_interval_s(visibility_s: float) -> float:
-    """How often a running job's message is extended and its lease renewed."""
-    return max(visibility_s / 3.0, 0.2)
-
-
-def lease_for(visibility_s: float) -> float:
-    """How long a holder's heartbeat stays valid: LEASE_BEATS periods, so two lost beats in a
-    row (a throttled write) do not yet make a live holder look dead."""
-    return LEASE_BEATS * heartbeat_interval_s(visibility_s)
-
-
-def last_beat(job: JobRecord) -> float | None:
-    """The holder's latest sign of life: its last heartbeat, or the claim."""
-    beats = [t for t in (job.heartbeat_at, job.started_at) if t is not None]
-    return max(beats) if beats else None
-
-
-def lease_left_s(job: JobRecord, lease_s: float, now: float) -> float:
-    """Seconds until the holder's lease lapses (<= 0: lapsed; no beat at all counts as lapsed).
-    The longer of the reader's lease and the one the holder recorded: a holder that beats less
-    often (a longer visibility timeout) is not judged by a shorter lease."""
-    beat = last_beat(job)
-    if beat is None:
-        return -1.0
-    return beat + max(lease_s, job.lease_s or 0.0) - now
-
-
-class CancelWatch:
-    """Polls the job store every `interval_s` while a job runs; when an API server recorded a
-    cancel request (`JobStore.request_cancel`), pulls the job's stop switch with its reason. The
-    executor checks that switch between nodes and sampler steps; polling here keeps the store
-    reads to one per interval instead of one per step."""
-
-    def __init__(self, store: JobStore, job_id: str, control: JobControl, interval_s: float) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.control = control
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"cancel-watch-{job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> CancelWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                reason = self.store.cancel_requested(self.job_id)
-            except Exception as exc:  # a missed poll only delays the cancel
-                log.warning("job %s: cancel poll failed: %s", self.job_id, exc)
-                continue
-            if reason:
-                if self.control.stop(reason):
-                    log.info("job %s: cancel requested (%s); stopping it", self.job_id, reason)
-                return
-
-
-@dataclass
-class JobLease:
-    """What a heartbeat needs to renew the holder's lease on the job record."""
-
-    store: JobStore
-    worker_id: str
-    control: JobControl  # `held` while run_job holds the job; pulled ("lost") when the lease is gone
-
-
-class Heartbeat:
-    """Every third of the visibility timeout while a job runs: renews the holder's lease on the
-    job record (with `lease`) and extends the message's visibility. A lease write refused
-    because the record is not running-by-this-worker any more stops the job ("lost")."""
-
-    def __init__(self, queue: JobQueue, item: QueueItem, visibility_s: float, lease: JobLease | None = None) -> None:
-        self.queue = queue
-        self.item = item
-        self.visibility_s = visibility_s
-        self.lease = lease
-        self.beats = 0  # visibility extensions
-        self.lease_beats = 0  # lease renewals
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{item.job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(heartbeat_interval_s(self.visibility_s)):
-            if not self._renew_lease():
-                return  # not this worker's job any more: stop extending its message too
-            try:
-                self.queue.extend(self.item, self.visibility_s)
-                self.beats += 1
-            except Exception as exc:  # keep trying: one lost beat is not yet a lost lease
-                self.failures += 1
-                log.warning("job %s: visibility extension failed: %s", self.item.job_id, exc)
-
-    def _renew_lease(self) -> bool:
-        """False once the record says the job is not this worker's (and the run was stopped)."""
-        lease = self.lease
-        if lease is None or not lease.control.held.is_set():
-            return True  # not claimed yet, or its end is being written
-        try:
-            if lease.store.heartbeat(self.item.job_id, lease.worker_id, time.time()):
-                self.lease_beats += 1
-                return True
-        except Exception as exc:  # a throttled write: the lease outlasts a few of these
-            self.failures += 1
-            log.warning("job %s: lease renewal failed: %s", self.item.job_id, exc)
-            return True
-        if not lease.control.held.is_set():
-            return True  # run_job ended the job between the check and the write
-        if lease.control.stop("lost"):
-            log.warning("job %s: its record is no longer held by worker %s (ended elsewhere or taken over); "
-                        "stopping the run", self.item.job_id, lease.worker_id)
-        return False
 
 
 @dataclass
@@ -242,6 +121,7 @@ class Worker:
         self.stats = WorkerStats()
         self.control: JobControl | None = None  # of the running job: `shutdown` requeues it
         self.heartbeat: Heartbeat | None = None  # of the running job
+        self._drain_timer: threading.Timer | None = None
         self._next_depth = 0.0
         self._next_dead_letters = 0.0
         self._next_sweep = 0.0
@@ -249,18 +129,42 @@ class Worker:
     # --- the loop ------------------------------------------------------------------------
     def run(self, stop: threading.Event, max_jobs: int | None = None) -> WorkerStats:
         log.info("worker %s consuming %s", self.worker_id, type(self.services.queue).__name__)
-        while not stop.is_set() and (max_jobs is None or self.stats.received < max_jobs):
-            self._housekeeping()
-            try:
-                item = self.services.queue.get(timeout=self.poll_s)
-            except Exception as exc:
-                log.error("queue receive failed: %s", exc)
-                stop.wait(min(self.settings.retry_backoff_s * 4, 30.0) or 1.0)
-                continue
-            if item is not None:
+        try:
+            while not stop.is_set() and (max_jobs is None or self.stats.received < max_jobs):
+                self._housekeeping()
+                try:
+                    item = self.services.queue.get(timeout=self.poll_s)
+                except Exception as exc:
+                    log.error("queue receive failed: %s", exc)
+                    stop.wait(min(self.settings.retry_backoff_s * 4, 30.0) or 1.0)
+                    continue
+                if item is None:
+                    continue
+                if stop.is_set():  # received while draining: give it straight back, untouched
+                    self.services.queue.nack(item, delay=0)
+                    break
                 self.stats.received += 1
                 self.handle(item)
+        finally:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
         return self.stats
+
+    def drain(self, grace_s: float) -> None:
+        """Shutdown (SIGTERM): take no more work; the running job may finish within `grace_s`,
+        then it is handed back (queued again, its message visible at once, the attempt not
+        counted). The caller sets the loop's stop event."""
+        if self._drain_timer is None:
+            log.info("worker %s draining: running job gets %g s to finish", self.worker_id, grace_s)
+            self._drain_timer = threading.Timer(grace_s, self.hand_back)
+            self._drain_timer.daemon = True
+            self._drain_timer.start()
+
+    def hand_back(self) -> None:
+        """Stop the running job now; run_job queues it again and the worker releases its message."""
+        control = self.control
+        if control is not None and control.stop("shutdown"):
+            log.warning("worker %s: handing job back to the queue on shutdown", self.worker_id)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -382,9 +286,7 @@ class Worker:
         elif outcome.status is JobStatus.CANCELED:
             self.stats.canceled += 1  # a client's request, not an error
         else:
-            self.stats.failed += 1
-            error = (outcome.record.error if outcome.record else None) or {}
-            self.services.metrics.increment("Errors", error_type=str(error.get("exception_type") or error.get("type") or status))
+            self.stats.failed += 1  # run_job counted it in Errors (record_metrics)
 
     # --- dead letters --------------------------------------------------------------------
     def fail_dead_letters(self) -> int:
@@ -406,7 +308,7 @@ class Worker:
                 final = store.get(item.job_id)
                 if final is not None:
                     try:
-                        self.services.notifier.publish("job.completed", prediction_view(final),
+                        self.services.notifier.publish("job.completed", prediction_view(final, sign=self.services.output_store.url),
                                                        {"job_id": final.id, "status": final.status.value,
                                                         "source": final.source})
                     except Exception:
@@ -446,11 +348,12 @@ def run_worker(
     from comfyd.runtime import build_services
 
     stop = stop_event or threading.Event()
+    _verify_aws(settings)  # before anything talks to AWS: one clear error, not a retry loop
     own_services = services is None
     services = services or build_services(settings)
     try:
-        _verify_region(settings)
         runtime = runtime or services.executor_factory()
+        _publish_models(settings, services, runtime, worker_id)
         worker = Worker(settings, services, runtime, worker_id=worker_id, visibility_s=visibility_s, poll_s=poll_s)
         if on_start is not None:
             on_start(worker)
@@ -460,11 +363,26 @@ def run_worker(
             services.close()
 
 
-def _verify_region(settings: Settings) -> None:
+def _publish_models(settings: Settings, services: Services, runtime: JobRuntime, worker_id: str | None) -> None:
+    """Tell the shared model catalog what this worker holds, so API hosts validate against it.
+    A failure is logged: the worker still runs jobs (API hosts then miss its models)."""
+    models = getattr(runtime.env, "models", None)
+    if services.model_catalog is None or models is None:
+        return
+    from comfyd.catalog_publish import publish_models
+
+    try:
+        publish_models(settings, services.model_catalog, host=worker_id, paths=models.paths)
+    except Exception as exc:
+        log.warning("could not publish this worker's models to the catalog: %s", exc)
+
+
+def _verify_aws(settings: Settings) -> None:
+    """MissingCredentials / InvalidRegion (AwsConfigError, ValueError) at start-up."""
     from comfyd.backends.aws import session_for, uses_aws
 
     if uses_aws(settings):
-        session_for(settings).verify_region_enabled()
+        session_for(settings).verify()
 
 
 def _load_runtime_factory(spec: str) -> Callable[[Settings], JobRuntime]:
@@ -472,6 +390,49 @@ def _load_runtime_factory(spec: str) -> Callable[[Settings], JobRuntime]:
     if not module_name or not attribute:
         raise SystemExit(f"--runtime {spec!r}: expected MODULE:FUNCTION")
     return getattr(importlib.import_module(module_name), attribute)
+
+
+def run_until_signalled(
+    settings: Settings,
+    *,
+    runtime: JobRuntime | None = None,
+    worker_id: str | None = None,
+    visibility_s: float = DEFAULT_VISIBILITY_S,
+    poll_s: float = POLL_S,
+    max_jobs: int | None = None,
+) -> int:
+    """`comfyd worker` / `python -m comfyd.worker`: run until SIGTERM or SIGINT, then drain.
+
+    First signal: no new work; the running job gets `settings.shutdown_grace_s` to finish, then
+    is handed back. Second signal: hand it back now. Metrics are flushed as the backends close.
+    Returns the exit status: 0, or 1 with a one-line error for missing credentials, a bad
+    region or a missing setting."""
+    from comfyd.backends.aws.session import AwsConfigError, InvalidRegion
+
+    stop = threading.Event()
+    workers: list[Worker] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        again = stop.is_set()
+        stop.set()
+        for worker in workers:
+            if again:
+                worker.hand_back()
+            else:
+                worker.drain(settings.shutdown_grace_s)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stats = run_worker(settings, stop, runtime=runtime, worker_id=worker_id, visibility_s=visibility_s,
+                           poll_s=poll_s, max_jobs=max_jobs, on_start=workers.append)
+    except (InvalidRegion, AwsConfigError) as exc:  # also MissingCredentials, a missing setting
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("worker done: %s", stats)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,25 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("COMFYD_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    stop = threading.Event()
     runtime = _load_runtime_factory(args.runtime)(settings) if args.runtime else None
-    workers: list[Worker] = []
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        # First signal: finish the running job, then exit. Second: give the job back now.
-        if stop.is_set():
-            for worker in workers:
-                if worker.control is not None:
-                    worker.control.stop("shutdown")
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stats = run_worker(settings, stop, runtime=runtime, worker_id=args.worker_id,
-                       visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs,
-                       on_start=workers.append)
-    log.info("worker done: %s", stats)
-    return 0
+    return run_until_signalled(settings, runtime=runtime, worker_id=args.worker_id,
+                               visibility_s=args.visibility_timeout, poll_s=args.poll, max_jobs=args.max_jobs)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing the $want build of torch ${TORCH_VERSION} from ${index:-the configured package index}"
   "${PIP[@]}" install -q "${args[@]}"
 fi
-"${PIP[@]}" install -q -e '.[dev]'
+# The exact versions the images install (constraints.txt, generated from this environment).
+"${PIP[@]}" install -q -c constraints.txt -e '.[dev]'
 # Refuse to end with the wrong build (a CUDA torch on a machine without a GPU, say).
 .venv/bin/python scripts/torch_index.py verify "$want"

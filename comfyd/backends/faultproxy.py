@@ -47,10 +47,14 @@ class Fault:
     operation: str | None = None  # PutItem, SendMessage, Publish, PutMetricData; S3: not used
     method: str | None = None  # HTTP method, e.g. PUT for S3 uploads
     region: str | None = None
+    body_contains: str | None = None  # only requests whose body holds this text (e.g. a status value)
     times: int | None = None  # fail this many matching requests, then stop matching
     until: float | None = None  # time.monotonic() deadline after which the rule stops matching
     delay_s: float = 0.0  # "delay": pause before forwarding; others: pause before failing
     status: int = 500  # "error": the status to answer
+    # Forward the request first (it takes effect upstream), then answer with the fault: an
+    # ambiguous failure, as when AWS applied a write but the answer was lost or a 500.
+    applied: bool = False
     code: str | None = None  # "error": an AWS error code, answered in the service's protocol
     hits: int = 0
 
@@ -66,6 +70,7 @@ class Fault:
             and (self.operation is None or self.operation == info.operation)
             and (self.method is None or self.method == info.method)
             and (self.region is None or self.region == info.region)
+            and (self.body_contains is None or self.body_contains.encode() in info.body)
         )
 
 
@@ -76,6 +81,7 @@ class RequestInfo:
     service: str
     region: str
     operation: str
+    body: bytes = b""
 
 
 @dataclass
@@ -124,7 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
         split = urllib.parse.urlsplit(self.path)
         region, service = _credential_scope(self.headers.get("Authorization", ""), urllib.parse.parse_qs(split.query))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        return RequestInfo(self.command, self.path, service, region, _operation(service, self.command, self.path, headers, body))
+        return RequestInfo(self.command, self.path, service, region,
+                           _operation(service, self.command, self.path, headers, body), body)
 
     def _fail(self, fault: Fault, info: RequestInfo) -> None:
         self.server.proxy._count_injected(fault, info)
@@ -180,12 +187,26 @@ class _Handler(BaseHTTPRequestHandler):
         info = self._info(body)
         fault = self.server.proxy._match(info, before_body=False)
         if fault is not None and fault.kind != "delay":
+            if fault.applied:
+                self._send_upstream(body)
             self._fail(fault, info)
             return
         if fault is not None:
             self.server.proxy._count_injected(fault, info)
             time.sleep(fault.delay_s)
         self._forward(body, info)
+
+    def _send_upstream(self, body: bytes) -> None:
+        """Deliver the request upstream and drop the answer (for `applied` faults)."""
+        upstream = self.server.proxy.upstream
+        conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            conn.getresponse().read()
+        finally:
+            conn.close()
 
     def _forward(self, body: bytes, info: RequestInfo) -> None:
         upstream = self.server.proxy.upstream
@@ -296,6 +317,17 @@ class FaultProxy:
         """Fail every matching request for the next `seconds`."""
         return self.add(Fault(kind, until=time.monotonic() + seconds, **match))  # type: ignore[arg-type]
 
+    def hold(self, kind: FaultKind = "slowdown", **match: str) -> Fault:
+        """Fail every matching request until `lift(fault)`: a test lifts it on an observed state
+        (a worker logged that it spooled), not after a guessed duration."""
+        return self.add(Fault(kind, **match))  # type: ignore[arg-type]
+
+    def lift(self, fault: Fault) -> None:
+        """Stop applying one rule (its `hits` stay readable)."""
+        with self._lock:
+            if fault in self._faults:
+                self._faults.remove(fault)
+
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -304,8 +336,8 @@ class FaultProxy:
     def _match(self, info: RequestInfo, *, before_body: bool) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if before_body and fault.kind == "delay":
-                    continue  # delays apply once the request is complete
+                if before_body and (fault.kind == "delay" or fault.applied):
+                    continue  # these apply once the request is complete
                 if fault.matches(info):
                     fault.hits += 1
                     return fault

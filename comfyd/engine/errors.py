@@ -98,6 +98,16 @@ class RetryableError(ComfydError):
     """An error worth trying the whole job again for (device lost, storage throttled)."""
 
 
+class OutputsPendingError(RetryableError):
+    """The job's outputs are rendered and kept (an output store's local spool) but not stored
+    yet. `keys` are the storage keys of all of them: a retry of the job waits for those instead
+    of rendering again (comfyd.engine.job_run)."""
+
+    def __init__(self, message: str, keys: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.keys = list(keys or [])
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Out of memory, a lost device and throttled storage are retried; workflow errors are not."""
     original = exc.original if isinstance(exc, NodeExecutionError) else exc

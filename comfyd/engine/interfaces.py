@@ -50,7 +50,13 @@ class JobRecord:
     worker_id: str | None = None
     progress: dict[str, Any] = field(default_factory=dict)  # {value, max, node}
     outputs: dict[str, Any] = field(default_factory=dict)  # node id -> ComfyUI UI output
-    output_urls: list[str] = field(default_factory=list)
+    # Storage keys of the stored outputs (OutputStore.put's StoredOutput.key). URLs are made from
+    # them when a job is shown (`OutputStore.url`), so a presigned URL is always fresh.
+    output_keys: list[str] = field(default_factory=list)
+    output_urls: list[str] = field(default_factory=list)  # only in records written before output_keys
+    # Set when an attempt rendered its outputs but the store had not taken them yet (they wait in
+    # a spool; `outputs` and `output_keys` hold them): the retry completes from them, no re-render.
+    outputs_spooled: bool = False
     node_timings: dict[str, float] = field(default_factory=dict)  # node id -> seconds
     error: dict[str, Any] | None = None  # {type, message, node_id, node_type, traceback}
     messages: list[list[Any]] = field(default_factory=list)  # ComfyUI history status messages

@@ -31,6 +31,9 @@ PROGRESS_WRITE_INTERVAL_S = 1.0  # how often a running job's progress is written
 def record_metrics(metrics: Metrics, job: JobRecord, timings: dict[str, float]) -> None:
     status = job.status.value
     metrics.increment("JobsCompleted", status=status)
+    if job.status in (JobStatus.FAILED, JobStatus.TIMED_OUT):  # a client's cancel is no error
+        error = job.error or {}
+        metrics.increment("Errors", error_type=str(error.get("exception_type") or error.get("type") or status))
     if job.started_at is not None and job.finished_at is not None:
         metrics.observe("JobDuration", job.finished_at - job.started_at, "Seconds", status=status)
     for node_id, seconds in timings.items():
@@ -49,7 +52,9 @@ def publish(backends: JobBackends, event: str, job: JobRecord) -> None:
         if isinstance(events, list):
             attributes["webhook_events_filter"] = ",".join(str(e) for e in events)
     try:
-        backends.notifier.publish(event, prediction_view(job), attributes)
+        # URLs signed now, for this message: a presigned URL stored at job end would die long
+        # before the record does.
+        backends.notifier.publish(event, prediction_view(job, sign=backends.output_store.url), attributes)
     except Exception:
         log.exception("job %s: notifier failed on %s", job.id, event)
 

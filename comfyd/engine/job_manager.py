@@ -163,19 +163,24 @@ class JobManager:
         with contextlib.suppress(RuntimeError):
             _ = self.runtime
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking jobs; interrupt running ones, which go back to the queue for the next start."""
+    def stop(self, timeout: float = 10.0, grace_s: float = 0.0) -> None:
+        """Stop taking jobs; running ones may finish within `grace_s` (a drain, as on SIGTERM),
+        then they are interrupted and go back to the queue for the next start."""
         self._stopping.set()
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
+        wake = getattr(self.queue, "wake", None)  # optional: lets idle workers see the stop at once
+        if callable(wake):
+            wake()
+        if grace_s > 0:  # a worker thread leaves its loop once its job has ended
+            grace_deadline = time.monotonic() + grace_s
+            for thread in self._threads:
+                thread.join(max(0.0, grace_deadline - time.monotonic()))
         with self._lock:
             controls = list(self._controls.values())
         for control in controls:
             control.stop("shutdown")
-        wake = getattr(self.queue, "wake", None)  # optional: lets idle workers see the stop at once
-        if callable(wake):
-            wake()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from comfyd.engine.errors import OutputsPendingError
 from comfyd.engine.interfaces import JobRecord, OutputStore
 from comfyd.safepath import safe_join
 
@@ -16,8 +17,15 @@ if TYPE_CHECKING:
 def store_outputs(
     job: JobRecord, outputs: dict[str, Any], output_store: OutputStore, settings: Settings
 ) -> list[str]:
-    """Put every `type: output` image the job saved through the OutputStore; their URLs."""
-    urls: list[str] = []
+    """Put every `type: output` image the job saved through the OutputStore; their keys (the
+    record keeps keys, never URLs: a presigned URL is signed when the job is shown).
+
+    When the store refuses one (OutputsPendingError: it is kept in the store's spool), the rest
+    go to that spool too (`spool_put`, no waiting) and OutputsPendingError is raised with every
+    key, so that the retry completes from them instead of rendering again."""
+    keys: list[str] = []
+    pending: OutputsPendingError | None = None
+    spool_put = getattr(output_store, "spool_put", None)
     metadata = output_metadata(job)
     for ui in outputs.values():
         if not isinstance(ui, dict):
@@ -31,10 +39,21 @@ def store_outputs(
                 continue
             path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
             relative = f"{subfolder}/{filename}" if subfolder else filename
-            stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
-            if stored.url:
-                urls.append(stored.url)
-    return urls
+            if pending is not None:
+                if spool_put is None:
+                    raise pending
+                keys.append(spool_put(job.id, relative, path.read_bytes(), content_type(filename), metadata).key)
+                continue
+            try:
+                stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
+            except OutputsPendingError as exc:
+                pending = exc
+                keys.extend(exc.keys)
+                continue
+            keys.append(stored.key)
+    if pending is not None:
+        raise OutputsPendingError(str(pending), keys) from pending
+    return keys
 
 
 def output_metadata(job: JobRecord) -> dict[str, str]:

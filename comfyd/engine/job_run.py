@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from comfyd.engine.errors import RetryableError, is_retryable
+from comfyd.engine.errors import OutputsPendingError, RetryableError, is_retryable
 from comfyd.engine.interfaces import JobRecord, JobStatus, JobStore
 from comfyd.engine.job_budget import JobBudget
 from comfyd.engine.job_events import EventRecorder, publish, record_metrics
+from comfyd.engine.job_inputs import fetch_job_inputs
 from comfyd.engine.job_outputs import store_outputs
 from comfyd.engine.job_runtime import EventListener, JobBackends, JobRuntime
 
@@ -145,13 +146,33 @@ def _run_claimed(
     publish(backends, "job.started", job)
 
     recorder = EventRecorder(job, listener, backends)
+    spooled = _spooled_outputs(job, backends, settings)
+    if spooled is not None:  # an earlier attempt rendered them; they are in the store now
+        log.info("job %s: outputs of an earlier attempt are stored; completing without rendering again", job.id)
+        return _finish(job, _Result("success", dict(job.outputs), dict(job.node_timings)), None, backends,
+                       settings, recorder, control, worker_id, stored_keys=spooled)
     timer = _start_timeout(job, control, settings, backends, recorder, worker_id)
     recorder.on_loading = timer.loading
     try:
-        result, exception = _execute(job, runtime, recorder, control)
+        result, exception = _execute(job, runtime, recorder, control, backends.output_store)
     finally:
         timer.cancel()
     return _finish(job, result, exception, backends, settings, recorder, control, worker_id)
+
+
+def _spooled_outputs(job: JobRecord, backends: JobBackends, settings: Settings) -> list[str] | None:
+    """The keys of an earlier attempt's outputs once they are all stored (waiting for this
+    host's spool to upload them), or None: render again (they wait in another host's spool, or
+    the store cannot say)."""
+    await_stored = getattr(backends.output_store, "await_stored", None)
+    if not job.outputs_spooled or not job.output_keys or await_stored is None:
+        return None
+    try:
+        if await_stored(list(job.output_keys), settings.job_timeout_s):
+            return list(job.output_keys)
+    except Exception as exc:
+        log.warning("job %s: could not check its spooled outputs (%s); rendering again", job.id, exc)
+    return None
 
 
 @dataclass
@@ -165,9 +186,16 @@ class _Result:
 
 
 def _execute(
-    job: JobRecord, runtime: JobRuntime, recorder: EventRecorder, control: JobControl
+    job: JobRecord, runtime: JobRuntime, recorder: EventRecorder, control: JobControl, output_store: Any = None,
 ) -> tuple[_Result, BaseException | None]:
     try:
+        # Inputs uploaded through another host, exactly as validated at submit (job_inputs).
+        try:
+            fetch_job_inputs(job.extra_data, output_store, runtime.env.input_dir)
+        except (ValueError, KeyError):
+            raise  # a damaged or vanished input: retrying will not help
+        except Exception as exc:  # the store is unreachable: try again later
+            raise RetryableError(f"could not fetch the job's input files: {exc}") from exc
         req = runtime.request_for(job)
         raw = runtime.executor.execute(
             req, job_id=job.id, listener=recorder, interrupt=control.interrupt, extra_data=dict(job.extra_data)
@@ -222,6 +250,7 @@ def _finish(
     recorder: EventRecorder,
     control: JobControl,
     holder: str | None,
+    stored_keys: list[str] | None = None,
 ) -> JobOutcome:
     store = backends.job_store
     if control.reason == "lost" or (result.status == "success" and not _still_held(store, job.id, holder)):
@@ -229,12 +258,16 @@ def _finish(
         control.stop("lost")
         log.warning("job %s: no longer held by worker %s; dropping this run's result", job.id, holder)
         return JobOutcome(job.id, skipped=True, record=store.get(job.id))
-    output_urls: list[str] = []
-    if result.status == "success":
+    output_keys: list[str] = list(stored_keys or [])
+    spooled: dict[str, Any] = {}  # outputs rendered but still in a spool: kept for the retry
+    if result.status == "success" and stored_keys is None:
         try:
-            output_urls = store_outputs(job, result.outputs, backends.output_store, settings)
+            output_keys = store_outputs(job, result.outputs, backends.output_store, settings)
         except Exception as exc:
             log.warning("job %s: storing outputs failed: %s", job.id, exc)
+            if isinstance(exc, OutputsPendingError) and exc.keys:
+                spooled = {"outputs": result.outputs, "output_keys": exc.keys, "node_timings": result.node_timings,
+                           "outputs_spooled": True}
             result = _Result("error", result.outputs, result.node_timings, _error_from_exception(job, exc))
             exception = exc
             if not is_retryable(exc) and isinstance(exc, OSError | ConnectionError | TimeoutError):
@@ -257,7 +290,7 @@ def _finish(
             log.info("job %s: retryable error, attempt %d, retrying in %.1fs", job.id, job.attempts, delay)
             backends.metrics.increment("JobRetries")
             return _requeue(job, backends, recorder, holder, delay=delay,
-                            error=_job_error(result.error, "retryable"))
+                            error=_job_error(result.error, "retryable"), **spooled)
 
     error = None
     if status is JobStatus.FAILED:
@@ -270,7 +303,7 @@ def _finish(
     finished = time.time()
     written = store.transition(
         job.id, {JobStatus.RUNNING}, status, holder=holder,
-        finished_at=finished, outputs=result.outputs, output_urls=output_urls,
+        finished_at=finished, outputs=result.outputs, output_keys=output_keys, outputs_spooled=False,
         node_timings=result.node_timings, error=error, messages=recorder.messages_for(status, error),
         progress=recorder.progress,
     )
@@ -304,10 +337,10 @@ def _still_held(store: JobStore, job_id: str, holder: str | None) -> bool:
 
 def _requeue(
     job: JobRecord, backends: JobBackends, recorder: EventRecorder, holder: str | None, delay: float,
-    error: dict[str, Any] | None, attempts: int | None = None,
+    error: dict[str, Any] | None, attempts: int | None = None, **kept: Any,
 ) -> JobOutcome:
     fields: dict[str, Any] = {"worker_id": None, "heartbeat_at": None, "lease_s": None, "error": error,
-                              "progress": recorder.progress}
+                              "progress": recorder.progress, **kept}
     if attempts is not None:
         fields["attempts"] = attempts
     if not backends.job_store.transition(job.id, {JobStatus.RUNNING}, JobStatus.QUEUED, holder=holder, **fields):

@@ -6,6 +6,7 @@ through these, so a job looks the same whichever edge reports it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -22,9 +23,13 @@ COG_STATUS = {
     JobStatus.TIMED_OUT: "failed",
 }
 
+# A stored output's key -> a URL a client can GET now (`OutputStore.url`: a presigned URL signed
+# at this call, a CloudFront URL, or a local /view URL).
+UrlSigner = Callable[[str], "str | None"]
+
 # extra_data keys comfyd adds for its own bookkeeping (not shown in ComfyUI's views).
 INTERNAL_EXTRA_KEYS = frozenset({"prediction_input", "webhook", "webhook_events_filter", "partial_execution_targets",
-                                 "v2", "request_sha256"})
+                                 "v2", "request_sha256", "input_keys"})
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -99,10 +104,19 @@ def _absolute(url: str, base_url: str | None) -> str:
     return url
 
 
-def prediction_output(job: JobRecord, base_url: str | None = None, include_temp: bool = False) -> list[str] | None:
+def output_urls(job: JobRecord, sign: UrlSigner | None) -> list[str]:
+    """URLs of the job's stored outputs, made now from their keys; a record written before keys
+    were stored keeps the URLs it was given."""
+    if job.output_keys and sign is not None:
+        return [url for url in map(sign, job.output_keys) if url]
+    return list(job.output_urls)
+
+
+def prediction_output(job: JobRecord, base_url: str | None = None, include_temp: bool = False,
+                      sign: UrlSigner | None = None) -> list[str] | None:
     if job.status is not JobStatus.SUCCEEDED and not job.outputs:
         return None
-    urls = list(job.output_urls)
+    urls = output_urls(job, sign)
     if not urls or include_temp:
         urls = [view_url(image) for image in output_images(job.outputs, include_temp)]
     return [_absolute(u, base_url) for u in urls]
@@ -142,8 +156,9 @@ def prediction_error(job: JobRecord) -> str | None:
     return f"{prefix}{kind + ': ' if kind else ''}{message}"
 
 
-def prediction_view(job: JobRecord, base_url: str | None = None) -> dict[str, Any]:
-    """Replicate Cog's prediction object for a job (plus a `comfyd` block with typed details)."""
+def prediction_view(job: JobRecord, base_url: str | None = None, sign: UrlSigner | None = None) -> dict[str, Any]:
+    """Replicate Cog's prediction object for a job (plus a `comfyd` block with typed details).
+    `sign` (the output store's `url`) turns stored keys into URLs at this moment."""
     stored_input = job.extra_data.get("prediction_input")
     input_view = dict(stored_input) if isinstance(stored_input, dict) else {}
     input_view.setdefault("workflow_json", job.workflow)
@@ -153,7 +168,7 @@ def prediction_view(job: JobRecord, base_url: str | None = None) -> dict[str, An
     return {
         "id": job.id,
         "input": input_view,
-        "output": prediction_output(job, base_url, bool(input_view.get("return_temp_files"))),
+        "output": prediction_output(job, base_url, bool(input_view.get("return_temp_files")), sign),
         "logs": prediction_logs(job),
         "error": prediction_error(job),
         "status": COG_STATUS[job.status],

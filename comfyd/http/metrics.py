@@ -1,4 +1,6 @@
-"""Request metrics: RequestLatency per route and Errors by type, recorded off the hot path.
+"""Request metrics, recorded off the hot path: RequestLatency (Seconds) per route; a 5xx counts
+in `Errors` (error_type `ServerError<status>`, beside job errors), a 4xx only in `ClientErrors`
+(dimension `status`), so that 401s and 404 scans do not fire the errors alarm.
 
 A pure ASGI middleware (no response buffering). The route is the matched path template
 (`/history/{prompt_id}`), never the raw path, so metric dimensions stay few.
@@ -41,9 +43,10 @@ class RequestMetricsMiddleware:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         try:
-            self.metrics.observe("RequestLatency", seconds * 1000.0, "Milliseconds", route=route, method=scope["method"])
-            if status >= 400:
-                kind = "ServerError" if status >= 500 else "ClientError"
-                self.metrics.increment("Errors", error_type=f"{kind}{status}")
+            self.metrics.observe("RequestLatency", seconds, "Seconds", route=route, method=scope["method"])
+            if status >= 500:
+                self.metrics.increment("Errors", error_type=f"ServerError{status}")
+            elif status >= 400:
+                self.metrics.increment("ClientErrors", status=str(status))
         except Exception:  # metrics must never fail a request
             log.debug("request metrics not recorded", exc_info=True)

@@ -38,6 +38,7 @@ from comfyd.http.request_models import (
     json_body,
     multipart_body,
 )
+from comfyd.http.shared_files import fetch_shared_input, share_upload, shared_output
 from comfyd.http.state import AppState, get_state, json_object
 from comfyd.http.uploads import check_image, looks_like_image, store_upload, unsafe_path_error
 from comfyd.safepath import UnsafePathError, safe_filename, safe_join
@@ -232,7 +233,7 @@ async def get_view(
     filename: str | None = Query(None),
     subfolder: str = Query(""),
     type: str = Query("output"),
-) -> FileResponse:
+) -> Response:
     if not filename:
         raise bad_request("query parameter 'filename' is required", {"location": "filename"})
     state = get_state(request)
@@ -241,9 +242,16 @@ async def get_view(
         path = safe_join(base, subfolder, filename)
     except UnsafePathError as exc:
         raise unsafe_path_error(exc, "subfolder/filename") from None
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if not path.is_file() and type == "output":  # stored by a worker on another host
+        data = await run_in_threadpool(shared_output, state, subfolder, filename)
+        if data is not None:
+            return Response(data, media_type=media_type,
+                            headers={"Content-Disposition": f'filename="{path.name}"'})
+    elif not path.is_file() and type == "input":  # uploaded through another host
+        await run_in_threadpool(fetch_shared_input, state, subfolder, filename, path)
     if not path.is_file():
         raise not_found(f"no {type} file {filename!r} in subfolder {subfolder!r}")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
 
 
@@ -294,6 +302,7 @@ async def upload_image(request: Request, principal: str = Depends(require_key)) 
     state.check_rate(principal)
     upload = await _read_upload(request, state, images_only=False)
     name = await run_in_threadpool(store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
+    await run_in_threadpool(share_upload, state, upload.file_type, upload.subfolder, name, upload.data)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
@@ -321,6 +330,8 @@ def _original_path(state: AppState, original_ref: str | None) -> Path:
         path = safe_join(directory, safe_filename(filename))
     except UnsafePathError as exc:
         raise unsafe_path_error(exc, "original_ref") from None
+    if not path.is_file() and file_type == "input":  # uploaded through another host
+        fetch_shared_input(state, str(ref.get("subfolder") or ""), safe_filename(filename), path)
     if not path.is_file():
         raise not_found(f"original_ref: no image {filename!r} in the {file_type} folder")
     return path
@@ -354,9 +365,10 @@ async def upload_mask(request: Request, principal: str = Depends(require_key)) -
     state = get_state(request)
     state.check_rate(principal)
     upload = await _read_upload(request, state, images_only=True)
-    original = _original_path(state, upload.original_ref)
+    original = await run_in_threadpool(_original_path, state, upload.original_ref)
     composed = await run_in_threadpool(_apply_mask, original, upload.data)
     name = await run_in_threadpool(store_upload, upload.directory, upload.filename, composed, upload.overwrite)
+    await run_in_threadpool(share_upload, state, upload.file_type, upload.subfolder, name, composed)
     return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 

@@ -184,18 +184,23 @@ def request_body(workflow: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 # ---- predictions --------------------------------------------------------------------------------
 
 
-def safe_prediction_view(job: JobRecord, base_url: str | None) -> dict[str, Any]:
-    """prediction_view, robust to any stored record (a malformed one still gets an answer)."""
+def safe_prediction_view(job: JobRecord, base_url: str | None, sign: Any = None) -> dict[str, Any]:
+    """prediction_view with output URLs signed now (never stored ones), robust to any stored
+    record (a malformed one still gets an answer)."""
     def minimal(j: JobRecord) -> dict[str, Any]:
         return {"id": j.id, "input": {}, "output": None, "logs": "", "error": "the stored record cannot be shown",
                 "status": COG_STATUS.get(j.status, "failed"), "metrics": {}}
 
-    return render_robustly(job, lambda j: prediction_view(j, base_url), minimal)
+    return render_robustly(job, lambda j: prediction_view(j, base_url, sign=sign), minimal)
+
+
+def _view(job: JobRecord, request: Request) -> dict[str, Any]:
+    return safe_prediction_view(job, str(request.base_url), sign=get_state(request).services.output_store.url)
 
 
 def _respond(job: JobRecord, request: Request, status: int) -> JSONResponse:
     headers = {"Location": f"/predictions/{job.id}"} if status == 202 else None
-    return JSONResponse(safe_prediction_view(job, str(request.base_url)), status_code=status, headers=headers)
+    return JSONResponse(_view(job, request), status_code=status, headers=headers)
 
 
 async def _submit_and_answer(
@@ -280,7 +285,7 @@ async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     job = await run_in_threadpool(state.services.job_store.get, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(safe_prediction_view(job, str(request.base_url)))
+    return JSONResponse(_view(job, request))
 
 
 @router.post("/predictions/{prediction_id}/cancel")
@@ -289,7 +294,7 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
     job = await run_in_threadpool(state.manager.cancel, prediction_id)
     if job is None:
         raise not_found(f"no prediction {prediction_id!r}")
-    return JSONResponse(safe_prediction_view(job, str(request.base_url)))
+    return JSONResponse(_view(job, request))
 
 
 # ---- /v1 -------------------------------------------------------------------------------------
@@ -442,7 +447,8 @@ def _status(state: AppState, base_url: str) -> dict[str, Any]:
              "class_type": (timings_of.workflow.get(node_id) or {}).get("class_type"), "seconds": seconds}
             for node_id, seconds in timings_of.node_timings.items()
         ] if timings_of is not None else [],
-        "recent_predictions": [safe_prediction_view(j, base_url) for j in recent],
+        "recent_predictions": [safe_prediction_view(j, base_url, sign=state.services.output_store.url)
+                               for j in recent],
     }
 
 

@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from comfyd.backends.webhook_guard import ForbiddenWebhook, WebhookPolicy
 from comfyd.engine.errors import WorkflowParseError, WorkflowValidationError
 from comfyd.engine.interfaces import JobRecord
+from comfyd.engine.job_inputs import INPUT_KEYS, pin_inputs
 from comfyd.engine.jobs import JobManager, JobRuntime, QueueFullError, SubmitResult
 from comfyd.engine.previews import PREVIEW_METHODS
 from comfyd.http.auth import ApiKeys
@@ -147,6 +149,9 @@ class AppState:
         runtime = self.runtime()
         try:
             req = runtime.parse(body)
+            # Inputs uploaded through another host: fetched here for validation, and pinned by
+            # content for the worker (comfyd.engine.job_inputs). Nothing with local storage.
+            pinned = self._pin_inputs(req.prompt, runtime)
             self._validate_submission(runtime, req)
         except WorkflowParseError as exc:
             raise ComfyError(400, exc.body()) from None
@@ -166,6 +171,9 @@ class AppState:
             extra.update(extra_data)
         if req.partial_execution_targets is not None:  # kept for the run (and ComfyUI's queue views)
             extra["partial_execution_targets"] = list(req.partial_execution_targets)
+        extra.pop(INPUT_KEYS, None)  # only ever what this server pinned, never a client's keys
+        if pinned:
+            extra[INPUT_KEYS] = pinned
         check_extra_data(extra, self.settings.max_extra_data_bytes)
         problem = find_unencodable(body) or find_unencodable(extra)
         if problem is not None:  # anywhere validation did not look (undeclared inputs, extra_data)
@@ -185,6 +193,12 @@ class AppState:
             extra_data=extra,
             source=source,
         )
+
+    def _pin_inputs(self, workflow: dict[str, Any], runtime: JobRuntime) -> dict[str, str]:
+        try:
+            return pin_inputs(workflow, runtime.registry, self.services.output_store, Path(self.settings.input_dir))
+        except Exception as exc:  # the shared store is down or holds a damaged input
+            raise ApiError(503, "StorageUnavailable", f"could not fetch the workflow's input files: {exc}") from None
 
     def check_webhook(self, url: str, field: str) -> None:
         """ApiError 422 naming `field` unless comfyd may call `url` (comfyd.backends.webhook_guard)."""

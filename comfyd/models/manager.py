@@ -91,9 +91,12 @@ def file_fingerprint(path: Path) -> str:
 class ModelManager:
     """Loads and shares models for every job of one process. Thread-safe."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, catalog: Any = None) -> None:
         self.settings = settings
         self.paths = ModelPaths(tuple(Path(p) for p in settings.model_roots()))
+        # A shared model catalog (`names(folder)`): an API host lists (and so validates against)
+        # what the workers hold besides its own files.
+        self.catalog = catalog
         self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
         self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device))
         self._lock = threading.RLock()
@@ -105,7 +108,10 @@ class ModelManager:
 
     # --- files ---------------------------------------------------------------------------
     def list_files(self, folder: str) -> list[str]:
-        return self.paths.list_files(folder)
+        local = self.paths.list_files(folder)
+        if self.catalog is None:
+            return local
+        return sorted(set(local) | set(self.catalog.names(folder)))
 
     def resolve(self, folder: str, name: str) -> Path:
         return self.paths.resolve(folder, name)

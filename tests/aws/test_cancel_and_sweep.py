@@ -134,7 +134,7 @@ def test_cancel_reaches_the_worker_running_the_job(route: str, reason: str, http
     assert services.notifier.completed(job_id) == ["canceled"]
     # Nothing uploaded, message deleted (not redelivered), run once.
     assert _s3_keys(services, settings, job_id) == []
-    assert job.output_urls == []
+    assert job.output_keys == []
     assert _queue_is_empty(services)
     assert fake_runtime.executions(settings.output_dir, job_id) == 1
     assert worker.stats.failed == 0
@@ -197,7 +197,7 @@ def test_cancel_stops_the_real_executor_between_steps_and_uploads_nothing(
     assert job.progress["node"] == "2" and job.progress["value"] < 400  # stopped mid-node
     assert job.messages[-1][0] == "execution_interrupted"
     assert Path(settings.output_dir, "steps_1.png").exists()  # node 1 saved before the cancel...
-    assert _s3_keys(services, settings, "steps") == [] and job.output_urls == []  # ...not uploaded
+    assert _s3_keys(services, settings, "steps") == [] and job.output_keys == []  # ...not uploaded
     assert not Path(settings.output_dir, "steps_3.png").exists()
     assert _queue_is_empty(services)
 
@@ -239,7 +239,7 @@ def test_cancel_after_the_end_changes_nothing(http: TestClient, services: Servic
     reply = http.post(f"/predictions/{job_id}/cancel")
     assert reply.status_code == 200 and reply.json()["status"] == "succeeded"
     job = services.job_store.get(job_id)
-    assert job.status is JobStatus.SUCCEEDED and job.cancel_requested is None and job.output_urls
+    assert job.status is JobStatus.SUCCEEDED and job.cancel_requested is None and job.output_keys
 
 
 # ---- the sweeper -----------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def test_a_double_enqueue_runs_and_completes_once(duplicate: str, services: Serv
     # One run, one terminal write, one completion event, one stored image: the spare message,
     # delivered again while the job ran (delivery 2 and on), was left to the live holder.
     job = services.job_store.get("twice")
-    assert len(job.output_urls) == 1 and job.attempts == 1
+    assert len(job.output_keys) == 1 and job.attempts == 1
     assert services.notifier.completed("twice") == ["succeeded"]
     assert len(_s3_keys(services, settings, "twice")) == 1
     assert fake_runtime.executions(settings.output_dir, "twice") == 1

@@ -196,3 +196,32 @@ def test_table_has_ttl_and_status_index(settings: Settings, provisioned, aws: Aw
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
     table = ddb.describe_table(TableName=settings.dynamodb_table)["Table"]
     assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_status"]
+
+
+def _ambiguous(operation: str) -> Fault:
+    """DynamoDB applies the write, then answers 500: botocore retries, the retry's condition fails."""
+    return Fault("error", service="dynamodb", operation=operation, status=500, code="InternalServerError",
+                 applied=True, times=1)
+
+
+def test_an_applied_transition_answered_500_is_ours_not_a_conflict(fault_proxy: FaultProxy, settings: Settings,
+                                                                  provisioned) -> None:
+    store = _store(settings)
+    assert store.create(_job())
+    fault = fault_proxy.add(_ambiguous("UpdateItem"))
+    assert store.transition("job-1", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="w1")
+    assert fault.hits == 1  # the first try was applied and answered 500; the retry found it done
+    assert store.get("job-1").status is JobStatus.RUNNING
+    # A real conflict is still one: another worker's claim of the running job fails.
+    assert not store.transition("job-1", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="w2")
+    fault_proxy.add(_ambiguous("UpdateItem"))
+    assert not store.transition("job-1", {JobStatus.QUEUED}, JobStatus.RUNNING, worker_id="w2")
+    assert store.get("job-1").worker_id == "w1"
+
+
+def test_an_applied_create_answered_500_is_created(fault_proxy: FaultProxy, settings: Settings, provisioned) -> None:
+    store = _store(settings)
+    fault = fault_proxy.add(_ambiguous("PutItem"))
+    assert store.create(_job("made"))
+    assert fault.hits == 1 and store.get("made") is not None
+    assert not store.create(_job("made"))  # a second create of the same id is still refused

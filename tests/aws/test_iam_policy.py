@@ -178,3 +178,43 @@ def test_unconfigured_parts_are_left_out(settings: Settings) -> None:
     assert policy_actions(policy) == {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
                                       "s3:ListBucket"}
     assert "BUCKET" not in str(policy) and "comfyd-test" in str(policy)
+
+
+def test_api_policy_is_exact_and_cannot_consume_or_delete(settings: Settings, fake_runtime) -> None:
+    """An API process (serve in front of SQS, the Lambda API function) through its routes:
+    submit (a large workflow offloaded to S3, a resubmission of the same id), read, cancel,
+    interrupt, delete history, metrics. Its policy allows exactly those calls, and none that
+    take work off the queue or delete objects."""
+    from fastapi.testclient import TestClient
+
+    from comfyd.backends.aws.iam import API_POLICY
+    from comfyd.server import create_app
+
+    aws_init(settings, AwsSession.from_settings(settings))
+    aws = AwsSession.from_settings(settings)
+    recorder = CallRecorder(aws)
+    services = Services(
+        job_store=build_job_store(settings, aws, api_only=True), queue=build_queue(settings, aws),
+        output_store=build_output_store(settings, aws), metrics=build_metrics(settings, aws),
+        notifier=build_notifier(settings, aws), executor_factory=lambda: fake_runtime.build(settings),
+    )
+    big = {**fake_runtime.workflow(), "2": {"class_type": "Note", "inputs": {"text": "w" * 40_000}}}
+    try:
+        with TestClient(create_app(settings, services, workers=False)) as http:
+            for body in ({"prompt": big, "prompt_id": "big"}, {"prompt": big, "prompt_id": "big"},
+                         {"prompt": fake_runtime.workflow(), "prompt_id": "small"}):
+                assert http.post("/prompt", json=body).status_code == 200
+            assert "big" in http.get("/history/big").json() or http.get("/predictions/big").status_code == 200
+            assert http.get("/queue").status_code == 200
+            assert http.post("/interrupt", json={}).status_code == 200
+            assert http.post("/queue", json={"delete": ["small"]}).status_code == 200  # cancel while queued
+            assert http.post("/history", json={"delete": ["small"]}).status_code == 200
+        services.metrics.flush()
+    finally:
+        services.output_store.close()
+        services.metrics.close()
+    policy = render_policy(settings, ACCOUNT, name=API_POLICY)
+    _assert_exact(policy, recorder.calls, not_calls={"s3:ListBucket"})
+    granted = policy_actions(policy)
+    assert not {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "s3:DeleteObject"} & granted
+    assert "s3:DeleteObject" in policy_actions(render_policy(settings, ACCOUNT))  # the workers' policy keeps it

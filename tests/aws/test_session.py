@@ -119,3 +119,53 @@ def test_serve_refuses_to_start_in_an_unknown_region(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "InvalidRegion" in proc.stderr and "xx-nowhere-9" in proc.stderr
+
+
+def _no_credentials_env(tmp_path, **extra: str) -> dict[str, str]:
+    import os
+
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            "COMFYD_CONFIG": "/dev/null",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true", "COMFYD_AWS_REGION": "us-east-1",
+            "COMFYD_STORAGE": "s3", "COMFYD_S3_BUCKET": "b", "COMFYD_QUEUE": "sqs", "COMFYD_SQS_QUEUE": "q",
+            "COMFYD_JOBSTORE": "dynamodb", "COMFYD_DYNAMODB_TABLE": "t", **extra}
+
+
+@pytest.mark.parametrize("command", [["-m", "comfyd", "aws", "init"], ["-m", "comfyd", "serve", "--port", "0"],
+                                     ["-m", "comfyd", "worker"], ["-m", "comfyd.worker"]])
+def test_missing_credentials_is_one_line_and_exit_1(tmp_path, local_aws, command: list[str]) -> None:
+    """Against the local endpoint too (where the region check is skipped): a worker must not
+    retry its receive forever without credentials."""
+    import subprocess
+    import sys
+
+    env = _no_credentials_env(tmp_path, AWS_ENDPOINT_URL=local_aws.url)
+    proc = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "MissingCredentials: no AWS credentials found" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_python_m_worker_with_a_bad_region_is_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = _no_credentials_env(tmp_path, COMFYD_AWS_REGION="xx-nowhere-9", AWS_ACCESS_KEY_ID="k",
+                              AWS_SECRET_ACCESS_KEY="s")
+    proc = subprocess.run([sys.executable, "-m", "comfyd.worker"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "InvalidRegion" in proc.stderr and "xx-nowhere-9" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_role_without_base_credentials_is_missing_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from comfyd.backends.aws.session import MissingCredentials
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(MissingCredentials):
+        AwsSession(region="us-east-1", role_arn=ROLE)

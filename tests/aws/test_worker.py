@@ -10,7 +10,7 @@ import pytest
 
 from comfyd.backends.aws.init import ensure_queues
 from comfyd.backends.aws.session import AwsSession
-from comfyd.backends.faultproxy import FaultProxy
+from comfyd.backends.faultproxy import Fault, FaultProxy
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.runtime import Services, build_services
 from comfyd.settings import Settings
@@ -45,7 +45,7 @@ def test_runs_jobs_stores_outputs_and_deletes_messages(settings: Settings, servi
         assert job.status is JobStatus.SUCCEEDED and job.attempts == 1 and job.worker_id
         key = f"out/job-{i}/job-{i}_00001_.png"
         assert json.loads(services.output_store.get(key)[8:]) == {"job": f"job-{i}", "seed": i}
-        assert job.output_urls and key in job.output_urls[0]
+        assert job.output_keys == [key] and job.output_urls == []
     assert services.queue.depth() == 0
     assert services.queue.get(timeout=0) is None  # deleted, not merely invisible
 
@@ -208,3 +208,62 @@ def test_worker_checks_region_at_start(settings: Settings) -> None:
     with pytest.raises(InvalidRegion):
         run_worker(settings.model_copy(update={"aws_region": "moon-1"}), max_jobs=0)
 
+
+
+@pytest.mark.parametrize("write", ["claim", "end"])
+def test_an_ambiguous_job_write_still_completes_the_job_once(write: str, fault_proxy: FaultProxy, settings: Settings,
+                                                             provisioned, fake_runtime, recording) -> None:
+    """DynamoDB applies the claim (or the terminal write) but answers 500; the retry's condition
+    fails. The worker must see its own write: the job succeeds on its first attempt with one
+    job.completed event and its metrics, instead of waiting for a lease to lapse."""
+    services = recording(build_services(settings))
+    try:
+        _submit(services, "ambiguous", fake_runtime.workflow())
+        # The first write naming the new status: the claim (-> running) or the end (-> succeeded).
+        status = "running" if write == "claim" else "succeeded"
+        fault = fault_proxy.add(Fault("error", service="dynamodb", operation="UpdateItem", status=500,
+                                      code="InternalServerError", applied=True, times=1,
+                                      body_contains=f'"{status}"'))
+        stats = run_worker(settings, services=services, runtime=fake_runtime.build(settings), poll_s=1, max_jobs=1)
+        assert fault.hits == 1
+        job = services.job_store.get("ambiguous")
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 1, (job.status, job.error)
+        assert stats.succeeded == 1 and services.notifier.completed("ambiguous") == ["succeeded"]
+        assert fake_runtime.executions(settings.output_dir, "ambiguous") == 1
+        assert services.queue.get(timeout=0) is None  # its message was deleted
+    finally:
+        services.close()
+
+
+@pytest.mark.parametrize("spool_here", [True, False], ids=["spooled-here", "spooled-elsewhere"])
+def test_a_retry_completes_from_spooled_outputs_instead_of_rendering_again(
+        spool_here: bool, fault_proxy: FaultProxy, settings: Settings, provisioned, fake_runtime) -> None:
+    """S3 refuses uploads for longer than the job's budget: the attempt's output waits in the
+    spool and the job goes back to the queue. Its retry waits for the spooled copy instead of
+    rendering again; only a copy this host cannot see (another host's spool) is rendered again."""
+    settings = settings.model_copy(update={"job_timeout_s": 1.0})  # also how long put waits for S3
+    services = build_services(settings)
+    services.output_store.spool._min_interval_s = services.output_store.spool._interval_s = 0.1
+    try:
+        _submit(services, "spooled", fake_runtime.workflow())
+        outage = fault_proxy.hold("slowdown", service="s3", method="PUT")
+        worker = _worker(settings, services, fake_runtime)
+        assert worker.run(threading.Event(), max_jobs=1).retried == 1
+        job = services.job_store.get("spooled")
+        key = "out/spooled/spooled_00001_.png"
+        assert job.status is JobStatus.QUEUED and job.outputs_spooled and job.output_keys == [key]
+        if not spool_here:  # the copy is in a spool this worker cannot see
+            for entry in services.output_store.spool.entries():
+                entry.unlink()
+        fault_proxy.lift(outage)
+        again = _worker(settings, services, fake_runtime)
+        assert again.run(threading.Event(), max_jobs=1).succeeded == 1
+        job = services.job_store.get("spooled")
+        assert job.status is JobStatus.SUCCEEDED and job.attempts == 2 and job.output_keys == [key]
+        assert not job.outputs_spooled
+        assert fake_runtime.executions(settings.output_dir, "spooled") == (1 if spool_here else 2)
+        assert services.output_store.get(key).startswith(b"\x89PNG")
+        assert services.output_store.output_key_by_name("spooled_00001_.png") == key  # /view finds it
+        assert services.output_store.pending() == 0
+    finally:
+        services.close()

@@ -187,7 +187,7 @@ def test_a_holder_that_stops_beating_is_taken_over_after_its_lease(
     # more and stored, wrote and announced nothing.
     assert first.stats.lost == 1 and first.stats.succeeded == 0
     assert fake_runtime.executions(settings.output_dir, "silent") == 2
-    assert len(_s3_keys(services, settings, "silent")) == 1 and len(job.output_urls) == 1
+    assert len(_s3_keys(services, settings, "silent")) == 1 and len(job.output_keys) == 1
     assert services.notifier.completed("silent") == ["succeeded"]
     assert _messages_left(services) == 0
 
@@ -255,7 +255,7 @@ def test_a_holder_whose_record_is_not_its_own_any_more_stops(fate: str, settings
     else:
         assert job.status is JobStatus.FAILED and job.error == {"type": "operator"}
         assert _messages_left(services) == 0
-    assert _s3_keys(services, settings, "gone") == [] and job.output_urls == []
+    assert _s3_keys(services, settings, "gone") == [] and job.output_keys == []
     assert services.notifier.completed("gone") == []  # the stopped run announced no end
 
 

@@ -278,7 +278,7 @@ def test_awslambdaric_pin_satisfies_the_dev_extra() -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_pip_installs_only_torch_the_runtime_client_and_the_package(dockerfile: str) -> None:
     # No package list of its own that could drift from pyproject.toml.
-    allowed = re.compile(r"^(torch==[\d.]+|awslambdaric==[\d.]+|-r|/tmp/requirements\.txt|--no-deps|/src|--index-url|https://download\.pytorch\.org/whl/\w+)$")
+    allowed = re.compile(r"^(torch==[\d.]+|awslambdaric==[\d.]+|-r|/tmp/requirements\.txt|-c|/src/constraints\.txt|--no-deps|/src|--index-url|https://download\.pytorch\.org/whl/\w+)$")
     for words in pip_installs(ROOT / dockerfile):
         assert all(allowed.match(w) for w in words), words
     assert ["--no-deps", "/src"] in pip_installs(ROOT / dockerfile)
@@ -356,3 +356,34 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     (tmp_path / "comfyd.service").write_text(local)
     proc = subprocess.run([analyze, "verify", str(tmp_path / "comfyd.service")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_images_install_the_versions_ci_tested() -> None:
+    """constraints.txt is CI's environment (scripts/write_constraints.py): every pin is the
+    version installed here, every runtime dependency is pinned, and the images and
+    scripts/setup.sh install with it."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[_canonical(name)] = version
+    installed = {_canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    drift = {name: (version, installed.get(name)) for name, version in pins.items() if installed.get(name) != version}
+    assert drift == {}, "constraints.txt differs from CI's environment: run scripts/write_constraints.py"
+    unpinned = [r for r in PYPROJECT["project"]["dependencies"] if _canonical(Requirement(r).name) not in pins]
+    assert unpinned == []
+    assert "torch" not in pins  # its build is pinned per image
+    for dockerfile in DOCKERFILES:
+        requirement_installs = [w for w in pip_installs(ROOT / dockerfile) if "/tmp/requirements.txt" in w]
+        assert requirement_installs and all(["-c", "/src/constraints.txt"] == w[:2] for w in requirement_installs)
+    assert "-c constraints.txt -e '.[dev]'" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+def test_images_run_the_python_ci_tests() -> None:
+    tested = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert args_of(ROOT / "Dockerfile.gpu")["PYTHON_VERSION"] == tested
+    assert args_of(ROOT / "Dockerfile.lambda")["PYTHON_IMAGE"].startswith(f"python:{tested}-")

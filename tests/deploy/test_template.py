@@ -217,8 +217,16 @@ def _actions(statements: list[dict[str, Any]]) -> set[str]:
     return actions
 
 
-def test_runtime_policy_is_least_privilege(template: dict[str, Any]) -> None:
-    document = template["Resources"]["ComfydRuntimePolicy"]["Properties"]["PolicyDocument"]
+ROLE_POLICIES = {  # the stack's managed policy -> the reference document it must match
+    "ComfydApiPolicy": "iam-policy-api.json",
+    "ComfydJobFunctionPolicy": "iam-policy.json",
+    "ComfydWorkerPolicy": "iam-policy.json",
+}
+
+
+@pytest.mark.parametrize("resource", sorted(ROLE_POLICIES))
+def test_runtime_policy_is_least_privilege(template: dict[str, Any], resource: str) -> None:
+    document = template["Resources"][resource]["Properties"]["PolicyDocument"]
     statements = _statements(document)
     assert not any("*" in a for a in _actions(statements)), "no wildcard actions"
     for statement in statements:
@@ -227,11 +235,13 @@ def test_runtime_policy_is_least_privilege(template: dict[str, Any]) -> None:
             assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": Settings().cloudwatch_namespace}}
 
 
-def test_runtime_policy_is_the_reference_policy_for_this_stack(template: dict[str, Any]) -> None:
-    """deploy/iam-policy.json (the AWS backend's list of the calls comfyd makes) and the stack's
-    policy grant the same actions, statement by statement, on the same kinds of resource."""
-    reference = _statements(json.loads(REFERENCE_POLICY.read_text()))
-    ours = _statements(template["Resources"]["ComfydRuntimePolicy"]["Properties"]["PolicyDocument"])
+@pytest.mark.parametrize("resource", sorted(ROLE_POLICIES))
+def test_runtime_policy_is_the_reference_policy_for_this_stack(template: dict[str, Any], resource: str) -> None:
+    """deploy/iam-policy*.json (the AWS backend's list of the calls each role makes) and the
+    stack's policy for that role grant the same actions, statement by statement, on the same
+    kinds of resource."""
+    reference = _statements(json.loads((REFERENCE_POLICY.parent / ROLE_POLICIES[resource]).read_text()))
+    ours = _statements(template["Resources"][resource]["Properties"]["PolicyDocument"])
 
     def shape(statement: dict[str, Any]) -> tuple[frozenset[str], str]:
         actions = statement["Action"]
@@ -240,6 +250,20 @@ def test_runtime_policy_is_the_reference_policy_for_this_stack(template: dict[st
         return frozenset([actions] if isinstance(actions, str) else actions), ",".join(kinds)
 
     assert sorted(map(shape, ours), key=str) == sorted(map(shape, reference), key=str)
+
+
+def test_each_role_has_its_own_policy_and_the_api_cannot_consume(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    attached = {name: resources[name]["Properties"]["ManagedPolicyArns"]
+                for name in ("ApiFunctionRole", "JobFunctionRole", "WorkerRole")}
+    assert attached == {"ApiFunctionRole": [{"Ref": "ComfydApiPolicy"}],
+                        "JobFunctionRole": [{"Ref": "ComfydJobFunctionPolicy"}],
+                        "WorkerRole": [{"Ref": "ComfydWorkerPolicy"}]}
+    functions = {name: resources[name]["Properties"]["Role"] for name in ("ApiFunction", "JobFunction")}
+    assert functions == {"ApiFunction": {"Fn::GetAtt": ["ApiFunctionRole", "Arn"]},
+                         "JobFunction": {"Fn::GetAtt": ["JobFunctionRole", "Arn"]}}
+    api_actions = _actions(_statements(resources["ComfydApiPolicy"]["Properties"]["PolicyDocument"]))
+    assert not {"sqs:ReceiveMessage", "sqs:DeleteMessage", "s3:DeleteObject"} & set(api_actions)
 
 
 def _resource_kind(resource: Any) -> str:
@@ -254,3 +278,18 @@ def _resource_kind(resource: Any) -> str:
         if needle in text:
             return kind
     return text
+
+
+def test_rules_refuse_govcloud_with_cloudfront_and_endpoints_without_s3(template: dict[str, Any]) -> None:
+    rules = template["Rules"]
+    cloudfront = rules["CloudFrontIsAvailable"]
+    assert cloudfront["RuleCondition"] == {"Fn::Equals": [{"Ref": "EnableCloudFront"}, "true"]}
+    refused = cloudfront["Assertions"][0]["Assert"]["Fn::Not"][0]["Fn::Contains"][0]
+    assert {"us-gov-west-1", "us-gov-east-1"} <= set(refused)
+    endpoints = rules["VpcEndpointsIncludeS3"]
+    assert endpoints["RuleCondition"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "true"]}
+    assert endpoints["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::EachMemberEquals": [{"Ref": "PrivateRouteTableIds"}, ""]}]}
+    # With the defaults (endpoints on) the S3 gateway endpoint is part of the stack.
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "true"
+    assert template["Resources"]["S3Endpoint"]["Properties"]["VpcEndpointType"] == "Gateway"

@@ -66,4 +66,6 @@ def test_system_stats_and_metrics(server, workflow) -> None:
     assert 'comfyd_node_execution_time_seconds_count{class_type="TestSleep"} 1' in text
     # Request metrics carry the route template, never the raw path.
     assert 'route="/prompt"' in text and 'route="/history/{prompt_id}"' in text and "no-such-job" not in text
-    assert 'comfyd_errors_total{error_type="ClientError400"} 1' in text
+    # A 4xx is a client error, not a server or job error: it must not feed the errors alarm.
+    assert 'comfyd_client_errors_total{status="400"} 1' in text and "comfyd_errors_total" not in text
+    assert "comfyd_request_latency_seconds_count" in text  # seconds, as the docs and dashboard say

@@ -148,3 +148,35 @@ def test_a_finished_job_left_in_the_queue_is_not_run_again(start_server, tmp_pat
     time.sleep(0.2)
     assert srv.recorder.order() == ["rerun"]
     assert srv.job("finished").status is JobStatus.SUCCEEDED
+
+
+def _submit_and_sigterm_while_running(tmp_path: Path, monkeypatch, grace_s: float, seconds: float) -> int:
+    monkeypatch.setenv("COMFYD_SHUTDOWN_GRACE_S", str(grace_s))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = launch(tmp_path, port)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+            body = {"prompt": sleep_prompt(seconds, 30, "drain"), "prompt_id": "job-drain"}
+            assert http.post("/prompt", json=body).status_code == 200
+            deadline = time.monotonic() + 30
+            while ((http.get("/v1/status").json()["current_progress"] or {}).get("value") or 0) < 1:
+                assert time.monotonic() < deadline, "the job never progressed"
+                time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_0(tmp_path: Path, monkeypatch) -> None:
+    assert _submit_and_sigterm_while_running(tmp_path, monkeypatch, grace_s=60, seconds=1.5) == 0
+    job = SqliteJobStore(SqliteDatabase(tmp_path / "comfyd.db")).get("job-drain")
+    assert job.status is JobStatus.SUCCEEDED and job.attempts == 1
+
+
+def test_sigterm_past_the_grace_period_hands_the_job_back(tmp_path: Path, monkeypatch) -> None:
+    assert _submit_and_sigterm_while_running(tmp_path, monkeypatch, grace_s=0.2, seconds=30) == 0
+    job = SqliteJobStore(SqliteDatabase(tmp_path / "comfyd.db")).get("job-drain")
+    assert job.status is JobStatus.QUEUED and job.attempts == 0  # runs at the next start, attempt not counted

@@ -74,7 +74,7 @@ def test_success_stores_outputs_then_state_then_announces(backends: Backends, lo
     assert stored.status is JobStatus.SUCCEEDED and stored.worker_id == "w1" and stored.attempts == 1
     [(job_id, filename, data)] = backends.output_store.puts
     assert job_id == "job-1" and data.startswith(b"\x89PNG")
-    assert stored.output_urls == [f"https://cdn.example/job-1/{filename}"]
+    assert stored.output_keys == [f"job-1/{filename}"] and stored.output_urls == []  # keys, never URLs
     assert set(stored.node_timings) == {"3", "9"}
     assert [m[0] for m in stored.messages] == ["execution_start", "execution_cached", "execution_success"]
     notified = [e for e, _, _ in backends.notifier.events]

@@ -90,7 +90,7 @@ def _assert_nothing_written(backends: Backends, outcome: Any, events: list[tuple
     assert not [d for e, d in events if e == "executing" and d.get("node") is None]
     job = backends.job_store.get("job-1")
     if lose is _take_over:
-        assert job.status is JobStatus.RUNNING and job.worker_id == "other" and job.output_urls == []
+        assert job.status is JobStatus.RUNNING and job.worker_id == "other" and job.output_keys == []
     else:
         assert job.status is JobStatus.FAILED and job.error == {"type": "operator"}
 

@@ -10,6 +10,7 @@ optionally, an AwsSession; by default the process's shared one for those setting
     build_queue(settings)              # COMFYD_QUEUE=sqs          -> SqsJobQueue
     build_metrics(settings)            # COMFYD_METRICS=cloudwatch -> CloudWatchMetrics / EmfMetrics
     build_notifier(settings)           # COMFYD_SNS_TOPIC set      -> SnsNotifier
+    build_model_catalog(settings)      # COMFYD_STORAGE=s3         -> S3ModelCatalog (shared models)
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from comfyd.backends.aws.session import AwsConfigError, AwsSession, InvalidRegion
+from comfyd.backends.aws.session import AwsConfigError, AwsSession, InvalidRegion, MissingCredentials
 
 if TYPE_CHECKING:
     from comfyd.backends.aws.cloudwatch import CloudWatchMetrics
     from comfyd.backends.aws.dynamodb_store import DynamoJobStore
+    from comfyd.backends.aws.model_catalog import S3ModelCatalog
     from comfyd.backends.aws.s3_store import S3OutputStore
     from comfyd.backends.aws.sns_notifier import SnsNotifier
     from comfyd.backends.aws.sqs_queue import SqsJobQueue
     from comfyd.settings import Settings
 
 __all__ = [
-    "AwsConfigError", "AwsSession", "InvalidRegion", "build_job_store", "build_metrics", "build_notifier",
+    "AwsConfigError", "AwsSession", "InvalidRegion", "MissingCredentials", "build_job_store", "build_metrics",
+    "build_model_catalog", "build_notifier",
     "build_output_store", "build_queue", "session_for", "uses_aws",
 ]
 
@@ -79,7 +82,9 @@ def build_output_store(settings: Settings, aws: AwsSession | None = None) -> S3O
     )
 
 
-def build_job_store(settings: Settings, aws: AwsSession | None = None) -> DynamoJobStore:
+def build_job_store(settings: Settings, aws: AwsSession | None = None, *, api_only: bool = False) -> DynamoJobStore:
+    """`api_only`: for an API process (deploy/iam-policy-api.json has no s3:DeleteObject), which
+    leaves stale offloaded state to the bucket's lifecycle rule instead of deleting it."""
     from comfyd.backends.aws.dynamodb_store import DynamoJobStore
 
     return DynamoJobStore(
@@ -90,7 +95,17 @@ def build_job_store(settings: Settings, aws: AwsSession | None = None) -> Dynamo
         prefix=settings.s3_prefix,
         retry_attempts=settings.retry_attempts,
         retry_backoff_s=settings.retry_backoff_s,
+        delete_stale_state=not api_only,
     )
+
+
+def build_model_catalog(settings: Settings, aws: AwsSession | None = None) -> S3ModelCatalog:
+    """The shared model catalog (manifests beside the outputs, `{prefix}/_models/`)."""
+    from comfyd.backends.aws.model_catalog import S3ModelCatalog
+
+    return S3ModelCatalog(aws or session_for(settings), _required(settings, "s3_bucket", "the model catalog"),
+                          settings.s3_prefix, retry_attempts=settings.retry_attempts,
+                          retry_backoff_s=settings.retry_backoff_s)
 
 
 def build_queue(settings: Settings, aws: AwsSession | None = None, *, visibility_timeout_s: int = 60) -> SqsJobQueue:

@@ -11,9 +11,10 @@ invocations, so `EmfMetrics` prints the CloudWatch embedded metric format to std
 instead, and the Lambda handler calls `flush()` before returning; CloudWatch Logs turns those
 lines into metrics with no API call.
 
-Metric names used by comfyd: RequestLatency (Seconds), Errors (Count, dimension error_type),
-NodeExecutionTime (Seconds, dimension class_type), QueueDepth, JobsInFlight (Count), plus the
-GPU ones above.
+Metric names used by comfyd (docs/aws.md has the table): RequestLatency (Seconds), Errors (Count,
+dimension error_type: 5xx and job errors), ClientErrors (Count, dimension status: 4xx),
+JobsSubmitted, QueueWait (Seconds), JobDuration, JobsCompleted, NodeExecutionTime (Seconds,
+dimension class_type), QueueDepth, JobsInFlight (Count), plus the GPU ones above.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ TTL_ATTRIBUTE = "expires_at"
 INLINE_LIMIT = 32 * 1024
 ITEM_LIMIT = 400 * 1024
 _OFFLOAD_ATTRIBUTE = "_s3"  # map: field name -> S3 key of its JSON
+# A fresh random token every conditional write sets. When a write is retried (an answer lost, or
+# a 500 for a write DynamoDB applied) and the retry's condition fails, the item is read back: our
+# own token there means the first try took effect, so it is our success, not a conflict.
+_TOKEN_ATTRIBUTE = "_wt"
 _FIELDS = {f.name for f in dataclasses.fields(JobRecord)}
 # Never confirmed sent: no `enqueued_at`, or NULL (how None is stored).
 _UNSENT = "(attribute_not_exists(#enq) OR attribute_type(#enq, :null))"
@@ -113,6 +117,7 @@ class DynamoJobStore:
         retry_attempts: int = 3,
         retry_backoff_s: float = 1.0,
         inline_limit: int = INLINE_LIMIT,
+        delete_stale_state: bool = True,
     ) -> None:
         if not table:
             raise ValueError("COMFYD_JOBSTORE=dynamodb needs COMFYD_DYNAMODB_TABLE")
@@ -124,6 +129,9 @@ class DynamoJobStore:
         self.retry_attempts = retry_attempts
         self.retry_backoff_s = retry_backoff_s
         self.inline_limit = inline_limit
+        # False in API processes, whose IAM policy has no s3:DeleteObject: offloaded state a
+        # failed write or a delete leaves behind is removed by the bucket's lifecycle rule instead.
+        self.delete_stale_state = delete_stale_state
         self._ddb = aws.client("dynamodb")
         self._s3 = aws.client("s3") if bucket else None
 
@@ -165,6 +173,8 @@ class DynamoJobStore:
         return key
 
     def _discard(self, keys: list[str]) -> None:
+        if not self.delete_stale_state:
+            return
         for key in keys:
             try:
                 self._s3.delete_object(Bucket=self.bucket, Key=key)  # type: ignore[union-attr]
@@ -199,24 +209,52 @@ class DynamoJobStore:
         if values["expires_at"] is None:
             values["expires_at"] = job.created_at + self.ttl_s
         inline, offloaded = self._encode_fields(job.id, values)
-        item = {**inline, _OFFLOAD_ATTRIBUTE: {"M": {k: {"S": v} for k, v in offloaded.items()}}}
+        token = uuid.uuid4().hex
+        item = {**inline, _OFFLOAD_ATTRIBUTE: {"M": {k: {"S": v} for k, v in offloaded.items()}},
+                _TOKEN_ATTRIBUTE: {"S": token}}
         size = _item_size(item)
         if size > ITEM_LIMIT:
             self._discard(list(offloaded.values()))
             raise ItemTooLargeError(f"job {job.id}: item would be {size} bytes, over DynamoDB's 400 KB")
         now = time.time()
-        try:
-            # An expired item with the same id counts as absent (TTL deletion lags).
-            self._call("put_item", Item=item,
-                       ConditionExpression="attribute_not_exists(id) OR #ttl <= :now",
-                       ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
-                       ExpressionAttributeValues={":now": {"N": repr(now)}})
-        except ClientError as exc:
-            if _condition_failed(exc):
-                self._discard(list(offloaded.values()))
-                return False
-            raise
+        # An expired item with the same id counts as absent (TTL deletion lags).
+        reply = self._conditional_write(
+            "put_item", job.id, token, Item=item, ConditionExpression="attribute_not_exists(id) OR #ttl <= :now",
+            ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE}, ExpressionAttributeValues={":now": {"N": repr(now)}})
+        if reply is None:
+            self._discard(list(offloaded.values()))
+            return False
         return True
+
+    def _conditional_write(self, operation: str, job_id: str, token: str, **params: Any) -> dict[str, Any] | None:
+        """The reply of a conditional write, or None when its condition failed. A write that was
+        tried more than once (by botocore's retries or ours) and then failed its condition may
+        have been applied by an earlier try: the item is read back, and if it carries this
+        write's token the write is ours ({} is returned: the old values are unknown)."""
+        method = getattr(self._ddb, operation)
+        tries = 0
+
+        def call() -> dict[str, Any]:
+            nonlocal tries
+            tries += 1
+            return method(TableName=self.table, **params)
+
+        try:
+            return with_backoff(call, attempts=self.retry_attempts, base_s=self.retry_backoff_s,
+                                what=f"DynamoDB {operation} on {self.table}")
+        except ClientError as exc:
+            if not _condition_failed(exc):
+                raise
+            retried = tries > 1 or int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
+            if retried and self._token_of(job_id) == token:
+                log.info("job %s: %s was applied by an earlier try (answer lost); not a conflict", job_id, operation)
+                return {}
+            return None
+
+    def _token_of(self, job_id: str) -> str | None:
+        reply = self._call("get_item", Key={"id": {"S": job_id}}, ConsistentRead=True,
+                           ProjectionExpression="#t", ExpressionAttributeNames={"#t": _TOKEN_ATTRIBUTE})
+        return reply.get("Item", {}).get(_TOKEN_ATTRIBUTE, {}).get("S")
 
     def get(self, job_id: str) -> JobRecord | None:
         for _ in range(3):
@@ -257,9 +295,10 @@ class DynamoJobStore:
                 names: dict[str, str], values: dict[str, Any]) -> bool:
         inline, offloaded = self._encode_fields(job_id, fields)
         now = time.time()
-        names = {**names, "#ttl": TTL_ATTRIBUTE, "#s3": _OFFLOAD_ATTRIBUTE}
-        values = {**values, ":now": {"N": repr(now)}}
-        sets: list[str] = []
+        token = uuid.uuid4().hex
+        names = {**names, "#ttl": TTL_ATTRIBUTE, "#s3": _OFFLOAD_ATTRIBUTE, "#wt": _TOKEN_ATTRIBUTE}
+        values = {**values, ":now": {"N": repr(now)}, ":wt": {"S": token}}
+        sets: list[str] = ["#wt = :wt"]
         removes: list[str] = []
         for i, (name, attribute) in enumerate(inline.items()):
             names[f"#f{i}"] = name
@@ -272,17 +311,14 @@ class DynamoJobStore:
             sets.append(f"#s3.#o{i} = :o{i}")
             removes.append(f"#o{i}")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        try:
-            reply = self._call(
-                "update_item", Key={"id": {"S": job_id}}, UpdateExpression=expression,
-                ConditionExpression=f"({condition}) AND attribute_exists(id) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
-                ExpressionAttributeNames=names, ExpressionAttributeValues=values, ReturnValues="UPDATED_OLD",
-            )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                self._discard(list(offloaded.values()))
-                return False
-            raise
+        reply = self._conditional_write(
+            "update_item", job_id, token, Key={"id": {"S": job_id}}, UpdateExpression=expression,
+            ConditionExpression=f"({condition}) AND attribute_exists(id) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values, ReturnValues="UPDATED_OLD",
+        )
+        if reply is None:
+            self._discard(list(offloaded.values()))
+            return False
         # Offloaded values this write replaced are garbage now.
         old = reply.get("Attributes", {}).get(_OFFLOAD_ATTRIBUTE, {}).get("M", {})
         stale = [old[name]["S"] for name in fields if name in old]

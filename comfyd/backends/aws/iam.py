@@ -1,8 +1,13 @@
 """The least-privilege IAM policies of deploy/, filled in for one set of settings.
 
-deploy/iam-policy.json is what a running server or worker needs (exactly the calls of
-comfyd/backends/aws); deploy/iam-policy-init.json is what `comfyd aws init` needs once. Both
-hold placeholders (PARTITION, REGION, ACCOUNT, BUCKET, PREFIX, TABLE, QUEUE, TOPIC, NAMESPACE,
+One policy per role, each exactly the calls that role makes:
+- deploy/iam-policy.json: a process that runs jobs (`comfyd worker`, the Lambda job function,
+  `comfyd serve` with its local workers): outputs, job state, the queues' whole life cycle.
+- deploy/iam-policy-api.json: an API process that runs no jobs (`comfyd serve` in front of SQS,
+  the Lambda API function): no sqs:ReceiveMessage/DeleteMessage/ChangeMessageVisibility, no
+  s3:DeleteObject, no dead-letter queue.
+- deploy/iam-policy-init.json: what `comfyd aws init` needs once.
+All hold placeholders (PARTITION, REGION, ACCOUNT, BUCKET, PREFIX, TABLE, QUEUE, TOPIC, NAMESPACE,
 KMS_KEY_ID); `render_policy` replaces them and drops statements for parts that are not
 configured (no KMS key: no KMS statement).
 
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
     from comfyd.settings import Settings
 
 RUNTIME_POLICY = "iam-policy.json"
+API_POLICY = "iam-policy-api.json"
 INIT_POLICY = "iam-policy-init.json"
 _DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -78,4 +84,4 @@ def policy_actions(document: dict[str, Any]) -> set[str]:
     return actions
 
 
-__all__ = ["INIT_POLICY", "RUNTIME_POLICY", "load_policy", "policy_actions", "render_policy"]
+__all__ = ["API_POLICY", "INIT_POLICY", "RUNTIME_POLICY", "load_policy", "policy_actions", "render_policy"]

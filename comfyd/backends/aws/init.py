@@ -152,6 +152,7 @@ def ensure_topic(aws: AwsSession, topic: str) -> str:
 def aws_init(settings: Settings, aws: AwsSession | None = None) -> dict[str, Any]:
     """Create what the settings name; returns {resource: {name, state}} for printing."""
     aws = aws or AwsSession.from_settings(settings)
+    aws.verify_credentials()  # MissingCredentials: one line, not a traceback from the first call
     report: dict[str, Any] = {"region": aws.region}
     if settings.s3_bucket:
         report["bucket"] = {"name": settings.s3_bucket, "state": ensure_bucket(aws, settings.s3_bucket, settings.s3_kms_key_id)}

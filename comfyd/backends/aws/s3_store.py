@@ -13,11 +13,14 @@ OutputNotStoredError (retryable) while the spooled copy keeps waiting for S3: ne
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from comfyd.backends.aws.retry import is_transient, with_backoff
 from comfyd.backends.aws.session import AwsSession
 from comfyd.backends.aws.spool import Spool, SpoolEntry
-from comfyd.engine.errors import RetryableError
+from comfyd.engine.errors import OutputsPendingError
 from comfyd.engine.interfaces import StoredOutput
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,13 @@ MULTIPART_THRESHOLD = 16 * 1024**2
 MULTIPART_CHUNK = 8 * 1024**2
 
 
-class OutputNotStoredError(RetryableError):
+class OutputNotStoredError(OutputsPendingError):
     """S3 did not take an output in time; it waits in the local spool and will be uploaded."""
 
     def __init__(self, key: str, spool_path: Path, cause: BaseException) -> None:
         super().__init__(
             f"output {key} is not in S3 yet ({type(cause).__name__}: {cause}); it is kept at "
-            f"{spool_path} and uploaded when S3 answers again"
+            f"{spool_path} and uploaded when S3 answers again", [key],
         )
         self.key = key
         self.spool_path = spool_path
@@ -146,7 +149,108 @@ class S3OutputStore:
             # Waiting helps only for S3 being down, not for a missing bucket or a denied key.
             if not is_transient(exc) or not self.spool.wait_uploaded(path, self.store_wait_s):
                 raise OutputNotStoredError(key, path, exc) from exc
+        self._index_output(filename, key)
         return StoredOutput(key=key, url=self.url(key), size=len(data), content_type=content_type)
+
+    # --- across hosts: the output name index and shared inputs ---------------------------
+    # GET /view names an output by (subfolder/)filename only; an API host that did not run the
+    # job finds its key through a small pointer object `{prefix}/_by-name/{filename}`. Inputs are
+    # stored by content (`{prefix}/_inputs/sha256/{hex}{ext}`) with a pointer per uploaded name
+    # (`{prefix}/_inputs/names/{name}`); a job records the content keys it was validated with.
+    def _pointer_key(self, kind: str, name: str) -> str:
+        parts = [_check_segment("file name", segment) for segment in name.split("/")]
+        return "/".join([p for p in (self.prefix, kind) if p] + parts)
+
+    def _put_small(self, key: str, body: bytes, content_type: str) -> None:
+        args = self._extra_args(content_type, {})
+        with_backoff(lambda: self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, **args),
+                     attempts=self.retry_attempts, base_s=self.retry_backoff_s, what=f"put of {key}")
+
+    def _read_pointer(self, key: str) -> str | None:
+        try:
+            return self.get(key).decode()
+        except KeyError:
+            return None
+
+    def _index_output(self, filename: str, key: str) -> None:
+        try:
+            self._put_small(self._pointer_key("_by-name", filename), key.encode(), "text/plain")
+        except (ClientError, BotoCoreError, ValueError) as exc:  # /view on other hosts misses it; the job is fine
+            log.warning("could not index output %s by name: %s", key, exc)
+
+    def output_key_by_name(self, filename: str) -> str | None:
+        """The key of the latest output stored under this (subfolder/)filename, by any host."""
+        return self._read_pointer(self._pointer_key("_by-name", filename))
+
+    def put_input(self, name: str, data: bytes) -> str:
+        """Store an uploaded input by content and point `name` at it; the content key."""
+        suffix = Path(name).suffix.lower()
+        content_key = "/".join(p for p in (self.prefix, "_inputs", "sha256", hashlib.sha256(data).hexdigest() + suffix) if p)
+        self._put_small(content_key, data, "application/octet-stream")
+        self._put_small(self._pointer_key("_inputs/names", name), content_key.encode(), "text/plain")
+        return content_key
+
+    def input_key(self, name: str) -> str | None:
+        """The content key the input `name` was last uploaded as, by any host; None if never."""
+        try:
+            return self._read_pointer(self._pointer_key("_inputs/names", name))
+        except ValueError:  # not a name an upload could have made
+            return None
+
+    def fetch_input(self, content_key: str, dest: Path) -> None:
+        """Put the input's bytes at `dest` (atomically), unless the same content is there."""
+        digest = Path(content_key).stem
+        if dest.is_file() and hashlib.sha256(dest.read_bytes()).hexdigest() == digest:
+            return
+        data = self.get(content_key)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"input {content_key} does not match its checksum")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+    # --- outputs that wait in the spool -------------------------------------------------
+    def spool_put(
+        self, job_id: str, filename: str, data: bytes, content_type: str = "image/png",
+        metadata: dict[str, str] | None = None,
+    ) -> StoredOutput:
+        """Keep an output in the spool for the background upload, without trying S3 first or
+        waiting (S3 just refused another output of the same job)."""
+        key = self.key_for(job_id, filename)
+        meta = {_metadata_key(k): _metadata_value(v) for k, v in (metadata or {}).items()}
+        meta["job-id"] = _metadata_value(job_id)
+        entry = SpoolEntry(bucket=self.bucket, key=key, content_type=content_type, metadata=meta,
+                           extra_args=self._extra_args(content_type, meta))
+        self.spool.write(entry, data)
+        return StoredOutput(key=key, url=None, size=len(data), content_type=content_type)
+
+    def await_stored(self, keys: list[str], timeout: float) -> bool:
+        """True once every key is in S3: at once, or after this host's spool uploaded the ones
+        it holds (waiting up to `timeout`). False if a key is neither in S3 nor in this host's
+        spool (another host's spool, or lost): the job must render it again."""
+        deadline = time.monotonic() + timeout
+        for key in keys:
+            while not self._exists(key):
+                if self.spool.find(self.bucket, key) is None or time.monotonic() >= deadline:
+                    if self._exists(key):
+                        break  # uploaded between the two looks
+                    return False
+                self.spool.ensure_running()
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            relative = key.removeprefix(f"{self.prefix}/" if self.prefix else "").split("/", 1)
+            if len(relative) == 2:  # a spooled output was never indexed by name (GET /view)
+                self._index_output(relative[1], key)
+        return True
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+                return False
+            raise
 
     def _upload_entry(self, entry: SpoolEntry, data: bytes) -> None:
         if len(data) < MULTIPART_THRESHOLD:

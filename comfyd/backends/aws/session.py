@@ -28,7 +28,7 @@ import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
 if TYPE_CHECKING:
     from comfyd.settings import Settings
@@ -50,6 +50,16 @@ class InvalidRegion(ValueError):
 
 class AwsConfigError(ValueError):
     """An AWS backend was chosen but a setting it needs is missing or malformed."""
+
+
+class MissingCredentials(AwsConfigError):
+    """boto3's credential chain found nothing (no keys, profile, container or instance role)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "or run with an instance/container role" + (f" ({detail})" if detail else "")
+        )
 
 
 @cache
@@ -155,12 +165,17 @@ class AwsSession:
     def _assumed_role_session(self, base: boto3.Session, role_arn: str) -> boto3.Session:
         if not role_arn.startswith("arn:") or ":role/" not in role_arn:
             raise AwsConfigError(f"COMFYD_AWS_ROLE_ARN={role_arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+        if base.get_credentials() is None:
+            raise MissingCredentials(f"needed to assume {role_arn}")
         sts = base.client("sts", region_name=self.region, endpoint_url=endpoint_override("sts"), config=self._config("sts"))
 
         def fetch() -> dict[str, str]:
-            creds = sts.assume_role(
-                RoleArn=role_arn, RoleSessionName=role_session_name(), DurationSeconds=ASSUME_ROLE_DURATION_S
-            )["Credentials"]
+            try:
+                creds = sts.assume_role(
+                    RoleArn=role_arn, RoleSessionName=role_session_name(), DurationSeconds=ASSUME_ROLE_DURATION_S
+                )["Credentials"]
+            except NoCredentialsError:
+                raise MissingCredentials(f"needed to assume {role_arn}") from None
             return {
                 "access_key": creds["AccessKeyId"],
                 "secret_key": creds["SecretAccessKey"],
@@ -178,6 +193,17 @@ class AwsSession:
 
     def credentials(self) -> Any:
         return self.boto.get_credentials()
+
+    def verify_credentials(self) -> None:
+        """MissingCredentials when the chain resolves none: a one-line start-up error instead of a
+        NoCredentialsError traceback on the first call (or a worker retrying its receive forever)."""
+        if self.credentials() is None:
+            raise MissingCredentials()
+
+    def verify(self) -> None:
+        """Start-up checks of every edge that uses AWS: credentials, then the region."""
+        self.verify_credentials()
+        self.verify_region_enabled()
 
     # --- clients -----------------------------------------------------------------------
     def _config(self, service: str) -> Config:
