@@ -163,14 +163,15 @@ def build_services(settings: Settings) -> Services:
 
 
 def build_runtime(settings: Settings) -> JobRuntime:
-    """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
-    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it."""
+    """Node registry (all of comfyd.nodes, then the custom nodes the settings name: packs in
+    COMFYD_CUSTOM_NODES_DIRS and `comfyd.nodes` entry points), model manager, node cache and
+    executor; then the optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it."""
     import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
+    from comfyd.compat.loader import node_registry
     from comfyd.engine.cache import NodeCache
     from comfyd.engine.context import NodeEnvironment
     from comfyd.engine.executor import Executor
     from comfyd.engine.jobs import JobRuntime
-    from comfyd.engine.schema import REGISTRY
     from comfyd.engine.validate import ServiceLimits
     from comfyd.models.manager import ModelManager
     from comfyd.warmup import run_warmup
@@ -178,8 +179,9 @@ def build_runtime(settings: Settings) -> JobRuntime:
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
     env = NodeEnvironment(settings, models=ModelManager(settings))
+    registry = node_registry(settings, env)
     cache = NodeCache(max_bytes=settings.node_cache_bytes)
-    executor = Executor(REGISTRY, env, cache=cache, limits=ServiceLimits.from_settings(settings))
+    executor = Executor(registry, env, cache=cache, limits=ServiceLimits.from_settings(settings))
 
     def release(unload_models: bool, free_memory: bool) -> None:
         if free_memory or unload_models:
@@ -187,7 +189,7 @@ def build_runtime(settings: Settings) -> JobRuntime:
         if unload_models:
             env.models.free()
 
-    runtime = JobRuntime(registry=REGISTRY, env=env, executor=executor, release=release)
+    runtime = JobRuntime(registry=registry, env=env, executor=executor, release=release)
     run_warmup(runtime, settings)
     return runtime
 
