@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from comfyd.settings import Settings
+from tests.server.conftest import start_server as start_server  # the real-server fixture
 
 FIXTURES = Path(__file__).parent / "fixtures" / "custom_nodes"
 
