@@ -160,6 +160,7 @@ def main() -> int:
             print(f"#   missing requirements: {', '.join(report.missing_requirements)}")
         for what, n in counts.items():
             print(f"RESULT {report.name}.{what}={n}")
+        sys.stdout.flush()
         details[report.name] = {
             "error": report.error,
             "missing_requirements": report.missing_requirements,
