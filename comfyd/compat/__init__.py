@@ -17,10 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def unavailable_nodes() -> dict[str, str]:
-    """class_type -> why it cannot run in comfyd, for every custom-node class loaded so far."""
+def unavailable_nodes(settings: Any = None) -> dict[str, str]:
+    """class_type -> why it cannot run in comfyd, for every custom-node class loaded so far;
+    with `settings`, first load the custom nodes they name (what `comfyd check` needs)."""
+    from comfyd.compat.loader import node_registry
     from comfyd.compat.loader import unavailable_nodes as _unavailable
 
+    if settings is not None:
+        node_registry(settings)
     return _unavailable()
 
 

@@ -241,3 +241,9 @@ def test_entry_point_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert result.status == "success", result.error
     assert result.values["1"] == (15,) and result.outputs["1"] == {"value": [15]}
     assert next(r for r in reports() if r.name == "tiny").kind == "entry_point"
+
+
+def test_unavailable_nodes_loads_what_settings_name(settings: Settings) -> None:
+    """The entry point for `comfyd check`: settings in, {class: reason} out."""
+    missing = unavailable_nodes(settings)
+    assert "ModelPatcher" in missing["TestModelTweak"] and "TestImageBrighten" not in missing
