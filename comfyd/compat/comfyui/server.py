@@ -28,6 +28,9 @@ class BinaryEventTypes(IntEnum):
 class _Routes:
     """aiohttp's RouteTableDef surface; every route is remembered and left unserved."""
 
+    # aiohttp's "no more routes may be added": packs that check it skip their static routes.
+    frozen = True
+
     def __init__(self) -> None:
         self.declared: list[tuple[str, str]] = []
 
