@@ -30,7 +30,7 @@ import torch
 SMOKE_TIMEOUT_S = 30
 
 
-class _Timeout(Exception):
+class _Timeout(BaseException):  # not swallowed by a pack's `except Exception`
     pass
 
 

@@ -123,7 +123,7 @@ def _combo_source(
         try:
             kind, opts = _declaration(read()[section][name])
             if isinstance(kind, list | tuple):
-                return [str(c) if not isinstance(c, str) else c for c in kind]
+                return list(kind)  # as declared: ComfyUI compares choices as they are (ints stay ints)
             if kind == "COMBO":
                 return list(opts.get("options", []))
         except Exception:
@@ -143,10 +143,7 @@ def input_specs(
             kind, opts = _declaration(decl)
             validator = (lambda env, value: None) if name in self_checked else None
             if isinstance(kind, list | tuple) or kind == "COMBO":
-                static = [
-                    c if isinstance(c, str) else str(c)
-                    for c in (kind if kind != "COMBO" else opts.get("options", []))
-                ]
+                static = list(kind if kind != "COMBO" else opts.get("options", []))
                 specs.append(
                     InputSpec(
                         name,
