@@ -26,6 +26,9 @@ PROVIDED = {
     "comfy": "comfyd.compat.comfyui.comfy",
     "comfy.utils": "comfyd.compat.comfyui.comfy.utils",
     "comfy.model_management": "comfyd.compat.comfyui.comfy.model_management",
+    "comfy.cli_args": "comfyd.compat.comfyui.comfy.cli_args",
+    "comfy.comfy_types": "comfyd.compat.comfyui.comfy.comfy_types",
+    "comfy.comfy_types.node_typing": "comfyd.compat.comfyui.comfy.comfy_types.node_typing",
     "node_helpers": "comfyd.compat.comfyui.node_helpers",
     "nodes": "comfyd.compat.comfyui.nodes",
     "server": "comfyd.compat.comfyui.server",
@@ -141,8 +144,8 @@ def install() -> None:
             if name not in sys.modules:
                 sys.modules[name] = importlib.import_module(target)
         comfy = sys.modules["comfy"]
-        for sub in ("utils", "model_management"):
-            if not hasattr(comfy, sub):
+        for sub in ("utils", "model_management", "cli_args", "comfy_types"):
+            if sub not in vars(comfy):
                 setattr(comfy, sub, sys.modules[f"comfy.{sub}"])
         sys.meta_path.insert(0, _FINDER)
         _installed = True

@@ -224,10 +224,11 @@ def _register_comfyui_nodes(
         if not isinstance(pack_cls, type):
             report.skipped[class_type] = "its NODE_CLASS_MAPPINGS entry is not a class"
             continue
-        if hasattr(pack_cls, "define_schema") and not hasattr(pack_cls, "INPUT_TYPES"):
-            report.skipped[class_type] = (
-                "a V3 schema node (comfy_api io.ComfyNode), which comfyd does not load yet"
-            )
+        missing_base = next((b for b in pack_cls.__mro__[1:] if aliases.is_missing(b)), None)
+        if missing_base is not None or (hasattr(pack_cls, "define_schema") and "INPUT_TYPES" not in dir(pack_cls)):
+            base = getattr(missing_base, "_qualname", "comfy_api io.ComfyNode")
+            kind = "a V3 schema node" if "comfy_api" in base else "a node"
+            report.skipped[class_type] = f"{kind} subclassing {base}, which comfyd does not provide yet"
             continue
         try:
             declared = pack_cls.INPUT_TYPES()

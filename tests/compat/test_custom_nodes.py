@@ -69,6 +69,7 @@ def test_unavailable_nodes_have_reasons_in_object_info(settings: Settings) -> No
     missing = unavailable_nodes()
     assert "MODEL" in missing["TestModelTweak"] and "ModelPatcher" in missing["TestModelTweak"]
     assert "comfy.sd" in missing["TestCheckpointPeek"]
+    assert "V3 schema node" in missing["TestV3"] and "TestV3" not in registry
     info = registry.object_info(None)
     assert info["TestModelTweak"]["comfyd_unavailable"] == missing["TestModelTweak"]
     assert "comfyd_unavailable" not in info["TestImageBrighten"]
@@ -83,6 +84,7 @@ def test_unavailable_nodes_have_reasons_in_object_info(settings: Settings) -> No
     assert info["TestShowText"]["output_node"] is True
     assert info["TestSplitWords"]["output_is_list"] == [True]
     assert info["TestMaskFromImage"]["output_name"] == ["mask", "preview"]
+    assert info["TestAnyPassthrough"]["input"]["required"]["value"] == ["*", {}]  # comfy_types.IO
 
 
 def test_validation_uses_validate_inputs_and_refuses_unavailable(settings: Settings) -> None:

@@ -107,6 +107,23 @@ def _core_node_class(class_type: str) -> type | None:
 
 
 _made: dict[str, type] = {}
+# Names ComfyUI's `nodes` module has (core node classes and helpers): a name comfyd lacks among
+# these is a placeholder; any other name is an AttributeError, so `hasattr(nodes, ...)` checks
+# (packs keeping registries on the module) see the truth.
+COMFYUI_NAMES = frozenset(
+    "CLIPLoader CLIPSetLastLayer CLIPTextEncode CLIPVisionEncode CLIPVisionLoader CheckpointLoader "
+    "CheckpointLoaderSimple ConditioningAverage ConditioningCombine ConditioningConcat ConditioningSetArea "
+    "ConditioningSetAreaPercentage ConditioningSetAreaStrength ConditioningSetMask ConditioningSetTimestepRange "
+    "ConditioningZeroOut ControlNetApply ControlNetApplyAdvanced ControlNetLoader DiffControlNetLoader "
+    "DiffusersLoader DualCLIPLoader EXTENSION_WEB_DIRS EmptyImage EmptyLatentImage GLIGENLoader "
+    "GLIGENTextBoxApply ImageBatch ImageInvert ImagePadForOutpaint ImageScale ImageScaleBy "
+    "InpaintModelConditioning KSampler KSamplerAdvanced LOADED_MODULE_DIRS LatentBlend LatentComposite "
+    "LatentCrop LatentFlip LatentFromBatch LatentRotate LatentUpscale LatentUpscaleBy LoadImage LoadImageMask "
+    "LoadImageOutput LoadLatent LoraLoader LoraLoaderModelOnly PreviewImage RepeatLatentBatch SaveImage "
+    "SaveLatent SetLatentNoiseMask StyleModelApply StyleModelLoader UNETLoader VAEDecode VAEDecodeTiled "
+    "VAEEncode VAEEncodeForInpaint VAEEncodeTiled VAELoader before_node_execution common_ksampler "
+    "get_module_name interrupt_processing load_custom_node unCLIPCheckpointLoader unCLIPConditioning".split()
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -124,8 +141,8 @@ def __getattr__(name: str) -> Any:
         }
     cls = _lookup(name)
     if cls is None:
-        if name.startswith("__"):
-            raise AttributeError(name)
+        if name not in COMFYUI_NAMES:
+            raise AttributeError(f"module 'nodes' has no attribute {name!r}")
         from comfyd.compat.aliases import missing
 
         return missing(f"nodes.{name}")  # a core node (or helper) comfyd does not have
