@@ -50,6 +50,13 @@ def get_torch_device() -> torch.device:
     return torch.device("cpu")
 
 
+def get_torch_device_name(device: Any) -> str:
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda":
+        return f"{device} {torch.cuda.get_device_name(device)}"
+    return str(device.type)
+
+
 vram_state = VRAMState.NORMAL_VRAM if torch.cuda.is_available() else VRAMState.DISABLED
 cpu_state = CPUState.GPU if torch.cuda.is_available() else CPUState.CPU
 
