@@ -80,9 +80,17 @@ def unavailable_nodes() -> dict[str, str]:
     return out
 
 
-def web_directories() -> dict[str, Path]:
-    """Pack name -> its WEB_DIRECTORY (served as static files under /extensions/<name>/)."""
-    return {r.name: Path(r.web_directory) for r in _reports.values() if r.loaded and r.web_directory}
+def web_directories(settings: Any = None) -> dict[str, Path]:
+    """Pack name -> its WEB_DIRECTORY (served as static files under /extensions/<name>/), for
+    the packs loaded from the folders `settings` names (every loaded pack without settings)."""
+    folders = None
+    if settings is not None:
+        folders = {Path(d).resolve() for d in getattr(settings, "custom_nodes_dirs", []) or []}
+    return {
+        r.name: Path(r.web_directory)
+        for r in _reports.values()
+        if r.loaded and r.web_directory and (folders is None or Path(r.path).parent.resolve() in folders)
+    }
 
 
 def load_custom_nodes(settings: Any, registry: NodeRegistry, env: Any = None) -> list[PackReport]:

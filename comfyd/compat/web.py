@@ -4,25 +4,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from comfyd.compat.loader import web_directories
 from comfyd.safepath import safe_join
 
 
-def extension_scripts() -> list[str]:
-    """URLs of every `.js` file in the loaded packs' web folders, sorted."""
+def extension_scripts(settings: Any) -> list[str]:
+    """URLs of every `.js` file in the web folders of the packs `settings` load, sorted."""
     urls: list[str] = []
-    for pack, folder in sorted(web_directories().items()):
+    for pack, folder in sorted(web_directories(settings).items()):
         for path in sorted(folder.rglob("*.js")):
             if path.is_file():
                 urls.append(f"/extensions/{pack}/{path.relative_to(folder).as_posix()}")
     return urls
 
 
-def extension_file(pack: str, path: str) -> Path | None:
+def extension_file(settings: Any, pack: str, path: str) -> Path | None:
     """The file `path` of pack `pack`'s web folder, or None; UnsafePathError for a path that
     would leave the folder."""
-    folder = web_directories().get(pack)
+    folder = web_directories(settings).get(pack)
     if folder is None:
         return None
     file = safe_join(folder, path)

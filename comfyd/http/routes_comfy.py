@@ -442,20 +442,20 @@ async def get_embeddings(request: Request) -> list[str]:
 
 
 @router.get("/extensions")
-async def get_extensions() -> list[str]:
+async def get_extensions(request: Request) -> list[str]:
     """The front-end scripts of loaded custom-node packs (their WEB_DIRECTORY), as ComfyUI lists them."""
     from comfyd.compat.web import extension_scripts
 
-    return await run_in_threadpool(extension_scripts)
+    return await run_in_threadpool(extension_scripts, get_state(request).settings)
 
 
 @router.get("/extensions/{pack}/{path:path}")
-async def get_extension_file(pack: str, path: str) -> Response:
+async def get_extension_file(request: Request, pack: str, path: str) -> Response:
     """A file of a pack's WEB_DIRECTORY: served as a static file, never executed by comfyd."""
     from comfyd.compat.web import extension_file
 
     try:
-        file = await run_in_threadpool(extension_file, pack, path)
+        file = await run_in_threadpool(extension_file, get_state(request).settings, pack, path)
     except UnsafePathError as exc:
         raise bad_request(str(exc)) from None
     if file is None:
