@@ -147,7 +147,9 @@ def install() -> None:
         for sub in ("utils", "model_management", "cli_args", "comfy_types"):
             if sub not in vars(comfy):
                 setattr(comfy, sub, sys.modules[f"comfy.{sub}"])
-        sys.meta_path.insert(0, _FINDER)
+        # Last: a real module of the same name (installed, or a pack's own) always wins; only
+        # names nothing else can import become placeholders.
+        sys.meta_path.append(_FINDER)
         _installed = True
 
 
