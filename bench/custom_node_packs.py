@@ -10,6 +10,9 @@ or first choice); optional link inputs are left out, a node needing another link
 counted as not smoke-testable. "Ran" means the node returned its declared outputs without an
 exception within the time limit; it says nothing about whether the values are right.
 Prints `RESULT <pack>.<what>=<n>` lines, and `RESULT total.<what>=<n>`.
+
+Run it from a scratch directory: some pack nodes write to paths relative to the working
+directory (WAS writes `./ComfyUI/output/...`), whatever comfyd's folders say.
 """
 
 from __future__ import annotations
