@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Custom nodes are code: which packs loaded (and which did not) is always shown.
+    logging.getLogger("comfyd.custom_nodes").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -121,18 +121,18 @@ class LocalRunner:
     def __init__(self, settings: Settings | None = None) -> None:
         # Heavy imports happen here, not at module import, so `comfyd --help` stays fast.
         import comfyd.nodes  # noqa: F401  (registers every node)
+        from comfyd.compat.loader import node_registry
         from comfyd.engine.cache import NodeCache
         from comfyd.engine.context import NodeEnvironment
         from comfyd.engine.executor import Executor
-        from comfyd.engine.schema import REGISTRY
         from comfyd.models.manager import ModelManager
         from comfyd.models.threads import configure_cpu_threads
 
         self.settings = settings or Settings()
         configure_cpu_threads(self.settings, concurrent_jobs=1)
         self.env = NodeEnvironment(self.settings, models=ModelManager(self.settings))
-        self.registry = REGISTRY
-        self.executor = Executor(REGISTRY, self.env, cache=NodeCache(max_bytes=self.settings.node_cache_bytes))
+        self.registry = node_registry(self.settings, self.env)  # built-in nodes + custom nodes
+        self.executor = Executor(self.registry, self.env, cache=NodeCache(max_bytes=self.settings.node_cache_bytes))
 
     def __enter__(self) -> LocalRunner:
         return self

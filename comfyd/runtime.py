@@ -171,17 +171,18 @@ def build_services(settings: Settings, *, api_only: bool = False) -> Services:
 
 
 def build_runtime(settings: Settings, catalog: Any = None, *, isolated_child: bool = False) -> JobRuntime:
-    """Node registry (all of comfyd.nodes), model manager, node cache and executor; then the
-    optional warm-up workflow (comfyd.warmup), so /health-check says READY only after it.
-    `catalog`: a shared model catalog whose names the model lists include (API hosts).
-    With `isolation=process` the executor is an IsolatedExecutor: workflows (and the warm-up)
-    run in a child process that builds this same runtime with `isolated_child=True`."""
+    """Node registry (all of comfyd.nodes, then the custom nodes the settings name: packs in
+    COMFYD_CUSTOM_NODES_DIRS and `comfyd.nodes` entry points), model manager, node cache and
+    executor; then the optional warm-up workflow (comfyd.warmup), so /health-check says READY
+    only after it. `catalog`: a shared model catalog whose names the model lists include (API
+    hosts). With `isolation=process` the executor is an IsolatedExecutor: workflows (and the
+    warm-up) run in a child process that builds this same runtime with `isolated_child=True`."""
     import comfyd.nodes  # noqa: F401  (registers every node; imports torch)
+    from comfyd.compat.loader import node_registry
     from comfyd.engine.cache import NodeCache
     from comfyd.engine.context import NodeEnvironment
     from comfyd.engine.executor import Executor
     from comfyd.engine.jobs import JobRuntime
-    from comfyd.engine.schema import REGISTRY
     from comfyd.engine.validate import ServiceLimits
     from comfyd.models.manager import ModelManager
     from comfyd.models.threads import configure_cpu_threads
@@ -193,8 +194,9 @@ def build_runtime(settings: Settings, catalog: Any = None, *, isolated_child: bo
     for directory in (settings.output_dir, settings.input_dir, settings.temp_dir):
         Path(directory).mkdir(parents=True, exist_ok=True)
     env = NodeEnvironment(settings, models=ModelManager(settings, catalog=catalog))
+    registry = node_registry(settings, env)
     cache = NodeCache(max_bytes=settings.node_cache_bytes)
-    executor = Executor(REGISTRY, env, cache=cache, limits=ServiceLimits.from_settings(settings))
+    executor = Executor(registry, env, cache=cache, limits=ServiceLimits.from_settings(settings))
 
     def release(unload_models: bool, free_memory: bool) -> None:
         if free_memory or unload_models:
@@ -207,8 +209,8 @@ def build_runtime(settings: Settings, catalog: Any = None, *, isolated_child: bo
 
         isolated = IsolatedExecutor(settings, kill_grace_s=settings.isolation_kill_grace_s)
         isolated.start()  # the child loads its models and runs the warm-up now, before READY
-        return JobRuntime(registry=REGISTRY, env=env, executor=isolated, release=isolated.free)
-    runtime = JobRuntime(registry=REGISTRY, env=env, executor=executor, release=release)
+        return JobRuntime(registry=registry, env=env, executor=isolated, release=isolated.free)
+    runtime = JobRuntime(registry=registry, env=env, executor=executor, release=release)
     run_warmup(runtime, settings)
     return runtime
 

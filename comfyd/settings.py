@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     # A workflow file run once at start (comfyd.warmup) before /health-check reports READY.
     warmup_workflow: Path | None = None
 
+    # --- custom nodes (code: opt-in; nothing is ever installed) ----------------------------
+    # Folders whose entries are ComfyUI node packs or comfyd plugins (ComfyUI's custom_nodes/).
+    custom_nodes_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Load plugins that installed distributions declare in the `comfyd.nodes` entry-point group.
+    load_plugins: bool = True
+
     # --- jobs and queue ------------------------------------------------------------------
     max_concurrent_jobs: int = Field(3, ge=1, le=64)
     queue_max_depth: int = Field(100, ge=1)
@@ -165,8 +171,8 @@ class Settings(BaseSettings):
     aws_role_arn: str | None = None
     aws_region: str | None = None
 
-    @field_validator("api_keys", "cors_origins", "extra_model_dirs", "webhook_allowed_hosts", "allowed_hosts",
-                     mode="before")
+    @field_validator("api_keys", "cors_origins", "extra_model_dirs", "custom_nodes_dirs", "webhook_allowed_hosts",
+                     "allowed_hosts", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         # COMFYD_API_KEYS=a,b is friendlier than JSON in an environment variable.

@@ -24,6 +24,8 @@ WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 ChoiceSource = Callable[["NodeEnvironment"], list[str]]
 # Checks one literal value; returns None when valid, else the reason it is not.
 InputValidator = Callable[["NodeEnvironment | None", Any], "str | None"]
+# Checks a node's literal inputs together (ComfyUI's VALIDATE_INPUTS); None when valid.
+NodeValidator = Callable[["NodeEnvironment | None", dict[str, Any]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class NodeSchema:
     output_node: bool = False
     # Inputs ComfyUI passes implicitly: PROMPT (the API prompt), EXTRA_PNGINFO, UNIQUE_ID.
     hidden: tuple[str, ...] = ()
+    # Whole-node check after the per-input ones (custom nodes' VALIDATE_INPUTS); its reason is
+    # reported as `custom_validation_failed`.
+    check: NodeValidator | None = None
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -243,6 +248,13 @@ class NodeRegistry:
 
     def object_info(self, env: NodeEnvironment | None = None) -> dict[str, Any]:
         return {name: cls.schema.object_info(env) for name, cls in self.items()}
+
+    def copy(self) -> NodeRegistry:
+        """A registry holding the same nodes, to extend without touching this one (custom nodes
+        are added to a runtime's copy, never to the global registry)."""
+        other = NodeRegistry()
+        other._nodes = dict(self._nodes)
+        return other
 
 
 REGISTRY = NodeRegistry()

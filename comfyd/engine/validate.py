@@ -404,6 +404,19 @@ class _InputChecker:
                         spec.name,
                     )
                 )
+        node_check = self.schemas[node_id].check
+        if node_check is not None:
+            literals = {k: v for k, v in converted.items() if not isinstance(v, Link)}
+            name = next(iter(literals), "")
+            try:
+                reason = node_check(self.env, literals)
+            except Exception as exc:
+                errors.append(_exception_error(name, exc))
+            else:
+                if reason is not None:
+                    errors.append(
+                        _error("custom_validation_failed", "Custom validation failed for node", f"{name} - {reason}", name)
+                    )
         return errors
 
     def _value_error(self, spec: InputSpec, value: Any, error_type: str, what: str) -> dict[str, Any]:

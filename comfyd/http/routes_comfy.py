@@ -425,8 +425,28 @@ async def get_embeddings(request: Request) -> list[str]:
 
 
 @router.get("/extensions")
-async def get_extensions() -> list[str]:
-    return []  # comfyd serves no frontend extensions
+async def get_extensions(request: Request) -> list[str]:
+    """The front-end scripts of loaded custom-node packs (their WEB_DIRECTORY), as ComfyUI lists them."""
+    from comfyd.compat.web import extension_scripts
+
+    return await run_in_threadpool(extension_scripts, get_state(request).settings)
+
+
+@router.get("/extensions/{pack}/{path:path}")
+async def get_extension_file(request: Request, pack: str, path: str) -> Response:
+    """A file of a pack's WEB_DIRECTORY: served as a static file, never executed by comfyd."""
+    from comfyd.compat.web import extension_file
+
+    try:
+        file = await run_in_threadpool(extension_file, get_state(request).settings, pack, path)
+    except UnsafePathError as exc:
+        raise bad_request(str(exc)) from None
+    if file is None:
+        raise not_found(f"no extension file {pack}/{path}")
+    media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    if file.suffix == ".js":
+        media_type = "application/javascript"
+    return FileResponse(file, media_type=media_type)
 
 
 def _memory() -> tuple[int, int]:
