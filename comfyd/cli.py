@@ -290,7 +290,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     from comfyd.models.tiny import make_tiny
 
-    written = make_tiny(Path(args.dir))
+    try:
+        written = make_tiny(Path(args.dir), family=args.family)
+    except ValueError as exc:  # an unknown family: the message lists the registered ones
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     print("These are random weights: images from them are noise. They exist for tests and the demo.")
@@ -431,8 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=cmd_submit)
 
     models = sub.add_parser("models", help="model files").add_subparsers(dest="models_command", required=True)
-    tiny = models.add_parser("make-tiny", help="write tiny random-weight SD1 checkpoints (tests, demo)")
+    tiny = models.add_parser("make-tiny", help="write tiny random-weight checkpoints (tests, demo)")
     tiny.add_argument("dir", help="models folder (checkpoints/ is created inside)")
+    # No choices= list: building it would import the families (and torch) for every command.
+    tiny.add_argument("--family", default="sd1", help="model family: a module of comfyd/models/families/ (default sd1)")
     tiny.set_defaults(func=cmd_models_make_tiny)
     listing = models.add_parser("list", help="list model files")
     listing.add_argument("--models-dir", help=_HELP_MODELS)

@@ -41,8 +41,10 @@ from comfyd.http.ratelimit import RateLimiter
 from comfyd.http.routes_check import router as check_router
 from comfyd.http.routes_comfy import router as comfy_router
 from comfyd.http.routes_comfy import ws_router
+from comfyd.http.routes_files import router as files_router
+from comfyd.http.routes_health import public_router
+from comfyd.http.routes_health import router as health_router
 from comfyd.http.routes_jobs_api import router as jobs_api_router
-from comfyd.http.routes_predictions import public_router
 from comfyd.http.routes_predictions import router as predictions_router
 from comfyd.http.state import AppState
 from comfyd.http.v2 import install_v2
@@ -129,10 +131,12 @@ def create_app(settings: Settings, services: Services | None = None, *, workers:
     )
     app.include_router(public_router)
     app.include_router(predictions_router)
+    app.include_router(health_router)
     install_v2(app, state)  # Comfy API v2 under /api/v2, before the ComfyUI routes under /api
     app.include_router(check_router)
     for prefix in ("", "/api"):
         app.include_router(comfy_router, prefix=prefix)
+        app.include_router(files_router, prefix=prefix)
         app.include_router(ws_router, prefix=prefix)
         app.include_router(jobs_api_router, prefix=prefix)
     return app

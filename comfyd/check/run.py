@@ -35,9 +35,11 @@ def check_workflow(body: dict[str, Any], settings: Any, *, registry: Any = None,
     `NODE.INPUT=VALUE` overrides applied to the API prompt (after converting a UI graph)."""
     if registry is None:
         import comfyd.nodes  # noqa: F401  (registers comfyd's nodes)
-        from comfyd.engine.schema import REGISTRY
+        from comfyd.compat.loader import node_registry
 
-        registry = REGISTRY
+        # comfyd's nodes plus the custom nodes the settings name: a pack's node is known (and one
+        # it cannot run is reported with its reason by validation), as a server would see it.
+        registry = node_registry(settings)
     report = CheckReport(ok=False, format=fmt or detect_format(body))
     layouts = registry_layouts(registry)
     ui = body if is_ui_workflow(body) else body.get("prompt") if is_ui_workflow(body.get("prompt")) else None

@@ -6,21 +6,15 @@ them need an API key when keys are configured; POST /prompt and uploads are rate
 
 from __future__ import annotations
 
-import io
-import json
 import mimetypes
 import os
 import platform
-import re
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from comfyd.engine.interfaces import JobRecord, JobStatus
 from comfyd.engine.job_views import history_entry, in_history, queue_entry
@@ -34,16 +28,10 @@ from comfyd.http.request_models import (
     InterruptBody,
     PromptBody,
     QueueBody,
-    UploadForm,
     json_body,
-    multipart_body,
 )
-from comfyd.http.shared_files import fetch_shared_input, share_upload, shared_output
 from comfyd.http.state import AppState, get_state, json_object
-from comfyd.http.uploads import check_image, looks_like_image, store_upload, unsafe_path_error
-from comfyd.safepath import UnsafePathError, safe_filename, safe_join
-
-FILE_TYPES = ("output", "input", "temp")
+from comfyd.safepath import UnsafePathError
 
 
 def require_key(request: Request) -> str:
@@ -54,13 +42,6 @@ def require_key(request: Request) -> str:
 
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
-
-
-def _file_dir(state: AppState, file_type: str) -> Path:
-    if file_type not in FILE_TYPES:
-        raise bad_request(f"type must be one of {', '.join(FILE_TYPES)}; got {file_type!r}", {"location": "type"})
-    settings = state.settings
-    return Path({"output": settings.output_dir, "input": settings.input_dir, "temp": settings.temp_dir}[file_type])
 
 
 # ---- prompts and queue ----------------------------------------------------------------------
@@ -222,154 +203,6 @@ async def post_history(request: Request) -> Response:
 
     await run_in_threadpool(apply)
     return Response(status_code=200)
-
-
-# ---- files ------------------------------------------------------------------------------------
-
-
-@router.get("/view")
-async def get_view(
-    request: Request,
-    filename: str | None = Query(None),
-    subfolder: str = Query(""),
-    type: str = Query("output"),
-) -> Response:
-    if not filename:
-        raise bad_request("query parameter 'filename' is required", {"location": "filename"})
-    state = get_state(request)
-    base = _file_dir(state, type)
-    try:
-        path = safe_join(base, subfolder, filename)
-    except UnsafePathError as exc:
-        raise unsafe_path_error(exc, "subfolder/filename") from None
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    if not path.is_file() and type == "output":  # stored by a worker on another host
-        data = await run_in_threadpool(shared_output, state, subfolder, filename)
-        if data is not None:
-            return Response(data, media_type=media_type,
-                            headers={"Content-Disposition": f'filename="{path.name}"'})
-    elif not path.is_file() and type == "input":  # uploaded through another host
-        await run_in_threadpool(fetch_shared_input, state, subfolder, filename, path)
-    if not path.is_file():
-        raise not_found(f"no {type} file {filename!r} in subfolder {subfolder!r}")
-    return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
-
-
-@dataclass
-class _Upload:
-    data: bytes
-    filename: str
-    directory: Path
-    file_type: str
-    subfolder: str
-    overwrite: bool
-    original_ref: str | None
-
-
-async def _read_upload(request: Request, state: AppState, *, images_only: bool) -> _Upload:
-    """The multipart body shared by /upload/image and /upload/mask, checked for safe paths."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise ApiError(415, "UnsupportedMediaType", "upload as multipart/form-data with a file field 'image'")
-    async with request.form(max_files=1, max_fields=16) as form:
-        image = form.get("image")
-        if not isinstance(image, UploadFile):
-            raise bad_request("multipart field 'image' (a file) is required", {"location": "image"})
-        file_type = str(form.get("type") or "input")
-        subfolder = str(form.get("subfolder") or "")
-        overwrite = str(form.get("overwrite") or "").lower() in ("true", "1", "yes")
-        original_ref = form.get("original_ref")
-        try:
-            filename = safe_filename(image.filename or "")
-        except UnsafePathError as exc:
-            raise unsafe_path_error(exc, "image filename") from None
-        data = await image.read()
-    base = _file_dir(state, file_type)
-    try:
-        directory = safe_join(base, subfolder)
-    except UnsafePathError as exc:
-        raise unsafe_path_error(exc, "subfolder") from None
-    if images_only or looks_like_image(data, filename):  # ComfyUI stores other files as they are
-        await run_in_threadpool(check_image, data, state.settings.max_image_pixels, filename,
-                                state.settings.max_image_frame_pixels)
-    ref = original_ref if isinstance(original_ref, str) else None
-    return _Upload(data, filename, directory, file_type, subfolder, overwrite, ref)
-
-
-@router.post("/upload/image", openapi_extra=multipart_body(UploadForm))
-async def upload_image(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
-    state = get_state(request)
-    state.check_rate(principal)
-    upload = await _read_upload(request, state, images_only=False)
-    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, upload.data, upload.overwrite)
-    await run_in_threadpool(share_upload, state, upload.file_type, upload.subfolder, name, upload.data)
-    return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
-
-
-_ANNOTATED = re.compile(r"^(?P<name>.*) \[(?P<type>input|output|temp)\]$")
-
-
-def _original_path(state: AppState, original_ref: str | None) -> Path:
-    """The image a mask applies to: `original_ref` is JSON {filename, subfolder?, type?}, and
-    the filename may carry ComfyUI's " [output]"-style annotation (which then names the folder)."""
-    if original_ref is None:
-        raise bad_request("multipart field 'original_ref' (JSON: filename, subfolder, type) is required",
-                          {"location": "original_ref"})
-    try:
-        ref = json.loads(original_ref)
-    except ValueError as exc:
-        raise bad_request(f"original_ref is not JSON: {exc}", {"location": "original_ref"}) from None
-    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
-        raise bad_request("original_ref must be a JSON object with a 'filename'", {"location": "original_ref"})
-    filename, file_type = ref["filename"], str(ref.get("type") or "output")
-    match = _ANNOTATED.match(filename)
-    if match:
-        filename, file_type = match["name"], match["type"]
-    try:
-        directory = safe_join(_file_dir(state, file_type), str(ref.get("subfolder") or ""))
-        path = safe_join(directory, safe_filename(filename))
-    except UnsafePathError as exc:
-        raise unsafe_path_error(exc, "original_ref") from None
-    if not path.is_file() and file_type == "input":  # uploaded through another host
-        fetch_shared_input(state, str(ref.get("subfolder") or ""), safe_filename(filename), path)
-    if not path.is_file():
-        raise not_found(f"original_ref: no image {filename!r} in the {file_type} folder")
-    return path
-
-
-def _apply_mask(original: Path, mask_data: bytes) -> bytes:
-    """The original image with the mask's alpha channel, its PNG text chunks kept (as ComfyUI)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    with Image.open(original) as source, Image.open(io.BytesIO(mask_data)) as mask:
-        metadata = PngInfo()
-        for key, value in getattr(source, "text", {}).items():
-            metadata.add_text(key, value)
-        composed = source.convert("RGBA")
-        alpha = mask.convert("RGBA").getchannel("A")
-        if alpha.size != composed.size:
-            raise bad_request(
-                f"mask is {alpha.size[0]}x{alpha.size[1]} but the original image is "
-                f"{composed.size[0]}x{composed.size[1]}", {"location": "image"},
-            )
-        composed.putalpha(alpha)
-        out = io.BytesIO()
-        composed.save(out, format="PNG", compress_level=4, pnginfo=metadata)
-        return out.getvalue()
-
-
-@router.post("/upload/mask", openapi_extra=multipart_body(UploadForm))
-async def upload_mask(request: Request, principal: str = Depends(require_key)) -> dict[str, Any]:
-    """ComfyUI's mask editor: store the original image with the uploaded mask's alpha."""
-    state = get_state(request)
-    state.check_rate(principal)
-    upload = await _read_upload(request, state, images_only=True)
-    original = await run_in_threadpool(_original_path, state, upload.original_ref)
-    composed = await run_in_threadpool(_apply_mask, original, upload.data)
-    name = await run_in_threadpool(store_upload, upload.directory, upload.filename, composed, upload.overwrite)
-    await run_in_threadpool(share_upload, state, upload.file_type, upload.subfolder, name, composed)
-    return {"name": name, "subfolder": upload.subfolder, "type": upload.file_type}
 
 
 # ---- nodes, models, system --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Replicate Cog's prediction API, comfyd's /v1 endpoints, /health-check and /metrics.
+"""Replicate Cog's prediction API and comfyd's /v1 endpoints (health and metrics: routes_health).
 
 Predictions are synchronous by default: the answer waits up to `sync_wait_s` for the job to end
 (200 with the final prediction), then answers 202 with the prediction as it is (poll GET
@@ -18,7 +18,6 @@ from typing import Any, Literal
 from urllib.parse import unquote_to_bytes, urlparse
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -40,7 +39,6 @@ from comfyd.http.state import (
 )
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
-public_router = APIRouter()  # no key: load balancers and container health checks
 
 SEED_INPUTS = ("seed", "noise_seed")
 
@@ -455,61 +453,3 @@ def _status(state: AppState, base_url: str) -> dict[str, Any]:
 @router.get("/v1/status")
 async def v1_status(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(_status, get_state(request), str(request.base_url))
-
-
-# ---- health and metrics -------------------------------------------------------------------------
-
-
-def health(state: AppState) -> dict[str, Any]:
-    """Cog's health-check body: STARTING, READY, BUSY, SETUP_FAILED, DEFUNCT or UNHEALTHY."""
-    from comfyd.engine.job_views import iso_time
-
-    manager = state.manager
-    setup_state = manager.setup_state
-    try:
-        state.services.queue.depth()
-        store_ok = True
-    except Exception:
-        store_ok = False
-    if setup_state == "failed":
-        status = "SETUP_FAILED"
-    elif setup_state == "starting":
-        status = "STARTING"
-    elif not manager.workers_alive:
-        status = "DEFUNCT"
-    elif not store_ok:
-        status = "UNHEALTHY"
-    elif len(manager.running_jobs()) >= state.settings.max_concurrent_jobs:
-        status = "BUSY"
-    else:
-        status = "READY"
-    return {
-        "status": status,
-        "setup": {
-            "started_at": iso_time(manager.runtime_started_at),
-            "completed_at": iso_time(manager.runtime_completed_at),
-            "status": {"succeeded": "succeeded", "failed": "failed"}.get(setup_state),
-            "logs": manager.setup_error or "",
-        },
-    }
-
-
-@public_router.get("/health-check")
-async def health_check(request: Request) -> dict[str, Any]:
-    return await run_in_threadpool(health, get_state(request))
-
-
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    state = get_state(request)
-
-    def render() -> str:
-        m = state.services.metrics
-        m.gauge("QueueDepth", state.services.queue.depth())
-        m.gauge("JobsRunning", len(state.manager.running_jobs()))
-        m.gauge("WebsocketClients", state.hub.client_count)
-        return m.render()
-
-    text = await run_in_threadpool(render)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
-

@@ -199,3 +199,22 @@ def test_set_on_a_ui_workflow_with_nodes_comfyd_lacks(tmp_path: Path, capsys: py
     assert "flux1-schnell.safetensors" in {m["name"] for m in report["missing_models"]}
     code, report = check_json(capsys, path, "--set", "99.x=1")
     assert code == 2 and "no node '99'" in report["errors"][0]["message"]
+
+
+def test_custom_nodes_named_by_the_settings_are_known_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    packs = tmp_path / "custom_nodes"
+    shutil.copytree(Path(__file__).parents[1] / "compat" / "fixtures" / "custom_nodes" / "comfyd_test_pack",
+                    packs / "comfyd_test_pack")
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "TestTextJoin", "inputs": {"a": "x", "b": "y"}},
+                                    "2": {"class_type": "TestShowText", "inputs": {"text": ["1", 0]}}}))
+    code, without = check_json(capsys, str(workflow), "--models-dir", str(tmp_path / "m"))
+    assert code == 2 and {e["class_type"] for e in without["unknown_nodes"]} == {"TestTextJoin", "TestShowText"}
+    monkeypatch.setenv("COMFYD_CUSTOM_NODES_DIRS", str(packs))
+    code, with_pack = check_json(capsys, str(workflow), "--models-dir", str(tmp_path / "m"))
+    assert with_pack["unknown_nodes"] == [] and with_pack["errors"] == [], with_pack
+    assert code == 0

@@ -269,3 +269,12 @@ def test_root_introduces_the_server_and_docs_serve_request_schemas(tmp_path: Pat
     assert keyed_client.get("/openapi.json").status_code == 404  # docs off when auth is on, unless asked
     assert keyed_client.get("/").status_code == 200
     keyed.state.comfyd.services.close()
+
+
+def test_make_tiny_takes_a_family_and_names_the_known_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "make-tiny", str(tmp_path), "--family", "sdxl"]) == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "comfyd-tiny-sdxl-diffusers", "comfyd-tiny-sdxl.safetensors"]
+    assert main(["models", "make-tiny", str(tmp_path), "--family", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown family 'nope'" in err and "sd1" in err and "sdxl" in err
