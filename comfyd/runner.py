@@ -324,11 +324,16 @@ def _generate(
     listener: Listener | None,
     progress: ProgressFn | bool | None,
 ) -> RunResult:
+    from comfyd.workflow_formats import api_prompt_from_ui, is_ui_workflow
     from comfyd.workflow_params import apply_params
 
+    extra_data = None
     if workflow is None:
         workflow = default_workflow(params.prompt if params.prompt is not None else DEFAULT_PROMPT)
         node_id = node_id or "3"
+    elif is_ui_workflow(workflow):  # converted first, so the parameters find their nodes
+        extra_data = {"extra_pnginfo": {"workflow": workflow}}  # saved PNGs carry the UI graph
+        workflow = api_prompt_from_ui(workflow, runner.registry)
     else:
         workflow = copy.deepcopy(workflow)
     apply_params(workflow, params, node_id)
@@ -344,7 +349,8 @@ def _generate(
             if listener is not None:
                 listener(event, data)
 
-        return runner.run(workflow, node_id=node_id, execution_mode=execution_mode, listener=both)
+        return runner.run(workflow, node_id=node_id, execution_mode=execution_mode, listener=both,
+                          extra_data=extra_data)
     finally:
         if bar is not None:
             bar("closed", {})

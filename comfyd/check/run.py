@@ -34,7 +34,6 @@ def check_workflow(body: dict[str, Any], settings: Any, *, registry: Any = None,
     """Check `body` (any accepted form) against `settings` (models folders, limits); `sets` are
     `NODE.INPUT=VALUE` overrides applied to the API prompt (after converting a UI graph)."""
     if registry is None:
-        import comfyd.nodes  # noqa: F401  (registers comfyd's nodes)
         from comfyd.compat.loader import node_registry
 
         # comfyd's nodes plus the custom nodes the settings name: a pack's node is known (and one

@@ -128,6 +128,7 @@ def load_custom_nodes(settings: Any, registry: NodeRegistry, env: Any = None) ->
 def node_registry(settings: Any, env: Any = None) -> NodeRegistry:
     """comfyd's nodes plus the custom nodes the settings name, in a registry of their own: the
     global registry keeps the built-in nodes only."""
+    import comfyd.nodes  # noqa: F401  (registers the built-in nodes this registry starts from)
     from comfyd.engine.schema import REGISTRY
 
     registry = REGISTRY.copy()

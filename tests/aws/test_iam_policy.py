@@ -200,7 +200,7 @@ def test_api_policy_is_exact_and_cannot_consume_or_delete(settings: Settings, fa
     )
     big = {**fake_runtime.workflow(), "2": {"class_type": "Note", "inputs": {"text": "w" * 40_000}}}
     try:
-        with TestClient(create_app(settings, services, workers=False)) as http:
+        with TestClient(create_app(settings, services, workers=False), base_url="http://127.0.0.1") as http:
             for body in ({"prompt": big, "prompt_id": "big"}, {"prompt": big, "prompt_id": "big"},
                          {"prompt": fake_runtime.workflow(), "prompt_id": "small"}):
                 assert http.post("/prompt", json=body).status_code == 200

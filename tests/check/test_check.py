@@ -204,11 +204,7 @@ def test_set_on_a_ui_workflow_with_nodes_comfyd_lacks(tmp_path: Path, capsys: py
 def test_custom_nodes_named_by_the_settings_are_known_to_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
-    packs = tmp_path / "custom_nodes"
-    shutil.copytree(Path(__file__).parents[1] / "compat" / "fixtures" / "custom_nodes" / "comfyd_test_pack",
-                    packs / "comfyd_test_pack")
+    packs = Path(__file__).parents[1] / "compat" / "fixtures" / "custom_nodes"  # the compat tests' packs
     workflow = tmp_path / "wf.json"
     workflow.write_text(json.dumps({"1": {"class_type": "TestTextJoin", "inputs": {"a": "x", "b": "y"}},
                                     "2": {"class_type": "TestShowText", "inputs": {"text": ["1", 0]}}}))

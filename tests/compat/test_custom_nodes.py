@@ -134,7 +134,8 @@ def test_pack_nodes_run_with_builtin_nodes_and_comfyui_layouts(settings: Setting
     result, events = _run(settings, prompt)
     assert result.status == "success", result.error
     out = Path(settings.output_dir)
-    assert [p.name for p in out.iterdir()] == ["pack_00001_.png"]
+    # (the dot files are SaveImage's name ledger, comfyd.nodes.image.output_names)
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["pack_00001_.png"]
     assert result.outputs["9"]["text"] == ["latent ok"]
     assert result.outputs["9"]["seen_id"] == ["9"] and result.outputs["9"]["prompt_has_me"] == [True]
     progress = [d for e, d in events if e == "progress" and d["node"] == "4"]

@@ -81,7 +81,7 @@ def test_v1_check(real_server, tiny_models_dir: Path) -> None:
         assert report["ok"] is False
         assert {m["name"] for m in report["missing_models"]} == {
             "flux1-dev.safetensors", "t5xxl_fp16.safetensors", "clip_l.safetensors", "ae.safetensors"}
-        assert http.post("/v1/check", content=b"[1]").status_code == 400
+        assert http.post("/v1/check", content=b"[1]", headers={"content-type": "application/json"}).status_code == 400
         assert http.post("/v1/check", json={"workflow": 3}).status_code == 400
 
 
