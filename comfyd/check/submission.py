@@ -17,11 +17,15 @@ from comfyd.check.model_files import model_uses
 from comfyd.workflow_formats.layouts import registry_layouts
 
 
-def missing_models_body(prompt: dict[str, Any], settings: Any, registry: Any) -> dict[str, Any] | None:
-    """ComfyUI-shaped 400 body listing the prompt's model files missing from every model root."""
+def missing_models_body(prompt: dict[str, Any], settings: Any, registry: Any,
+                        models: Any = None) -> dict[str, Any] | None:
+    """ComfyUI-shaped 400 body listing the prompt's model files missing from every model root.
+
+    `models` (the model manager) lists what validation knows beyond this host's folders: on an
+    API host of a split deployment, the shared catalog of what the workers hold."""
     roots = [Path(p) for p in settings.model_roots()]
     uses, _problems = model_uses(prompt, registry_layouts(registry), roots, [])
-    missing = [u for u in uses if u.path is None]
+    missing = [u for u in uses if u.path is None and not _listed(models, u.folder, u.name)]
     if not missing:
         return None
     node_errors: dict[str, Any] = {}
@@ -39,6 +43,16 @@ def missing_models_body(prompt: dict[str, Any], settings: Any, registry: Any) ->
                   "details": "", "extra_info": {}},
         "node_errors": node_errors,
     }
+
+
+def _listed(models: Any, folder: str, name: str) -> bool:
+    list_files = getattr(models, "list_files", None)
+    if not callable(list_files):
+        return False
+    try:
+        return name in list_files(folder)
+    except Exception:  # an unknown folder, or a catalog that cannot be read now
+        return False
 
 
 @dataclass

@@ -124,7 +124,8 @@ class AppState:
             return
         if getattr(self.settings, "submit_model_check", True):
             runtime.validate(req)  # ComfyUI's own answer first (value_not_in_list for its loaders)
-            body = missing_models_body(req.prompt, self.settings, runtime.registry)
+            body = missing_models_body(req.prompt, self.settings, runtime.registry,
+                                       getattr(runtime.env, "models", None))
             if body is not None:
                 raise WorkflowValidationError(body)
             return

@@ -16,6 +16,9 @@ from comfyd.server import create_app
 from comfyd.settings import Settings
 from comfyd.worker import run_worker
 
+# Without API keys comfyd answers only loopback Host names (TestClient sends "testserver").
+LOOPBACK = "http://127.0.0.1"
+
 TINY = "comfyd-tiny-sd1.safetensors"
 
 
@@ -51,7 +54,7 @@ def test_api_without_models_validates_against_what_workers_published(settings: S
         assert entry["name"] == TINY and entry["size"] == len(data) and entry["family"] == "sd1"
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["hosts"] == ["gpu-1"]
 
-        with TestClient(create_app(api_settings, api_services, workers=False)) as api:
+        with TestClient(create_app(api_settings, api_services, workers=False), base_url=LOOPBACK) as api:
             assert api.get("/models/checkpoints").json() == [TINY]
             info = api.get("/object_info/CheckpointLoaderSimple").json()
             assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [TINY]

@@ -16,6 +16,9 @@ from comfyd.server import create_app
 from comfyd.settings import Settings
 from comfyd.worker import run_worker
 
+# Without API keys comfyd answers only loopback Host names (TestClient sends "testserver").
+LOOPBACK = "http://127.0.0.1"
+
 
 @pytest.fixture
 def services(settings: Settings, provisioned, recording) -> Services:
@@ -52,7 +55,7 @@ def test_record_keeps_keys_and_every_view_signs_anew(settings: Settings, service
     assert _expires(prediction_view(job, sign=store.url)["output"][0]) == "120"
 
     app = create_app(settings, services, workers=False)
-    with TestClient(app) as http:
+    with TestClient(app, base_url=LOOPBACK) as http:
         store.presign_expiry_s = 90
         prediction = http.get("/predictions/signed").json()
         assert _expires(prediction["output"][0]) == "90"

@@ -17,6 +17,9 @@ from comfyd.server import create_app
 from comfyd.settings import Settings
 from comfyd.worker import run_worker
 
+# Without API keys comfyd answers only loopback Host names (TestClient sends "testserver").
+LOOPBACK = "http://127.0.0.1"
+
 
 def _host(settings: Settings, root: Path) -> Settings:
     return settings.model_copy(update={
@@ -48,8 +51,8 @@ def hosts(settings: Settings, provisioned, tmp_path: Path):
 
 def test_upload_loadimage_on_a_worker_then_view_on_another_host(hosts) -> None:
     settings, services = hosts
-    with (TestClient(create_app(settings["api_a"], services["api_a"], workers=False)) as api_a,
-          TestClient(create_app(settings["api_b"], services["api_b"], workers=False)) as api_b):
+    with (TestClient(create_app(settings["api_a"], services["api_a"], workers=False), base_url=LOOPBACK) as api_a,
+          TestClient(create_app(settings["api_b"], services["api_b"], workers=False), base_url=LOOPBACK) as api_b):
         reply = api_a.post("/upload/image", files={"image": ("photo.png", _png((200, 30, 30)), "image/png")})
         assert reply.status_code == 200 and reply.json()["name"] == "photo.png", reply.text
         assert not (settings["api_b"].input_dir / "photo.png").exists()
@@ -78,7 +81,7 @@ def test_upload_loadimage_on_a_worker_then_view_on_another_host(hosts) -> None:
 
 def test_a_client_cannot_pin_input_keys_of_its_own(hosts) -> None:
     settings, services = hosts
-    with TestClient(create_app(settings["api_a"], services["api_a"], workers=False)) as api:
+    with TestClient(create_app(settings["api_a"], services["api_a"], workers=False), base_url=LOOPBACK) as api:
         api.post("/upload/image", files={"image": ("photo.png", _png((1, 2, 3)), "image/png")})
         body = {"prompt": WORKFLOW, "prompt_id": "pinned",
                 "extra_data": {"input_keys": {"photo.png": "out/other-job/secret.png"}}}
