@@ -61,11 +61,16 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
             h = t_next - t
             s = t + 0.5 * h
             sigma_s = (-s).exp()
-            x_2 = float(sigma_s / (-t).exp()) * (x + (denoised - uncond)) - float((-h * 0.5).expm1()) * denoised
+            x_2 = (
+                float(sigma_s / (-t).exp()) * (x + (denoised - uncond)) - float((-h * 0.5).expm1()) * denoised
+            )
             denoised_2 = model(x_2, float(sigma_s))
             # ComfyUI's final update reads the uncond of this second call, not the first.
             uncond = run.uncond()
-            x = float((-t_next).exp() / (-t).exp()) * (x + (denoised - uncond)) - float((-h).expm1()) * denoised_2
+            x = (
+                float((-t_next).exp() / (-t).exp()) * (x + (denoised - uncond))
+                - float((-h).expm1()) * denoised_2
+            )
         if sigma_next > 0:
             x = x + scaled(noise(sigma, sigma_next), s_noise) * float(sigma_up)
     return x
@@ -90,4 +95,3 @@ def sample_dpmpp_2m_cfg_pp(model: Denoiser, x: Tensor, sigmas: Tensor, run: Samp
         x = denoised + mix + float(decay) * x
         old_uncond = uncond
     return x
-

@@ -43,7 +43,9 @@ class _Solver:
         eps = self.eps(cache, "eps", x, t)
         return x - float(_sigma(t_next) * h.expm1()) * eps
 
-    def step_2(self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 0.5) -> Tensor:
+    def step_2(
+        self, x: Tensor, t: Tensor, t_next: Tensor, cache: dict[str, Tensor], r1: float = 0.5
+    ) -> Tensor:
         h = t_next - t
         eps = self.eps(cache, "eps", x, t)
         s1 = t + r1 * h
@@ -124,7 +126,9 @@ def sample_dpm_fast(
 class _PIDController:
     """Step-size control from the last three inverse errors."""
 
-    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float, accept_safety: float):
+    def __init__(
+        self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float, accept_safety: float
+    ):
         self.h = h
         self.b1 = (pcoeff + icoeff + dcoeff) / order
         self.b2 = -(pcoeff + 2 * dcoeff) / order

@@ -62,11 +62,9 @@ def _ipndm_v_coefficients(sigmas: Tensor, i: int, order: int) -> list[Tensor]:
         ]
     h_n_3 = sigmas[i - 2] - sigmas[i - 3]
     temp2 = (
-        (1 - h_n / (3 * (h_n + h_n_1))) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))
-    ) * (
-        (h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2))
-        / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3))
-    )
+        (1 - h_n / (3 * (h_n + h_n_1))) / 2
+        + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))
+    ) * ((h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2)) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3)))
     ratio = h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))
     return [
         (2 + (h_n / h_n_1)) / 2 + temp1 + temp2,
@@ -209,7 +207,9 @@ def _res_multistep(
     return x
 
 
-def sample_res_multistep(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, s_noise: float = 1.0) -> Tensor:
+def sample_res_multistep(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, s_noise: float = 1.0
+) -> Tensor:
     return _res_multistep(model, x, sigmas, run, eta=0.0, s_noise=s_noise, cfg_pp=False)
 
 

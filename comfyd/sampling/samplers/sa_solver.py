@@ -120,7 +120,9 @@ def sample_sa_solver(
         predictions.append(denoised)
         predictions = predictions[-max_order:]
         predictor_used = min(predictor_order, len(predictions))
-        corrector_used = 0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(predictions))
+        corrector_used = (
+            0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(predictions))
+        )
         if lower_order_to_end:
             predictor_used = min(predictor_used, n - 2 - i)
             corrector_used = min(corrector_used, n - 1 - i)
@@ -153,10 +155,14 @@ def sample_sa_solver(
             x_pred = float(decay) * x + _combine(predictions[-predictor_used:], weights)
             if tau_t > 0 and s_noise > 0:
                 spread = (-2 * tau_t**2 * h).expm1().neg().sqrt()
-                noise = scaled(noise_source(sigmas[i], sigmas[i + 1]) * float(sigmas[i + 1]) * float(spread), s_noise)
+                noise = scaled(
+                    noise_source(sigmas[i], sigmas[i + 1]) * float(sigmas[i + 1]) * float(spread), s_noise
+                )
                 x_pred = x_pred + noise
     return x
 
 
-def sample_sa_solver_pece(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, **options: object) -> Tensor:
+def sample_sa_solver_pece(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, **options: object
+) -> Tensor:
     return sample_sa_solver(model, x, sigmas, run, use_pece=True, **options)  # type: ignore[arg-type]

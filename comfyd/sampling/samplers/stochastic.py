@@ -140,9 +140,10 @@ def sample_seeds_2(
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
-        x_2 = float(sigma_s_1 / sigma * (-r * h * eta).exp()) * x - float(
-            alpha_s_1 * _h_phi_1(-r * h_eta)
-        ) * denoised
+        x_2 = (
+            float(sigma_s_1 / sigma * (-r * h * eta).exp()) * x
+            - float(alpha_s_1 * _h_phi_1(-r * h_eta)) * denoised
+        )
         sde_noise: Tensor | None = None
         if inject:
             sde_noise = float((-2 * r * h * eta).expm1().neg().sqrt()) * noise(sigma, sigma_s_1)
@@ -188,9 +189,10 @@ def sample_seeds_3(
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
-        x_2 = float(sigma_s_1 / sigma * (-r_1 * h * eta).exp()) * x - float(
-            alpha_s_1 * _h_phi_1(-r_1 * h_eta)
-        ) * denoised
+        x_2 = (
+            float(sigma_s_1 / sigma * (-r_1 * h * eta).exp()) * x
+            - float(alpha_s_1 * _h_phi_1(-r_1 * h_eta)) * denoised
+        )
         sde_noise: Tensor | None = None
         if inject:
             sde_noise = float((-2 * r_1 * h * eta).expm1().neg().sqrt()) * noise(sigma, sigma_s_1)
