@@ -104,6 +104,8 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     if input_dir is not None:
         folder_paths.set_input_directory(str(input_dir))
     nodes = importlib.import_module("nodes")
+    # ComfyUI's own extra nodes (comfy_extras: custom sampling, ...), no custom or API nodes.
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     execution = importlib.import_module("execution")
     version = importlib.import_module("comfyui_version").__version__
     return {"nodes": nodes, "execution": execution, "folder_paths": folder_paths, "version": version}
@@ -134,7 +136,7 @@ def render(comfy: dict[str, Any], workflow: dict[str, Any], output_dir: Path) ->
 
 
 def input_types(comfy: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """ComfyUI's input/output declarations of `names` (base nodes and the SDXL text encoder)."""
+    """ComfyUI's input/output declarations of `names` (base nodes and its extra nodes)."""
     classes = dict(comfy["nodes"].NODE_CLASS_MAPPINGS)
     classes["CLIPTextEncodeSDXL"] = importlib.import_module("comfy_extras.nodes_clip_sdxl").CLIPTextEncodeSDXL
     out: dict[str, Any] = {}
