@@ -88,6 +88,7 @@ SAME_PICTURE = [
     {"sampler_dpmpp_sde", "sampler_dpmpp_sde_gpu"},
     {"sampler_dpmpp_2m_sde", "sampler_dpmpp_2m_sde_gpu"},
     {"sampler_dpmpp_3m_sde", "sampler_dpmpp_3m_sde_gpu"},
+    {"sampler_dpmpp_2m_sde_heun", "sampler_dpmpp_2m_sde_heun_gpu"},
     {"scheduler_sgm_uniform", "scheduler_simple"},
 ]
 
