@@ -39,7 +39,7 @@ _MAX_CONTEXT_REPEAT = 4  # contexts longer than 4x the shortest run as a separat
 class CondEntry:
     """One conditioning of one prompt, ready to batch into the UNet."""
 
-    kind: int  # POSITIVE or NEGATIVE
+    kind: int  # index of the prompt it belongs to (POSITIVE or NEGATIVE for plain CFG)
     region: tuple[int, int]  # (h, w) of the latent cells this entry sees
     context: Tensor  # [B, tokens, dim] on the device, model dtype, repeated to the latent batch
     added: dict[str, Tensor] | None  # SDXL: text_embeds [B, 1280], time_ids [B, 6]
@@ -239,16 +239,43 @@ def prepare_conds(
     `vector_conditioning` builds the UNet's vector input per entry (the model family's);
     `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder.
     """
+    return prepare_prompts(
+        [positive, negative], ["positive", "negative"], latent_shape, schedule, device, dtype, sdxl=sdxl,
+        vector_conditioning=vector_conditioning,
+    )
+
+
+def prepare_prompts(
+    conditionings: Sequence[Any],
+    names: Sequence[str],
+    latent_shape: Sequence[int],
+    schedule: DiscreteSchedule,
+    device: Any,
+    dtype: torch.dtype,
+    sdxl: bool = False,
+    mirror_order: Sequence[int] | None = None,
+    vector_conditioning: VectorConditioning | None = None,
+) -> list[CondEntry]:
+    """The entries of any number of prompts; an entry's `kind` is its prompt's index.
+
+    Areas are mirrored into every other prompt, visiting the prompts in `mirror_order` (ComfyUI
+    visits them in the order the guider named them; by default the given order).
+    `vector_conditioning` builds the UNet's vector input per entry (the model family's);
+    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder.
+    """
     if sdxl and vector_conditioning is None:
         vector_conditioning = pooled_and_sizes
     device = torch.device(device)
     batch, _, height, width = latent_shape
     dims = (int(height), int(width))
-    prompts = [_conditioning_items(positive, "positive"), _conditioning_items(negative, "negative")]
+    prompts = [_conditioning_items(c, name) for c, name in zip(conditionings, names, strict=True)]
     prompts = [[_resolve_area_and_mask(item, dims, device) for item in items] for items in prompts]
-    for k, items in enumerate(prompts):
-        for item in items:
-            _mirror_area(prompts[1 - k], item)
+    order = list(mirror_order) if mirror_order is not None else list(range(len(prompts)))
+    for k in order:
+        for item in prompts[k]:  # grows while other prompts mirror into it, as in ComfyUI
+            for other in order:
+                if other != k:
+                    _mirror_area(prompts[other], item)
 
     entries = []
     for kind, items in enumerate(prompts):
@@ -331,15 +358,14 @@ def _concat_contexts(contexts: list[Tensor]) -> Tensor:
     return torch.cat([c.repeat(1, length // c.shape[1], 1) if c.shape[1] < length else c for c in contexts])
 
 
-class CFGGuider:
-    """The guided denoiser D(x, sigma) the samplers call."""
+class PromptBatcher:
+    """Runs the entries of several prompts through the UNet, batched as ComfyUI batches them, and
+    averages each prompt's entries into its prediction (ComfyUI's calc_cond_batch)."""
 
-    def __init__(self, unet: UNetDenoiser, entries: list[CondEntry], cfg: float):
+    def __init__(self, unet: UNetDenoiser, entries: list[CondEntry], used: Sequence[bool]):
         self.unet = unet
-        self.cfg = float(cfg)
-        # cfg 1: uncond + (cond - uncond) * 1 is cond, so the negative prompt is never run.
-        self.uses_uncond = not math.isclose(self.cfg, 1.0)
-        self.entries = [e for e in entries if e.kind == POSITIVE or self.uses_uncond]
+        self.used = list(used)
+        self.entries = [e for e in entries if self.used[e.kind]]
         self._plans: dict[tuple[int, ...], _Plan] = {}
         # Without timestep ranges every entry is active at every step: skip the per-step filter.
         self._ranged = any(e.sigma_start is not None or e.sigma_end is not None for e in self.entries)
@@ -361,7 +387,7 @@ class CFGGuider:
             context = _concat_contexts([m.context for m in members])
             groups.append(_Group(members, context, added, any(m.area is not None for m in members)))
         direct: list[tuple[int, int] | None] = []
-        for kind in (POSITIVE, NEGATIVE):
+        for kind in range(len(self.used)):
             places = [
                 (g, p)
                 for g, group in enumerate(groups)
@@ -378,8 +404,8 @@ class CFGGuider:
         self._plans[active] = plan
         return plan
 
-    def predictions(self, x: Tensor, sigma: float) -> list[Tensor]:
-        """[cond prediction] or [cond prediction, uncond prediction]; a prompt with no active
+    def predictions(self, x: Tensor, sigma: float) -> list[Tensor | None]:
+        """One prediction per prompt, None for a prompt not used; a used prompt with no active
         entry predicts zeros (ComfyUI's 0 / 1e-37)."""
         if self._ranged:
             active = tuple(i for i, e in enumerate(self.entries) if e.active(sigma))
@@ -393,8 +419,11 @@ class CFGGuider:
             batch = inputs[0] if n == 1 else torch.cat(inputs)
             chunks.append(list(self.unet(batch, sigma, group.context, group.added).chunk(n)))
 
-        results: list[Tensor] = []
-        for kind in (POSITIVE, NEGATIVE) if self.uses_uncond else (POSITIVE,):
+        results: list[Tensor | None] = []
+        for kind, used in enumerate(self.used):
+            if not used:
+                results.append(None)
+                continue
             place = plan.direct[kind]
             if place is not None:
                 results.append(chunks[place[0]][place[1]])
@@ -415,11 +444,27 @@ class CFGGuider:
             results.append(out.div_(counts))
         return results
 
+
+class CFGGuider(PromptBatcher):
+    """The guided denoiser D(x, sigma) the samplers call.
+
+    `keep_uncond` runs the negative prompt even at cfg 1 (the CFG++ samplers read its prediction,
+    `last_uncond`, after every call).
+    """
+
+    def __init__(self, unet: UNetDenoiser, entries: list[CondEntry], cfg: float, keep_uncond: bool = False):
+        self.cfg = float(cfg)
+        # cfg 1: uncond + (cond - uncond) * 1 is cond, so the negative prompt is never run.
+        self.uses_uncond = keep_uncond or not math.isclose(self.cfg, 1.0)
+        super().__init__(unet, entries, [True, self.uses_uncond])
+        self.last_uncond: Tensor | None = None
+
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        predictions = self.predictions(x, sigma)
-        if not self.uses_uncond:
-            return predictions[POSITIVE]
-        cond, uncond = predictions
+        cond, uncond = self.predictions(x, sigma)
+        assert cond is not None
+        if uncond is None:
+            return cond
+        self.last_uncond = uncond
         return uncond + (cond - uncond) * self.cfg
 
 

@@ -33,7 +33,7 @@ from comfyd.sampling.cfg import CFGGuider, prepare_conds, repeat_to_batch
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.protocols import SamplingModel
-from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, SamplerRun, get_sampler
+from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
 
@@ -185,7 +185,8 @@ def common_ksampler(
     with model.patched() as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
-        denoiser: Denoiser = CFGGuider(unet_denoiser, entries, cfg)
+        guider = CFGGuider(unet_denoiser, entries, cfg, keep_uncond=sampler_name in NEEDS_UNCOND)
+        denoiser: Denoiser = guider
         noise_mask = latent.get("noise_mask")
         if noise_mask is not None:
             mask = prepare_denoise_mask(noise_mask, noise.shape).to(device)
@@ -196,7 +197,8 @@ def common_ksampler(
             denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise)
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
-        samples = sampler(denoiser, x, sigmas, SamplerRun(seed=seed, callback=on_step))
+        run = SamplerRun(seed=seed, callback=on_step, last_uncond=lambda: guider.last_uncond, schedule=schedule)
+        samples = sampler(denoiser, x, sigmas, run)
     # Outside inference mode, so downstream nodes get an ordinary tensor.
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     return out

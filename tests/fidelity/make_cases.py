@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cases_sampling import is_stochastic_graph, sampling_cases  # noqa: E402
+
 CHECKPOINT = "comfyd-parity-sd1.safetensors"
 LORA_KOHYA = "comfyd-parity-lora-kohya.safetensors"
 # kohya names in the original (LDM) layout; no peft file: ComfyUI 0.3.64 skips the attention
@@ -232,15 +237,15 @@ def cases() -> dict[str, dict[str, Any]]:
 
     # Image, mask, latent, value and animated-output nodes (image_cases.py).
     out.update(image_cases.cases(base))
+    out.update(sampling_cases(base, with_sampler))
     return {name: copy.deepcopy(w) for name, w in out.items()}
 
 
 def threshold_db(case: dict[str, Any]) -> float:
     """The issue's bar: 40 dB, or 30 dB when any sampler in the graph draws noise per step."""
-    for n in case.values():
-        if n["class_type"] in ("KSampler", "KSamplerAdvanced") and n["inputs"]["sampler_name"] in STOCHASTIC:
-            return 30.0
-    return 40.0
+    from comfyd.sampling.samplers import STOCHASTIC as ALL_STOCHASTIC
+
+    return 30.0 if is_stochastic_graph(case, STOCHASTIC | ALL_STOCHASTIC) else 40.0
 
 
 def write_input_image(path: Path) -> None:

@@ -189,8 +189,8 @@ def test_interrupt_stops_between_steps(fake_model, cond):
 
 def test_bad_arguments_are_clear_errors(fake_model, cond):
     latent = {"samples": torch.zeros(SHAPE)}
-    with pytest.raises(ValueError, match="unknown sampler 'euler_cfg_pp'"):
-        run(fake_model, cond, latent, sampler_name="euler_cfg_pp")
+    with pytest.raises(ValueError, match="unknown sampler 'euler_turbo'"):
+        run(fake_model, cond, latent, sampler_name="euler_turbo")
     with pytest.raises(ValueError, match="unknown scheduler 'fast'"):
         run(fake_model, cond, latent, scheduler="fast")
     with pytest.raises(ValueError, match="LATENT"):

@@ -132,7 +132,8 @@ def test_names_follow_comfyui_order():
     assert SCHEDULER_NAMES == [
         "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal",
     ]  # fmt: skip
-    assert SAMPLER_NAMES[:3] == ["euler", "euler_ancestral", "heun"]
+    assert SAMPLER_NAMES[:4] == ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp"]
+    assert len(SAMPLER_NAMES) == 42  # KSAMPLER_NAMES (39) + ddim, uni_pc, uni_pc_bh2
     assert SAMPLER_NAMES[-3:] == ["ddim", "uni_pc", "uni_pc_bh2"]
 
 

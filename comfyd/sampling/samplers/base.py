@@ -3,7 +3,10 @@
 A sampler is `fn(model, x, sigmas, run) -> x`: `model(x, sigma)` returns the denoised estimate
 (classifier-free guidance and inpaint masking already applied), `x` is the noised start latent,
 `sigmas` the CPU float32 schedule (ending in 0 unless a KSamplerAdvanced stops early) and `run`
-holds the seed and the per-step callback.
+holds the seed, the per-step callback and what a few samplers need besides: the CFG++ samplers
+read the unguided (negative-prompt) prediction of the last model call through `run.uncond()`,
+SA-Solver maps sampling progress to sigma with `run.schedule`. Tunable samplers (the Sampler*
+nodes) take their options as keyword arguments after `run`.
 
 Scalar coefficients are computed on 0-dim float32 CPU tensors in the order ComfyUI computes them,
 so the latents see the same float32 factors; they meet the latents as Python floats, which keeps
@@ -19,6 +22,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from comfyd.sampling.sigmas import DiscreteSchedule
+
 
 class Denoiser(Protocol):
     def __call__(self, x: Tensor, sigma: float) -> Tensor: ...
@@ -31,10 +36,20 @@ StepCallback = Callable[[int, Tensor, Tensor], None]  # (step index, x, denoised
 class SamplerRun:
     seed: int
     callback: StepCallback | None = None
+    # The negative prompt's prediction at the last model call (CFG++ samplers); None when the
+    # guider cannot provide one.
+    last_uncond: Callable[[], Tensor | None] | None = None
+    schedule: DiscreteSchedule | None = None
 
     def report(self, step: int, x: Tensor, denoised: Tensor) -> None:
         if self.callback is not None:
             self.callback(step, x, denoised)
+
+    def uncond(self) -> Tensor:
+        value = self.last_uncond() if self.last_uncond is not None else None
+        if value is None:
+            raise ValueError("this sampler (CFG++) needs a guider with a negative prediction")
+        return value
 
 
 SamplerFn = Callable[[Denoiser, Tensor, Tensor, SamplerRun], Tensor]
@@ -59,3 +74,8 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     )
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
+
+
+def scaled(noise: Tensor, s_noise: float) -> Tensor:
+    """noise * s_noise, skipping the multiply at the default 1 (bit-identical either way)."""
+    return noise if s_noise == 1.0 else noise * s_noise

@@ -1,7 +1,8 @@
 """DPM-Solver++ samplers: 2S ancestral, SDE, 2M, 2M SDE (midpoint) and 3M SDE.
 
 Formulas from k-diffusion as ComfyUI runs them for EPS/V models (half-log-SNR lambda = -log
-sigma), eta = 1 and s_noise = 1. The SDE samplers draw their noise from a Brownian tree over
+sigma); eta and s_noise default to 1 (KSampler), the Sampler* nodes set them. 2M SDE has
+ComfyUI's two solver types, midpoint (dpmpp_2m_sde) and heun (dpmpp_2m_sde_heun). The SDE samplers draw their noise from a Brownian tree over
 [smallest positive sigma, largest sigma]; `brownian_on_cpu=False` is ComfyUI's `_gpu` variant.
 """
 
@@ -10,19 +11,26 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise, BrownianNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, scaled, to_d
 
 
 def _brownian(x: Tensor, sigmas: Tensor, seed: int, on_cpu: bool) -> BrownianNoise:
     return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=seed, on_cpu=on_cpu)
 
 
-def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+def _sde_noise(noise: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise: float) -> Tensor:
+    """The multistep SDE samplers' noise term: noise * sigma_next * sqrt(1 - e^(-2 h eta)) * s_noise."""
+    return scaled(noise * float(sigma_next) * float((-2 * h * eta).expm1().neg().sqrt()), s_noise)
+
+
+def sample_dpmpp_2s_ancestral(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
+) -> Tensor:
     noise = AncestralNoise(x, run.seed)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         run.report(i, x, denoised)
         if sigma_down == 0:
             d = to_d(x, sig[i], denoised)
@@ -37,12 +45,19 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: S
             denoised_2 = model(x_2, float(sigma_s))
             x = float((-t_next).exp() / (-t).exp()) * x - float((-h).expm1()) * denoised_2
         if sig[i + 1] > 0:
-            x = x + noise(sig[i], sig[i + 1]) * float(sigma_up)
+            x = x + scaled(noise(sig[i], sig[i + 1]), s_noise) * float(sigma_up)
     return x
 
 
 def sample_dpmpp_sde(
-    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True, r: float = 0.5
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    run: SamplerRun,
+    brownian_on_cpu: bool = True,
+    r: float = 0.5,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
 ) -> Tensor:
     if len(sigmas) <= 1:
         return x
@@ -64,18 +79,20 @@ def sample_dpmpp_sde(
         alpha_t = sigma_next * lambda_t.exp()
 
         # Step 1: to the intermediate point, with its share of the noise.
-        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_s_1).exp())
+        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_s_1).exp(), eta)
         h_ = -sd.log() - lambda_s
         x_2 = float((alpha_s_1 / alpha_s) * (-h_).exp()) * x - float(alpha_s_1 * (-h_).expm1()) * denoised
-        x_2 = x_2 + float(alpha_s_1) * noise(sigma, sigma_s_1) * float(su)
+        if eta > 0 and s_noise > 0:
+            x_2 = x_2 + float(alpha_s_1) * scaled(noise(sigma, sigma_s_1), s_noise) * float(su)
         denoised_2 = model(x_2, float(sigma_s_1))
 
         # Step 2: the full step with the blended estimate.
-        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_t).exp())
+        sd, su = ancestral_step((-lambda_s).exp(), (-lambda_t).exp(), eta)
         h_ = -sd.log() - lambda_s
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = float((alpha_t / alpha_s) * (-h_).exp()) * x - float(alpha_t * (-h_).expm1()) * denoised_d
-        x = x + float(alpha_t) * noise(sigma, sigma_next) * float(su)
+        if eta > 0 and s_noise > 0:
+            x = x + float(alpha_t) * scaled(noise(sigma, sigma_next), s_noise) * float(su)
     return x
 
 
@@ -99,10 +116,19 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun)
 
 
 def sample_dpmpp_2m_sde(
-    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    run: SamplerRun,
+    brownian_on_cpu: bool = True,
+    solver_type: str = "midpoint",
+    eta: float = 1.0,
+    s_noise: float = 1.0,
 ) -> Tensor:
     if len(sigmas) <= 1:
         return x
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
     old_denoised: Tensor | None = None
     h: Tensor | None = None
@@ -116,21 +142,32 @@ def sample_dpmpp_2m_sde(
         else:
             lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
             h = lambda_t - lambda_s
-            h_eta = h * 2.0  # h * (eta + 1)
+            h_eta = h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()
             phi = (-h_eta).expm1().neg()
-            x = float(sigma_next / sigma * (-h).exp()) * x + float(alpha_t * phi) * denoised
+            x = float(sigma_next / sigma * (-h * eta).exp()) * x + float(alpha_t * phi) * denoised
             if old_denoised is not None and h_last is not None:
                 r = h_last / h
-                x = x + float(0.5 * alpha_t * phi * (1 / r)) * (denoised - old_denoised)
-            x = x + noise(sigma, sigma_next) * float(sigma_next) * float((-2 * h).expm1().neg().sqrt())
+                if solver_type == "heun":
+                    coefficient = alpha_t * (phi / (-h_eta) + 1) * (1 / r)
+                else:
+                    coefficient = 0.5 * alpha_t * phi * (1 / r)
+                x = x + float(coefficient) * (denoised - old_denoised)
+            if eta > 0 and s_noise > 0:
+                x = x + _sde_noise(noise(sigma, sigma_next), sigma_next, h, eta, s_noise)
         old_denoised = denoised
         h_last = h
     return x
 
 
 def sample_dpmpp_3m_sde(
-    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, brownian_on_cpu: bool = True
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    run: SamplerRun,
+    brownian_on_cpu: bool = True,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
 ) -> Tensor:
     if len(sigmas) <= 1:
         return x
@@ -149,10 +186,10 @@ def sample_dpmpp_3m_sde(
         else:
             lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
             h = lambda_t - lambda_s
-            h_eta = h * 2.0  # h * (eta + 1)
+            h_eta = h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()
             x = (
-                float(sigma_next / sigma * (-h).exp()) * x
+                float(sigma_next / sigma * (-h * eta).exp()) * x
                 + float(alpha_t * (-h_eta).expm1().neg()) * denoised
             )
             phi_2 = h_eta.neg().expm1() / h_eta + 1
@@ -169,7 +206,8 @@ def sample_dpmpp_3m_sde(
                 # Second order while only two estimates exist.
                 d = (denoised - denoised_1) / float(h_1 / h)
                 x = x + float(alpha_t * phi_2) * d
-            x = x + noise(sigma, sigma_next) * float(sigma_next) * float((-2 * h).expm1().neg().sqrt())
+            if eta > 0 and s_noise > 0:
+                x = x + _sde_noise(noise(sigma, sigma_next), sigma_next, h, eta, s_noise)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x

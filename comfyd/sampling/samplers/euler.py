@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, scaled, to_d
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
@@ -22,18 +22,20 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) ->
     return x
 
 
-def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+def sample_euler_ancestral(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
+) -> Tensor:
     noise = AncestralNoise(x, run.seed)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         run.report(i, x, denoised)
         if sigma_down == 0:
             x = denoised
         else:
             d = to_d(x, sig[i], denoised)
-            x = x + d * float(sigma_down - sigmas[i]) + noise(sig[i], sig[i + 1]) * float(sigma_up)
+            x = x + d * float(sigma_down - sigmas[i]) + scaled(noise(sig[i], sig[i + 1]), s_noise) * float(sigma_up)
     return x
 
 
@@ -106,4 +108,37 @@ def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> T
         x = denoised
         if sig[i + 1] > 0:
             x = noise(sig[i], sig[i + 1]) * sig[i + 1] + x
+    return x
+
+
+def sample_heunpp2(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+    """Heun++: Euler on the last step, Heun on the one before, three-point weights otherwise."""
+    s_end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, float(sigma))
+        d = to_d(x, float(sigma), denoised)
+        run.report(i, x, denoised)
+        dt = float(sigma_next - sigma)
+        if sigma_next == s_end:
+            x = x + d * dt
+        elif sigmas[i + 2] == s_end:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, float(sigma_next))
+            d_2 = to_d(x_2, float(sigma_next), denoised_2)
+            w2 = sigma_next / (2 * sigmas[0])
+            w1 = 1 - w2
+            x = x + (d * float(w1) + d_2 * float(w2)) * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, float(sigma_next))
+            d_2 = to_d(x_2, float(sigma_next), denoised_2)
+            x_3 = x_2 + d_2 * float(sigmas[i + 2] - sigma_next)
+            denoised_3 = model(x_3, float(sigmas[i + 2]))
+            d_3 = to_d(x_3, float(sigmas[i + 2]), denoised_3)
+            w = 3 * sigmas[0]
+            w2 = sigma_next / w
+            w3 = sigmas[i + 2] / w
+            w1 = 1 - w2 - w3
+            x = x + (float(w1) * d + float(w2) * d_2 + float(w3) * d_3) * dt
     return x

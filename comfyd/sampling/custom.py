@@ -1,0 +1,112 @@
+"""SamplerCustom / SamplerCustomAdvanced: sample a LATENT with a GUIDER, a SAMPLER, SIGMAS and a
+NOISE source (ComfyUI's `CFGGuider.sample` with a KSAMPLER), step for step as `ksampler` does it
+for KSampler, except that the sigmas come in ready-made:
+
+- an empty SIGMAS returns the input latent untouched;
+- the initial noise is scaled by sigma0 (sqrt(1 + sigma0^2) from the top of the table) and added to
+  the latent (scaled into the model's space unless it is all zeros);
+- the result comes back with the last step's denoised estimate (`denoised_output`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from comfyd.engine.errors import ExecutionInterrupted
+from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
+from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
+from comfyd.sampling.samplers import SamplerRun
+from comfyd.sampling.samplers.base import Denoiser
+
+ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
+
+
+def _as_sigmas(sigmas: Any) -> Tensor:
+    if not isinstance(sigmas, Tensor) or sigmas.ndim != 1:
+        raise ValueError("sigmas must be a SIGMAS value (a 1-D tensor)")
+    if not torch.isfinite(sigmas).all():
+        raise ValueError("sigmas must be finite")
+    return sigmas.detach().to(device="cpu", dtype=torch.float32)
+
+
+def sample_custom(
+    guider: Guider,
+    sampler: SamplerChoice,
+    sigmas: Any,
+    noise: NoiseSource,
+    latent: dict[str, Any],
+    callback: ProgressCallback | None = None,
+    interrupt: threading.Event | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(output, denoised_output) LATENTs."""
+    if not isinstance(guider, Guider):
+        raise ValueError("guider must be a GUIDER (CFGGuider, BasicGuider, DualCFGGuider)")
+    if not isinstance(sampler, SamplerChoice):
+        raise ValueError("sampler must be a SAMPLER (KSamplerSelect or a Sampler* node)")
+    if not isinstance(noise, NoiseSource):
+        raise ValueError("noise must be a NOISE (RandomNoise or DisableNoise)")
+    latent_image = _check_latent(latent)
+    sigmas = _as_sigmas(sigmas)
+    sampler_fn = sampler.function()
+    out = dict(latent)
+    if len(sigmas) == 0:
+        return out, out
+
+    model = guider.model
+    initial = noise.generate(latent)
+    model_sampling = model.model_sampling
+    schedule = model_sampling.schedule
+    device = torch.device(model.device)
+    x0 = latent_image.to(device=device, dtype=torch.float32)
+    if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
+        x0 = (x0 - model.latent_shift) * model.latent_scale
+    initial = initial.to(device=device, dtype=torch.float32)
+    entries = guider.entries(initial.shape, schedule, device, model.dtype, model.vector_conditioning)
+
+    sigma0 = float(sigmas[0])
+    max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max
+    noise_scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]
+    x = initial * float(noise_scale) + x0
+
+    total = max(len(sigmas) - 1, 1)
+    last_denoised: list[Tensor] = []
+
+    def on_step(step: int, _x: Tensor, denoised: Tensor) -> None:
+        if interrupt is not None and interrupt.is_set():
+            raise ExecutionInterrupted("sampling interrupted")
+        last_denoised[:] = [denoised]
+        if callback is not None:
+            callback(step, total, denoised)
+
+    with model.patched() as unet, torch.inference_mode():
+        unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
+        unet_denoiser.prepare(sigmas)
+        guided = guider.denoiser(unet_denoiser, entries, keep_uncond=sampler.wants_uncond)
+        denoiser: Denoiser = guided
+        noise_mask = latent.get("noise_mask")
+        if noise_mask is not None:
+            mask = prepare_denoise_mask(noise_mask, initial.shape).to(device)
+            inpaint_noise = initial
+            if sampler.inpaint_noise_from_next_seed:
+                generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
+                inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise)
+        if interrupt is not None:
+            denoiser = _Interruptible(denoiser, interrupt)
+        run = SamplerRun(
+            seed=noise.seed, callback=on_step, last_uncond=lambda: guided.last_uncond, schedule=schedule
+        )
+        samples = sampler_fn(denoiser, x, sigmas, run)
+    out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
+    if not last_denoised:
+        return out, out
+    denoised_out = dict(latent)
+    denoised_out["samples"] = (last_denoised[0].float() / model.latent_scale + model.latent_shift).cpu()
+    return out, denoised_out
