@@ -48,8 +48,6 @@ def test_declaration_matches_comfyui(name: str) -> None:
             their_options = their_spec[1] if len(their_spec) > 1 else {}
             our_options = our_spec[1] if len(our_spec) > 1 else {}
             where = f"{name}.{input_name}"
-            if their_type == "COMBO" and "options" in their_options:
-                their_type = their_options["options"]  # a newer-style combo: the choices as an option
             if isinstance(their_type, list):
                 assert isinstance(our_type, list), f"{where} should be a choice"
                 if input_name in FILE_CHOICES:

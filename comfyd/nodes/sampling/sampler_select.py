@@ -192,7 +192,7 @@ class SamplerER_SDE(Node):
     schema = NodeSchema(
         class_type="SamplerER_SDE",
         inputs=(
-            Combo("solver_type", ["ER-SDE", "Reverse-time SDE", "ODE"]),
+            Combo("solver_type", ["ER-SDE", "Reverse-time SDE", "ODE"], combo_as_options=True),
             Int("max_stage", default=3, min=1, max=3, step=None),
             _unbounded("eta", 1.0),
             _unbounded("s_noise", 1.0),

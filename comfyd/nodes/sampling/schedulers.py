@@ -212,7 +212,7 @@ class AlignYourStepsScheduler(Node):
     schema = NodeSchema(
         class_type="AlignYourStepsScheduler",
         inputs=(
-            Combo("model_type", list(AYS_NOISE_LEVELS)),
+            Combo("model_type", list(AYS_NOISE_LEVELS), combo_as_options=True),
             Int("steps", default=10, min=1, max=MAX_STEPS, step=None),
             Float("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
         ),
