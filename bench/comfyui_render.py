@@ -77,7 +77,7 @@ def _stand_in_for(name: str) -> None:
         module.__path__ = []  # a package, so `import a.b.c` finds the children below
         module.__getattr__ = _module_attribute  # type: ignore[method-assign]
         sys.modules[full] = module
-    for parent, child in zip(parts, parts[1:]):
+    for parent, child in zip(parts[:-1], parts[1:], strict=True):
         setattr(sys.modules[parent], child.rsplit(".", 1)[-1], sys.modules[child])
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import image_cases  # beside this file (script dir, or on sys.path in test_parity)
-import upscale_cases
 import numpy as np
+import upscale_cases
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 

@@ -115,7 +115,7 @@ class ImageScaleToTotalPixels(Node):
         class_type="ImageScaleToTotalPixels",
         inputs=(
             Link("image", "IMAGE"),
-            Combo("upscale_method", UPSCALE_METHODS),
+            Combo("upscale_method", UPSCALE_METHODS, combo_as_options=True),
             Float("megapixels", default=1.0, min=0.01, max=16.0, step=0.01),
         ),
         outputs=(OutputSpec("IMAGE"),),

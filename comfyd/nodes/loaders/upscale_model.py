@@ -17,7 +17,7 @@ from comfyd.nodes.loaders.checkpoints import _files, _fingerprint
 class UpscaleModelLoader(Node):
     schema = NodeSchema(
         class_type="UpscaleModelLoader",
-        inputs=(Combo("model_name", _files("upscale_models")),),
+        inputs=(Combo("model_name", _files("upscale_models"), combo_as_options=True),),
         outputs=(OutputSpec("UPSCALE_MODEL"),),
         category="loaders",
         display_name="Load Upscale Model",
