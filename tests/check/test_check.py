@@ -199,3 +199,12 @@ def test_set_on_a_ui_workflow_with_nodes_comfyd_lacks(tmp_path: Path, capsys: py
     assert "flux1-schnell.safetensors" in {m["name"] for m in report["missing_models"]}
     code, report = check_json(capsys, path, "--set", "99.x=1")
     assert code == 2 and "no node '99'" in report["errors"][0]["message"]
+
+
+def test_a_missing_upscale_model_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workflow = Path(__file__).parents[1] / "fidelity" / "workflows" / "upscale_model_one_tile.json"
+    code, report = check_json(capsys, str(workflow), "--models-dir", str(tmp_path))
+    assert code != 0
+    assert [(m["class_type"], m["input"], m["name"], m["folder"]) for m in report["missing_models"]] == [
+        ("UpscaleModelLoader", "model_name", "comfyd-parity-esrgan-x2.safetensors", "upscale_models"),
+    ]
