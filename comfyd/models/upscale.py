@@ -123,13 +123,42 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError)
 
 
+ProgressFn = Callable[[int, int], None]
+
+
+def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
+    """How many tiles tiled_apply runs on one picture (one when it fits a tile)."""
+    if height <= tile and width <= tile:
+        return 1
+    rows = len(range(0, height - overlap, tile - overlap)) if height > tile else 1
+    cols = len(range(0, width - overlap, tile - overlap)) if width > tile else 1
+    return rows * cols
+
+
+def _counting(function: Callable[[torch.Tensor], torch.Tensor], total: int,
+              progress: ProgressFn) -> Callable[[torch.Tensor], torch.Tensor]:
+    done = 0
+
+    def step(part: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = function(part)
+        done += 1
+        progress(done, total)
+        return out
+
+    return step
+
+
 def tiled_upscale(pixels: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor], scale: float,
-                  tile: int = TILE, overlap: int = OVERLAP) -> torch.Tensor:
+                  tile: int = TILE, overlap: int = OVERLAP, progress: ProgressFn | None = None) -> torch.Tensor:
     """NCHW `pixels` through `function` in tiles, halving the tile while the device runs out of
-    memory (ComfyUI's retry; below MIN_TILE the error is raised)."""
+    memory (ComfyUI's retry; below MIN_TILE the error is raised). `progress(done, total)` is
+    called after every tile (and may raise to stop)."""
     while True:
+        total = pixels.shape[0] * tile_count(pixels.shape[2], pixels.shape[3], tile, overlap)
+        step = function if progress is None else _counting(function, total, progress)
         try:
-            return tiled_apply(pixels, function, (tile, tile), overlap, scale, out_channels=3)
+            return tiled_apply(pixels, step, (tile, tile), overlap, scale, out_channels=3)
         except Exception as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -138,13 +167,13 @@ def tiled_upscale(pixels: torch.Tensor, function: Callable[[torch.Tensor], torch
                 raise
 
 
-def upscale_image(model: UpscaleModelHandle, image: torch.Tensor) -> torch.Tensor:
+def upscale_image(model: UpscaleModelHandle, image: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
     """An NHWC picture in 0..1 upscaled by the model; the result is clamped to 0..1 on the CPU."""
     with held(model.gate), torch.inference_mode():
         model.descriptor.to(model.device)
         try:
             pixels = image.movedim(-1, -3).to(model.device)
-            out = tiled_upscale(pixels, model.descriptor, model.scale)
+            out = tiled_upscale(pixels, model.descriptor, model.scale, progress=progress)
         finally:
             model.descriptor.to("cpu")
     return torch.clamp(out.movedim(-3, -1), min=0.0, max=1.0)

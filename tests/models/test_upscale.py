@@ -176,3 +176,26 @@ def test_nodes_through_the_runner(tmp_path: Path) -> None:
     missing["2"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "../escape.safetensors"}}
     with pytest.raises(WorkflowValidationError, match="value not in list"):
         runner.run(missing)
+
+
+def test_progress_is_reported_per_tile_and_can_stop_the_upscale() -> None:
+    from comfyd.models.upscale import tile_count
+
+    pixels = torch.rand(2, 3, 40, 600)
+    reports: list[tuple[int, int]] = []
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+    tiled_upscale(pixels, double, 2, progress=lambda done, total: reports.append((done, total)))
+    assert tile_count(40, 600, 512, 32) == 2 and tile_count(40, 500, 512, 32) == 1
+    assert reports == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        tiled_upscale(pixels, double, 2, progress=stop_after_first)

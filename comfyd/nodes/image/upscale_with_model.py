@@ -20,4 +20,5 @@ class ImageUpscaleWithModel(Node):
     )
 
     def run(self, ctx: NodeContext, upscale_model: UpscaleModelHandle, image: torch.Tensor) -> tuple[torch.Tensor]:
-        return (upscale_image(upscale_model, image),)
+        # A progress report per tile, which is also where an interrupt stops a large picture.
+        return (upscale_image(upscale_model, image, progress=ctx.progress),)
