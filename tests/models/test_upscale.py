@@ -199,3 +199,26 @@ def test_progress_is_reported_per_tile_and_can_stop_the_upscale() -> None:
 
     with pytest.raises(Stop):
         tiled_upscale(pixels, double, 2, progress=stop_after_first)
+
+
+def test_a_file_spandrel_does_not_know_fails_the_job_with_a_clear_message(tmp_path: Path) -> None:
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    folder = tmp_path / "models" / "upscale_models"
+    folder.mkdir(parents=True)
+    save_file({"foo.weight": torch.ones(3)}, str(folder / "mystery.safetensors"))
+    (tmp_path / "input").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "input" / "src.png")
+    runner = LocalRunner(Settings(
+        device="cpu", output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
+        models_dir=tmp_path / "models",
+    ))
+    result = runner.run({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "src.png"}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "mystery.safetensors"}},
+        "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "up"}},
+    })
+    assert not result.ok
+    assert "mystery.safetensors: not an upscale model architecture spandrel knows" in str(result.error)
