@@ -60,7 +60,7 @@ def _unavailable(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("this upscale architecture needs torchvision, which cannot be imported here")
 
 
-def _import_spandrel() -> Any:
+def import_spandrel() -> Any:
     """spandrel, importable even where torchvision is absent or built for another torch.
 
     Two of spandrel's architectures (LaMa, RestoreFormer) import torchvision at module level. If
@@ -105,7 +105,11 @@ def read_state_dict(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 
 def load_upscale_model(path: Path, key: str, name: str, device: torch.device, allow_pickle: bool,
                        gate: DeviceGate | None = None) -> UpscaleModelHandle:
-    spandrel = _import_spandrel()
+    try:
+        spandrel = import_spandrel()
+    except ImportError:
+        raise UpscaleModelError("upscale models need the spandrel package: pip install 'comfyd[upscale]' "
+                                "(after the torchvision build that matches this torch)") from None
     state = read_state_dict(path, allow_pickle)
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(state).eval()

@@ -15,16 +15,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from comfyd.models.tiny_upscale import tiny_esrgan_state, write_tiny_esrgan
+from comfyd.models.tiny_upscale import esrgan_shapes, tiny_esrgan_state, write_tiny_esrgan
 from comfyd.models.upscale import (
     UpscaleModelError,
-    _import_spandrel,
+    import_spandrel,
     load_upscale_model,
     read_state_dict,
     tiled_upscale,
     upscale_image,
 )
 
+try:
+    import_spandrel()
+except ImportError:
+    pytest.skip("the upscale extra (spandrel) is not installed", allow_module_level=True)
 CPU = torch.device("cpu")
 
 
@@ -35,7 +39,7 @@ def _load(path: Path, allow_pickle: bool = False):
 def test_spandrel_detects_the_tiny_esrgan_from_its_keys(tmp_path: Path) -> None:
     path = write_tiny_esrgan(tmp_path / "x2.safetensors", scale=2, seed=4)
     model = _load(path)
-    spandrel = _import_spandrel()
+    spandrel = import_spandrel()
     assert isinstance(model.descriptor, spandrel.ImageModelDescriptor)
     assert model.descriptor.architecture.id == "ESRGAN"
     assert model.scale == 2
@@ -43,6 +47,15 @@ def test_spandrel_detects_the_tiny_esrgan_from_its_keys(tmp_path: Path) -> None:
     assert "model.1.sub.0.RDB1.conv1.0.weight" in read_state_dict(path, False)
     x4 = _load(write_tiny_esrgan(tmp_path / "x4.safetensors", scale=4, seed=4))
     assert x4.scale == 4
+
+
+def test_the_written_layout_is_spandrels_rrdbnet() -> None:
+    import_spandrel()
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    for scale, blocks in ((2, 1), (4, 2)):
+        built = ESRGAN(num_filters=16, num_blocks=blocks, scale=scale).state_dict()
+        assert {k: tuple(v.shape) for k, v in built.items()} == esrgan_shapes(scale, 16, blocks)
 
 
 def test_the_writer_is_deterministic(tmp_path: Path) -> None:
