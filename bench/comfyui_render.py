@@ -69,12 +69,16 @@ def _stand_in_for(name: str) -> None:
         print(f"note: {name} cannot be imported ({type(exc).__name__}); using an empty stand-in")
     for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[mod]
-    for full in (name, f"{name}.transforms"):
+    # spandrel (the upscale models) imports torchvision.transforms.functional at module level.
+    parts = (name, f"{name}.transforms", f"{name}.transforms.functional")
+    for full in parts:
         module = types.ModuleType(full)
-        module.__spec__ = importlib.machinery.ModuleSpec(full, None)
+        module.__spec__ = importlib.machinery.ModuleSpec(full, None, is_package=True)
+        module.__path__ = []  # a package, so `import a.b.c` finds the children below
         module.__getattr__ = _module_attribute  # type: ignore[method-assign]
         sys.modules[full] = module
-    sys.modules[name].transforms = sys.modules[f"{name}.transforms"]  # type: ignore[attr-defined]
+    for parent, child in zip(parts[:-1], parts[1:], strict=True):
+        setattr(sys.modules[parent], child.rsplit(".", 1)[-1], sys.modules[child])
 
 
 class _SilentServer:
@@ -104,7 +108,7 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     # the top-level utils package that server.py (imported by some comfy_extras) needs; ComfyUI's
     # main.py imports that package first, and so does this.
     importlib.import_module("utils.install_util")
-    for kind in ("checkpoints", "loras", "vae", "embeddings"):
+    for kind in ("checkpoints", "loras", "vae", "embeddings", "upscale_models"):
         if (models_dir / kind).is_dir():
             folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
     folder_paths.set_output_directory(str(output_dir))

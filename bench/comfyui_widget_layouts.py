@@ -50,9 +50,11 @@ def layout(cls: Any, sentinel: str) -> dict[str, Any]:
         for name, spec in (declared.get(section) or {}).items():
             kind = spec[0] if isinstance(spec, tuple | list) and spec else spec
             opts = spec[1] if isinstance(spec, tuple | list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if isinstance(kind, list | tuple):
+            # Newer (v3) nodes declare a choice as ["COMBO", {"options": [...]}].
+            choices = kind if isinstance(kind, list | tuple) else opts.get("options") if kind == "COMBO" else None
+            if isinstance(choices, list | tuple):
                 kind_name = "COMBO"
-                folder = _folder_of(list(kind), sentinel)
+                folder = _folder_of(list(choices), sentinel)
                 if folder:
                     folders[name] = folder
             else:

@@ -34,6 +34,7 @@ from comfyd.models.handles import ClipHandle, LoraPatch, ModelHandle, VaeHandle
 from comfyd.models.lora import LoraPatcher, ParsedLora, parse_lora
 from comfyd.models.paths import ModelNotFound, ModelPathError, ModelPaths, is_diffusers_folder
 from comfyd.models.tensorfile import ModelFileError, TensorFile
+from comfyd.models.upscale import UpscaleModelHandle, load_upscale_model
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,12 @@ class ModelManager:
         key = "vae:" + file_fingerprint(path)
         return self._get_or_load(key, "vae", name, lambda: self._load_vae(path, key, name))
 
+    def load_upscale_model(self, name: str) -> UpscaleModelHandle:
+        path = self.resolve("upscale_models", name)
+        key = "upscale:" + file_fingerprint(path)
+        return self._get_or_load(key, "upscale", name, lambda: load_upscale_model(
+            path, key, name, self.plan.device, bool(self.settings.allow_pickle), self.gate))
+
     def lora_patch(self, name: str, strength: float) -> LoraPatch:
         """A LoRA of `loras/` at `strength`; parses (and caches) the file now, so errors show here."""
         path = self.resolve("loras", name)
@@ -251,6 +258,8 @@ class ModelManager:
             return module_bytes(model.unet, vae.vae, *clip.text_encoders.values())
         if isinstance(value, VaeHandle):
             return module_bytes(value.vae)
+        if isinstance(value, UpscaleModelHandle):
+            return 0, module_bytes(value.module)[1]  # kept on the CPU between uses
         if isinstance(value, ParsedLora):
             return 0, value.nbytes
         if isinstance(value, dict):

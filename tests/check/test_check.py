@@ -214,3 +214,12 @@ def test_custom_nodes_named_by_the_settings_are_known_to_check(
     code, with_pack = check_json(capsys, str(workflow), "--models-dir", str(tmp_path / "m"))
     assert with_pack["unknown_nodes"] == [] and with_pack["errors"] == [], with_pack
     assert code == 0
+
+
+def test_a_missing_upscale_model_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    workflow = Path(__file__).parents[1] / "fidelity" / "workflows" / "upscale_model_one_tile.json"
+    code, report = check_json(capsys, str(workflow), "--models-dir", str(tmp_path))
+    assert code != 0
+    assert [(m["class_type"], m["input"], m["name"], m["folder"]) for m in report["missing_models"]] == [
+        ("UpscaleModelLoader", "model_name", "comfyd-parity-esrgan-x2.safetensors", "upscale_models"),
+    ]

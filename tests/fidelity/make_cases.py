@@ -20,6 +20,7 @@ from typing import Any
 
 import image_cases  # beside this file (script dir, or on sys.path in test_parity)
 import numpy as np
+import upscale_cases
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -34,6 +35,7 @@ LORA_KOHYA = "comfyd-parity-lora-kohya.safetensors"
 # layers of a peft SD1 LoRA ("lora key not loaded"), where comfyd applies them (README).
 LORA_ORIGINAL = "comfyd-parity-lora-original.safetensors"
 EMBEDDING = "comfyd-parity-embedding"
+UPSCALE_MODEL = upscale_cases.UPSCALE_MODEL
 INPUT_IMAGE = "parity-input.png"
 
 POSITIVE = "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"
@@ -238,6 +240,8 @@ def cases() -> dict[str, dict[str, Any]]:
     # Image, mask, latent, value and animated-output nodes (image_cases.py).
     out.update(image_cases.cases(base))
     out.update(sampling_cases(base, with_sampler))
+    # Upscale models, ImageScaleToTotalPixels and the hires fix through a model (upscale_cases.py).
+    out.update(upscale_cases.cases(base))
     return {name: copy.deepcopy(w) for name, w in out.items()}
 
 
@@ -265,8 +269,10 @@ def write_input_image(path: Path) -> None:
 
 
 def write_models(models: Path) -> None:
-    """The parity checkpoint, its two LoRAs and the embedding, in a ComfyUI models layout."""
+    """The parity checkpoint, its two LoRAs, the embedding and an upscale model, in a ComfyUI
+    models layout."""
     from comfyd.models.tiny import make_tiny_embedding, make_tiny_lora, write_random_checkpoint
+    from comfyd.models.tiny_upscale import write_tiny_esrgan
 
     checkpoint = models / "checkpoints" / CHECKPOINT
     if not checkpoint.exists():
@@ -275,6 +281,7 @@ def write_models(models: Path) -> None:
     make_tiny_lora(models / "loras", checkpoint, "kohya", name=LORA_ORIGINAL, seed=2, unet_names="original",
                    text_encoders=False)
     make_tiny_embedding(models / "embeddings", EMBEDDING, "sd1", vectors=3, width=768, seed=3)
+    write_tiny_esrgan(models / "upscale_models" / UPSCALE_MODEL, scale=2, num_filters=16, num_blocks=1, seed=4)
 
 
 def main() -> None:

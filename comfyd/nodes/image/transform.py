@@ -1,6 +1,9 @@
-"""Pixel-space image operations: ImageScale, ImageScaleBy, ImageInvert (and ComfyUI's upscale rule)."""
+"""Pixel-space image operations: ImageScale, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert
+(and ComfyUI's upscale rule)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -101,6 +104,32 @@ class ImageScaleBy(Node):
         self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, scale_by: float
     ) -> tuple[torch.Tensor]:
         samples = image.movedim(-1, 1)
+        width = round(samples.shape[3] * scale_by)
+        height = round(samples.shape[2] * scale_by)
+        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+
+
+@register_node
+class ImageScaleToTotalPixels(Node):
+    schema = NodeSchema(
+        class_type="ImageScaleToTotalPixels",
+        inputs=(
+            Link("image", "IMAGE"),
+            Combo("upscale_method", UPSCALE_METHODS, combo_as_options=True),
+            Float("megapixels", default=1.0, min=0.01, max=16.0, step=0.01),
+        ),
+        outputs=(OutputSpec("IMAGE"),),
+        category="image/upscaling",
+        display_name="Scale Image to Total Pixels",
+    )
+
+    def run(
+        self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, megapixels: float
+    ) -> tuple[torch.Tensor]:
+        samples = image.movedim(-1, 1)
+        # A "megapixel" is 1024 * 1024 pixels here, as in ComfyUI; the aspect ratio is kept.
+        total = int(megapixels * 1024 * 1024)
+        scale_by = math.sqrt(total / (samples.shape[3] * samples.shape[2]))
         width = round(samples.shape[3] * scale_by)
         height = round(samples.shape[2] * scale_by)
         return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
