@@ -35,5 +35,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 # The exact versions the images install (constraints.txt, generated from this environment).
 "${PIP[@]}" install -q -c constraints.txt -e '.[dev]'
+# The upscale extra's spandrel, without its torchvision requirement: PyPI's torchvision would
+# replace the torch build chosen above, and comfyd loads spandrel without it (comfyd.models.upscale).
+"${PIP[@]}" install -q -c constraints.txt --no-deps spandrel einops
 # Refuse to end with the wrong build (a CUDA torch on a machine without a GPU, say).
 .venv/bin/python scripts/torch_index.py verify "$want"
