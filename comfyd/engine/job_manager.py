@@ -263,12 +263,21 @@ class JobManager:
             if not job.number:
                 job.number = self.next_number()
             job.status = JobStatus.QUEUED
-            if not self.store.create(job):
+            # One transaction where the queue can write the store's database (SQLite): the job
+            # is stored, queued and marked sent together. Otherwise three steps.
+            create_and_put = getattr(self.queue, "create_and_put", None)
+            created = create_and_put(self.store, job) if callable(create_and_put) else None
+            if created is None:
+                created = self.store.create(job)
+                if created:
+                    self.queue.put(job.id, job.priority)
+            if not created:
                 existing = self.store.get(job.id)
                 if existing is not None:
                     return SubmitResult(existing, created=False)
-            self.queue.put(job.id, job.priority)
-        mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
+                self.queue.put(job.id, job.priority)
+        if job.enqueued_at is None:
+            mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
         self.backends.metrics.increment("JobsSubmitted", source=job.source)
         self._broadcast_status()
         return SubmitResult(job, created=True)
