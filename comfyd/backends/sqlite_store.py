@@ -27,6 +27,7 @@ from comfyd.engine.interfaces import TERMINAL_STATUSES, JobRecord, JobStatus
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
 _RECORD_FIELDS = frozenset(_FIELD_NAMES)
+CACHE_KIB = 512  # per connection, so per thread that touches the database
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
 
 
@@ -63,6 +64,8 @@ class SqliteDatabase:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA synchronous={self._sync}")
         conn.execute("PRAGMA busy_timeout=30000")
+        # Each thread's page cache is private: a small one bounds memory (the OS caches the file).
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         with self._lock:
             self._all.add(conn)
         return conn
