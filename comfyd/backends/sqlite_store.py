@@ -1,7 +1,7 @@
 """JobStore on SQLite (WAL): the embedded, durable job store.
 
 One database file holds the jobs (this module) and the local queue (`local_queue.py`), so one
-connection and one lock serve both. WAL with synchronous=NORMAL: a committed transaction
+writer lock serves both and a submission stores the job and its queue item in one transaction. WAL with synchronous=NORMAL: a committed transaction
 survives the process being killed (kill -9) at any point; only an OS crash or power loss can
 lose the last commits (set `COMFYD_SQLITE_SYNC=FULL` to pay an fsync per commit instead).
 
@@ -18,56 +18,106 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from comfyd.engine.interfaces import TERMINAL_STATUSES, JobRecord, JobStatus
 
-_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobRecord))
+_RECORD_FIELDS = frozenset(_FIELD_NAMES)
+CACHE_KIB = 512  # per connection, so per thread that touches the database
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
 
 
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced (the database closes every thread's)."""
+
+
 class SqliteDatabase:
-    """A shared SQLite connection: WAL, one writer at a time (a lock), explicit transactions."""
+    """One SQLite file in WAL mode: a connection per thread, one writer at a time.
+
+    Reads run on the calling thread's own connection without any Python lock (WAL readers see
+    the last committed state and never wait for the writer). Writes are explicit transactions
+    behind one in-process lock: SQLite's own busy wait sleeps in steps of up to 100 ms, which a
+    lock queue avoids. A thread's connection closes when the thread ends (or at close()).
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        if str(self.path) != ":memory:":
+        self._memory = str(path) == ":memory:"  # one shared connection: each would be its own db
+        if not self._memory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._closed = False
         sync = os.environ.get("COMFYD_SQLITE_SYNC", "NORMAL").upper()
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._sync = "FULL" if sync == "FULL" else "NORMAL"
+        self._shared = self._connect()
+        self._shared.execute("PRAGMA journal_mode=WAL")
+
+    def _connect(self) -> _Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0,
+                               factory=_Connection)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        # Each thread's page cache is private: a small one bounds memory (the OS caches the file).
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        with self._lock:
+            self._all.add(conn)
+        return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        if self._memory:
+            return self._shared
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            conn = self._local.conn = self._connect()
+        return conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self.connection()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        if self._memory:
+            with self._lock:
+                return self._shared.execute(sql, params).fetchall()
+        return self.connection().execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._closed = True
+            for conn in list(self._all):
+                conn.close()
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 def record_to_json(job: JobRecord) -> str:
-    data = dataclasses.asdict(job)
+    # Field by field rather than dataclasses.asdict, which deep-copies the whole workflow first.
+    data = {name: getattr(job, name) for name in _FIELD_NAMES}
     data["status"] = job.status.value
-    return json.dumps(data, separators=(",", ":"), default=str)
+    return json.dumps(data, separators=(",", ":"), default=_json_default)
 
 
 def record_from_json(text: str) -> JobRecord:
@@ -109,13 +159,18 @@ class SqliteJobStore:
 
     def create(self, job: JobRecord) -> bool:
         with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO jobs (id, status, priority, number, created_at, finished_at, expires_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.status.value, job.priority, job.number, job.created_at, job.finished_at,
-                 job.expires_at, record_to_json(job)),
-            )
-            return cursor.rowcount == 1
+            return self.insert(conn, job)
+
+    @staticmethod
+    def insert(conn: sqlite3.Connection, job: JobRecord) -> bool:
+        """Insert within the caller's transaction; False if the id exists (nothing written)."""
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO jobs (id, status, priority, number, created_at, finished_at, expires_at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.status.value, job.priority, job.number, job.created_at, job.finished_at,
+             job.expires_at, record_to_json(job)),
+        )
+        return cursor.rowcount == 1
 
     def get(self, job_id: str) -> JobRecord | None:
         rows = self.db.query("SELECT data, expires_at FROM jobs WHERE id = ?", (job_id,))

@@ -94,6 +94,7 @@ class JobManager:
         self._done_callbacks: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._number = 0
         self._submit_lock = threading.Lock()
+        self._reserved = 0  # submissions past the depth check whose job is not yet in the queue
         self._worker_index = 0
         self._retired: set[threading.Thread] = set()
         self._finished_at: collections.deque[float] = collections.deque(maxlen=DRAIN_SAMPLES)
@@ -258,22 +259,38 @@ class JobManager:
         existing = self.store.get(job.id)
         if existing is not None:
             return SubmitResult(existing, created=False)
-        # The depth check and the insert are one step for this process: two submissions racing
-        # for the last slot cannot both pass the check (with a shared queue, other API processes
-        # still can; the bound is then approximate).
+        # The depth check and a reservation are one step for this process: two submissions
+        # racing for the last slot cannot both pass the check (with a shared queue, other API
+        # processes still can; the bound is then approximate). The insert runs outside the lock,
+        # so submissions wait for each other only for the check, never for a database write.
         with self._submit_lock:
-            depth = self.queue.depth()
+            depth = self.queue.depth() + self._reserved
             if depth >= self.settings.queue_max_depth:
                 raise QueueFullError(depth, self.retry_after_s(depth))
+            self._reserved += 1
             if not job.number:
                 job.number = self.next_number()
+        try:
             job.status = JobStatus.QUEUED
-            if not self.store.create(job):
+            # One transaction where the queue can write the store's database (SQLite): the job
+            # is stored, queued and marked sent together. Otherwise three steps.
+            create_and_put = getattr(self.queue, "create_and_put", None)
+            created = create_and_put(self.store, job) if callable(create_and_put) else None
+            if created is None:
+                created = self.store.create(job)
+                if created:
+                    self.queue.put(job.id, job.priority)
+            if not created:
                 existing = self.store.get(job.id)
                 if existing is not None:
                     return SubmitResult(existing, created=False)
-            self.queue.put(job.id, job.priority)
-        mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
+                self.queue.put(job.id, job.priority)
+        finally:
+            # Released once the queue counts the job (until then the reservation holds its slot).
+            with self._submit_lock:
+                self._reserved -= 1
+        if job.enqueued_at is None:
+            mark_enqueued(self.store, job.id)  # from now on no sweeper sends it again
         self.backends.metrics.increment("JobsSubmitted", source=job.source)
         self._broadcast_status()
         return SubmitResult(job, created=True)

@@ -419,7 +419,8 @@ async def generate(request: Request, principal: str = Depends(require_key)) -> J
 
 def _status(state: AppState, base_url: str) -> dict[str, Any]:
     store = state.services.job_store
-    running = [store.get(j.id) or j for j in state.manager.running_jobs()]
+    # A job stored as finished is not processing, though its worker may not have let go yet.
+    running = [j for j in (store.get(r.id) or r for r in state.manager.running_jobs()) if not j.status.terminal]
     running.sort(key=lambda j: j.started_at or 0.0)
     current = running[-1] if running else None
     recent = store.list(limit=10)

@@ -9,7 +9,8 @@ checkpoint folder (one holding `model_index.json`) inside `checkpoints/` is list
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from comfyd.safepath import UnsafePathError, safe_join
@@ -30,6 +31,7 @@ SAFE_EXTENSIONS = frozenset({".safetensors", ".sft"})
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
 MODEL_EXTENSIONS = SAFE_EXTENSIONS | PICKLE_EXTENSIONS
 DIFFUSERS_MARKER = "model_index.json"
+RECENT_NS = 2_000_000_000
 
 
 class ModelPathError(ValueError):
@@ -66,6 +68,12 @@ class ModelPaths:
     """The model roots, in search order (the first root holding a name wins)."""
 
     roots: tuple[Path, ...]
+    # (base dir, lists diffusers folders) -> (names, {directory watched: its mtime_ns}). Every
+    # workflow validation lists the model folders: a walk that resolves each file costs
+    # milliseconds, a stat per directory microseconds. A directory's mtime changes whenever an
+    # entry in it is added, removed or renamed, so a listing is reused only while none did.
+    _listings: dict[tuple[str, bool], tuple[list[str], dict[str, int]]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
 
     def folder_dirs(self, folder: str) -> list[Path]:
         """Every existing directory for `folder` across the roots, in search order."""
@@ -88,8 +96,18 @@ class ModelPaths:
         """
         names: set[str] = set()
         for base in self.folder_dirs(folder):
-            names.update(_walk_models(base, list_diffusers=folder == "checkpoints"))
+            names.update(self._listing(base, list_diffusers=folder == "checkpoints"))
         return sorted(names)
+
+    def _listing(self, base: Path, list_diffusers: bool) -> list[str]:
+        key = (str(base), list_diffusers)
+        cached = self._listings.get(key)
+        if cached is not None and _unchanged(cached[1]):
+            return cached[0]
+        watched: dict[str, int] = {}
+        names = _walk_models(base, list_diffusers, watched)
+        self._listings[key] = (names, watched)
+        return names
 
     def resolve(self, folder: str, name: str) -> Path:
         """The path of `name` in `folder`, from the first root that has it.
@@ -111,7 +129,27 @@ class ModelPaths:
         raise ModelNotFound(folder, name, searched)
 
 
-def _walk_models(base: Path, list_diffusers: bool) -> list[str]:
+def _unchanged(watched: dict[str, int]) -> bool:
+    try:
+        return all(os.stat(path).st_mtime_ns == mtime for path, mtime in watched.items())
+    except OSError:
+        return False
+
+
+def _watch(watched: dict[str, int] | None, path: Path) -> None:
+    if watched is None:
+        return
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime = -1  # gone meanwhile: never matches, so the next call walks again
+    # Changed within the last seconds: an entry may have come after the walk read the directory
+    # (or the file system's clock is coarse), so this directory is not trusted yet.
+    watched[str(path)] = -1 if mtime > time.time_ns() - RECENT_NS else mtime
+
+
+def _walk_models(base: Path, list_diffusers: bool, watched: dict[str, int] | None = None) -> list[str]:
+    """The names under `base`; `watched` collects each directory the listing depends on."""
     real_base = base.resolve()
     found: list[str] = []
     seen_dirs: set[Path] = set()
@@ -123,11 +161,13 @@ def _walk_models(base: Path, list_diffusers: bool) -> list[str]:
             dirnames[:] = []
             continue
         seen_dirs.add(real_here)
+        _watch(watched, here)
         rel_dir = here.relative_to(base)
         if list_diffusers:
             keep = []
             for d in sorted(dirnames):
                 if is_diffusers_folder(here / d):
+                    _watch(watched, here / d)  # its model_index.json may go
                     if (here / d).resolve().is_relative_to(real_base):
                         found.append((rel_dir / d).as_posix())
                 else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,43 @@ def test_missing_file_and_unknown_folder_errors_name_what_and_where(roots: tuple
     assert "nope.safetensors" in str(info.value) and str(roots[0]) in str(info.value)
     with pytest.raises(UnknownModelFolder, match="knitting"):
         paths.list_files("knitting")
+
+
+def _age(*paths: Path) -> None:
+    """Date directories back a minute: a listing trusts only directories not changed just now."""
+    old = time.time() - 60
+    for path in paths:
+        os.utime(path, (old, old))
+
+
+def test_listing_is_reused_until_a_directory_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from comfyd.models import paths as paths_module
+
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "sub").mkdir(parents=True)
+    (checkpoints / "a.safetensors").write_bytes(b"x")
+    (checkpoints / "sub" / "b.safetensors").write_bytes(b"x")
+    pipe = checkpoints / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text("{}")
+    _age(checkpoints, checkpoints / "sub", pipe)
+    model_paths = ModelPaths((tmp_path,))
+    walks = []
+    real_walk = paths_module._walk_models
+    monkeypatch.setattr(paths_module, "_walk_models", lambda *a: walks.append(1) or real_walk(*a))
+
+    assert model_paths.list_files("checkpoints") == ["a.safetensors", "pipe", "sub/b.safetensors"]
+    assert model_paths.list_files("checkpoints") == ["a.safetensors", "pipe", "sub/b.safetensors"]
+    assert len(walks) == 1  # nothing changed: no second walk
+    (checkpoints / "sub" / "c.safetensors").write_bytes(b"x")  # a new file, one level down
+    assert model_paths.list_files("checkpoints") == ["a.safetensors", "pipe", "sub/b.safetensors",
+                                                     "sub/c.safetensors"]
+    _age(checkpoints, checkpoints / "sub", pipe)
+    model_paths.list_files("checkpoints")  # walks again (sub/ had just changed), now trusts all
+    walked = len(walks)
+    model_paths.list_files("checkpoints")
+    assert len(walks) == walked
+    (pipe / "model_index.json").unlink()  # no longer a diffusers folder: only pipe/ changed
+    assert model_paths.list_files("checkpoints") == ["a.safetensors", "sub/b.safetensors", "sub/c.safetensors"]
+    (checkpoints / "a.safetensors").unlink()
+    assert "a.safetensors" not in model_paths.list_files("checkpoints")

@@ -135,6 +135,59 @@ def test_queue_items_received_by_a_dead_process_come_back(tmp_path: Path) -> Non
     assert reopened.depth() == 1 and reopened.get(0.1).job_id == "in-flight"
 
 
+def test_queue_depth_in_memory_matches_the_table(db: SqliteDatabase) -> None:
+    queue = LocalJobQueue(db)
+
+    def table_depth() -> int:
+        return db.query("SELECT COUNT(*) AS n FROM queue_items WHERE receipt IS NULL")[0]["n"]
+
+    for job_id in ("a", "b", "c", "a"):  # the second "a" is no duplicate
+        queue.put(job_id, 1)
+    first = queue.get(0.1)
+    assert queue.depth() == table_depth() == 2
+    queue.nack(first, delay=60)  # waiting again (delayed ones count)
+    queue.nack(first)  # a stale receipt changes nothing
+    assert queue.depth() == table_depth() == 3
+    assert queue.remove("b") and not queue.remove("b")
+    second = queue.get(0.1)
+    queue.ack(second)
+    assert queue.depth() == table_depth() == 1
+    assert LocalJobQueue(db).depth() == 1  # counted from the table on open
+
+
+def test_create_and_put_is_one_transaction(db: SqliteDatabase, tmp_path: Path) -> None:
+    store, queue = SqliteJobStore(db), LocalJobQueue(db)
+    job = JobRecord(id="j", workflow={"1": {"class_type": "X", "inputs": {}}}, priority=4, number=1)
+    assert queue.create_and_put(store, job) is True
+    stored = store.get("j")
+    assert stored is not None and stored.enqueued_at is not None and queue.depth() == 1
+    assert queue.get(0.1).job_id == "j"
+    # The same id again: nothing written, no second queue item.
+    assert queue.create_and_put(store, JobRecord(id="j", workflow={}, number=2)) is False
+    assert store.get("j").number == 1 and queue.depth() == 0
+    # A store in another database: the caller does the steps itself.
+    other = SqliteJobStore(SqliteDatabase(tmp_path / "other.db"))
+    assert queue.create_and_put(other, JobRecord(id="k", workflow={})) is None and other.get("k") is None
+
+
+def test_each_thread_reads_committed_writes_on_its_own_connection(db: SqliteDatabase) -> None:
+    store = SqliteJobStore(db)
+    seen: list[bool] = []
+    lock = threading.Lock()
+
+    def writer_then_reader(index: int) -> None:
+        store.create(JobRecord(id=f"t{index}", workflow={}, number=index))
+        found = all(store.get(f"t{i}") is not None for i in range(index + 1))
+        with lock:
+            seen.append(found)
+
+    for index in range(8):  # one after another: each thread must see every earlier commit
+        thread = threading.Thread(target=writer_then_reader, args=(index,))
+        thread.start()
+        thread.join()
+    assert seen == [True] * 8 and store.count({JobStatus.QUEUED}) == 8
+
+
 def test_local_output_store(tmp_path: Path) -> None:
     store = LocalOutputStore(tmp_path / "out")
     stored = store.put("job", "sub/img.png", b"png-bytes")

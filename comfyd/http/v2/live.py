@@ -31,7 +31,9 @@ Event = tuple[int, str, dict[str, Any]]
 
 @dataclass
 class LiveJob:
-    workflow: dict[str, Any]
+    # node id -> class_type: all a progress snapshot needs of the workflow (MAX_JOBS of these
+    # are kept, so not the whole workflow).
+    node_classes: dict[str, str | None]
     seq: int = 0
     log: deque[Event] = field(default_factory=lambda: deque(maxlen=LOG_EVENTS))
     status: str | None = None
@@ -48,14 +50,13 @@ class LiveJob:
 
     def snapshot(self) -> dict[str, Any]:
         """A complete v2 Progress object."""
-        nodes = [n for n, v in self.workflow.items() if isinstance(v, dict)]
+        nodes = self.node_classes
         total = max(1, len(nodes))
         done = len(self.done)
         partial = 0.0
         if self.current_node is not None and self.current_node not in self.done and self.steps:
             partial = min(1.0, (self.step or 0) / self.steps)
-        node = self.workflow.get(self.current_node) if self.current_node else None
-        class_type = node.get("class_type") if isinstance(node, dict) else None
+        class_type = self.node_classes.get(self.current_node) if self.current_node else None
         message = f"{class_type} {self.step}/{self.steps}" if class_type and self.steps else class_type
         return {
             "value": round(min(1.0, (done + partial) / total), 4), "nodes_done": done, "nodes_total": len(nodes),
@@ -161,7 +162,7 @@ class LiveJobs:
     def _live(self, job: JobRecord) -> LiveJob:
         live = self._jobs.get(job.id)
         if live is None:
-            live = LiveJob(workflow=job.workflow)
+            live = LiveJob(node_classes=_node_classes(job.workflow))
             self._jobs[job.id] = live
             while len(self._jobs) > MAX_JOBS:
                 oldest = next(iter(self._jobs))
@@ -202,3 +203,12 @@ class LiveJobs:
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
+
+
+def _node_classes(workflow: dict[str, Any]) -> dict[str, str | None]:
+    classes: dict[str, str | None] = {}
+    for node_id, node in workflow.items():
+        if isinstance(node, dict):
+            class_type = node.get("class_type")
+            classes[node_id] = class_type if isinstance(class_type, str) else None
+    return classes
