@@ -7,10 +7,8 @@ start, and an event fan-out to websockets and sync waiters. Each job runs throug
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -19,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from comfyd.engine.drain_rate import DrainMeter
 from comfyd.engine.interfaces import (
     JobQueue,
     JobRecord,
@@ -35,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("comfyd.jobs")
 
-# Retry-After measures the drain rate over the last DRAIN_SAMPLES finished jobs within this window.
-DRAIN_SAMPLES = 200
-DRAIN_WINDOW_S = 300.0
 
 
 class QueueFullError(Exception):
@@ -97,7 +93,7 @@ class JobManager:
         self._reserved = 0  # submissions past the depth check whose job is not yet in the queue
         self._worker_index = 0
         self._retired: set[threading.Thread] = set()
-        self._finished_at: collections.deque[float] = collections.deque(maxlen=DRAIN_SAMPLES)
+        self.drain = DrainMeter(settings.max_concurrent_jobs)
         self.worker_id = f"local-{uuid.uuid4().hex[:8]}"
         # SQS: other processes (workers, other API servers) share the queue and the store.
         self._shares_queue = settings.queue != "local"
@@ -296,26 +292,11 @@ class JobManager:
         return SubmitResult(job, created=True)
 
     def retry_after_s(self, depth: int | None = None) -> int:
-        """Seconds until the queue has drained: its depth over the measured drain rate (jobs this
-        process finished recently); before any measurement, one second per job per worker."""
-        depth = self.queue.depth() if depth is None else depth
-        rate = self.drain_rate()
-        if rate is None:
-            estimate = depth // max(1, self.settings.max_concurrent_jobs) + 1
-        else:
-            estimate = depth / rate
-        return max(1, min(300, math.ceil(estimate)))
+        """Seconds until the queue has drained (comfyd.engine.drain_rate)."""
+        return self.drain.retry_after_s(self.queue.depth() if depth is None else depth)
 
     def drain_rate(self) -> float | None:
-        """Jobs finished per second over the recent window, or None without enough data."""
-        with self._lock:
-            times = list(self._finished_at)
-        now = time.monotonic()
-        times = [t for t in times if now - t <= DRAIN_WINDOW_S]
-        if len(times) < 2 or times[-1] <= times[0]:
-            return None
-        # Measured from the first finish to now: an idle spell after a burst lowers the rate.
-        return (len(times) - 1) / max(now - times[0], times[-1] - times[0])
+        return self.drain.rate()
 
     def cancel(self, job_id: str, reason: str = "canceled") -> JobRecord | None:
         """Cancel one job: drop it if waiting, stop it if running (here or on a remote worker,
@@ -503,8 +484,7 @@ class JobManager:
         with self._lock:
             self._inflight.pop(id(item), None)  # only now: a retry is never out of both counts
         if outcome.record is not None and outcome.record.status.terminal:
-            with self._lock:
-                self._finished_at.append(time.monotonic())
+            self.drain.finished()
             self._on_job_done(outcome.record)
         self._broadcast_status()
 

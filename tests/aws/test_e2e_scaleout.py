@@ -107,6 +107,8 @@ def test_serve_and_two_workers_survive_a_kill_and_an_s3_outage(
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("COMFYD_", "AWS_"))},
+        # Each process keeps its data (models/, output/, ...) in its own working directory.
+        "COMFYD_HOME": ".",
         **moto_endpoint.environment(),
         "AWS_ENDPOINT_URL": proxy.url, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "COMFYD_CONFIG": os.devnull, "COMFYD_MODELS_DIR": str(models), "COMFYD_DEVICE": "cpu",

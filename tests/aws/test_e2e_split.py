@@ -83,6 +83,8 @@ def test_split_deployment(moto_endpoint: LocalAwsEndpoint, tmp_path: Path, setti
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("COMFYD_", "AWS_"))},
+        # Each process keeps its data (models/, output/, ...) in its own working directory.
+        "COMFYD_HOME": ".",
         **moto_endpoint.environment(),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "COMFYD_CONFIG": os.devnull,

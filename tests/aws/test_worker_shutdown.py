@@ -41,6 +41,8 @@ def _start_worker(settings: Settings, moto: LocalAwsEndpoint, tmp_path: Path, gr
                   command: list[str]) -> subprocess.Popen:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("COMFYD_", "AWS_"))},
+        # Each process keeps its data (models/, output/, ...) in its own working directory.
+        "COMFYD_HOME": ".",
         **moto.environment(),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "COMFYD_CONFIG": os.devnull,

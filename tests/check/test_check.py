@@ -40,7 +40,8 @@ def test_flux_workflow_missing_pieces(tmp_path: Path, capsys: pytest.CaptureFixt
     }
     assert all(m["expected_path"].startswith(str(tmp_path / "m")) for m in report["missing_models"])
     unknown = {u["class_type"]: u["pack"] for u in report["unknown_nodes"]}
-    assert "UNETLoader" in unknown and "SamplerCustomAdvanced" in unknown and unknown["FluxGuidance"] == "ComfyUI core"
+    assert "UNETLoader" in unknown and unknown["FluxGuidance"] == "ComfyUI core"
+    assert "SamplerCustomAdvanced" not in unknown  # comfyd runs the custom-sampling nodes
     assert "VAELoader" not in unknown and "CLIPTextEncode" not in unknown
     kinds = {e["kind"] for e in report["errors"]}
     assert kinds == {"missing_model", "unknown_node"}

@@ -414,9 +414,9 @@ def test_the_queue_never_overshoots_its_limit(start_server) -> None:
 def test_retry_after_follows_the_measured_drain_rate(server) -> None:
     manager = server.state.manager
     now = time.monotonic()
-    manager._finished_at.extend(now - 5 + i * 0.05 for i in range(100))  # 100 jobs drained in 5 s
+    manager.drain._finished_at.extend(now - 5 + i * 0.05 for i in range(100))  # 100 jobs drained in 5 s
     assert manager.retry_after_s(100) in (5, 6)  # 100 jobs at ~20 jobs/s
-    manager._finished_at.clear()
+    manager.drain._finished_at.clear()
     assert manager.retry_after_s(100) == 34  # no measurement yet: the old estimate
 
 

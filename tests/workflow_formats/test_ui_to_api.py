@@ -19,7 +19,9 @@ PAIRS = Path(__file__).parent / "pairs"
 # Older frontends also sent the upload button's value under these names; ComfyUI ignores them
 # and today's frontend leaves them out, as comfyd does.
 UPLOAD_BUTTON_KEYS = {"upload", "choose file to upload"}
-EXACT_PAIRS = sorted(p.stem for p in PAIRS.glob("*.json") if p.stem != "inpaint_example")
+# Saved by a ComfyUI older than 0.3.64, whose layouts are assumed (see the tests below).
+OLDER_PAIRS = {"inpaint_example", "sdxlturbo_example"}
+EXACT_PAIRS = sorted(p.stem for p in PAIRS.glob("*.json") if p.stem not in OLDER_PAIRS)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -88,6 +90,17 @@ def test_a_node_whose_widgets_changed_since_the_file_was_saved() -> None:
     prompt = ui_to_api(pair["workflow"]).prompt
     expected = comparable(pair["prompt"])
     expected["26"]["inputs"]["grow_mask_by"] = 6
+    assert comparable(prompt) == expected
+
+
+def test_older_sd_turbo_scheduler_gets_the_newer_denoise_default() -> None:
+    """sdxlturbo_example.json predates SDTurboScheduler's denoise widget, which comfyd's node
+    declares as ComfyUI 0.3.64 does: the missing value takes its default, as the frontend does on
+    load; everything else equals the frontend's prompt."""
+    pair = load("sdxlturbo_example")
+    prompt = ui_to_api(pair["workflow"]).prompt
+    expected = comparable(pair["prompt"])
+    expected["22"]["inputs"]["denoise"] = 1.0
     assert comparable(prompt) == expected
 
 
