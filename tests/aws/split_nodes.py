@@ -31,9 +31,8 @@ def child(settings: Any) -> Any:
     """The execution child's runtime: the real nodes plus TestSegfault."""
     from comfyd.runtime import build_runtime
 
-    runtime = build_runtime(settings, isolated_child=True)
-    register()
-    return runtime
+    register()  # before the runtime copies the registry (comfyd.compat.loader.node_registry)
+    return build_runtime(settings, isolated_child=True)
 
 
 def build(settings: Any) -> Any:
@@ -42,8 +41,8 @@ def build(settings: Any) -> Any:
     from comfyd.isolation import IsolatedExecutor
     from comfyd.runtime import build_runtime
 
+    register()  # before the runtime copies the registry (comfyd.compat.loader.node_registry)
     runtime = build_runtime(settings.model_copy(update={"isolation": "thread"}))
-    register()
     isolated = IsolatedExecutor(settings, "split_nodes:child", kill_grace_s=settings.isolation_kill_grace_s)
     isolated.start()
     return dataclasses.replace(runtime, executor=isolated, release=isolated.free)
