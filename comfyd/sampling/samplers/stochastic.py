@@ -113,6 +113,24 @@ def _h_phi_2(h: Tensor) -> Tensor:
     return (torch.expm1(h) - h) / h
 
 
+def _first_stage(
+    x: Tensor, denoised: Tensor, sigma: Tensor, sigma_s_1: Tensor, alpha_s_1: Tensor, r: float, h: Tensor,
+    h_eta: Tensor, eta: float, noise: AncestralNoise | None, s_noise: float,
+) -> tuple[Tensor, Tensor | None]:
+    """SEEDS' first exponential step to sigma_s_1 (fraction `r` of the step) and the SDE noise it
+    injects (None without noise), which the later stages carry on."""
+    x_2 = float(sigma_s_1 / sigma * (-r * h * eta).exp()) * x - float(alpha_s_1 * _h_phi_1(-r * h_eta)) * denoised
+    if noise is None:
+        return x_2, None
+    sde_noise = float((-2 * r * h * eta).expm1().neg().sqrt()) * noise(sigma, sigma_s_1)
+    return x_2 + scaled(sde_noise * float(sigma_s_1), s_noise), sde_noise
+
+
+def _carried_noise(sde_noise: Tensor, segment: Tensor, fresh: Tensor) -> Tensor:
+    """The SDE noise carried over a further `segment` (in -h*eta units) with fresh noise mixed in."""
+    return sde_noise * float(segment.exp()) + float(segment.mul(2).expm1().neg().sqrt()) * fresh
+
+
 def sample_seeds_2(
     model: Denoiser,
     x: Tensor,
@@ -140,22 +158,14 @@ def sample_seeds_2(
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
-        x_2 = (
-            float(sigma_s_1 / sigma * (-r * h * eta).exp()) * x
-            - float(alpha_s_1 * _h_phi_1(-r * h_eta)) * denoised
-        )
-        sde_noise: Tensor | None = None
-        if inject:
-            sde_noise = float((-2 * r * h * eta).expm1().neg().sqrt()) * noise(sigma, sigma_s_1)
-            x_2 = x_2 + scaled(sde_noise * float(sigma_s_1), s_noise)
+        x_2, sde_noise = _first_stage(x, denoised, sigma, sigma_s_1, alpha_s_1, r, h, h_eta, eta,
+                                      noise if inject else None, s_noise)
         denoised_2 = model(x_2, float(sigma_s_1))
 
         denoised_d = torch.lerp(denoised, denoised_2, fac)
         x = float(sigma_next / sigma * (-h * eta).exp()) * x - float(alpha_t * _h_phi_1(-h_eta)) * denoised_d
         if sde_noise is not None:
-            segment = (r - 1) * h * eta
-            sde_noise = sde_noise * float(segment.exp())
-            sde_noise = sde_noise + float(segment.mul(2).expm1().neg().sqrt()) * noise(sigma_s_1, sigma_next)
+            sde_noise = _carried_noise(sde_noise, (r - 1) * h * eta, noise(sigma_s_1, sigma_next))
             x = x + scaled(sde_noise * float(sigma_next), s_noise)
     return x
 
@@ -189,14 +199,8 @@ def sample_seeds_3(
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
-        x_2 = (
-            float(sigma_s_1 / sigma * (-r_1 * h * eta).exp()) * x
-            - float(alpha_s_1 * _h_phi_1(-r_1 * h_eta)) * denoised
-        )
-        sde_noise: Tensor | None = None
-        if inject:
-            sde_noise = float((-2 * r_1 * h * eta).expm1().neg().sqrt()) * noise(sigma, sigma_s_1)
-            x_2 = x_2 + scaled(sde_noise * float(sigma_s_1), s_noise)
+        x_2, sde_noise = _first_stage(x, denoised, sigma, sigma_s_1, alpha_s_1, r_1, h, h_eta, eta,
+                                      noise if inject else None, s_noise)
         denoised_2 = model(x_2, float(sigma_s_1))
 
         a3_2 = r_2 / r_1 * _h_phi_2(-r_2 * h_eta)
@@ -205,9 +209,7 @@ def sample_seeds_3(
             float(a3_1) * denoised + float(a3_2) * denoised_2
         )
         if sde_noise is not None:
-            segment = (r_1 - r_2) * h * eta
-            sde_noise = sde_noise * float(segment.exp())
-            sde_noise = sde_noise + float(segment.mul(2).expm1().neg().sqrt()) * noise(sigma_s_1, sigma_s_2)
+            sde_noise = _carried_noise(sde_noise, (r_1 - r_2) * h * eta, noise(sigma_s_1, sigma_s_2))
             x_3 = x_3 + scaled(sde_noise * float(sigma_s_2), s_noise)
         denoised_3 = model(x_3, float(sigma_s_2))
 
@@ -217,8 +219,6 @@ def sample_seeds_3(
             float(b1) * denoised + float(b3) * denoised_3
         )
         if sde_noise is not None:
-            segment = (r_2 - 1) * h * eta
-            sde_noise = sde_noise * float(segment.exp())
-            sde_noise = sde_noise + float(segment.mul(2).expm1().neg().sqrt()) * noise(sigma_s_2, sigma_next)
+            sde_noise = _carried_noise(sde_noise, (r_2 - 1) * h * eta, noise(sigma_s_2, sigma_next))
             x = x + scaled(sde_noise * float(sigma_next), s_noise)
     return x
