@@ -6,7 +6,8 @@
 
 ComfyUI is driven as a library, in this process, on CPU: each workflow is checked with ComfyUI's
 own `validate_prompt` and run by its `PromptExecutor`, exactly as its server would run it. The
-first image each workflow saves is copied to `DIR/<workflow stem>.png` (`.webp` for SaveAnimatedWEBP), and `DIR/renders.json`
+first file each workflow saves is copied to `DIR/<workflow stem>.png` (`.webp` for SaveAnimatedWEBP,
+the video's or audio's own extension for SaveVideo, SaveWEBM and SaveAudio*), and `DIR/renders.json`
 records ComfyUI's version, the SHA-256 of every model file under the models folder, and per
 workflow the SHA-256 of its JSON (as parsed and re-serialised) and of the PNG; a test can then
 tell a stale reference from a real difference.
@@ -129,7 +130,8 @@ def first_output_image(history: dict[str, Any], output_dir: Path) -> Path:
     """The first saved image of a run, in node-id order (as bench/parity.py picks comfyd's)."""
     outputs = history.get("outputs", {})
     for node_id in sorted(outputs, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
-        for image in outputs[node_id].get("images", []):
+        # Pictures and videos ("images"), audio, VideoHelperSuite's videos ("gifs").
+        for image in [f for key in ("images", "audio", "gifs") for f in outputs[node_id].get(key, [])]:
             if image.get("type", "output") == "output":
                 return output_dir / image.get("subfolder", "") / image["filename"]
     raise RuntimeError("the workflow saved no image")
