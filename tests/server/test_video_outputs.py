@@ -112,6 +112,24 @@ def test_video_and_audio_outputs_reach_history_view_store_and_predictions(start_
         prediction = http.get(f"/predictions/{prompt_id}")
         assert prediction.status_code == 200, prediction.text
         assert len(prediction.json()["output"]) == 3
+
+        # The frontend's upload of a video (through /upload/image), then a job loading it.
+        upload = http.post("/upload/image", files={"image": ("mine.mp4", view.content, "video/mp4")})
+        assert upload.status_code == 200 and upload.json()["name"] == "mine.mp4", upload.text
+        again = http.post("/prompt", json={"prompt": {
+            "1": {"class_type": "VHS_LoadVideo", "inputs": {"video": "mine.mp4", "force_rate": 0, "custom_width": 0,
+                                                            "custom_height": 0, "frame_load_cap": 0,
+                                                            "skip_first_frames": 1, "select_every_nth": 1}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}},
+        }, "client_id": client_id})
+        assert again.status_code == 200, again.text
+        loaded = {d["node"]: d["output"] for t, d in follow(ws, again.json()["prompt_id"]) if t == "executed"}
+        # 4 frames (red, red, blue, blue), the first skipped.
+        assert [e["filename"] for e in loaded["2"]["images"]] == [f"loaded_0000{i}_.png" for i in (1, 2, 3)]
+        from PIL import Image
+
+        with Image.open(Path(server.settings.output_dir) / "loaded_00003_.png") as image:
+            assert image.size == (64, 48) and image.getpixel((10, 10))[2] > 240
     ws.close()
 
 
