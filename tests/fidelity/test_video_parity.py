@@ -21,8 +21,6 @@ from PIL import Image, ImageSequence
 HERE = Path(__file__).resolve().parent
 WORKFLOWS = sorted((HERE / "video_workflows").glob("*.json"))
 REFERENCES = HERE / "video_references"
-# The cases take milliseconds; building the runner (importing every node) takes seconds.
-pytestmark = pytest.mark.slow
 BAR_DB = 40.0
 # SVT-AV1 does not encode the same frames twice alike (its threads decide): ComfyUI's own
 # runs of this case differ from each other by 28-36 dB per frame on these noisy frames, so

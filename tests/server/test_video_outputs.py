@@ -11,7 +11,6 @@ from typing import Any
 
 import av
 import numpy as np
-import pytest
 
 from comfyd.http.routes_files import bytes_response
 from tests.server.test_animated_outputs import real_nodes_runtime
@@ -48,7 +47,6 @@ def video_workflow() -> dict[str, Any]:
     }
 
 
-@pytest.mark.slow  # a real server and encoders: ~10 s on the shared machine
 def test_video_and_audio_outputs_reach_history_view_store_and_predictions(start_server) -> None:
     server = start_server(runtime=real_nodes_runtime)
     Path(server.settings.input_dir).mkdir(parents=True, exist_ok=True)
