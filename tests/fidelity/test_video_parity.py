@@ -9,6 +9,7 @@ measured figures are far above the bar (test output and README).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,18 @@ def runner(tmp_path_factory: pytest.TempPathFactory):
                                 output_dir=work / "output", temp_dir=work / "temp"))
 
 
-def test_every_video_case_has_a_reference() -> None:
-    assert WORKFLOWS, "no video workflows"
+def test_every_video_case_has_a_current_reference() -> None:
+    """A reference for each workflow, rendered from the workflow as it is now (renders.json keeps
+    the digest of what ComfyUI ran and of the file it saved)."""
+    manifest = json.loads((REFERENCES / "renders.json").read_text())
+    assert manifest["comfyui_version"] == "0.3.64" and WORKFLOWS
     for path in WORKFLOWS:
-        assert list(REFERENCES.glob(f"{path.stem}.*")), f"{path.stem}: no ComfyUI reference"
+        (reference,) = REFERENCES.glob(f"{path.stem}.*")
+        record = manifest["renders"][path.stem]
+        workflow = json.loads(path.read_text())
+        assert record["workflow"] == hashlib.sha256(json.dumps(workflow, sort_keys=True).encode()).hexdigest(), (
+            f"{path.stem}: the workflow changed since ComfyUI rendered it (re-render, tests/fidelity/README.md)")
+        assert record["png"] == hashlib.sha256(reference.read_bytes()).hexdigest(), f"{path.stem}: reference file"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
