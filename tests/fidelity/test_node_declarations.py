@@ -20,7 +20,8 @@ from comfyd.sampling.samplers import SAMPLER_NAMES
 
 HERE = Path(__file__).resolve().parent
 COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_text())["nodes"]
-# VideoHelperSuite's declarations of the VHS nodes comfyd runs (transcribed from its source).
+# VideoHelperSuite's declarations of the VHS nodes comfyd runs, written by ComfyUI with the VHS pack
+# loaded (bench/comfyui_render.py --custom-node ... --input-types).
 VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encoding="utf-8"))["nodes"]
 # Choices that depend on the files present (models, input pictures, videos), not on the declaration.
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video"}
@@ -80,3 +81,13 @@ def assert_same_declaration(name: str, theirs: dict[str, Any]) -> None:
             for option in NUMBER_OPTIONS:
                 if option in their_options and option != "tooltip":
                     assert our_options.get(option) == their_options[option], f"{where} {option}"
+
+
+def test_vhs_format_options_are_vhs_own() -> None:
+    """The per-format widgets VHS's frontend draws (its `formats` option), for each format comfyd offers."""
+    theirs = VHS["VHS_VideoCombine"]["input"]["required"]["format"][1]["formats"]
+    ours = REGISTRY.object_info()["VHS_VideoCombine"]["input"]["required"]["format"][1]["formats"]
+    assert ours == {name: theirs[name] for name in ours}
+    load_theirs = VHS["VHS_LoadVideo"]["input"]["optional"]["format"][1]["formats"]
+    load_ours = REGISTRY.object_info()["VHS_LoadVideo"]["input"]["optional"]["format"][1]["formats"]
+    assert json.loads(json.dumps(load_ours)) == load_theirs

@@ -27,6 +27,14 @@ BAR_DB = 40.0
 # runs of this case differ from each other by 28-36 dB per frame on these noisy frames, so
 # ComfyUI's file can be matched only that closely. Frame count, size and rate still must agree.
 CASE_BAR_DB = {"video_save_webm_av1": 25.0}
+# VideoHelperSuite encodes with the ffmpeg binary it finds (for these references imageio-ffmpeg's,
+# libavcodec 63); comfyd with PyAV's FFmpeg (libavcodec 62): other x264/libvpx versions. On these
+# noisy frames both files are ~27 dB from the source and 36-44 dB from each other (h264 38.1-38.8,
+# webm 38.8-41.8, the clip 35.9-43.6), so VHS's lossy videos are held to 34 dB; its decoding
+# (VHS_LoadVideo) and its GIF/WEBP files match exactly. Its audio is cut by ffmpeg's -shortest,
+# which ends one AAC frame (1024 samples) earlier than comfyd's cut at the video's length.
+CASE_BAR_DB.update({"vhs_combine_h264": 34.0, "vhs_combine_webm": 34.0, "vhs_load_combine_audio": 34.0})
+AUDIO_LENGTH_SLACK = {"vhs_load_combine_audio": 1024}
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
@@ -36,7 +44,7 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
 
 def decode(path: Path) -> dict[str, Any]:
     """Frames (uint8 RGB), frame rate and audio samples [channels, n] of a media file."""
-    if path.suffix == ".png":
+    if path.suffix in (".png", ".gif", ".webp"):
         with Image.open(path) as image:
             return {"frames": [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)]}
     out: dict[str, Any] = {"frames": [], "rate": None, "audio": None, "sample_rate": None}
@@ -107,5 +115,8 @@ def test_comfyd_video_matches_comfyui(path: Path, runner) -> None:
     assert (ours.get("audio") is None) == (theirs.get("audio") is None), "audio track"
     if ours.get("audio") is not None:
         assert ours["sample_rate"] == theirs["sample_rate"]
-        assert ours["audio"].shape == theirs["audio"].shape, "audio samples"
-        assert psnr(ours["audio"], theirs["audio"], 2.0) >= BAR_DB
+        slack = AUDIO_LENGTH_SLACK.get(path.stem, 0)
+        a, b = ours["audio"], theirs["audio"]
+        assert a.shape[0] == b.shape[0] and abs(a.shape[1] - b.shape[1]) <= slack, "audio samples"
+        n = min(a.shape[1], b.shape[1])
+        assert psnr(a[:, :n], b[:, :n], 2.0) >= BAR_DB

@@ -86,6 +86,41 @@ def cases() -> dict[str, dict[str, Any]]:
     # The audio track of a video file, as LoadAudio reads it.
     out["audio_from_video_flac"] = {"1": node("LoadAudio", audio=CLIP),
                                     "90": node("SaveAudio", audio=["1", 0], filename_prefix="audio/parity")}
+    out.update(vhs_cases())
+    return out
+
+
+def vhs_cases() -> dict[str, dict[str, Any]]:
+    """VideoHelperSuite's two nodes, rendered by ComfyUI with the VHS pack loaded
+    (bench/comfyui_render.py --custom-node)."""
+    out: dict[str, dict[str, Any]] = {}
+    combine = {"frame_rate": 12, "loop_count": 0, "filename_prefix": "parity", "pingpong": False, "save_output": True}
+    for name, options in {
+        "vhs_combine_h264": {"format": "video/h264-mp4", "crf": 19, "pix_fmt": "yuv420p", "save_metadata": True,
+                             "trim_to_audio": False},
+        "vhs_combine_webm": {"format": "video/webm", "crf": 20, "pix_fmt": "yuv420p", "save_metadata": True,
+                             "trim_to_audio": False},
+        "vhs_combine_gif_pingpong": {"format": "image/gif", "pingpong": True},
+        "vhs_combine_webp_loop": {"format": "image/webp", "lossless": True, "loop_count": 2},
+    }.items():
+        w = _four_frames()
+        w["90"] = node("VHS_VideoCombine", images=["5", 0], **{**combine, **options})
+        out[name] = w
+    load = {"video": CLIP, "force_rate": 0, "custom_width": 0, "custom_height": 0, "frame_load_cap": 0,
+            "skip_first_frames": 0, "select_every_nth": 1, "format": "AnimateDiff"}
+    for name, options in {
+        "vhs_load_skip_nth": {"skip_first_frames": 1, "select_every_nth": 2},
+        "vhs_load_rate_resize": {"force_rate": 6, "custom_width": 40},
+    }.items():
+        out[name] = {
+            "1": node("VHS_LoadVideo", **{**load, **options}),
+            "90": node("SaveAnimatedPNG", images=["1", 0], filename_prefix="parity", fps=12.0, compress_level=4),
+        }
+    out["vhs_load_combine_audio"] = {
+        "1": node("VHS_LoadVideo", **load),
+        "90": node("VHS_VideoCombine", images=["1", 0], audio=["1", 2], **{**combine, "format": "video/h264-mp4",
+                   "crf": 19, "pix_fmt": "yuv420p", "save_metadata": True, "trim_to_audio": False}),
+    }
     return out
 
 

@@ -21,14 +21,17 @@ class VideoFormat:
     audio_codec: str
     options: dict[str, str] = field(default_factory=dict)
     trim_to_audio: bool = True  # whether VHS offers the trim_to_audio widget
+    color_depth: bool = False  # whether VHS offers input_color_depth (8bit / 16bit frames in)
 
     def widgets(self) -> list[list[Any]]:
         """What VHS's /object_info shows for the format's extra inputs."""
         widgets: list[list[Any]] = [
             ["pix_fmt", list(self.pix_fmts)],
             ["crf", "INT", {"default": self.crf_default, "min": 0, "max": 100, "step": 1}],
-            ["save_metadata", "BOOLEAN", {"default": True}],
         ]
+        if self.color_depth:
+            widgets.append(["input_color_depth", ["8bit", "16bit"]])
+        widgets.append(["save_metadata", "BOOLEAN", {"default": True}])
         if self.trim_to_audio:
             widgets.append(["trim_to_audio", "BOOLEAN", {"default": False}])
         return widgets
@@ -43,7 +46,7 @@ VIDEO_FORMATS: dict[str, VideoFormat] = {
                                   trim_to_audio=False),
     "video/webm": VideoFormat("libvpx-vp9", "webm", ("yuv420p", "yuva420p"), 20, "libopus", {"b": "0"}),
     "video/av1-webm": VideoFormat("libsvtav1", "webm", ("yuv420p10le", "yuv420p"), 23, "libopus",
-                                  trim_to_audio=False),
+                                  trim_to_audio=False, color_depth=True),
 }
 IMAGE_FORMATS = ("image/gif", "image/webp")
 FORMAT_CHOICES = [*IMAGE_FORMATS, *VIDEO_FORMATS]

@@ -59,6 +59,11 @@ def frame_bytes(frame: torch.Tensor) -> np.ndarray:
     return np.clip(frame.detach().cpu().numpy() * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def frame_shorts(frame: torch.Tensor) -> np.ndarray:
+    """VHS's 16-bit frames (input_color_depth=16bit), rounded the same way."""
+    return np.clip(frame.detach().cpu().numpy() * 65535 + 0.5, 0, 65535).astype(np.uint16)
+
+
 def frame_order(count: int, pingpong: bool, loop_count: int = 0) -> Iterator[int]:
     """Frame indices: forwards, then (pingpong) back without repeating either end; `loop_count`
     more passes of that sequence for videos."""
@@ -95,6 +100,7 @@ def _waveform_for(audio: Any) -> tuple[torch.Tensor, int] | None:
 def encode_video(
     path: Path, images: torch.Tensor, order: list[int], fps: float, fmt: VideoFormat, pix_fmt: str, crf: int,
     tags: dict[str, str], audio: tuple[torch.Tensor, int] | None, trim_to_audio: bool, ctx: NodeContext,
+    sixteen_bit: bool = False,
 ) -> None:
     av = av_module()
     from av.video.reformatter import ColorRange, Colorspace
@@ -125,7 +131,10 @@ def encode_video(
             audio_stream = out.add_stream(fmt.audio_codec, rate=audio_rate)
         for done, index in enumerate(order, start=1):
             ctx.check_interrupted()
-            frame = av.VideoFrame.from_ndarray(frame_bytes(images[index][..., :3]), format="rgb24")
+            if sixteen_bit:
+                frame = av.VideoFrame.from_ndarray(frame_shorts(images[index][..., :3]), format="rgb48le")
+            else:
+                frame = av.VideoFrame.from_ndarray(frame_bytes(images[index][..., :3]), format="rgb24")
             frame = frame.reformat(format=pix_fmt, dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
             out.mux(stream.encode(frame))
             ctx.progress(done, len(order))
@@ -221,12 +230,13 @@ class VHS_VideoCombine(Node):
             pix_fmt, crf = widget_value(widgets, raw, "pix_fmt"), int(widget_value(widgets, raw, "crf"))
             save_metadata = bool(widget_value(widgets, raw, "save_metadata"))
             trim = bool(widget_value(widgets, raw, "trim_to_audio")) if fmt.trim_to_audio else False
+            sixteen = fmt.color_depth and widget_value(widgets, raw, "input_color_depth") == "16bit"
             if width % 2 or height % 2:
                 raise ValueError(f"{format} needs an even width and height; the frames are {width}x{height}")
             tags = _video_tags(prompt, extra) if save_metadata else {}
 
             def write(path: Path) -> None:
-                encode_video(path, images, order, frame_rate, fmt, pix_fmt, crf, tags, waveform, trim, ctx)
+                encode_video(path, images, order, frame_rate, fmt, pix_fmt, crf, tags, waveform, trim, ctx, sixteen)
             suffix = "-audio" if waveform is not None else ""
         name, subfolder, counter = save_new_file(
             base, filename_prefix, width, height, ext, write, start=counter,

@@ -13,6 +13,8 @@ drop the frames past the last count that fits.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -134,6 +136,15 @@ class VHS_LoadVideo(Node):
                  OutputSpec("VHS_VIDEOINFO", "video_info")),
         category=VHS_CATEGORY,
     )
+    # VHS's IS_CHANGED: SHA-256 of the file's path and modification time; it lands in the prompt.
+    fingerprint_is_comfyui_is_changed = True
+
+    def fingerprint(self, ctx: NodeContext, **inputs: Any) -> Any:
+        try:
+            path = resolve_input(ctx.env, str(inputs.get("video", "")), "video")
+            return hashlib.sha256(str(path).encode() + str(os.path.getmtime(path)).encode()).hexdigest()
+        except (OSError, ValueError):
+            return None  # run() reports the problem
 
     def run(
         self, ctx: NodeContext, video: str, force_rate: float, custom_width: int, custom_height: int,
