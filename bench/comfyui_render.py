@@ -3,10 +3,12 @@
     python bench/comfyui_render.py --comfyui PATH --models-dir D --out DIR [--input-dir D]
                                    WORKFLOW.json [WORKFLOW.json ...]
     python bench/comfyui_render.py --comfyui PATH --input-types OUT.json --only A,B,...
+    (either form: --custom-node PACK_DIR loads a custom node pack, e.g. VideoHelperSuite)
 
 ComfyUI is driven as a library, in this process, on CPU: each workflow is checked with ComfyUI's
 own `validate_prompt` and run by its `PromptExecutor`, exactly as its server would run it. The
-first image each workflow saves is copied to `DIR/<workflow stem>.png` (`.webp` for SaveAnimatedWEBP), and `DIR/renders.json`
+first file each workflow saves is copied to `DIR/<workflow stem>.png` (`.webp` for SaveAnimatedWEBP,
+the video's or audio's own extension for SaveVideo, SaveWEBM and SaveAudio*), and `DIR/renders.json`
 records ComfyUI's version, the SHA-256 of every model file under the models folder, and per
 workflow the SHA-256 of its JSON (as parsed and re-serialised) and of the PNG; a test can then
 tell a stale reference from a real difference.
@@ -95,8 +97,10 @@ class _SilentServer:
         pass
 
 
-def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_dir: Path) -> dict[str, Any]:
-    """Import ComfyUI from `root`, on CPU, with its folders pointed at ours; returns its modules."""
+def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_dir: Path,
+                 custom_nodes: list[Path] | None = None) -> dict[str, Any]:
+    """Import ComfyUI from `root`, on CPU, with its folders pointed at ours; returns its modules.
+    `custom_nodes`: pack folders to load as ComfyUI loads custom nodes (VideoHelperSuite, say)."""
     sys.path.insert(0, str(root))
     sys.argv = [sys.argv[0], "--cpu", "--disable-all-custom-nodes"]
     for name in ("torchvision", "torchaudio"):
@@ -119,7 +123,16 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     # call, as ComfyUI's main.py makes it; no custom nodes, no API nodes.
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     # Nodes such as GetImageSize report to the running server; there is none, so a silent one.
-    importlib.import_module("server").PromptServer.instance = _SilentServer()
+    silent = _SilentServer()
+    importlib.import_module("server").PromptServer.instance = silent
+    if custom_nodes:
+        # Packs declare HTTP routes on the server when imported; these are never served.
+        silent.routes = importlib.import_module("aiohttp.web").RouteTableDef()  # type: ignore[attr-defined]
+        silent.prompt_queue = types.SimpleNamespace(currently_running={})  # type: ignore[attr-defined]
+        silent.number = 0  # type: ignore[attr-defined]
+    for pack in custom_nodes or []:
+        if not asyncio.run(nodes.load_custom_node(str(pack))):
+            raise RuntimeError(f"ComfyUI could not load the custom node pack {pack}")
     execution = importlib.import_module("execution")
     version = importlib.import_module("comfyui_version").__version__
     return {"nodes": nodes, "execution": execution, "folder_paths": folder_paths, "version": version}
@@ -129,7 +142,8 @@ def first_output_image(history: dict[str, Any], output_dir: Path) -> Path:
     """The first saved image of a run, in node-id order (as bench/parity.py picks comfyd's)."""
     outputs = history.get("outputs", {})
     for node_id in sorted(outputs, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)):
-        for image in outputs[node_id].get("images", []):
+        # Pictures and videos ("images"), audio, VideoHelperSuite's videos ("gifs").
+        for image in [f for key in ("images", "audio", "gifs") for f in outputs[node_id].get(key, [])]:
             if image.get("type", "output") == "output":
                 return output_dir / image.get("subfolder", "") / image["filename"]
     raise RuntimeError("the workflow saved no image")
@@ -198,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-types", type=Path, help="write node declarations here instead")
     parser.add_argument("--only", default="", help="comma-separated node names for --input-types")
     parser.add_argument("--no-model-digests", action="store_true", help="skip hashing the model files")
+    parser.add_argument("--custom-node", type=Path, action="append", default=[],
+                        help="a custom node pack folder to load (repeatable)")
     args = parser.parse_args(argv)
 
     if args.input_types is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            comfy = load_comfyui(args.comfyui.resolve(), Path(tmp), None, Path(tmp))
+            comfy = load_comfyui(args.comfyui.resolve(), Path(tmp), None, Path(tmp), args.custom_node)
             declared = input_types(comfy, [n for n in args.only.split(",") if n])
         declared = {"comfyui_version": comfy["version"], "nodes": declared}
         args.input_types.write_text(json.dumps(declared, indent=1, default=str) + "\n")
@@ -212,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.out / ".comfyui-output"
     comfy = load_comfyui(args.comfyui.resolve(), args.models_dir.resolve(),
-                         args.input_dir.resolve() if args.input_dir else None, scratch.resolve())
+                         args.input_dir.resolve() if args.input_dir else None, scratch.resolve(), args.custom_node)
     manifest_path = args.out / "renders.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest["comfyui_version"] = comfy["version"]

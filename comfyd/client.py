@@ -282,7 +282,8 @@ class Client:
     def image_refs(entry: dict[str, Any], include_temp: bool = False) -> list[dict[str, Any]]:
         refs = []
         for ui in (entry.get("outputs") or {}).values():
-            for image in (ui or {}).get("images") or []:
+            # Pictures and ComfyUI's videos ("images"), VideoHelperSuite's videos ("gifs"), audio.
+            for image in (f for key in ("images", "gifs", "audio") for f in (ui or {}).get(key) or []):
                 if include_temp or image.get("type", "output") == "output":
                     refs.append(image)
         return refs

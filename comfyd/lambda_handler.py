@@ -373,8 +373,11 @@ class LambdaApp:
         images: list[dict[str, Any]] = []
         omitted: list[str] = []
         total = 0
+        from comfyd.engine.job_outputs import content_type
+        from comfyd.engine.job_views import OUTPUT_FILE_KEYS
+
         for node_id, ui in (job.outputs or {}).items():
-            for image in (ui or {}).get("images") or []:
+            for image in (f for key in OUTPUT_FILE_KEYS for f in (ui or {}).get(key) or []):
                 kind = image.get("type", "output")
                 parts = [p for p in (image.get("subfolder") or "", image.get("filename") or "") if p]
                 if kind not in roots or not parts:
@@ -387,7 +390,7 @@ class LambdaApp:
                 total += len(data)
                 images.append({
                     "node_id": node_id, "filename": image.get("filename"), "subfolder": image.get("subfolder", ""),
-                    "type": kind, "content_type": "image/png" if parts[-1].lower().endswith(".png") else "application/octet-stream",
+                    "type": kind, "content_type": content_type(parts[-1]),
                     "data": base64.b64encode(data).decode("ascii"),
                 })
         return images, omitted

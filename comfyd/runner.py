@@ -257,8 +257,10 @@ class LocalRunner:
     def _image_files(self, outputs: dict[str, Any]) -> list[ImageFile]:
         roots = {"output": self.env.output_dir, "temp": self.env.temp_dir, "input": self.env.input_dir}
         files = []
+        from comfyd.engine.job_views import OUTPUT_FILE_KEYS
+
         for node_id, ui in outputs.items():
-            for image in (ui or {}).get("images", []):
+            for image in (f for key in OUTPUT_FILE_KEYS for f in (ui or {}).get(key, [])):
                 root = roots.get(image.get("type", "output"), self.env.output_dir)
                 path = root / image.get("subfolder", "") / image["filename"]
                 files.append(ImageFile(node_id, image["filename"], image.get("subfolder", ""), image.get("type", "output"), path))

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 4096 * 4096
     # All frames of an animated upload / LoadImage together (frames x width x height).
     max_image_frame_pixels: int = Field(4096 * 4096 * 4, ge=1)
+    # The video budget: frames x width x height of any video a node decodes, assembles or
+    # encodes (LoadVideo, GetVideoComponents, CreateVideo, SaveVideo, SaveWEBM, VHS nodes).
+    max_video_pixels: int = Field(256 * 1024 * 1024, ge=1)
     # Characters per STRING literal of a workflow (prompt text); ComfyUI's UI never comes close.
     max_text_chars: int = Field(100_000, ge=1)
     # extra_data of a submission, as compact JSON (ComfyUI's UI puts its graph in there).

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.engine.errors import OutputsPendingError
 from comfyd.engine.interfaces import JobRecord, OutputStore
+from comfyd.engine.job_views import output_images
 from comfyd.safepath import safe_join
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 def store_outputs(
     job: JobRecord, outputs: dict[str, Any], output_store: OutputStore, settings: Settings
 ) -> list[str]:
-    """Put every `type: output` image the job saved through the OutputStore; their keys (the
+    """Put every `type: output` file (image, video, audio) the job saved through the OutputStore; their keys (the
     record keeps keys, never URLs: a presigned URL is signed when the job is shown).
 
     When the store refuses one (OutputsPendingError: it is kept in the store's spool), the rest
@@ -27,30 +28,25 @@ def store_outputs(
     pending: OutputsPendingError | None = None
     spool_put = getattr(output_store, "spool_put", None)
     metadata = output_metadata(job)
-    for ui in outputs.values():
-        if not isinstance(ui, dict):
+    for image in output_images(outputs):  # every saved file (image, video, audio) of type output
+        subfolder = str(image.get("subfolder") or "")
+        filename = str(image.get("filename") or "")
+        if not filename:
             continue
-        for image in ui.get("images") or []:
-            if not isinstance(image, dict) or image.get("type", "output") != "output":
-                continue
-            subfolder = str(image.get("subfolder") or "")
-            filename = str(image.get("filename") or "")
-            if not filename:
-                continue
-            path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
-            relative = f"{subfolder}/{filename}" if subfolder else filename
-            if pending is not None:
-                if spool_put is None:
-                    raise pending
-                keys.append(spool_put(job.id, relative, path.read_bytes(), content_type(filename), metadata).key)
-                continue
-            try:
-                stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
-            except OutputsPendingError as exc:
-                pending = exc
-                keys.extend(exc.keys)
-                continue
-            keys.append(stored.key)
+        path = safe_join(settings.output_dir, *(p for p in (subfolder, filename) if p))
+        relative = f"{subfolder}/{filename}" if subfolder else filename
+        if pending is not None:
+            if spool_put is None:
+                raise pending
+            keys.append(spool_put(job.id, relative, path.read_bytes(), content_type(filename), metadata).key)
+            continue
+        try:
+            stored = output_store.put(job.id, relative, path.read_bytes(), content_type(filename), metadata)
+        except OutputsPendingError as exc:
+            pending = exc
+            keys.extend(exc.keys)
+            continue
+        keys.append(stored.key)
     if pending is not None:
         raise OutputsPendingError(str(pending), keys) from pending
     return keys
@@ -71,7 +67,14 @@ def output_metadata(job: JobRecord) -> dict[str, str]:
     return metadata
 
 
+# Fixed, so every host (a Lambda image without /etc/mime.types included) answers the same.
+CONTENT_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+    "json": "application/json", "mp4": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska",
+    "mov": "video/quicktime", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
+    "ogg": "audio/ogg", "wav": "audio/wav", "m4a": "audio/mp4",
+}
+
+
 def content_type(filename: str) -> str:
-    ext = filename.rsplit(".", 1)[-1].lower()
-    return {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
-            "gif": "image/gif", "json": "application/json"}.get(ext, "application/octet-stream")
+    return CONTENT_TYPES.get(filename.rsplit(".", 1)[-1].lower(), "application/octet-stream")

@@ -48,15 +48,21 @@ def view_url(image: dict[str, Any]) -> str:
     return "/view?" + urlencode(query)
 
 
+# The UI output keys that list saved files: "images" (pictures, and ComfyUI's videos with
+# `animated`), "audio" (SaveAudio & co.), "gifs" (VideoHelperSuite's VHS_VideoCombine).
+OUTPUT_FILE_KEYS = ("images", "gifs", "audio")
+
+
 def output_images(outputs: dict[str, Any], include_temp: bool = False) -> list[dict[str, Any]]:
-    """Every image reference in ComfyUI UI outputs, in node order."""
+    """Every saved-file reference (images, videos, audio) in ComfyUI UI outputs, in node order."""
     found = []
     for ui in outputs.values():
         if not isinstance(ui, dict):
             continue
-        for image in ui.get("images") or []:
-            if isinstance(image, dict) and (include_temp or image.get("type", "output") == "output"):
-                found.append(image)
+        for key in OUTPUT_FILE_KEYS:
+            for image in ui.get(key) or []:
+                if isinstance(image, dict) and (include_temp or image.get("type", "output") == "output"):
+                    found.append(image)
     return found
 
 

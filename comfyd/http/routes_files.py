@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from comfyd.engine.job_outputs import content_type
 from comfyd.http.errors import ApiError, bad_request, not_found
 from comfyd.http.request_models import (
     ERROR_RESPONSES,
@@ -58,17 +59,49 @@ async def get_view(
         path = safe_join(base, subfolder, filename)
     except UnsafePathError as exc:
         raise unsafe_path_error(exc, "subfolder/filename") from None
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media_type = view_media_type(path.name)
     if not path.is_file() and type == "output":  # stored by a worker on another host
         data = await run_in_threadpool(shared_output, state, subfolder, filename)
         if data is not None:
-            return Response(data, media_type=media_type,
-                            headers={"Content-Disposition": f'filename="{path.name}"'})
+            return bytes_response(data, media_type, request.headers.get("range"),
+                                  {"Content-Disposition": f'filename="{path.name}"'})
     elif not path.is_file() and type == "input":  # uploaded through another host
         await run_in_threadpool(fetch_shared_input, state, subfolder, filename, path)
     if not path.is_file():
         raise not_found(f"no {type} file {filename!r} in subfolder {subfolder!r}")
+    # FileResponse answers Range requests itself (206 + Content-Range, 416 past the end), which
+    # video players and browsers' <video> elements rely on to seek.
     return FileResponse(path, media_type=media_type, headers={"Content-Disposition": f'filename="{path.name}"'})
+
+
+def view_media_type(name: str) -> str:
+    """Media outputs from comfyd's fixed table (the same on every host), else the system's guess."""
+    known = content_type(name)
+    if known != "application/octet-stream":
+        return known
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def bytes_response(data: bytes, media_type: str, range_header: str | None, headers: dict[str, str]) -> Response:
+    """`data` whole, or the one byte range asked for (206), or 416 for a range outside it. Like
+    FileResponse: a malformed or multi-range header is answered with the whole body."""
+    size = len(data)
+    headers = {**headers, "Accept-Ranges": "bytes"}
+    match = _RANGE.match(range_header.strip()) if range_header else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return Response(data, media_type=media_type, headers=headers)
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Response(data[start:end + 1], status_code=206, media_type=media_type, headers=headers)
 
 
 @dataclass

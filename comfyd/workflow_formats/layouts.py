@@ -75,7 +75,8 @@ def layout_from_schema(schema: NodeSchema) -> NodeLayout:
     for spec in ordered:
         if spec.type in WIDGET_TYPES and not spec.extra.get("forceInput"):
             control = spec.control_after_generate or (spec.type == "INT" and spec.name in ("seed", "noise_seed"))
-            widgets.append(Widget(spec.name, spec.type, control, spec.image_upload, spec.default))
+            upload = spec.image_upload or any(spec.extra.get(k) for k in ("video_upload", "audio_upload"))
+            widgets.append(Widget(spec.name, spec.type, control, upload, spec.default))
         else:
             links.append((spec.name, spec.type))
     folders = dict(comfyui_table().get(schema.class_type, {}).get("model_folders", {}))

@@ -138,6 +138,12 @@ def _widget_inputs(node: UiNode, layout: NodeLayout, pushed: dict[str, Any], war
         for widget in layout.widgets:
             if widget.name in values:
                 inputs[widget.name] = values[widget.name]
+        # VideoHelperSuite stores its widgets by name, the per-format options its frontend adds
+        # (crf, pix_fmt, ...) among them; the frontend sends those too, undeclared as they are.
+        links = {name for name, _type in layout.links}
+        for name, value in values.items():
+            if name not in inputs and name not in links and isinstance(value, str | int | float | bool):
+                inputs[name] = value
     elif isinstance(values, list):
         saved = _saved_widget_order(node, layout, values)
         cursor = 0

@@ -20,12 +20,19 @@ from comfyd.sampling.samplers import SAMPLER_NAMES
 
 HERE = Path(__file__).resolve().parent
 COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_text())["nodes"]
-# Choices that depend on the files present (models, input pictures), not on the declaration.
-FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image"}
-# Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node.
-NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket"}
+# VideoHelperSuite's declarations of the VHS nodes comfyd runs, written by ComfyUI with the VHS pack
+# loaded (bench/comfyui_render.py --custom-node ... --input-types).
+VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encoding="utf-8"))["nodes"]
+# Choices that depend on the files present (models, input pictures, videos), not on the declaration.
+FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video"}
+# Choices of which comfyd offers a subset: VHS's formats depend on the encoders it finds.
+SUBSET_CHOICES = {("VHS_VideoCombine", "format")}
+# Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node, and custom-node
+# pack nodes comfyd implements itself.
+NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket", *VHS}
 # "options" and "multiselect": ComfyUI's newer nodes declare a choice as ["COMBO", {"options": [...]}].
-NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip", "options", "multiselect")
+NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip", "options", "multiselect",
+                  "disable")
 
 
 def test_every_comfyd_node_is_declared_by_comfyui() -> None:
@@ -34,7 +41,16 @@ def test_every_comfyd_node_is_declared_by_comfyui() -> None:
 
 @pytest.mark.parametrize("name", sorted(COMFYUI))
 def test_declaration_matches_comfyui(name: str) -> None:
-    theirs, ours = COMFYUI[name], REGISTRY.object_info()[name]
+    assert_same_declaration(name, COMFYUI[name])
+
+
+@pytest.mark.parametrize("name", sorted(VHS))
+def test_declaration_matches_videohelpersuite(name: str) -> None:
+    assert_same_declaration(name, VHS[name])
+
+
+def assert_same_declaration(name: str, theirs: dict[str, Any]) -> None:
+    ours = REGISTRY.object_info()[name]
     assert ours["output"] == theirs["output"]
     assert ours["output_name"] == theirs["output_name"]
     assert ours["category"] == theirs["category"]
@@ -52,6 +68,9 @@ def test_declaration_matches_comfyui(name: str) -> None:
                 assert isinstance(our_type, list), f"{where} should be a choice"
                 if input_name in FILE_CHOICES:
                     continue
+                if (name, input_name) in SUBSET_CHOICES:
+                    assert our_type and set(our_type) <= set(their_type), where
+                    continue
                 if input_name == "sampler_name":
                     # Every sampler ComfyUI offers, in its order.
                     assert our_type == their_type == SAMPLER_NAMES, where
@@ -62,3 +81,13 @@ def test_declaration_matches_comfyui(name: str) -> None:
             for option in NUMBER_OPTIONS:
                 if option in their_options and option != "tooltip":
                     assert our_options.get(option) == their_options[option], f"{where} {option}"
+
+
+def test_vhs_format_options_are_vhs_own() -> None:
+    """The per-format widgets VHS's frontend draws (its `formats` option), for each format comfyd offers."""
+    theirs = VHS["VHS_VideoCombine"]["input"]["required"]["format"][1]["formats"]
+    ours = REGISTRY.object_info()["VHS_VideoCombine"]["input"]["required"]["format"][1]["formats"]
+    assert ours == {name: theirs[name] for name in ours}
+    load_theirs = VHS["VHS_LoadVideo"]["input"]["optional"]["format"][1]["formats"]
+    load_ours = REGISTRY.object_info()["VHS_LoadVideo"]["input"]["optional"]["format"][1]["formats"]
+    assert json.loads(json.dumps(load_ours)) == load_theirs
