@@ -131,6 +131,11 @@ class StepBatcher:
     def enabled(self) -> bool:
         return self.max_batch > 1
 
+    def pending_calls(self) -> int:
+        """Calls waiting for a round, over all groups."""
+        with self._cond:
+            return sum(len(g.pending) for groups in self._groups.values() for g in groups)
+
     @contextlib.contextmanager
     def session(
         self,
