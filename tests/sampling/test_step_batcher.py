@@ -238,3 +238,13 @@ def test_off_means_the_plain_network(model: ModelHandle) -> None:
     net = RecordingNet(model.unet)
     off = replace(model, unet=net, batcher=StepBatcher(1))
     assert torch.equal(ksample(off, JOBS[0]), ksample(model, JOBS[0]))
+
+
+def test_the_model_manager_hands_its_batcher_to_models(tmp_path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    off = ModelManager(Settings(models_dir=tmp_path, device="cpu"))
+    assert not off.batcher.enabled  # CPU default: off
+    on = ModelManager(Settings(models_dir=tmp_path, device="cpu", batch_max=3, batch_window_ms=20))
+    assert (on.batcher.max_batch, on.batcher.window_s, on.batcher.exact) == (3, 0.02, True)
