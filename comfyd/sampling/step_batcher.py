@@ -199,7 +199,9 @@ class StepBatcher:
         if len(group.pending) < len(group.members):
             oldest = min(c.since for c in group.pending.values())
             waits.append(oldest + self.stall_s - now)
-        if group.rounds == 0 and len(group.members) < self.max_batch:
+        if (group.rounds == 0 and len(group.members) < self.max_batch
+                and all(m.priority <= DEFAULT_PRIORITY for m in group.members)):
+            # The gather window; a job above the default priority in the group ends it.
             waits.append(group.window_until - now)
         wait = max(waits, default=0.0)
         return max(wait, 0.0)

@@ -188,6 +188,21 @@ def test_a_higher_priority_job_never_waits_for_the_window(model: ModelHandle) ->
     assert torch.equal(urgent, ksample(model, JOBS[0]))
 
 
+def test_a_higher_priority_job_ends_the_window_it_joins(model: ModelHandle) -> None:
+    net = RecordingNet(model.unet)
+    batcher = StepBatcher(4, window_s=LONG, exact=True, stall_s=LONG)
+    batched_model = replace(model, unet=net, batcher=batcher)
+    waiting = threading.Thread(target=lambda: ksample(batched_model, JOBS[0]))
+    waiting.start()
+    while batcher.pending_calls() < 1:  # the first job's first call waits in the window
+        threading.Event().wait(0.01)
+    (urgent,) = concurrently(lambda: ksample(batched_model, JOBS[1], priority=5))
+    waiting.join(LONG)
+    assert not waiting.is_alive()
+    assert net.sizes[0] == 4  # both jobs in the first call, with no wait for the window
+    assert torch.equal(urgent, ksample(model, JOBS[1]))
+
+
 def test_a_joining_job_waits_only_for_the_round_in_flight(model: ModelHandle) -> None:
     hold = threading.Event()
     net = RecordingNet(model.unet, hold=hold)
