@@ -27,8 +27,10 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -57,6 +59,7 @@ def load(models: Path | None, device: str) -> tuple[Any, Any]:
         from comfyd.models.tiny import make_tiny_checkpoint
 
         models = Path(tempfile.mkdtemp(prefix="comfyd-batching-"))
+        atexit.register(shutil.rmtree, models, True)
         name = make_tiny_checkpoint(models / "checkpoints", "sd1", "single", seed=0).name
     else:
         name = PARITY
