@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # Model computations (sampling, text encoding, VAE) at once per device; 0 = automatic:
     # 1 on CUDA/MPS (running jobs overlap their loading and I/O, not their GPU work), no limit on CPU.
     device_concurrency: int = Field(0, ge=0, le=64)
+    # Cross-request batching (comfyd.sampling.step_batcher): at most this many concurrent jobs'
+    # sampler steps share one UNet call; 0 = automatic (4 on CUDA/MPS, 1 = off on CPU).
+    batch_max: int = Field(0, ge=0, le=64)
+    # How long a new batch's first step waits for companions (default-priority jobs only).
+    batch_window_ms: float = Field(5.0, ge=0, le=10_000)
     # Refuse at submission a job whose model files are in no model folder of this host; false on
     # an API host without models (split deployments): workers then find out at run time.
     submit_model_check: bool = True

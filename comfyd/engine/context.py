@@ -60,6 +60,9 @@ class NodeContext:
     on_progress: ProgressFn | None = None
     # Raw event channel, e.g. for binary websocket frames (SaveImageWebsocket, previews).
     on_emit: EmitFn | None = None
+    # The job's priority (1..10, higher first): the step batcher never makes a job above the
+    # default wait for companions.
+    priority: int = 1
 
     def check_interrupted(self) -> None:
         if self.interrupt.is_set():

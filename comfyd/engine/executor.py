@@ -333,6 +333,7 @@ class _JobRun:
             interrupt=self.interrupt,
             on_progress=on_progress,
             on_emit=self._send,
+            priority=int(getattr(self.req, "priority", 1) or 1),
         )
 
     # ---------------------------------------------------------------------------- cache keys

@@ -15,7 +15,7 @@ Other link values follow ComfyUI's shapes:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -59,6 +59,8 @@ class ModelHandle:
     loras: tuple[LoraPatch, ...] = ()
     patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
     gate: DeviceGate | None = field(default=None, compare=False, repr=False)
+    # The process's step batcher (comfyd.sampling.step_batcher): concurrent samplings share calls.
+    batcher: Any = field(default=None, compare=False, repr=False)
     # Linear beta schedule of the discrete EPS/V models (ComfyUI's ModelSamplingDiscrete).
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -85,15 +87,28 @@ class ModelHandle:
     def with_loras(self, *patches: LoraPatch) -> ModelHandle:
         return replace(self, loras=self.loras + tuple(patches))
 
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        """Sampling runs may share network calls only on the same weights with the same patches."""
+        return (self.key, id(self.unet), self.loras)
+
     @contextmanager
-    def patched(self) -> Iterator[Any]:
+    def device_turn(self) -> Iterator[None]:
+        """The device gate alone: one batched network call at a time (see the step batcher)."""
+        with held(self.gate):
+            yield
+
+    @contextmanager
+    def patched(self, gate: bool = True) -> Iterator[Any]:
         """The UNet with this handle's LoRAs applied; base weights restored on exit.
 
         With a patcher, a handle without LoRAs also enters it, so that it never runs while
         another job has the shared UNet patched (the patcher serialises differing patch sets).
-        The device gate is entered first (see comfyd.models.device_gate).
+        The device gate is entered first (see comfyd.models.device_gate). With `gate=False`
+        (batched sampling: each network call takes the gate itself) it is not entered: the
+        patcher may wait here for runs whose calls need the gate.
         """
-        with held(self.gate):
+        with held(self.gate) if gate else nullcontext():
             if self.patcher is None:
                 yield self.unet
                 return

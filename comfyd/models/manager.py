@@ -35,6 +35,7 @@ from comfyd.models.lora import LoraPatcher, ParsedLora, parse_lora
 from comfyd.models.paths import ModelNotFound, ModelPathError, ModelPaths, is_diffusers_folder
 from comfyd.models.tensorfile import ModelFileError, TensorFile
 from comfyd.models.upscale import UpscaleModelHandle, load_upscale_model
+from comfyd.sampling.step_batcher import StepBatcher, batch_limit
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,12 @@ class ModelManager:
         self.catalog = catalog
         self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
         self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device))
+        device_type = self.plan.device.type
+        self.batcher = StepBatcher(
+            batch_limit(int(getattr(settings, "batch_max", 0)), device_type),
+            window_s=float(getattr(settings, "batch_window_ms", 0.0)) / 1000.0,
+            exact=device_type == "cpu",  # bit-identical to a run alone; GPUs: within fp16 noise
+        )
         self._lock = threading.RLock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, Future[Any]] = {}
@@ -370,6 +377,7 @@ class ModelManager:
             dtype=self.plan.unet_dtype,
             patcher=patcher,
             gate=self.gate,
+            batcher=self.batcher,
             latent_shift=family.latent.shift,
             beta_start=family.sampling.beta_start,
             beta_end=family.sampling.beta_end,

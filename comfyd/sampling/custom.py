@@ -24,6 +24,7 @@ from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
 from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
 from comfyd.sampling.samplers import SamplerRun
 from comfyd.sampling.samplers.base import Denoiser
+from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
 
 ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
 
@@ -44,6 +45,7 @@ def sample_custom(
     latent: dict[str, Any],
     callback: ProgressCallback | None = None,
     interrupt: threading.Event | None = None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(output, denoised_output) LATENTs."""
     if not isinstance(guider, Guider):
@@ -85,7 +87,7 @@ def sample_custom(
         if callback is not None:
             callback(step, total, denoised)
 
-    with model.patched() as unet, torch.inference_mode():
+    with lend_network(model, priority, interrupt) as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
         guided = guider.denoiser(unet_denoiser, entries, keep_uncond=sampler.wants_uncond)

@@ -36,6 +36,7 @@ from comfyd.sampling.protocols import SamplingModel
 from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
+from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
 
 ProgressCallback = Callable[[int, int, Tensor], None]  # (step index, total steps, denoised preview)
 
@@ -132,6 +133,7 @@ def common_ksampler(
     force_full_denoise: bool = False,
     callback: ProgressCallback | None = None,
     interrupt: threading.Event | None = None,
+    priority: int = DEFAULT_PRIORITY,
 ) -> dict[str, Any]:
     """Sample `latent` with `model`; returns a copy of the LATENT dict with new samples."""
     sampler = get_sampler(sampler_name)
@@ -182,7 +184,8 @@ def common_ksampler(
             callback(step, total, denoised)
 
     # LoRA patching happens outside inference mode: the patched weights are ordinary tensors.
-    with model.patched() as unet, torch.inference_mode():
+    # Through the step batcher when it is on: concurrent jobs share each network call.
+    with lend_network(model, priority, interrupt) as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
         guider = CFGGuider(unet_denoiser, entries, cfg, keep_uncond=sampler_name in NEEDS_UNCOND)

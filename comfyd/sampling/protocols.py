@@ -5,6 +5,11 @@ network (a callable `net(x, timestep, encoder_hidden_states=..., added_cond_kwar
 return_dict=False)`, as a diffusers UNet is) for the duration of a `patched()` block, and says
 how to drive it: its model sampling (schedule + prediction type), its latent scaling and the
 vector conditioning its network takes.
+
+Optionally (cross-request batching, `step_batcher.lend_network`): a `batcher` (the process's
+StepBatcher), a `batch_key` (equal only for the same weights with the same patches), a
+`device_turn()` context (the device gate alone) and `patched(gate=False)`. A model without them
+samples with `patched()` alone.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class SamplerCustom(Node):
         guider = Guider(model, "cfg", (positive, negative), cfg=cfg)
         noise = NoiseSource(noise_seed, enabled=bool(add_noise))
         return sample_custom(
-            guider, sampler, sigmas, noise, latent_image, callback=_progress(ctx), interrupt=ctx.interrupt
+            guider, sampler, sigmas, noise, latent_image, callback=_progress(ctx), interrupt=ctx.interrupt,
+            priority=ctx.priority,
         )
 
 
@@ -86,5 +87,6 @@ class SamplerCustomAdvanced(Node):
         latent_image: dict[str, Any],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         return sample_custom(
-            guider, sampler, sigmas, noise, latent_image, callback=_progress(ctx), interrupt=ctx.interrupt
+            guider, sampler, sigmas, noise, latent_image, callback=_progress(ctx), interrupt=ctx.interrupt,
+            priority=ctx.priority,
         )

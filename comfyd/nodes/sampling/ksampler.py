@@ -64,7 +64,7 @@ class KSampler(Node):
     ) -> tuple[dict[str, Any]]:
         latent = common_ksampler(
             model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-            denoise=denoise, callback=_progress(ctx, model), interrupt=ctx.interrupt,
+            denoise=denoise, callback=_progress(ctx, model), interrupt=ctx.interrupt, priority=ctx.priority,
         )  # fmt: skip
         return (latent,)
 
@@ -118,5 +118,6 @@ class KSamplerAdvanced(Node):
             force_full_denoise=return_with_leftover_noise != "enable",
             callback=_progress(ctx, model),
             interrupt=ctx.interrupt,
+            priority=ctx.priority,
         )  # fmt: skip
         return (latent,)
