@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from comfyd.models import families
-from comfyd.models.handles import LoraPatch
+from comfyd.models import families, hypernetwork
+from comfyd.models.handles import HypernetworkPatch, WeightPatch
 from comfyd.models.keymap import text_model_name, unet_translator
 from comfyd.models.lora_adapters import Adapter, Difference, Hadamard, Kronecker, LowRank, Replacement
 from comfyd.models.tensorfile import TensorFile
@@ -250,8 +250,9 @@ class _ModuleState:
     module: nn.Module
     cond: threading.Condition = field(default_factory=threading.Condition)
     users: int = 0
-    active: tuple[LoraPatch, ...] = ()
+    active: tuple[WeightPatch, ...] = ()
     backups: dict[str, torch.Tensor] = field(default_factory=dict)
+    processors: dict[str, Any] | None = None  # attention processors a hypernetwork replaced
     index: dict[str, str] | None = None
 
 
@@ -280,7 +281,7 @@ class LoraPatcher:
             raise ValueError("this module does not belong to the checkpoint this patcher serves")
         return state
 
-    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None:
+    def apply(self, module: Any, patches: tuple[WeightPatch, ...]) -> None:
         state = self._state(module)
         patches = tuple(patches)
         with state.cond:
@@ -306,17 +307,21 @@ class LoraPatcher:
                 state.active = ()
                 state.cond.notify_all()
 
-    def active(self, module: Any) -> tuple[LoraPatch, ...]:
+    def active(self, module: Any) -> tuple[WeightPatch, ...]:
         return self._state(module).active
 
-    def _patch(self, state: _ModuleState, patches: tuple[LoraPatch, ...]) -> None:
+    def _patch(self, state: _ModuleState, patches: tuple[WeightPatch, ...]) -> None:
         if state.index is None:
             state.index = module_index(state.module, state.role, self.family)
         # Gather every patch's changes per parameter first, so each one is touched once.
         changes: dict[str, list[tuple[float, Adapter]]] = {}
         parameters = dict(state.module.named_parameters())
+        attention: list[tuple[Any, float]] = []
         for patch in patches:
             if patch.strength == 0:
+                continue
+            if isinstance(patch, HypernetworkPatch):
+                attention.append((patch.layers, patch.strength))
                 continue
             lora = self._lora_source(patch.key)
             unmatched: list[str] = []
@@ -351,8 +356,13 @@ class LoraPatcher:
                 for strength, change in parts:
                     patched = change.apply(patched, strength)
                 param.copy_(patched.to(param.dtype))
+        if attention and state.role == "unet":
+            state.processors = hypernetwork.install(state.module, attention)
 
     def _restore_base(self, state: _ModuleState) -> None:
+        if state.processors is not None:
+            hypernetwork.restore(state.module, state.processors)
+            state.processors = None
         if not state.backups:
             return
         parameters = dict(state.module.named_parameters())

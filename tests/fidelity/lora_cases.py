@@ -1,7 +1,8 @@
 """Fidelity cases for the LoRA formats beyond plain LoRA: LoCon with `lora_mid`, LoHa (CP form on
 3x3 convs), LoKr (both factorings), DoRA (`dora_scale` on both axes), full differences (`diff`,
 `diff_b`, norms included) and `set_weight`, each on the UNet and the text encoder, and three of
-them stacked. The files are comfyd.models.tiny_lycoris's random ones, small (rank 4).
+them stacked; and a HypernetworkLoader after a LoRA. The files are comfyd.models.tiny_lycoris's
+and tiny_hypernetwork's random ones, small (rank 4).
 
 LoKr's file leaves out `lokr_t2`: ComfyUI 0.3.64 on torch 2.13 fails on that form (torch.kron of
 a strided tensor) and leaves the layer unpatched; comfyd applies it (tests/models).
@@ -24,6 +25,7 @@ FORMATS = {
     "set": (1.0, 1.0),
 }
 STEPS = 4
+HYPERNETWORK = "comfyd-parity-hypernetwork.pt"
 
 
 def lora_file(fmt: str) -> str:
@@ -55,11 +57,18 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out["lora_stack_locon_dora_diff"] = _with_loras(
         base, [("locon", 0.6, 0.5), ("dora", 0.8, 0.9), ("diff", -0.5, 0.4)]
     )
+    # HypernetworkLoader after a LoRA: self-attention widths 320/640 and the 768-wide context.
+    w = _with_loras(base, [("loha", 0.7, 0.0)])
+    w["70"] = node("HypernetworkLoader", model=w["3"]["inputs"]["model"], hypernetwork_name=HYPERNETWORK, strength=0.8)
+    w["3"]["inputs"]["model"] = ["70", 0]
+    out["hypernetwork_after_lora"] = w
     return out
 
 
 def write_models(models: Path, checkpoint: Path) -> None:
+    from comfyd.models.tiny_hypernetwork import make_tiny_hypernetwork
     from comfyd.models.tiny_lycoris import make_tiny_lycoris
 
+    make_tiny_hypernetwork(models / "hypernetworks" / HYPERNETWORK, (320, 640, 768), seed=21)
     for seed, fmt in enumerate(FORMATS, start=11):
         make_tiny_lycoris(models / "loras", checkpoint, fmt, seed=seed, name=lora_file(fmt), cp=fmt != "lokr")
