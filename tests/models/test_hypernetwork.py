@@ -14,17 +14,17 @@ import torch
 from comfyd.models import hypernetwork
 from comfyd.models.hypernetwork import HypernetworkAttnProcessor, HypernetworkError
 from comfyd.models.manager import ModelManager
-from comfyd.models.tiny import make_tiny_checkpoint, make_tiny_lora
+from comfyd.models.tiny import make_tiny_lora
 from comfyd.models.tiny_hypernetwork import make_tiny_hypernetwork
 from comfyd.nodes.loaders.hypernetwork import HypernetworkLoader
 
-from .conftest import make_settings, node_context
+from .conftest import make_settings, node_context, share_checkpoint, single_name
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(tmp_path_factory: pytest.TempPathFactory, models_root: Path) -> Path:
     root = tmp_path_factory.mktemp("hypernetwork-models")
-    sd1 = make_tiny_checkpoint(root / "checkpoints", "sd1", "single")
+    sd1 = share_checkpoint(models_root, root, single_name("sd1"))
     make_tiny_lora(root / "loras", sd1, "kohya", seed=1, name="plain.safetensors")
     # The tiny UNet's widths (32, 64) and its context width (32).
     make_tiny_hypernetwork(root / "hypernetworks" / "tiny.pt", (32, 64), seed=1)

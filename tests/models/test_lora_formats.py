@@ -13,16 +13,16 @@ from safetensors.torch import load_file, save_file
 
 from comfyd.models.lora import module_index
 from comfyd.models.manager import ModelManager
-from comfyd.models.tiny import make_tiny_checkpoint, make_tiny_lora
+from comfyd.models.tiny import make_tiny_lora
 from comfyd.models.tiny_lycoris import FORMATS, make_tiny_lycoris
 
-from .conftest import make_settings
+from .conftest import make_settings, share_checkpoint, single_name
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(tmp_path_factory: pytest.TempPathFactory, models_root: Path) -> Path:
     root = tmp_path_factory.mktemp("lycoris-models")
-    sd1 = make_tiny_checkpoint(root / "checkpoints", "sd1", "single")
+    sd1 = share_checkpoint(models_root, root, single_name("sd1"))
     for seed, fmt in enumerate(FORMATS, start=1):
         make_tiny_lycoris(root / "loras", sd1, fmt, seed=seed, name=f"{fmt}.safetensors")
     make_tiny_lycoris(root / "loras", sd1, "lokr", seed=9, name="lokr-flat.safetensors", cp=False)
