@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="comfyd-fidelity-") as tmp:
         models = args.models_dir or Path(tmp) / "models"
         write_models(models)
-        settings = Settings(device="cpu", models_dir=models, input_dir=CASES / "inputs",
+        # allow_pickle: the hypernetwork case's file is A1111's (weights-only) pickle format.
+        settings = Settings(device="cpu", allow_pickle=True, models_dir=models, input_dir=CASES / "inputs",
                             output_dir=Path(tmp) / "output", temp_dir=Path(tmp) / "temp")
         results: list[tuple[str, float, int, float]] = []
         with LocalRunner(settings) as runner:

@@ -33,10 +33,23 @@ class LoraPatch:
     strength: float
 
 
+@dataclass(frozen=True)
+class HypernetworkPatch:
+    """One hypernetwork at a strength, on a MODEL's attention (see comfyd.models.hypernetwork).
+    It travels with the LoRA patches so that the patcher serialises jobs on it in the same way."""
+
+    key: str
+    strength: float
+    layers: Any = field(compare=False, repr=False)  # comfyd.models.hypernetwork.Hypernetwork
+
+
+WeightPatch = LoraPatch | HypernetworkPatch
+
+
 class WeightPatcher(Protocol):
     """Applies LoRA patches to a module in place and restores the base weights afterwards."""
 
-    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None: ...
+    def apply(self, module: Any, patches: tuple[WeightPatch, ...]) -> None: ...
 
     def restore(self, module: Any) -> None: ...
 
@@ -56,7 +69,7 @@ class ModelHandle:
     latent_scale: float  # the family's latent scale factor (or the diffusers VAE's own)
     device: Any  # torch.device
     dtype: Any  # torch.dtype the UNet runs in
-    loras: tuple[LoraPatch, ...] = ()
+    loras: tuple[WeightPatch, ...] = ()  # LoRAs and hypernetworks, in the order applied
     patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
     gate: DeviceGate | None = field(default=None, compare=False, repr=False)
     # The process's step batcher (comfyd.sampling.step_batcher): concurrent samplings share calls.
@@ -84,7 +97,7 @@ class ModelHandle:
         """The family's builder of the UNet's vector input (None: the UNet has none)."""
         return families.get(self.family).vector_conditioning
 
-    def with_loras(self, *patches: LoraPatch) -> ModelHandle:
+    def with_loras(self, *patches: WeightPatch) -> ModelHandle:
         return replace(self, loras=self.loras + tuple(patches))
 
     @property

@@ -8,11 +8,15 @@ Formats (all normalised to `(component, module path with '_' for '.')`):
   (`input_blocks_1_1_transformer_blocks_0_attn1_to_q`); both resolve.
 - diffusers / peft: `unet.<module>.lora_A.weight` / `.lora_B.weight` (or `.lora.down/up.weight`),
   `text_encoder.` / `text_encoder_2.` prefixes, optional `.alpha`; the older attention-processor
-  spelling (`attn1.processor.to_q_lora.down.weight`) too.
+  spelling (`attn1.processor.to_q_lora.down.weight`) too. SimpleTuner's `lycoris_` names the UNet.
+- Per layer, the tensor kinds LyCORIS and ComfyUI know: LoRA / LoCon (`lora_mid`), LoHa
+  (`hada_*`), LoKr (`lokr_*`), DoRA (`dora_scale` beside any of them), full differences
+  (`diff`, `diff_b` for the bias, `w_norm` / `b_norm`) and `set_weight`; the arithmetic of each is
+  in `lora_adapters`.
 
-A layer's change is `strength * (alpha / rank) * up @ down` (alpha absent: scale 1), computed in
-fp32 and added to the weight in fp32 before casting back, patches applied in the order given
-(ComfyUI's arithmetic). `LoraPatcher.restore` copies back a saved copy of every touched weight,
+A plain LoRA's change is `strength * (alpha / rank) * up @ down` (alpha absent: scale 1). Every
+change is computed in fp32 on an fp32 copy of the weight, in the order the patches were given,
+before casting back once (ComfyUI's arithmetic). `LoraPatcher.restore` copies back a saved copy of every touched weight,
 so the base weights return bit for bit.
 """
 
@@ -27,16 +31,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from comfyd.models import families
-from comfyd.models.handles import LoraPatch
+from comfyd.models import families, hypernetwork
+from comfyd.models.handles import HypernetworkPatch, WeightPatch
 from comfyd.models.keymap import text_model_name, unet_translator
+from comfyd.models.lora_adapters import Adapter, Difference, Hadamard, Kronecker, LowRank, Replacement
 from comfyd.models.tensorfile import TensorFile
 
 log = logging.getLogger(__name__)
 
-_KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"))
-_KOHYA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+_KOHYA_PREFIXES = (
+    ("lora_unet_", "unet"),
+    ("lycoris_", "unet"),  # SimpleTuner's LyCORIS files
+    ("lora_te1_", "te1"),
+    ("lora_te2_", "te2"),
+    ("lora_te_", "te"),
+)
 _PEFT_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te"))
+# Tensor names after the layer name, as LyCORIS and ComfyUI spell them -> comfyd's part names.
+_LYCORIS_PARTS = {
+    "lora_down.weight": "down",
+    "lora_up.weight": "up",
+    "lora_mid.weight": "mid",
+    "alpha": "alpha",
+    "dora_scale": "dora_scale",
+    **{name: name for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")},
+    **{name: name for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")},
+    "diff": "diff",
+    "diff_b": "diff_b",
+    "set_weight": "set_weight",
+    "w_norm": "w_norm",
+    "b_norm": "b_norm",
+}
 _PEFT_PARTS = {
     "lora_A.weight": "down",
     "lora_B.weight": "up",
@@ -44,7 +69,7 @@ _PEFT_PARTS = {
     "lora.up.weight": "up",
     "down.weight": "down",  # attention-processor spelling: `to_q_lora.down.weight`
     "up.weight": "up",
-    "alpha": "alpha",
+    **_LYCORIS_PARTS,
 }
 
 
@@ -53,40 +78,26 @@ class LoraFormatError(ValueError):
 
 
 @dataclass(frozen=True)
-class LoraWeights:
-    down: torch.Tensor  # [rank, in] or [rank, in, kh, kw]
-    up: torch.Tensor  # [out, rank] or [out, rank, 1, 1]
-    alpha: float | None = None
+class LayerChange:
+    """What a LoRA file does to one layer: a change of its weight and/or of its bias."""
+
+    weight: Adapter | None = None
+    bias: Difference | None = None
 
     @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        """The fp32 change this LoRA makes to a weight of `shape` at strength 1."""
-        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
-        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
-        scale = self.alpha / self.rank if self.alpha is not None else 1.0
-        product = up @ down
-        if product.numel() != torch.Size(shape).numel():
-            raise ValueError(
-                f"LoRA product of shape {tuple(product.shape)} does not fit a weight of {tuple(shape)}"
-            )
-        return (product * scale).reshape(shape)
+    def nbytes(self) -> int:
+        return sum(change.nbytes for change in (self.weight, self.bias) if change is not None)
 
 
 @dataclass(frozen=True)
 class ParsedLora:
     name: str
-    entries: dict[tuple[str, str], LoraWeights]  # (component, module path '_'-joined) -> weights
+    entries: dict[tuple[str, str], LayerChange]  # (component, module path '_'-joined) -> change
     unrecognised: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            w.down.numel() * w.down.element_size() + w.up.numel() * w.up.element_size()
-            for w in self.entries.values()
-        )
+        return sum(change.nbytes for change in self.entries.values())
 
     def components(self) -> set[str]:
         return {component for component, _ in self.entries}
@@ -97,8 +108,8 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
     for prefix, component in _KOHYA_PREFIXES:
         if key.startswith(prefix):
             base, _, part = key.partition(".")
-            if part in _KOHYA_PARTS:
-                return component, base[len(prefix) :], _KOHYA_PARTS[part]
+            if part in _LYCORIS_PARTS:
+                return component, base[len(prefix) :], _LYCORIS_PARTS[part]
             return None
     for prefix, component in _PEFT_PREFIXES:
         if key.startswith(prefix):
@@ -121,6 +132,28 @@ def _normalise_peft_module(module: str) -> str:
     return module.replace(".", "_")
 
 
+def _weight_change(found: dict[str, torch.Tensor], alpha: float | None) -> Adapter | None:
+    """The weight change of one layer's tensors. Where a file holds several kinds for one layer the
+    later in ComfyUI's order wins: LoRA, LoHa, LoKr, then w_norm, diff, set_weight."""
+    dora = found.get("dora_scale")
+    change: Adapter | None = None
+    if "up" in found and "down" in found:
+        change = LowRank(found["up"], found["down"], alpha, found.get("mid"), dora)
+    if all(f"hada_{w}" in found for w in ("w1_a", "w1_b", "w2_a", "w2_b")):
+        change = Hadamard(found["hada_w1_a"], found["hada_w1_b"], found["hada_w2_a"], found["hada_w2_b"],
+                          alpha, found.get("hada_t1"), found.get("hada_t2"), dora)
+    lokr = Kronecker(*(found.get(f"lokr_{w}") for w in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")),
+                     alpha=alpha, dora_scale=dora)
+    if lokr.complete:
+        change = lokr
+    for diff in ("w_norm", "diff"):
+        if diff in found:
+            change = Difference(found[diff])
+    if "set_weight" in found:
+        change = Replacement(found["set_weight"])
+    return change
+
+
 def parse_lora(tf: TensorFile) -> ParsedLora:
     """The LoRA layers of a file; raises LoraFormatError when it holds none comfyd knows."""
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -133,22 +166,21 @@ def parse_lora(tf: TensorFile) -> ParsedLora:
         component, module, part = split
         # A copy, not a view of the mapped file: the parsed LoRA outlives the open file.
         parts.setdefault((component, module), {})[part] = tf.get(key).clone()
-    entries: dict[tuple[str, str], LoraWeights] = {}
+    entries: dict[tuple[str, str], LayerChange] = {}
     for target, found in parts.items():
-        if "down" not in found or "up" not in found:
+        alpha = found.get("alpha")
+        weight = _weight_change(found, float(alpha.float().item()) if alpha is not None else None)
+        bias = found.get("diff_b", found.get("b_norm"))
+        if weight is None and bias is None:
             unrecognised.extend(f"{target[0]}:{target[1]} ({part})" for part in found)
             continue
-        alpha = found.get("alpha")
-        entries[target] = LoraWeights(
-            down=found["down"],
-            up=found["up"],
-            alpha=float(alpha.float().item()) if alpha is not None else None,
-        )
+        entries[target] = LayerChange(weight, Difference(bias) if bias is not None else None)
     if not entries:
         sample = ", ".join(tf.keys()[:4]) or "no tensors"
         raise LoraFormatError(
-            f"{tf.path.name} holds no LoRA layers comfyd knows (kohya lora_unet_/lora_te_ with lora_down/"
-            f"lora_up, or diffusers/peft unet./text_encoder. with lora_A/lora_B); first keys: {sample}"
+            f"{tf.path.name} holds no LoRA layers comfyd knows (kohya lora_unet_/lora_te_ or diffusers/peft "
+            f"unet./text_encoder. names, with LoRA, LoCon, LoHa, LoKr, DoRA, diff or set_weight tensors); "
+            f"first keys: {sample}"
         )
     if unrecognised:
         log.warning(
@@ -173,8 +205,15 @@ def _patchable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Conv2d)
 
 
+def _patchable_unet(module: nn.Module) -> bool:
+    # ComfyUI maps every UNet weight, norms included (full-diff files change them too); for the
+    # text encoders only the projections.
+    return isinstance(module, nn.Linear | nn.Conv2d | nn.GroupNorm | nn.LayerNorm)
+
+
 def module_index(module: nn.Module, role: str, family: str | None = None) -> dict[str, str]:
-    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`.
+    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`
+    (and every norm of a UNet).
 
     UNet layers are also indexed under their stored (original-layout) names, by the family's
     key map (the LDM/SGM one when no family is given)."""
@@ -189,7 +228,7 @@ def module_index(module: nn.Module, role: str, family: str | None = None) -> dic
                 else unet_translator(config, key_prefix="")
             )
         for name, sub in module.named_modules():
-            if not _patchable(sub):
+            if not _patchable_unet(sub):
                 continue
             index[name.replace(".", "_")] = name
             source = translator.source(f"{name}.weight") if translator is not None else None
@@ -211,8 +250,9 @@ class _ModuleState:
     module: nn.Module
     cond: threading.Condition = field(default_factory=threading.Condition)
     users: int = 0
-    active: tuple[LoraPatch, ...] = ()
+    active: tuple[WeightPatch, ...] = ()
     backups: dict[str, torch.Tensor] = field(default_factory=dict)
+    processors: dict[str, Any] | None = None  # attention processors a hypernetwork replaced
     index: dict[str, str] | None = None
 
 
@@ -241,7 +281,7 @@ class LoraPatcher:
             raise ValueError("this module does not belong to the checkpoint this patcher serves")
         return state
 
-    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None:
+    def apply(self, module: Any, patches: tuple[WeightPatch, ...]) -> None:
         state = self._state(module)
         patches = tuple(patches)
         with state.cond:
@@ -267,27 +307,35 @@ class LoraPatcher:
                 state.active = ()
                 state.cond.notify_all()
 
-    def active(self, module: Any) -> tuple[LoraPatch, ...]:
+    def active(self, module: Any) -> tuple[WeightPatch, ...]:
         return self._state(module).active
 
-    def _patch(self, state: _ModuleState, patches: tuple[LoraPatch, ...]) -> None:
+    def _patch(self, state: _ModuleState, patches: tuple[WeightPatch, ...]) -> None:
         if state.index is None:
             state.index = module_index(state.module, state.role, self.family)
-        # Gather every patch's contribution per weight first, so each weight is touched once.
-        contributions: dict[str, list[tuple[float, LoraWeights]]] = {}
+        # Gather every patch's changes per parameter first, so each one is touched once.
+        changes: dict[str, list[tuple[float, Adapter]]] = {}
+        parameters = dict(state.module.named_parameters())
+        attention: list[tuple[Any, float]] = []
         for patch in patches:
             if patch.strength == 0:
                 continue
+            if isinstance(patch, HypernetworkPatch):
+                attention.append((patch.layers, patch.strength))
+                continue
             lora = self._lora_source(patch.key)
             unmatched: list[str] = []
-            for (component, path), weights in lora.entries.items():
+            for (component, path), layer in lora.entries.items():
                 if component_role(component, self.family) != state.role:
                     continue
                 name = state.index.get(path)
                 if name is None:
                     unmatched.append(path)
                     continue
-                contributions.setdefault(f"{name}.weight", []).append((patch.strength, weights))
+                for param, change in ((f"{name}.weight", layer.weight), (f"{name}.bias", layer.bias)):
+                    # A bias change for a layer without a bias has nothing to patch (as in ComfyUI).
+                    if change is not None and param in parameters:
+                        changes.setdefault(param, []).append((patch.strength, change))
             if unmatched and (patch.key, state.role) not in self._warned:
                 self._warned.add((patch.key, state.role))
                 log.warning(
@@ -297,21 +345,24 @@ class LoraPatcher:
                     state.role,
                     unmatched[0],
                 )
-        if not contributions:
-            return
-        parameters = dict(state.module.named_parameters())
         with torch.no_grad():
-            for name, parts in contributions.items():
-                weight = parameters[name]
-                state.backups[name] = weight.detach().clone()
-                patched = weight.detach().to(torch.float32)
-                if patched.data_ptr() == weight.data_ptr():
+            for name, parts in changes.items():
+                param = parameters[name]
+                state.backups[name] = param.detach().clone()
+                # In fp32, each change seeing the result of the ones before it (DoRA's norm does).
+                patched = param.detach().to(torch.float32)
+                if patched.data_ptr() == param.data_ptr():
                     patched = patched.clone()
-                for strength, lora_weights in parts:
-                    patched += strength * lora_weights.delta(weight.shape, weight.device)
-                weight.copy_(patched.to(weight.dtype))
+                for strength, change in parts:
+                    patched = change.apply(patched, strength)
+                param.copy_(patched.to(param.dtype))
+        if attention and state.role == "unet":
+            state.processors = hypernetwork.install(state.module, attention)
 
     def _restore_base(self, state: _ModuleState) -> None:
+        if state.processors is not None:
+            hypernetwork.restore(state.module, state.processors)
+            state.processors = None
         if not state.backups:
             return
         parameters = dict(state.module.named_parameters())

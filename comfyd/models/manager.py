@@ -30,7 +30,8 @@ from comfyd.models import families, loader
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
-from comfyd.models.handles import ClipHandle, LoraPatch, ModelHandle, VaeHandle
+from comfyd.models.handles import ClipHandle, HypernetworkPatch, LoraPatch, ModelHandle, VaeHandle
+from comfyd.models.hypernetwork import Hypernetwork, load_hypernetwork
 from comfyd.models.lora import LoraPatcher, ParsedLora, parse_lora
 from comfyd.models.paths import ModelNotFound, ModelPathError, ModelPaths, is_diffusers_folder
 from comfyd.models.tensorfile import ModelFileError, TensorFile
@@ -171,6 +172,16 @@ class ModelManager:
         self.parsed_lora(key)
         return LoraPatch(key=key, strength=float(strength))
 
+    def hypernetwork_patch(self, name: str, strength: float) -> HypernetworkPatch | None:
+        """A hypernetwork of `hypernetworks/` at `strength` (the file parsed and cached now); None
+        when ComfyUI would leave the model unchanged (an activation it does not know)."""
+        path = self.resolve("hypernetworks", name)
+        key = "hypernetwork:" + file_fingerprint(path)
+        layers = self._get_or_load(
+            key, "hypernetwork", path.name, lambda: load_hypernetwork(path, bool(self.settings.allow_pickle))
+        )
+        return HypernetworkPatch(key=key, strength=float(strength), layers=layers) if layers is not None else None
+
     def parsed_lora(self, key: str) -> ParsedLora:
         """The parsed LoRA behind a LoraPatch key (reparsed if it was evicted)."""
         with self._lock:
@@ -267,7 +278,7 @@ class ModelManager:
             return module_bytes(value.vae)
         if isinstance(value, UpscaleModelHandle):
             return 0, module_bytes(value.module)[1]  # kept on the CPU between uses
-        if isinstance(value, ParsedLora):
+        if isinstance(value, ParsedLora | Hypernetwork):
             return 0, value.nbytes
         if isinstance(value, dict):
             return 0, sum(t.numel() * t.element_size() for t in value.values())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import image_cases  # beside this file (script dir, or on sys.path in test_parity)
+import lora_cases
 import numpy as np
 import upscale_cases
 from PIL import Image
@@ -236,6 +237,8 @@ def cases() -> dict[str, dict[str, Any]]:
     w["10"] = node("LoraLoaderModelOnly", model=["4", 0], lora_name=LORA_ORIGINAL, strength_model=1.0)
     w["3"]["inputs"]["model"] = ["10", 0]
     out["lora_original_names_model_only"] = w
+    # LoCon, LoHa, LoKr, DoRA, diff and set_weight files (lora_cases.py).
+    out.update(lora_cases.cases(base))
 
     # Image, mask, latent, value and animated-output nodes (image_cases.py).
     out.update(image_cases.cases(base))
@@ -280,6 +283,7 @@ def write_models(models: Path) -> None:
     make_tiny_lora(models / "loras", checkpoint, "kohya", name=LORA_KOHYA, seed=1)
     make_tiny_lora(models / "loras", checkpoint, "kohya", name=LORA_ORIGINAL, seed=2, unet_names="original",
                    text_encoders=False)
+    lora_cases.write_models(models, checkpoint)
     make_tiny_embedding(models / "embeddings", EMBEDDING, "sd1", vectors=3, width=768, seed=3)
     write_tiny_esrgan(models / "upscale_models" / UPSCALE_MODEL, scale=2, num_filters=16, num_blocks=1, seed=4)
 

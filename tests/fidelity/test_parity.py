@@ -87,6 +87,7 @@ def runner(models: Path, tmp_path_factory: pytest.TempPathFactory):
     return LocalRunner(
         Settings(  # the references are CPU renders: a GPU's fp16 would be another comparison
             device="cpu",
+            allow_pickle=True,  # the hypernetwork case: A1111's format is a (weights-only) pickle
             models_dir=models,
             input_dir=HERE / "inputs",
             output_dir=work / "output",

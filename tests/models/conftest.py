@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,18 @@ def single_name(family: str) -> str:
 
 def diffusers_name(family: str) -> str:
     return f"comfyd-tiny-{family}-diffusers"
+
+
+def share_checkpoint(models_root: Path, root: Path, name: str) -> Path:
+    """The session's tiny checkpoint `name` also in `root/checkpoints` (a hard link: no copy, no
+    symlink for the path checks to refuse), for tests that need their own models folder."""
+    target = root / "checkpoints" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(models_root / "checkpoints" / name, target)
+    except OSError:
+        shutil.copyfile(models_root / "checkpoints" / name, target)
+    return target
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:
