@@ -10,10 +10,15 @@ Layouts ComfyUI's ControlNetLoader reads, for SD1.x, SD2.x and SDXL:
 
 Everything about the architecture comes from the shapes; the family (for the attention head
 rule) is the one whose UNet attends to the same context width and takes the same vector input.
+A file no family's width fits (comfyd's tiny test files) names its family in its
+`comfyd.family` metadata (and `comfyd.pooled_dim`, its pooled text width), else gets the default
+family's rule (ComfyUI falls back to its base
+config the same way).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +34,8 @@ DIFFUSERS_HINT_KEY = "controlnet_cond_embedding.conv_in.weight"
 UNION_KEY = "control_add_embedding.linear_1.bias"
 DIFFERENCE_KEY = "difference"
 HINT_BLOCKS = "input_hint_block."
+FAMILY_METADATA = "comfyd.family"
+POOLED_METADATA = "comfyd.pooled_dim"
 
 
 class UnknownControlLayout(UnknownCheckpointLayout):
@@ -45,17 +52,19 @@ class ControlInfo:
     difference: bool = False  # weights stored as a difference to the model's UNet
 
 
-def detect_control(keys: list[str], shapes: Mapping[str, tuple[int, ...]], name: str) -> ControlInfo:
+def detect_control(
+    keys: list[str], shapes: Mapping[str, tuple[int, ...]], name: str, metadata: Mapping[str, str] | None = None
+) -> ControlInfo:
     key_set = set(keys)
     if DIFFUSERS_HINT_KEY in key_set:
         if UNION_KEY in key_set or "task_embedding" in key_set:
             raise UnknownControlLayout(
                 f"{name} is a union ControlNet (ControlNet++); comfyd does not run union ControlNets yet"
             )
-        return _diffusers_controlnet(shapes, name)
+        return _diffusers_controlnet(shapes, name, metadata or {})
     for prefix in ("control_model.", ""):
         if f"{prefix}zero_convs.0.0.weight" in key_set:
-            return _original_controlnet(shapes, prefix, name, DIFFERENCE_KEY in key_set)
+            return _original_controlnet(shapes, prefix, name, DIFFERENCE_KEY in key_set, metadata or {})
     adapter = _t2i_adapter(key_set, shapes, name)
     if adapter is not None:
         return adapter
@@ -67,27 +76,38 @@ def detect_control(keys: list[str], shapes: Mapping[str, tuple[int, ...]], name:
     )
 
 
-def _family(context_dim: int, vector: bool) -> families.Family:
-    for family in families.all_families():
-        unet = shipped_config(family.name, "unet.json")
-        if unet.get("cross_attention_dim") == context_dim and (family.vector_conditioning is not None) == vector:
+def _family(context_dim: int, vector: bool, metadata: Mapping[str, str]) -> families.Family:
+    candidates = [f for f in families.all_families() if (f.vector_conditioning is not None) == vector]
+    for family in candidates:
+        if shipped_config(family.name, "unet.json").get("cross_attention_dim") == context_dim:
             return family
+    named = metadata.get(FAMILY_METADATA)
+    if named in families.names():
+        return families.get(named)
+    default = families.get(families.DEFAULT_FAMILY)
+    if default in candidates:
+        return default
+    if candidates:
+        return candidates[0]
     raise UnknownControlLayout(
         f"no model family attends to {context_dim}-wide text features"
         f"{' with a vector input' if vector else ''}; the ControlNet fits no UNet comfyd loads"
     )
 
 
-def _pooled_dim(family: families.Family) -> int | None:
+def _pooled_dim(family: families.Family, metadata: Mapping[str, str]) -> int | None:
+    """The pooled text width inside the vector input (the family's; tiny files name theirs)."""
     if family.pooled_encoder is None:
         return None
+    if metadata.get(POOLED_METADATA, "").isdigit():
+        return int(metadata[POOLED_METADATA])
     return int(shipped_config(family.name, family.encoder(family.pooled_encoder).config)["projection_dim"])
 
 
 def _controlnet_config(unet: dict[str, Any], hint_channels: int, embedding: list[int]) -> dict[str, Any]:
     from diffusers import ControlNetModel
 
-    accepted = set(ControlNetModel.__init__.__code__.co_varnames)
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
     config = {k: v for k, v in unet.items() if k in accepted and not k.startswith("_")}
     config.update(conditioning_channels=hint_channels, conditioning_embedding_out_channels=embedding)
     return config
@@ -121,7 +141,7 @@ class ControlNetTranslator:
 
 
 def _original_controlnet(
-    shapes: Mapping[str, tuple[int, ...]], prefix: str, name: str, difference: bool
+    shapes: Mapping[str, tuple[int, ...]], prefix: str, name: str, difference: bool, metadata: Mapping[str, str]
 ) -> ControlInfo:
     inputs = _indices(shapes, rf"{re.escape(prefix)}input_blocks\.(\d+)\.")
     # A ControlNet is a UNet without its decoder half: give the config reader the output blocks
@@ -132,9 +152,9 @@ def _original_controlnet(
     in_channels = shapes.get(f"{prefix}input_blocks.0.0.weight", (0, 4))[1]
     padded[f"{prefix}out.2.weight"] = (in_channels,)
     context = _shape(shapes, _first_attention_key(shapes, prefix))[1]
-    family = _family(context, f"{prefix}label_emb.0.0.weight" in shapes)
+    family = _family(context, f"{prefix}label_emb.0.0.weight" in shapes, metadata)
     unet = infer_unet_config(
-        padded, prefix, family.name, shipped_config(family.name, "unet.json"), _pooled_dim(family)
+        padded, prefix, family.name, shipped_config(family.name, "unet.json"), _pooled_dim(family, metadata)
     )
     hint_convs = _indices(shapes, rf"{re.escape(prefix + HINT_BLOCKS)}(\d+)\.weight")
     if not hint_convs or hint_convs != list(range(0, 2 * len(hint_convs), 2)):
@@ -164,7 +184,9 @@ def _shape(shapes: Mapping[str, tuple[int, ...]], key: str) -> tuple[int, ...]:
 # --- diffusers layout -------------------------------------------------------------------------
 
 
-def _diffusers_controlnet(shapes: Mapping[str, tuple[int, ...]], name: str) -> ControlInfo:
+def _diffusers_controlnet(
+    shapes: Mapping[str, tuple[int, ...]], name: str, metadata: Mapping[str, str]
+) -> ControlInfo:
     levels = _indices(shapes, r"down_blocks\.(\d+)\.")
     if not levels:
         raise UnknownControlLayout(f"{name}: a diffusers ControlNet without down_blocks")
@@ -179,7 +201,7 @@ def _diffusers_controlnet(shapes: Mapping[str, tuple[int, ...]], name: str) -> C
     attn = f"down_blocks.{attention_levels[0]}.attentions.0."
     context = _shape(shapes, f"{attn}transformer_blocks.0.attn2.to_k.weight")[1]
     vector = "add_embedding.linear_1.weight" in shapes
-    family = _family(context, vector)
+    family = _family(context, vector, metadata)
     layer_depths = [d if d > 0 else 1 for d in depths]
     if depths[-1] == 0:
         layer_depths[-1] = mid_depth
@@ -196,7 +218,9 @@ def _diffusers_controlnet(shapes: Mapping[str, tuple[int, ...]], name: str) -> C
     )
     if vector:
         adm_in = _shape(shapes, "add_embedding.linear_1.weight")[1]
-        pooled = _pooled_dim(family) or 0
+        pooled = _pooled_dim(family, metadata) or 0
+        if adm_in <= pooled or (adm_in - pooled) % 6:
+            raise UnknownControlLayout(f"{name}: a vector input of {adm_in} does not fit an SDXL layout")
         unet.update(
             addition_embed_type="text_time",
             addition_time_embed_dim=(adm_in - pooled) // 6,

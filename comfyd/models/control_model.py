@@ -78,8 +78,9 @@ def load_control_model(
     ControlNet."""
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
         keys = tf.keys()
+        weight_dtype = next((tf.dtype(k) for k in keys if k.endswith(".weight")), torch.float32)
         try:
-            info = detect_control(keys, tf.shapes(), name)
+            info = detect_control(keys, tf.shapes(), name, tf.metadata)
         except UnknownControlLayout:
             raise
         except (KeyError, ValueError) as exc:
@@ -96,7 +97,7 @@ def load_control_model(
         if base_unet is None:
             log.warning("%s is a diff ControlNet loaded without a model; it will very likely not work", name)
         else:
-            _add_base_weights(module, base_unet)
+            _add_base_weights(module, base_unet, weight_dtype)
     hint_channels = int(info.config.get("conditioning_channels", info.config.get("in_channels", 3)))
     return ControlModelHandle(
         key=key,
@@ -117,10 +118,12 @@ def control_is_difference(path: Path, allow_pickle: bool = False) -> bool:
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
         return DIFFERENCE_KEY in tf
 
-def _add_base_weights(module: Any, unet: Any) -> None:
-    """Every ControlNet tensor that is also a UNet tensor (same diffusers name) gets the UNet's added."""
+def _add_base_weights(module: Any, unet: Any, stored: torch.dtype) -> None:
+    """Every ControlNet tensor that is also a UNet tensor (same diffusers name) gets the UNet's
+    added, the sum rounded to the file's dtype as ComfyUI adds them in the stored tensors."""
     base = unet.state_dict()
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
             if name in base and base[name].shape == tensor.shape:
-                tensor += base[name].to(device=tensor.device, dtype=tensor.dtype)
+                total = tensor.to(stored) + base[name].to(device=tensor.device, dtype=stored)
+                tensor.copy_(total.to(tensor.dtype))
