@@ -4,9 +4,11 @@ ControlNets, on the parity checkpoint at 64x64 and 3 steps.
 
 The control models are random-weight ControlNets cut like the parity UNet (two levels, 320 and
 640 channels, one block per level), which ComfyUI detects as SD1.5 ControlNets unaided: one in
-the original layout under `control_model.`, one in the diffusers layout (ComfyUI converts its
-keys), and a diff ControlNet (its UNet half stored as a difference to the parity UNet, with the
-`difference` marker) that DiffControlNetLoader completes with the model's weights. The hint is
+the original layout under `control_model.`, one with the same keys bare, and a diff ControlNet (its UNet half stored as a difference to the parity UNet, with the
+`difference` marker) that DiffControlNetLoader completes with the model's weights. No
+diffusers-layout case: ComfyUI reads a diffusers ControlNet only when its config is one of the
+full-size ones it knows, so a cut-down one cannot be rendered (tests/controlnet covers that
+layout against the original one). The hint is
 the 70x66 input picture, so it is centre-cropped and resized to 64x64. make_cases.py adds these.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 INPUT_IMAGE = "parity-input.png"
 CONTROLNET = "comfyd-parity-controlnet.safetensors"
-CONTROLNET_DIFFUSERS = "comfyd-parity-controlnet-diffusers.safetensors"
+CONTROLNET_BARE = "comfyd-parity-controlnet-bare.safetensors"
 CONTROLNET_DIFF = "comfyd-parity-controlnet-diff.safetensors"
 STEPS = 3
 
@@ -60,10 +62,10 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
     _advanced(w, "41", ["40", 0], ["6", 0], ["7", 0], strength=1.2, start_percent=0.4, end_percent=1.0)
     _sample_with(w, "41")
     out["controlnet_advanced_start_percent"] = w
-    # Two ControlNets chained (the second in the diffusers layout), with different ranges.
+    # Two ControlNets chained (the second with bare keys, no `control_model.`), with different ranges.
     w = _small(base)
     w["40"] = node("ControlNetLoader", control_net_name=CONTROLNET)
-    w["42"] = node("ControlNetLoader", control_net_name=CONTROLNET_DIFFUSERS)
+    w["42"] = node("ControlNetLoader", control_net_name=CONTROLNET_BARE)
     _advanced(w, "41", ["40", 0], ["6", 0], ["7", 0], strength=0.7, start_percent=0.0, end_percent=1.0)
     _advanced(w, "43", ["42", 0], ["41", 0], ["41", 1], strength=0.5, start_percent=0.2, end_percent=0.8)
     _sample_with(w, "43")
@@ -93,7 +95,7 @@ def write_models(models: Path, checkpoint: Path) -> None:
     unet = parity_configs("sd1").unet
     folder = models / "controlnet"
     write_tiny_controlnet(folder / CONTROLNET, unet, "sd1", seed=5, layout="original", prefix="control_model.")
-    write_tiny_controlnet(folder / CONTROLNET_DIFFUSERS, unet, "sd1", seed=6, layout="diffusers")
+    write_tiny_controlnet(folder / CONTROLNET_BARE, unet, "sd1", seed=6, layout="original", prefix="")
     base = load_single_file(checkpoint, compute_plan("cpu", "auto")).unet.state_dict()
     write_tiny_controlnet(folder / CONTROLNET_DIFF, unet, "sd1", seed=7, layout="original",
                           prefix="control_model.", difference_from=base)
