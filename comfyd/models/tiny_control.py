@@ -81,6 +81,15 @@ def write_tiny_controlnet(
     return path
 
 
+def make_tiny_controlnet(dir: Path | str, family: str) -> Path:
+    """`comfyd models make-tiny`: a ControlNet for the tiny `family` checkpoint, original layout,
+    at DIR/controlnet/comfyd-tiny-<family>-controlnet.safetensors."""
+    from comfyd.models.tiny import tiny_configs
+
+    target = Path(dir) / "controlnet" / f"comfyd-tiny-{family}-controlnet.safetensors"
+    return write_tiny_controlnet(target, tiny_configs(family).unet, family)
+
+
 def write_tiny_t2i_adapter(path: Path, seed: int = 0, channels: int = 32, in_channels: int = 3,
                            layout: str = "original") -> Path:
     """A random full T2I-Adapter (4 levels of `channels` x 1, 2, 4, 4, two blocks each)."""

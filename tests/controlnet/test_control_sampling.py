@@ -153,3 +153,36 @@ def test_t2i_residuals_land_at_the_end_of_each_level() -> None:
     with pytest.raises(ValueError, match="input block 2"):
         unet_kwargs(ControlResiduals(input=per_block[::-1]), per_level=1, levels=2)
     assert unet_kwargs(None, 2, 4) == {}
+
+
+def test_t2i_adapter_residuals_reach_a_four_level_unet(tmp_path: Any) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from comfyd.models.control_model import load_control_model
+    from comfyd.models.devices import compute_plan
+    from comfyd.models.tiny_control import write_tiny_t2i_adapter
+    from comfyd.sampling.denoiser import UNetDenoiser
+    from comfyd.sampling.sigmas import discrete_schedule
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64, 128, 128), layers_per_block=2, cross_attention_dim=16,
+        attention_head_dim=8, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    ).eval()
+    path = write_tiny_t2i_adapter(tmp_path / "t2i.safetensors", seed=2, channels=32)
+    adapter = load_control_model(path, "k", path.name, compute_plan("cpu", "auto"))
+    link = ControlLink(adapter).with_hint(HINT, 0.5, (0.0, 1.0), None)
+    denoiser = UNetDenoiser(unet, discrete_schedule(), "eps", torch.float32, "cpu")
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        run = link.for_run(lambda p: 1e9 if p == 0 else 0.0)
+        controlled = denoiser(x, 3.0, context, None, control=run, batched_number=2)
+        plain = denoiser(x, 3.0, context, None)
+        features = adapter.module(HINT.movedim(-1, 1))
+        c_in, _, index = denoiser.sigma_terms(3.0)
+        expected = unet(x / c_in, torch.full((2,), float(index)), encoder_hidden_states=context,
+                        down_intrablock_additional_residuals=[f * 0.5 for f in features], return_dict=False)[0]
+    assert not torch.allclose(controlled, plain)
+    assert torch.allclose(controlled, x - expected * 3.0, atol=1e-5)
