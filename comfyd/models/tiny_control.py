@@ -35,6 +35,14 @@ def controlnet_config(unet_config: Mapping[str, Any], hint_channels: int = 3) ->
     return _controlnet_config(dict(unet_config), hint_channels, list(HINT_EMBEDDING))
 
 
+def controlnet_parameter_names(unet_config: Mapping[str, Any], hint_channels: int = 3) -> list[str]:
+    """The ControlNetModel's state-dict names for `unet_config` (no weights are drawn)."""
+    from diffusers import ControlNetModel
+
+    with init_empty_weights():
+        return list(ControlNetModel.from_config(controlnet_config(unet_config, hint_channels)).state_dict())
+
+
 def random_controlnet_state(unet_config: Mapping[str, Any], seed: int = 0, hint_channels: int = 3) -> dict[str, torch.Tensor]:
     """A random ControlNetModel state dict (diffusers names), fp16 like the other tiny files."""
     from diffusers import ControlNetModel

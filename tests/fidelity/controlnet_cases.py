@@ -87,15 +87,22 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def write_models(models: Path, checkpoint: Path) -> None:
     """The three parity ControlNets, next to the parity checkpoint they are cut like."""
-    from comfyd.models.devices import compute_plan
-    from comfyd.models.loader import load_single_file
+    from comfyd.models.keymap import apply_op, unet_translator
+    from comfyd.models.tensorfile import TensorFile
     from comfyd.models.tiny import parity_configs
-    from comfyd.models.tiny_control import write_tiny_controlnet
+    from comfyd.models.tiny_control import controlnet_parameter_names, write_tiny_controlnet
 
     unet = parity_configs("sd1").unet
     folder = models / "controlnet"
     write_tiny_controlnet(folder / CONTROLNET, unet, "sd1", seed=5, layout="original", prefix="control_model.")
     write_tiny_controlnet(folder / CONTROLNET_BARE, unet, "sd1", seed=6, layout="original", prefix="")
-    base = load_single_file(checkpoint, compute_plan("cpu", "auto")).unet.state_dict()
+    # The parity UNet's weights under the ControlNet's names, read straight from the checkpoint.
+    translator = unet_translator(unet)
+    with TensorFile(checkpoint) as tf:
+        base = {}
+        for name in controlnet_parameter_names(unet):
+            source = translator.source(name)
+            if source is not None and source.key in tf:
+                base[name] = apply_op(tf.get(source.key), source).clone()
     write_tiny_controlnet(folder / CONTROLNET_DIFF, unet, "sd1", seed=7, layout="original",
                           prefix="control_model.", difference_from=base)
