@@ -104,7 +104,7 @@ def _pooled_dim(family: families.Family, metadata: Mapping[str, str]) -> int | N
     return int(shipped_config(family.name, family.encoder(family.pooled_encoder).config)["projection_dim"])
 
 
-def _controlnet_config(unet: dict[str, Any], hint_channels: int, embedding: list[int]) -> dict[str, Any]:
+def controlnet_config_from_unet(unet: dict[str, Any], hint_channels: int, embedding: list[int]) -> dict[str, Any]:
     from diffusers import ControlNetModel
 
     accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
@@ -161,7 +161,7 @@ def _original_controlnet(
         raise UnknownControlLayout(f"{name}: the hint encoder ({HINT_BLOCKS}*) has an unexpected layout")
     embedding = [_shape(shapes, f"{prefix}{HINT_BLOCKS}{i}.weight")[0] for i in hint_convs[:-1:2]]
     hint_channels = _shape(shapes, f"{prefix}{HINT_BLOCKS}0.weight")[1]
-    config = _controlnet_config(unet, hint_channels, embedding)
+    config = controlnet_config_from_unet(unet, hint_channels, embedding)
     translator = ControlNetTranslator(unet, prefix, len(hint_convs) - 2)
     return ControlInfo(CONTROLNET, "original", config, translator, family.name, difference)
 
@@ -232,7 +232,7 @@ def _diffusers_controlnet(
     blocks = _indices(shapes, r"controlnet_cond_embedding\.blocks\.(\d+)\.weight")
     embedding = [_shape(shapes, DIFFUSERS_HINT_KEY)[0]]
     embedding += [_shape(shapes, f"controlnet_cond_embedding.blocks.{i}.weight")[0] for i in blocks[1::2]]
-    config = _controlnet_config(unet, _shape(shapes, DIFFUSERS_HINT_KEY)[1], embedding)
+    config = controlnet_config_from_unet(unet, _shape(shapes, DIFFUSERS_HINT_KEY)[1], embedding)
     return ControlInfo(CONTROLNET, "diffusers", config, IdentityTranslator(), family.name)
 
 

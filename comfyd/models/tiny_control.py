@@ -23,7 +23,7 @@ from comfyd.models.control_detect import (
     FAMILY_METADATA,
     POOLED_METADATA,
     ControlNetTranslator,
-    _controlnet_config,
+    controlnet_config_from_unet,
 )
 from comfyd.models.keymap import to_original
 from comfyd.models.tiny import random_module
@@ -32,7 +32,7 @@ HINT_EMBEDDING = [16, 32, 96, 256]  # the hint encoder of every SD ControlNet
 
 
 def controlnet_config(unet_config: Mapping[str, Any], hint_channels: int = 3) -> dict[str, Any]:
-    return _controlnet_config(dict(unet_config), hint_channels, list(HINT_EMBEDDING))
+    return controlnet_config_from_unet(dict(unet_config), hint_channels, list(HINT_EMBEDDING))
 
 
 def controlnet_parameter_names(unet_config: Mapping[str, Any], hint_channels: int = 3) -> list[str]:
