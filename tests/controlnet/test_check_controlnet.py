@@ -19,6 +19,7 @@ def _missing(capsys: pytest.CaptureFixture[str], models: Path) -> list[tuple[str
     return sorted((m["class_type"], m["name"], m["folder"]) for m in report["missing_models"])
 
 
+@pytest.mark.slow
 def test_missing_controlnets_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = _missing(capsys, tmp_path)
     assert ("ControlNetLoader", "comfyd-parity-controlnet.safetensors", "controlnet") in missing

@@ -155,6 +155,7 @@ def test_t2i_residuals_land_at_the_end_of_each_level() -> None:
     assert unet_kwargs(None, 2, 4) == {}
 
 
+@pytest.mark.slow
 def test_t2i_adapter_residuals_reach_a_four_level_unet(tmp_path: Any) -> None:
     from diffusers import UNet2DConditionModel
 
