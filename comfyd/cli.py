@@ -289,12 +289,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # --- models / aws -------------------------------------------------------------------------
 def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     from comfyd.models.tiny import make_tiny
+    from comfyd.models.tiny_control import make_tiny_controlnet
 
     try:
         written = make_tiny(Path(args.dir), family=args.family)
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     print("These are random weights: images from them are noise. They exist for tests and the demo.")
@@ -305,7 +307,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from comfyd.models.manager import ModelManager
 
     manager = ModelManager(_settings(args))
-    for folder in ("checkpoints", "vae", "loras", "embeddings", "clip", "unet", "upscale_models"):
+    for folder in ("checkpoints", "vae", "loras", "embeddings", "clip", "unet", "upscale_models", "controlnet"):
         for name in manager.list_files(folder):
             print(f"{folder}/{name}")
     return EXIT_OK

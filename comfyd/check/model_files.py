@@ -20,6 +20,7 @@ FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
     "unet": ("unet", "diffusion_models"),
     "text_encoders": ("text_encoders", "clip"),
     "clip": ("clip", "text_encoders"),
+    "controlnet": ("controlnet", "t2i_adapter"),
 }
 
 

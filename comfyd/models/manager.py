@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from comfyd.models import families, loader
+from comfyd.models.control_model import ControlModelHandle, control_is_difference, load_control_model
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
@@ -162,6 +163,17 @@ class ModelManager:
         key = "upscale:" + file_fingerprint(path)
         return self._get_or_load(key, "upscale", name, lambda: load_upscale_model(
             path, key, name, self.plan.device, bool(self.settings.allow_pickle), self.gate))
+
+    def load_control_model(self, name: str, model: ModelHandle | None = None) -> ControlModelHandle:
+        """A ControlNet / T2I-Adapter of `controlnet/`; `model` completes a diff ControlNet."""
+        path = self.resolve("controlnet", name)
+        key = "controlnet:" + file_fingerprint(path)
+        base = None
+        if model is not None and control_is_difference(path, bool(self.settings.allow_pickle)):
+            key += "+" + model.key
+            base = model.unet
+        return self._get_or_load(key, "controlnet", name, lambda: load_control_model(
+            path, key, name, self.plan, bool(self.settings.allow_pickle), self.gate, base))
 
     def lora_patch(self, name: str, strength: float) -> LoraPatch:
         """A LoRA of `loras/` at `strength`; parses (and caches) the file now, so errors show here."""

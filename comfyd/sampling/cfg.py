@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from comfyd.sampling.control import ControlRuns, share_with_uncond
 from comfyd.sampling.denoiser import UNetDenoiser
-from comfyd.sampling.protocols import VectorConditioning
+from comfyd.sampling.protocols import ControlStep, VectorConditioning
 from comfyd.sampling.sigmas import DiscreteSchedule
 from comfyd.sampling.vector_conditioning import pooled_and_sizes
 
@@ -47,6 +48,7 @@ class CondEntry:
     mult: Tensor | None  # per-cell weights [B, C, h, w]; None = 1 everywhere
     sigma_start: float | None = None  # active only while sigma <= sigma_start ...
     sigma_end: float | None = None  # ... and sigma >= sigma_end
+    control: ControlStep | None = None  # ControlNet / T2I-Adapter chain of this entry
 
     def active(self, sigma: float) -> bool:
         if self.sigma_start is not None and sigma > self.sigma_start:
@@ -276,6 +278,8 @@ def prepare_prompts(
             for other in order:
                 if other != k:
                     _mirror_area(prompts[other], item)
+    share_with_uncond(prompts, names)
+    controls = ControlRuns(schedule.percent_to_sigma)
 
     entries = []
     for kind, items in enumerate(prompts):
@@ -303,6 +307,7 @@ def prepare_prompts(
                     mult=mult,
                     sigma_start=schedule.percent_to_sigma(float(start)) if start is not None else None,
                     sigma_end=schedule.percent_to_sigma(float(end)) if end is not None else None,
+                    control=controls.step(item.get("control")),
                 )
             )
     return entries
@@ -312,7 +317,7 @@ def prepare_prompts(
 
 
 def _can_batch(a: CondEntry, b: CondEntry) -> bool:
-    if a.region != b.region:
+    if a.region != b.region or a.control is not b.control:
         return False
     ca, cb = a.context, b.context
     if ca.shape[0] != cb.shape[0] or ca.shape[2] != cb.shape[2]:
@@ -339,6 +344,7 @@ class _Group:
     context: Tensor
     added: dict[str, Tensor] | None
     cropped: bool  # some entry sees only an area of the latent
+    control: ControlStep | None = None  # shared by every entry of the group
 
 
 @dataclass
@@ -385,7 +391,9 @@ class PromptBatcher:
             if members[0].added is not None:
                 added = {key: torch.cat([m.added[key] for m in members]) for key in members[0].added}  # type: ignore[index]
             context = _concat_contexts([m.context for m in members])
-            groups.append(_Group(members, context, added, any(m.area is not None for m in members)))
+            groups.append(
+                _Group(members, context, added, any(m.area is not None for m in members), members[0].control)
+            )
         direct: list[tuple[int, int] | None] = []
         for kind in range(len(self.used)):
             places = [
@@ -417,7 +425,10 @@ class PromptBatcher:
             n = len(group.entries)
             inputs = [_crop(x, e.area) for e in group.entries] if group.cropped else [x] * n
             batch = inputs[0] if n == 1 else torch.cat(inputs)
-            chunks.append(list(self.unet(batch, sigma, group.context, group.added).chunk(n)))
+            prediction = self.unet(
+                batch, sigma, group.context, group.added, control=group.control, batched_number=n
+            )
+            chunks.append(list(prediction.chunk(n)))
 
         results: list[Tensor | None] = []
         for kind, used in enumerate(self.used):

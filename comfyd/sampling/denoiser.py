@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from comfyd.sampling.control import unet_kwargs
+from comfyd.sampling.protocols import ControlStep
 from comfyd.sampling.sigmas import DiscreteSchedule
 
 PREDICTIONS = ("eps", "v")
@@ -65,17 +67,39 @@ class UNetDenoiser:
             self._timestep_tensors[key] = t
         return t
 
+    def _levels(self) -> tuple[int, int]:
+        """(blocks per level, levels) of the UNet, where control residuals are placed."""
+        config = getattr(self.unet, "config", None)
+        if config is None:
+            return (0, 0)
+        per_level = config["layers_per_block"]
+        if isinstance(per_level, list | tuple):
+            per_level = per_level[0]
+        return int(per_level), len(config["block_out_channels"])
+
     def __call__(
-        self, x: Tensor, sigma: float, context: Tensor, added_cond: dict[str, Tensor] | None
+        self,
+        x: Tensor,
+        sigma: float,
+        context: Tensor,
+        added_cond: dict[str, Tensor] | None,
+        control: ControlStep | None = None,
+        batched_number: int = 1,
     ) -> Tensor:
         c_in, variance, index = self.sigma_terms(sigma)
         x_in = (x / c_in).to(self.dtype)
+        timestep = self._timestep(index, x.shape[0])
+        extra: dict[str, Any] = {}
+        if control is not None:
+            residuals = control(x_in, timestep, sigma, context, added_cond, batched_number)
+            extra = unet_kwargs(residuals, *self._levels())
         out = self.unet(
             x_in,
-            self._timestep(index, x.shape[0]),
+            timestep,
             encoder_hidden_states=context,
             added_cond_kwargs=added_cond,
             return_dict=False,
+            **extra,
         )[0].float()
         if self.prediction == "eps":
             return x - out * sigma

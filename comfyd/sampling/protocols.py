@@ -60,3 +60,31 @@ class SamplingModel(Protocol):
     def vector_conditioning(self) -> VectorConditioning | None: ...
 
     def patched(self) -> AbstractContextManager[Any]: ...
+
+
+class ControlStep(Protocol):
+    """One sampling run's view of a control model (ControlNet, T2I-Adapter) and its chain.
+
+    Called once per batched UNet evaluation with the UNet's own input (`x_in` already divided by
+    sqrt(sigma^2 + 1), `timestep` the table index), the batch's text context and vector
+    conditioning, and how many prompts the batch holds; answers the residuals to add inside the
+    UNet, or None while no control of the chain is active at `sigma`.
+    """
+
+    def __call__(
+        self,
+        x_in: Tensor,
+        timestep: Tensor,
+        sigma: float,
+        context: Tensor,
+        added: dict[str, Tensor] | None,
+        batched_number: int,
+    ) -> Any: ...
+
+
+@runtime_checkable
+class ControlSignal(Protocol):
+    """What a conditioning entry's "control" value is: it starts a `ControlStep` for one run,
+    turning its start/end percents into sigmas with the model's `percent_to_sigma`."""
+
+    def for_run(self, percent_to_sigma: Callable[[float], float]) -> ControlStep: ...

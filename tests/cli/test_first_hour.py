@@ -275,6 +275,7 @@ def test_make_tiny_takes_a_family_and_names_the_known_ones(tmp_path: Path, capsy
     assert main(["models", "make-tiny", str(tmp_path), "--family", "sdxl"]) == 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "comfyd-tiny-sdxl-diffusers", "comfyd-tiny-sdxl.safetensors"]
+    assert [p.name for p in (tmp_path / "controlnet").iterdir()] == ["comfyd-tiny-sdxl-controlnet.safetensors"]
     assert main(["models", "make-tiny", str(tmp_path), "--family", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown family 'nope'" in err and "sd1" in err and "sdxl" in err

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import controlnet_cases
 import image_cases  # beside this file (script dir, or on sys.path in test_parity)
 import lora_cases
 import numpy as np
@@ -245,6 +246,8 @@ def cases() -> dict[str, dict[str, Any]]:
     out.update(sampling_cases(base, with_sampler))
     # Upscale models, ImageScaleToTotalPixels and the hires fix through a model (upscale_cases.py).
     out.update(upscale_cases.cases(base))
+    # ControlNet loaders and apply nodes, chained and with start/end percent (controlnet_cases.py).
+    out.update(controlnet_cases.cases(base))
     return {name: copy.deepcopy(w) for name, w in out.items()}
 
 
@@ -286,6 +289,7 @@ def write_models(models: Path) -> None:
     lora_cases.write_models(models, checkpoint)
     make_tiny_embedding(models / "embeddings", EMBEDDING, "sd1", vectors=3, width=768, seed=3)
     write_tiny_esrgan(models / "upscale_models" / UPSCALE_MODEL, scale=2, num_filters=16, num_blocks=1, seed=4)
+    controlnet_cases.write_models(models, checkpoint)
 
 
 def main() -> None:
