@@ -75,6 +75,7 @@ class _Call:
     added: dict[str, Tensor] | None
     signature: tuple[Any, ...]
     since: float
+    extra: dict[str, Any] = field(default_factory=dict)  # per-row UNet extras (control residuals)
     taken: bool = False
     done: bool = False
     result: Tensor | None = None
@@ -100,11 +101,42 @@ class _Group:
     rounds: int = 0
 
 
-def _signature(sample: Tensor, timestep: Tensor, context: Tensor, added: dict[str, Tensor] | None) -> tuple:
+def _signature(
+    sample: Tensor, timestep: Tensor, context: Tensor, added: dict[str, Tensor] | None,
+    extra: dict[str, Any] | None = None,
+) -> tuple:
     """What must match for two calls to share a network call (all but the batch size)."""
-    extra = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in added.items())) if added else None
+    vector = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in added.items())) if added else None
     return (tuple(sample.shape[1:]), sample.dtype, str(sample.device), timestep.dtype,
-            tuple(context.shape[1:]), context.dtype, extra)
+            tuple(context.shape[1:]), context.dtype, vector, _extra_layout(extra, int(sample.shape[0])))
+
+
+def _extra_layout(extra: dict[str, Any] | None, rows: int) -> tuple | None:
+    """The shape of a call's extra UNet inputs (ControlNet / T2I-Adapter residuals: tensors or
+    sequences of tensors with one row per sample row), which calls sharing a network call must
+    agree on. Anything that is not per-row gets a layout of its own, so that call runs alone."""
+    if not extra:
+        return None
+    layout: list[tuple[Any, ...]] = []
+    for key in sorted(extra):
+        value = extra[key]
+        tensors = list(value) if isinstance(value, list | tuple) else [value]
+        if not all(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == rows for t in tensors):
+            return (object(),)  # not splittable by rows: never batched
+        layout.append((key, type(value).__name__, tuple((tuple(t.shape[1:]), t.dtype) for t in tensors)))
+    return tuple(layout)
+
+
+def _cat_extra(part: list[_Call]) -> dict[str, Any]:
+    """The calls' extra inputs joined row-wise, in call order (their layouts are equal)."""
+    joined: dict[str, Any] = {}
+    for key, first in part[0].extra.items():
+        if isinstance(first, list | tuple):
+            items = [torch.cat([c.extra[key][i] for c in part]) for i in range(len(first))]
+            joined[key] = type(first)(items) if isinstance(first, tuple) else items
+        else:
+            joined[key] = torch.cat([c.extra[key] for c in part])
+    return joined
 
 
 class StepBatcher:
@@ -277,6 +309,7 @@ class StepBatcher:
                     encoder_hidden_states=torch.cat([c.context for c in part]),
                     added_cond_kwargs=added,
                     return_dict=False,
+                    **_cat_extra(part),
                 )[0]
         except Exception:
             # Per-job errors: run each call alone, so only the job whose inputs fail sees it.
@@ -293,7 +326,7 @@ class StepBatcher:
     def _run_alone(self, net: Callable[..., Any], c: _Call) -> None:
         try:
             c.result = net(c.sample, c.timestep, encoder_hidden_states=c.context,
-                           added_cond_kwargs=c.added, return_dict=False)[0]
+                           added_cond_kwargs=c.added, return_dict=False, **c.extra)[0]
         except Exception as exc:
             c.error = exc
 
@@ -315,6 +348,8 @@ class BatchedNetwork:
         self._net_key = net_key
         self._net = net
         self._turn = turn
+        # The sampler reads the UNet's layout (where control residuals go) from its config.
+        self.config = getattr(net, "config", None)
 
     def __call__(
         self,
@@ -323,15 +358,16 @@ class BatchedNetwork:
         encoder_hidden_states: Tensor,
         added_cond_kwargs: dict[str, Tensor] | None = None,
         return_dict: bool = False,
+        **extra: Any,
     ) -> tuple[Tensor]:
-        signature = _signature(sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        signature = _signature(sample, timestep, encoder_hidden_states, added_cond_kwargs, extra)
         batcher = self._batcher
         with batcher._cond:
             if self._member.group is None:
                 batcher._join(self._member, (self._net_key, signature), self._net, self._turn)
             now = batcher._clock()
         call = _Call(self._member, sample, timestep.expand(sample.shape[0]), encoder_hidden_states,
-                     added_cond_kwargs, signature, now)
+                     added_cond_kwargs, signature, now, extra)
         return (batcher.call(self._member, call),)
 
 

@@ -65,8 +65,9 @@ class RecordingNet:
         self.hold = hold
         self.entered = threading.Event()
         self.sizes: list[int] = []
+        self.config = unet.config
 
-    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, return_dict=False):
+    def __call__(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, return_dict=False, **extra):
         self.sizes.append(int(sample.shape[0]))
         self.entered.set()
         if self.hold is not None:
@@ -74,7 +75,7 @@ class RecordingNet:
         if self.poison is not None and bool((encoder_hidden_states[:, 0, 0] == self.poison).any()):
             raise RuntimeError("poisoned prompt")
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                         added_cond_kwargs=added_cond_kwargs, return_dict=return_dict)
+                         added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **extra)
 
 
 def cond(seed: int, marker: float | None = None) -> list:
@@ -263,3 +264,35 @@ def test_the_model_manager_hands_its_batcher_to_models(tmp_path) -> None:
     assert not off.batcher.enabled  # CPU default: off
     on = ModelManager(Settings(models_dir=tmp_path, device="cpu", batch_max=3, batch_window_ms=20))
     assert (on.batcher.max_batch, on.batcher.window_s, on.batcher.exact) == (3, 0.02, True)
+
+
+def residuals(seed: int, rows: int) -> dict[str, Any]:
+    """ControlNet-style residuals for the tiny UNet: conv_in, level 0 (block, downsampler), level 1."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(16, 8, 8), (16, 8, 8), (16, 4, 4), (32, 4, 4)]
+    down = tuple(torch.randn(rows, *s, generator=g) for s in shapes)
+    return {"down_block_additional_residuals": down,
+            "mid_block_additional_residual": torch.randn(rows, 32, 4, 4, generator=g)}  # fmt: skip
+
+
+def test_control_residuals_are_batched_row_wise_and_stay_exact(model: ModelHandle) -> None:
+    # ControlNet residuals reach the UNet as keyword arguments with one row per sample row: a
+    # batched call joins them like the samples, and each job still gets its result alone.
+    jobs = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        jobs.append((torch.randn(2, 4, 8, 8, generator=g), cond(seed)[0][0].expand(2, -1, -1), residuals(seed, 2)))
+    t = torch.tensor([500.0, 500.0])
+    alone = [model.unet(x, t, encoder_hidden_states=c, return_dict=False, **r)[0] for x, c, r in jobs]
+    batcher = StepBatcher(2, window_s=LONG, exact=True, stall_s=LONG)
+    net = RecordingNet(model.unet)
+
+    def run(x: torch.Tensor, c: torch.Tensor, r: dict[str, Any]) -> torch.Tensor:
+        with batcher.session("tiny", net) as batched:
+            assert batched.config is model.unet.config  # where the sampler places residuals
+            return batched(x, t, c, **r)[0]
+
+    results = concurrently(*[lambda job=job: run(*job) for job in jobs])
+    assert net.sizes == [4]
+    for a, b in zip(alone, results, strict=True):
+        assert torch.equal(a, b)
