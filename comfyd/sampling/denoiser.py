@@ -70,12 +70,18 @@ class UNetDenoiser:
     ) -> Tensor:
         c_in, variance, index = self.sigma_terms(sigma)
         x_in = (x / c_in).to(self.dtype)
+        extra: dict[str, Tensor] = {}
+        if added_cond is not None and "class_labels" in added_cond:
+            # unCLIP's image-embedding vector is the UNet's class embedding input.
+            added_cond = dict(added_cond)
+            extra["class_labels"] = added_cond.pop("class_labels")
         out = self.unet(
             x_in,
             self._timestep(index, x.shape[0]),
             encoder_hidden_states=context,
             added_cond_kwargs=added_cond,
             return_dict=False,
+            **extra,
         )[0].float()
         if self.prediction == "eps":
             return x - out * sigma
