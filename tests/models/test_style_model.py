@@ -1,0 +1,76 @@
+"""The T2I-Adapter style model: loading (and refusing other files), its tokens, and
+StyleModelApply's two strength types on a conditioning (the full path is held to ComfyUI's
+renders in tests/fidelity/test_image_prompt_parity.py)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfyd.models.clip_vision import ClipVisionOutput
+from comfyd.models.style_model import StyleModelFormatError, load_style_model
+from comfyd.models.tensorfile import TensorFile
+from comfyd.models.tiny_vision import write_style_model
+from comfyd.nodes.conditioning.style_model import StyleModelApply
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory: pytest.TempPathFactory):
+    path = write_style_model(tmp_path_factory.mktemp("style") / "style.safetensors", seed=1)
+    with TensorFile(path) as tf:
+        return load_style_model(tf, "k")
+
+
+def _vision(batch: int = 1) -> ClipVisionOutput:
+    hidden = torch.randn(batch, 257, 1024, generator=torch.Generator().manual_seed(0))
+    return ClipVisionOutput(hidden, hidden, torch.zeros(batch, 768))
+
+
+def _apply(style, conditioning, strength: float, strength_type: str, batch: int = 1):
+    return StyleModelApply().run(None, conditioning, style, _vision(batch), strength, strength_type)[0]
+
+
+def test_tokens_are_appended_and_multiply_scales_them(style) -> None:
+    text = torch.randn(1, 77, 768)
+    conditioning = [[text, {"pooled_output": None}]]
+    full = _apply(style, conditioning, 1.0, "multiply")
+    half = _apply(style, conditioning, 0.5, "multiply")
+    assert full[0][0].shape == (1, 85, 768)
+    assert torch.equal(full[0][0][:, :77], text)
+    assert torch.allclose(half[0][0][:, 77:], 0.5 * full[0][0][:, 77:])
+    assert "attention_mask" not in full[0][1] and conditioning[0][0] is text  # input untouched
+    # Two images: both token sets, one after the other.
+    assert _apply(style, conditioning, 1.0, "multiply", batch=2)[0][0].shape == (1, 93, 768)
+
+
+def test_attn_bias_keeps_the_tokens_and_records_the_bias(style) -> None:
+    conditioning = [[torch.randn(1, 77, 768), {}]]
+    plain = _apply(style, conditioning, 1.0, "multiply")
+    biased = _apply(style, conditioning, 0.5, "attn_bias")
+    assert torch.equal(biased[0][0], plain[0][0])
+    mask = biased[0][1]["attention_mask"]
+    assert mask.shape == (1, 86, 86) and mask.dtype == torch.float16  # 77 text + 8 style + 1 reference
+    bias = torch.tensor(math.log(0.5), dtype=torch.float16)
+    assert (mask[:, :77, 77:85] == bias).all() and (mask[:, 85:, 77:85] == bias).all()
+    assert not mask[:, :, :77].any() and not mask[:, 77:85, :].any()
+    # A second application widens the mask it finds (the new tokens go after the text again).
+    again = StyleModelApply().run(None, biased, style, _vision(), 1.0, "multiply")[0]
+    assert again[0][1]["attention_mask"].shape == (1, 94, 94)
+    assert _apply(style, conditioning, 1.0, "attn_bias")[0][1].get("attention_mask") is None
+
+
+def test_other_files_are_refused_clearly(tmp_path: Path, style) -> None:
+    save_file({"redux_down.weight": torch.zeros(2, 2)}, str(tmp_path / "redux.safetensors"))
+    save_file({"something": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    save_file({"style_embedding": torch.zeros(1, 4, 1024)}, str(tmp_path / "partial.safetensors"))
+    for name, message in (("redux", "Flux Redux"), ("other", "not a style model"), ("partial", "does not fit")):
+        with TensorFile(tmp_path / f"{name}.safetensors") as tf, pytest.raises(StyleModelFormatError, match=message):
+            load_style_model(tf, "k")
+    with pytest.raises(ValueError, match="ViT-L CLIP vision output"):
+        style.tokens(ClipVisionOutput(torch.zeros(1, 257, 1280), torch.zeros(1), torch.zeros(1)))
+    with pytest.raises(ValueError, match="batch 1"):
+        _apply(style, [[torch.zeros(2, 77, 768), {}]], 1.0, "multiply")
