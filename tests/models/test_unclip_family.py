@@ -23,7 +23,6 @@ from comfyd.settings import Settings
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("unclip-models")
     make_tiny_checkpoint(root / "checkpoints", "sd2_unclip", "single", prediction="eps")
-    make_tiny_checkpoint(root / "checkpoints", "sd2", "single", prediction="eps")
     # An SVD-like file: a video UNet's temporal blocks (no other tensor is read before refusing it).
     save_file({"model.diffusion_model.input_blocks.1.1.time_stack.0.attn1.to_q.weight": torch.zeros(2, 2)},
               str(root / "checkpoints" / "svd.safetensors"))  # fmt: skip
@@ -35,18 +34,19 @@ def _settings(root: Path) -> Settings:
                     input_dir=root / "in")  # fmt: skip
 
 
-def test_unclip_files_are_recognised_and_sd2_files_are_not_taken_for_them(root: Path) -> None:
+def test_unclip_files_are_recognised_and_sd2_files_are_not_taken_for_them(root: Path, models_root: Path) -> None:
     with TensorFile(root / "checkpoints" / "comfyd-tiny-sd2_unclip.safetensors") as tf:
         info = detect.detect_checkpoint(tf)
     assert info.family == "sd2_unclip" and info.prediction == "eps"
     assert info.unet_config["class_embed_type"] == "projection"
     assert info.unet_config["projection_class_embeddings_input_dim"] == 1536
     assert "addition_embed_type" not in info.unet_config
-    with TensorFile(root / "checkpoints" / "comfyd-tiny-sd2.safetensors") as tf:
+    with TensorFile(models_root / "checkpoints" / "comfyd-tiny-sd2.safetensors") as tf:  # conftest's
         plain = detect.detect_checkpoint(tf)
     assert plain.family == "sd2" and "class_embed_type" not in plain.unet_config
 
 
+@pytest.mark.slow
 def test_the_image_vector_reaches_the_unet(root: Path) -> None:
     manager = ModelManager(_settings(root))
     model, clip, _vae = manager.load_checkpoint("comfyd-tiny-sd2_unclip.safetensors")
@@ -101,12 +101,12 @@ def test_the_loaders_through_the_runner(root: Path) -> None:
     # The tiny file carries no tower: ComfyUI hands out None, and encoding with it is an error.
     result = runner.run(workflow)
     assert not result.ok
-    assert "holds no CLIP vision model" in result.error["exception_message"]
+    assert "holds no CLIP vision model" in result.error["message"]
     svd = {"1": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": "svd.safetensors"}},
            "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
            "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}  # fmt: skip
     result = runner.run(svd)
     assert not result.ok
-    message = result.error["exception_message"]
+    message = result.error["message"]
     assert "Stable Video Diffusion (SVD)" in message and "no SVD model family" in message
