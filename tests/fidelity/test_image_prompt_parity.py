@@ -87,3 +87,17 @@ def test_comfyd_matches_comfyui(path: Path, runner) -> None:
         assert psnr >= BAR_DB, f"{path.stem}: PSNR {psnr:.2f} dB < {BAR_DB} dB (max diff {max_diff})"
         assert max_diff <= MAX_LEVELS_OFF, f"{path.stem}: a pixel is {max_diff} levels off ({psnr:.2f} dB)"
         assert dict(ours.text) == dict(theirs.text)
+
+
+def test_without_the_image_the_unclip_picture_is_another(runner) -> None:
+    """The image embedding matters: strength 0 (no unCLIP item) lands far from the reference."""
+    workflow = json.loads((CASES_DIR / "workflows" / "unclip_one_image.json").read_text())
+    workflow["23"]["inputs"]["strength"] = 0.0
+    result = runner.run(workflow)
+    assert result.ok, json.dumps(result.error, indent=2)
+    roots = {"output": runner.env.output_dir, "temp": runner.env.temp_dir, "input": runner.env.input_dir}
+    with Image.open(first_saved_image(result.outputs, roots)) as ours, Image.open(
+        CASES_DIR / "references" / "unclip_one_image.png"
+    ) as theirs:
+        _, max_diff = compare_png(np.asarray(ours.convert("RGB")), np.asarray(theirs.convert("RGB")))
+    assert max_diff > 4 * MAX_LEVELS_OFF
