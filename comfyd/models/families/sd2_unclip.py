@@ -28,6 +28,14 @@ DEFAULT_ADM = 1536  # unCLIP-L, as the shipped unet.json (the tiny and parity fi
 
 
 class SD2Unclip(SD2):
+    def recognise(self, prefixes: set[str], keys: set[str]) -> dict[str, str] | None:
+        # The LDM spelling only: unCLIP files are never in the SGM layout, whose
+        # `conditioner.embedders.0.model.` + `label_emb` is the SDXL refiner's.
+        found = super().recognise(prefixes, keys)
+        if found is None or found["h"] != OPENCLIP_H.single_file_prefixes[0]:
+            return None
+        return found
+
     def adm_unet_config(self, adm_in: int, pooled_dim: int | None) -> dict[str, Any]:
         if adm_in not in ADM_WIDTHS:
             raise ValueError(
