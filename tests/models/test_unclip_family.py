@@ -68,7 +68,6 @@ def test_the_image_vector_reaches_the_unet(root: Path) -> None:
     a, b = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
     with_a = sample(a)
     assert torch.isfinite(with_a).all()
-    assert torch.equal(with_a, sample(a))
     assert not torch.allclose(with_a, sample(b))
     assert not torch.allclose(with_a, sample(None))  # no image: a zero vector, as in ComfyUI
     bad = ClipVisionOutput(torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), torch.zeros(1, 1024))
