@@ -75,3 +75,51 @@ def test_other_files_are_refused_clearly(tmp_path: Path, style) -> None:
         style.tokens(ClipVisionOutput(torch.zeros(1, 257, 1280), torch.zeros(1), torch.zeros(1)))
     with pytest.raises(ValueError, match="batch 1"):
         _apply(style, [[torch.zeros(2, 77, 768), {}]], 1.0, "multiply")
+
+
+@pytest.mark.slow
+def test_the_loaders_list_their_folders_and_explain_a_wrong_file(tmp_path: Path) -> None:
+    import comfyd.nodes  # noqa: F401  (registers the nodes)
+    from comfyd.engine.schema import REGISTRY
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    from comfyd.models.tiny import write_random_checkpoint
+
+    models = tmp_path / "models"
+    write_random_checkpoint(models / "checkpoints" / "sd1.safetensors", "sd1")
+    for folder in ("clip_vision", "style_models"):
+        (models / folder).mkdir()
+        save_file({"something": torch.zeros(2)}, str(models / folder / "wrong.safetensors"))
+    runner = LocalRunner(Settings(device="cpu", models_dir=models, output_dir=tmp_path / "out",
+                                  temp_dir=tmp_path / "temp", input_dir=tmp_path / "in"))  # fmt: skip
+    info = REGISTRY.object_info(runner.env)
+    assert info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0] == ["wrong.safetensors"]
+    assert info["StyleModelLoader"]["input"]["required"]["style_model_name"][0] == ["wrong.safetensors"]
+
+    def workflow(vision_loader: str, style_loader: str) -> dict:
+        return {
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd1.safetensors"}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["1", 1]}},
+            "3": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "4": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": vision_loader}},
+            "5": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["4", 0], "image": ["3", 0], "crop": "center"}},
+            "6": {"class_type": "StyleModelLoader", "inputs": {"style_model_name": style_loader}},
+            "7": {"class_type": "StyleModelApply", "inputs": {"conditioning": ["2", 0], "style_model": ["6", 0],
+                                                             "clip_vision_output": ["5", 0], "strength": 1.0,
+                                                             "strength_type": "multiply"}},
+            "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "9": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                                                      "scheduler": "normal", "denoise": 1.0, "model": ["1", 0],
+                                                      "positive": ["7", 0], "negative": ["2", 0], "latent_image": ["8", 0]}},
+            "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 2]}},
+            "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+        }  # fmt: skip
+
+    result = runner.run(workflow("wrong.safetensors", "wrong.safetensors"))
+    assert not result.ok
+    assert result.error["message"] in (
+        "wrong.safetensors holds no CLIP vision model: expected vision_model.encoder.layers.* (transformers) "
+        "or visual.transformer.resblocks.* (OpenCLIP)",
+        "wrong.safetensors is not a style model: no style_embedding (T2I-Adapter style) tensor",
+    )
