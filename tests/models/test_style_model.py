@@ -81,10 +81,9 @@ def test_other_files_are_refused_clearly(tmp_path: Path, style) -> None:
 def test_the_loaders_list_their_folders_and_explain_a_wrong_file(tmp_path: Path) -> None:
     import comfyd.nodes  # noqa: F401  (registers the nodes)
     from comfyd.engine.schema import REGISTRY
+    from comfyd.models.tiny import write_random_checkpoint
     from comfyd.runner import LocalRunner
     from comfyd.settings import Settings
-
-    from comfyd.models.tiny import write_random_checkpoint
 
     models = tmp_path / "models"
     write_random_checkpoint(models / "checkpoints" / "sd1.safetensors", "sd1")
