@@ -93,6 +93,7 @@ def _small_tower() -> torch.nn.Module:
     return CLIPVisionModelWithProjection(config).eval()
 
 
+@pytest.mark.slow  # transformers' first import dominates when run alone
 def test_openclip_names_load_into_the_same_tower_and_encode_as_comfyui_reads_it(tmp_path: Path) -> None:
     from accelerate import init_empty_weights
 
