@@ -112,7 +112,8 @@ def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_di
     # the top-level utils package that server.py (imported by some comfy_extras) needs; ComfyUI's
     # main.py imports that package first, and so does this.
     importlib.import_module("utils.install_util")
-    for kind in ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "hypernetworks", "controlnet"):
+    for kind in ("checkpoints", "loras", "vae", "embeddings", "upscale_models", "hypernetworks", "controlnet",
+                 "clip_vision", "style_models"):
         if (models_dir / kind).is_dir():
             folder_paths.add_model_folder_path(kind, str(models_dir / kind), is_default=True)
     folder_paths.set_output_directory(str(output_dir))

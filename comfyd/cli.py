@@ -307,7 +307,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from comfyd.models.manager import ModelManager
 
     manager = ModelManager(_settings(args))
-    for folder in ("checkpoints", "vae", "loras", "embeddings", "clip", "unet", "upscale_models", "controlnet"):
+    for folder in ("checkpoints", "vae", "loras", "embeddings", "clip", "unet", "upscale_models", "controlnet",
+                   "clip_vision", "style_models"):
         for name in manager.list_files(folder):
             print(f"{folder}/{name}")
     return EXIT_OK

@@ -308,25 +308,19 @@ def infer_unet_config(
         )
     if time_embed_dim != 4 * channels[0]:
         config["time_embedding_dim"] = time_embed_dim
+    for key in (
+        "addition_embed_type",
+        "addition_time_embed_dim",
+        "projection_class_embeddings_input_dim",
+        "class_embed_type",
+    ):
+        config.pop(key, None)
     label_key = f"{prefix}label_emb.0.0.weight"
     if label_key in shapes:
-        adm_in = shapes[label_key][1]
-        if pooled_dim is None or (adm_in - pooled_dim) % 6:
-            raise UnknownCheckpointLayout(
-                f"UNet class-embedding input of {adm_in} does not match an SDXL layout"
-            )
-        config.update(
-            addition_embed_type="text_time",
-            addition_time_embed_dim=(adm_in - pooled_dim) // 6,
-            projection_class_embeddings_input_dim=adm_in,
-        )
-    else:
-        for key in (
-            "addition_embed_type",
-            "addition_time_embed_dim",
-            "projection_class_embeddings_input_dim",
-        ):
-            config.pop(key, None)
+        try:
+            config.update(families.get(family).adm_unet_config(shapes[label_key][1], pooled_dim))
+        except ValueError as exc:
+            raise UnknownCheckpointLayout(str(exc)) from None
     return config
 
 

@@ -95,7 +95,7 @@ class ModelHandle:
     @property
     def vector_conditioning(self) -> VectorConditioning | None:
         """The family's builder of the UNet's vector input (None: the UNet has none)."""
-        return families.get(self.family).vector_conditioning
+        return families.get(self.family).vector_builder(getattr(self.unet, "config", None) or {})
 
     def with_loras(self, *patches: WeightPatch) -> ModelHandle:
         return replace(self, loras=self.loras + tuple(patches))

@@ -147,6 +147,9 @@ def unet_translator(
         "time_embedding.linear_2.": _Block("time_embed.2.", _SAME, _SAME),
         "add_embedding.linear_1.": _Block("label_emb.0.0.", _SAME, _SAME),
         "add_embedding.linear_2.": _Block("label_emb.0.2.", _SAME, _SAME),
+        # unCLIP's image-embedding input: the same stored layer, a `projection` class embedding.
+        "class_embedding.linear_1.": _Block("label_emb.0.0.", _SAME, _SAME),
+        "class_embedding.linear_2.": _Block("label_emb.0.2.", _SAME, _SAME),
         "conv_norm_out.": _Block("out.0.", _SAME, _SAME),
         "conv_out.": _Block("out.2.", _SAME, _SAME),
         "mid_block.resnets.0.": _Block("middle_block.0.", _UNET_RESNET, _SAME),

@@ -28,6 +28,7 @@ from torch import nn
 
 from comfyd.models import families, loader
 from comfyd.models.control_model import ControlModelHandle, control_is_difference, load_control_model
+from comfyd.models.clip_vision import ClipVisionHandle, load_clip_vision
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
@@ -35,6 +36,7 @@ from comfyd.models.handles import ClipHandle, HypernetworkPatch, LoraPatch, Mode
 from comfyd.models.hypernetwork import Hypernetwork, load_hypernetwork
 from comfyd.models.lora import LoraPatcher, ParsedLora, parse_lora
 from comfyd.models.paths import ModelNotFound, ModelPathError, ModelPaths, is_diffusers_folder
+from comfyd.models.style_model import StyleModelHandle, load_style_model
 from comfyd.models.tensorfile import ModelFileError, TensorFile
 from comfyd.models.upscale import UpscaleModelHandle, load_upscale_model
 from comfyd.sampling.step_batcher import StepBatcher, batch_limit
@@ -174,6 +176,39 @@ class ModelManager:
             base = model.unet
         return self._get_or_load(key, "controlnet", name, lambda: load_control_model(
             path, key, name, self.plan, bool(self.settings.allow_pickle), self.gate, base))
+    def load_clip_vision(self, name: str) -> ClipVisionHandle:
+        """A CLIP vision tower of `clip_vision/` (transformers or OpenCLIP names)."""
+        path = self.resolve("clip_vision", name)
+        key = "clip_vision:" + file_fingerprint(path)
+        return self._get_or_load(key, "clip_vision", name, lambda: self._read_clip_vision(path, key, None))
+
+    def checkpoint_clip_vision(self, name: str, family: str) -> ClipVisionHandle | None:
+        """The image tower a checkpoint of `family` carries (unCLIP), or None, as in ComfyUI."""
+        prefix = families.get(family).clip_vision_prefix
+        if prefix is None:
+            return None
+        path = self.resolve("checkpoints", name)
+        if path.is_dir():
+            return None  # diffusers folders keep theirs in image_encoder/, not read yet
+        with TensorFile(path, allow_pickle=self.settings.allow_pickle) as tf:
+            if not any(k.startswith(prefix) for k in tf.keys()):
+                return None  # ComfyUI also hands out None for a file without the tower
+        key = "checkpoint_clip_vision:" + file_fingerprint(path)
+        return self._get_or_load(key, "clip_vision", name, lambda: self._read_clip_vision(path, key, prefix))
+
+    def _read_clip_vision(self, path: Path, key: str, prefix: str | None) -> ClipVisionHandle:
+        with TensorFile(path, allow_pickle=self.settings.allow_pickle) as tf:
+            return load_clip_vision(tf, key, self.plan, prefix, self.gate)
+
+    def load_style_model(self, name: str) -> StyleModelHandle:
+        path = self.resolve("style_models", name)
+        key = "style_model:" + file_fingerprint(path)
+
+        def read() -> StyleModelHandle:
+            with TensorFile(path, allow_pickle=self.settings.allow_pickle) as tf:
+                return load_style_model(tf, key)
+
+        return self._get_or_load(key, "style_model", name, read)
 
     def lora_patch(self, name: str, strength: float) -> LoraPatch:
         """A LoRA of `loras/` at `strength`; parses (and caches) the file now, so errors show here."""
@@ -288,6 +323,10 @@ class ModelManager:
             return module_bytes(model.unet, vae.vae, *clip.text_encoders.values())
         if isinstance(value, VaeHandle):
             return module_bytes(value.vae)
+        if isinstance(value, ClipVisionHandle):
+            return module_bytes(value.model)
+        if isinstance(value, StyleModelHandle):
+            return module_bytes(value.model)
         if isinstance(value, UpscaleModelHandle):
             return 0, module_bytes(value.module)[1]  # kept on the CPU between uses
         if isinstance(value, ParsedLora | Hypernetwork):

@@ -1,7 +1,8 @@
 """Model files in ComfyUI's folder layout, under one or more roots, named safely.
 
 A root looks like ComfyUI's `models/` folder: `checkpoints/`, `loras/`, `vae/`, `embeddings/`,
-`upscale_models/`, `hypernetworks/`, `controlnet/` (or `t2i_adapter/`), `clip/`, `unet/`. Names are relative to a folder, '/'-separated, and never
+`upscale_models/`, `hypernetworks/`, `controlnet/` (or `t2i_adapter/`), `clip/`, `unet/`, `clip_vision/`,
+`style_models/`. Names are relative to a folder, '/'-separated, and never
 leave it: `..`, absolute paths and symlinks that lead outside the folder are refused. A diffusers
 checkpoint folder (one holding `model_index.json`) inside `checkpoints/` is listed as one name.
 """
@@ -24,6 +25,8 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "upscale_models": ("upscale_models",),
     "hypernetworks": ("hypernetworks",),
     "controlnet": ("controlnet", "t2i_adapter"),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
     "clip": ("clip", "text_encoders"),
     "unet": ("unet", "diffusion_models"),
 }

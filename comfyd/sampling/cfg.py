@@ -235,15 +235,16 @@ def prepare_conds(
     dtype: torch.dtype,
     sdxl: bool = False,
     vector_conditioning: VectorConditioning | None = None,
+    seed: int | None = None,
 ) -> list[CondEntry]:
     """Both prompts' entries, positive first, each in its CONDITIONING order.
 
     `vector_conditioning` builds the UNet's vector input per entry (the model family's);
-    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder.
+    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder. `seed` is the sampler's.
     """
     return prepare_prompts(
         [positive, negative], ["positive", "negative"], latent_shape, schedule, device, dtype, sdxl=sdxl,
-        vector_conditioning=vector_conditioning,
+        vector_conditioning=vector_conditioning, seed=seed,
     )
 
 
@@ -257,13 +258,15 @@ def prepare_prompts(
     sdxl: bool = False,
     mirror_order: Sequence[int] | None = None,
     vector_conditioning: VectorConditioning | None = None,
+    seed: int | None = None,
 ) -> list[CondEntry]:
     """The entries of any number of prompts; an entry's `kind` is its prompt's index.
 
     Areas are mirrored into every other prompt, visiting the prompts in `mirror_order` (ComfyUI
     visits them in the order the guider named them; by default the given order).
     `vector_conditioning` builds the UNet's vector input per entry (the model family's);
-    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder.
+    `sdxl=True` is shorthand for SDXL's pooled-and-sizes builder. The builder sees the entry
+    with the sampler's `seed` added, as ComfyUI's extra_conds see it (unCLIP draws noise from it).
     """
     if sdxl and vector_conditioning is None:
         vector_conditioning = pooled_and_sizes
@@ -292,7 +295,9 @@ def prepare_prompts(
                     key: repeat_to_batch(value, batch).to(
                         device=device, dtype=torch.float32 if key == "time_ids" else dtype
                     )
-                    for key, value in vector_conditioning(item, dims).items()
+                    for key, value in vector_conditioning(
+                        item if seed is None else {**item, "seed": seed}, dims
+                    ).items()
                 }
             area, mult = _weights(item, latent_shape, device)
             start = item.get("start_percent")

@@ -70,7 +70,9 @@ def sample_custom(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     initial = initial.to(device=device, dtype=torch.float32)
-    entries = guider.entries(initial.shape, schedule, device, model.dtype, model.vector_conditioning)
+    entries = guider.entries(
+        initial.shape, schedule, device, model.dtype, model.vector_conditioning, seed=noise.seed
+    )
 
     sigma0 = float(sigmas[0])
     max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max

@@ -90,9 +90,13 @@ class UNetDenoiser:
         x_in = (x / c_in).to(self.dtype)
         timestep = self._timestep(index, x.shape[0])
         extra: dict[str, Any] = {}
+        if added_cond is not None and "class_labels" in added_cond:
+            # unCLIP's image-embedding vector is the UNet's class embedding input.
+            added_cond = dict(added_cond)
+            extra["class_labels"] = added_cond.pop("class_labels")
         if control is not None:
             residuals = control(x_in, timestep, sigma, context, added_cond, batched_number)
-            extra = unet_kwargs(residuals, *self._levels())
+            extra.update(unet_kwargs(residuals, *self._levels()))
         out = self.unet(
             x_in,
             timestep,

@@ -85,6 +85,7 @@ class Guider:
         device: Any,
         dtype: torch.dtype,
         vector_conditioning: VectorConditioning | None = None,
+        seed: int | None = None,
     ) -> list[CondEntry]:
         if self.mode == "cfg":
             conds, names, mirror = list(self.prompts), ["positive", "negative"], None
@@ -97,7 +98,7 @@ class Guider:
             conds, names, mirror = [negative, cond2, cond1], ["negative", "cond2", "cond1"], [2, 1, 0]
         return prepare_prompts(
             conds, names, latent_shape, schedule, device, dtype, mirror_order=mirror,
-            vector_conditioning=vector_conditioning,
+            vector_conditioning=vector_conditioning, seed=seed,
         )
 
     def denoiser(

@@ -167,7 +167,7 @@ def common_ksampler(
     noise = noise.to(device=device, dtype=torch.float32)
     entries = prepare_conds(
         positive, negative, noise.shape, schedule, device, model.dtype,
-        vector_conditioning=model.vector_conditioning,
+        vector_conditioning=model.vector_conditioning, seed=seed,
     )  # fmt: skip
 
     sigma0 = float(sigmas[0])

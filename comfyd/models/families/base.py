@@ -149,6 +149,8 @@ class Family:
     refines: str | None = None
     # Lower-case substrings of a standalone VAE's file name that suggest this family.
     vae_name_hints: tuple[str, ...] = ()
+    # Where its single files keep a CLIP vision tower (unCLIP's image encoder), if they do.
+    clip_vision_prefix: str | None = None
     config_dir: Path | None = None
 
     # --- declared data, derived --------------------------------------------------------------
@@ -197,6 +199,23 @@ class Family:
                 return None
             found[spec.name] = prefix
         return found
+
+    def adm_unet_config(self, adm_in: int, pooled_dim: int | None) -> dict[str, Any]:
+        """diffusers UNet config values for a UNet whose `label_emb` takes `adm_in` inputs.
+
+        Default: SDXL's layout (the pooled text embedding and six size embeddings, `text_time`).
+        """
+        if pooled_dim is None or (adm_in - pooled_dim) % 6:
+            raise ValueError(f"UNet class-embedding input of {adm_in} does not match an SDXL layout")
+        return {
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": (adm_in - pooled_dim) // 6,
+            "projection_class_embeddings_input_dim": adm_in,
+        }
+
+    def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
+        """The vector-conditioning builder for a loaded UNet of this family (its config given)."""
+        return self.vector_conditioning
 
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
         """A message naming an unsupported variant of this family that the file looks like."""
