@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from comfyd.models import families, loader
-from comfyd.models.control_model import ControlModelHandle, control_is_difference, load_control_model
 from comfyd.models.clip_vision import ClipVisionHandle, load_clip_vision
+from comfyd.models.control_model import ControlModelHandle, control_is_difference, load_control_model
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
 from comfyd.models.embeddings import EmbeddingFormatError, parse_embedding
