@@ -21,7 +21,7 @@ from comfyd.sampling.samplers import SAMPLER_NAMES
 HERE = Path(__file__).resolve().parent
 COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_text())["nodes"]
 # Choices that depend on the files present (models, input pictures), not on the declaration.
-FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image"}
+FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "unet_name", "clip_name", "clip_name1", "clip_name2"}
 # Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node.
 NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket"}
 # "options" and "multiselect": ComfyUI's newer nodes declare a choice as ["COMBO", {"options": [...]}].

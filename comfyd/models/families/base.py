@@ -82,6 +82,7 @@ class EncoderSpec:
     diffusers_folders: tuple[str, str]  # (text encoder subfolder, tokenizer subfolder)
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
+    kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
 
     @property
     def peft_prefix(self) -> str:
@@ -150,6 +151,8 @@ class Family:
     # Lower-case substrings of a standalone VAE's file name that suggest this family.
     vae_name_hints: tuple[str, ...] = ()
     config_dir: Path | None = None
+    # The `type` values of ComfyUI's CLIPLoader / DualCLIPLoader that build this family's CLIP.
+    clip_types: tuple[str, ...] = ()
 
     # --- declared data, derived --------------------------------------------------------------
     @property
@@ -173,6 +176,10 @@ class Family:
 
     def model_sampling(self, prediction: str | None = None) -> DiscreteModelSampling:
         return self.sampling.model_sampling(prediction)
+
+    def encoder_for_kind(self, kind: str) -> EncoderSpec | None:
+        """The encoder a standalone text-encoder file of `kind` ("clip", "t5") plays, if any."""
+        return next((spec for spec in self.encoders if spec.kind == kind), None)
 
     def lora_role(self, component: str) -> str | None:
         """The text encoder a normalised LoRA component ("te", "te1", "te2") patches, if any."""
@@ -213,6 +220,17 @@ class Family:
         if "v_pred" in keys:
             return "v", "v_pred key present"
         return self.sampling.prediction, f"{self.name} default"
+
+    # --- standalone diffusion models (UNETLoader) ---------------------------------------------
+    def diffusion_model_prefix(self, keys: set[str]) -> str | None:
+        """The prefix of this family's denoising network in a diffusion-model file, if it is one."""
+        return None
+
+    def load_diffusion_model(
+        self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
+    ) -> tuple[Any, Any]:
+        """(network the sampler calls, its model sampling) from a diffusion-model file."""
+        raise ValueError(f"model family {self.name!r} has no standalone diffusion-model loader")
 
     # --- key maps: module parameter name -> stored single-file key --------------------------
     def unet_key_map(self, config: Mapping[str, Any], key_prefix: str = UNET_PREFIX) -> Translator:

@@ -40,6 +40,8 @@ class SamplerRun:
     # guider cannot provide one.
     last_uncond: Callable[[], Tensor | None] | None = None
     schedule: DiscreteSchedule | None = None
+    # A flow-matching (CONST) model: the samplers with a rectified-flow form use it.
+    flow: bool = False
 
     def report(self, step: int, x: Tensor, denoised: Tensor) -> None:
         if self.callback is not None:
