@@ -247,6 +247,11 @@ class Family:
         return HfClipTranslator(key_prefix)
 
     # --- the tiny test architecture ----------------------------------------------------------
+    def make_tiny_files(self, root: Path) -> list[Path] | None:
+        """Tiny files of a family that is not one checkpoint (split loaders), under the models
+        root `root`; None: the family's tiny checkpoint is written the common way."""
+        return None
+
     def tiny_encoder_config(self, config: dict[str, Any]) -> dict[str, Any]:
         return config
 

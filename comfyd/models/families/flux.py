@@ -13,6 +13,7 @@ layer, pooled unprojected; T5 context, min length 256), latent_formats.Flux, mod
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,6 +78,11 @@ def model_sampling_for(guidance_embeds: bool) -> FlowModelSampling:
 
 
 class Flux(Family):
+    def make_tiny_files(self, root: Path) -> list[Path] | None:
+        from comfyd.models.families._flux_tiny import write_tiny_flux
+
+        return write_tiny_flux(root)
+
     def recognise(self, prefixes: set[str], keys: set[str]) -> dict[str, str] | None:
         return None  # all-in-one Flux checkpoints are not loaded yet (near_miss says so)
 
