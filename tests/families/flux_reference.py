@@ -10,7 +10,9 @@ from the same initial noise.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from comfyd.models import families, loader, standalone, t5_encoder
 from comfyd.models.devices import compute_plan
 from comfyd.models.families import _flux_tiny
 from comfyd.models.tensorfile import TensorFile
+from comfyd.sampling.noise import initial_noise
 
 FLUX_SCHEDULER = {  # FLUX.1-dev's scheduler_config.json values
     "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
@@ -64,3 +67,46 @@ def render(
             output_type="np",
         ).images[0]  # fmt: skip
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
+
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
+SIZE = 64
+STEPS = {"dev": 3, "schnell": 2}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def tiny_workflow(variant: str, **changes: Any) -> dict[str, Any]:
+    """The shipped workflow pointed at the tiny files, SIZE x SIZE, STEPS[variant] steps."""
+    graph = json.loads((WORKFLOWS / f"flux_{variant}_api.json").read_text())
+    names = {k: Path(v).name for k, v in _flux_tiny.NAMES.items()}
+    for node in graph.values():
+        inputs = node["inputs"]
+        kind = node["class_type"]
+        if kind == "UNETLoader":
+            inputs["unet_name"] = names[variant]
+        elif kind == "DualCLIPLoader":
+            inputs.update(clip_name1=names["t5xxl"], clip_name2=names["clip_l"])
+        elif kind == "VAELoader":
+            inputs["vae_name"] = names["vae"]
+        if "width" in inputs:
+            inputs.update(width=SIZE, height=SIZE)
+        if "steps" in inputs:
+            inputs["steps"] = STEPS[variant]
+        inputs.update(changes.get(kind, {}))
+    return graph
+
+
+def seed_and_prompt(graph: dict[str, Any]) -> tuple[int, str]:
+    seed = next(n["inputs"].get("noise_seed", n["inputs"].get("seed")) for n in graph.values()
+                if n["class_type"] in ("RandomNoise", "KSampler"))
+    return int(seed), graph["6"]["inputs"]["text"]
+
+
+def reference(root: Path, variant: str, graph: dict[str, Any], guidance: float = 3.5) -> np.ndarray:
+    seed, prompt = seed_and_prompt(graph)
+    noise = initial_noise(torch.zeros(1, 16, SIZE // 8, SIZE // 8), seed)
+    return render(root, variant, prompt, noise, STEPS[variant], guidance)
