@@ -75,3 +75,44 @@ def test_const_prediction_noise_scaling_and_inverse() -> None:
     sd3 = UNetDenoiser(network, TimeShiftSchedule(shift=3.0, multiplier=1000.0), "const", torch.float32, "cpu")
     sd3(x, 0.5, torch.zeros(1, 3, 8), None)
     assert seen[1][1].tolist() == [pytest.approx(500.0)]
+
+
+# ComfyUI 0.3.64's sample_euler_ancestral (its RF branch, taken for a CONST model) and sample_lcm on
+# a ModelSamplingFlux model, run on this fake denoiser, sigmas and start: (sum, sum of |x|, first
+# four values) of what they returned. comfyd's flow branches returned the same tensors bit for bit.
+COMFYUI_FLOW_SAMPLERS = {
+    ("euler_ancestral", 1.0): (9.338727249880321, 108.68788318231236, [0.586189, 0.159508, -0.765153, -0.587369]),
+    ("euler_ancestral", 0.5): (11.220462896162644, 120.26111100590788, [0.360384, 0.074153, -0.886262, -0.845648]),
+    ("lcm", None): (5.382724066381343, 84.24486475565936, [0.586322, 0.132867, -0.457468, -0.085354]),
+}
+
+
+@pytest.mark.parametrize("name,eta", sorted(COMFYUI_FLOW_SAMPLERS, key=str))
+def test_flow_forms_of_ancestral_samplers_match_comfyui(name: str, eta: float | None) -> None:
+    from comfyd.sampling.samplers import get_sampler
+    from comfyd.sampling.samplers.base import SamplerRun
+
+    sigmas = torch.tensor([1.0, 0.8, 0.55, 0.3, 0.0])
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def fake(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return x * 0.8 + 0.1 * torch.sin(3 * x) * sigma
+
+    options = {} if eta is None else {"eta": eta}
+    out = get_sampler(name)(fake, start.clone(), sigmas, SamplerRun(seed=5, flow=True), **options).double()
+    total, magnitude, first = COMFYUI_FLOW_SAMPLERS[(name, eta)]
+    assert out.sum().item() == pytest.approx(total, rel=1e-6)
+    assert out.abs().sum().item() == pytest.approx(magnitude, rel=1e-6)
+    assert out.flatten()[:4].tolist() == pytest.approx(first, abs=2e-6)
+    discrete = get_sampler(name)(fake, start.clone(), sigmas, SamplerRun(seed=5), **options)
+    assert not torch.allclose(discrete.double(), out)  # the flow branch is not the discrete one
+
+
+def test_samplers_without_a_flow_form_refuse_flow_models() -> None:
+    from comfyd.sampling.samplers import get_sampler
+    from comfyd.sampling.samplers.base import SamplerRun
+
+    for name in ("dpmpp_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "er_sde", "seeds_2", "sa_solver", "dpm_2_ancestral"):
+        with pytest.raises(ValueError, match="sampler .* is not implemented for flow-matching models"):
+            get_sampler(name)(lambda x, s: x, torch.zeros(1, 4, 2, 2), torch.tensor([1.0, 0.5, 0.0]),
+                              SamplerRun(seed=0, flow=True))
