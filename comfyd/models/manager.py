@@ -366,6 +366,9 @@ class ModelManager:
                 f"{path.name} is a folder but not a diffusers checkpoint (no model_index.json)"
             )
         else:
+            split = standalone.load_split_family_checkpoint(path, self.plan, allow_pickle)
+            if split is not None:
+                return self._split_checkpoint_handles(key, *split)
             loaded = loader.load_single_file(path, self.plan, allow_pickle)
         if self.plan.device.type == "cuda":
             # NHWC convolutions are the fast path for fp16/bf16 on tensor cores.
@@ -417,6 +420,9 @@ class ModelManager:
         allow_pickle = bool(self.settings.allow_pickle)
         family, network, sampling = standalone.load_diffusion_model(path, self.plan, allow_pickle, weight_dtype)
         log.info("diffusion model %s: %s, %s-prediction", path.name, family.name, sampling.prediction)
+        return self._flow_model_handle(key, family, network, sampling)
+
+    def _flow_model_handle(self, key: str, family: families.Family, network: Any, sampling: Any) -> ModelHandle:
         return ModelHandle(
             key=key, family=family.name, prediction=sampling.prediction, unet=network,
             latent_scale=family.latent.scale_factor, device=self.plan.device, dtype=self.plan.unet_dtype,
@@ -424,10 +430,18 @@ class ModelManager:
             sampling=sampling,
         )  # fmt: skip
 
+    def _split_checkpoint_handles(
+        self, key: str, family: families.Family, network: Any, sampling: Any, encoders: dict[str, Any], vae: Any
+    ) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+        model = self._flow_model_handle(key, family, network, sampling)
+        return model, self._clip_handle(key, family, encoders), self._vae_handle(key, family.name, vae)
+
     def _load_clip(self, paths: list[Path], key: str, family: families.Family) -> ClipHandle:
         allow_pickle = bool(self.settings.allow_pickle)
         loaded = [standalone.load_text_encoder(p, self.plan, allow_pickle) for p in paths]
-        encoders = standalone.assign_encoders(family, loaded)
+        return self._clip_handle(key, family, standalone.assign_encoders(family, loaded))
+
+    def _clip_handle(self, key: str, family: families.Family, encoders: dict[str, Any]) -> ClipHandle:
         return ClipHandle(
             key=key, family=family.name,
             tokenizers={n: self.tokenizer(dict(family.encoder(n).tokenizer)) for n in encoders

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfyd.cli import main
@@ -74,3 +75,26 @@ def test_bad_flux_inputs_get_clear_errors(flux_models: Path, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="LoRAs for flux models are not supported yet"):
         with model.with_loras(LoraPatch("some-lora", 1.0)).patched():
             pass
+
+
+def test_all_in_one_checkpoint_draws_what_the_split_files_draw(flux_models: Path, tmp_path: Path) -> None:
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    split = tiny_workflow("dev")
+    split["17"]["inputs"]["steps"] = 2
+    one_file = json.loads(json.dumps(split))
+    for node_id in ("10", "11", "12"):
+        del one_file[node_id]
+    one_file["4"] = {"class_type": "CheckpointLoaderSimple",
+                     "inputs": {"ckpt_name": Path(_flux_tiny.NAMES["checkpoint"]).name}}
+    one_file["30"]["inputs"]["model"] = ["4", 0]
+    one_file["6"]["inputs"]["clip"] = ["4", 1]
+    one_file["8"]["inputs"]["vae"] = ["4", 2]
+    settings = Settings(models_dir=flux_models, output_dir=tmp_path / "out", home=tmp_path / "home")
+    with LocalRunner(settings) as runner:
+        results = [runner.run(graph, node_id="8") for graph in (split, one_file)]
+    assert all(r.ok for r in results), [r.error for r in results]
+    images = [r.values["8"][0] for r in results]
+    assert images[0].shape == (1, SIZE, SIZE, 3)
+    assert torch.equal(images[0], images[1])

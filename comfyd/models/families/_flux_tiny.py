@@ -1,6 +1,7 @@
 """Tiny random-weight Flux files in ComfyUI's split layout (tests, demo; `comfyd models make-tiny
 --family flux`): a dev and a schnell transformer in `diffusion_models/` (BFL keys), a CLIP-L and a
-T5 encoder in `text_encoders/` (transformers keys), a 16-channel autoencoder in `vae/` (LDM keys).
+T5 encoder in `text_encoders/` (transformers keys), a 16-channel autoencoder in `vae/` (LDM keys),
+and the dev parts again as one all-in-one checkpoint in `checkpoints/` (ComfyUI's prefixes).
 Same seeds, same files."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from comfyd.models import t5_encoder
 from comfyd.models.families import _flux_transformer as transformer
@@ -27,6 +28,14 @@ NAMES = {
     "clip_l": "text_encoders/comfyd-tiny-clip-l.safetensors",
     "t5xxl": "text_encoders/comfyd-tiny-t5xxl.safetensors",
     "vae": "vae/comfyd-tiny-flux-ae.safetensors",
+    "checkpoint": "checkpoints/comfyd-tiny-flux-dev-all-in-one.safetensors",
+}
+# Where ComfyUI's all-in-one Flux checkpoints keep each part.
+CHECKPOINT_PREFIXES = {
+    "dev": "model.diffusion_model.",
+    "clip_l": "text_encoders.clip_l.transformer.",
+    "t5xxl": "text_encoders.t5xxl.transformer.",
+    "vae": "vae.",
 }
 
 
@@ -66,4 +75,8 @@ def write_tiny_flux(root: Path, seed: int = 0) -> list[Path]:
     vae_config = dict(sd1.vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
     vae = tiny.random_module(empty_vae(vae_config), seed, "flux-vae")
     written.append(_save(to_original(vae.state_dict(), vae_translator(vae_config, "")), root / NAMES["vae"]))
+    combined: dict[str, torch.Tensor] = {}
+    for part, prefix in CHECKPOINT_PREFIXES.items():
+        combined.update({prefix + k: v for k, v in load_file(str(root / NAMES[part])).items()})
+    written.append(_save(combined, root / NAMES["checkpoint"]))
     return written

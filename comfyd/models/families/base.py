@@ -153,6 +153,8 @@ class Family:
     config_dir: Path | None = None
     # The `type` values of ComfyUI's CLIPLoader / DualCLIPLoader that build this family's CLIP.
     clip_types: tuple[str, ...] = ()
+    # Where an all-in-one checkpoint of a split-loader family (Flux) keeps its VAE.
+    checkpoint_vae_prefix: str = VAE_PREFIX
 
     # --- declared data, derived --------------------------------------------------------------
     @property

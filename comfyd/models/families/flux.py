@@ -84,14 +84,13 @@ class Flux(Family):
         return write_tiny_flux(root)
 
     def recognise(self, prefixes: set[str], keys: set[str]) -> dict[str, str] | None:
-        return None  # all-in-one Flux checkpoints are not loaded yet (near_miss says so)
+        return None  # all-in-one files load through models.standalone, not the UNet loader
 
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
-        if transformer.is_flux_transformer(keys, UNET_PREFIX):
+        if transformer.is_flux_transformer(keys, ""):
             return (
-                "looks like an all-in-one Flux checkpoint, which comfyd does not load yet; load the "
-                "transformer with UNETLoader, the text encoders with DualCLIPLoader (type flux) and "
-                "ae.safetensors with VAELoader"
+                "looks like a Flux transformer alone: load it with UNETLoader (models/diffusion_models), "
+                "not as a checkpoint"
             )
         return None
 
@@ -162,4 +161,5 @@ FAMILY = Flux(
     # The CLIP-L config is SD1's (the same text model); everything else is read from the files.
     config_dir=CONFIG_DIR / "sd1",
     clip_types=("flux",),
+    checkpoint_vae_prefix="vae.",
 )
