@@ -63,7 +63,7 @@ def make_files(work: Path) -> None:
 
 
 def to_png(image: torch.Tensor, path: Path) -> None:
-    pixels = np.clip(255.0 * image[0].cpu().numpy(), 0, 255).astype(np.uint8)
+    pixels = np.clip(255.0 * image[0].detach().cpu().numpy(), 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(path)
 
 
@@ -115,7 +115,8 @@ def main() -> int:
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
-        comfyui_side(work, args.comfyui.resolve())
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            comfyui_side(work, args.comfyui.resolve())
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work)
