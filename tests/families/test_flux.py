@@ -48,8 +48,6 @@ def test_dev_workflow_through_comfyd_run_matches_diffusers(
     theirs = reference(flux_models, "dev", graph)
     assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
     assert psnr(ours, theirs) >= 40.0
-    # The guidance reaches the model: another FluxGuidance strength is another picture.
-    assert psnr(ours, reference(flux_models, "dev", graph, guidance=1.0)) < 30.0
 
 
 def test_bad_flux_inputs_get_clear_errors(flux_models: Path, tmp_path: Path) -> None:
@@ -72,6 +70,12 @@ def test_bad_flux_inputs_get_clear_errors(flux_models: Path, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="not a text encoder comfyd can load"):
         manager.load_clip([names["clip_l"], "ae-misplaced.safetensors"], "flux")
     model = manager.load_diffusion_model(names["dev"])
+    # The guidance strength reaches dev's transformer (FluxGuidance changes the picture).
+    x, t, context = torch.randn(1, 16, 4, 4), torch.tensor([0.5]), torch.randn(1, 8, 32)
+    pooled = torch.randn(1, 32)
+    with torch.inference_mode():
+        a, b = (model.unet(x, t, context, {"pooled": pooled, "guidance": torch.tensor([g])})[0] for g in (3.5, 1.0))
+    assert a.shape == x.shape and not torch.allclose(a, b)
     with pytest.raises(ValueError, match="LoRAs for flux models are not supported yet"):
         with model.with_loras(LoraPatch("some-lora", 1.0)).patched():
             pass
@@ -82,7 +86,7 @@ def test_all_in_one_checkpoint_draws_what_the_split_files_draw(flux_models: Path
     from comfyd.settings import Settings
 
     split = tiny_workflow("dev")
-    split["17"]["inputs"]["steps"] = 2
+    split["17"]["inputs"]["steps"] = 1
     one_file = json.loads(json.dumps(split))
     for node_id in ("10", "11", "12"):
         del one_file[node_id]
