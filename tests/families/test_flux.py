@@ -81,6 +81,7 @@ def test_bad_flux_inputs_get_clear_errors(flux_models: Path, tmp_path: Path) -> 
             pass
 
 
+@pytest.mark.slow
 def test_all_in_one_checkpoint_draws_what_the_split_files_draw(flux_models: Path, tmp_path: Path) -> None:
     from comfyd.runner import LocalRunner
     from comfyd.settings import Settings
