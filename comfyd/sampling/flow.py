@@ -152,13 +152,16 @@ class FlowModelSampling:
         return True
 
     def noise_scaling(self, sigma: float | Tensor, noise: Tensor, latent: Tensor, max_denoise: bool) -> Tensor:
-        s = float(sigma)
-        return noise * s + latent * (1.0 - s)
+        return noise * float(sigma) + latent * complement(sigma)
 
     def inverse_noise_scaling(self, sigma: float | Tensor, x: Tensor) -> Tensor:
-        s = float(sigma)
-        return x if s == 0.0 else x / (1.0 - s)
+        return x if float(sigma) == 0.0 else x / complement(sigma)
 
     def scale_inpaint(self, sigma: float, noise: Tensor, latent: Tensor) -> Tensor:
         """The kept region of a masked latent at `sigma` (KSamplerX0Inpaint's scale_latent_inpaint)."""
-        return noise * sigma + latent * (1.0 - sigma)
+        return noise * sigma + latent * complement(sigma)
+
+
+def complement(sigma: float | Tensor) -> float:
+    """1 - sigma computed in float32, as ComfyUI computes it on its float32 sigma tensors."""
+    return float(1.0 - torch.as_tensor(sigma, dtype=torch.float32))

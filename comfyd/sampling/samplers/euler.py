@@ -137,7 +137,7 @@ def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> T
         x = denoised
         if sig[i + 1] > 0:
             if run.flow:  # the model's noise scaling: sigma * noise + (1 - sigma) * x
-                x = noise(sig[i], sig[i + 1]) * sig[i + 1] + x * (1.0 - sig[i + 1])
+                x = noise(sig[i], sig[i + 1]) * sig[i + 1] + x * float(1.0 - sigmas[i + 1])
             else:
                 x = noise(sig[i], sig[i + 1]) * sig[i + 1] + x
     return x
