@@ -12,7 +12,7 @@ from typing import Any
 
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed"}
-LATENT_SOURCES = ("EmptyLatentImage",)
+LATENT_SOURCES = ("EmptyLatentImage", "EmptySD3LatentImage")
 TEXT_ENCODERS = ("CLIPTextEncode",)
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
 

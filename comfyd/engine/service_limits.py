@@ -43,7 +43,7 @@ class InputLimit:
 
 
 # Nodes whose width/height/batch_size decide how much a job computes.
-SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale"})
+SIZE_LIMITED_NODES = frozenset({"EmptyLatentImage", "EmptySD3LatentImage", "LatentUpscale"})
 DEFAULT_MAX_LATENT_PIXELS = 1024 * 1024
 
 
@@ -109,7 +109,7 @@ SIZE_PRESERVING_INPUT = {
 }
 # Nodes that pass their `value` literal on (ComfyUI's Primitive nodes).
 PRIMITIVE_NODES = frozenset({"PrimitiveInt", "PrimitiveFloat"})
-BUDGETED_NODES = frozenset({"EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy"})
+BUDGETED_NODES = frozenset({"EmptyLatentImage", "EmptySD3LatentImage", "LatentUpscale", "LatentUpscaleBy"})
 
 
 class LatentTooLarge(ValueError):
@@ -194,7 +194,7 @@ class LatentSizes:
         if node is None:
             return None
         kind = node.class_type
-        if kind == "EmptyLatentImage":
+        if kind in ("EmptyLatentImage", "EmptySD3LatentImage"):
             w, h = self.value(node_id, "width"), self.value(node_id, "height")
             return (int(w), int(h)) if isinstance(w, int | float) and isinstance(h, int | float) else None
         if kind == "LatentUpscale":

@@ -79,10 +79,17 @@ class ModelHandle:
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
     latent_shift: float = 0.0  # sampler space = (latent - shift) * scale
+    # A model sampling other than the discrete beta schedule (flow models, ModelSampling* nodes).
+    sampling: Any = None
 
     @property
-    def model_sampling(self) -> DiscreteModelSampling:
+    def model_sampling(self) -> Any:
+        if self.sampling is not None:
+            return self.sampling
         return DiscreteModelSampling(self.prediction, self.beta_start, self.beta_end, self.num_train_timesteps)
+
+    def with_sampling(self, sampling: Any) -> ModelHandle:
+        return replace(self, sampling=sampling, prediction=sampling.prediction)
 
     @property
     def latent_format(self) -> families.LatentFormat | None:

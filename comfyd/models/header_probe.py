@@ -21,7 +21,8 @@ DTYPE_BYTES = {
     "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
-SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g"})
+SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
+                                "flux", "t5", "flux_sd3_vae"})
 
 
 class HeaderError(ValueError):

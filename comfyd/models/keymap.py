@@ -23,6 +23,8 @@ COPY = "copy"
 CONV1X1 = "conv1x1"  # stored as a 1x1 conv [o, i, 1, 1]; the module holds a Linear [o, i]
 TRANSPOSE = "transpose"  # stored as [i, o] (OpenCLIP text_projection); the module holds [o, i]
 CHUNK3 = "chunk3"  # one third (q, k or v) of a fused [3*d, ...] tensor along dim 0
+ROWS = "rows"  # rows [start, stop) of a fused tensor along dim 0 (Flux's q/k/v/mlp projection)
+SWAP_HALVES = "swap_halves"  # the two halves of dim 0 exchanged (shift/scale vs scale/shift)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Source:
     key: str  # key in the stored (original-layout) state dict
     op: str = COPY
     index: int = 0  # which third, for CHUNK3
+    start: int = 0  # first row, for ROWS
+    stop: int = 0  # row after the last, for ROWS
 
 
 class Translator(Protocol):
@@ -48,6 +52,11 @@ def apply_op(tensor: torch.Tensor, source: Source) -> torch.Tensor:
         return tensor.t()
     if source.op == CHUNK3:
         return tensor.chunk(3, dim=0)[source.index]
+    if source.op == ROWS:
+        return tensor[source.start : source.stop]
+    if source.op == SWAP_HALVES:
+        first, second = tensor.chunk(2, dim=0)
+        return torch.cat([second, first], dim=0)
     raise ValueError(f"unknown tensor op {source.op!r}")
 
 
@@ -55,6 +64,7 @@ def to_original(state: Mapping[str, torch.Tensor], translator: Translator) -> di
     """A module state dict rewritten in the original layout (the inverse of loading)."""
     out: dict[str, torch.Tensor] = {}
     thirds: dict[str, dict[int, torch.Tensor]] = {}
+    row_parts: dict[str, dict[int, torch.Tensor]] = {}
     for name, tensor in state.items():
         source = translator.source(name)
         if source is None:
@@ -67,12 +77,19 @@ def to_original(state: Mapping[str, torch.Tensor], translator: Translator) -> di
             out[source.key] = tensor.t().contiguous()
         elif source.op == CHUNK3:
             thirds.setdefault(source.key, {})[source.index] = tensor
+        elif source.op == ROWS:
+            row_parts.setdefault(source.key, {})[source.start] = tensor
+        elif source.op == SWAP_HALVES:
+            first, second = tensor.chunk(2, dim=0)
+            out[source.key] = torch.cat([second, first], dim=0)
         else:
             raise ValueError(f"unknown tensor op {source.op!r}")
     for key, parts in thirds.items():
         if sorted(parts) != [0, 1, 2]:
             raise ValueError(f"{key}: only parts {sorted(parts)} of a fused q/k/v tensor are present")
         out[key] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+    for key, parts in row_parts.items():
+        out[key] = torch.cat([parts[start] for start in sorted(parts)], dim=0)
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from comfyd.models import families, loader
+from comfyd.models import families, loader, standalone
 from comfyd.models.clip_vision import ClipVisionHandle, load_clip_vision
 from comfyd.models.control_model import ControlModelHandle, control_is_difference, load_control_model
 from comfyd.models.device_gate import DeviceGate, gate_limit
@@ -154,6 +154,19 @@ class ModelManager:
         path = self.resolve("checkpoints", name)
         key = "checkpoint:" + file_fingerprint(path)
         return self._get_or_load(key, "checkpoint", name, lambda: self._load_checkpoint(path, key))
+
+    def load_diffusion_model(self, name: str, weight_dtype: str = "default") -> ModelHandle:
+        """MODEL of a denoising network alone in `unet/` (`diffusion_models/`): UNETLoader."""
+        path = self.resolve("unet", name)
+        key = f"unet:{weight_dtype}:" + file_fingerprint(path)
+        return self._get_or_load(key, "unet", name, lambda: self._load_diffusion_model(path, key, weight_dtype))
+
+    def load_clip(self, names: list[str], clip_type: str) -> ClipHandle:
+        """CLIP of text-encoder files in `clip/` (`text_encoders/`): CLIPLoader, DualCLIPLoader."""
+        family = standalone.family_for_clip_type(clip_type)
+        paths = [self.resolve("clip", name) for name in names]
+        key = f"clip:{family.name}:" + "+".join(file_fingerprint(p) for p in paths)
+        return self._get_or_load(key, "clip", "+".join(names), lambda: self._load_clip(paths, key, family))
 
     def load_vae(self, name: str) -> VaeHandle:
         path = self.resolve("vae", name)
@@ -327,6 +340,10 @@ class ModelManager:
             return module_bytes(value.model)
         if isinstance(value, StyleModelHandle):
             return module_bytes(value.model)
+        if isinstance(value, ModelHandle):
+            return module_bytes(value.unet)
+        if isinstance(value, ClipHandle):
+            return module_bytes(*value.text_encoders.values())
         if isinstance(value, UpscaleModelHandle):
             return 0, module_bytes(value.module)[1]  # kept on the CPU between uses
         if isinstance(value, ParsedLora | Hypernetwork):
@@ -418,6 +435,9 @@ class ModelManager:
                 f"{path.name} is a folder but not a diffusers checkpoint (no model_index.json)"
             )
         else:
+            split = standalone.load_split_family_checkpoint(path, self.plan, allow_pickle)
+            if split is not None:
+                return self._split_checkpoint_handles(key, *split)
             loaded = loader.load_single_file(path, self.plan, allow_pickle)
         if self.plan.device.type == "cuda":
             # NHWC convolutions are the fast path for fp16/bf16 on tensor cores.
@@ -466,6 +486,41 @@ class ModelManager:
         )
         return model, clip, vae
 
+    def _load_diffusion_model(self, path: Path, key: str, weight_dtype: str) -> ModelHandle:
+        allow_pickle = bool(self.settings.allow_pickle)
+        family, network, sampling = standalone.load_diffusion_model(path, self.plan, allow_pickle, weight_dtype)
+        log.info("diffusion model %s: %s, %s-prediction", path.name, family.name, sampling.prediction)
+        return self._flow_model_handle(key, family, network, sampling)
+
+    def _flow_model_handle(self, key: str, family: families.Family, network: Any, sampling: Any) -> ModelHandle:
+        return ModelHandle(
+            key=key, family=family.name, prediction=sampling.prediction, unet=network,
+            latent_scale=family.latent.scale_factor, device=self.plan.device, dtype=self.plan.unet_dtype,
+            patcher=_NoLoras(family.name), gate=self.gate, latent_shift=family.latent.shift,
+            sampling=sampling,
+        )  # fmt: skip
+
+    def _split_checkpoint_handles(
+        self, key: str, family: families.Family, network: Any, sampling: Any, encoders: dict[str, Any], vae: Any
+    ) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+        model = self._flow_model_handle(key, family, network, sampling)
+        return model, self._clip_handle(key, family, encoders), self._vae_handle(key, family.name, vae)
+
+    def _load_clip(self, paths: list[Path], key: str, family: families.Family) -> ClipHandle:
+        allow_pickle = bool(self.settings.allow_pickle)
+        loaded = [standalone.load_text_encoder(p, self.plan, allow_pickle) for p in paths]
+        return self._clip_handle(key, family, standalone.assign_encoders(family, loaded))
+
+    def _clip_handle(self, key: str, family: families.Family, encoders: dict[str, Any]) -> ClipHandle:
+        return ClipHandle(
+            key=key, family=family.name,
+            tokenizers={n: self.tokenizer(dict(family.encoder(n).tokenizer)) for n in encoders
+                        if family.encoder(n).kind == "clip"},
+            text_encoders=encoders, device=self.plan.device, dtype=self.plan.clip_dtype,
+            patcher=_NoLoras(family.name), gate=self.gate,
+            embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
+        )  # fmt: skip
+
     def _vae_handle(self, key: str, family: str, vae: nn.Module) -> VaeHandle:
         config = vae.config
         return VaeHandle(
@@ -481,5 +536,24 @@ class ModelManager:
 
     def _load_vae(self, path: Path, key: str, name: str) -> VaeHandle:
         vae = loader.load_vae_file(path, self.plan, bool(self.settings.allow_pickle))
-        # A standalone VAE does not say which model it was trained with; the name is a hint only.
-        return self._vae_handle(key, families.vae_family_hint(name).name, vae)
+        # A standalone VAE does not say which model it was trained with: its latent width narrows
+        # the families down, the name is a hint among those.
+        channels = int(vae.config.latent_channels)
+        family = families.vae_family_hint(name)
+        if family.latent.channels != channels:
+            family = next((f for f in families.all_families() if f.latent.channels == channels), family)
+        return self._vae_handle(key, family.name, vae)
+
+
+class _NoLoras:
+    """The patcher of models whose LoRA keys comfyd cannot map yet: refuses LoRAs, loudly."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    def apply(self, module: Any, patches: tuple[LoraPatch, ...]) -> None:
+        if patches:
+            raise ValueError(f"LoRAs for {self.family} models are not supported yet")
+
+    def restore(self, module: Any) -> None:
+        return None

@@ -10,6 +10,8 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
 - pooled output: final (normalised) hidden state of the first chunk at its first end token,
   through text_projection where the family uses the projected one.
 
+T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`.
+
 Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
 order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
 encoder's pooled output the model takes (`comfyd.models.families`).
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward, families
+from comfyd.models import clip_forward, families, t5_encoder
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
 from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
@@ -86,6 +88,8 @@ def tokenize_for_encoder(
     clip: ClipHandle, key: str, text: str, embeddings: EmbeddingLookup | None = None
 ) -> list[Chunk]:
     recipe = encoder_recipe(clip.family, key)
+    if families.get(clip.family).encoder(key).kind == "t5":
+        return [t5_encoder.tokenize(text)]  # one sequence, no 77-token chunks
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -104,6 +108,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
     with torch.no_grad(), clip.patched() as encoders:
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
+            if families.get(clip.family).encoder(key).kind == "t5":
+                outputs[key] = (t5_encoder.encode(encoders[key], tokens[key][0]), None)
+                continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
     if len(keys) == 1:
         return outputs[keys[0]]

@@ -256,6 +256,9 @@ def make_tiny(dir: Path | str, family: str = families.DEFAULT_FAMILY) -> list[Pa
     by default) in both formats under DIR/checkpoints."""
     if family not in families.names():
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(families.names())}")
+    split_files = families.get(family).make_tiny_files(Path(dir))
+    if split_files is not None:
+        return split_files
     checkpoints = Path(dir) / "checkpoints"
     return [
         make_tiny_checkpoint(checkpoints, family, "single", seed=0),

@@ -34,6 +34,7 @@ POSITIVE = 0
 NEGATIVE = 1
 _AREA_FEATHER = 8  # cells faded in at the inner edges of an area without a mask
 _MAX_CONTEXT_REPEAT = 4  # contexts longer than 4x the shortest run as a separate batch
+_FLOAT32_VECTORS = ("time_ids", "guidance")  # numbers, not features: kept exact
 
 
 @dataclass(eq=False)
@@ -293,7 +294,7 @@ def prepare_prompts(
                 # embeds them in float32 anyway.
                 added = {
                     key: repeat_to_batch(value, batch).to(
-                        device=device, dtype=torch.float32 if key == "time_ids" else dtype
+                        device=device, dtype=torch.float32 if key in _FLOAT32_VECTORS else dtype
                     )
                     for key, value in vector_conditioning(
                         item if seed is None else {**item, "seed": seed}, dims

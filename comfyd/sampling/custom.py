@@ -76,8 +76,7 @@ def sample_custom(
 
     sigma0 = float(sigmas[0])
     max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max
-    noise_scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]
-    x = initial * float(noise_scale) + x0
+    x = model_sampling.noise_scaling(sigmas[0], initial, x0, max_denoise)
 
     total = max(len(sigmas) - 1, 1)
     last_denoised: list[Tensor] = []
@@ -101,13 +100,14 @@ def sample_custom(
             if sampler.inpaint_noise_from_next_seed:
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
                 inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise)
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(
-            seed=noise.seed, callback=on_step, last_uncond=lambda: guided.last_uncond, schedule=schedule
+            seed=noise.seed, callback=on_step, last_uncond=lambda: guided.last_uncond, schedule=schedule,
+            flow=model_sampling.is_flow,
         )
-        samples = sampler_fn(denoiser, x, sigmas, run)
+        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler_fn(denoiser, x, sigmas, run))
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     if not last_denoised:
         return out, out

@@ -3,7 +3,8 @@
 As ComfyUI's `BaseModel._apply_model` with EPS / V_PREDICTION model sampling:
 x_in = x / sqrt(sigma^2 + 1), the UNet timestep is the nearest table index of sigma, and the
 prediction becomes denoised = x - eps * sigma (EPS) or
-x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V). The UNet runs in the model dtype; its
+x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V). Flow models (CONST, `flow.py`) take x as it
+is at the timestep their schedule gives (a float, not a table index) and denoise to x - v * sigma. The UNet runs in the model dtype; its
 output is cast back to float32 before anything else touches it.
 """
 
@@ -18,7 +19,7 @@ from comfyd.sampling.control import unet_kwargs
 from comfyd.sampling.protocols import ControlStep
 from comfyd.sampling.sigmas import DiscreteSchedule
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "const")
 
 
 class UNetDenoiser:
@@ -34,31 +35,33 @@ class UNetDenoiser:
         self.prediction = prediction
         self.dtype = dtype
         self.device = torch.device(device)
-        self._sigma_terms: dict[float, tuple[float, float, int]] = {}
-        self._timestep_tensors: dict[tuple[int, int], Tensor] = {}
+        self._sigma_terms: dict[float, tuple[float, float, float]] = {}
+        self._timestep_tensors: dict[tuple[float, int], Tensor] = {}
 
     def prepare(self, sigmas: Tensor) -> None:
         """Precompute the per-sigma constants of a whole schedule in three vector ops."""
         sigmas = sigmas.to(torch.float32)
         variances = sigmas**2 + 1.0
-        c_ins = variances**0.5
+        c_ins = variances**0.5 if self.prediction != "const" else torch.ones_like(sigmas)
         indices = self.schedule.timesteps(sigmas.clamp(min=torch.finfo(torch.float32).tiny))
         for sigma, c_in, variance, index in zip(
             sigmas.tolist(), c_ins.tolist(), variances.tolist(), indices.tolist(), strict=True
         ):
             self._sigma_terms.setdefault(sigma, (c_in, variance, index))
 
-    def sigma_terms(self, sigma: float) -> tuple[float, float, int]:
-        """(sqrt(sigma^2 + 1), sigma^2 + 1, UNet timestep), computed in float32 like ComfyUI."""
+    def sigma_terms(self, sigma: float) -> tuple[float, float, float]:
+        """(input divisor, sigma^2 + 1, network timestep), computed in float32 like ComfyUI; the
+        divisor is sqrt(sigma^2 + 1), or 1 for a flow model."""
         terms = self._sigma_terms.get(sigma)
         if terms is None:
             s = torch.tensor(sigma, dtype=torch.float32)
             variance = s**2 + 1.0
-            terms = (float(variance**0.5), float(variance), self.schedule.timestep(s))
+            c_in = float(variance**0.5) if self.prediction != "const" else 1.0
+            terms = (c_in, float(variance), self.schedule.timestep(s))
             self._sigma_terms[sigma] = terms
         return terms
 
-    def _timestep(self, index: int, batch: int) -> Tensor:
+    def _timestep(self, index: float, batch: int) -> Tensor:
         # Built on the device with a fill, never copied from the host: no sync per step.
         key = (index, batch)
         t = self._timestep_tensors.get(key)
@@ -87,7 +90,7 @@ class UNetDenoiser:
         batched_number: int = 1,
     ) -> Tensor:
         c_in, variance, index = self.sigma_terms(sigma)
-        x_in = (x / c_in).to(self.dtype)
+        x_in = (x if self.prediction == "const" else x / c_in).to(self.dtype)
         timestep = self._timestep(index, x.shape[0])
         extra: dict[str, Any] = {}
         if added_cond is not None and "class_labels" in added_cond:
@@ -105,6 +108,6 @@ class UNetDenoiser:
             return_dict=False,
             **extra,
         )[0].float()
-        if self.prediction == "eps":
+        if self.prediction in ("eps", "const"):
             return x - out * sigma
         return x / variance - (out * sigma) / c_in

@@ -8,7 +8,8 @@ ComfyUI's `nodes.common_ksampler` -> `comfy.sample.sample` -> `KSampler.sample` 
    KSamplerAdvanced's [start_step, last_step] window (last sigma forced to 0 unless the caller
    wants the leftover noise back);
 3. a non-empty latent is moved into the model's space ((latent - latent_shift) x latent_scale), the start point is
-   latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise);
+   latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise; flow
+   models: sigma0 * noise + (1 - sigma0) * latent, and the result divided by 1 - last sigma);
 4. the sampler runs on the guided denoiser (with a noise_mask: the kept region is reset to the
    re-noised original before and to the original after every model call);
 5. the result is scaled back (/ latent_scale + latent_shift) to float32 on the CPU.
@@ -48,16 +49,23 @@ class InpaintDenoiser:
     to the current sigma; the prediction there is replaced by the original latent.
     """
 
-    def __init__(self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor) -> None:
+    def __init__(
+        self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor, model_sampling: Any = None
+    ) -> None:
         self.inner = inner
         self.mask = mask
         self.keep = 1.0 - mask
         self.latent = latent
         self.kept_latent = latent * self.keep
         self.noise = noise
+        self.model_sampling = model_sampling
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        x = x * self.mask + (self.noise * sigma + self.latent) * self.keep
+        if self.model_sampling is None:
+            kept = self.noise * sigma + self.latent
+        else:
+            kept = self.model_sampling.scale_inpaint(sigma, self.noise, self.latent)
+        x = x * self.mask + kept * self.keep
         return self.inner(x, sigma) * self.mask + self.kept_latent
 
 
@@ -172,8 +180,7 @@ def common_ksampler(
 
     sigma0 = float(sigmas[0])
     max_denoise = math.isclose(schedule.sigma_max, sigma0, rel_tol=1e-05) or sigma0 > schedule.sigma_max
-    noise_scale = torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]
-    x = noise * float(noise_scale) + x0
+    x = model_sampling.noise_scaling(sigmas[0], noise, x0, max_denoise)
 
     total = len(sigmas) - 1
 
@@ -197,11 +204,14 @@ def common_ksampler(
             if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
                 inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise)
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
-        run = SamplerRun(seed=seed, callback=on_step, last_uncond=lambda: guider.last_uncond, schedule=schedule)
-        samples = sampler(denoiser, x, sigmas, run)
+        run = SamplerRun(
+            seed=seed, callback=on_step, last_uncond=lambda: guider.last_uncond, schedule=schedule,
+            flow=model_sampling.is_flow,
+        )  # fmt: skip
+        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler(denoiser, x, sigmas, run))
     # Outside inference mode, so downstream nodes get an ordinary tensor.
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     return out

@@ -29,3 +29,18 @@ def pooled_and_sizes(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, T
     sizes = [height, width, crop_h, crop_w, target_height, target_width]
     time_ids = torch.tensor([sizes], dtype=torch.float32).repeat(pooled.shape[0], 1)
     return {"text_embeds": pooled, "time_ids": time_ids}
+
+
+FLUX_DEFAULT_GUIDANCE = 3.5  # what the model sees when no FluxGuidance / CLIPTextEncodeFlux set one
+
+
+def pooled_and_guidance(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+    """The pooled CLIP vector and the guidance strength of a guidance-distilled flow transformer."""
+    pooled = item.get("pooled_output")
+    if pooled is None:
+        raise ValueError("Flux conditioning has no pooled_output (encode the prompt with a Flux CLIP)")
+    guidance = item.get("guidance", FLUX_DEFAULT_GUIDANCE)
+    out = {"pooled": pooled}
+    if guidance is not None:
+        out["guidance"] = torch.tensor([float(guidance)], dtype=torch.float32)
+    return out

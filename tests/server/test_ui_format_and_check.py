@@ -64,11 +64,11 @@ def test_ui_workflow_through_prompt_predictions_and_generate(real_server, tiny_m
 
 
 def test_ui_workflow_with_nodes_comfyd_lacks_is_a_400(real_server) -> None:
-    flux = json.loads(FLUX_PAIR.read_text())["workflow"]
+    hidream = json.loads((FLUX_PAIR.parent / "hidream_full_example.json").read_text())["workflow"]
     with real_server.client() as http:
-        answer = http.post("/prompt", json={"prompt": flux})
+        answer = http.post("/prompt", json={"prompt": hidream})
         assert answer.status_code == 400
-        assert "UNETLoader" in answer.json()["error"]["message"]
+        assert "QuadrupleCLIPLoader" in answer.json()["error"]["message"]
 
 
 def test_v1_check(real_server, tiny_models_dir: Path) -> None:

@@ -67,7 +67,7 @@ def test_features_the_pairs_cover() -> None:
     assert any(2 in m for m in modes.values()) and any(4 in m for m in modes.values())
     assert any(any(x.startswith("workflow/") for x in t) for t in types.values())
     assert any(any(x.startswith("workflow>") for x in t) for t in types.values())
-    assert any("UNETLoader" in t for t in types.values())  # a family comfyd does not run yet
+    assert any("UNETLoader" in t for t in types.values())  # a split-file (Flux) workflow
     # The very old lora.json stores KSampler's control_after_generate as a boolean.
     ksampler = next(n for n in load("lora")["workflow"]["nodes"] if n["type"] == "KSampler")
     assert isinstance(ksampler["widgets_values"][1], bool)

@@ -82,6 +82,7 @@ class EncoderSpec:
     diffusers_folders: tuple[str, str]  # (text encoder subfolder, tokenizer subfolder)
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
+    kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
 
     @property
     def peft_prefix(self) -> str:
@@ -152,6 +153,10 @@ class Family:
     # Where its single files keep a CLIP vision tower (unCLIP's image encoder), if they do.
     clip_vision_prefix: str | None = None
     config_dir: Path | None = None
+    # The `type` values of ComfyUI's CLIPLoader / DualCLIPLoader that build this family's CLIP.
+    clip_types: tuple[str, ...] = ()
+    # Where an all-in-one checkpoint of a split-loader family (Flux) keeps its VAE.
+    checkpoint_vae_prefix: str = VAE_PREFIX
 
     # --- declared data, derived --------------------------------------------------------------
     @property
@@ -175,6 +180,10 @@ class Family:
 
     def model_sampling(self, prediction: str | None = None) -> DiscreteModelSampling:
         return self.sampling.model_sampling(prediction)
+
+    def encoder_for_kind(self, kind: str) -> EncoderSpec | None:
+        """The encoder a standalone text-encoder file of `kind` ("clip", "t5") plays, if any."""
+        return next((spec for spec in self.encoders if spec.kind == kind), None)
 
     def lora_role(self, component: str) -> str | None:
         """The text encoder a normalised LoRA component ("te", "te1", "te2") patches, if any."""
@@ -233,6 +242,17 @@ class Family:
             return "v", "v_pred key present"
         return self.sampling.prediction, f"{self.name} default"
 
+    # --- standalone diffusion models (UNETLoader) ---------------------------------------------
+    def diffusion_model_prefix(self, keys: set[str]) -> str | None:
+        """The prefix of this family's denoising network in a diffusion-model file, if it is one."""
+        return None
+
+    def load_diffusion_model(
+        self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
+    ) -> tuple[Any, Any]:
+        """(network the sampler calls, its model sampling) from a diffusion-model file."""
+        raise ValueError(f"model family {self.name!r} has no standalone diffusion-model loader")
+
     # --- key maps: module parameter name -> stored single-file key --------------------------
     def unet_key_map(self, config: Mapping[str, Any], key_prefix: str = UNET_PREFIX) -> Translator:
         return unet_translator(config, key_prefix)
@@ -248,6 +268,11 @@ class Family:
         return HfClipTranslator(key_prefix)
 
     # --- the tiny test architecture ----------------------------------------------------------
+    def make_tiny_files(self, root: Path) -> list[Path] | None:
+        """Tiny files of a family that is not one checkpoint (split loaders), under the models
+        root `root`; None: the family's tiny checkpoint is written the common way."""
+        return None
+
     def tiny_encoder_config(self, config: dict[str, Any]) -> dict[str, Any]:
         return config
 

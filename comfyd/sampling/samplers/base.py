@@ -15,6 +15,7 @@ the GPU free of host syncs and tiny device tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,6 +41,8 @@ class SamplerRun:
     # guider cannot provide one.
     last_uncond: Callable[[], Tensor | None] | None = None
     schedule: DiscreteSchedule | None = None
+    # A flow-matching (CONST) model: the samplers with a rectified-flow form use it.
+    flow: bool = False
 
     def report(self, step: int, x: Tensor, denoised: Tensor) -> None:
         if self.callback is not None:
@@ -53,6 +56,25 @@ class SamplerRun:
 
 
 SamplerFn = Callable[[Denoiser, Tensor, Tensor, SamplerRun], Tensor]
+
+
+def discrete_only(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Refuse flow-matching models in a sampler whose rectified-flow form (ComfyUI's CONST branch:
+    half-log-SNR of a flow schedule, RF ancestral steps) comfyd does not have yet, rather than
+    silently sampling with the discrete formulas."""
+
+    @functools.wraps(fn)
+    def sampler(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, *args, **kwargs) -> Tensor:
+        if run.flow:
+            name = fn.__name__.removeprefix("sample_")
+            raise ValueError(
+                f"sampler {name} is not implemented for flow-matching models (Flux, SD3) yet; "
+                "euler, euler_ancestral, heun, dpmpp_2m, lcm, ipndm, deis, uni_pc and the other "
+                "deterministic samplers are"
+            )
+        return fn(model, x, sigmas, run, *args, **kwargs)
+
+    return sampler
 
 
 def f32(value: float | Tensor) -> Tensor:

@@ -13,9 +13,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, scaled, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, discrete_only, scaled, to_d
 
 
+@discrete_only
 def sample_euler_ancestral_cfg_pp(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
 ) -> Tensor:

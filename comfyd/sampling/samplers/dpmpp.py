@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise, BrownianNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, scaled, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, discrete_only, scaled, to_d
 
 
 def _brownian(x: Tensor, sigmas: Tensor, seed: int, on_cpu: bool) -> BrownianNoise:
@@ -23,6 +23,7 @@ def _sde_noise(noise: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise
     return scaled(noise * float(sigma_next) * float((-2 * h * eta).expm1().neg().sqrt()), s_noise)
 
 
+@discrete_only
 def sample_dpmpp_2s_ancestral(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
 ) -> Tensor:
@@ -49,6 +50,7 @@ def sample_dpmpp_2s_ancestral(
     return x
 
 
+@discrete_only
 def sample_dpmpp_sde(
     model: Denoiser,
     x: Tensor,
@@ -115,6 +117,7 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun)
     return x
 
 
+@discrete_only
 def sample_dpmpp_2m_sde(
     model: Denoiser,
     x: Tensor,
@@ -160,6 +163,7 @@ def sample_dpmpp_2m_sde(
     return x
 
 
+@discrete_only
 def sample_dpmpp_3m_sde(
     model: Denoiser,
     x: Tensor,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, scaled
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, discrete_only, scaled
 
 TauFn = Callable[[Tensor], float]
 _DEFAULT_SDE_START, _DEFAULT_SDE_END = 0.2, 0.8
@@ -84,6 +84,7 @@ def _combine(predictions: list[Tensor], weights: Tensor) -> Tensor:
     return total
 
 
+@discrete_only
 def sample_sa_solver(
     model: Denoiser,
     x: Tensor,
@@ -162,6 +163,7 @@ def sample_sa_solver(
     return x
 
 
+@discrete_only
 def sample_sa_solver_pece(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, **options: object
 ) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, scaled
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, discrete_only, scaled
 
 NoiseScaler = Callable[[Tensor], Tensor]
 
@@ -56,6 +56,7 @@ def reverse_time_sde_noise_scaler(eta: float) -> NoiseScaler:
 _ER_SDE_POINTS = 200.0
 
 
+@discrete_only
 def sample_er_sde(
     model: Denoiser,
     x: Tensor,
@@ -131,6 +132,7 @@ def _carried_noise(sde_noise: Tensor, segment: Tensor, fresh: Tensor) -> Tensor:
     return sde_noise * float(segment.exp()) + float(segment.mul(2).expm1().neg().sqrt()) * fresh
 
 
+@discrete_only
 def sample_seeds_2(
     model: Denoiser,
     x: Tensor,
@@ -170,6 +172,7 @@ def sample_seeds_2(
     return x
 
 
+@discrete_only
 def sample_seeds_3(
     model: Denoiser,
     x: Tensor,

@@ -1,0 +1,150 @@
+"""Flux's transformer + sampler + VAE path held to ComfyUI itself, text encoders left out.
+
+ComfyUI builds a Flux transformer from the file's depth but with fixed widths (3072 hidden, 24
+heads, 4096-wide context, rotary axes 16/56/56), and T5-XXL only at full size; a transformer cut
+to one double and one single block loads in it, the T5 does not (tests/fidelity/README.md). So
+both sides get the same conditioning tensors (a fixed random T5 context [1, 256, 4096] and CLIP
+pooled vector [1, 768], guidance 3.5) instead of a prompt, and run (dev) ModelSamplingFlux ->
+KSampler (euler / simple, cfg 1) -> VAEDecode, or (schnell, no guidance embedding, its own flow
+table) KSampler -> VAEDecode on the same files: the cut transformer (random weights, BFL
+layout, fp16) and a full-size random Flux VAE (ComfyUI's autoencoder is also fixed-size).
+
+    python bench/flux_comfyui_parity.py --workdir /tmp/flux-parity \
+        --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
+
+(add --variant schnell for schnell) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
+side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+SIZE = 64
+STEPS = 3
+SEED = 7
+GUIDANCE = 3.5
+FILES = {"unet": "diffusion_models/flux-cut-{variant}.safetensors", "vae": "vae/flux-ae-full.safetensors",
+         "cond": "conditioning.safetensors"}
+
+
+def files(variant: str) -> dict[str, str]:
+    return {k: v.format(variant=variant) for k, v in FILES.items()}
+
+
+def make_files(work: Path, variant: str) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.families import _flux_transformer as transformer
+    from comfyd.models.keymap import to_original, vae_translator
+    from comfyd.models.loader import empty_vae
+
+    names = files(variant)
+    if all((work / f).is_file() for f in names.values()):
+        return
+    config = {
+        "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 1,
+        "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+        "pooled_projection_dim": 768, "guidance_embeds": variant == "dev", "axes_dims_rope": [16, 56, 56],
+    }  # fmt: skip
+    net = tiny.random_module(transformer.empty_transformer(config), 0, f"flux-cut-{variant}")
+    (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(net.state_dict(), transformer.FluxTranslator(config, "")), str(work / names["unet"]))
+    del net
+    if (work / names["vae"]).is_file() and (work / names["cond"]).is_file():
+        return
+    vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny.random_module(empty_vae(vae_config), 0, "flux-ae-full")
+    (work / "vae").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(vae.state_dict(), vae_translator(vae_config, "")), str(work / names["vae"]))
+    generator = torch.Generator().manual_seed(1)
+    save_file({"context": torch.randn(1, 256, 4096, generator=generator),
+               "pooled": torch.randn(1, 768, generator=generator)}, str(work / names["cond"]))
+
+
+def to_png(image: torch.Tensor, path: Path) -> None:
+    pixels = np.clip(255.0 * image[0].detach().cpu().numpy(), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def comfyd_side(work: Path, variant: str) -> Path:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_decode
+    from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
+    from comfyd.sampling.ksampler import common_ksampler
+    from comfyd.settings import Settings
+
+    names = files(variant)
+    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
+    model = manager.load_diffusion_model(Path(names["unet"]).name)
+    if variant == "dev":
+        model = model.with_sampling(FlowModelSampling(ExpTimeShiftSchedule(flux_shift(1.15, 0.5, SIZE, SIZE))))
+    cond = load_file(str(work / names["cond"]))
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    out = common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
+    path = work / f"comfyd-{variant}.png"
+    to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
+    return path
+
+
+def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comfyui_render import load_comfyui
+
+    load_comfyui(comfyui, work, None, work / "comfyui-out")
+    import comfy.sd
+    import comfy.utils
+    import nodes
+    from comfy_extras.nodes_model_advanced import ModelSamplingFlux
+
+    names = files(variant)
+    model = comfy.sd.load_diffusion_model(str(work / names["unet"]))
+    if variant == "dev":
+        (model,) = ModelSamplingFlux().patch(model, 1.15, 0.5, SIZE, SIZE)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
+    cond = comfy.utils.load_torch_file(str(work / names["cond"]))
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--comfyui", type=Path, required=True)
+    parser.add_argument("--comfyui-python", default=sys.executable)
+    parser.add_argument("--variant", choices=("dev", "schnell"), default="dev",
+                        help="dev: guidance embedding + ModelSamplingFlux; schnell: neither")
+    parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.workdir.resolve()
+    if args.comfyui_side:
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            comfyui_side(work, args.comfyui.resolve(), args.variant)
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    make_files(work, args.variant)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
+    subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
+                    "--variant", args.variant, "--comfyui-side"], check=True)
+    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
+    mse = float(((ours - theirs) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    print(json.dumps({"std": float(theirs.std())}))
+    print(f"RESULT psnr_flux_{args.variant}_db={psnr:.2f}")
+    print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

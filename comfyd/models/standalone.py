@@ -1,0 +1,159 @@
+"""Model parts in files of their own, as ComfyUI's split loaders read them.
+
+- UNETLoader: a denoising network alone (`diffusion_models/`, also `unet/`); the family whose
+  `diffusion_model_prefix` recognises the keys builds it (`Family.load_diffusion_model`).
+- CheckpointLoaderSimple on an all-in-one file of such a family (Flux: the transformer under
+  `model.diffusion_model.`, the text encoders under each encoder's checkpoint prefix, the VAE
+  under `Family.checkpoint_vae_prefix`): `load_split_family_checkpoint`.
+- CLIPLoader / DualCLIPLoader: text encoders alone (`text_encoders/`, also `clip/`), each file a
+  CLIP text model (transformers layout, `text_model.*`) or a T5 encoder (`encoder.block.*`); the
+  loader's `type` names the family (`Family.clip_types`), which says which of its encoders each
+  kind of file is.
+Unknown layouts and combinations are refused with a message naming what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from comfyd.models import detect, families, t5_encoder
+from comfyd.models.detect import UnknownCheckpointLayout
+from comfyd.models.devices import ComputePlan
+from comfyd.models.families.base import UNET_PREFIX
+from comfyd.models.keymap import HfClipTranslator
+from comfyd.models.loader import empty_text_encoder, materialize
+from comfyd.models.tensorfile import TensorFile
+
+
+def load_diffusion_model(
+    path: Path, plan: ComputePlan, allow_pickle: bool, weight_dtype: str
+) -> tuple[families.Family, Any, Any]:
+    """(family, network, model sampling) of a diffusion-model file."""
+    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        keys = set(tf.keys())
+        for family in families.all_families():
+            prefix = family.diffusion_model_prefix(keys)
+            if prefix is not None:
+                network, sampling = family.load_diffusion_model(tf, prefix, plan, weight_dtype)
+                return family, network, sampling
+    shown = ", ".join(sorted(keys)[:5])
+    raise UnknownCheckpointLayout(
+        f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
+        f"BFL's layout); first keys: {shown}"
+    )
+
+
+def family_for_clip_type(clip_type: str) -> families.Family:
+    for family in families.all_families():
+        if clip_type in family.clip_types:
+            return family
+    supported = sorted(t for f in families.all_families() for t in f.clip_types)
+    raise ValueError(
+        f"CLIP type {clip_type!r} is not supported yet; supported: {', '.join(supported) or 'none'}"
+    )
+
+
+def _clip_prefix(keys: set[str], base: str = "") -> str | None:
+    for prefix in ("", "text_model.", "transformer.text_model.", "transformer."):
+        if f"{base}{prefix}embeddings.token_embedding.weight" in keys:
+            return base + prefix
+    return None
+
+
+def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[str, nn.Module] | None:
+    """(kind "clip" | "t5", module) of the text encoder stored under `base` in `tf`, or None."""
+    keys = set(tf.keys())
+    clip_text = _clip_prefix(keys, base)
+    if clip_text is not None:
+        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(clip_text)}
+        config = detect.infer_hf_clip_config(
+            shapes, clip_text, detect.shipped_config(families.DEFAULT_FAMILY, "text_encoder_l.json")
+        )
+        module = materialize(
+            empty_text_encoder(config), HfClipTranslator(clip_text), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="CLIP text encoder",
+        )  # fmt: skip
+        return "clip", module
+    t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
+    if t5_prefix is not None:
+        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(t5_prefix)}
+        module = materialize(
+            t5_encoder.empty_encoder(t5_encoder.infer_config(shapes, t5_prefix)),
+            t5_encoder.T5Translator(t5_prefix, keys), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="T5 encoder",
+        )  # fmt: skip
+        return "t5", module
+    return None
+
+
+def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[str, nn.Module, str]:
+    """(kind "clip" | "t5", encoder module, file name) of one text-encoder file."""
+    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        found = text_encoder_in(tf, plan)
+        if found is not None:
+            return found[0], found[1], path.name
+        keys = tf.keys()
+    raise UnknownCheckpointLayout(
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model or T5 encoder); "
+        f"first keys: {', '.join(sorted(keys)[:5])}"
+    )
+
+
+def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[Any, ...] | None:
+    """(family, network, model sampling, encoders, vae) of an all-in-one checkpoint of a family
+    whose parts the split loaders build (Flux), or None when the file is no such checkpoint."""
+    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        keys = set(tf.keys())
+        family = next(
+            (f for f in families.all_families() if f.diffusion_model_prefix(keys) == UNET_PREFIX),
+            None,
+        )
+        if family is None:
+            return None
+        network, sampling = family.load_diffusion_model(tf, UNET_PREFIX, plan, "default")
+        loaded = []
+        for spec in family.encoders:
+            prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
+            found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
+            if found is None:
+                raise UnknownCheckpointLayout(
+                    f"{path.name}: a {family.name} checkpoint without its {spec.name} text encoder "
+                    f"({spec.single_file_prefixes[0]}*); load the text encoders with DualCLIPLoader"
+                )
+            loaded.append((found[0], found[1], f"{path.name}:{spec.name}"))
+        encoders = assign_encoders(family, loaded)
+        vae_prefix = family.checkpoint_vae_prefix
+        if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
+            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
+        vae = vae_from(tf, vae_prefix, plan)
+    return family, network, sampling, encoders, vae
+
+
+def vae_from(tf: TensorFile, prefix: str, plan: ComputePlan) -> nn.Module:
+    """The LDM-layout autoencoder stored under `prefix`."""
+    from comfyd.models.keymap import vae_translator
+    from comfyd.models.loader import empty_vae
+
+    base = detect.shipped_config(families.DEFAULT_FAMILY, "vae.json")
+    config = detect.infer_vae_config(tf.shapes(), prefix, base)
+    return materialize(empty_vae(config), vae_translator(config, prefix), tf, plan.device, plan.vae_dtype, what="VAE")
+
+
+def assign_encoders(family: families.Family, loaded: list[tuple[str, nn.Module, str]]) -> dict[str, nn.Module]:
+    """Encoder name -> module: each file takes the family's encoder of its kind, each one once."""
+    encoders: dict[str, nn.Module] = {}
+    for kind, module, name in loaded:
+        spec = family.encoder_for_kind(kind)
+        if spec is None or spec.name in encoders:
+            raise ValueError(f"{name} ({kind} text encoder) has no place in a {family.name} CLIP")
+        encoders[spec.name] = module
+    missing = [e.name for e in family.encoders if e.name not in encoders]
+    if missing:
+        raise ValueError(
+            f"a {family.name} CLIP needs text encoder(s) {[e.name for e in family.encoders]}; "
+            f"missing {missing}"
+        )
+    return encoders

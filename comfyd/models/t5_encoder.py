@@ -1,0 +1,155 @@
+"""T5 text encoders (T5-XXL of Flux / SD3): build from a file's shapes, tokenize and encode as
+ComfyUI does.
+
+Files: the transformers `T5EncoderModel` layout (`shared.weight` or `encoder.embed_tokens.weight`,
+`encoder.block.N.layer.0.SelfAttention.q.weight`, ..., `encoder.final_layer_norm.weight`), with a
+prefix in all-in-one checkpoints. The config is read from the shapes (width, layers, heads from the
+relative-attention table, feed-forward width, gated activation), so a tiny test encoder and the
+real 4096-wide one load through the same code.
+
+Tokenization (ComfyUI's T5XXLTokenizer, an SDTokenizer without a start token): the prompt's weight
+syntax is parsed, each segment is tokenized without its end token, everything stays in one
+sequence (no 77-token chunks), the end token 1 closes it and pad token 0 fills it to `min_length`
+(256 for Flux). Encoding: the last hidden state after the final layer norm, no attention mask
+(pads are attended, as in ComfyUI's Flux); tokens weighted w != 1 become (z - z_empty) * w +
+z_empty against the empty prompt [end, pad, ...] of the same length. There is no pooled output.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from comfyd.models.prompt_weights import parse_prompt_weights
+
+TOKENIZER_DIR = Path(__file__).parent / "configs" / "t5_tokenizer"
+END_TOKEN = 1
+PAD_TOKEN = 0
+FLUX_MIN_LENGTH = 256
+_LOCK = threading.Lock()
+_BLOCK = re.compile(r"encoder\.block\.(\d+)\.")
+T5Tokens = list[tuple[int, float]]
+
+
+@lru_cache(maxsize=1)
+def shipped_tokenizer() -> Any:
+    """The T5 SentencePiece tokenizer shipped in the package (Apache-2.0, see its LICENSE)."""
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+
+
+def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH) -> T5Tokens:
+    """(token id, weight) pairs of one prompt: segments, end token, pads up to `min_length`."""
+    tokenizer = shipped_tokenizer()
+    tokens: T5Tokens = []
+    for segment in parse_prompt_weights(text):
+        if segment.text == "":
+            continue
+        with _LOCK:
+            ids = tokenizer(segment.text, verbose=False)["input_ids"]
+        tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
+    tokens.append((END_TOKEN, 1.0))
+    if len(tokens) < min_length:
+        tokens.extend([(PAD_TOKEN, 1.0)] * (min_length - len(tokens)))
+    return tokens
+
+
+# --- files -----------------------------------------------------------------------------------
+def find_prefix(keys: set[str]) -> str | None:
+    """The prefix under which a T5 encoder is stored, or None when the keys hold none."""
+    for key in keys:
+        if key.endswith("encoder.final_layer_norm.weight") and "SelfAttention" not in key:
+            prefix = key[: -len("encoder.final_layer_norm.weight")]
+            if f"{prefix}encoder.block.0.layer.0.SelfAttention.q.weight" in keys:
+                return prefix
+    return None
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
+    """transformers T5Config values for the encoder under `prefix`."""
+    embed_key = next(
+        (k for k in (f"{prefix}shared.weight", f"{prefix}encoder.embed_tokens.weight") if k in shapes), None
+    )
+    if embed_key is None:
+        raise ValueError(f"T5 encoder under {prefix!r} has no token embedding (shared.weight)")
+    vocab, d_model = shapes[embed_key]
+    blocks = {int(m.group(1)) for k in shapes if (m := _BLOCK.match(k[len(prefix) :]))}
+    attn = f"{prefix}encoder.block.0.layer.0.SelfAttention."
+    buckets, heads = shapes[f"{attn}relative_attention_bias.weight"]
+    inner = shapes[f"{attn}q.weight"][0]
+    ff = f"{prefix}encoder.block.0.layer.1.DenseReluDense."
+    gated = f"{ff}wi_0.weight" in shapes
+    d_ff = shapes[f"{ff}wi_0.weight" if gated else f"{ff}wi.weight"][0]
+    return {
+        "vocab_size": vocab,
+        "d_model": d_model,
+        "d_kv": inner // heads,
+        "d_ff": d_ff,
+        "num_layers": len(blocks),
+        "num_heads": heads,
+        "relative_attention_num_buckets": buckets,
+        "relative_attention_max_distance": 128,
+        "is_gated_act": gated,
+        "dense_act_fn": "gelu_pytorch_tanh" if gated else "relu",
+        "feed_forward_proj": "gated-gelu" if gated else "relu",
+        "layer_norm_epsilon": 1e-6,
+        "dropout_rate": 0.0,
+        "pad_token_id": PAD_TOKEN,
+        "eos_token_id": END_TOKEN,
+        "tie_word_embeddings": False,
+    }
+
+
+def empty_encoder(config: dict[str, Any]) -> nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import T5Config, T5EncoderModel
+
+    with init_empty_weights():
+        return T5EncoderModel(T5Config(**config))
+
+
+class T5Translator:
+    """T5EncoderModel parameter names -> stored keys (the embedding under either of its names)."""
+
+    def __init__(self, prefix: str, keys: set[str]) -> None:
+        self.prefix = prefix
+        self.embed = next(
+            (k for k in (f"{prefix}shared.weight", f"{prefix}encoder.embed_tokens.weight") if k in keys),
+            f"{prefix}shared.weight",
+        )
+
+    def source(self, name: str) -> Any:
+        from comfyd.models.keymap import Source
+
+        if name in ("shared.weight", "encoder.embed_tokens.weight"):
+            return Source(self.embed)
+        return Source(self.prefix + name)
+
+
+# --- encoding --------------------------------------------------------------------------------
+def encode(encoder: Any, tokens: T5Tokens) -> torch.Tensor:
+    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring)."""
+    device = next(encoder.parameters()).device
+    ids = [t for t, _ in tokens]
+    weights = [w for _, w in tokens]
+    weighted = any(w != 1.0 for w in weights)
+    batch = [ids]
+    if weighted:
+        batch.append([END_TOKEN] + [PAD_TOKEN] * (len(ids) - 1))
+    with torch.no_grad():
+        hidden = encoder(input_ids=torch.tensor(batch, dtype=torch.long, device=device)).last_hidden_state
+    hidden = hidden.float()
+    z = hidden[0]
+    if weighted:
+        empty = hidden[1]
+        w = torch.tensor(weights, dtype=z.dtype, device=z.device).unsqueeze(-1)
+        changed = torch.tensor([x != 1.0 for x in weights], device=z.device).unsqueeze(-1)
+        z = torch.where(changed, (z - empty) * w + empty, z)
+    return z.unsqueeze(0).cpu()

@@ -1,0 +1,34 @@
+"""EmptySD3LatentImage: an all-zero 16-channel latent (SD3 and Flux), ComfyUI's inputs and category."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from comfyd.engine.context import NodeContext
+from comfyd.engine.schema import Int, Node, NodeSchema, OutputSpec, register_node
+from comfyd.engine.service_limits import check_latent_pixels
+
+MAX_RESOLUTION = 16384
+CHANNELS = 16
+FACTOR = 8
+
+
+@register_node
+class EmptySD3LatentImage(Node):
+    schema = NodeSchema(
+        class_type="EmptySD3LatentImage",
+        inputs=(
+            Int("width", default=1024, min=16, max=MAX_RESOLUTION, step=16),
+            Int("height", default=1024, min=16, max=MAX_RESOLUTION, step=16),
+            Int("batch_size", default=1, min=1, max=4096, step=None),
+        ),
+        outputs=(OutputSpec("LATENT"),),
+        category="latent/sd3",
+    )
+
+    def run(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:
+        check_latent_pixels(ctx.env.settings, width, height)
+        shape = [batch_size, CHANNELS, height // FACTOR, width // FACTOR]
+        return ({"samples": torch.zeros(shape)},)
