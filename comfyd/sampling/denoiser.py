@@ -3,8 +3,10 @@
 As ComfyUI's `BaseModel._apply_model` with EPS / V_PREDICTION model sampling:
 x_in = x / sqrt(sigma^2 + 1), the UNet timestep is the nearest table index of sigma, and the
 prediction becomes denoised = x - eps * sigma (EPS) or
-x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V). The UNet runs in the model dtype; its
-output is cast back to float32 before anything else touches it.
+x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V); X0 models predict the denoised latent
+itself (IMG_TO_IMG ones on an unscaled input), and LCM blends the EPS result with its input by
+the consistency boundary conditions. The UNet runs in the model dtype; its output is cast back
+to float32 before anything else touches it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from comfyd.sampling.model_sampling import PREDICTIONS
 from comfyd.sampling.sigmas import DiscreteSchedule
 
-PREDICTIONS = ("eps", "v")
+_LCM_SIGMA_DATA = 0.5
+_LCM_TIMESTEP_SCALING = 10.0
 
 
 class UNetDenoiser:
@@ -33,6 +37,8 @@ class UNetDenoiser:
         self.dtype = dtype
         self.device = torch.device(device)
         self._sigma_terms: dict[float, tuple[float, float, int]] = {}
+        # Prompt kind of each chunk of the batch in the current call (set by the guider).
+        self.batch_kinds: list[int] | None = None
         self._timestep_tensors: dict[tuple[int, int], Tensor] = {}
 
     def prepare(self, sigmas: Tensor) -> None:
@@ -69,7 +75,7 @@ class UNetDenoiser:
         self, x: Tensor, sigma: float, context: Tensor, added_cond: dict[str, Tensor] | None
     ) -> Tensor:
         c_in, variance, index = self.sigma_terms(sigma)
-        x_in = (x / c_in).to(self.dtype)
+        x_in = (x if self.prediction == "img_to_img" else x / c_in).to(self.dtype)
         out = self.unet(
             x_in,
             self._timestep(index, x.shape[0]),
@@ -79,4 +85,16 @@ class UNetDenoiser:
         )[0].float()
         if self.prediction == "eps":
             return x - out * sigma
-        return x / variance - (out * sigma) / c_in
+        if self.prediction == "v":
+            return x / variance - (out * sigma) / c_in
+        if self.prediction == "lcm":
+            return _lcm_boundary(x, x - out * sigma, index)
+        return out  # x0, img_to_img
+
+
+def _lcm_boundary(x: Tensor, x0: Tensor, timestep: int) -> Tensor:
+    """c_out * x0 + c_skip * x, with LCM's coefficients of the UNet timestep (float32, as ComfyUI)."""
+    scaled = torch.tensor(timestep, dtype=torch.int64) * _LCM_TIMESTEP_SCALING
+    c_skip = _LCM_SIGMA_DATA**2 / (scaled**2 + _LCM_SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + _LCM_SIGMA_DATA**2) ** 0.5
+    return c_out.to(x.device) * x0 + c_skip.to(x.device) * x
