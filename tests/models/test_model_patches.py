@@ -3,14 +3,18 @@ the weights, and leave the shared modules exactly as they were."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
+from comfyd.models.attention_capture import middle_self_attention
 from comfyd.models.handles import ModelHandle
 from comfyd.models.manager import ModelManager
 from comfyd.models.tiny import make_tiny_checkpoint, make_tiny_lora
 from comfyd.models.unet_hooks import output_block_resnets
-from comfyd.nodes.advanced.guidance import PerpNeg
+from comfyd.nodes.advanced.guidance import PerpNeg, SelfAttentionGuidance
 from comfyd.nodes.advanced.model_merging import (
     CLIPMergeSimple,
     ModelMergeAdd,
@@ -29,9 +33,12 @@ SECOND = "comfyd-tiny-sd1-seed1.safetensors"
 
 
 @pytest.fixture(scope="module")
-def mm(tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
+def mm(models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
     root = tmp_path_factory.mktemp("patch-models")
-    first = make_tiny_checkpoint(root / "checkpoints", "sd1", "single", seed=0)
+    # The session's seed-0 checkpoint (tests/models/conftest.py), and a second seed beside it.
+    first = root / "checkpoints" / FIRST
+    first.parent.mkdir(parents=True)
+    os.link(models_root / "checkpoints" / FIRST, first)  # a hard link: symlinks out are refused
     make_tiny_checkpoint(root / "checkpoints", "sd1", "single", seed=1)
     make_tiny_lora(root / "loras", first, "kohya", seed=1, name="kohya.safetensors")
     return ModelManager(make_settings(root, device="cpu"))
@@ -144,9 +151,13 @@ def test_stacked_patches_change_the_output_and_an_unpatched_run_after_is_identic
     (patched,) = FreeU_V2().run(ctx, patched, 1.3, 1.4, 0.9, 0.2)
     (patched,) = RescaleCFG().run(ctx, patched, 0.7)
     (patched,) = PerpNeg().run(ctx, patched, empty, 1.0)
+    (patched,) = SelfAttentionGuidance().run(ctx, patched, 0.5, 2.0)
+    attention = middle_self_attention(model.unet)
+    processor = attention.processor
     different = _sample(mm, patched, clip)
     assert not torch.equal(different, original)
     assert torch.isfinite(different).all()
+    assert attention.processor is processor  # SAG's capture removed
 
     again = _sample(mm, model, clip)
     assert torch.equal(again, original)
