@@ -38,8 +38,9 @@ class LoraPatch:
 @dataclass(frozen=True)
 class MergePatch:
     """Another model's weights merged in (ModelMerge*, CLIPMerge*): every weight both models
-    hold with the same shape becomes `w * strength_model + strength_patch * w2`, where w2 is the
-    other model's weight with its own patches applied (ComfyUI's add_patches of its key patches).
+    hold becomes `w * strength_model + strength_patch * w2`, where w2 is the other model's weight
+    with its own patches applied (ComfyUI's add_patches of its key patches); where the shapes
+    differ, only `w * strength_model`, as ComfyUI computes it.
 
     `block_ratios` (ModelMergeBlocks): (original-key prefix, ratio) pairs; a weight takes the
     ratio of its longest matching prefix (else `default_ratio`) as strength_model, and 1 - ratio

@@ -364,16 +364,19 @@ class LoraPatcher:
         theirs = dict(source.named_parameters())
         view = _SourceView(patch.source_patcher, source, patch.source_patches)
         keys = self._original_keys(state) if patch.block_ratios else {}
-        skipped = 0
+        mismatched = 0
         for name, parameter in state.module.named_parameters():
             other = theirs.get(name)
-            if other is None or other.shape != parameter.shape:
-                skipped += 1
+            if other is None:
                 continue
             strength_patch, strength_model = patch.strengths(keys.get(name))
+            if other.shape != parameter.shape:
+                # As ComfyUI: the weight is still scaled by strength_model, nothing is added.
+                mismatched += 1
+                strength_patch = 0.0
             ops.setdefault(name, []).append(partial(_merge_op, strength_patch, strength_model, view, name))
-        if skipped:
-            log.warning("merge into the %s model: %d weights have no same-shaped counterpart", state.role, skipped)
+        if mismatched:
+            log.warning("merge into the %s model: %d weights differ in shape, not merged", state.role, mismatched)
 
     def _original_keys(self, state: _ModuleState) -> dict[str, str | None]:
         """Parameter name -> its key in the original (LDM) layout, for ModelMergeBlocks."""

@@ -1,7 +1,7 @@
 """Fidelity cases for the model patches: ModelSamplingDiscrete, RescaleCFG, FreeU, FreeU_V2,
 PerpNeg, SelfAttentionGuidance, the model merges and CLIPMergeSimple.
 
-Each case is the base graph (64x64) cut to 3 steps with patches between the checkpoint loader
+Each case is the base graph (64x64) cut to 2 steps with patches between the checkpoint loader
 and the sampler (or the text encoders), several stacked per case. The merges take a second checkpoint, SECOND_CHECKPOINT:
 the parity checkpoint with its UNet and text-encoder tensors rearranged (`write_second_checkpoint`),
 so that every merged weight differs while the file stays a plain SD1 checkpoint ComfyUI detects
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SECOND_CHECKPOINT = "comfyd-parity-sd1-rearranged.safetensors"
-STEPS = 3
+STEPS = 2
 
 
 def node(class_type: str, **inputs: Any) -> dict[str, Any]:
@@ -68,11 +68,10 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
         w["3"]["inputs"]["model"] = ["41", 0]
         return w
 
-    # ModelMergeSimple, and CLIPMergeSimple feeding both prompts.
+    # ModelMergeSimple, and CLIPMergeSimple encoding the positive prompt.
     w = merged("ModelMergeSimple", ratio=0.35)
     w["43"] = node("CLIPMergeSimple", clip1=["4", 1], clip2=["40", 1], ratio=0.4)
     w["6"]["inputs"]["clip"] = ["43", 0]
-    w["7"]["inputs"]["clip"] = ["43", 0]
     out["merge_simple_and_clip"] = w
     # ModelMergeBlocks, sampled as an x0-prediction model.
     w = merged("ModelMergeBlocks", input=0.2, middle=0.7, out=0.45)

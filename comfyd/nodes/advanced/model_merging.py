@@ -3,7 +3,7 @@ ModelMergeBlocks, ModelMergeAdd, ModelMergeSubtract and CLIPMergeSimple.
 
 A merge is a weight patch on model1 (comfyd.models.handles.MergePatch): applied when model1
 samples, with model2's weights as model2's own patches make them, and undone afterwards. Weights
-pair by name; one without a same-shaped counterpart in model2 stays model1's.
+pair by name; one model2 lacks stays model1's, one of another shape is only scaled (ComfyUI's).
 """
 
 from __future__ import annotations
