@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from comfyd.models.attention_capture import middle_self_attention
-from comfyd.models.handles import ModelHandle
+from comfyd.models.handles import MergePatch, ModelHandle
+from comfyd.models.lora import LoraPatcher
 from comfyd.models.manager import ModelManager
 from comfyd.models.tiny import make_tiny_checkpoint, make_tiny_lora
 from comfyd.models.unet_hooks import output_block_resnets
@@ -204,3 +205,18 @@ def test_patch_nodes_refuse_what_is_not_a_model(mm: ModelManager) -> None:
         ModelSamplingDiscrete().run(node_context(mm), model, "flow", False)
     with pytest.raises(ValueError, match="empty_conditioning"):
         PerpNeg().run(node_context(mm), model, [], 1.0)
+
+
+def test_a_merge_weight_of_another_shape_is_only_scaled_as_comfyui_does() -> None:
+    first, second = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    second.bias = torch.nn.Parameter(torch.ones(5))
+    weight, bias = first.weight.detach().clone(), first.bias.detach().clone()
+    patcher = LoraPatcher("sd1", {"unet": first}, lambda key: pytest.fail("no LoRA here"))
+    patch = MergePatch("second", (), 0.6, 0.4, source_modules={"unet": second})
+    patcher.apply(first, (patch,))
+    try:
+        assert torch.equal(first.weight.detach(), weight * 0.4 + 0.6 * second.weight.detach())
+        assert torch.equal(first.bias.detach(), bias * 0.4)
+    finally:
+        patcher.restore(first)
+    assert torch.equal(first.weight.detach(), weight) and torch.equal(first.bias.detach(), bias)
