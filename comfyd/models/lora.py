@@ -26,13 +26,14 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from comfyd.models import families, hypernetwork
-from comfyd.models.handles import HypernetworkPatch, WeightPatch
+from comfyd.models.handles import HypernetworkPatch, LoraPatch, MergePatch
 from comfyd.models.keymap import text_model_name, unet_translator
 from comfyd.models.lora_adapters import Adapter, Difference, Hadamard, Kronecker, LowRank, Replacement
 from comfyd.models.tensorfile import TensorFile
@@ -250,14 +251,71 @@ class _ModuleState:
     module: nn.Module
     cond: threading.Condition = field(default_factory=threading.Condition)
     users: int = 0
-    active: tuple[WeightPatch, ...] = ()
+    active: tuple[Any, ...] = ()
     backups: dict[str, torch.Tensor] = field(default_factory=dict)
     processors: dict[str, Any] | None = None  # attention processors a hypernetwork replaced
     index: dict[str, str] | None = None
+    hooks: list[Any] = field(default_factory=list)
+    original_keys: dict[str, str | None] | None = None
+    _names: frozenset[str] | None = None
+
+    def parameter_names(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = frozenset(name for name, _ in self.module.named_parameters())
+        return self._names
+
+
+# How long a merge waits to read another model that a job is patching right now; past it the
+# merge fails with a message instead of waiting on a job that may be waiting on this one.
+_SOURCE_WAIT_S = 60.0
+
+WeightOp = Callable[[torch.Tensor], torch.Tensor]  # fp32 weight -> fp32 weight (may be in place)
+
+
+def _lora_op(strength: float, change: Adapter, weight: torch.Tensor) -> torch.Tensor:
+    # Each change sees the result of the ones before it (DoRA's norm does).
+    return change.apply(weight, strength)
+
+
+def _merge_op(strength_patch: float, strength_model: float, source: _SourceView, name: str, weight: torch.Tensor):
+    # ComfyUI's order: the model's own weight scaled first, then the other's added.
+    if strength_model != 1.0:
+        weight *= strength_model
+    if strength_patch != 0.0:
+        weight += strength_patch * source.weight(name).to(weight.device)
+    return weight
+
+
+class _SourceView:
+    """Another model's weights as its own patches make them (fp32, unrounded), read lazily."""
+
+    def __init__(self, patcher: LoraPatcher | None, module: nn.Module, patches: tuple[Any, ...]) -> None:
+        self.parameters = dict(module.named_parameters())
+        self.patcher = patcher
+        self.state = patcher._states.get(id(module)) if patcher is not None else None
+        self.ops = patcher._ops(self.state, patches) if patcher is not None and self.state is not None else {}
+
+    def weight(self, name: str) -> torch.Tensor:
+        parameter = self.parameters[name]
+        if self.state is None:
+            base = parameter.detach().to(torch.float32, copy=True)
+        else:
+            # The base weight: saved aside while a job has that module patched.
+            if not self.state.cond.acquire(timeout=_SOURCE_WAIT_S):
+                raise RuntimeError("a model being merged stayed busy in another job; try again")
+            try:
+                saved = self.state.backups.get(name)
+                base = (saved if saved is not None else parameter.detach()).to(torch.float32, copy=True)
+            finally:
+                self.state.cond.release()
+        for op in self.ops.get(name, ()):
+            base = op(base)
+        return base
 
 
 class LoraPatcher:
-    """The WeightPatcher of one loaded checkpoint (its UNet and text encoders).
+    """The WeightPatcher of one loaded checkpoint (its UNet and text encoders): LoRAs, merges
+    with other models (MergePatch) and UNet hooks (anything with `install`).
 
     Several jobs share the modules: `apply` lets any number of users in together while they want
     the same patches, and makes a user who wants different ones wait until the module is free.
@@ -281,7 +339,7 @@ class LoraPatcher:
             raise ValueError("this module does not belong to the checkpoint this patcher serves")
         return state
 
-    def apply(self, module: Any, patches: tuple[WeightPatch, ...]) -> None:
+    def apply(self, module: Any, patches: tuple[Any, ...]) -> None:
         state = self._state(module)
         patches = tuple(patches)
         with state.cond:
@@ -307,59 +365,106 @@ class LoraPatcher:
                 state.active = ()
                 state.cond.notify_all()
 
-    def active(self, module: Any) -> tuple[WeightPatch, ...]:
+    def active(self, module: Any) -> tuple[Any, ...]:
         return self._state(module).active
 
-    def _patch(self, state: _ModuleState, patches: tuple[WeightPatch, ...]) -> None:
+    def _ops(self, state: _ModuleState, patches: tuple[Any, ...]) -> dict[str, list[WeightOp]]:
+        """Per parameter name, the changes `patches` make to it, in order."""
+        ops: dict[str, list[WeightOp]] = {}
+        for patch in patches:
+            if isinstance(patch, LoraPatch):
+                self._lora_ops(state, patch, ops)
+            elif isinstance(patch, MergePatch):
+                self._merge_ops(state, patch, ops)
+        return ops
+
+    def _lora_ops(self, state: _ModuleState, patch: LoraPatch, ops: dict[str, list[WeightOp]]) -> None:
+        if patch.strength == 0:
+            return
         if state.index is None:
             state.index = module_index(state.module, state.role, self.family)
-        # Gather every patch's changes per parameter first, so each one is touched once.
-        changes: dict[str, list[tuple[float, Adapter]]] = {}
-        parameters = dict(state.module.named_parameters())
-        attention: list[tuple[Any, float]] = []
-        for patch in patches:
-            if patch.strength == 0:
+        lora = self._lora_source(patch.key)
+        parameters = state.parameter_names()
+        unmatched: list[str] = []
+        for (component, path), layer in lora.entries.items():
+            if component_role(component, self.family) != state.role:
                 continue
-            if isinstance(patch, HypernetworkPatch):
-                attention.append((patch.layers, patch.strength))
+            name = state.index.get(path)
+            if name is None:
+                unmatched.append(path)
                 continue
-            lora = self._lora_source(patch.key)
-            unmatched: list[str] = []
-            for (component, path), layer in lora.entries.items():
-                if component_role(component, self.family) != state.role:
-                    continue
-                name = state.index.get(path)
-                if name is None:
-                    unmatched.append(path)
-                    continue
-                for param, change in ((f"{name}.weight", layer.weight), (f"{name}.bias", layer.bias)):
-                    # A bias change for a layer without a bias has nothing to patch (as in ComfyUI).
-                    if change is not None and param in parameters:
-                        changes.setdefault(param, []).append((patch.strength, change))
-            if unmatched and (patch.key, state.role) not in self._warned:
-                self._warned.add((patch.key, state.role))
-                log.warning(
-                    "LoRA %s: %d layers match nothing in the %s model (e.g. %s)",
-                    lora.name,
-                    len(unmatched),
-                    state.role,
-                    unmatched[0],
-                )
-        with torch.no_grad():
-            for name, parts in changes.items():
-                param = parameters[name]
-                state.backups[name] = param.detach().clone()
-                # In fp32, each change seeing the result of the ones before it (DoRA's norm does).
-                patched = param.detach().to(torch.float32)
-                if patched.data_ptr() == param.data_ptr():
-                    patched = patched.clone()
-                for strength, change in parts:
-                    patched = change.apply(patched, strength)
-                param.copy_(patched.to(param.dtype))
+            for param, change in ((f"{name}.weight", layer.weight), (f"{name}.bias", layer.bias)):
+                # A bias change for a layer without a bias has nothing to patch (as in ComfyUI).
+                if change is not None and param in parameters:
+                    ops.setdefault(param, []).append(partial(_lora_op, patch.strength, change))
+        if unmatched and (patch.key, state.role) not in self._warned:
+            self._warned.add((patch.key, state.role))
+            log.warning(
+                "LoRA %s: %d layers match nothing in the %s model (e.g. %s)",
+                lora.name,
+                len(unmatched),
+                state.role,
+                unmatched[0],
+            )
+
+    def _merge_ops(self, state: _ModuleState, patch: MergePatch, ops: dict[str, list[WeightOp]]) -> None:
+        source = patch.source_modules.get(state.role)
+        if source is None:
+            return
+        theirs = dict(source.named_parameters())
+        view = _SourceView(patch.source_patcher, source, patch.source_patches)
+        keys = self._original_keys(state) if patch.block_ratios else {}
+        mismatched = 0
+        for name, parameter in state.module.named_parameters():
+            other = theirs.get(name)
+            if other is None:
+                continue
+            strength_patch, strength_model = patch.strengths(keys.get(name))
+            if other.shape != parameter.shape:
+                # As ComfyUI: the weight is still scaled by strength_model, nothing is added.
+                mismatched += 1
+                strength_patch = 0.0
+            ops.setdefault(name, []).append(partial(_merge_op, strength_patch, strength_model, view, name))
+        if mismatched:
+            log.warning("merge into the %s model: %d weights differ in shape, not merged", state.role, mismatched)
+
+    def _original_keys(self, state: _ModuleState) -> dict[str, str | None]:
+        """Parameter name -> its key in the original (LDM) layout, for ModelMergeBlocks."""
+        if state.original_keys is None:
+            keys: dict[str, str | None] = {}
+            config = getattr(state.module, "config", None)
+            translator = families.get(self.family).unet_key_map(config, key_prefix="") if config else None
+            for name, _ in state.module.named_parameters():
+                source = translator.source(name) if translator is not None else None
+                keys[name] = source.key if source is not None else None
+            state.original_keys = keys
+        return state.original_keys
+
+    def _patch(self, state: _ModuleState, patches: tuple[Any, ...]) -> None:
+        ops = self._ops(state, patches)
+        if ops:
+            parameters = dict(state.module.named_parameters())
+            with torch.no_grad():
+                for name, changes in ops.items():
+                    weight = parameters[name]
+                    state.backups[name] = weight.detach().clone()
+                    patched = weight.detach().to(torch.float32)
+                    if patched.data_ptr() == weight.data_ptr():
+                        patched = patched.clone()
+                    for change in changes:
+                        patched = change(patched)
+                    weight.copy_(patched.to(weight.dtype))
+        attention = [(p.layers, p.strength) for p in patches if isinstance(p, HypernetworkPatch) and p.strength != 0]
         if attention and state.role == "unet":
             state.processors = hypernetwork.install(state.module, attention)
+        for patch in patches:
+            if not isinstance(patch, LoraPatch | MergePatch | HypernetworkPatch):
+                state.hooks.extend(patch.install(state.module))
 
     def _restore_base(self, state: _ModuleState) -> None:
+        for handle in state.hooks:
+            handle.remove()
+        state.hooks.clear()
         if state.processors is not None:
             hypernetwork.restore(state.module, state.processors)
             state.processors = None

@@ -431,6 +431,7 @@ class PromptBatcher:
             n = len(group.entries)
             inputs = [_crop(x, e.area) for e in group.entries] if group.cropped else [x] * n
             batch = inputs[0] if n == 1 else torch.cat(inputs)
+            self.unet.batch_kinds = [e.kind for e in group.entries]  # read by attention captures
             prediction = self.unet(
                 batch, sigma, group.context, group.added, control=group.control, batched_number=n
             )
@@ -466,11 +467,15 @@ class CFGGuider(PromptBatcher):
     """The guided denoiser D(x, sigma) the samplers call.
 
     `keep_uncond` runs the negative prompt even at cfg 1 (the CFG++ samplers read its prediction,
-    `last_uncond`, after every call).
+    `last_uncond`, after every call). `guidance` is the model's bound guidance patches
+    (comfyd.sampling.guidance), which replace the plain combination.
     """
 
-    def __init__(self, unet: UNetDenoiser, entries: list[CondEntry], cfg: float, keep_uncond: bool = False):
+    def __init__(
+        self, unet: UNetDenoiser, entries: list[CondEntry], cfg: float, keep_uncond: bool = False, guidance: Any = None
+    ):
         self.cfg = float(cfg)
+        self.guidance = guidance
         # cfg 1: uncond + (cond - uncond) * 1 is cond, so the negative prompt is never run.
         self.uses_uncond = keep_uncond or not math.isclose(self.cfg, 1.0)
         super().__init__(unet, entries, [True, self.uses_uncond])
@@ -479,9 +484,12 @@ class CFGGuider(PromptBatcher):
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         cond, uncond = self.predictions(x, sigma)
         assert cond is not None
+        if uncond is not None:
+            self.last_uncond = uncond
+        if self.guidance is not None:
+            return self.guidance.combine(x, sigma, cond, uncond, self.cfg)
         if uncond is None:
             return cond
-        self.last_uncond = uncond
         return uncond + (cond - uncond) * self.cfg
 
 

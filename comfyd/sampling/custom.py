@@ -20,6 +20,7 @@ from torch import Tensor
 
 from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
 from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
 from comfyd.sampling.samplers import SamplerRun
@@ -91,7 +92,10 @@ def sample_custom(
     with lend_network(model, priority, interrupt) as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
-        guided = guider.denoiser(unet_denoiser, entries, keep_uncond=sampler.wants_uncond)
+        guidance, keep_uncond = bind_model_guidance(model, unet_denoiser, initial.shape, schedule, device, entries)
+        guided = guider.denoiser(
+            unet_denoiser, entries, keep_uncond=keep_uncond or sampler.wants_uncond, guidance=guidance
+        )
         denoiser: Denoiser = guided
         noise_mask = latent.get("noise_mask")
         if noise_mask is not None:

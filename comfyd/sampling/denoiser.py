@@ -3,9 +3,11 @@
 As ComfyUI's `BaseModel._apply_model` with EPS / V_PREDICTION model sampling:
 x_in = x / sqrt(sigma^2 + 1), the UNet timestep is the nearest table index of sigma, and the
 prediction becomes denoised = x - eps * sigma (EPS) or
-x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V). Flow models (CONST, `flow.py`) take x as it
-is at the timestep their schedule gives (a float, not a table index) and denoise to x - v * sigma. The UNet runs in the model dtype; its
-output is cast back to float32 before anything else touches it.
+x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1) (V); X0 models predict the denoised latent
+itself (IMG_TO_IMG ones on an unscaled input), and LCM blends the EPS result with its input by
+the consistency boundary conditions. Flow models (CONST, `flow.py`) take x as it is at the
+timestep their schedule gives (a float, not a table index) and denoise to x - v * sigma. The
+UNet runs in the model dtype; its output is cast back to float32 before anything else touches it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import torch
 from torch import Tensor
 
 from comfyd.sampling.control import unet_kwargs
+from comfyd.sampling.model_sampling import PREDICTIONS as DISCRETE_PREDICTIONS
 from comfyd.sampling.protocols import ControlStep
 from comfyd.sampling.sigmas import DiscreteSchedule
 
-PREDICTIONS = ("eps", "v", "const")
+PREDICTIONS = (*DISCRETE_PREDICTIONS, "const")
+_LCM_SIGMA_DATA = 0.5
+_LCM_TIMESTEP_SCALING = 10.0
 
 
 class UNetDenoiser:
@@ -36,6 +41,8 @@ class UNetDenoiser:
         self.dtype = dtype
         self.device = torch.device(device)
         self._sigma_terms: dict[float, tuple[float, float, float]] = {}
+        # Prompt kind of each chunk of the batch in the current call (set by the guider).
+        self.batch_kinds: list[int] | None = None
         self._timestep_tensors: dict[tuple[float, int], Tensor] = {}
 
     def prepare(self, sigmas: Tensor) -> None:
@@ -90,7 +97,7 @@ class UNetDenoiser:
         batched_number: int = 1,
     ) -> Tensor:
         c_in, variance, index = self.sigma_terms(sigma)
-        x_in = (x if self.prediction == "const" else x / c_in).to(self.dtype)
+        x_in = (x if self.prediction in ("const", "img_to_img") else x / c_in).to(self.dtype)
         timestep = self._timestep(index, x.shape[0])
         extra: dict[str, Any] = {}
         if added_cond is not None and "class_labels" in added_cond:
@@ -110,4 +117,16 @@ class UNetDenoiser:
         )[0].float()
         if self.prediction in ("eps", "const"):
             return x - out * sigma
-        return x / variance - (out * sigma) / c_in
+        if self.prediction == "v":
+            return x / variance - (out * sigma) / c_in
+        if self.prediction == "lcm":
+            return _lcm_boundary(x, x - out * sigma, int(index))
+        return out  # x0, img_to_img
+
+
+def _lcm_boundary(x: Tensor, x0: Tensor, timestep: int) -> Tensor:
+    """c_out * x0 + c_skip * x, with LCM's coefficients of the UNet timestep (float32, as ComfyUI)."""
+    scaled = torch.tensor(timestep, dtype=torch.int64) * _LCM_TIMESTEP_SCALING
+    c_skip = _LCM_SIGMA_DATA**2 / (scaled**2 + _LCM_SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + _LCM_SIGMA_DATA**2) ** 0.5
+    return c_out.to(x.device) * x0 + c_skip.to(x.device) * x

@@ -102,15 +102,17 @@ class Guider:
         )
 
     def denoiser(
-        self, unet: UNetDenoiser, entries: list[CondEntry], keep_uncond: bool
+        self, unet: UNetDenoiser, entries: list[CondEntry], keep_uncond: bool, guidance: Any = None
     ) -> CFGGuider | DualCFG:
+        """`guidance`: the model's bound guidance patches; BasicGuider ignores them, as ComfyUI's."""
         if self.mode == "cfg":
-            return CFGGuider(unet, entries, self.cfg, keep_uncond=keep_uncond)
+            return CFGGuider(unet, entries, self.cfg, keep_uncond=keep_uncond, guidance=guidance)
         if self.mode == "basic":
             return CFGGuider(unet, entries, 1.0, keep_uncond=keep_uncond)
         return DualCFG(
-            unet, entries, self.cfg, self.cfg2, nested=self.mode == "dual_nested", keep_uncond=keep_uncond
-        )
+            unet, entries, self.cfg, self.cfg2, nested=self.mode == "dual_nested", keep_uncond=keep_uncond,
+            guidance=guidance,
+        )  # fmt: skip
 
 
 class DualCFG(PromptBatcher):
@@ -127,8 +129,10 @@ class DualCFG(PromptBatcher):
         cfg2: float,
         nested: bool,
         keep_uncond: bool,
+        guidance: Any = None,
     ) -> None:
         self.cfg1, self.cfg2, self.nested = float(cfg1), float(cfg2), nested
+        self.guidance = guidance
         used = [True, True, True]
         if not nested and not keep_uncond and math.isclose(self.cfg2, 1.0):
             used[self.NEGATIVE] = False
@@ -141,7 +145,14 @@ class DualCFG(PromptBatcher):
         negative, middle, positive = (p if p is not None else torch.zeros_like(x) for p in predictions)
         if self.nested:
             self.last_uncond = middle
-            guided = middle + (positive - middle) * self.cfg1
+            if self.guidance is not None:
+                guided = self.guidance.combine(x, sigma, positive, middle, self.cfg1)
+            else:
+                guided = middle + (positive - middle) * self.cfg1
             return negative + self.cfg2 * (guided - negative)
         self.last_uncond = negative
-        return (negative + (middle - negative) * self.cfg2) + (positive - middle) * self.cfg1
+        if self.guidance is not None:
+            first = self.guidance.combine(x, sigma, middle, negative, self.cfg2)
+        else:
+            first = negative + (middle - negative) * self.cfg2
+        return first + (positive - middle) * self.cfg1

@@ -32,6 +32,7 @@ from torch import Tensor
 from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.cfg import CFGGuider, prepare_conds, repeat_to_batch
 from comfyd.sampling.denoiser import UNetDenoiser
+from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.protocols import SamplingModel
 from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
@@ -195,7 +196,10 @@ def common_ksampler(
     with lend_network(model, priority, interrupt) as unet, torch.inference_mode():
         unet_denoiser = UNetDenoiser(unet, schedule, model_sampling.prediction, model.dtype, device)
         unet_denoiser.prepare(sigmas)
-        guider = CFGGuider(unet_denoiser, entries, cfg, keep_uncond=sampler_name in NEEDS_UNCOND)
+        guidance, keep_uncond = bind_model_guidance(model, unet_denoiser, noise.shape, schedule, device, entries)
+        guider = CFGGuider(
+            unet_denoiser, entries, cfg, keep_uncond=keep_uncond or sampler_name in NEEDS_UNCOND, guidance=guidance
+        )
         denoiser: Denoiser = guider
         noise_mask = latent.get("noise_mask")
         if noise_mask is not None:

@@ -1,9 +1,16 @@
 """Model sampling: how a network's output becomes a denoised latent, and on which sigmas.
 
-ComfyUI's `ModelSamplingDiscrete` with EPS or V_PREDICTION (flow models: `flow.FlowModelSampling`): a discrete beta schedule (the sigma
-table and its timestep mapping, `sigmas.DiscreteSchedule`) and the prediction type that
-`denoiser.UNetDenoiser` turns into D(x, sigma). Model families declare which one they use; the
-sampler only sees this object (see `protocols.ModelSampling`).
+ComfyUI's `ModelSamplingDiscrete` family: a discrete beta schedule (the sigma table and its
+timestep mapping, `sigmas.DiscreteSchedule`), optionally rescaled to zero terminal SNR, and the
+prediction type that `denoiser.UNetDenoiser` turns into D(x, sigma):
+
+- `eps`: the network predicts the noise; `v`: v-prediction; `x0`: the denoised latent itself;
+  `img_to_img`: x0 on an unscaled input;
+- `lcm`: a latent-consistency model: eps, on the 50-entry distilled table, blended with its
+  input by the consistency boundary conditions (sigma_data 0.5, timestep scaling 10).
+
+Model families declare eps or v (flow models: `flow.FlowModelSampling`); the ModelSamplingDiscrete node picks any of them. The sampler
+only sees this object (see `protocols.ModelSampling`).
 """
 
 from __future__ import annotations
@@ -13,19 +20,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from comfyd.sampling.sigmas import DiscreteSchedule, discrete_schedule
+from comfyd.sampling.sigmas import DiscreteSchedule, discrete_schedule, distilled_schedule
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0", "img_to_img", "lcm")
 
 
 @dataclass(frozen=True)
 class DiscreteModelSampling:
-    """A discrete-time EPS or V model on the scaled-linear beta schedule."""
+    """A discrete-time model on the scaled-linear beta schedule."""
 
-    prediction: str = "eps"  # "eps" | "v"
+    prediction: str = "eps"  # one of PREDICTIONS
     beta_start: float = 0.00085
     beta_end: float = 0.012
     timesteps: int = 1000
+    zsnr: bool = False  # the table rescaled to zero terminal SNR
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -33,7 +41,10 @@ class DiscreteModelSampling:
 
     @property
     def schedule(self) -> DiscreteSchedule:
-        return discrete_schedule(self.beta_start, self.beta_end, self.timesteps)
+        full = discrete_schedule(self.beta_start, self.beta_end, self.timesteps, self.zsnr)
+        if self.prediction == "lcm":
+            return distilled_schedule(full)
+        return full
 
     @property
     def is_flow(self) -> bool:

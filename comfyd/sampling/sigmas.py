@@ -20,10 +20,14 @@ from torch import Tensor
 
 @dataclass(frozen=True, eq=False)
 class DiscreteSchedule:
-    """The 1000-entry sigma table of a discrete-time EPS/V model, ascending in sigma."""
+    """The sigma table of a discrete-time model, ascending in sigma (1000 entries, or 50 for an
+    LCM-distilled one)."""
 
     sigmas: Tensor  # float32 [N], sigmas[0] = sigma_min, sigmas[-1] = sigma_max
     log_sigmas: Tensor  # float32 [N]
+    # A distilled table keeps every skip_steps-th entry of the full one: table index i is UNet
+    # timestep i * skip_steps + skip_steps - 1 (ComfyUI's ModelSamplingDiscreteDistilled).
+    skip_steps: int = 1
 
     @property
     def sigma_min(self) -> float:
@@ -38,18 +42,26 @@ class DiscreteSchedule:
         return int(self.sigmas.shape[0])
 
     def timestep(self, sigma: float | Tensor) -> int:
-        """The table index whose log-sigma is nearest to log(sigma) (first index on a tie)."""
+        """The UNet timestep of the table entry whose log-sigma is nearest to log(sigma) (first
+        index on a tie)."""
         log_sigma = torch.as_tensor(sigma, dtype=torch.float32).log()
-        return int((self.log_sigmas - log_sigma).abs().argmin())
+        index = int((self.log_sigmas - log_sigma).abs().argmin())
+        return index * self.skip_steps + self.skip_steps - 1
 
     def timesteps(self, sigmas: Tensor) -> Tensor:
         """`timestep` for every element of a 1-D tensor; int64."""
         log_sigma = sigmas.to(torch.float32).log()
-        return (log_sigma[None, :] - self.log_sigmas[:, None]).abs().argmin(dim=0)
+        index = (log_sigma[None, :] - self.log_sigmas[:, None]).abs().argmin(dim=0)
+        if self.skip_steps == 1:
+            return index
+        return index * self.skip_steps + (self.skip_steps - 1)
 
     def sigma(self, timestep: float | Tensor) -> Tensor:
         """Sigma at a (fractional) timestep: linear interpolation of log-sigma, float32."""
-        t = torch.as_tensor(timestep).float().clamp(0, self.num_timesteps - 1)
+        t = torch.as_tensor(timestep).float()
+        if self.skip_steps != 1:
+            t = ((t - (self.skip_steps - 1)) / self.skip_steps).float()
+        t = t.clamp(0, self.num_timesteps - 1)
         low = t.floor().long()
         high = t.ceil().long()
         w = t.frac()
@@ -64,15 +76,43 @@ class DiscreteSchedule:
         return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)))
 
 
+# The last alpha-bar of a zero-terminal-SNR table: not 0, so its sigma stays finite (ComfyUI's).
+_ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def _zero_terminal_snr(sigmas: Tensor) -> Tensor:
+    """Rescale a float64 sigma table so that its last entry has (almost) zero SNR, keeping the
+    first: shift sqrt(alpha-bar) down by its last value, then scale its first back."""
+    root = (1 / (sigmas * sigmas + 1)).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alpha_bar = root**2
+    alpha_bar[-1] = _ZSNR_LAST_ALPHA_BAR
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5
+
+
 @lru_cache(maxsize=8)
 def discrete_schedule(
-    beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000
+    beta_start: float = 0.00085, beta_end: float = 0.012, num_timesteps: int = 1000, zsnr: bool = False
 ) -> DiscreteSchedule:
-    """The "linear" (sqrt-spaced, a.k.a. scaled_linear) beta schedule every SD1/SD2/SDXL model uses."""
+    """The "linear" (sqrt-spaced, a.k.a. scaled_linear) beta schedule every SD1/SD2/SDXL model
+    uses; `zsnr` rescales it to zero terminal SNR (ModelSamplingDiscrete's zsnr option)."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    if zsnr:
+        sigmas = _zero_terminal_snr(sigmas)
     return DiscreteSchedule(sigmas=sigmas.float(), log_sigmas=sigmas.log().float())
+
+
+@lru_cache(maxsize=8)
+def distilled_schedule(full: DiscreteSchedule, original_steps: int = 50) -> DiscreteSchedule:
+    """The table an LCM-distilled model was trained on: every (N / original_steps)-th entry of
+    the full table, counted down from its last."""
+    skip = full.num_timesteps // original_steps
+    picked = torch.stack([full.sigmas[full.num_timesteps - 1 - x * skip] for x in range(original_steps)])
+    sigmas = picked.flip(0).float()
+    return DiscreteSchedule(sigmas=sigmas, log_sigmas=sigmas.log().float(), skip_steps=skip)
 
 
 # --- schedulers ------------------------------------------------------------------------------

@@ -380,6 +380,9 @@ def lend_network(
     batcher = getattr(model, "batcher", None)
     if not isinstance(batcher, StepBatcher) or not batcher.enabled:
         return model.patched()
+    if getattr(model, "unet_hooks", ()):
+        # UNet hooks (FreeU, SAG's attention capture) see a whole network call; kept per job.
+        return model.patched()
     return _batched(model, batcher, priority, interrupt)
 
 

@@ -22,6 +22,7 @@ import controlnet_cases
 import image_cases  # beside this file (script dir, or on sys.path in test_parity)
 import lora_cases
 import numpy as np
+import patch_cases
 import upscale_cases
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -248,6 +249,8 @@ def cases() -> dict[str, dict[str, Any]]:
     out.update(upscale_cases.cases(base))
     # ControlNet loaders and apply nodes, chained and with start/end percent (controlnet_cases.py).
     out.update(controlnet_cases.cases(base))
+    # Model patches and merges (patch_cases.py).
+    out.update(patch_cases.cases(base))
     return {name: copy.deepcopy(w) for name, w in out.items()}
 
 
@@ -275,8 +278,8 @@ def write_input_image(path: Path) -> None:
 
 
 def write_models(models: Path) -> None:
-    """The parity checkpoint, its two LoRAs, the embedding and an upscale model, in a ComfyUI
-    models layout."""
+    """The parity checkpoint, its two LoRAs, the embedding, an upscale model and the second
+    checkpoint the merge cases use, in a ComfyUI models layout."""
     from comfyd.models.tiny import make_tiny_embedding, make_tiny_lora, write_random_checkpoint
     from comfyd.models.tiny_upscale import write_tiny_esrgan
 
@@ -290,6 +293,9 @@ def write_models(models: Path) -> None:
     make_tiny_embedding(models / "embeddings", EMBEDDING, "sd1", vectors=3, width=768, seed=3)
     write_tiny_esrgan(models / "upscale_models" / UPSCALE_MODEL, scale=2, num_filters=16, num_blocks=1, seed=4)
     controlnet_cases.write_models(models, checkpoint)
+    second = models / "checkpoints" / patch_cases.SECOND_CHECKPOINT
+    if not second.exists():
+        patch_cases.write_second_checkpoint(checkpoint, second)
 
 
 def main() -> None:
