@@ -11,8 +11,12 @@ setup:
 demo: setup
 	$(VENV)/bin/comfyd run --output-dir output --set 5.width=128 --set 5.height=128
 
+# Two workers, one test file each at a time (pytest-xdist): waits on servers and subprocesses
+# overlap with model compute, which keeps the suite inside its 15 minutes on 2 cores.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
