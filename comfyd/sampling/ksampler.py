@@ -93,10 +93,13 @@ def _check_latent(latent: Any) -> Tensor:
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), Tensor):
         raise ValueError("latent_image must be a LATENT ({'samples': tensor [B, C, H, W], ...})")
     samples = latent["samples"]
-    if samples.ndim != 4 or 0 in samples.shape:
+    if samples.ndim not in (4, 5) or 0 in samples.shape:
         raise ValueError(
-            f"latent samples must be a non-empty [B, C, H, W] tensor, got shape {list(samples.shape)}"
+            "latent samples must be a non-empty [B, C, H, W] (or video [B, C, T, H, W]) tensor, "
+            f"got shape {list(samples.shape)}"
         )
+    if samples.ndim == 5 and latent.get("noise_mask") is not None:
+        raise ValueError("noise masks on video latents are not supported yet")
     mask = latent.get("noise_mask")
     if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
         raise ValueError("latent noise_mask must be a tensor [..., H, W]")
@@ -171,8 +174,9 @@ def common_ksampler(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     noise = noise.to(device=device, dtype=torch.float32)
+    # Conditioning areas and masks live in the last two (spatial) axes, also for video latents.
     entries = prepare_conds(
-        positive, negative, noise.shape, schedule, device, model.dtype,
+        positive, negative, (*noise.shape[:2], *noise.shape[-2:]), schedule, device, model.dtype,
         vector_conditioning=model.vector_conditioning,
     )  # fmt: skip
 
