@@ -43,7 +43,7 @@ def load_diffusion_model(
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
         f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout); first keys: {shown}"
+        f"BFL's layout, Wan 2.1 text-to-video transformers); first keys: {shown}"
     )
 
 
@@ -118,7 +118,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
             return found[0], found[1], path.name
         keys = tf.keys()
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a text encoder comfyd can load (CLIP text model or T5 encoder); "
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5 or UMT5 encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 

@@ -85,7 +85,7 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
     """Unscaled latents [B, C, h, w] -> IMAGE float32 [B, h*f, w*f, 3] in 0..1 on the CPU
     (video latents [B, C, t, h, w]: all frames of every sample, see `_decode_video`)."""
     if isinstance(samples, torch.Tensor) and samples.ndim == 5 and samples.shape[1] == vae.latent_channels:
-        if not hasattr(vae.vae.config, "z_dim"):
+        if getattr(getattr(vae.vae, "config", None), "z_dim", None) is None:  # not a video VAE
             raise ValueError("this latent is a video latent [B, C, T, H, W]; decode it with a video VAE")
         return _decode_video(vae, samples)
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4:

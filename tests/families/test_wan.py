@@ -128,3 +128,26 @@ def test_vae_decode_gives_frames_in_order(wan_models: Path, tmp_path: Path) -> N
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     second = vae_decode(vae, latents[1:])
     assert torch.equal(images[5:], second)
+
+
+def test_bad_wan_inputs_get_clear_errors(wan_models: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_decode
+    from comfyd.settings import Settings
+
+    encoder = wan_models / _wan_tiny.NAMES["umt5xxl"]
+    stripped = {k: v for k, v in load_file(str(encoder)).items() if k != "spiece_model"}
+    save_file(stripped, str(encoder.with_name("umt5-no-tokenizer.safetensors")))
+    manager = ModelManager(Settings(models_dir=wan_models, home=tmp_path / "home"))
+    with pytest.raises(ValueError, match="no tokenizer \\(no 'spiece_model' tensor\\)"):
+        manager.load_clip(["umt5-no-tokenizer.safetensors"], "wan")
+    with pytest.raises(ValueError, match="CLIP type 'ltxv' is not supported yet; supported: .*wan"):
+        manager.load_clip([encoder.name], "ltxv")
+    # A video latent given to an image VAE (16 channels, like Flux's): told, not a shape error.
+    flux_like = manager.load_vae(Path(_wan_tiny.NAMES["vae"]).name)
+    image_vae = type(flux_like)(key="k", family="flux", vae=object(), device="cpu", dtype=torch.float32,
+                                latent_channels=16)  # fmt: skip
+    with pytest.raises(ValueError, match="decode it with a video VAE"):
+        vae_decode(image_vae, torch.zeros(1, 16, 2, 2, 2))
