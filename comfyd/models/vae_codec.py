@@ -123,6 +123,8 @@ def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"VAE encode expects images shaped [B, H, W, C], got {shape}")
     if pixels.shape[-1] < 3:
         raise ValueError(f"VAE encode expects at least 3 colour channels, got {pixels.shape[-1]}")
+    if getattr(getattr(vae.vae, "config", None), "z_dim", None) is not None:
+        raise ValueError("encoding images with a video VAE (Wan) is not supported yet")
     device = _as_device(vae.device)
     pixels = crop_to_multiple(pixels[..., :3], vae.downscale)
     nchw = pixels.movedim(-1, 1)

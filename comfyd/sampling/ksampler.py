@@ -174,9 +174,8 @@ def common_ksampler(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     noise = noise.to(device=device, dtype=torch.float32)
-    # Conditioning areas and masks live in the last two (spatial) axes, also for video latents.
     entries = prepare_conds(
-        positive, negative, (*noise.shape[:2], *noise.shape[-2:]), schedule, device, model.dtype,
+        positive, negative, noise.shape, schedule, device, model.dtype,
         vector_conditioning=model.vector_conditioning,
     )  # fmt: skip
 

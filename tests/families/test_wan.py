@@ -151,3 +151,21 @@ def test_bad_wan_inputs_get_clear_errors(wan_models: Path, tmp_path: Path) -> No
                                 latent_channels=16)  # fmt: skip
     with pytest.raises(ValueError, match="decode it with a video VAE"):
         vae_decode(image_vae, torch.zeros(1, 16, 2, 2, 2))
+    from comfyd.models.vae_codec import vae_encode
+
+    with pytest.raises(ValueError, match="video VAE \\(Wan\\) is not supported yet"):
+        vae_encode(flux_like, torch.zeros(1, 16, 16, 3))
+
+
+def test_video_latents_refuse_conditioning_areas() -> None:
+    from comfyd.sampling.cfg import prepare_conds
+    from comfyd.sampling.flow import TimeShiftSchedule
+
+    context = torch.zeros(1, 4, 8)
+    plain = [[context, {}]]
+    schedule = TimeShiftSchedule(shift=8.0)
+    video = (1, 16, 3, 4, 4)
+    assert len(prepare_conds(plain, plain, video, schedule, "cpu", torch.float32)) == 2
+    area = [[context, {"area": (2, 2, 0, 0), "strength": 1.0}]]
+    with pytest.raises(ValueError, match="areas, masks and strengths on video latents"):
+        prepare_conds(area, plain, video, schedule, "cpu", torch.float32)
