@@ -51,7 +51,7 @@ _CORPUS = (
 
 
 def tiny_spiece_model() -> bytes:
-    """A 256-piece unigram SentencePiece model with T5's special ids (pad 0, end 1, unknown 2)."""
+    """A unigram SentencePiece model of at most 256 pieces with T5's special ids (pad 0, end 1, unknown 2)."""
     import sentencepiece
 
     out = io.BytesIO()
