@@ -47,6 +47,7 @@ WITH_DEPS=(
   httpx==0.29.0
   websocket-client==1.9.2
   blake3==1.0.11
+  sentencepiece==0.2.3
   pytest==9.2.0
 )
 # Taken alone: their requirements include torch/scipy, which must not be downloaded.

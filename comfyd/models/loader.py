@@ -333,6 +333,10 @@ def load_vae_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) -> 
         vae = _diffusers_component(AutoencoderKL, path, plan.vae_dtype, allow_pickle)
         return vae.to(plan.device).requires_grad_(False).eval()
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
+        for family in families.all_families():
+            own = family.load_vae(tf, plan)  # a family's own VAE architecture (Wan's video VAE)
+            if own is not None:
+                return own
         keys = set(tf.keys())
         shapes = tf.shapes()
         # The VAE architecture is shared by the SD families; the default family's config is the base.

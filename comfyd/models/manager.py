@@ -495,8 +495,8 @@ class ModelManager:
     def _flow_model_handle(self, key: str, family: families.Family, network: Any, sampling: Any) -> ModelHandle:
         return ModelHandle(
             key=key, family=family.name, prediction=sampling.prediction, unet=network,
-            latent_scale=family.latent.scale_factor, device=self.plan.device, dtype=self.plan.unet_dtype,
-            patcher=_NoLoras(family.name), gate=self.gate, latent_shift=family.latent.shift,
+            latent_scale=family.latent.sampler_scale(), device=self.plan.device, dtype=self.plan.unet_dtype,
+            patcher=_NoLoras(family.name), gate=self.gate, latent_shift=family.latent.sampler_shift(),
             sampling=sampling,
         )  # fmt: skip
 
@@ -514,8 +514,7 @@ class ModelManager:
     def _clip_handle(self, key: str, family: families.Family, encoders: dict[str, Any]) -> ClipHandle:
         return ClipHandle(
             key=key, family=family.name,
-            tokenizers={n: self.tokenizer(dict(family.encoder(n).tokenizer)) for n in encoders
-                        if family.encoder(n).kind == "clip"},
+            tokenizers=standalone.encoder_tokenizers(family, encoders, self.tokenizer),
             text_encoders=encoders, device=self.plan.device, dtype=self.plan.clip_dtype,
             patcher=_NoLoras(family.name), gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
@@ -523,14 +522,17 @@ class ModelManager:
 
     def _vae_handle(self, key: str, family: str, vae: nn.Module) -> VaeHandle:
         config = vae.config
+        # The video VAE (Wan) names its latent width z_dim and its levels dim_mult.
+        channels = getattr(config, "latent_channels", None) or config.z_dim
+        levels = getattr(config, "block_out_channels", None) or config.dim_mult
         return VaeHandle(
             key=key,
             family=family,
             vae=vae,
             device=self.plan.device,
             dtype=self.plan.vae_dtype,
-            latent_channels=int(config.latent_channels),
-            downscale=2 ** (len(config.block_out_channels) - 1),
+            latent_channels=int(channels),
+            downscale=2 ** (len(levels) - 1),
             gate=self.gate,
         )
 
@@ -538,7 +540,7 @@ class ModelManager:
         vae = loader.load_vae_file(path, self.plan, bool(self.settings.allow_pickle))
         # A standalone VAE does not say which model it was trained with: its latent width narrows
         # the families down, the name is a hint among those.
-        channels = int(vae.config.latent_channels)
+        channels = int(getattr(vae.config, "latent_channels", None) or vae.config.z_dim)
         family = families.vae_family_hint(name)
         if family.latent.channels != channels:
             family = next((f for f in families.all_families() if f.latent.channels == channels), family)

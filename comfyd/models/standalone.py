@@ -14,12 +14,13 @@ Unknown layouts and combinations are refused with a message naming what was foun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from comfyd.models import detect, families, t5_encoder
+from comfyd.models import detect, families, t5_encoder, umt5_encoder
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.families.base import UNET_PREFIX
@@ -42,7 +43,7 @@ def load_diffusion_model(
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
         f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout); first keys: {shown}"
+        f"BFL's layout, Wan 2.1 text-to-video transformers); first keys: {shown}"
     )
 
 
@@ -78,6 +79,8 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
         )  # fmt: skip
         return "clip", module
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
+    if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):
+        return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)
     if t5_prefix is not None:
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(t5_prefix)}
         module = materialize(
@@ -89,6 +92,24 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
     return None
 
 
+def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: ComputePlan) -> nn.Module:
+    """A UMT5 encoder with the SentencePiece model its file carries (`spiece_model`)."""
+    spiece = next((k for k in (f"{base}{umt5_encoder.SPIECE_KEY}", umt5_encoder.SPIECE_KEY) if k in keys), None)
+    if spiece is None:
+        raise UnknownCheckpointLayout(
+            "this UMT5 text encoder file has no tokenizer (no 'spiece_model' tensor); use a file "
+            "that carries one, as ComfyUI's umt5_xxl files do"
+        )
+    shapes = {k: v for k, v in tf.shapes().items() if k.startswith(prefix)}
+    module = materialize(
+        umt5_encoder.empty_encoder(umt5_encoder.infer_config(shapes, prefix)),
+        t5_encoder.T5Translator(prefix, keys), tf, plan.device, plan.clip_dtype,
+        rounding=plan.clip_weight_rounding, what="UMT5 encoder",
+    )  # fmt: skip
+    module.comfyd_spiece_model = umt5_encoder.spiece_bytes(tf.get(spiece))
+    return module
+
+
 def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[str, nn.Module, str]:
     """(kind "clip" | "t5", encoder module, file name) of one text-encoder file."""
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
@@ -97,7 +118,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
             return found[0], found[1], path.name
         keys = tf.keys()
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a text encoder comfyd can load (CLIP text model or T5 encoder); "
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5 or UMT5 encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -140,6 +161,21 @@ def vae_from(tf: TensorFile, prefix: str, plan: ComputePlan) -> nn.Module:
     base = detect.shipped_config(families.DEFAULT_FAMILY, "vae.json")
     config = detect.infer_vae_config(tf.shapes(), prefix, base)
     return materialize(empty_vae(config), vae_translator(config, prefix), tf, plan.device, plan.vae_dtype, what="VAE")
+
+
+def encoder_tokenizers(
+    family: families.Family, encoders: dict[str, nn.Module], clip_tokenizer: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """CLIP encoders use the shipped BPE tokenizer; a UMT5 file carries its own (`spiece_model`);
+    T5 encoders tokenize with the shipped T5 vocabulary (no entry here)."""
+    out: dict[str, Any] = {}
+    for name, module in encoders.items():
+        kind = family.encoder(name).kind
+        if kind == "clip":
+            out[name] = clip_tokenizer(dict(family.encoder(name).tokenizer))
+        elif kind == "umt5":
+            out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
+    return out
 
 
 def assign_encoders(family: families.Family, loaded: list[tuple[str, nn.Module, str]]) -> dict[str, nn.Module]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward, families, t5_encoder
+from comfyd.models import clip_forward, families, t5_encoder, umt5_encoder
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
 from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
@@ -88,8 +88,11 @@ def tokenize_for_encoder(
     clip: ClipHandle, key: str, text: str, embeddings: EmbeddingLookup | None = None
 ) -> list[Chunk]:
     recipe = encoder_recipe(clip.family, key)
-    if families.get(clip.family).encoder(key).kind == "t5":
+    kind = families.get(clip.family).encoder(key).kind
+    if kind == "t5":
         return [t5_encoder.tokenize(text)]  # one sequence, no 77-token chunks
+    if kind == "umt5":
+        return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -108,8 +111,10 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
     with torch.no_grad(), clip.patched() as encoders:
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
-            if families.get(clip.family).encoder(key).kind == "t5":
-                outputs[key] = (t5_encoder.encode(encoders[key], tokens[key][0]), None)
+            kind = families.get(clip.family).encoder(key).kind
+            if kind in ("t5", "umt5"):
+                encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
+                outputs[key] = (encode(encoders[key], tokens[key][0]), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
     if len(keys) == 1:

@@ -65,8 +65,29 @@ def crop_to_multiple(pixels: torch.Tensor, factor: int) -> torch.Tensor:
     return pixels[:, top : top + new_h, left : left + new_w, :]
 
 
+def _decode_video(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
+    """Video latents [B, C, t, h, w] -> IMAGE [B * T, H, W, 3], T = 1 + 4 (t - 1) frames per
+    sample, frames of one sample consecutive (ComfyUI's VAEDecode on a video VAE). The decoder
+    is diffusers' causal one (frame by frame with its feature cache, output clamped to -1..1)."""
+    device = _as_device(vae.device)
+    frames: list[torch.Tensor] = []
+    with vae.computing() as module, torch.inference_mode():
+        for start in range(samples.shape[0]):
+            check_interrupt()
+            z = samples[start : start + 1].to(device=device, dtype=vae.dtype)
+            decoded = module.decode(z, return_dict=False)[0].to("cpu").float()
+            pixels = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)  # [1, 3, T, H, W]
+            frames.append(pixels[0].movedim(0, -1))  # [T, H, W, 3]
+    return torch.cat(frames, dim=0).contiguous()
+
+
 def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
-    """Unscaled latents [B, C, h, w] -> IMAGE float32 [B, h*f, w*f, 3] in 0..1 on the CPU."""
+    """Unscaled latents [B, C, h, w] -> IMAGE float32 [B, h*f, w*f, 3] in 0..1 on the CPU
+    (video latents [B, C, t, h, w]: all frames of every sample, see `_decode_video`)."""
+    if isinstance(samples, torch.Tensor) and samples.ndim == 5 and samples.shape[1] == vae.latent_channels:
+        if getattr(getattr(vae.vae, "config", None), "z_dim", None) is None:  # not a video VAE
+            raise ValueError("this latent is a video latent [B, C, T, H, W]; decode it with a video VAE")
+        return _decode_video(vae, samples)
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise ValueError(f"VAE decode expects latents shaped [B, C, H, W], got {shape}")
@@ -102,6 +123,8 @@ def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"VAE encode expects images shaped [B, H, W, C], got {shape}")
     if pixels.shape[-1] < 3:
         raise ValueError(f"VAE encode expects at least 3 colour channels, got {pixels.shape[-1]}")
+    if getattr(getattr(vae.vae, "config", None), "z_dim", None) is not None:
+        raise ValueError("encoding images with a video VAE (Wan) is not supported yet")
     device = _as_device(vae.device)
     pixels = crop_to_multiple(pixels[..., :3], vae.downscale)
     nchw = pixels.movedim(-1, 1)

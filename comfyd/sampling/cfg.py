@@ -272,6 +272,8 @@ def prepare_prompts(
     if sdxl and vector_conditioning is None:
         vector_conditioning = pooled_and_sizes
     device = torch.device(device)
+    video = len(latent_shape) == 5  # [B, C, T, H, W]: areas and masks would need a time axis
+    latent_shape = (latent_shape[0], latent_shape[1], latent_shape[-2], latent_shape[-1])
     batch, _, height, width = latent_shape
     dims = (int(height), int(width))
     prompts = [_conditioning_items(c, name) for c, name in zip(conditionings, names, strict=True)]
@@ -316,6 +318,8 @@ def prepare_prompts(
                     control=controls.step(item.get("control")),
                 )
             )
+    if video and any(e.area is not None or e.mult is not None for e in entries):
+        raise ValueError("conditioning areas, masks and strengths on video latents are not supported yet")
     return entries
 
 

@@ -95,10 +95,13 @@ def _check_latent(latent: Any) -> Tensor:
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), Tensor):
         raise ValueError("latent_image must be a LATENT ({'samples': tensor [B, C, H, W], ...})")
     samples = latent["samples"]
-    if samples.ndim != 4 or 0 in samples.shape:
+    if samples.ndim not in (4, 5) or 0 in samples.shape:
         raise ValueError(
-            f"latent samples must be a non-empty [B, C, H, W] tensor, got shape {list(samples.shape)}"
+            "latent samples must be a non-empty [B, C, H, W] (or video [B, C, T, H, W]) tensor, "
+            f"got shape {list(samples.shape)}"
         )
+    if samples.ndim == 5 and latent.get("noise_mask") is not None:
+        raise ValueError("noise masks on video latents are not supported yet")
     mask = latent.get("noise_mask")
     if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
         raise ValueError("latent noise_mask must be a tensor [..., H, W]")

@@ -49,7 +49,8 @@ def test_flux_workflow_missing_pieces(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_wan_workflow_missing_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, report = check_json(capsys, str(pair_workflow(tmp_path, "text_to_video_wan")), "--models-dir", str(tmp_path))
-    assert code == 2
+    # Every node of ComfyUI's Wan 2.1 example runs in comfyd: only the model files are missing.
+    assert code == 3 and report["unknown_nodes"] == []
     assert {(m["name"], m["folder"]) for m in report["missing_models"]} == {
         ("wan2.1_t2v_1.3B_fp16.safetensors", "diffusion_models"),
         ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "text_encoders"),

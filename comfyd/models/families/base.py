@@ -101,6 +101,21 @@ class LatentFormat:
     # latent2rgb preview: one RGB row per channel, plus a bias (None: no cheap preview).
     rgb_factors: tuple[tuple[float, float, float], ...] | None = None
     rgb_bias: tuple[float, float, float] | None = None
+    # Per-channel normalisation of video latents (Wan): sampler space = (latent - mean) / std
+    # * scale_factor, over [B, C, T, H, W]. None: the scalar shift and scale alone.
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
+
+    def sampler_scale(self) -> float | torch.Tensor:
+        """What a latent is multiplied by on its way into the sampler (after the shift)."""
+        if self.channel_std is None:
+            return self.scale_factor
+        return self.scale_factor / torch.tensor(self.channel_std).view(1, -1, 1, 1, 1)
+
+    def sampler_shift(self) -> float | torch.Tensor:
+        if self.channel_mean is None:
+            return self.shift
+        return torch.tensor(self.channel_mean).view(1, -1, 1, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -252,6 +267,11 @@ class Family:
     ) -> tuple[Any, Any]:
         """(network the sampler calls, its model sampling) from a diffusion-model file."""
         raise ValueError(f"model family {self.name!r} has no standalone diffusion-model loader")
+
+    def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:
+        """A VAE of this family's own architecture stored in `tf` (None: not one; the LDM
+        autoencoder is read by the common loader)."""
+        return None
 
     # --- key maps: module parameter name -> stored single-file key --------------------------
     def unet_key_map(self, config: Mapping[str, Any], key_prefix: str = UNET_PREFIX) -> Translator:

@@ -20,6 +20,8 @@ def _progress(ctx: NodeContext, model: Any):
     factors = getattr(latent, "rgb_factors", None)
 
     def report(step: int, total: int, preview: Any) -> None:
+        if getattr(preview, "ndim", 0) == 5:
+            preview = preview[:, :, 0]  # a video latent previews its first frame
         if factors is not None:
             preview = LatentPreview(preview, factors, latent.rgb_bias)
         ctx.progress(step + 1, total, preview)  # also where an interrupt takes effect

@@ -1,0 +1,63 @@
+"""Per-frame PSNR of comfyd's Wan 2.1 text-to-video against diffusers' WanPipeline on tiny files.
+
+    PYTHONPATH=. python bench/wan_diffusers_parity.py [--models DIR] [--steps 2] [--cfg 6]
+
+Writes the tiny Wan files (`comfyd models make-tiny --family wan`) into DIR when they are not
+there, runs the canonical workflow (comfyd/workflows/wan_t2v_api.json at 9 frames of 64x64) through
+`comfyd run`, renders the same prompts, noise and sigmas with WanPipeline
+(tests/families/wan_reference.py) and prints one JSON line: PSNR per frame, the minimum, and the
+largest difference in 8-bit levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from comfyd.cli import main as comfyd_main  # noqa: E402
+from comfyd.models.families import _wan_tiny  # noqa: E402
+from comfyd.models.tiny import make_tiny  # noqa: E402
+from tests.families.wan_reference import psnr, reference, tiny_workflow  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=None, help="models folder (default: a temporary one)")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--cfg", type=float, default=6.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.models or Path(tmp) / "models"
+        if not all((root / name).is_file() for name in _wan_tiny.NAMES.values()):
+            make_tiny(root, family="wan")
+        graph = tiny_workflow(steps=args.steps, cfg=args.cfg)
+        workflow = Path(tmp) / "wan_t2v.json"
+        workflow.write_text(json.dumps(graph))
+        out = Path(tmp) / "out"
+        code = comfyd_main(["run", str(workflow), "--models-dir", str(root), "--output-dir", str(out), "-q"])
+        if code != 0:
+            return code
+        with Image.open(next(out.glob("*.webp"))) as webp:
+            ours = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(webp)])
+        theirs = reference(root, graph)
+    values = [psnr(a, b) for a, b in zip(ours, theirs, strict=True)]
+    finite = [v for v in values if np.isfinite(v)]
+    print(json.dumps({
+        "frames": len(values),
+        "psnr_db": [round(v, 2) if np.isfinite(v) else "inf" for v in values],
+        "min_psnr_db": round(min(finite), 2) if finite else "inf",
+        "max_diff": int(np.abs(ours.astype(int) - theirs.astype(int)).max()),
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

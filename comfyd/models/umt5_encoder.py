@@ -1,0 +1,112 @@
+"""UMT5 text encoders (Wan's umt5-xxl): build from a file's shapes, tokenize and encode as ComfyUI
+does for CLIPLoader type "wan".
+
+Files: the transformers `UMT5EncoderModel` layout, the same names as T5's (`shared.weight`,
+`encoder.block.N.layer.0.SelfAttention.q.weight`, ...) except that every block carries its own
+`relative_attention_bias` (T5 has one in block 0 only): that is how a UMT5 file is told apart.
+The SentencePiece model travels inside the file as a uint8 tensor `spiece_model`, which is where
+ComfyUI reads Wan's tokenizer from; comfyd reads it from there too (a file without one is refused).
+
+Tokenization (ComfyUI's UMT5XXlTokenizer): weight syntax parsed, each segment tokenized without
+its end token, one sequence closed by the end token 1 and padded with 0 to at least 512 tokens.
+Encoding: the attention mask is 1 up to and including the end token and 0 after it; the encoder
+attends only to unmasked tokens and the masked positions of the output are zeroed. Weighted tokens
+w != 1 become (z - z_empty) * w + z_empty against the empty prompt of the same length.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+from comfyd.models import t5_encoder
+from comfyd.models.prompt_weights import parse_prompt_weights
+
+END_TOKEN = 1
+PAD_TOKEN = 0
+MIN_LENGTH = 512
+SPIECE_KEY = "spiece_model"
+_LOCK = threading.Lock()
+Tokens = list[tuple[int, float]]
+
+
+def is_umt5(keys: set[str], prefix: str) -> bool:
+    return f"{prefix}encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in keys
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
+    """transformers UMT5Config values (T5's reading of the shapes; UMT5 has no tied embedding)."""
+    config = t5_encoder.infer_config(shapes, prefix)
+    config.pop("is_gated_act", None)
+    config["is_encoder_decoder"] = False
+    config["scalable_attention"] = False
+    return config
+
+
+def empty_encoder(config: dict[str, Any]) -> nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with init_empty_weights():
+        return UMT5EncoderModel(UMT5Config(**config))
+
+
+def tokenizer_from_bytes(model_proto: bytes) -> Any:
+    """A SentencePiece processor (no BOS; the end token is added per segment and dropped)."""
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_proto=model_proto, add_bos=False, add_eos=True)
+
+
+def spiece_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.to(torch.uint8).numpy().tobytes()
+
+
+def tokenize(tokenizer: Any, text: str, min_length: int = MIN_LENGTH) -> Tokens:
+    tokens: Tokens = []
+    for segment in parse_prompt_weights(text):
+        if segment.text == "":
+            continue
+        with _LOCK:
+            ids = tokenizer.encode(segment.text)
+        tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
+    tokens.append((END_TOKEN, 1.0))
+    if len(tokens) < min_length:
+        tokens.extend([(PAD_TOKEN, 1.0)] * (min_length - len(tokens)))
+    return tokens
+
+
+def attention_mask(ids: list[int]) -> list[int]:
+    """1 up to and including the first end token, 0 after it."""
+    mask, ended = [], False
+    for token in ids:
+        mask.append(0 if ended else 1)
+        ended = ended or token == END_TOKEN
+    return mask
+
+
+def encode(encoder: Any, tokens: Tokens) -> torch.Tensor:
+    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring)."""
+    device = next(encoder.parameters()).device
+    ids = [t for t, _ in tokens]
+    weights = [w for _, w in tokens]
+    weighted = any(w != 1.0 for w in weights)
+    batch = [ids]
+    if weighted:
+        batch.append([END_TOKEN] + [PAD_TOKEN] * (len(ids) - 1))
+    mask = torch.tensor([attention_mask(row) for row in batch], dtype=torch.long, device=device)
+    with torch.no_grad():
+        hidden = encoder(
+            input_ids=torch.tensor(batch, dtype=torch.long, device=device), attention_mask=mask
+        ).last_hidden_state
+    hidden = hidden.float() * mask.unsqueeze(-1).float()
+    z = hidden[0]
+    if weighted:
+        empty = hidden[1]
+        w = torch.tensor(weights, dtype=z.dtype, device=z.device).unsqueeze(-1)
+        changed = torch.tensor([x != 1.0 for x in weights], device=z.device).unsqueeze(-1)
+        z = torch.where(changed, (z - empty) * w + empty, z)
+    return z.unsqueeze(0).cpu()
