@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from comfyd.engine.errors import ExecutionInterrupted
-from comfyd.sampling.cfg import CFGGuider, prepare_conds, repeat_to_batch
+from comfyd.sampling.cfg import CFGGuider, prepare_conds
+from comfyd.sampling.cond_areas import repeat_to_batch
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.noise import initial_noise
