@@ -110,7 +110,8 @@ def judge(path: Path, settings: Any, registry: Any) -> Verdict:
     reasons = [f"node {e.node_id} {e.class_type or ''}{'.' + e.input if e.input else ''}: {e.message}" for e in problems]
     if all(e.kind == "limit" for e in problems):
         return Verdict(path, "service_limit", reasons)
-    if all(e.kind == "missing_input" for e in problems) and fmt != "ui":
+    if fmt != "ui" and all(e.kind in ("missing_input", "limit") for e in problems):
+        # An old API prompt lacking an input 0.3.64 requires (a service limit may apply as well).
         return Verdict(path, "stale_api", reasons)
     return Verdict(path, "validator", reasons)
 

@@ -76,7 +76,12 @@ def layout_from_schema(schema: NodeSchema) -> NodeLayout:
         if spec.type in WIDGET_TYPES and not spec.extra.get("forceInput"):
             control = spec.control_after_generate or (spec.type == "INT" and spec.name in ("seed", "noise_seed"))
             upload = spec.image_upload or any(spec.extra.get(k) for k in ("video_upload", "audio_upload"))
-            widgets.append(Widget(spec.name, spec.type, control, upload, spec.default))
+            default = spec.default
+            if default is None and not spec.optional and isinstance(spec.choices, list) and spec.choices:
+                # What the frontend shows for a required combo the saved node lacks (saved before
+                # the node had that widget): its first choice.
+                default = spec.choices[0]
+            widgets.append(Widget(spec.name, spec.type, control, upload, default))
         else:
             links.append((spec.name, spec.type))
     folders = dict(comfyui_table().get(schema.class_type, {}).get("model_folders", {}))

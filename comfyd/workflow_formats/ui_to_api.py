@@ -164,6 +164,11 @@ def _widget_inputs(node: UiNode, layout: NodeLayout, pushed: dict[str, Any], war
     for widget in layout.widgets:
         if widget.name not in inputs and widget.default is not None:
             inputs[widget.name] = widget.default
+            if isinstance(values, list) and values:
+                warnings.append(
+                    f"node {node.id} ({node.type}): widget {widget.name!r} not saved (the node predates it); "
+                    f"its default {widget.default!r} used, as the frontend does"
+                )
     inputs.update({k: v for k, v in node.overrides.items() if any(w.name == k for w in layout.widgets)})
     inputs.update(pushed)
     return inputs

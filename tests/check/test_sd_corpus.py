@@ -73,7 +73,8 @@ def test_a_pictures_ui_graph_and_api_prompt_get_the_same_verdict(verdicts: dict[
             continue
         pairs += 1
         if api.kind == "stale_api":
-            assert ui.kind == "accepted", name
+            # The UI twin converts with the default; a service limit may still refuse both.
+            assert ui.kind in ("accepted", "service_limit"), name
         else:
             assert (ui.kind, sorted(ui.reasons) if ui.kind != "service_limit" else None) == (
                 api.kind, sorted(api.reasons) if api.kind != "service_limit" else None

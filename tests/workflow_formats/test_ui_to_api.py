@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,15 @@ def test_conversion_equals_the_frontends_prompt(name: str) -> None:
     pair = load(name)
     conversion = ui_to_api(pair["workflow"])
     assert conversion.unknown_nodes == []
-    assert comparable(conversion.prompt) == comparable(pair["prompt"])
+    ours = comparable(conversion.prompt)
+    # A widget the node gained after the picture was made (DualCFGGuider's required `style`) is
+    # absent from that frontend's prompt; the conversion fills its default, as today's frontend
+    # does on loading the file, and says so.
+    for warning in conversion.warnings:
+        filled = re.match(r"node (\S+) \(.*?\): widget '(\w+)' not saved", warning)
+        if filled and filled.group(2) not in pair["prompt"].get(filled.group(1), {}).get("inputs", {}):
+            ours[filled.group(1)]["inputs"].pop(filled.group(2))
+    assert ours == comparable(pair["prompt"])
 
 
 def test_conversion_is_pure() -> None:
