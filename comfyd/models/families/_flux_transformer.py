@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import ROWS, SWAP_HALVES, Source
 
 PATCH = 2
@@ -160,16 +161,8 @@ def position_ids(height: int, width: int, device: Any) -> torch.Tensor:
     return ids.reshape(height * width, 3)
 
 
-class FluxNetwork(nn.Module):
+class FluxNetwork(TransformerNetwork):
     """The UNet-shaped call around a FluxTransformer2DModel (see the module docstring)."""
-
-    def __init__(self, transformer: nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def config(self) -> Any:
-        return self.transformer.config
 
     def forward(
         self,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
 
 HEAD_DIM = 128
@@ -129,16 +130,8 @@ def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
         return WanTransformer3DModel.from_config(dict(config))
 
 
-class WanNetwork(nn.Module):
+class WanNetwork(TransformerNetwork):
     """The UNet-shaped call around a WanTransformer3DModel (see the module docstring)."""
-
-    def __init__(self, transformer: nn.Module) -> None:
-        super().__init__()
-        self.transformer = transformer
-
-    @property
-    def config(self) -> Any:
-        return self.transformer.config
 
     def forward(
         self,
