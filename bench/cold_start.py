@@ -256,7 +256,7 @@ def report(trials: list[Trial], has_comfyui: bool) -> dict[str, float]:
         for key in sorted({k for t in mine for k in t.figures}):
             values = [t.figures[key] for t in mine if key in t.figures]
             medians[f"{side}_{key}"] = statistics.median(values)
-            print(f"{side:8s} {key:15s} median {statistics.median(values):7.2f} s   runs: "
+            print(f"{side:8s} {key:18s} median {statistics.median(values):7.2f} s   runs: "
                   + " ".join(f"{v:.2f}" for v in values))
     if has_comfyui:
         theirs = medians["comfyui_first_image_s"]
