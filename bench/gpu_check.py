@@ -270,7 +270,7 @@ def comfyui_step(run: Runner, pair: tuple[str, str, list[str]], root: Path) -> N
     ours_name, name, job = pair
     need = 30 if run.plan.tiny else 90
     step = run.command(name, [sys.executable, "bench/comfyui_its.py", "--comfyui", str(root), *job],
-                       need_s=need, timeout_s=600 if run.plan.tiny else 300)
+                       need_s=need, timeout_s=1200 if run.plan.tiny else 300)
     ours = next((s.results.get("comfyd_its") for s in run.steps if s.name == ours_name), None)
     theirs = step.results.get("comfyui_its")
     if isinstance(ours, float) and isinstance(theirs, float) and theirs > 0:
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     run.command("cuda_tests", pytest_args, need_s=10, timeout_s=180)
     for name, extra in plan.throughput:
         need = 20 if plan.tiny else (90 if "compile" in name or "sdxl" in name else 40)
-        run.command(name, [sys.executable, "bench/gpu_throughput.py", *extra], need_s=need, timeout_s=240)
+        run.command(name, [sys.executable, "bench/gpu_throughput.py", *extra], need_s=need,
+                    timeout_s=900 if name.endswith("_parity") else 240)
     if plan.comfyui is not None:
         comfyui_step(run, plan.comfyui, args.comfyui)
     run.python("fp16_vs_fp32", fidelity_code(plan.tiny, plan.cache_dir), need_s=20, timeout_s=240)
