@@ -34,6 +34,7 @@ from comfyd.models.handles import ClipHandle, LoraPatch, ModelHandle, VaeHandle
 from comfyd.models.lora import LoraPatcher, ParsedLora, parse_lora
 from comfyd.models.paths import ModelNotFound, ModelPathError, ModelPaths, is_diffusers_folder
 from comfyd.models.tensorfile import ModelFileError, TensorFile
+from comfyd.models.threads import cpu_threads_by_load
 from comfyd.models.upscale import UpscaleModelHandle, load_upscale_model
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class ModelManager:
         # what the workers hold besides its own files.
         self.catalog = catalog
         self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
-        self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device))
+        self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device),
+                               threads_for=cpu_threads_by_load(settings, self.plan.device))
         self._lock = threading.RLock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, Future[Any]] = {}
