@@ -212,6 +212,7 @@ class Bench:
         argv = [self.args.comfyui_python, str(BENCH / "comfyui_server.py"), str(self.args.comfyui),
                 *comfyui_argv(port, folder / "base", folder / "web")]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(dict(item.split("=", 1) for item in self.args.comfyui_env))
         base = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
@@ -279,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", default="serve,comfyui,run", help="which of serve,comfyui,run to run")
     parser.add_argument("--env", action="append", default=[], metavar="COMFYD_X=V",
                         help="an extra environment variable for the comfyd processes")
+    parser.add_argument("--comfyui-env", action="append", default=[], metavar="K=V",
+                        help="an extra environment variable for ComfyUI (e.g. OMP_WAIT_POLICY=PASSIVE, which comfyd "
+                             "sets for itself: OpenMP's default spinning is very slow on a busy machine)")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="per step of a trial")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "comfyd-bench")
     args = parser.parse_args(argv)
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{i + 1}/{args.repeats}] {side:8s} {shown}", flush=True)
     loads.append(os.getloadavg()[0])
     print(f"model {checkpoint.name}, {args.size}x{args.size}, euler {args.steps} steps, cpu; "
-          f"{os.cpu_count()} CPUs, load average {loads[0]:.2f} before, {loads[1]:.2f} after")
+          f"{os.cpu_count()} CPUs, load average {loads[0]:.2f} before, {loads[1]:.2f} after; "
+          f"comfyd env: {' '.join(args.env) or 'as inherited'}; ComfyUI env: {' '.join(args.comfyui_env) or 'as inherited'}")
     medians = report(trials, "comfyui" in sides)
     for key, value in medians.items():
         print(f"RESULT {key}={value:.4f}")
