@@ -259,12 +259,15 @@ def report(trials: list[Trial], has_comfyui: bool) -> dict[str, float]:
             medians[f"{side}_{key}"] = statistics.median(values)
             print(f"{side:8s} {key:18s} median {statistics.median(values):7.2f} s   runs: "
                   + " ".join(f"{v:.2f}" for v in values))
-    if has_comfyui:
-        theirs = medians["comfyui_first_image_s"]
-        medians["cold_start_ratio"] = medians["serve_first_image_s"] / theirs
-        medians["cold_start_run_ratio"] = medians["run_first_image_s"] / theirs
-        medians["rerun_ratio"] = medians["serve_rerun_s"] / medians["comfyui_rerun_s"]
-        medians["cold_start_cpu_ratio"] = medians["serve_first_image_cpu_s"] / medians["comfyui_first_image_cpu_s"]
+    ratios = {
+        "cold_start_ratio": ("serve_first_image_s", "comfyui_first_image_s"),
+        "cold_start_run_ratio": ("run_first_image_s", "comfyui_first_image_s"),
+        "rerun_ratio": ("serve_rerun_s", "comfyui_rerun_s"),
+        "cold_start_cpu_ratio": ("serve_first_image_cpu_s", "comfyui_first_image_cpu_s"),
+    }
+    for name, (ours, theirs) in ratios.items():
+        if has_comfyui and ours in medians and theirs in medians:
+            medians[name] = medians[ours] / medians[theirs]
     return medians
 
 
