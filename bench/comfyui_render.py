@@ -98,11 +98,12 @@ class _SilentServer:
 
 
 def load_comfyui(root: Path, models_dir: Path, input_dir: Path | None, output_dir: Path,
-                 custom_nodes: list[Path] | None = None) -> dict[str, Any]:
-    """Import ComfyUI from `root`, on CPU, with its folders pointed at ours; returns its modules.
+                 custom_nodes: list[Path] | None = None, cpu: bool = True) -> dict[str, Any]:
+    """Import ComfyUI from `root`, on CPU (`cpu=False`: on its default device, for
+    bench/comfyui_its.py), with its folders pointed at ours; returns its modules.
     `custom_nodes`: pack folders to load as ComfyUI loads custom nodes (VideoHelperSuite, say)."""
     sys.path.insert(0, str(root))
-    sys.argv = [sys.argv[0], "--cpu", "--disable-all-custom-nodes"]
+    sys.argv = [sys.argv[0], *(["--cpu"] if cpu else []), "--disable-all-custom-nodes"]
     for name in ("torchvision", "torchaudio"):
         _stand_in_for(name)
     options = importlib.import_module("comfy.options")

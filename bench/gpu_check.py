@@ -14,6 +14,11 @@ Steps, each timed and recorded even when one fails (the run goes on to the next)
 5. `fp16_vs_fp32`: comfyd's fp16 GPU picture against its fp32 CPU picture of the same job (PSNR),
    to catch dtype bugs; also the peak VRAM of the GPU run.
 6. `cold_start`: a fresh `python -m comfyd run` process, start to first PNG, on the device.
+7. With `--comfyui DIR` (gpu_check.sh passes the tree it unpacked from a carried
+   .comfyui/comfyui-src.tar.gz, see scripts/comfyui_tarball.sh): `comfyui_*`, ComfyUI renders
+   the workflow of the first throughput step on the same weights (bench/comfyui_its.py), and
+   `gpu_its_ratio` = comfyd's sampler it/s there / ComfyUI's. ComfyUI needs a checkpoint it
+   recognises, so the dry run writes the SD1 "parity" checkpoint for both sides (64x64, 3 steps).
 
 A step is skipped (and says so) once the time budget (`--budget-s`, 8 minutes by default) would
 be overrun. Everything goes to `$OUT`: `gpu_check.json` (every step's status, seconds, figures
@@ -57,15 +62,27 @@ class Plan:
     budget_s: float
     cache_dir: Path
     throughput: list[tuple[str, list[str]]]  # (step name, gpu_throughput.py arguments)
+    # ComfyUI beside comfyd: (comfyd step, ComfyUI step, shared job arguments), or None.
+    comfyui: tuple[str, str, list[str]] | None = None
+    only: frozenset[str] = frozenset()  # run just these steps (tests); empty: all
 
 
-def make_plan(dry_run: bool, budget_s: float, cache_dir: Path) -> Plan:
+PARITY_CHECKPOINT = "sd1-parity.safetensors"
+
+
+def make_plan(dry_run: bool, budget_s: float, cache_dir: Path, comfyui: bool = False) -> Plan:
     if dry_run:
         runs = [
             ("throughput_sd1_b1", ["--tiny", "--family", "sd1", "--repeats", "1"]),
             ("throughput_sdxl_b2", ["--tiny", "--family", "sdxl", "--repeats", "1", "--batch", "2"]),
         ]
-        return Plan("cpu", True, budget_s, cache_dir, runs)
+        pair = None
+        if comfyui:
+            job = ["--size", "64", "--steps", "3", "--repeats", "1"]
+            parity = str(cache_dir / "parity" / "checkpoints" / PARITY_CHECKPOINT)
+            runs.append(("throughput_sd1_parity", ["--tiny", "--checkpoint", parity, *job]))
+            pair = ("throughput_sd1_parity", "comfyui_sd1_parity", ["--checkpoint", parity, "--device", "cpu", *job])
+        return Plan("cpu", True, budget_s, cache_dir, runs, pair)
     full = ["--cache-dir", str(cache_dir), "--steps", "20", "--repeats", "3"]
     runs = [
         ("throughput_sd1_512_b1", ["--family", "sd1", "--size", "512", *full]),
@@ -74,7 +91,10 @@ def make_plan(dry_run: bool, budget_s: float, cache_dir: Path) -> Plan:
         ("throughput_sdxl_1024_b4", ["--family", "sdxl", "--size", "1024", "--batch", "4", *full]),
         ("throughput_sd1_512_b1_compile", ["--family", "sd1", "--size", "512", "--compile", *full]),
     ]
-    return Plan("cuda", False, budget_s, cache_dir, runs)
+    sd1 = str(cache_dir / "full" / "checkpoints" / "sd15-random-fp16.safetensors")
+    pair = ("throughput_sd1_512_b1", "comfyui_sd1_512_b1",
+            ["--checkpoint", sd1, "--device", "cuda", "--size", "512", "--steps", "20", "--repeats", "3"])
+    return Plan("cuda", False, budget_s, cache_dir, runs, pair if comfyui else None)
 
 
 class Runner:
@@ -92,6 +112,9 @@ class Runner:
         """Run a subprocess step; parse its RESULT lines."""
         step = Step(name)
         self.steps.append(step)
+        if self.plan.only and name not in self.plan.only:
+            step.detail = "skipped: not asked for (--only)"
+            return step
         if self.left_s() < need_s:
             step.detail = f"skipped: {self.left_s():.0f} s left of the budget, the step needs ~{need_s:.0f} s"
             print(f"[gpu_check] {name}: {step.detail}", flush=True)
@@ -155,6 +178,19 @@ from gpu_throughput import full_checkpoint
 for family in ("sd1", "sdxl"):
     path = full_checkpoint(family, Path(sys.argv[1]))
     print(f"RESULT ckpt_{family}_gb={path.stat().st_size / 1e9:.2f}")
+"""
+
+# The dry run's checkpoint for ComfyUI: comfyd's tiny models are too small for its detection.
+PARITY = f"""
+import sys
+from pathlib import Path
+from comfyd.models.tiny import write_random_checkpoint
+path = Path(sys.argv[1]) / "parity" / "checkpoints" / {PARITY_CHECKPOINT!r}
+if not path.is_file():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_random_checkpoint(path.with_suffix(".partial"), "sd1", "single", seed=0, size="parity")
+    path.with_suffix(".partial").replace(path)
+print(f"RESULT ckpt_parity_gb={{path.stat().st_size / 1e9:.2f}}")
 """
 
 
@@ -229,6 +265,18 @@ print(f"RESULT cold_start_s={{seconds:.2f}}")
 """
 
 
+def comfyui_step(run: Runner, pair: tuple[str, str, list[str]], root: Path) -> None:
+    """ComfyUI's it/s on the job of `pair[0]`, and gpu_its_ratio = comfyd's there / ComfyUI's."""
+    ours_name, name, job = pair
+    need = 30 if run.plan.tiny else 90
+    step = run.command(name, [sys.executable, "bench/comfyui_its.py", "--comfyui", str(root), *job],
+                       need_s=need, timeout_s=1200 if run.plan.tiny else 300)
+    ours = next((s.results.get("comfyd_its") for s in run.steps if s.name == ours_name), None)
+    theirs = step.results.get("comfyui_its")
+    if isinstance(ours, float) and isinstance(theirs, float) and theirs > 0:
+        step.results["gpu_its_ratio"] = round(ours / theirs, 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-dry-run", action="store_true", help="same steps on CPU with tiny models")
@@ -237,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="time budget of the whole run (480 s on the GPU; 1800 s for the dry run, whose "
                              "CPU may be shared)")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "comfyd-gpu-check")
+    parser.add_argument("--comfyui", type=Path, default=None,
+                        help="a ComfyUI source tree (gpu_check.sh: the carried tarball, unpacked): render beside comfyd")
+    parser.add_argument("--only", default="", help="comma-separated step names to run; the others are skipped")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_s if args.budget_s is not None else (1800.0 if args.cpu_dry_run else 480.0)
-    plan = make_plan(args.cpu_dry_run, budget, args.cache_dir)
+    if args.comfyui is not None and not (args.comfyui / "main.py").is_file():
+        print(f"error: --comfyui {args.comfyui} is not a ComfyUI source tree (no main.py)", file=sys.stderr)
+        return 2
+    plan = make_plan(args.cpu_dry_run, budget, args.cache_dir, comfyui=args.comfyui is not None)
+    plan.only = frozenset(n for n in args.only.split(",") if n)
     if not plan.tiny:
         import torch
 
@@ -251,11 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     run.python("imports", IMPORTS, need_s=5, timeout_s=120)
     if not plan.tiny:
         run.command("checkpoints", [sys.executable, "-c", CHECKPOINTS, str(plan.cache_dir)], need_s=60, timeout_s=240)
+    elif plan.comfyui is not None:
+        run.command("checkpoints", [sys.executable, "-c", PARITY, str(plan.cache_dir)], need_s=20, timeout_s=600)
     pytest_args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests/gpu"]
     run.command("cuda_tests", pytest_args, need_s=10, timeout_s=180)
     for name, extra in plan.throughput:
         need = 20 if plan.tiny else (90 if "compile" in name or "sdxl" in name else 40)
-        run.command(name, [sys.executable, "bench/gpu_throughput.py", *extra], need_s=need, timeout_s=240)
+        run.command(name, [sys.executable, "bench/gpu_throughput.py", *extra], need_s=need,
+                    timeout_s=900 if name.endswith("_parity") else 240)
+    if plan.comfyui is not None:
+        comfyui_step(run, plan.comfyui, args.comfyui)
     run.python("fp16_vs_fp32", fidelity_code(plan.tiny, plan.cache_dir), need_s=20, timeout_s=240)
     run.python("cold_start", cold_start_code(plan.tiny, plan.cache_dir, plan.device), need_s=20, timeout_s=240)
 
@@ -265,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in step.results.items():
             shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
             print(f"RESULT {step.name}.{key}={shown}")
+    ratio = next((s.results["gpu_its_ratio"] for s in run.steps if s.name.startswith("comfyui_")
+                  and "gpu_its_ratio" in s.results), None)
+    if ratio is not None:
+        print(f"RESULT gpu_its_ratio={ratio}")  # comfyd it/s / ComfyUI it/s, same job and weights
     failed = [s.name for s in run.steps if s.status == "failed"]
     print(f"RESULT gpu_check_failed_steps={len(failed)}")
     print(f"gpu_check: {len(run.steps)} steps, failed: {', '.join(failed) or 'none'}; summary in {args.out}")

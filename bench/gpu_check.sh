@@ -49,4 +49,15 @@ elif [ "$DRY_RUN" = 0 ]; then
   echo "gpu_check: no .whl/ (run scripts/device_wheels.sh before the GPU window); using what is installed"
 fi
 
-exec "$PY" bench/gpu_check.py "$@" --out "$OUT"
+# A carried ComfyUI source tarball (scripts/comfyui_tarball.sh) makes ComfyUI render the same job
+# in the same run (gpu_its_ratio against ComfyUI). COMFYUI_TARBALL names another one; empty: none.
+TARBALL=${COMFYUI_TARBALL-.comfyui/comfyui-src.tar.gz}
+COMFYUI_ARGS=()
+if [ -n "$TARBALL" ] && [ -f "$TARBALL" ]; then
+  CDIR=$(mktemp -d "${TMPDIR:-/tmp}/comfyui-src-XXXXXX")
+  tar -xzf "$TARBALL" -C "$CDIR"
+  COMFYUI_ARGS=(--comfyui "$CDIR/comfyui")
+  echo "gpu_check: ComfyUI from $TARBALL unpacked into $CDIR/comfyui; it renders beside comfyd"
+fi
+
+exec "$PY" bench/gpu_check.py "$@" ${COMFYUI_ARGS[@]+"${COMFYUI_ARGS[@]}"} --out "$OUT"

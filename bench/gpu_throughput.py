@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the shared UNet")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "comfyd-bench")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="this checkpoint file instead (in a checkpoints/ folder; e.g. the one ComfyUI renders "
+                             "in bench/gpu_check.py)")
     args = parser.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print(
@@ -279,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="comfyd-gpu-bench-") as tmp:
         work = Path(tmp)
-        if args.tiny:
+        if args.checkpoint is not None:
+            checkpoint = args.checkpoint.resolve()
+        elif args.tiny:
             checkpoint = make_tiny_checkpoint(work / "models" / "checkpoints", family=args.family, seed=0)
         else:
             checkpoint = full_checkpoint(args.family, args.cache_dir)

@@ -205,8 +205,11 @@ def describe_device(settings: Settings) -> str:
     except Exception as exc:  # a bad COMFYD_DEVICE is reported when jobs run; the banner says it
         return f"{settings.device} ({exc})"
     if device.type == "cpu":
-        computing = settings.device_concurrency or settings.max_concurrent_jobs
-        return f"cpu ({cpu_threads_for(settings, computing)} threads per job)"
+        if settings.cpu_threads:
+            return f"cpu ({settings.cpu_threads} threads per job)"
+        # The device gate gives a lone computation every usable CPU, and shares them out when
+        # several compute at once (comfyd.models.device_gate).
+        return f"cpu ({cpu_threads_for(settings, 1)} threads, shared by the jobs computing at once)"
     if device.type == "cuda":
         import torch
 

@@ -28,11 +28,14 @@ from comfyd.models import detect, families
 from comfyd.models.detect import CheckpointInfo, UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.keymap import (
+    CONV1X1,
+    COPY,
     IdentityTranslator,
     Translator,
     apply_op,
     vae_translator,
 )
+from comfyd.models.prefetch import Target, TensorPrefetch
 from comfyd.models.tensorfile import ModelFileError, TensorFile
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,12 @@ def materialize(
     *,
     rounding: torch.dtype | None = None,
     what: str = "module",
+    prefetch: TensorPrefetch | None = None,
 ) -> nn.Module:
-    """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it."""
+    """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it.
+    `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
+    handed_out: set[str] = set()
     missing: list[str] = []
     expected = module.state_dict(keep_vars=True)
     parameters = {name for name, _ in module.named_parameters()}
@@ -123,7 +129,8 @@ def materialize(
             if name in parameters or ref.is_meta:
                 missing.append(source.key if source is not None else name)
             continue
-        tensor = apply_op(tf.get(source.key), source)
+        ready = prefetch.take(source.key) if prefetch is not None and ref.is_floating_point() else None
+        tensor = apply_op(tf.get(source.key) if ready is None else ready, source)
         if tuple(tensor.shape) != tuple(ref.shape):
             # Tolerated: the same tensor with extra size-1 dims (a 1x1 conv where a Linear is built).
             if _squeezed(tensor.shape) != _squeezed(ref.shape):
@@ -133,6 +140,13 @@ def materialize(
                 )
             tensor = tensor.reshape(ref.shape)
         target_dtype = dtype if ref.is_floating_point() else ref.dtype
+        if ready is not None and ready.dtype == target_dtype and ready.device == device:
+            # Converted already, in memory of its own: a whole tensor is used as it is the first
+            # time; a slice, a transpose or a second use of the same key gets a copy, as before.
+            own = source.op in (COPY, CONV1X1) and tensor.is_contiguous() and source.key not in handed_out
+            handed_out.add(source.key)
+            state[name] = tensor if own else tensor.clone(memory_format=torch.contiguous_format)
+            continue
         state[name] = convert_tensor(
             tensor, device, target_dtype, rounding if ref.is_floating_point() else None
         )
@@ -166,6 +180,16 @@ def load_single_file(path: Path, plan: ComputePlan, allow_pickle: bool = False) 
 
 
 def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> LoadedCheckpoint:
+    # The tensors are converted on a background thread while diffusers and transformers are
+    # imported and the empty modules built (comfyd.models.prefetch); the UNet's first.
+    targets = [Target(info.unet_prefix, plan.device, plan.unet_dtype), Target(info.vae_prefix, plan.device, plan.vae_dtype)]
+    targets += [Target(enc.key_prefix, plan.device, plan.clip_dtype, plan.clip_weight_rounding)
+                for enc in info.encoders.values()]
+    with TensorPrefetch(tf, targets, convert_tensor) as prefetch:
+        return _build_modules(tf, info, plan, prefetch)
+
+
+def _build_modules(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan, prefetch: TensorPrefetch) -> LoadedCheckpoint:
     device = plan.device
     family = families.get(info.family)
     unet = materialize(
@@ -175,6 +199,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
         device,
         plan.unet_dtype,
         what=f"{info.family} UNet",
+        prefetch=prefetch,
     )
     vae = materialize(
         empty_vae(info.vae_config),
@@ -183,6 +208,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
         device,
         plan.vae_dtype,
         what=f"{info.family} VAE",
+        prefetch=prefetch,
     )
     encoders = {
         name: materialize(
@@ -193,6 +219,7 @@ def _load_detected(tf: TensorFile, info: CheckpointInfo, plan: ComputePlan) -> L
             plan.clip_dtype,
             rounding=plan.clip_weight_rounding,
             what=f"{info.family} text encoder {name}",
+            prefetch=prefetch,
         )
         for name, enc in info.encoders.items()
     }

@@ -37,6 +37,7 @@ from comfyd.models.lora import LoraPatcher, ParsedLora
 from comfyd.models.paths import ModelPaths, is_diffusers_folder
 from comfyd.models.style_model import StyleModelHandle
 from comfyd.models.tensorfile import ModelFileError
+from comfyd.models.threads import cpu_threads_by_load
 from comfyd.models.upscale import UpscaleModelHandle
 from comfyd.sampling.step_batcher import StepBatcher, batch_limit
 
@@ -86,7 +87,8 @@ class ModelManager(AuxiliaryModels):
         # what the workers hold besides its own files.
         self.catalog = catalog
         self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
-        self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device))
+        self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device),
+                               threads_for=cpu_threads_by_load(settings, self.plan.device))
         device_type = self.plan.device.type
         self.batcher = StepBatcher(
             batch_limit(int(getattr(settings, "batch_max", 0)), device_type),

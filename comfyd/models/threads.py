@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -74,3 +75,13 @@ def configure_cpu_threads(settings: object, concurrent_jobs: int = 1) -> int | N
         torch.set_num_threads(threads)
         log.debug("torch CPU threads: %d", threads)
     return threads
+
+
+def cpu_threads_by_load(settings: object, device: object) -> Callable[[int], int] | None:
+    """For the device gate: computations running at once -> threads for the one starting, when
+    the models compute on the CPU with the automatic thread count (None otherwise: an explicit
+    `cpu_threads` is kept as set, and an accelerator's threads are not the bottleneck)."""
+    if getattr(device, "type", None) != "cpu" or int(getattr(settings, "cpu_threads", 0) or 0) > 0:
+        return None
+    cpus = usable_cpus()
+    return lambda running: auto_cpu_threads(cpus, running)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_gpu_check_cpu_dry_run_runs_every_step(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path))
+    # Without ComfyUI even where a tarball was built (that path has its own test below).
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path), COMFYUI_TARBALL="")
     proc = subprocess.run(
         ["bash", "bench/gpu_check.sh", "--cpu-dry-run", "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
@@ -80,3 +82,54 @@ def test_gpu_check_refuses_a_gpu_run_without_cuda(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--cpu-dry-run" in proc.stderr
+
+
+def _comfyui_checkout() -> Path | None:
+    root = Path(os.environ.get("COMFYUI_DIR", "/work/comfyui"))
+    return root if (root / "main.py").is_file() and (root / "comfyui_version.py").is_file() else None
+
+
+def test_comfyui_tarball_packs_source_only_under_20_mb(tmp_path: Path) -> None:
+    root = _comfyui_checkout()
+    if root is None:
+        pytest.skip("no ComfyUI checkout (set COMFYUI_DIR)")
+    proc = subprocess.run(["bash", "scripts/comfyui_tarball.sh", str(root), "--dest", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tarball = tmp_path / "comfyui-src.tar.gz"
+    assert 0 < tarball.stat().st_size < 20 * 1000 * 1000
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert "comfyui/main.py" in names and "comfyui/comfy/sd.py" in names
+    assert not [n for n in names if "/.git/" in n or n.startswith("comfyui/models/") or "__pycache__" in n
+                or n.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin"))]
+
+
+def test_comfyui_tarball_refuses_a_folder_that_is_not_comfyui(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", "scripts/comfyui_tarball.sh", str(tmp_path), "--dest", str(tmp_path / "d")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not a ComfyUI checkout" in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_renders_with_comfyui_from_the_tarball(tmp_path: Path) -> None:
+    """The carried-tarball path on CPU: unpack, parity checkpoint, both sides, gpu_its_ratio.
+    Opt-in (COMFYD_TEST_COMFYUI_DRY_RUN=1): it writes a 0.6 GB checkpoint and imports ComfyUI,
+    a minute or more on 2 cores, beyond the suite's budget."""
+    root = _comfyui_checkout()
+    if root is None or os.environ.get("COMFYD_TEST_COMFYUI_DRY_RUN") != "1":
+        pytest.skip("opt-in: COMFYD_TEST_COMFYUI_DRY_RUN=1 and a ComfyUI checkout (COMFYUI_DIR)")
+    subprocess.run(["bash", "scripts/comfyui_tarball.sh", str(root), "--dest", str(tmp_path / "carry")],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    cache = Path(os.environ.get("COMFYD_TEST_CACHE_DIR", str(tmp_path / "cache")))
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path),
+               COMFYUI_TARBALL=str(tmp_path / "carry" / "comfyui-src.tar.gz"))
+    only = "checkpoints,throughput_sd1_parity,comfyui_sd1_parity"
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu-dry-run", "--cache-dir", str(cache), "--only", only],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    steps = {s["name"]: s for s in json.loads((tmp_path / "out" / "gpu_check.json").read_text())["steps"]}
+    assert all(steps[name]["status"] == "ok" for name in only.split(",")), steps
+    assert steps["comfyui_sd1_parity"]["results"]["comfyui_its"] > 0
+    assert re.search(r"^RESULT gpu_its_ratio=\d", proc.stdout, re.MULTILINE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,3 +86,49 @@ def test_handles_hold_the_gate_while_computing() -> None:
         assert not entered.wait(0.2), "the VAE ran while the UNet held the device"
     t.join(timeout=5)
     assert entered.is_set()
+
+
+def test_on_cpu_the_thread_entering_gets_threads_by_how_many_compute() -> None:
+    asked: list[int] = []
+
+    def threads_for(running: int) -> int:
+        asked.append(running)
+        return 1 if running > 1 else 2
+
+    gate = DeviceGate(0, threads_for=threads_for)
+    seen: dict[str, int] = {}
+    original = torch.get_num_threads()
+    inside, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with gate.held():
+            seen["first"] = torch.get_num_threads()
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=lambda: _hold(gate, seen, "second"))
+    second.start()
+    second.join(10)
+    release.set()
+    worker.join(10)
+    torch.set_num_threads(original)  # the threads of later tests start from the global count
+    assert asked == [1, 2]
+    assert seen == {"first": 2, "second": 1}  # torch keeps the count per thread
+
+
+def _hold(gate: DeviceGate, seen: dict[str, int], name: str) -> None:
+    with gate.held(), gate.held():  # re-entry asks nothing more
+        seen[name] = torch.get_num_threads()
+
+
+def test_threads_follow_load_only_on_cpu_with_the_automatic_count() -> None:
+    from comfyd.models.threads import cpu_threads_by_load
+
+    cpu = torch.device("cpu")
+    assert cpu_threads_by_load(SimpleNamespace(cpu_threads=3), cpu) is None
+    assert cpu_threads_by_load(SimpleNamespace(cpu_threads=0), torch.device("meta")) is None
+    share = cpu_threads_by_load(SimpleNamespace(cpu_threads=0), cpu)
+    assert share is not None and share(1) >= share(2) >= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage
 import torch
 
 from comfyd.engine.context import NodeContext
@@ -15,6 +14,8 @@ from comfyd.nodes.mask.basic import as_mask_batch
 def grow(mask: torch.Tensor, expand: int, tapered_corners: bool) -> torch.Tensor:
     """Dilate (expand > 0) or erode (expand < 0) each mask |expand| times with a 3x3 cross
     (tapered corners) or square footprint; grey-level, so soft masks stay soft."""
+    import scipy.ndimage  # here, not at import: it costs every start ~0.3 s and few workflows grow masks
+
     corner = 0 if tapered_corners else 1
     footprint = np.array([[corner, 1, corner], [1, 1, 1], [corner, 1, corner]])
     step = scipy.ndimage.grey_erosion if expand < 0 else scipy.ndimage.grey_dilation
