@@ -67,7 +67,28 @@ def test_loads_with_inferred_config_and_same_output(stored: tuple[torch.nn.Modul
     )  # fmt: skip
     x, context, pooled = torch.randn(1, 16, 8, 8), torch.randn(1, 5, 32), torch.randn(1, 48)
     t = torch.tensor([500.0])
-    inputs = {"hidden_states": x, "encoder_hidden_states": context, "pooled_projections": pooled, "timestep": t}
+    inputs = {
+        "hidden_states": x,
+        "encoder_hidden_states": context,
+        "pooled_projections": pooled,
+        "timestep": t,
+    }
     with torch.inference_mode():
         ours, theirs = loaded(**inputs)[0], net(**inputs)[0]
     assert ours.shape == x.shape and torch.equal(ours, theirs)
+
+
+def test_network_call_pads_odd_sizes_and_needs_pooled(stored: tuple[torch.nn.Module, Path]) -> None:
+    net, _ = stored
+    wrapped = mmdit.SD3Network(net)
+    context, pooled, t = torch.randn(1, 5, 32), torch.randn(1, 48), torch.tensor([750.0])
+    with torch.inference_mode():
+        for height, width in ((8, 8), (7, 9)):
+            x = torch.randn(1, 16, height, width)
+            ours = wrapped(x, t, context, {"pooled": pooled})[0]
+            padded = torch.nn.functional.pad(x, (0, width % 2, 0, height % 2), mode="circular")
+            inputs = {"encoder_hidden_states": context, "pooled_projections": pooled, "timestep": t}
+            theirs = net(hidden_states=padded, **inputs)[0][:, :, :height, :width]
+            assert ours.shape == x.shape and torch.equal(ours, theirs)
+        with pytest.raises(ValueError, match="no pooled_output"):
+            wrapped(x, t, context, {})

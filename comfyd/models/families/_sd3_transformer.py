@@ -11,6 +11,11 @@ projections. The last block's context stream only feeds the image stream's atten
 proj, no mlp); its modulation, like the final layer's, stores (shift, scale) where diffusers
 holds (scale, shift). The number of heads is the number of blocks (64-wide heads), as in
 ComfyUI's model detection.
+
+The sampler calls a UNet-shaped network; `SD3Network` hands the latent, the timestep (sigma *
+1000 on ModelSamplingSD3's table, what diffusers' transformer takes), the joint CLIP/T5 context
+and the pooled CLIP-L+G vector to the transformer, padding odd latent sizes to whole patches by
+wrapping around and cropping the result, as ComfyUI's MMDiT does.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import CHUNK3, COPY, SWAP_HALVES, Source
 
 _JOINT = re.compile(r"joint_blocks\.(\d+)\.")
@@ -139,3 +147,32 @@ def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
 
     with init_empty_weights():
         return SD3Transformer2DModel.from_config(dict(config))
+
+
+class SD3Network(TransformerNetwork):
+    """The UNet-shaped call around an SD3Transformer2DModel (see the module docstring)."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        return_dict: bool = False,
+    ) -> tuple[torch.Tensor]:
+        pooled = (added_cond_kwargs or {}).get("pooled")
+        if pooled is None:
+            raise ValueError("SD3 conditioning has no pooled_output (encode the prompt with an SD3 CLIP)")
+        height, width = x.shape[-2:]
+        patch = int(self.transformer.config.patch_size)
+        pad_h, pad_w = (-height) % patch, (-width) % patch
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+        out = self.transformer(
+            hidden_states=x,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled,
+            timestep=timestep.to(x.dtype).expand(x.shape[0]),
+            return_dict=False,
+        )[0]
+        return (out[:, :, :height, :width],)
