@@ -116,6 +116,21 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
     return torch.cat(images, dim=0).movedim(1, -1).contiguous()
 
 
+def _encode_video(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE [T, H, W, C] -> one video latent [1, C, 1 + (T - 1) // 4, H/8, W/8]: the frames are
+    one clip, as ComfyUI's VAE.encode treats an image batch on a video VAE. diffusers' causal
+    encoder (first frame, then groups of four, with its feature cache); the posterior mean."""
+    device = _as_device(vae.device)
+    pixels = crop_to_multiple(pixels[..., :3], vae.downscale)
+    clip = pixels.movedim(-1, 0).unsqueeze(0)  # [1, 3, T, H, W]
+    with vae.computing() as module, torch.inference_mode():
+        check_interrupt()
+        x = (clip.float() * 2.0 - 1.0).to(device=device, dtype=vae.dtype)
+        moments = module._encode(x)
+        mean = moments[:, : module.config.z_dim]
+    return mean.to("cpu").float()
+
+
 def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
     """IMAGE [B, H, W, C] in 0..1 -> unscaled latents [B, C, H/f, W/f] (posterior mean), float32 CPU."""
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
@@ -124,7 +139,7 @@ def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
     if pixels.shape[-1] < 3:
         raise ValueError(f"VAE encode expects at least 3 colour channels, got {pixels.shape[-1]}")
     if getattr(getattr(vae.vae, "config", None), "z_dim", None) is not None:
-        raise ValueError("encoding images with a video VAE (Wan) is not supported yet")
+        return _encode_video(vae, pixels)
     device = _as_device(vae.device)
     pixels = crop_to_multiple(pixels[..., :3], vae.downscale)
     nchw = pixels.movedim(-1, 1)

@@ -19,16 +19,7 @@ from PIL import Image, ImageSequence
 
 from comfyd.cli import main
 from comfyd.models.families import _wan_tiny, _wan_transformer, _wan_vae
-from comfyd.models.tiny import make_tiny
 from tests.families.wan_reference import FRAMES, SIZE, psnr, reference, tiny_workflow
-
-
-@pytest.fixture(scope="module")
-def wan_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("wan") / "models"
-    written = make_tiny(root, family="wan")
-    assert sorted(p.relative_to(root).as_posix() for p in written) == sorted(_wan_tiny.NAMES.values())
-    return root
 
 
 def test_transformer_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
@@ -151,10 +142,16 @@ def test_bad_wan_inputs_get_clear_errors(wan_models: Path, tmp_path: Path) -> No
                                 latent_channels=16)  # fmt: skip
     with pytest.raises(ValueError, match="decode it with a video VAE"):
         vae_decode(image_vae, torch.zeros(1, 16, 2, 2, 2))
-    from comfyd.models.vae_codec import vae_encode
+    # A Wan file with a CLIP-vision image embedder (Wan 2.1 I2V) is refused by name.
+    from comfyd.models import families
+    from comfyd.models.devices import compute_plan
+    from comfyd.models.tensorfile import TensorFile
 
-    with pytest.raises(ValueError, match="video VAE \\(Wan\\) is not supported yet"):
-        vae_encode(flux_like, torch.zeros(1, 16, 16, 3))
+    with_embedder = dict(load_file(str(wan_models / _wan_tiny.NAMES["i2v"])))
+    with_embedder["img_emb.proj.0.weight"] = torch.ones(8)
+    save_file(with_embedder, str(tmp_path / "i2v-clip.safetensors"))
+    with TensorFile(tmp_path / "i2v-clip.safetensors") as tf, pytest.raises(ValueError, match="image embedder"):
+        families.get("wan").load_diffusion_model(tf, "", compute_plan("cpu", "fp32"), "default")
 
 
 def test_video_latents_refuse_conditioning_areas() -> None:

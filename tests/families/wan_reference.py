@@ -1,4 +1,5 @@
-"""diffusers' WanPipeline on comfyd's tiny Wan files: the reference the Wan tests hold comfyd to.
+"""diffusers' WanPipeline and WanImageToVideoPipeline on comfyd's tiny Wan files: the references
+the Wan tests hold comfyd to.
 
 ComfyUI cannot be the reference here: it builds UMT5-XXL from a fixed full-size config
 (umt5_config_xxl.json, ~5.7B parameters, ~23 GB in fp32), which a tiny test file cannot satisfy
@@ -27,6 +28,8 @@ from comfyd.sampling.noise import initial_noise
 SIZE = 64
 FRAMES = 9
 WORKFLOW = Path(__file__).resolve().parents[2] / "comfyd" / "workflows" / "wan_t2v_api.json"
+I2V_WORKFLOW = WORKFLOW.with_name("wan_i2v_api.json")
+SHIFT_NODE = {"t2v": "48", "i2v": "54"}  # the ModelSamplingSD3 node of each workflow
 
 
 def tiny_workflow(steps: int = 2, cfg: float = 6.0, seed: int = 7) -> dict[str, Any]:
@@ -37,6 +40,20 @@ def tiny_workflow(steps: int = 2, cfg: float = 6.0, seed: int = 7) -> dict[str, 
     graph["38"]["inputs"]["clip_name"] = names["umt5xxl"]
     graph["39"]["inputs"]["vae_name"] = names["vae"]
     graph["40"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
+    graph["3"]["inputs"].update(steps=steps, cfg=cfg, seed=seed, sampler_name="euler")
+    graph["28"]["inputs"].update(lossless=True)
+    return graph
+
+
+def tiny_i2v_workflow(image: str, steps: int = 2, cfg: float = 6.0, seed: int = 7) -> dict[str, Any]:
+    """The canonical Wan I2V workflow on the tiny files, 9 frames of 64x64 from `image`, euler."""
+    graph = json.loads(I2V_WORKFLOW.read_text())
+    names = {k: Path(v).name for k, v in _wan_tiny.NAMES.items()}
+    graph["37"]["inputs"]["unet_name"] = names["i2v"]
+    graph["38"]["inputs"]["clip_name"] = names["umt5xxl"]
+    graph["39"]["inputs"]["vae_name"] = names["vae"]
+    graph["52"]["inputs"]["image"] = image
+    graph["50"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
     graph["3"]["inputs"].update(steps=steps, cfg=cfg, seed=seed, sampler_name="euler")
     graph["28"]["inputs"].update(lossless=True)
     return graph
@@ -71,36 +88,64 @@ def simple_unshifted(steps: int, table: int = 1000) -> list[float]:
     return [(table - int(x * stride)) / table for x in range(steps)]
 
 
-def reference(root: Path, graph: dict[str, Any]) -> np.ndarray:
-    """[T, H, W, 3] uint8 frames, converted as ComfyUI's savers convert (x 255, clipped, truncated)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+def _parts(root: Path, graph: dict[str, Any], unet: str) -> dict[str, Any]:
+    """The pipeline modules on the tiny files, and a scheduler at ComfyUI's `simple` points."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     plan = compute_plan("cpu", "fp32")
-    family = families.get("wan")
-    with TensorFile(root / _wan_tiny.NAMES["t2v"]) as tf:
-        network, _ = family.load_diffusion_model(tf, "", plan, "default")
+    with TensorFile(root / _wan_tiny.NAMES[unet]) as tf:
+        network, _ = families.get("wan").load_diffusion_model(tf, "", plan, "default")
     _, umt5, _ = standalone.load_text_encoder(root / _wan_tiny.NAMES["umt5xxl"], plan, False)
     vae = loader.load_vae_file(root / _wan_tiny.NAMES["vae"], plan)
-    sampler = graph["3"]["inputs"]
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=graph["48"]["inputs"]["shift"])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=graph[SHIFT_NODE[unet]]["inputs"]["shift"])
     set_timesteps = scheduler.set_timesteps
-    unshifted = simple_unshifted(int(sampler["steps"]))
+    unshifted = simple_unshifted(int(graph["3"]["inputs"]["steps"]))
     scheduler.set_timesteps = lambda *a, device=None, **k: set_timesteps(sigmas=unshifted, device=device)
-    pipe = WanPipeline(
-        tokenizer=_tokenizer(root), text_encoder=umt5, transformer=network.transformer,
-        vae=vae, scheduler=scheduler,
-    )  # fmt: skip
-    latent = graph["40"]["inputs"]
-    shape = (1, 16, (latent["length"] - 1) // 4 + 1, latent["height"] // 8, latent["width"] // 8)
+    return {
+        "tokenizer": _tokenizer(root), "text_encoder": umt5, "transformer": network.transformer,
+        "vae": vae, "scheduler": scheduler,
+    }  # fmt: skip
+
+
+def _prompts(graph: dict[str, Any]) -> dict[str, str]:
+    return {"prompt": graph["6"]["inputs"]["text"], "negative_prompt": graph["7"]["inputs"]["text"]}
+
+
+def _run(pipe: Any, graph: dict[str, Any], size: dict[str, Any], **extra: Any) -> np.ndarray:
+    """[T, H, W, 3] uint8 frames, converted as ComfyUI's savers convert (x 255, clipped, truncated)."""
+    sampler = graph["3"]["inputs"]
+    shape = (1, 16, (size["length"] - 1) // 4 + 1, size["height"] // 8, size["width"] // 8)
     noise = initial_noise(torch.zeros(shape), int(sampler["seed"]))
     with torch.no_grad():
         frames = pipe(
-            prompt=graph["6"]["inputs"]["text"], negative_prompt=graph["7"]["inputs"]["text"],
-            height=latent["height"], width=latent["width"], num_frames=latent["length"],
+            height=size["height"], width=size["width"], num_frames=size["length"],
             num_inference_steps=int(sampler["steps"]), guidance_scale=float(sampler["cfg"]),
-            latents=noise, output_type="np", max_sequence_length=512,
+            latents=noise, output_type="np", max_sequence_length=512, **extra,
         ).frames[0]  # fmt: skip
     return np.clip(255.0 * np.asarray(frames), 0, 255).astype(np.uint8)
+
+
+def reference(root: Path, graph: dict[str, Any]) -> np.ndarray:
+    """WanPipeline on the T2V workflow `graph` (tiny_workflow)."""
+    from diffusers import WanPipeline
+
+    return _run(WanPipeline(**_parts(root, graph, "t2v")), graph, graph["40"]["inputs"], **_prompts(graph))
+
+
+def reference_i2v(root: Path, graph: dict[str, Any], start: Any) -> np.ndarray:
+    """WanImageToVideoPipeline (no image encoder: the tiny I2V transformer has no CLIP-vision
+    embedder) on the I2V workflow `graph` (tiny_i2v_workflow), with `start` the PIL start image."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    parts = _parts(root, graph, "i2v")
+    # The prompts are encoded by WanPipeline's code, the same as the I2V pipeline's except that
+    # this diffusers release's I2V prompt cleaning needs ftfy unconditionally.
+    with torch.no_grad():
+        positive, negative = WanPipeline(**parts).encode_prompt(
+            **_prompts(graph), do_classifier_free_guidance=True, max_sequence_length=512, device="cpu"
+        )
+    embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+    return _run(WanImageToVideoPipeline(**parts), graph, graph["50"]["inputs"], image=start, **embeds)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

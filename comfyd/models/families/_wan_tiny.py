@@ -1,5 +1,6 @@
 """Tiny random-weight Wan 2.1 files in ComfyUI's split layout (tests, demo; `comfyd models
-make-tiny --family wan`): a text-to-video transformer in `diffusion_models/` (the original keys),
+make-tiny --family wan`): a text-to-video and an image-to-video transformer (36 input channels, no
+CLIP-vision embedder) in `diffusion_models/` (the original keys),
 a UMT5 encoder in `text_encoders/` (transformers keys plus the `spiece_model` tensor ComfyUI reads
 its tokenizer from) and a video VAE in `vae/` (the wan_2.1_vae keys). The transformer keeps
 Wan's 128-wide heads (ComfyUI derives the head count from the width) at two heads and two blocks;
@@ -33,9 +34,12 @@ TINY_TRANSFORMER = {
     "ffn_dim": 512, "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
     "eps": 1e-6, "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
 }  # fmt: skip
+# Image-to-video: 16 latent + 4 mask + 16 start-image channels in, no CLIP-vision embedder.
+TINY_I2V_TRANSFORMER = {**TINY_TRANSFORMER, "in_channels": 36}
 TINY_VAE = {"base_dim": 8, "z_dim": 16}
 NAMES = {
     "t2v": "diffusion_models/comfyd-tiny-wan-t2v.safetensors",
+    "i2v": "diffusion_models/comfyd-tiny-wan-i2v.safetensors",
     "umt5xxl": "text_encoders/comfyd-tiny-umt5xxl.safetensors",
     "vae": "vae/comfyd-tiny-wan-vae.safetensors",
 }
@@ -79,6 +83,8 @@ def write_tiny_wan(root: Path, seed: int = 0) -> list[Path]:
     written: list[Path] = []
     net = tiny.random_module(transformer.empty_transformer(TINY_TRANSFORMER), seed, "wan-t2v")
     written.append(_save(_stored(net, transformer.original_name), root / NAMES["t2v"]))
+    net = tiny.random_module(transformer.empty_transformer(TINY_I2V_TRANSFORMER), seed, "wan-i2v")
+    written.append(_save(_stored(net, transformer.original_name), root / NAMES["i2v"]))
     encoder = tiny.random_module(umt5_encoder.empty_encoder(TINY_UMT5), seed, "wan-umt5xxl")
     state = {k: v for k, v in encoder.state_dict().items() if k != "encoder.embed_tokens.weight"}
     state[umt5_encoder.SPIECE_KEY] = torch.frombuffer(bytearray(tiny_spiece_model()), dtype=torch.uint8)

@@ -144,6 +144,9 @@ class WanNetwork(TransformerNetwork):
         if x.ndim != 5:
             raise ValueError(f"a Wan model samples video latents [B, C, T, H, W], got shape {list(x.shape)}")
         _, _, frames, height, width = x.shape
+        extra = self.transformer.config.in_channels - x.shape[1]
+        if extra > 0:  # image-to-video: the start image and its mask (_wan_i2v.py)
+            x = torch.cat((x, _concat_input(x, extra, (added_cond_kwargs or {}).get("concat"))), dim=1)
         pt, ph, pw = self.transformer.config.patch_size
         pads = (0, (-width) % pw, 0, (-height) % ph, 0, (-frames) % pt)
         if any(pads):
@@ -155,3 +158,18 @@ class WanNetwork(TransformerNetwork):
             return_dict=False,
         )[0]
         return (out[:, :, :frames, :height, :width],)
+
+
+def _concat_input(x: torch.Tensor, channels: int, concat: torch.Tensor | None) -> torch.Tensor:
+    """The I2V extra channels for latent `x`: zeros without a start image, else `concat` fitted
+    to x's frames (padded with zeros or cut)."""
+    b, _, frames, height, width = x.shape
+    if concat is None:
+        return x.new_zeros((b, channels, frames, height, width))
+    if concat.shape[1] != channels or tuple(concat.shape[-2:]) != (height, width):
+        raise ValueError(
+            f"the image-to-video input has shape {list(concat.shape)}, the model needs {channels} "
+            f"channels of {height}x{width}"
+        )
+    concat = concat[:, :, :frames].to(x.dtype)
+    return F.pad(concat, (0, 0, 0, 0, 0, frames - concat.shape[2]))

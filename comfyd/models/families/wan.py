@@ -11,10 +11,12 @@ and 4x temporal compression (1 + 4k frames).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import ChunkLayout
+from comfyd.models.families import _wan_i2v
 from comfyd.models.families import _wan_transformer as transformer
 from comfyd.models.families import _wan_vae as video_vae
 from comfyd.models.families.base import (
@@ -28,11 +30,13 @@ from comfyd.models.families.base import (
     SamplingSpec,
 )
 from comfyd.sampling.flow import FlowModelSampling, TimeShiftSchedule
+from comfyd.sampling.protocols import VectorConditioning
 
 if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
 
 SHIFT = 8.0
+LATENT_CHANNELS = 16
 LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
@@ -92,7 +96,10 @@ class Wan(Family):
             raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
         config = transformer.infer_config(tf.shapes(), prefix)
         if config["image_dim"] is not None:
-            raise ValueError("Wan image-to-video transformers are not supported yet (text-to-video only)")
+            raise ValueError(
+                "Wan image-to-video transformers with a CLIP-vision image embedder (img_emb, Wan 2.1 "
+                "I2V) are not supported yet; I2V transformers without one load"
+            )
         net = materialize(
             transformer.empty_transformer(config), transformer.WanTranslator(list(tf.keys()), prefix), tf,
             plan.device, plan.unet_dtype, what="Wan transformer",
@@ -101,6 +108,12 @@ class Wan(Family):
         if storage is not None:
             net.enable_layerwise_casting(storage_dtype=storage, compute_dtype=plan.unet_dtype)
         return transformer.WanNetwork(net), model_sampling()
+
+    def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
+        extra = int(unet_config.get("in_channels", LATENT_CHANNELS)) - LATENT_CHANNELS
+        if extra <= _wan_i2v.MASK_CHANNELS:
+            return None  # text-to-video: nothing but the latent goes in
+        return _wan_i2v.concat_builder(LATENTS_MEAN, LATENTS_STD, extra - _wan_i2v.MASK_CHANNELS)
 
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:
         from comfyd.models.loader import materialize
