@@ -161,3 +161,19 @@ def test_lora_loader_model_only_changes_the_image_deterministically(root, stored
     for node in ("6", "33"):
         graph[node]["inputs"]["clip"] = ["90", 1]
     assert np.array_equal(_run(root, graph, tmp_path / "lora-loader"), first)
+
+
+def test_a_text_encoder_layer_patches_flux_clip_l(root: Path, mm: ModelManager) -> None:
+    clip = mm.load_clip([Path(_flux_tiny.NAMES[n]).name for n in ("t5xxl", "clip_l")], "flux")
+    name = "encoder.layers.0.self_attn.q_proj.weight"
+    weight = dict(clip.text_encoders["l"].named_parameters())[name]
+    gen = torch.Generator().manual_seed(4)
+    down, up = torch.randn(2, weight.shape[1], generator=gen), torch.randn(weight.shape[0], 2, generator=gen)
+    layer = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    (root / "loras").mkdir(exist_ok=True)
+    save_file({f"{layer}.lora_down.weight": down, f"{layer}.lora_up.weight": up}, str(root / "loras" / "te.safetensors"))
+    base = weight.detach().clone()
+    with clip.with_loras(mm.lora_patch("te.safetensors", 0.5)).patched() as encoders:
+        after = dict(encoders["l"].named_parameters())[name].detach().clone()
+    torch.testing.assert_close(after, base + 0.5 * up @ down, rtol=0, atol=1e-5)
+    assert torch.equal(weight, base)
