@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from comfyd.models.families import _flux_tiny
 from comfyd.models.families._flux_transformer import FluxTranslator
+from comfyd.models.header_probe import detect_family, is_supported, read_header
 from comfyd.models.keymap import ROWS, SWAP_HALVES, apply_op
 from comfyd.models.manager import ModelManager
 from comfyd.models.tiny import make_tiny
@@ -129,6 +130,9 @@ def test_each_format_patches_the_bfl_weights_through_the_key_map(fmt, root, stor
     assert len(changed) == 13 if want is None else changed == want, sorted(changed)
     # Restored bit for bit.
     assert all(torch.equal(v, base[k]) for k, v in network.state_dict().items())
+    # `comfyd check` counts the file as a Flux LoRA it can run.
+    header = read_header(root / "loras" / f"flux-{fmt}.safetensors")
+    assert detect_family(header) == "flux_lora" and is_supported("flux_lora")
 
 
 def _run(root: Path, graph: dict, out: Path) -> np.ndarray:
