@@ -34,20 +34,28 @@ from torch import nn
 
 from comfyd.models import families, hypernetwork
 from comfyd.models.handles import HypernetworkPatch, LoraPatch, MergePatch
-from comfyd.models.keymap import text_model_name, unet_translator
 from comfyd.models.lora_adapters import Adapter, Difference, Hadamard, Kronecker, LowRank, Replacement
+from comfyd.models.lora_index import module_index
+from comfyd.models.lora_stored import STORED, StoredLayout, stored_layout
 from comfyd.models.tensorfile import TensorFile
 
 log = logging.getLogger(__name__)
 
 _KOHYA_PREFIXES = (
     ("lora_unet_", "unet"),
+    ("lora_transformer_", "unet"),  # OneTrainer's diffusers-named transformer LoRAs
     ("lycoris_", "unet"),  # SimpleTuner's LyCORIS files
     ("lora_te1_", "te1"),
     ("lora_te2_", "te2"),
     ("lora_te_", "te"),
 )
-_PEFT_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "te2"), ("text_encoder.", "te"))
+_PEFT_PREFIXES = (
+    ("unet.", "unet"),
+    ("transformer.", "unet"),  # diffusers / ai-toolkit transformer LoRAs
+    ("diffusion_model.", "unet"),  # stored-layout names as they are (BFL's for Flux)
+    ("text_encoder_2.", "te2"),
+    ("text_encoder.", "te"),
+)
 # Tensor names after the layer name, as LyCORIS and ComfyUI spell them -> comfyd's part names.
 _LYCORIS_PARTS = {
     "lora_down.weight": "down",
@@ -202,49 +210,6 @@ def component_role(component: str, family: str) -> str | None:
     return families.get(family).lora_role(component)
 
 
-def _patchable(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | nn.Conv2d)
-
-
-def _patchable_unet(module: nn.Module) -> bool:
-    # ComfyUI maps every UNet weight, norms included (full-diff files change them too); for the
-    # text encoders only the projections.
-    return isinstance(module, nn.Linear | nn.Conv2d | nn.GroupNorm | nn.LayerNorm)
-
-
-def module_index(module: nn.Module, role: str, family: str | None = None) -> dict[str, str]:
-    """'_'-joined LoRA module paths -> module names, for every Linear / Conv2d of `module`
-    (and every norm of a UNet).
-
-    UNet layers are also indexed under their stored (original-layout) names, by the family's
-    key map (the LDM/SGM one when no family is given)."""
-    index: dict[str, str] = {}
-    if role == "unet":
-        config = getattr(module, "config", None)
-        translator = None
-        if config is not None:
-            translator = (
-                families.get(family).unet_key_map(config, key_prefix="")
-                if family is not None
-                else unet_translator(config, key_prefix="")
-            )
-        for name, sub in module.named_modules():
-            if not _patchable_unet(sub):
-                continue
-            index[name.replace(".", "_")] = name
-            source = translator.source(f"{name}.weight") if translator is not None else None
-            if source is not None:
-                index[source.key[: -len(".weight")].replace(".", "_")] = name
-        return index
-    for name, sub in module.named_modules():
-        if not _patchable(sub):
-            continue
-        inner = text_model_name(name)
-        canonical = inner if inner == "text_projection" else f"text_model.{inner}"
-        index[canonical.replace(".", "_")] = name
-    return index
-
-
 @dataclass
 class _ModuleState:
     role: str
@@ -257,6 +222,7 @@ class _ModuleState:
     index: dict[str, str] | None = None
     hooks: list[Any] = field(default_factory=list)
     original_keys: dict[str, str | None] | None = None
+    layout: StoredLayout | None = None
     _names: frozenset[str] | None = None
 
     def parameter_names(self) -> frozenset[str]:
@@ -308,6 +274,8 @@ class _SourceView:
                 base = (saved if saved is not None else parameter.detach()).to(torch.float32, copy=True)
             finally:
                 self.state.cond.release()
+        if any(key.startswith(STORED) for key in self.ops):
+            raise ValueError("merging from a model whose fused weights carry LoRAs is not supported yet")
         for op in self.ops.get(name, ()):
             base = op(base)
         return base
@@ -384,7 +352,8 @@ class LoraPatcher:
         if state.index is None:
             state.index = module_index(state.module, state.role, self.family)
         lora = self._lora_source(patch.key)
-        parameters = state.parameter_names()
+        layout = self._layout(state)
+        parameters = state.parameter_names() | {key[len(STORED) :] for key in layout.groups}
         unmatched: list[str] = []
         for (component, path), layer in lora.entries.items():
             if component_role(component, self.family) != state.role:
@@ -395,8 +364,9 @@ class LoraPatcher:
                 continue
             for param, change in ((f"{name}.weight", layer.weight), (f"{name}.bias", layer.bias)):
                 # A bias change for a layer without a bias has nothing to patch (as in ComfyUI).
-                if change is not None and param in parameters:
-                    ops.setdefault(param, []).append(partial(_lora_op, patch.strength, change))
+                if change is not None and param.removeprefix(STORED) in parameters:
+                    target, op = layout.target(param, partial(_lora_op, patch.strength, change))
+                    ops.setdefault(target, []).append(op)
         if unmatched and (patch.key, state.role) not in self._warned:
             self._warned.add((patch.key, state.role))
             log.warning(
@@ -424,9 +394,18 @@ class LoraPatcher:
                 # As ComfyUI: the weight is still scaled by strength_model, nothing is added.
                 mismatched += 1
                 strength_patch = 0.0
-            ops.setdefault(name, []).append(partial(_merge_op, strength_patch, strength_model, view, name))
+            target, op = self._layout(state).target(name, partial(_merge_op, strength_patch, strength_model, view, name))
+            ops.setdefault(target, []).append(op)
         if mismatched:
             log.warning("merge into the %s model: %d weights differ in shape, not merged", state.role, mismatched)
+
+    def _layout(self, state: _ModuleState) -> StoredLayout:
+        if state.layout is None:
+            config = getattr(state.module, "config", None)
+            unet = state.role == "unet" and config is not None
+            translator = families.get(self.family).unet_key_map(config, key_prefix="") if unet else None
+            state.layout = stored_layout(state.module, translator)
+        return state.layout
 
     def _original_keys(self, state: _ModuleState) -> dict[str, str | None]:
         """Parameter name -> its key in the original (LDM) layout, for ModelMergeBlocks."""
@@ -446,6 +425,9 @@ class LoraPatcher:
             parameters = dict(state.module.named_parameters())
             with torch.no_grad():
                 for name, changes in ops.items():
+                    if name.startswith(STORED):
+                        self._patch_stored(state, parameters, name, changes)
+                        continue
                     weight = parameters[name]
                     state.backups[name] = weight.detach().clone()
                     patched = weight.detach().to(torch.float32)
@@ -460,6 +442,17 @@ class LoraPatcher:
         for patch in patches:
             if not isinstance(patch, LoraPatch | MergePatch | HypernetworkPatch):
                 state.hooks.extend(patch.install(state.module))
+
+    @staticmethod
+    def _patch_stored(state: _ModuleState, parameters: dict[str, Any], key: str, changes: list[WeightOp]) -> None:
+        layout = state.layout
+        assert layout is not None
+        for piece in layout.groups[key]:
+            state.backups[piece.param] = parameters[piece.param].detach().clone()
+        patched = layout.gather(parameters, key)
+        for change in changes:
+            patched = change(patched)
+        layout.scatter(parameters, key, patched)
 
     def _restore_base(self, state: _ModuleState) -> None:
         for handle in state.hooks:

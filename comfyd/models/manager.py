@@ -362,9 +362,17 @@ class ModelManager(AuxiliaryModels):
         return ModelHandle(
             key=key, family=family.name, prediction=sampling.prediction, unet=network,
             latent_scale=family.latent.sampler_scale(), device=self.plan.device, dtype=self.plan.unet_dtype,
-            patcher=_NoLoras(family.name), gate=self.gate, latent_shift=family.latent.sampler_shift(),
+            patcher=self._network_patcher(family, network), gate=self.gate,
+            latent_shift=family.latent.sampler_shift(),
             sampling=sampling,
         )  # fmt: skip
+
+    def _network_patcher(self, family: families.Family, modules: Any) -> Any:
+        # Flux LoRAs map through the BFL key map (fused q/k/v included); Wan's are not mapped yet.
+        if family.network_loras:
+            modules = modules if isinstance(modules, dict) else {"unet": modules}
+            return LoraPatcher(family.name, modules, self.parsed_lora)
+        return _NoLoras(family.name)
 
     def _split_checkpoint_handles(
         self, key: str, family: families.Family, network: Any, sampling: Any, encoders: dict[str, Any], vae: Any
@@ -382,7 +390,7 @@ class ModelManager(AuxiliaryModels):
             key=key, family=family.name,
             tokenizers=standalone.encoder_tokenizers(family, encoders, self.tokenizer),
             text_encoders=encoders, device=self.plan.device, dtype=self.plan.clip_dtype,
-            patcher=_NoLoras(family.name), gate=self.gate,
+            patcher=self._network_patcher(family, encoders), gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
         )  # fmt: skip
 

@@ -76,7 +76,8 @@ def test_bad_flux_inputs_get_clear_errors(flux_models: Path, tmp_path: Path) -> 
     with torch.inference_mode():
         a, b = (model.unet(x, t, context, {"pooled": pooled, "guidance": torch.tensor([g])})[0] for g in (3.5, 1.0))
     assert a.shape == x.shape and not torch.allclose(a, b)
-    with pytest.raises(ValueError, match="LoRAs for flux models are not supported yet"):
+    # LoRAs apply (tests/models/test_flux_lora.py); a patch the manager never issued is refused.
+    with pytest.raises(KeyError, match="unknown LoRA key"):
         with model.with_loras(LoraPatch("some-lora", 1.0)).patched():
             pass
 

@@ -145,6 +145,13 @@ class FluxTranslator:
         return None
 
 
+class FluxNetworkTranslator(FluxTranslator):
+    """The same map for the parameters of the `FluxNetwork` wrapper (`transformer.` first)."""
+
+    def source(self, name: str) -> Source | None:
+        return super().source(name.removeprefix("transformer."))
+
+
 def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel

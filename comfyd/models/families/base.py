@@ -172,6 +172,8 @@ class Family:
     clip_types: tuple[str, ...] = ()
     # Where an all-in-one checkpoint of a split-loader family (Flux) keeps its VAE.
     checkpoint_vae_prefix: str = VAE_PREFIX
+    # Whether LoRAs map onto its diffusion-model network (via unet_key_map) and standalone CLIPs.
+    network_loras: bool = False
 
     # --- declared data, derived --------------------------------------------------------------
     @property

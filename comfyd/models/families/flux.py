@@ -94,6 +94,10 @@ class Flux(Family):
             )
         return None
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.FluxNetworkTranslator:
+        # The running network's parameters -> BFL keys (LoRAs and block merges name those).
+        return transformer.FluxNetworkTranslator(config, key_prefix)
+
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         for prefix in ("", UNET_PREFIX):
             if transformer.is_flux_transformer(keys, prefix):
@@ -162,4 +166,5 @@ FAMILY = Flux(
     config_dir=CONFIG_DIR / "sd1",
     clip_types=("flux",),
     checkpoint_vae_prefix="vae.",
+    network_loras=True,
 )
