@@ -16,13 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _flux_transformer as transformer
+from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
-    UNET_PREFIX,
     EncoderRecipe,
     EncoderSpec,
     Family,
@@ -38,13 +36,6 @@ if TYPE_CHECKING:
 
 DEV_SHIFT = 1.15
 # UNETLoader's weight_dtype: weights stored in this dtype, computed in the plan's dtype.
-WEIGHT_DTYPES = {
-    "default": None,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-}
-
 CLIP_L = EncoderSpec(
     name="l",
     config="text_encoder_l.json",
@@ -99,18 +90,14 @@ class Flux(Family):
         return transformer.FluxNetworkTranslator(config, key_prefix)
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
-        for prefix in ("", UNET_PREFIX):
-            if transformer.is_flux_transformer(keys, prefix):
-                return prefix
-        return None
+        return transformer_prefix(keys, transformer.is_flux_transformer)
 
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
         from comfyd.models.loader import materialize
 
-        if weight_dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         net = materialize(
             transformer.empty_transformer(config),
@@ -120,10 +107,7 @@ class Flux(Family):
             plan.unet_dtype,
             what="Flux transformer",
         )
-        storage = WEIGHT_DTYPES[weight_dtype]
-        if storage is not None:
-            # Stored in fp8, each layer cast up to the compute dtype while it runs.
-            net.enable_layerwise_casting(storage_dtype=storage, compute_dtype=plan.unet_dtype)
+        store_weights(net, storage, plan.unet_dtype)
         return transformer.FluxNetwork(net), model_sampling_for(bool(config["guidance_embeds"]))
 
 

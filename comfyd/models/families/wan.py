@@ -19,9 +19,9 @@ from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _wan_i2v
 from comfyd.models.families import _wan_transformer as transformer
 from comfyd.models.families import _wan_vae as video_vae
+from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
-    UNET_PREFIX,
     EncoderRecipe,
     EncoderSpec,
     Family,
@@ -81,19 +81,14 @@ class Wan(Family):
         return None
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
-        for prefix in ("", UNET_PREFIX):
-            if transformer.is_wan_transformer(keys, prefix):
-                return prefix
-        return None
+        return transformer_prefix(keys, transformer.is_wan_transformer)
 
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.families.flux import WEIGHT_DTYPES
         from comfyd.models.loader import materialize
 
-        if weight_dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"weight_dtype must be one of {list(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         if config["image_dim"] is not None:
             raise ValueError(
@@ -104,9 +99,7 @@ class Wan(Family):
             transformer.empty_transformer(config), transformer.WanTranslator(list(tf.keys()), prefix), tf,
             plan.device, plan.unet_dtype, what="Wan transformer",
         )  # fmt: skip
-        storage = WEIGHT_DTYPES[weight_dtype]
-        if storage is not None:
-            net.enable_layerwise_casting(storage_dtype=storage, compute_dtype=plan.unet_dtype)
+        store_weights(net, storage, plan.unet_dtype)
         return transformer.WanNetwork(net), model_sampling()
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
