@@ -26,7 +26,7 @@ import torch
 
 from comfyd.models.device_gate import DeviceGate
 from comfyd.models.handles import held
-from comfyd.models.keymap import CHUNK3, TRANSPOSE, Source
+from comfyd.models.keymap import TRANSPOSE, Source, openclip_block_source
 from comfyd.models.tensorfile import ModelFileError, TensorFile
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -139,15 +139,6 @@ class _OpenClipVisualNames:
         "vision_model.post_layernorm.weight": "ln_post.weight",
         "vision_model.post_layernorm.bias": "ln_post.bias",
     }
-    _LAYER = {
-        "layer_norm1": "ln_1",
-        "layer_norm2": "ln_2",
-        "mlp.fc1": "mlp.c_fc",
-        "mlp.fc2": "mlp.c_proj",
-        "self_attn.out_proj": "attn.out_proj",
-    }
-    _QKV = {"self_attn.q_proj": 0, "self_attn.k_proj": 1, "self_attn.v_proj": 2}
-
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
@@ -161,12 +152,7 @@ class _OpenClipVisualNames:
         if not name.startswith(head):
             return None
         index, _, inner = name[len(head) :].partition(".")
-        module, _, param = inner.rpartition(".")
-        base = f"{p}transformer.resblocks.{index}."
-        if module in self._QKV:
-            return Source(base + f"attn.in_proj_{param}", CHUNK3, self._QKV[module])
-        renamed = self._LAYER.get(module)
-        return Source(f"{base}{renamed}.{param}") if renamed is not None else None
+        return openclip_block_source(f"{p}transformer.resblocks.{index}.", inner)
 
 
 def _layer_count(has_layer: Any) -> int:

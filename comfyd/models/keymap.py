@@ -278,17 +278,30 @@ class HfClipTranslator:
         return Source(self.text_prefix + inner)
 
 
+# One transformers CLIP encoder layer's modules -> their OpenCLIP resblock names (text and vision
+# towers alike); q/k/v are thirds of OpenCLIP's fused in_proj.
+_OPENCLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+_OPENCLIP_QKV = {"self_attn.q_proj": 0, "self_attn.k_proj": 1, "self_attn.v_proj": 2}
+
+
+def openclip_block_source(base: str, inner: str) -> Source | None:
+    """A parameter of one encoder layer (`inner`: its name inside the layer) -> its key in the
+    OpenCLIP resblock `base` (`...transformer.resblocks.N.`)."""
+    module, _, param = inner.rpartition(".")
+    if module in _OPENCLIP_QKV:
+        return Source(f"{base}attn.in_proj_{param}", CHUNK3, _OPENCLIP_QKV[module])
+    renamed = _OPENCLIP_LAYER.get(module)
+    return Source(f"{base}{renamed}.{param}") if renamed is not None else None
+
+
 class OpenClipTranslator:
     """transformers CLIPTextModel(WithProjection) names -> OpenCLIP text tower keys (SD2, SDXL-G)."""
-
-    _LAYER = {
-        "layer_norm1": "ln_1",
-        "layer_norm2": "ln_2",
-        "mlp.fc1": "mlp.c_fc",
-        "mlp.fc2": "mlp.c_proj",
-        "self_attn.out_proj": "attn.out_proj",
-    }
-    _QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
 
     def __init__(self, key_prefix: str) -> None:
         self.key_prefix = key_prefix
@@ -308,13 +321,4 @@ class OpenClipTranslator:
             return None
         rest = name[len("encoder.layers.") :]
         index, _, inner = rest.partition(".")
-        base = f"{p}transformer.resblocks.{index}."
-        module, _, param = inner.rpartition(".")
-        if module.startswith("self_attn.") and module.split(".", 1)[1] in self._QKV:
-            part = self._QKV[module.split(".", 1)[1]]
-            fused = "attn.in_proj_weight" if param == "weight" else "attn.in_proj_bias"
-            return Source(base + fused, CHUNK3, part)
-        renamed = self._LAYER.get(module)
-        if renamed is None:
-            return None
-        return Source(f"{base}{renamed}.{param}")
+        return openclip_block_source(f"{p}transformer.resblocks.{index}.", inner)
