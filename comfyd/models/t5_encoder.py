@@ -134,8 +134,18 @@ class T5Translator:
 
 
 # --- encoding --------------------------------------------------------------------------------
-def encode(encoder: Any, tokens: T5Tokens) -> torch.Tensor:
-    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring)."""
+def attention_mask(ids: list[int]) -> list[int]:
+    """1 up to and including the first end token, 0 after it."""
+    mask, ended = [], False
+    for token in ids:
+        mask.append(0 if ended else 1)
+        ended = ended or token == END_TOKEN
+    return mask
+
+
+def encode(encoder: Any, tokens: T5Tokens, masked: bool = False) -> torch.Tensor:
+    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring). `masked` (UMT5 as
+    Wan drives it): the padding after the end token is masked out of attention and zeroed."""
     device = next(encoder.parameters()).device
     ids = [t for t, _ in tokens]
     weights = [w for _, w in tokens]
@@ -143,9 +153,14 @@ def encode(encoder: Any, tokens: T5Tokens) -> torch.Tensor:
     batch = [ids]
     if weighted:
         batch.append([END_TOKEN] + [PAD_TOKEN] * (len(ids) - 1))
+    mask = torch.tensor([attention_mask(row) for row in batch], dtype=torch.long, device=device) if masked else None
     with torch.no_grad():
-        hidden = encoder(input_ids=torch.tensor(batch, dtype=torch.long, device=device)).last_hidden_state
+        hidden = encoder(
+            input_ids=torch.tensor(batch, dtype=torch.long, device=device), attention_mask=mask
+        ).last_hidden_state
     hidden = hidden.float()
+    if mask is not None:
+        hidden = hidden * mask.unsqueeze(-1).float()
     z = hidden[0]
     if weighted:
         empty = hidden[1]

@@ -25,8 +25,8 @@ from torch import nn
 from comfyd.models import t5_encoder
 from comfyd.models.prompt_weights import parse_prompt_weights
 
-END_TOKEN = 1
-PAD_TOKEN = 0
+END_TOKEN = t5_encoder.END_TOKEN
+PAD_TOKEN = t5_encoder.PAD_TOKEN
 MIN_LENGTH = 512
 SPIECE_KEY = "spiece_model"
 _LOCK = threading.Lock()
@@ -79,34 +79,7 @@ def tokenize(tokenizer: Any, text: str, min_length: int = MIN_LENGTH) -> Tokens:
     return tokens
 
 
-def attention_mask(ids: list[int]) -> list[int]:
-    """1 up to and including the first end token, 0 after it."""
-    mask, ended = [], False
-    for token in ids:
-        mask.append(0 if ended else 1)
-        ended = ended or token == END_TOKEN
-    return mask
-
-
 def encode(encoder: Any, tokens: Tokens) -> torch.Tensor:
-    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring)."""
-    device = next(encoder.parameters()).device
-    ids = [t for t, _ in tokens]
-    weights = [w for _, w in tokens]
-    weighted = any(w != 1.0 for w in weights)
-    batch = [ids]
-    if weighted:
-        batch.append([END_TOKEN] + [PAD_TOKEN] * (len(ids) - 1))
-    mask = torch.tensor([attention_mask(row) for row in batch], dtype=torch.long, device=device)
-    with torch.no_grad():
-        hidden = encoder(
-            input_ids=torch.tensor(batch, dtype=torch.long, device=device), attention_mask=mask
-        ).last_hidden_state
-    hidden = hidden.float() * mask.unsqueeze(-1).float()
-    z = hidden[0]
-    if weighted:
-        empty = hidden[1]
-        w = torch.tensor(weights, dtype=z.dtype, device=z.device).unsqueeze(-1)
-        changed = torch.tensor([x != 1.0 for x in weights], device=z.device).unsqueeze(-1)
-        z = torch.where(changed, (z - empty) * w + empty, z)
-    return z.unsqueeze(0).cpu()
+    """[1, len(tokens), d_model] float32 on the CPU (see the module docstring): T5's encoding with
+    the padding masked out and zeroed."""
+    return t5_encoder.encode(encoder, tokens, masked=True)
