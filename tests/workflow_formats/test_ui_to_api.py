@@ -315,3 +315,17 @@ def test_widgets_listed_in_the_file_win_over_a_changed_layout() -> None:
             "widgets_values": [320, 7, 2]}
     prompt = ui_to_api({"nodes": [node], "links": []}).prompt
     assert prompt["1"]["inputs"] == {"width": 320, "batch_size": 2, "height": 512}  # height: its default
+
+
+def test_a_required_combo_the_saved_node_predates_takes_its_first_choice() -> None:
+    """A node saved before it had a widget: the frontend shows a required combo's first choice (and
+    says nothing); the conversion does the same and warns. An optional one stays out."""
+    workflow = {"nodes": [
+        {"id": 1, "type": "DualCFGGuider", "inputs": [], "outputs": [], "widgets_values": [5, 2]},
+        {"id": 2, "type": "DualCLIPLoader", "inputs": [], "outputs": [],
+         "widgets_values": ["t5xxl.safetensors", "clip_l.safetensors", "flux"]},
+    ], "links": []}  # fmt: skip
+    conversion = ui_to_api(workflow)
+    assert conversion.prompt["1"]["inputs"] == {"cfg_conds": 5, "cfg_cond2_negative": 2, "style": "regular"}
+    assert "device" not in conversion.prompt["2"]["inputs"]
+    assert any("node 1 (DualCFGGuider): widget 'style' not saved" in w for w in conversion.warnings)
