@@ -155,13 +155,15 @@ def test_serve_and_two_workers_survive_a_kill_and_an_s3_outage(
             assert workers["victim"].poll() is None, processes.log("victim")
             return next((j.id for j in store.list({JobStatus.RUNNING}) if j.worker_id == "victim"), None)
 
+        # S3 refuses uploads from here until the survivor has given up retrying and spooled an
+        # output; only then is the outage lifted, so it outlasts the retries however slow this
+        # machine is. Held before the kill, so the victim's job cannot have stored its image
+        # however far it got: the kill is mid-job, with nothing written, on any machine.
+        outage = proxy.hold("slowdown", service="s3", method="PUT")
         killed_job = _wait(victim_running, 120, "the victim to start a job", interval=0.05)
         workers["victim"].send_signal(signal.SIGKILL)  # mid-job: no ack, no heartbeat, nothing written
         workers["victim"].wait(timeout=10)
         assert store.get(killed_job).status is JobStatus.RUNNING
-        # S3 refuses uploads until the survivor has given up retrying and spooled an output; only
-        # then is the outage lifted, so it outlasts the retries however slow this machine is.
-        outage = proxy.hold("slowdown", service="s3", method="PUT")
 
         def survivor_spooled() -> bool:
             assert workers["survivor"].poll() is None, processes.log("survivor")
