@@ -12,7 +12,7 @@ layout, fp16) and a full-size random Flux VAE (ComfyUI's autoencoder is also fix
     python bench/flux_comfyui_parity.py --workdir /tmp/flux-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
-(add --variant schnell for schnell) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
+(add --variant schnell for schnell, --sampler NAME for another sampler than euler) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
 side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
 """
 
@@ -75,7 +75,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str) -> Path:
+def comfyd_side(work: Path, variant: str, sampler: str = "euler") -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
@@ -90,13 +90,13 @@ def comfyd_side(work: Path, variant: str) -> Path:
     cond = load_file(str(work / names["cond"]))
     positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
-    out = common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
-    path = work / f"comfyd-{variant}.png"
+    out = common_ksampler(model, SEED, STEPS, 1.0, sampler, "simple", positive, positive, latent)
+    path = work / f"comfyd-{variant}-{sampler}.png"
     to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
+def comfyui_side(work: Path, comfyui: Path, variant: str, sampler: str = "euler") -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -114,8 +114,8 @@ def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
     cond = comfy.utils.load_torch_file(str(work / names["cond"]))
     positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
-    (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
-    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
+    (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, sampler, "simple", positive, positive, latent)
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}-{sampler}.png")
 
 
 def main() -> int:
@@ -125,23 +125,25 @@ def main() -> int:
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--variant", choices=("dev", "schnell"), default="dev",
                         help="dev: guidance embedding + ModelSamplingFlux; schnell: neither")
+    parser.add_argument("--sampler", default="euler", help="any KSampler sampler name (default euler)")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.sampler)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.sampler)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--comfyui-side"], check=True)
-    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
+                    "--variant", args.variant, "--sampler", args.sampler, "--comfyui-side"], check=True)
+    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}-{args.sampler}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
-    print(f"RESULT psnr_flux_{args.variant}_db={psnr:.2f}")
+    label = args.variant if args.sampler == "euler" else f"{args.variant}_{args.sampler}"
+    print(f"RESULT psnr_flux_{label}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 

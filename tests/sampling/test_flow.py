@@ -106,13 +106,3 @@ def test_flow_forms_of_ancestral_samplers_match_comfyui(name: str, eta: float | 
     assert out.flatten()[:4].tolist() == pytest.approx(first, abs=2e-6)
     discrete = get_sampler(name)(fake, start.clone(), sigmas, SamplerRun(seed=5), **options)
     assert not torch.allclose(discrete.double(), out)  # the flow branch is not the discrete one
-
-
-def test_samplers_without_a_flow_form_refuse_flow_models() -> None:
-    from comfyd.sampling.samplers import get_sampler
-    from comfyd.sampling.samplers.base import SamplerRun
-
-    for name in ("dpmpp_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "er_sde", "seeds_2", "sa_solver", "dpm_2_ancestral"):
-        with pytest.raises(ValueError, match="sampler .* is not implemented for flow-matching models"):
-            get_sampler(name)(lambda x, s: x, torch.zeros(1, 4, 2, 2), torch.tensor([1.0, 0.5, 0.0]),
-                              SamplerRun(seed=0, flow=True))

@@ -15,7 +15,6 @@ the GPU free of host syncs and tiny device tensors.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,23 +57,32 @@ class SamplerRun:
 SamplerFn = Callable[[Denoiser, Tensor, Tensor, SamplerRun], Tensor]
 
 
-def discrete_only(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Refuse flow-matching models in a sampler whose rectified-flow form (ComfyUI's CONST branch:
-    half-log-SNR of a flow schedule, RF ancestral steps) comfyd does not have yet, rather than
-    silently sampling with the discrete formulas."""
+# How far into sampling the first sigma of a flow schedule moves when it is 1 (log-SNR infinite).
+SNR_OFFSET_PERCENT = 1e-4
 
-    @functools.wraps(fn)
-    def sampler(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, *args, **kwargs) -> Tensor:
-        if run.flow:
-            name = fn.__name__.removeprefix("sample_")
-            raise ValueError(
-                f"sampler {name} is not implemented for flow-matching models (Flux, SD3) yet; "
-                "euler, euler_ancestral, heun, dpmpp_2m, lcm, ipndm, deis, uni_pc and the other "
-                "deterministic samplers are"
-            )
-        return fn(model, x, sigmas, run, *args, **kwargs)
 
-    return sampler
+def half_log_snr(sigma: Tensor, flow: bool) -> Tensor:
+    """lambda = log(alpha / sigma): -log sigma for EPS/V models (alpha 1), log((1 - sigma) / sigma)
+    for flow models (alpha = 1 - sigma)."""
+    return sigma.logit().neg() if flow else sigma.log().neg()
+
+
+def sigma_at(half_log_snr: Tensor, flow: bool) -> Tensor:
+    """The inverse of `half_log_snr`."""
+    return half_log_snr.neg().sigmoid() if flow else half_log_snr.neg().exp()
+
+
+def offset_first_sigma(sigmas: Tensor, run: SamplerRun) -> Tensor:
+    """A flow schedule starting at sigma 1 (infinite log-SNR) starts a hair later instead, where
+    the model's own schedule puts 0.01 % of sampling progress; EPS/V schedules are unchanged."""
+    if not run.flow or len(sigmas) <= 1 or sigmas[0] < 1:
+        return sigmas
+    moved = sigmas.clone()
+    if run.schedule is not None:
+        moved[0] = run.schedule.percent_to_sigma(SNR_OFFSET_PERCENT)
+    else:  # an unshifted flow schedule
+        moved[0] = 1.0 - SNR_OFFSET_PERCENT
+    return moved
 
 
 def f32(value: float | Tensor) -> Tensor:
@@ -91,9 +99,10 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     """(sigma_down, sigma_up): step down deterministically to sigma_down, then add sigma_up noise."""
     if not eta:
         return sigma_to, f32(0.0)
-    sigma_up = torch.minimum(
-        sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-    )
+    candidate = eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    # Python's min, as ComfyUI takes it: sigma_to unless the candidate is smaller, so a NaN candidate
+    # (sigma_from infinite, at a flow model's sigma 1 in CFG++) gives sigma_to.
+    sigma_up = candidate if candidate < sigma_to else sigma_to
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 

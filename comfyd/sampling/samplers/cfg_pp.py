@@ -4,8 +4,9 @@ dpmpp_2s_ancestral_cfg_pp and dpmpp_2m_cfg_pp.
 They step along the *unguided* (negative-prompt) prediction and add the guided one only as the
 target, so they read the guider's uncond prediction of the same model call (`run.uncond()`);
 the guider runs the negative prompt even at cfg 1 for them, as ComfyUI does
-(disable_cfg1_optimization). Formulas as ComfyUI's k-diffusion runs them for EPS/V models
-(half-log-SNR lambda = -log sigma).
+(disable_cfg1_optimization). Formulas as ComfyUI's k-diffusion runs them: euler_ancestral_cfg_pp
+reads alpha from the model's half-log-SNR (alpha = 1 - sigma for flow models); the other three
+use lambda = -log sigma for every model, as ComfyUI 0.3.64 does.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, discrete_only, scaled, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, half_log_snr, scaled, to_d
 
 
-@discrete_only
 def sample_euler_ancestral_cfg_pp(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
 ) -> Tensor:
@@ -29,8 +29,8 @@ def sample_euler_ancestral_cfg_pp(
         if sigma_next == 0:
             x = denoised
             continue
-        alpha_s = sigma * (-sigma.log()).exp()
-        alpha_t = sigma_next * (-sigma_next.log()).exp()
+        alpha_s = sigma * half_log_snr(sigma, run.flow).exp()
+        alpha_t = sigma_next * half_log_snr(sigma_next, run.flow).exp()
         d = to_d(x, float(sigma), float(alpha_s) * uncond)
         sigma_down, sigma_up = ancestral_step(sigma / alpha_s, sigma_next / alpha_t, eta)
         sigma_down = alpha_t * sigma_down

@@ -1,7 +1,8 @@
 """DPM-Solver++ samplers: 2S ancestral, SDE, 2M, 2M SDE (midpoint) and 3M SDE.
 
-Formulas from k-diffusion as ComfyUI runs them for EPS/V models (half-log-SNR lambda = -log
-sigma); eta and s_noise default to 1 (KSampler), the Sampler* nodes set them. 2M SDE has
+Formulas from k-diffusion as ComfyUI 0.3.64 runs them. The SDE samplers work in half-log-SNR
+time for every model (lambda = -log sigma for EPS/V, log((1 - sigma) / sigma) for flow models,
+whose first sigma of 1 moves a hair down); 2S ancestral has a separate rectified-flow form. eta and s_noise default to 1 (KSampler), the Sampler* nodes set them. 2M SDE has
 ComfyUI's two solver types, midpoint (dpmpp_2m_sde) and heun (dpmpp_2m_sde_heun). The SDE samplers draw their noise from a Brownian tree over
 [smallest positive sigma, largest sigma]; `brownian_on_cpu=False` is ComfyUI's `_gpu` variant.
 """
@@ -11,7 +12,17 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise, BrownianNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, discrete_only, scaled, to_d
+from comfyd.sampling.samplers.base import (
+    Denoiser,
+    SamplerRun,
+    ancestral_step,
+    half_log_snr,
+    offset_first_sigma,
+    scaled,
+    sigma_at,
+    to_d,
+)
+from comfyd.sampling.samplers.rf_ancestral import dpmpp_2s_ancestral_rf
 
 
 def _brownian(x: Tensor, sigmas: Tensor, seed: int, on_cpu: bool) -> BrownianNoise:
@@ -23,10 +34,11 @@ def _sde_noise(noise: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise
     return scaled(noise * float(sigma_next) * float((-2 * h * eta).expm1().neg().sqrt()), s_noise)
 
 
-@discrete_only
 def sample_dpmpp_2s_ancestral(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
 ) -> Tensor:
+    if run.flow:
+        return dpmpp_2s_ancestral_rf(model, x, sigmas, run, eta, s_noise)
     noise = AncestralNoise(x, run.seed)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
@@ -50,7 +62,6 @@ def sample_dpmpp_2s_ancestral(
     return x
 
 
-@discrete_only
 def sample_dpmpp_sde(
     model: Denoiser,
     x: Tensor,
@@ -64,6 +75,8 @@ def sample_dpmpp_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    sigmas = offset_first_sigma(sigmas, run)
+    flow = run.flow
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -72,10 +85,10 @@ def sample_dpmpp_sde(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+        lambda_s, lambda_t = half_log_snr(sigma, flow), half_log_snr(sigma_next, flow)
         h = lambda_t - lambda_s
         lambda_s_1 = lambda_s + r * h
-        sigma_s_1 = (-lambda_s_1).exp()
+        sigma_s_1 = sigma_at(lambda_s_1, flow)
         alpha_s = sigma * lambda_s.exp()
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
@@ -117,7 +130,6 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun)
     return x
 
 
-@discrete_only
 def sample_dpmpp_2m_sde(
     model: Denoiser,
     x: Tensor,
@@ -133,6 +145,7 @@ def sample_dpmpp_2m_sde(
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    sigmas = offset_first_sigma(sigmas, run)
     old_denoised: Tensor | None = None
     h: Tensor | None = None
     h_last: Tensor | None = None
@@ -143,7 +156,7 @@ def sample_dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+            lambda_s, lambda_t = half_log_snr(sigma, run.flow), half_log_snr(sigma_next, run.flow)
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()
@@ -163,7 +176,6 @@ def sample_dpmpp_2m_sde(
     return x
 
 
-@discrete_only
 def sample_dpmpp_3m_sde(
     model: Denoiser,
     x: Tensor,
@@ -176,6 +188,7 @@ def sample_dpmpp_3m_sde(
     if len(sigmas) <= 1:
         return x
     noise = _brownian(x, sigmas, run.seed, brownian_on_cpu)
+    sigmas = offset_first_sigma(sigmas, run)
     denoised_1: Tensor | None = None
     denoised_2: Tensor | None = None
     h: Tensor | None = None
@@ -188,7 +201,7 @@ def sample_dpmpp_3m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+            lambda_s, lambda_t = half_log_snr(sigma, run.flow), half_log_snr(sigma_next, run.flow)
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()

@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, discrete_only, scaled, to_d
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, ancestral_step, scaled, to_d
+from comfyd.sampling.samplers.rf_ancestral import dpm_2_ancestral_rf, euler_ancestral_rf
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
@@ -26,7 +27,7 @@ def sample_euler_ancestral(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
 ) -> Tensor:
     if run.flow:
-        return _euler_ancestral_rf(model, x, sigmas, run, eta, s_noise)
+        return euler_ancestral_rf(model, x, sigmas, run, eta, s_noise)
     noise = AncestralNoise(x, run.seed)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
@@ -38,32 +39,6 @@ def sample_euler_ancestral(
         else:
             d = to_d(x, sig[i], denoised)
             x = x + d * float(sigma_down - sigmas[i]) + scaled(noise(sig[i], sig[i + 1]), s_noise) * float(sigma_up)
-    return x
-
-
-def _euler_ancestral_rf(
-    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float, s_noise: float
-) -> Tensor:
-    """euler_ancestral on a flow model (ComfyUI's RF form): step down to sigma_next * (1 + (ratio -
-    1) * eta) along the straight path, then rescale towards the data and add the noise that brings
-    the sample back to sigma_next."""
-    noise = AncestralNoise(x, run.seed)
-    sig = sigmas.tolist()
-    for i in range(len(sig) - 1):
-        denoised = model(x, sig[i])
-        run.report(i, x, denoised)
-        if sig[i + 1] == 0:
-            x = denoised
-            continue
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
-        alpha_next = 1 - sigma_next
-        alpha_down = 1 - sigma_down
-        renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-        ratio = sigma_down / sigma
-        x = float(ratio) * x + float(1 - ratio) * denoised
-        if eta > 0:
-            x = float(alpha_next / alpha_down) * x + scaled(noise(sig[i], sig[i + 1]), s_noise) * float(renoise)
     return x
 
 
@@ -106,13 +81,16 @@ def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) ->
     return x
 
 
-@discrete_only
-def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun) -> Tensor:
+def sample_dpm_2_ancestral(
+    model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, eta: float = 1.0, s_noise: float = 1.0
+) -> Tensor:
+    if run.flow:
+        return dpm_2_ancestral_rf(model, x, sigmas, run, eta, s_noise)
     noise = AncestralNoise(x, run.seed)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         run.report(i, x, denoised)
         d = to_d(x, sig[i], denoised)
         if sigma_down == 0:
@@ -123,7 +101,7 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, run: Samp
             denoised_2 = model(x_2, float(sigma_mid))
             d_2 = to_d(x_2, float(sigma_mid), denoised_2)
             x = x + d_2 * float(sigma_down - sigmas[i])
-            x = x + noise(sig[i], sig[i + 1]) * float(sigma_up)
+            x = x + scaled(noise(sig[i], sig[i + 1]), s_noise) * float(sigma_up)
     return x
 
 

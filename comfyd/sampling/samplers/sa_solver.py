@@ -1,8 +1,8 @@
 """SA-Solver, the stochastic Adams predictor-corrector (arXiv 2309.05019): sa_solver and
 sa_solver_pece (which evaluates the model again after each correction).
 
-As ComfyUI 0.3.64 runs it for EPS/V models: data prediction in half-log-SNR time
-(lambda = -log sigma), noise only while sigma lies in the tau interval (by default 20 %..80 % of
+As ComfyUI 0.3.64 runs it: data prediction in half-log-SNR time (lambda = -log sigma for EPS/V
+models, log((1 - sigma) / sigma) for flow models, whose first sigma of 1 moves a hair down), noise only while sigma lies in the tau interval (by default 20 %..80 % of
 sampling progress, eta 1), lower orders on the last steps.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, discrete_only, scaled
+from comfyd.sampling.samplers.base import Denoiser, SamplerRun, half_log_snr, offset_first_sigma, scaled
 
 TauFn = Callable[[Tensor], float]
 _DEFAULT_SDE_START, _DEFAULT_SDE_END = 0.2, 0.8
@@ -84,7 +84,6 @@ def _combine(predictions: list[Tensor], weights: Tensor) -> Tensor:
     return total
 
 
-@discrete_only
 def sample_sa_solver(
     model: Denoiser,
     x: Tensor,
@@ -100,7 +99,8 @@ def sample_sa_solver(
     if len(sigmas) <= 1:
         return x
     noise_source = AncestralNoise(x, run.seed)
-    lambdas = sigmas.log().neg()
+    sigmas = offset_first_sigma(sigmas, run)
+    lambdas = half_log_snr(sigmas, run.flow)
     if tau_func is None:
         if run.schedule is None:
             raise ValueError("sa_solver needs the model's noise schedule for its default SDE interval")
@@ -163,7 +163,6 @@ def sample_sa_solver(
     return x
 
 
-@discrete_only
 def sample_sa_solver_pece(
     model: Denoiser, x: Tensor, sigmas: Tensor, run: SamplerRun, **options: object
 ) -> Tensor:

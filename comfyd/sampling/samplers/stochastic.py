@@ -1,7 +1,9 @@
 """Stochastic samplers drawing fresh Gaussian noise per step (seeded like the ancestral ones):
 ddpm, er_sde (ER-SDE-Solver-3, arXiv 2309.06169), seeds_2 and seeds_3 (SEEDS, arXiv 2305.14267).
 
-Formulas as ComfyUI 0.3.64 runs them for EPS/V models (half-log-SNR lambda = -log sigma).
+Formulas as ComfyUI 0.3.64 runs them, in half-log-SNR time (lambda = -log sigma for EPS/V models,
+log((1 - sigma) / sigma) for flow models, whose first sigma of 1 moves a hair down). ddpm has no
+flow form in ComfyUI either: it runs its variance-preserving step on every model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import torch
 from torch import Tensor
 
 from comfyd.sampling.noise import AncestralNoise
-from comfyd.sampling.samplers.base import Denoiser, SamplerRun, discrete_only, scaled
+from comfyd.sampling.samplers.base import (
+    Denoiser,
+    SamplerRun,
+    half_log_snr,
+    offset_first_sigma,
+    scaled,
+    sigma_at,
+)
 
 NoiseScaler = Callable[[Tensor], Tensor]
 
@@ -56,7 +65,6 @@ def reverse_time_sde_noise_scaler(eta: float) -> NoiseScaler:
 _ER_SDE_POINTS = 200.0
 
 
-@discrete_only
 def sample_er_sde(
     model: Denoiser,
     x: Tensor,
@@ -69,7 +77,8 @@ def sample_er_sde(
     noise = AncestralNoise(x, run.seed)
     scaler = er_sde_default_noise_scaler if noise_scaler is None else noise_scaler
     points = torch.arange(0, _ER_SDE_POINTS, dtype=torch.float32)
-    er_lambdas = sigmas.log().neg().neg().exp()  # sigma / alpha, through the half-log-SNR like ComfyUI
+    sigmas = offset_first_sigma(sigmas, run)
+    er_lambdas = half_log_snr(sigmas, run.flow).neg().exp()  # sigma / alpha, through the half-log-SNR like ComfyUI
     old_denoised: Tensor | None = None
     old_denoised_d: Tensor | None = None
     for i in range(len(sigmas) - 1):
@@ -132,7 +141,6 @@ def _carried_noise(sde_noise: Tensor, segment: Tensor, fresh: Tensor) -> Tensor:
     return sde_noise * float(segment.exp()) + float(segment.mul(2).expm1().neg().sqrt()) * fresh
 
 
-@discrete_only
 def sample_seeds_2(
     model: Denoiser,
     x: Tensor,
@@ -144,6 +152,7 @@ def sample_seeds_2(
 ) -> Tensor:
     noise = AncestralNoise(x, run.seed)
     inject = eta > 0 and s_noise > 0
+    sigmas = offset_first_sigma(sigmas, run)
     fac = 1 / (2 * r)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -152,11 +161,11 @@ def sample_seeds_2(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+        lambda_s, lambda_t = half_log_snr(sigma, run.flow), half_log_snr(sigma_next, run.flow)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
-        sigma_s_1 = (-lambda_s_1).exp()
+        sigma_s_1 = sigma_at(lambda_s_1, run.flow)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
@@ -172,7 +181,6 @@ def sample_seeds_2(
     return x
 
 
-@discrete_only
 def sample_seeds_3(
     model: Denoiser,
     x: Tensor,
@@ -185,6 +193,7 @@ def sample_seeds_3(
 ) -> Tensor:
     noise = AncestralNoise(x, run.seed)
     inject = eta > 0 and s_noise > 0
+    sigmas = offset_first_sigma(sigmas, run)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, float(sigma))
@@ -192,12 +201,12 @@ def sample_seeds_3(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = -sigma.log(), -sigma_next.log()
+        lambda_s, lambda_t = half_log_snr(sigma, run.flow), half_log_snr(sigma_next, run.flow)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
         lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
-        sigma_s_1, sigma_s_2 = (-lambda_s_1).exp(), (-lambda_s_2).exp()
+        sigma_s_1, sigma_s_2 = sigma_at(lambda_s_1, run.flow), sigma_at(lambda_s_2, run.flow)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigma_next * lambda_t.exp()
