@@ -29,12 +29,17 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "style_models": ("style_models",),
     "clip": ("clip", "text_encoders"),
     "unet": ("unet", "diffusion_models"),
+    # The ComfyUI-GGUF pack's names for the same directories, listing only its .gguf files.
+    "unet_gguf": ("unet", "diffusion_models"),
+    "clip_gguf": ("clip", "text_encoders"),
 }
 # What ComfyUI lists (folder_paths.supported_pt_extensions). Only safetensors load by default;
 # the pickle formats are listed so the user sees them, and refused at load time unless allowed.
 SAFE_EXTENSIONS = frozenset({".safetensors", ".sft"})
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
 MODEL_EXTENSIONS = SAFE_EXTENSIONS | PICKLE_EXTENSIONS
+GGUF_EXTENSIONS = frozenset({".gguf"})
+FOLDER_EXTENSIONS = {"unet_gguf": GGUF_EXTENSIONS, "clip_gguf": GGUF_EXTENSIONS}
 DIFFUSERS_MARKER = "model_index.json"
 RECENT_NS = 2_000_000_000
 
@@ -77,7 +82,7 @@ class ModelPaths:
     # workflow validation lists the model folders: a walk that resolves each file costs
     # milliseconds, a stat per directory microseconds. A directory's mtime changes whenever an
     # entry in it is added, removed or renamed, so a listing is reused only while none did.
-    _listings: dict[tuple[str, bool], tuple[list[str], dict[str, int]]] = field(
+    _listings: dict[tuple[str, bool, frozenset[str]], tuple[list[str], dict[str, int]]] = field(
         default_factory=dict, compare=False, hash=False, repr=False)
 
     def folder_dirs(self, folder: str) -> list[Path]:
@@ -100,17 +105,18 @@ class ModelPaths:
         not descended into; entries whose real location is outside their folder are skipped.
         """
         names: set[str] = set()
+        extensions = FOLDER_EXTENSIONS.get(folder, MODEL_EXTENSIONS)
         for base in self.folder_dirs(folder):
-            names.update(self._listing(base, list_diffusers=folder == "checkpoints"))
+            names.update(self._listing(base, folder == "checkpoints", extensions))
         return sorted(names)
 
-    def _listing(self, base: Path, list_diffusers: bool) -> list[str]:
-        key = (str(base), list_diffusers)
+    def _listing(self, base: Path, list_diffusers: bool, extensions: frozenset[str] = MODEL_EXTENSIONS) -> list[str]:
+        key = (str(base), list_diffusers, extensions)
         cached = self._listings.get(key)
         if cached is not None and _unchanged(cached[1]):
             return cached[0]
         watched: dict[str, int] = {}
-        names = _walk_models(base, list_diffusers, watched)
+        names = _walk_models(base, list_diffusers, watched, extensions)
         self._listings[key] = (names, watched)
         return names
 
@@ -153,7 +159,10 @@ def _watch(watched: dict[str, int] | None, path: Path) -> None:
     watched[str(path)] = -1 if mtime > time.time_ns() - RECENT_NS else mtime
 
 
-def _walk_models(base: Path, list_diffusers: bool, watched: dict[str, int] | None = None) -> list[str]:
+def _walk_models(
+    base: Path, list_diffusers: bool, watched: dict[str, int] | None = None,
+    extensions: frozenset[str] = MODEL_EXTENSIONS,
+) -> list[str]:
     """The names under `base`; `watched` collects each directory the listing depends on."""
     real_base = base.resolve()
     found: list[str] = []
@@ -179,7 +188,7 @@ def _walk_models(base: Path, list_diffusers: bool, watched: dict[str, int] | Non
                     keep.append(d)
             dirnames[:] = keep
         for filename in filenames:
-            if Path(filename).suffix.lower() not in MODEL_EXTENSIONS:
+            if Path(filename).suffix.lower() not in extensions:
                 continue
             path = here / filename
             if not path.resolve().is_relative_to(real_base):

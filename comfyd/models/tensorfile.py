@@ -4,7 +4,8 @@
 handed out is a view of the mapped file (private copy-on-write pages, so writing to it never
 touches the file). Pickle files (`.ckpt`, `.pt`, ...) can run code when unpickled, so they are
 refused unless the operator allows them, and even then only `torch.load(weights_only=True)`
-reads them.
+reads them. `.gguf` files (quantized or not) are read through `gguf_weights`, each tensor
+dequantized to float32 when asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from comfyd.models.paths import PICKLE_EXTENSIONS
+from comfyd.models.gguf_weights import GGUFError, GGUFWeights
+from comfyd.models.paths import GGUF_EXTENSIONS, PICKLE_EXTENSIONS
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -52,9 +54,16 @@ class TensorFile:
         self.path = Path(path)
         self._handle: Any = None
         self._tensors: dict[str, torch.Tensor] | None = None
+        self._gguf: GGUFWeights | None = None
         self.metadata: dict[str, str] = {}
         suffix = self.path.suffix.lower()
-        if suffix in PICKLE_EXTENSIONS:
+        if suffix in GGUF_EXTENSIONS:
+            try:
+                self._gguf = GGUFWeights(self.path)
+            except GGUFError as exc:
+                raise ModelFileError(str(exc)) from exc
+            self._keys = self._gguf.keys()
+        elif suffix in PICKLE_EXTENSIONS:
             if not allow_pickle:
                 raise PickleRefused(self.path)
             self._tensors = _load_pickle_weights_only(self.path)
@@ -78,6 +87,7 @@ class TensorFile:
         # Tensors already handed out keep their own reference to the mapping.
         self._handle = None
         self._tensors = None
+        self._gguf = None
 
     def keys(self) -> list[str]:
         return list(self._keys)
@@ -86,11 +96,15 @@ class TensorFile:
         return key in self._key_set
 
     def shape(self, key: str) -> tuple[int, ...]:
+        if self._gguf is not None:
+            return self._gguf.shape(key)
         if self._tensors is not None:
             return tuple(self._tensors[key].shape)
         return tuple(self._handle.get_slice(key).get_shape())
 
     def dtype(self, key: str) -> torch.dtype:
+        if self._gguf is not None:
+            return self._gguf.dtype(key)
         if self._tensors is not None:
             return self._tensors[key].dtype
         name = self._handle.get_slice(key).get_dtype()
@@ -98,6 +112,11 @@ class TensorFile:
 
     def get(self, key: str) -> torch.Tensor:
         """The tensor stored under `key` (a view of the mapped file for safetensors)."""
+        if self._gguf is not None:
+            try:
+                return self._gguf.get(key)
+            except GGUFError as exc:
+                raise ModelFileError(str(exc)) from exc
         if self._tensors is not None:
             return self._tensors[key]
         if self._handle is None:

@@ -23,15 +23,17 @@ COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_te
 # VideoHelperSuite's declarations of the VHS nodes comfyd runs, written by ComfyUI with the VHS pack
 # loaded (bench/comfyui_render.py --custom-node ... --input-types).
 VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encoding="utf-8"))["nodes"]
+# The ComfyUI-GGUF pack's loaders (commit 795e451), dumped the same way.
+GGUF: dict[str, Any] = json.loads((HERE / "gguf_input_types.json").read_text(encoding="utf-8"))["nodes"]
 # Choices that depend on the files present (models, input pictures, videos), not on the declaration.
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video", "hypernetwork_name", "control_net_name",
                 "clip_name", "style_model_name",
-                "unet_name", "clip_name1", "clip_name2"}
+                "unet_name", "clip_name1", "clip_name2", "clip_name3", "clip_name4"}
 # Choices of which comfyd offers a subset: VHS's formats depend on the encoders it finds.
 SUBSET_CHOICES = {("VHS_VideoCombine", "format")}
 # Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node, and custom-node
 # pack nodes comfyd implements itself.
-NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket", *VHS}
+NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket", *VHS, *GGUF}
 # "options" and "multiselect": ComfyUI's newer nodes declare a choice as ["COMBO", {"options": [...]}].
 NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip", "options", "multiselect",
                   "disable")
@@ -49,6 +51,11 @@ def test_declaration_matches_comfyui(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(VHS))
 def test_declaration_matches_videohelpersuite(name: str) -> None:
     assert_same_declaration(name, VHS[name])
+
+
+@pytest.mark.parametrize("name", sorted(GGUF))
+def test_declaration_matches_comfyui_gguf(name: str) -> None:
+    assert_same_declaration(name, GGUF[name])
 
 
 def assert_same_declaration(name: str, theirs: dict[str, Any]) -> None:

@@ -1,0 +1,124 @@
+"""GGUF files (the ComfyUI-GGUF pack's loaders, built in): tensors dequantized as the gguf library
+dequantizes them, the pack's folders and declarations, and the canonical Flux workflow run from
+GGUF files against the same workflow from the safetensors they were made from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyd.models.families import _flux_tiny
+from comfyd.models.tensorfile import ModelFileError, TensorFile
+from comfyd.models.tiny import make_tiny
+from tests.families.flux_reference import tiny_workflow
+from tests.models.gguf_files import write_gguf
+
+
+@pytest.fixture(scope="module")
+def flux_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Flux files, plus the dev transformer and the T5 as GGUF: lossless and Q8_0."""
+    root = tmp_path_factory.mktemp("gguf") / "models"
+    make_tiny(root, family="flux")
+    unet, t5 = root / _flux_tiny.NAMES["dev"], root / _flux_tiny.NAMES["t5xxl"]
+    write_gguf(unet, root / "diffusion_models" / "flux-dev-plain.gguf", "flux")
+    write_gguf(unet, root / "diffusion_models" / "flux-dev-Q8_0.gguf", "flux", quant="Q8_0")
+    write_gguf(t5, root / "text_encoders" / "t5-plain.gguf", "t5encoder", t5_names=True)
+    write_gguf(t5, root / "text_encoders" / "t5-Q8_0.gguf", "t5encoder", quant="Q8_0", t5_names=True)
+    return root
+
+
+def test_tensors_read_back_as_the_gguf_library_dequantizes_them(flux_gguf: Path) -> None:
+    source = load_file(str(flux_gguf / _flux_tiny.NAMES["dev"]))
+    with TensorFile(flux_gguf / "diffusion_models" / "flux-dev-plain.gguf") as plain:
+        assert sorted(plain.keys()) == sorted(source)
+        for key, value in source.items():
+            assert plain.shape(key) == tuple(value.shape)
+            assert torch.equal(plain.get(key).to(value.dtype), value), key
+    quantized = 0
+    with TensorFile(flux_gguf / "diffusion_models" / "flux-dev-Q8_0.gguf") as q8:
+        for key, value in source.items():
+            if value.ndim >= 2 and value.shape[-1] % 32 == 0:
+                q = gguf.quants.quantize(value.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
+                expected = torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0))
+                assert torch.equal(q8.get(key), expected.reshape(value.shape)), key
+                assert not torch.equal(q8.get(key), value.float())  # really quantized
+                quantized += 1
+    assert quantized > 10
+    # llama.cpp's T5 names come back as the Hugging Face ones ComfyUI's files use.
+    with TensorFile(flux_gguf / "text_encoders" / "t5-plain.gguf") as t5:
+        assert sorted(t5.keys()) == sorted(load_file(str(flux_gguf / _flux_tiny.NAMES["t5xxl"])))
+
+
+def test_original_shapes_recorded_by_the_converter_are_restored(tmp_path: Path) -> None:
+    # ComfyUI-GGUF stores tensors of more than four dimensions flattened, with their shape beside.
+    weight = torch.randn(2, 3, 1, 2, 2)
+    writer = gguf.GGUFWriter(str(tmp_path / "five.gguf"), "wan")
+    writer.add_tensor("patch_embedding.weight", weight.reshape(2, 3, 4).numpy())
+    writer.add_array("comfy.gguf.orig_shape.patch_embedding.weight", list(weight.shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with TensorFile(tmp_path / "five.gguf") as tf:
+        assert tf.shape("patch_embedding.weight") == (2, 3, 1, 2, 2)
+        assert torch.equal(tf.get("patch_embedding.weight"), weight)
+
+
+def test_bad_gguf_files_get_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF but not really")
+    with pytest.raises(ModelFileError, match="cannot read fake.gguf as GGUF"):
+        TensorFile(tmp_path / "fake.gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelFileError, match="architecture 'llama' are not supported yet"):
+        TensorFile(tmp_path / "llama.gguf")
+
+
+def _gguf_graph(unet: str, t5: str) -> dict:
+    graph = tiny_workflow("dev")
+    graph["12"] = {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": unet}}
+    clip = graph["11"]["inputs"]
+    graph["11"] = {
+        "class_type": "DualCLIPLoaderGGUF",
+        "inputs": {"clip_name1": t5, "clip_name2": clip["clip_name2"], "type": "flux"},
+    }
+    return graph
+
+
+def test_flux_workflow_from_gguf_files(flux_gguf: Path, tmp_path: Path) -> None:
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    settings = Settings(models_dir=flux_gguf, output_dir=tmp_path / "out", home=tmp_path / "home")
+    graphs = [
+        tiny_workflow("dev"),
+        _gguf_graph("flux-dev-plain.gguf", "t5-plain.gguf"),
+        _gguf_graph("flux-dev-Q8_0.gguf", "t5-Q8_0.gguf"),
+    ]
+    with LocalRunner(settings) as runner:
+        results = [runner.run(graph, node_id="8") for graph in graphs]
+        info, clip_info, unet_info = (
+            runner.registry.get(name).schema.object_info(runner.env)
+            for name in ("UnetLoaderGGUF", "CLIPLoaderGGUF", "UNETLoader")
+        )
+    assert all(r.ok for r in results), [r.error for r in results]
+    safetensors, plain, q8 = (r.values["8"][0] for r in results)
+    assert torch.equal(safetensors, plain)  # the same weights give the same picture
+    mse = float(((safetensors - q8) ** 2).mean())
+    assert 0 < mse and 10 * np.log10(1.0 / mse) > 30  # 8-bit weights: close, not equal
+    # The pack's lists: .gguf diffusion models only; text encoders of both kinds.
+    assert info["input"]["required"]["unet_name"][0] == ["flux-dev-Q8_0.gguf", "flux-dev-plain.gguf"]
+    assert info["category"] == "bootleg" and info["display_name"] == "Unet Loader (GGUF)"
+    assert {"t5-plain.gguf", Path(_flux_tiny.NAMES["clip_l"]).name} <= set(
+        clip_info["input"]["required"]["clip_name"][0]
+    )
+    assert not any(n.endswith(".gguf") for n in unet_info["input"]["required"]["unet_name"][0])
