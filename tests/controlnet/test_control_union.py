@@ -140,3 +140,25 @@ def test_broken_union_parts_are_refused_clearly(tmp_path: Path) -> None:
     save_file(state, str(broken))
     with pytest.raises(UnknownControlLayout, match="union ControlNet needs.*spatial_ch_projs"):
         load_control_model(broken, "k", broken.name, PLAN)
+
+
+def test_a_diffusers_controlnet_union_model_state_loads(tmp_path: Path) -> None:
+    """diffusers' ControlNetUnionModel saves the names ComfyUI reads: its files load as they are."""
+    import inspect
+
+    from diffusers import ControlNetUnionModel
+
+    from comfyd.models.tiny_control import controlnet_config
+
+    accepted = set(inspect.signature(ControlNetUnionModel.__init__).parameters)
+    config = {k: v for k, v in controlnet_config(tiny_configs("sd1").unet).items() if k in accepted}
+    torch.manual_seed(0)
+    model = ControlNetUnionModel(**config, num_control_type=8, addition_time_embed_dim=256, num_trans_channel=32,
+                                 num_trans_head=8, num_proj_channel=32)
+    path = tmp_path / "diffusers-union.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    handle = load_control_model(path, "k", path.name, PLAN)
+    assert handle.union_types == 8
+    loaded = handle.module.state_dict()
+    assert set(loaded) == set(model.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
