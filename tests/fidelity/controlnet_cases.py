@@ -101,7 +101,7 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def write_models(models: Path, checkpoint: Path) -> None:
-    """The three parity ControlNets, next to the parity checkpoint they are cut like."""
+    """The four parity ControlNets (the union one in the diffusers layout), next to the parity checkpoint they are cut like."""
     from comfyd.models.keymap import apply_op, unet_translator
     from comfyd.models.tensorfile import TensorFile
     from comfyd.models.tiny import parity_configs
