@@ -4,8 +4,10 @@ Layouts ComfyUI's ControlNetLoader reads, for SD1.x, SD2.x and SDXL:
 - original ControlNet: the UNet's input and middle blocks with `input_hint_block.*`,
   `zero_convs.*` and `middle_block_out.*`, bare or under `control_model.` (the `.pth` era files,
   also the "diff" ControlNets that hold a `difference` marker);
-- diffusers ControlNet (`controlnet_cond_embedding.*`, `controlnet_down_blocks.*`); a union
-  ControlNet (`task_embedding`, `control_add_embedding.*`) is recognised and refused;
+- diffusers ControlNet (`controlnet_cond_embedding.*`, `controlnet_down_blocks.*`), also a union
+  ControlNet (`task_embedding`, `control_add_embedding.*`, `transformer_layes.*`,
+  `spatial_ch_projs.*`; see control_union). ComfyUI reads the union parts only in this layout:
+  an original-layout file carrying them loads as a plain ControlNet there, and here;
 - T2I-Adapter, original (`conv_in`, `body.N.*`) or diffusers (`adapter.body.N.resnets.M.*`).
 
 Everything about the architecture comes from the shapes; the family (for the attention head
@@ -21,10 +23,11 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from comfyd.models import families
+from comfyd.models.control_union import UnionConfig, UnionLayoutError, union_config
 from comfyd.models.detect import UnknownCheckpointLayout, _indices, infer_unet_config, shipped_config
 from comfyd.models.keymap import COPY, IdentityTranslator, Source, Translator, unet_translator
 
@@ -50,6 +53,7 @@ class ControlInfo:
     translator: Translator  # module parameter name -> stored key
     family: str | None = None  # ControlNet: the family whose UNet it drives
     difference: bool = False  # weights stored as a difference to the model's UNet
+    union: UnionConfig | None = None  # a union ControlNet's extra parts
 
 
 def detect_control(
@@ -57,11 +61,20 @@ def detect_control(
 ) -> ControlInfo:
     key_set = set(keys)
     if DIFFUSERS_HINT_KEY in key_set:
-        if UNION_KEY in key_set or "task_embedding" in key_set:
-            raise UnknownControlLayout(
-                f"{name} is a union ControlNet (ControlNet++); comfyd does not run union ControlNets yet"
-            )
-        return _diffusers_controlnet(shapes, name, metadata or {})
+        info = _diffusers_controlnet(shapes, name, metadata or {})
+        # ComfyUI's marker for a union ControlNet is this one key.
+        if UNION_KEY in key_set:
+            try:
+                union = union_config(shapes, name)
+            except UnionLayoutError as exc:
+                raise UnknownControlLayout(str(exc)) from None
+            if union.projection != info.config["block_out_channels"][0]:
+                raise UnknownControlLayout(
+                    f"{name}: spatial_ch_projs gives {union.projection} channels, the hint features have "
+                    f"{info.config['block_out_channels'][0]}"
+                )
+            info = replace(info, union=union)
+        return info
     for prefix in ("control_model.", ""):
         if f"{prefix}zero_convs.0.0.weight" in key_set:
             return _original_controlnet(shapes, prefix, name, DIFFERENCE_KEY in key_set, metadata or {})

@@ -11,8 +11,9 @@ and returns a `ControlRun`, which per UNet call:
 - outside [end sigma, start sigma] answers only the previous control's residuals;
 - resizes the hint to the latent size x 8 (nearest-exact, centre crop), once per size, and
   repeats it to the batch (ComfyUI's broadcast_image_to);
-- runs the ControlNet on the UNet's own input, timestep and context, or the T2I-Adapter on the
-  hint alone (once per size);
+- runs the ControlNet on the UNet's own input, timestep and context (a union ControlNet with the
+  control type SetUnionControlNetType set, see control_union), or the T2I-Adapter on the hint
+  alone (once per size);
 - scales every residual by the strength (after global average pooling for shuffle models) and
   adds the previous control's residuals.
 """
@@ -28,22 +29,12 @@ from torch import Tensor
 
 from comfyd.models.control_detect import CONTROLNET
 from comfyd.models.control_model import ControlModelHandle
+from comfyd.models.control_union import check_control_type, union_controlnet_forward
 from comfyd.sampling.control import ControlResiduals
 from comfyd.sampling.latent_resize import resize_latent
 
 COMPRESSION = 8
 HINT_UPSCALE = "nearest-exact"
-# SetUnionControlNetType's choices, in ComfyUI's order; the value is the union model's type index.
-UNION_TYPES = {
-    "openpose": 0,
-    "depth": 1,
-    "hed/pidi/scribble/ted": 2,
-    "canny/lineart/anime_lineart/mlsd": 3,
-    "normal": 4,
-    "segment": 5,
-    "tile": 6,
-    "repaint": 7,
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +145,13 @@ class ControlRun:
             raise ValueError(
                 f"{model.name} takes a {model.hint_channels}-channel hint image, got {hint.shape[1]} channels"
             )
+        if model.union_types:
+            control_type = list(self.link.extra_args.get("control_type", []))
+            check_control_type(model.module, control_type, model.name)
+            down, mid = union_controlnet_forward(
+                model.module, x_in.to(model.dtype), timestep, context.to(model.dtype), hint, control_type, added
+            )
+            return ControlResiduals(middle=[mid], output=list(down))
         down, mid = model.module(
             x_in.to(model.dtype),
             timestep,

@@ -26,6 +26,7 @@ from comfyd.models.control_detect import (
     UnknownControlLayout,
     detect_control,
 )
+from comfyd.models.control_union import attach_union_parts
 from comfyd.models.device_gate import DeviceGate
 from comfyd.models.devices import ComputePlan
 from comfyd.models.loader import materialize
@@ -48,6 +49,7 @@ class ControlModelHandle:
     hint_channels: int = 3
     # ComfyUI turns on global average pooling for files named *_shuffle (the shuffle ControlNet).
     global_average_pooling: bool = False
+    union_types: int = 0  # a union ControlNet: how many control types it knows (0: not a union)
     gate: DeviceGate | None = field(default=None, compare=False, repr=False)
 
 
@@ -55,9 +57,12 @@ def _empty_module(info: ControlInfo) -> Any:
     from diffusers import ControlNetModel, T2IAdapter
 
     with init_empty_weights():
-        if info.kind == CONTROLNET:
-            return ControlNetModel.from_config(dict(info.config))
-        return T2IAdapter.from_config(dict(info.config))
+        if info.kind != CONTROLNET:
+            return T2IAdapter.from_config(dict(info.config))
+        module = ControlNetModel.from_config(dict(info.config))
+        if info.union is not None:
+            attach_union_parts(module, info.union, module.time_embedding.linear_2.out_features)
+        return module
 
 
 def _shuffle_name(path: Path) -> bool:
@@ -109,6 +114,7 @@ def load_control_model(
         family=info.family,
         hint_channels=hint_channels,
         global_average_pooling=_shuffle_name(path),
+        union_types=info.union.types if info.union is not None else 0,
         gate=gate,
     )
 

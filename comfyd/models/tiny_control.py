@@ -6,6 +6,8 @@ zero convolutions too, so that the control visibly changes the picture). Layouts
 (ComfyUI's ldm keys, bare or under `control_model.`, as ComfyUI detects them unaided) or
 "diffusers" (the names of diffusers' ControlNetModel). `difference=True` writes a diff
 ControlNet: its UNet half minus the given UNet weights, with the `difference` marker.
+`union_types=N` adds a union ControlNet's parts (control_union) for N control types, in the
+diffusers layout, the only one ComfyUI reads them in.
 """
 
 from __future__ import annotations
@@ -61,11 +63,13 @@ def write_tiny_controlnet(
     prefix: str = "control_model.",
     hint_channels: int = 3,
     difference_from: Mapping[str, torch.Tensor] | None = None,
+    union_types: int = 0,
 ) -> Path:
     """Write a random ControlNet for `unet_config` to `path` (.safetensors); same seed, same bytes."""
     if layout not in ("original", "diffusers"):
         raise ValueError(f"layout must be 'original' or 'diffusers', not {layout!r}")
     state = random_controlnet_state(unet_config, seed, hint_channels)
+    union = random_union_state(unet_config, seed, union_types) if union_types else {}
     if difference_from is not None:
         state = {
             k: (v.float() - difference_from[k].float()).to(v.dtype) if k in difference_from else v
@@ -76,6 +80,7 @@ def write_tiny_controlnet(
         stored = to_original(state, translator)
     else:
         stored = dict(state)
+    stored.update(union)
     if difference_from is not None:
         stored[DIFFERENCE_KEY] = torch.tensor([])
     path = Path(path)
@@ -87,6 +92,20 @@ def write_tiny_controlnet(
         metadata[POOLED_METADATA] = str(pooled)
     save_file(stored, str(path), metadata=metadata)
     return path
+
+
+def random_union_state(unet_config: Mapping[str, Any], seed: int, types: int) -> dict[str, torch.Tensor]:
+    """A union ControlNet's extra tensors (file names), sized as ComfyUI sizes them: the
+    transformer as wide as the hint features (320 for SD), a 256-wide embedding per type."""
+    from torch import nn
+
+    from comfyd.models.control_union import UnionConfig, attach_union_parts
+
+    width = int(unet_config["block_out_channels"][0])
+    with init_empty_weights():
+        holder = nn.Module()
+        attach_union_parts(holder, UnionConfig(types, width, 1, 256, width), 4 * width)
+    return dict(random_module(holder, seed, "controlnet_union").state_dict())
 
 
 def make_tiny_controlnet(dir: Path | str, family: str) -> Path:

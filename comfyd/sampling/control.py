@@ -41,7 +41,8 @@ def unet_kwargs(residuals: ControlResiduals | None, per_level: int, levels: int)
     """The diffusers UNet2DConditionModel arguments that add `residuals` where ComfyUI adds them.
 
     diffusers adds an intrablock residual at the end of each level (before its downsampler), so
-    T2I-Adapter residuals must land exactly there; anything else is refused.
+    T2I-Adapter residuals must land exactly there; anything else is refused. Residuals past the
+    UNet's last input block are dropped, as ComfyUI never reaches them.
     """
     if residuals is None:
         return {}
@@ -54,10 +55,13 @@ def unet_kwargs(residuals: ControlResiduals | None, per_level: int, levels: int)
     if any(r is not None for r in residuals.input):
         by_block = list(reversed(residuals.input))  # ComfyUI pops from the end: block 0 first
         level_ends = {level * (per_level + 1) + per_level: level for level in range(levels)}
+        # Input blocks: the input conv, `per_level` blocks per level, a downsampler between levels.
+        blocks = levels * (per_level + 1)
         intrablock: list[Tensor] = []
         for block, residual in enumerate(by_block):
-            if residual is None:
-                continue
+            if residual is None or block >= blocks:
+                continue  # ComfyUI pops one per input block: the rest (a 4-level adapter on a
+                # shallower UNet) is never used
             if level_ends.get(block) != len(intrablock):
                 raise ValueError(
                     f"a T2I-Adapter residual lands on UNet input block {block}, which this UNet's "

@@ -150,6 +150,9 @@ def test_t2i_residuals_land_at_the_end_of_each_level() -> None:
         per_block += [None, None, f]
     kwargs = unet_kwargs(ControlResiduals(input=per_block[::-1]), per_level=2, levels=4)
     assert [float(r) for r in kwargs["down_intrablock_additional_residuals"]] == [0, 1, 2, 3]
+    # A two-level UNet takes the first two; ComfyUI never reaches the other two.
+    kwargs = unet_kwargs(ControlResiduals(input=per_block[::-1]), per_level=2, levels=2)
+    assert [float(r) for r in kwargs["down_intrablock_additional_residuals"]] == [0, 1]
     with pytest.raises(ValueError, match="input block 2"):
         unet_kwargs(ControlResiduals(input=per_block[::-1]), per_level=1, levels=2)
     assert unet_kwargs(None, 2, 4) == {}

@@ -1,6 +1,7 @@
 """Fidelity cases for ControlNet: ControlNetLoader, DiffControlNetLoader, ControlNetApply (old),
-ControlNetApplyAdvanced (strength, start/end percent, the optional VAE) and two chained
-ControlNets, on the parity checkpoint at 64x64 and 3 steps.
+ControlNetApplyAdvanced (strength, start/end percent, the optional VAE), two chained
+ControlNets and a union ControlNet under SetUnionControlNetType (a type, and "auto"), on the
+parity checkpoint at 64x64 and 3 steps.
 
 The control models are random-weight ControlNets cut like the parity UNet (two levels, 320 and
 640 channels, one block per level), which ComfyUI detects as SD1.5 ControlNets unaided: one in
@@ -8,7 +9,15 @@ the original layout under `control_model.`, one with the same keys bare, and a d
 `difference` marker) that DiffControlNetLoader completes with the model's weights. No
 diffusers-layout case: ComfyUI reads a diffusers ControlNet only when its config is one of the
 full-size ones it knows, so a cut-down one cannot be rendered (tests/controlnet covers that
-layout against the original one). The hint is
+layout against the original one).
+
+Union ControlNets are the exception: ComfyUI reads their union parts only in the diffusers
+layout, so the parity union ControlNet is a diffusers-layout file cut like the parity UNet, and
+its references come from bench/comfyui_union_render.py: ComfyUI's own loader and union model,
+with its table of full-size diffusers ControlNet configs extended by the one entry ComfyUI's
+own detector infers from the parity checkpoint's UNet (the shape this ControlNet is cut to).
+Everything after that lookup (key conversion, union parts, the forward pass, sampling) is
+ComfyUI's unchanged code. The hint is
 the 70x66 input picture, so it is centre-cropped and resized to 64x64. make_cases.py adds these.
 """
 
@@ -22,6 +31,7 @@ INPUT_IMAGE = "parity-input.png"
 CONTROLNET = "comfyd-parity-controlnet.safetensors"
 CONTROLNET_BARE = "comfyd-parity-controlnet-bare.safetensors"
 CONTROLNET_DIFF = "comfyd-parity-controlnet-diff.safetensors"
+CONTROLNET_UNION = "comfyd-parity-controlnet-union.safetensors"
 STEPS = 3
 
 
@@ -77,11 +87,21 @@ def cases(base: Callable[[], dict[str, Any]]) -> dict[str, dict[str, Any]]:
     _advanced(w, "41", ["40", 0], ["6", 0], ["7", 0], strength=1.0, start_percent=0.0, end_percent=1.0)
     _sample_with(w, "41")
     out["controlnet_diff_loader"] = w
+    # A union ControlNet (diffusers layout, 8 control types), with its type set and on "auto".
+    # ComfyUI reads it only through bench/comfyui_union_render.py (see the module docstring).
+    for case, union_type in (("controlnet_union_type", "canny/lineart/anime_lineart/mlsd"),
+                             ("controlnet_union_auto", "auto")):
+        w = _small(base)
+        w["40"] = node("ControlNetLoader", control_net_name=CONTROLNET_UNION)
+        w["44"] = node("SetUnionControlNetType", control_net=["40", 0], type=union_type)
+        _advanced(w, "41", ["44", 0], ["6", 0], ["7", 0], strength=0.9, start_percent=0.0, end_percent=1.0)
+        _sample_with(w, "41")
+        out[case] = w
     return out
 
 
 def write_models(models: Path, checkpoint: Path) -> None:
-    """The three parity ControlNets, next to the parity checkpoint they are cut like."""
+    """The four parity ControlNets (the union one in the diffusers layout), next to the parity checkpoint they are cut like."""
     from comfyd.models.keymap import apply_op, unet_translator
     from comfyd.models.tensorfile import TensorFile
     from comfyd.models.tiny import parity_configs
@@ -101,3 +121,4 @@ def write_models(models: Path, checkpoint: Path) -> None:
                 base[name] = apply_op(tf.get(source.key), source).clone()
     write_tiny_controlnet(folder / CONTROLNET_DIFF, unet, "sd1", seed=7, layout="original",
                           prefix="control_model.", difference_from=base)
+    write_tiny_controlnet(folder / CONTROLNET_UNION, unet, "sd1", seed=8, layout="diffusers", union_types=8)

@@ -15,7 +15,8 @@ import torch
 
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Combo, Float, Link, Node, NodeSchema, OutputSpec, register_node
-from comfyd.models.control_link import UNION_TYPES, ControlLink
+from comfyd.models.control_link import ControlLink
+from comfyd.models.control_union import UNION_TYPES
 
 UNION_TYPE_CHOICES = ["auto", *UNION_TYPES]
 
