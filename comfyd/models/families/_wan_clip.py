@@ -18,7 +18,7 @@ image model attends to the whole text context with both projections, as ComfyUI'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
@@ -85,6 +85,15 @@ def image_embedding_class() -> type[nn.Module]:
             return self.norm2(self.ff(self.norm1(x)))
 
     return ImageEmbedding
+
+
+POSITION_TABLE = "img_emb.emb_pos"  # FLF2V's stored name (diffusers: image_embedder.pos_embed)
+
+
+def position_table_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
+    """The config entry of an FLF2V file's image position table (nothing without one)."""
+    shape = shapes.get(prefix + POSITION_TABLE)
+    return {"pos_embed_seq_len": shape[1]} if shape is not None else {}
 
 
 def install(model: nn.Module) -> nn.Module:

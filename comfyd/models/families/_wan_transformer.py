@@ -113,8 +113,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str
         "image_dim": shapes[f"{prefix}img_emb.proj.0.weight"][0] if image else None,
         "added_kv_proj_dim": dim if image else None,
         "rope_max_seq_len": 1024,
-        "pos_embed_seq_len": shapes[f"{prefix}img_emb.emb_pos"][1] if f"{prefix}img_emb.emb_pos" in shapes else None,
-    }
+    } | _wan_clip.position_table_config(shapes, prefix)
 
 
 class WanTranslator:
