@@ -23,7 +23,7 @@ from PIL import Image, ImageSequence
 from comfyd.cli import main
 from comfyd.models import families
 from comfyd.models.clip_vision import ClipVisionOutput
-from comfyd.models.families import _wan_tiny_clip
+from comfyd.models.families import _wan_tiny, _wan_tiny_clip
 from tests.families.wan_clip_reference import (
     load_network,
     reference_clip_i2v,
@@ -65,7 +65,7 @@ def test_img_emb_network_matches_diffusers(wan_models: Path, tmp_path: Path) -> 
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_clip_features_are_checked(wan_models: Path) -> None:
+def test_clip_features_are_checked() -> None:
     builder = families.get("wan").vector_builder({"in_channels": 36, "image_dim": 1280})
     narrow = ClipVisionOutput(None, torch.zeros(1, 257, 1024), None)
     with pytest.raises(ValueError, match="1024 wide; this Wan model's image embedder takes 1280"):
@@ -137,3 +137,50 @@ def test_clip_i2v_workflow_through_comfyd_run_to_mp4_matches_diffusers(
     flf = _frames(tiny_clip_workflow("start.png", end="end.png"), wan_models, inputs, tmp_path / "b", capsys)
     assert flf["mp4"].shape == (FRAMES, SIZE, SIZE, 3)
     assert psnr(flf["webp"], ours["webp"]) < 50.0
+
+
+def test_wan_first_last_frame_node_values(wan_models: Path, tmp_path: Path) -> None:
+    """ComfyUI's WanFirstLastFrameToVideo: start frames first, end frames last, grey between, one
+    VAE encode; the mask per pixel frame folded into 4 channels per latent frame; the two CLIP
+    vision outputs joined along the tokens."""
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_encode
+    from comfyd.nodes.conditioning.wan_first_last import WanFirstLastFrameToVideo
+    from comfyd.settings import Settings
+
+    class _Ctx:
+        class env:  # noqa: N801
+            settings = None
+
+    manager = ModelManager(Settings(models_dir=wan_models, home=tmp_path / "home"))
+    vae = manager.load_vae(Path(_wan_tiny.NAMES["vae"]).name)
+    cond = [[torch.zeros(1, 4, 32), {}]]
+    g = torch.Generator().manual_seed(2)
+    start, end = torch.rand(1, 32, 32, 3, generator=g), torch.rand(2, 32, 32, 3, generator=g)
+    first = ClipVisionOutput(torch.zeros(1, 257, 8), torch.ones(1, 257, 1280), torch.zeros(1, 4))
+    last = ClipVisionOutput(torch.zeros(1, 257, 8), torch.full((1, 257, 1280), 2.0), torch.zeros(1, 4))
+    positive, negative, latent = WanFirstLastFrameToVideo().run(
+        _Ctx(), cond, cond, vae, width=32, height=32, length=9, batch_size=2, start_image=start, end_image=end,
+        clip_vision_start_image=first, clip_vision_end_image=last,
+    )  # fmt: skip
+    assert latent["samples"].shape == (2, 16, 3, 4, 4) and not latent["samples"].any()
+    values = positive[0][1]
+    assert values.keys() == {"concat_latent_image", "concat_mask", "clip_vision_output"}
+    assert negative[0][1].keys() == values.keys()
+    clip = torch.full((9, 32, 32, 3), 0.5)
+    clip[0], clip[7:] = start[0], end
+    assert torch.allclose(values["concat_latent_image"], vae_encode(vae, clip), atol=1e-5)
+    # 12 pixel frames (3 latent frames x 4): 0 on the start frame + 3 and on the 2 end frames.
+    mask = values["concat_mask"]
+    assert mask.shape == (1, 4, 3, 4, 4)
+    assert mask[:, :, 0].eq(0).all() and mask[:, :, 1].eq(1).all()
+    assert mask[:, :2, 2].eq(1).all() and mask[:, 2:, 2].eq(0).all()
+    joined = values["clip_vision_output"]
+    assert joined.penultimate_hidden_states.shape == (1, 514, 1280)
+    assert joined.penultimate_hidden_states[:, :257].eq(1).all() and joined.penultimate_hidden_states[:, 257:].eq(2).all()
+    assert joined.image_embeds is None and joined.last_hidden_state is None
+    # One output alone passes through; no image at all still gives a grey clip and a mask of ones.
+    alone = WanFirstLastFrameToVideo().run(_Ctx(), cond, cond, vae, width=16, height=16, length=5,
+                                           clip_vision_end_image=last)  # fmt: skip
+    assert alone[0][0][1]["clip_vision_output"] is last and alone[0][0][1]["concat_mask"].eq(1).all()
+    assert alone[2]["samples"].shape == (1, 16, 2, 2, 2)
