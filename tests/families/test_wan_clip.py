@@ -184,3 +184,19 @@ def test_wan_first_last_frame_node_values(wan_models: Path, tmp_path: Path) -> N
                                            clip_vision_end_image=last)  # fmt: skip
     assert alone[0][0][1]["clip_vision_output"] is last and alone[0][0][1]["concat_mask"].eq(1).all()
     assert alone[2]["samples"].shape == (1, 16, 2, 2, 2)
+
+
+def test_tiny_tower_is_recognised_only_by_its_mark(wan_models: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models import clip_vision
+    from comfyd.models.tensorfile import TensorFile
+
+    path = wan_models / _wan_tiny_clip.NAMES["clip_vision"]
+    with TensorFile(path) as tf:
+        assert clip_vision.recognise(tf)[0] == clip_vision.TINY_KIND
+    save_file(load_file(str(path)), str(tmp_path / "unmarked.safetensors"))  # same tensors, no mark
+    with TensorFile(tmp_path / "unmarked.safetensors") as tf, pytest.raises(
+        clip_vision.ClipVisionFormatError, match="a CLIP vision tower of 2 layers"
+    ):
+        clip_vision.recognise(tf)
