@@ -133,10 +133,12 @@ def test_clip_i2v_workflow_through_comfyd_run_to_mp4_matches_diffusers(
     for frame in range(FRAMES):
         assert psnr(ours["webp"][frame], theirs[frame]) >= 40.0, frame
 
-    # First and last frame: another conditioning, another video, same size.
-    flf = _frames(tiny_clip_workflow("start.png", end="end.png"), wan_models, inputs, tmp_path / "b", capsys)
-    assert flf["mp4"].shape == (FRAMES, SIZE, SIZE, 3)
-    assert psnr(flf["webp"], ours["webp"]) < 50.0
+    # First and last frame (WanFirstLastFrameToVideo, both CLIP outputs joined), kept short: its
+    # values are held to ComfyUI's node in bench/wan_flf_comfyui_parity.py.
+    graph = tiny_clip_workflow("start.png", end="end.png", steps=1)
+    graph["50"]["inputs"]["length"] = 5
+    flf = _frames(graph, wan_models, inputs, tmp_path / "b", capsys)
+    assert flf["mp4"].shape == (5, SIZE, SIZE, 3) and flf["webp"].std() > 10
 
 
 def test_wan_first_last_frame_node_values(wan_models: Path, tmp_path: Path) -> None:
