@@ -97,12 +97,15 @@ def position_table_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) ->
 
 
 def install(model: nn.Module) -> nn.Module:
-    """Give an empty WanTransformer3DModel with an image embedder ComfyUI's image path."""
+    """Give an empty WanTransformer3DModel with an image embedder ComfyUI's image path (call it
+    where the model was built, under init_empty_weights: the new embedder is empty too)."""
     config = model.config
     if config.image_dim is None:
         return model
-    embedder = model.condition_embedder.image_embedder
-    embedder.__class__ = image_embedding_class()
+    width = config.num_attention_heads * config.attention_head_dim
+    model.condition_embedder.image_embedder = image_embedding_class()(
+        config.image_dim, width, pos_embed_seq_len=config.get("pos_embed_seq_len")
+    )
     for block in model.blocks:
         block.attn2.processor = ImageCrossAttention()
     return model
