@@ -133,7 +133,7 @@ def test_clip_i2v_workflow_through_comfyd_run_to_mp4_matches_diffusers(
     for frame in range(FRAMES):
         assert psnr(ours["webp"][frame], theirs[frame]) >= 40.0, frame
 
-    # First and last frame (WanFirstLastFrameToVideo, both CLIP outputs joined), kept short: its
+    # First and last frame (wan21_flf2v_api.json, both CLIP outputs joined), kept short: its
     # values are held to ComfyUI's node in bench/wan_flf_comfyui_parity.py.
     graph = tiny_clip_workflow("start.png", end="end.png", steps=1)
     graph["50"]["inputs"]["length"] = 5

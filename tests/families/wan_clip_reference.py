@@ -24,6 +24,7 @@ from tests.families import wan_reference
 from tests.families.wan_reference import FRAMES, SIZE
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "comfyd" / "workflows" / "wan21_i2v_clip_api.json"
+FLF_WORKFLOW = WORKFLOW.with_name("wan21_flf2v_api.json")
 PLAN = compute_plan("cpu", "fp32")
 
 
@@ -46,28 +47,22 @@ def tiny_clip_workflow(
     image: str, end: str | None = None, steps: int = 2, cfg: float = 6.0, seed: int = 7
 ) -> dict[str, Any]:
     """The canonical Wan 2.1 I2V workflow on the tiny files at 9 frames of 64x64, euler, a lossless
-    WEBP of the same frames beside the mp4; with `end`, WanFirstLastFrameToVideo instead."""
-    graph = json.loads(WORKFLOW.read_text())
+    WEBP of the same frames beside the mp4; with `end`, the first/last-frame one
+    (wan21_flf2v_api.json: WanFirstLastFrameToVideo, both images through CLIPVisionEncode)."""
+    graph = json.loads((WORKFLOW if end is None else FLF_WORKFLOW).read_text())
     names = {k: Path(v).name for k, v in {**_wan_tiny.NAMES, **_wan_tiny_clip.NAMES}.items()}
     graph["37"]["inputs"]["unet_name"] = names["i2v_clip"]
     graph["38"]["inputs"]["clip_name"] = names["umt5xxl"]
     graph["39"]["inputs"]["vae_name"] = names["vae"]
     graph["49"]["inputs"]["clip_name"] = names["clip_vision"]
     graph["52"]["inputs"]["image"] = image
+    if end is not None:
+        graph["55"]["inputs"]["image"] = end
     graph["50"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
     graph["3"]["inputs"].update(steps=steps, cfg=cfg, seed=seed, sampler_name="euler")
     graph["28"] = {"class_type": "SaveAnimatedWEBP", "inputs": {
         "filename_prefix": "frames", "fps": 16.0, "lossless": True, "quality": 90, "method": "default",
         "images": ["8", 0]}}  # fmt: skip
-    if end is not None:
-        flf = graph["50"]["inputs"]
-        flf["clip_vision_start_image"] = flf.pop("clip_vision_output")
-        flf["clip_vision_end_image"] = ["71", 0]
-        flf["end_image"] = ["70", 0]
-        graph["50"]["class_type"] = "WanFirstLastFrameToVideo"
-        graph["70"] = {"class_type": "LoadImage", "inputs": {"image": end}}
-        graph["71"] = {"class_type": "CLIPVisionEncode", "inputs": {"crop": "center", "clip_vision": ["49", 0],
-                                                                    "image": ["70", 0]}}  # fmt: skip
     return graph
 
 
