@@ -11,6 +11,10 @@ The text path: ComfyUI's UMT5XXlTokenizer on the SentencePiece model the tiny fi
 SDClipModel with Wan's UMT5 settings (attention masks, masked positions zeroed) built from the tiny
 config instead of the fixed full-size one, against comfyd's tokenize + encode, on two prompts (one
 weighted).
+Image-to-video (Wan 2.1 with img_emb): the tiny img_emb I2V file, and the same file with a random
+FLF2V position table (`img_emb.emb_pos`, 514 tokens), get the same 20 extra input channels and the
+same CLIP features (random [1, 257, 1280] for one image, [1, 514, 1280] for two joined, or none),
+since ComfyUI's CLIP vision loader builds full-size towers only; `i2v_*` lines compare velocities.
 
     python bench/wan_comfyui_parity.py --workdir /tmp/wan-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
@@ -42,18 +46,40 @@ def inputs(work: Path) -> dict[str, torch.Tensor]:
         "x": torch.randn(1, 16, 3, 8, 8, generator=g),
         "context": torch.randn(1, 512, 32, generator=g),
         "z": torch.randn(1, 16, 3, 8, 8, generator=g),
+        # Image-to-video: the 20 mask + start-latent channels, one image's CLIP ViT-H penultimate
+        # states, two images' joined (WanFirstLastFrameToVideo), the FLF2V position table.
+        "concat": torch.randn(1, 20, 3, 8, 8, generator=g),
+        "clip1": torch.randn(1, 257, 1280, generator=g),
+        "clip2": torch.randn(1, 514, 1280, generator=g),
+        "emb_pos": torch.randn(1, 514, 1280, generator=g) * 0.1,
     }
+
+
+# Image-to-video cases: (model, clip features): the img_emb I2V file, and that file plus the
+# FLF2V position table (img_emb.emb_pos); "none" is an image model given no CLIP features.
+I2V_CASES = (("i2v", "clip1"), ("i2v", "none"), ("i2v", "clip2"), ("flf", "clip2"))
+
+
+def flf_file(work: Path) -> Path:
+    """The tiny img_emb I2V file with a random FLF2V position table added."""
+    from comfyd.models.families import _wan_tiny_clip
+
+    path = work / "comfyd-tiny-wan-flf2v.safetensors"
+    state = load_file(str(work / "models" / _wan_tiny_clip.NAMES["i2v_clip"]))
+    state["img_emb.emb_pos"] = inputs(work)["emb_pos"].to(state["img_emb.proj.0.weight"].dtype)
+    save_file(state, str(path))
+    return path
 
 
 def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
     from comfyd.models import families, loader
     from comfyd.models.devices import compute_plan
-    from comfyd.models.families import _wan_tiny
+    from comfyd.models.families import _wan_tiny, _wan_tiny_clip
     from comfyd.models.tensorfile import TensorFile
     from comfyd.models.tiny import make_tiny
 
     root = work / "models"
-    if not all((root / n).is_file() for n in _wan_tiny.NAMES.values()):
+    if not all((root / n).is_file() for n in [*_wan_tiny.NAMES.values(), *_wan_tiny_clip.NAMES.values()]):
         make_tiny(root, family="wan")
     plan = compute_plan("cpu", "fp32")
     with TensorFile(root / _wan_tiny.NAMES["t2v"]) as tf:
@@ -63,6 +89,15 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         for t in TIMESTEPS:
             out[f"v{int(t)}"] = net(data["x"], torch.tensor([t]), encoder_hidden_states=data["context"])[0]
+        for kind, path in (("i2v", root / _wan_tiny_clip.NAMES["i2v_clip"]), ("flf", flf_file(work))):
+            with TensorFile(path) as tf:
+                image_net, _ = families.get("wan").load_diffusion_model(tf, "", plan, "default")
+            for model, clip in I2V_CASES:
+                if model == kind:
+                    added = {"concat": data["concat"]} | ({"clip_fea": data[clip]} if clip != "none" else {})
+                    out[f"{model}_{clip}"] = image_net(
+                        data["x"], torch.tensor([875.0]), encoder_hidden_states=data["context"], added_cond_kwargs=added
+                    )[0]
         vae = loader.load_vae_file(root / _wan_tiny.NAMES["vae"], plan)
         out["frames"] = vae.decode(data["z"], return_dict=False)[0].clamp(-1, 1)
     from comfyd.models import standalone, umt5_encoder
@@ -100,6 +135,23 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
     with torch.no_grad():
         for t in TIMESTEPS:
             out[f"v{int(t)}"] = model(data["x"], torch.tensor([t]), data["context"]).contiguous()
+        for kind, path in (("i2v", models / "diffusion_models/comfyd-tiny-wan-i2v-clip.safetensors"),
+                           ("flf", work / "comfyd-tiny-wan-flf2v.safetensors")):  # fmt: skip
+            image_sd = {k: v.float() for k, v in load_file(str(path)).items()}
+            image_model = WanModel(
+                model_type="i2v", patch_size=(1, 2, 2), in_dim=36, dim=256, ffn_dim=512, freq_dim=256, text_dim=32,
+                out_dim=16, num_heads=2, num_layers=2, operations=comfy.ops.disable_weight_init,
+                flf_pos_embed_token_number=514 if kind == "flf" else None,
+            )  # fmt: skip
+            image_model.load_state_dict(image_sd, strict=True)
+            image_model.eval()
+            x = torch.cat((data["x"], data["concat"]), dim=1)
+            for model, clip in I2V_CASES:
+                if model == kind:
+                    features = data[clip] if clip != "none" else None
+                    out[f"{model}_{clip}"] = image_model(
+                        x, torch.tensor([875.0]), data["context"], clip_fea=features
+                    ).contiguous()
         vae_sd = {k: v.float() for k, v in load_file(str(models / "vae/comfyd-tiny-wan-vae.safetensors")).items()}
         vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                      temperal_downsample=[False, True, True])  # fmt: skip
@@ -162,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in TIMESTEPS:
         a, b = ours[f"v{int(t)}"], theirs[f"v{int(t)}"]
         print(f"RESULT transformer_t{int(t)}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
+    for model, clip in I2V_CASES:
+        a, b = ours[f"{model}_{clip}"], theirs[f"{model}_{clip}"]
+        print(f"RESULT {model}_clip_fea_{clip}_t875_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
     print(f"RESULT vae_frames={tuple(ours['frames'].shape)} comfyui_frames={tuple(theirs['frames'].shape)}")
     print(f"RESULT vae_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
     for i in range(len(PROMPTS)):

@@ -46,7 +46,13 @@ VISION_CONFIGS: dict[str, dict[str, Any]] = {
                   projection_dim=1024, hidden_act="gelu", image_size=224),
     "vit-g": dict(_COMMON, hidden_size=1664, intermediate_size=8192, num_hidden_layers=48,
                   projection_dim=1280, hidden_act="gelu", image_size=224),
+    # Tests only: ViT-H's width (what Wan 2.1 I2V's image embedder reads) at two narrow layers and
+    # 28 px; recognised only in a file comfyd's make-tiny marked (`TINY_MARK`), never by shape.
+    "tiny-vit-h": dict(_COMMON, hidden_size=1280, intermediate_size=256, num_hidden_layers=2,
+                       projection_dim=64, hidden_act="gelu", image_size=28),
 }  # fmt: skip
+TINY_KIND = "tiny-vit-h"
+TINY_MARK = "comfyd.tiny_clip_vision"
 
 
 class ClipVisionFormatError(ModelFileError):
@@ -57,9 +63,11 @@ class ClipVisionFormatError(ModelFileError):
 class ClipVisionOutput:
     """CLIP_VISION_OUTPUT, with ComfyUI's field names (attribute or item access)."""
 
-    last_hidden_state: torch.Tensor  # [B, tokens, width]: the last layer, before post_layernorm
+    # None in an output WanFirstLastFrameToVideo joined from two (ComfyUI keeps only the
+    # penultimate states there).
+    last_hidden_state: torch.Tensor | None  # [B, tokens, width]: the last layer, before post_layernorm
     penultimate_hidden_states: torch.Tensor  # [B, tokens, width]
-    image_embeds: torch.Tensor  # [B, projection_dim]: post_layernorm(class token) @ projection
+    image_embeds: torch.Tensor | None  # [B, projection_dim]: post_layernorm(class token) @ projection
     mm_projected: torch.Tensor | None = None
 
     def __getitem__(self, key: str) -> Any:
@@ -173,6 +181,8 @@ def recognise(tf: TensorFile, prefix: str | None = None) -> tuple[str, Any]:
             width = tf.shape(f"{p}ln_pre.weight")[0] if f"{p}ln_pre.weight" in keys else 0
             positions = tf.shape(f"{p}positional_embedding")[0] if f"{p}positional_embedding" in keys else 0
             return _kind(tf.path.name, layers, width, positions, keys), names
+    if prefix is None and HF_LAYER.format(0) in keys and tf.metadata.get(TINY_MARK) == TINY_KIND:
+        return TINY_KIND, _HfNames()
     if prefix is None and HF_LAYER.format(0) in keys:
         layers = _layer_count(lambda i: HF_LAYER.format(i) in keys)
         width = tf.shape(HF_LAYER.format(0))[0]

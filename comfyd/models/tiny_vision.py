@@ -2,7 +2,8 @@
 
 - `write_clip_vision`: a CLIP vision tower in a standalone file, transformers names or OpenCLIP's
   (`visual.*`). ComfyUI builds towers from fixed configs, so this is a full-size ViT-L (about 300M
-  parameters, 600 MB in fp16); it takes a few seconds.
+  parameters, 600 MB in fp16); it takes a few seconds. Kind `tiny-vit-h` (tests, Wan 2.1 I2V) is
+  a two-layer tower of ViT-H's width that only comfyd reads (marked in the file's metadata).
 - `write_style_model`: a T2I-Adapter style model (ComfyUI's fixed sizes, about 38M parameters).
 - `write_unclip_checkpoint`: an SD2.1 unCLIP-L checkpoint, the sd2_unclip family's tiny or parity
   architecture, with (optionally) its ViT-L tower under `embedder.model.visual.`.
@@ -56,8 +57,10 @@ def write_clip_vision(path: Path, kind: str = "vit-l", seed: int = 0, layout: st
         state = openclip_visual_state(state, clip_vision.STANDALONE_OPENCLIP_PREFIX)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
-              metadata={"comfyd.random_weights": f"clip_vision {kind} {layout} seed={seed}"})  # fmt: skip
+    metadata = {"comfyd.random_weights": f"clip_vision {kind} {layout} seed={seed}"}
+    if kind == clip_vision.TINY_KIND:
+        metadata[clip_vision.TINY_MARK] = kind  # the only way the tiny config is recognised
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
     return path
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families import _wan_clip
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
 
@@ -35,6 +36,7 @@ _BLOCK = re.compile(r"blocks\.(\d+)\.")
 # diffusers name -> original name, in order (the inverse of diffusers' rename table; the
 # image-embedder and block-norm names go first because their diffusers spellings overlap).
 _TO_ORIGINAL = (
+    ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
     ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
     ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
     ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
@@ -57,6 +59,10 @@ _TO_ORIGINAL = (
     ("ffn.net.0.proj", "ffn.0"),
     ("ffn.net.2", "ffn.2"),
 )
+
+
+# Stored names diffusers' conversion leaves alone (the FLF2V image position table).
+_UNCONVERTED = {"condition_embedder.image_embedder.pos_embed": "img_emb.emb_pos"}
 
 
 def is_wan_transformer(keys: set[str], prefix: str) -> bool:
@@ -107,7 +113,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str
         "image_dim": shapes[f"{prefix}img_emb.proj.0.weight"][0] if image else None,
         "added_kv_proj_dim": dim if image else None,
         "rope_max_seq_len": 1024,
-    }
+    } | _wan_clip.position_table_config(shapes, prefix)
 
 
 class WanTranslator:
@@ -118,7 +124,7 @@ class WanTranslator:
         self.names = diffusers_names([k[len(prefix) :] for k in stored if k.startswith(prefix)])
 
     def source(self, name: str) -> Source | None:
-        stored = self.names.get(name)
+        stored = self.names.get(name, _UNCONVERTED.get(name))
         return Source(self.prefix + stored) if stored is not None else None
 
 
@@ -127,7 +133,7 @@ def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
     from diffusers import WanTransformer3DModel
 
     with init_empty_weights():
-        return WanTransformer3DModel.from_config(dict(config))
+        return _wan_clip.install(WanTransformer3DModel.from_config(dict(config)))
 
 
 class WanNetwork(TransformerNetwork):
@@ -144,19 +150,23 @@ class WanNetwork(TransformerNetwork):
         if x.ndim != 5:
             raise ValueError(f"a Wan model samples video latents [B, C, T, H, W], got shape {list(x.shape)}")
         _, _, frames, height, width = x.shape
+        added = added_cond_kwargs or {}
         extra = self.transformer.config.in_channels - x.shape[1]
         if extra > 0:  # image-to-video: the start image and its mask (_wan_i2v.py)
-            x = torch.cat((x, _concat_input(x, extra, (added_cond_kwargs or {}).get("concat"))), dim=1)
+            x = torch.cat((x, _concat_input(x, extra, added.get("concat"))), dim=1)
+        image = _wan_clip.transformer_inputs(self.transformer, added, x.dtype)  # CLIP vision (_wan_clip.py)
         pt, ph, pw = self.transformer.config.patch_size
         pads = (0, (-width) % pw, 0, (-height) % ph, 0, (-frames) % pt)
         if any(pads):
             x = F.pad(x, pads, mode="circular")
-        out = self.transformer(
-            hidden_states=x,
-            timestep=timestep.to(x.dtype),
-            encoder_hidden_states=encoder_hidden_states.to(x.dtype),
-            return_dict=False,
-        )[0]
+        with _wan_clip.image_tokens(None if image is None else image.shape[1]):
+            out = self.transformer(
+                hidden_states=x,
+                timestep=timestep.to(x.dtype),
+                encoder_hidden_states=encoder_hidden_states.to(x.dtype),
+                encoder_hidden_states_image=image,
+                return_dict=False,
+            )[0]
         return (out[:, :, :frames, :height, :width],)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import ChunkLayout
-from comfyd.models.families import _wan_i2v
+from comfyd.models.families import _wan_clip, _wan_i2v
 from comfyd.models.families import _wan_transformer as transformer
 from comfyd.models.families import _wan_vae as video_vae
 from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
@@ -69,8 +69,9 @@ def model_sampling() -> FlowModelSampling:
 class Wan(Family):
     def make_tiny_files(self, root: Path) -> list[Path] | None:
         from comfyd.models.families._wan_tiny import write_tiny_wan
+        from comfyd.models.families._wan_tiny_clip import write_tiny_wan_clip
 
-        return write_tiny_wan(root)
+        return [*write_tiny_wan(root), *write_tiny_wan_clip(root)]
 
     def recognise(self, prefixes: set[str], keys: set[str]) -> dict[str, str] | None:
         return None  # the parts load through the split loaders (models.standalone)
@@ -90,11 +91,6 @@ class Wan(Family):
 
         storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        if config["image_dim"] is not None:
-            raise ValueError(
-                "Wan image-to-video transformers with a CLIP-vision image embedder (img_emb, Wan 2.1 "
-                "I2V) are not supported yet; I2V transformers without one load"
-            )
         net = materialize(
             transformer.empty_transformer(config), transformer.WanTranslator(list(tf.keys()), prefix), tf,
             plan.device, plan.unet_dtype, what="Wan transformer",
@@ -104,9 +100,12 @@ class Wan(Family):
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
         extra = int(unet_config.get("in_channels", LATENT_CHANNELS)) - LATENT_CHANNELS
-        if extra <= _wan_i2v.MASK_CHANNELS:
-            return None  # text-to-video: nothing but the latent goes in
-        return _wan_i2v.concat_builder(LATENTS_MEAN, LATENTS_STD, extra - _wan_i2v.MASK_CHANNELS)
+        builder = None  # text-to-video: nothing but the latent goes in
+        if extra > _wan_i2v.MASK_CHANNELS:
+            builder = _wan_i2v.concat_builder(LATENTS_MEAN, LATENTS_STD, extra - _wan_i2v.MASK_CHANNELS)
+        if unet_config.get("image_dim"):  # Wan 2.1 I2V / FLF2V: CLIP vision features too
+            return _wan_clip.with_clip_features(builder, int(unet_config["image_dim"]))
+        return builder
 
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:
         from comfyd.models.loader import materialize
