@@ -88,9 +88,10 @@ def tokenize_for_encoder(
     clip: ClipHandle, key: str, text: str, embeddings: EmbeddingLookup | None = None
 ) -> list[Chunk]:
     recipe = encoder_recipe(clip.family, key)
-    kind = families.get(clip.family).encoder(key).kind
+    spec = families.get(clip.family).encoder(key)
+    kind = spec.kind
     if kind == "t5":
-        return [t5_encoder.tokenize(text)]  # one sequence, no 77-token chunks
+        return [t5_encoder.tokenize(text, spec.t5_min_length)]  # one sequence, no 77-token chunks
     if kind == "umt5":
         return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)

@@ -44,3 +44,8 @@ def pooled_and_guidance(item: dict[str, Any], dims: tuple[int, int]) -> dict[str
     if guidance is not None:
         out["guidance"] = torch.tensor([float(guidance)], dtype=torch.float32)
     return out
+
+
+def guidance_only(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+    """Chroma: only the guidance strength (FluxGuidance), 0 when the conditioning sets none."""
+    return {"guidance": torch.tensor([float(item.get("guidance", 0.0) or 0.0)], dtype=torch.float32)}

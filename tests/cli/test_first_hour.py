@@ -276,6 +276,10 @@ def test_make_tiny_takes_a_family_and_names_the_known_ones(tmp_path: Path, capsy
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "comfyd-tiny-sdxl-diffusers", "comfyd-tiny-sdxl.safetensors"]
     assert [p.name for p in (tmp_path / "controlnet").iterdir()] == ["comfyd-tiny-sdxl-controlnet.safetensors"]
+    # A transformer family writes its own split files (no ControlNet fits it).
+    assert main(["models", "make-tiny", str(tmp_path / "chroma"), "--family", "chroma"]) == 0
+    assert not (tmp_path / "chroma" / "controlnet").exists()
+    assert (tmp_path / "chroma" / "diffusion_models" / "comfyd-tiny-chroma.safetensors").is_file()
     assert main(["models", "make-tiny", str(tmp_path), "--family", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown family 'nope'" in err and "sd1" in err and "sdxl" in err

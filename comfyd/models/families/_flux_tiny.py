@@ -54,9 +54,28 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+def write_tiny_t5(path: Path, seed: int = 0) -> Path:
+    """A tiny T5 encoder in the transformers layout of ComfyUI's t5xxl files."""
+    from comfyd.models import tiny
+
+    t5 = tiny.random_module(t5_encoder.empty_encoder(TINY_T5), seed, "flux-t5xxl")
+    return _save({k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}, path)
+
+
+def write_tiny_vae(path: Path, seed: int = 0) -> Path:
+    """A tiny 16-channel autoencoder in the LDM layout of Flux's ae.safetensors."""
+    from comfyd.models import tiny
+    from comfyd.models.loader import empty_vae
+
+    vae_config = dict(tiny.tiny_configs(tiny.families.DEFAULT_FAMILY).vae, latent_channels=16,
+                      use_quant_conv=False, use_post_quant_conv=False)  # fmt: skip
+    vae = tiny.random_module(empty_vae(vae_config), seed, "flux-vae")
+    return _save(to_original(vae.state_dict(), vae_translator(vae_config, "")), path)
+
+
 def write_tiny_flux(root: Path, seed: int = 0) -> list[Path]:
     from comfyd.models import tiny
-    from comfyd.models.loader import empty_text_encoder, empty_vae
+    from comfyd.models.loader import empty_text_encoder
 
     sd1 = tiny.tiny_configs(tiny.families.DEFAULT_FAMILY)
     clip_config = sd1.encoders["l"]
@@ -69,12 +88,8 @@ def write_tiny_flux(root: Path, seed: int = 0) -> list[Path]:
     clip = tiny.random_module(empty_text_encoder(clip_config), seed, "flux-clip-l")
     clip_state = {k: v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
     written.append(_save(clip_state, root / NAMES["clip_l"]))
-    t5 = tiny.random_module(t5_encoder.empty_encoder(TINY_T5), seed, "flux-t5xxl")
-    t5_state = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
-    written.append(_save(t5_state, root / NAMES["t5xxl"]))
-    vae_config = dict(sd1.vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-    vae = tiny.random_module(empty_vae(vae_config), seed, "flux-vae")
-    written.append(_save(to_original(vae.state_dict(), vae_translator(vae_config, "")), root / NAMES["vae"]))
+    written.append(write_tiny_t5(root / NAMES["t5xxl"], seed))
+    written.append(write_tiny_vae(root / NAMES["vae"], seed))
     combined: dict[str, torch.Tensor] = {}
     for part, prefix in CHECKPOINT_PREFIXES.items():
         combined.update({prefix + k: v for k, v in load_file(str(root / NAMES[part])).items()})

@@ -83,6 +83,8 @@ class EncoderSpec:
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
     kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
+    # T5 prompts are padded up to this many tokens (ComfyUI's tokenizer min_length: 256 for Flux).
+    t5_min_length: int = 256
 
     @property
     def peft_prefix(self) -> str:
