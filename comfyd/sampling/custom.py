@@ -118,3 +118,19 @@ def sample_custom(
     denoised_out = dict(latent)
     denoised_out["samples"] = (last_denoised[0].float() / model.latent_scale + model.latent_shift).cpu()
     return out, denoised_out
+
+
+def add_noise(model: Any, noise: Any, sigmas: Tensor, latent: dict[str, Any]) -> dict[str, Any]:
+    """AddNoise: the latent noised to the span of `sigmas` (first minus last) as the model's
+    sampling scales noise, back in the latent's own space; an empty latent is not shifted first."""
+    if len(sigmas) == 0:
+        return latent
+    samples = latent["samples"]
+    noisy = noise.generate(latent).float()
+    scale = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
+    x0 = samples.float()
+    if torch.count_nonzero(x0) > 0:
+        x0 = (x0 - model.latent_shift) * model.latent_scale
+    out = model.model_sampling.noise_scaling(scale, noisy, x0, False)
+    out = out / model.latent_scale + model.latent_shift
+    return {**latent, "samples": torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)}

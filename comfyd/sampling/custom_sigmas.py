@@ -79,20 +79,70 @@ def _loglinear_interp(levels: list[float], num_steps: int) -> np.ndarray:
     return np.exp(new_ys)[::-1].copy()
 
 
-def align_your_steps_sigmas(model_type: str, steps: int, denoise: float) -> Tensor:
-    if model_type not in AYS_NOISE_LEVELS:
-        raise ValueError(f"model_type must be one of {list(AYS_NOISE_LEVELS)}, got {model_type!r}")
+def _table_sigmas(levels: list[float], steps: int, denoise: float) -> Tensor:
+    """A noise-level table resampled to steps + 1 points (log-linearly), the last `denoise` share
+    kept, ending in 0: how the Align Your Steps and Optimal Steps schedulers use their tables."""
     total = steps
     if denoise < 1.0:
         if denoise <= 0.0:
             return torch.zeros([0], dtype=torch.float32)
         total = round(steps * denoise)
-    levels: list[float] | np.ndarray = AYS_NOISE_LEVELS[model_type][:]
-    if steps + 1 != len(levels):
-        levels = _loglinear_interp(list(levels), steps + 1)
-    levels = levels[-(total + 1) :]
-    levels[-1] = 0
-    return torch.tensor(np.asarray(levels, dtype=np.float64), dtype=torch.float32)
+    table: list[float] | np.ndarray = levels[:]
+    if steps + 1 != len(table):
+        table = _loglinear_interp(list(table), steps + 1)
+    table = table[-(total + 1) :]
+    table[-1] = 0
+    return torch.tensor(np.asarray(table, dtype=np.float64), dtype=torch.float32)
+
+
+def align_your_steps_sigmas(model_type: str, steps: int, denoise: float) -> Tensor:
+    if model_type not in AYS_NOISE_LEVELS:
+        raise ValueError(f"model_type must be one of {list(AYS_NOISE_LEVELS)}, got {model_type!r}")
+    return _table_sigmas(AYS_NOISE_LEVELS[model_type], steps, denoise)
+
+
+# The Optimal Steps search's noise levels (arXiv 2503.13412), per flow model type.
+OPTIMAL_STEPS_NOISE_LEVELS: dict[str, list[float]] = {
+    "FLUX": [0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808, 0.001],
+    "Wan": [1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968, 0.96, 0.946, 0.927,
+            0.902, 0.864, 0.776, 0.539, 0.208, 0.001],
+    "Chroma": [0.992, 0.99, 0.988, 0.985, 0.982, 0.978, 0.973, 0.968, 0.961, 0.953, 0.943, 0.931, 0.917, 0.9,
+               0.881, 0.858, 0.832, 0.802, 0.769, 0.731, 0.69, 0.646, 0.599, 0.55, 0.501, 0.451, 0.402, 0.355,
+               0.311, 0.27, 0.232, 0.199, 0.169, 0.143, 0.12, 0.101, 0.084, 0.07, 0.058, 0.048, 0.001],
+}  # fmt: skip
+
+
+def optimal_steps_sigmas(model_type: str, steps: int, denoise: float) -> Tensor:
+    if model_type not in OPTIMAL_STEPS_NOISE_LEVELS:
+        raise ValueError(f"model_type must be one of {list(OPTIMAL_STEPS_NOISE_LEVELS)}, got {model_type!r}")
+    return _table_sigmas(OPTIMAL_STEPS_NOISE_LEVELS[model_type], steps, denoise)
+
+
+_SPACINGS = {
+    "linear": lambda x: x,
+    "cosine": lambda x: torch.sin(x * math.pi / 2),
+    "sine": lambda x: 1 - torch.cos(x * math.pi / 2),
+}
+
+
+def extend_intermediate_sigmas(
+    sigmas: Tensor, steps: int, start_at_sigma: float, end_at_sigma: float, spacing: str
+) -> Tensor:
+    """`steps - 1` extra sigmas inside every interval whose upper sigma lies in
+    [end_at_sigma, start_at_sigma] (a negative start: no upper bound), spaced by `spacing`."""
+    if spacing not in _SPACINGS:
+        raise ValueError(f"spacing must be one of {list(_SPACINGS)}, got {spacing!r}")
+    upper = math.inf if start_at_sigma < 0 else start_at_sigma
+    fractions = _SPACINGS[spacing](torch.linspace(0, 1, steps + 1)[1:-1])
+    extended: list[float] = []
+    for i in range(len(sigmas) - 1):
+        current, following = sigmas[i], sigmas[i + 1]
+        extended.append(float(current))
+        if end_at_sigma <= current <= upper:
+            extended.extend((fractions * (following - current) + current).tolist())
+    if len(sigmas) > 0:
+        extended.append(float(sigmas[-1]))
+    return torch.tensor(extended, dtype=torch.float32)
 
 
 # --- sigma tools ------------------------------------------------------------------------------

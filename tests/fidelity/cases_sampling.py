@@ -26,7 +26,7 @@ NEW_SAMPLERS = [
 # turn the noise off.
 STOCHASTIC_SAMPLER_NODES = {
     "SamplerEulerAncestral", "SamplerEulerAncestralCFGPP", "SamplerDPMPP_2S_Ancestral", "SamplerDPMPP_SDE",
-    "SamplerDPMPP_2M_SDE", "SamplerDPMPP_3M_SDE", "SamplerER_SDE", "SamplerSASolver",
+    "SamplerDPMPP_2M_SDE", "SamplerDPMPP_3M_SDE", "SamplerER_SDE", "SamplerSASolver", "SamplerLCMUpscale",
 }  # fmt: skip
 
 
@@ -174,6 +174,29 @@ def sampling_cases(base: Callable[[], dict[str, Any]],
         del w["3"]
         w["8"]["inputs"]["samples"] = latent
         out[name] = w
+
+    # SamplerLCMUpscale (the latent grows 1.5x over the steps) and SamplerEulerCFG++'s
+    # "alternative" Euler.
+    out["custom_lcm_upscale"] = _custom(base, node(
+        "SamplerLCMUpscale", scale_ratio=1.5, scale_steps=-1, upscale_method="bislerp"), _basic("normal", 4))
+    out["custom_euler_cfg_pp_alternative"] = _custom(base, node("SamplerEulerCFGpp", version="alternative"),
+                                                     _basic("karras", 8), cfg=2.0)
+
+    # The sigma and noise extras: OptimalStepsScheduler's table, ExtendIntermediateSigmas, a first
+    # sigma from SamplingPercentToSigma, and noise added up front by AddNoise (sampled without).
+    w = base()
+    w["30"] = node("OptimalStepsScheduler", model_type="Wan", steps=5, denoise=1.0)
+    w["31"] = node("ExtendIntermediateSigmas", sigmas=["30", 0], steps=2, start_at_sigma=-1.0, end_at_sigma=0.5,
+                   spacing="cosine")
+    w["32"] = node("SamplingPercentToSigma", model=["4", 0], sampling_percent=0.3, return_actual_sigma=False)
+    w["33"] = node("SetFirstSigma", sigmas=["31", 0], sigma=["32", 0])
+    w["34"] = node("RandomNoise", noise_seed=9)
+    w["35"] = node("AddNoise", model=["4", 0], noise=["34", 0], sigmas=["33", 0], latent_image=["5", 0])
+    w["36"] = node("DisableNoise")
+    w["37"] = node("CFGGuider", model=["4", 0], positive=["6", 0], negative=["7", 0], cfg=5.0)
+    w["38"] = _select("euler")
+    w["3"] = _advanced(["36", 0], ["37", 0], ["38", 0], ["33", 0], ["35", 0])
+    out["custom_sigma_noise_extras"] = w
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Boolean, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
-from comfyd.sampling.custom import sample_custom
+from comfyd.sampling.custom import add_noise, sample_custom
 from comfyd.sampling.guiders import Guider, NoiseSource
 
 CATEGORY = "sampling/custom_sampling"
@@ -90,3 +90,21 @@ class SamplerCustomAdvanced(Node):
             guider, sampler, sigmas, noise, latent_image, callback=_progress(ctx), interrupt=ctx.interrupt,
             priority=ctx.priority,
         )
+
+
+@register_node
+class AddNoise(Node):
+    schema = NodeSchema(
+        class_type="AddNoise",
+        inputs=(
+            Link("model", "MODEL"),
+            Link("noise", "NOISE"),
+            Link("sigmas", "SIGMAS"),
+            Link("latent_image", "LATENT"),
+        ),
+        outputs=(OutputSpec("LATENT"),),
+        category="_for_testing/custom_sampling/noise",
+    )
+
+    def run(self, ctx: NodeContext, model: Any, noise: Any, sigmas: Any, latent_image: dict[str, Any]) -> tuple[dict]:
+        return (add_noise(model, noise, sigmas, latent_image),)

@@ -258,3 +258,38 @@ class SamplerSASolver(Node):
             "simple_order_2": simple_order_2,
         }
         return (SamplerChoice("sa_solver", options),)
+
+
+@register_node
+class SamplerLCMUpscale(Node):
+    schema = NodeSchema(
+        class_type="SamplerLCMUpscale",
+        inputs=(
+            Float("scale_ratio", default=1.0, min=0.1, max=20.0, step=0.01),
+            Int("scale_steps", default=-1, min=-1, max=1000, step=1),
+            Combo("upscale_method", ["bislerp", "nearest-exact", "bilinear", "area", "bicubic"], combo_as_options=True),
+        ),
+        outputs=SAMPLER,
+        category=CATEGORY,
+    )
+
+    def run(self, ctx: NodeContext, scale_ratio: float, scale_steps: int, upscale_method: str) -> tuple[SamplerChoice]:
+        options = {"total_upscale": scale_ratio, "upscale_method": upscale_method,
+                   "upscale_steps": None if scale_steps < 0 else scale_steps}  # fmt: skip
+        return (SamplerChoice("lcm_upscale", options),)
+
+
+@register_node
+class SamplerEulerCFGpp(Node):
+    schema = NodeSchema(
+        class_type="SamplerEulerCFGpp",
+        display_name="SamplerEulerCFG++",
+        inputs=(Combo("version", ["regular", "alternative"], combo_as_options=True),),
+        outputs=SAMPLER,
+        category="_for_testing",
+    )
+
+    def run(self, ctx: NodeContext, version: str) -> tuple[SamplerChoice]:
+        if version == "alternative":
+            return (SamplerChoice("euler_cfg_pp_alternative", needs_uncond=True),)
+        return (SamplerChoice("euler_cfg_pp"),)

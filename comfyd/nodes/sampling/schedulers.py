@@ -11,10 +11,12 @@ from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Combo, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
 from comfyd.sampling.custom_sigmas import (
     AYS_NOISE_LEVELS,
+    OPTIMAL_STEPS_NOISE_LEVELS,
     align_your_steps_sigmas,
     basic_scheduler_sigmas,
     beta_sampling_sigmas,
     laplace_sigmas,
+    optimal_steps_sigmas,
     polyexponential_sigmas,
     sd_turbo_sigmas,
     vp_sigmas,
@@ -222,3 +224,20 @@ class AlignYourStepsScheduler(Node):
 
     def run(self, ctx: NodeContext, model_type: str, steps: int, denoise: float) -> tuple[Tensor]:
         return (align_your_steps_sigmas(model_type, steps, denoise),)
+
+
+@register_node
+class OptimalStepsScheduler(Node):
+    schema = NodeSchema(
+        class_type="OptimalStepsScheduler",
+        inputs=(
+            Combo("model_type", list(OPTIMAL_STEPS_NOISE_LEVELS), combo_as_options=True),
+            Int("steps", default=20, min=3, max=1000, step=None),
+            Float("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+        ),
+        outputs=SIGMAS,
+        category=CATEGORY,
+    )
+
+    def run(self, ctx: NodeContext, model_type: str, steps: int, denoise: float) -> tuple[Tensor]:
+        return (optimal_steps_sigmas(model_type, steps, denoise),)

@@ -7,8 +7,15 @@ from typing import Any
 from torch import Tensor
 
 from comfyd.engine.context import NodeContext
-from comfyd.engine.schema import Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
-from comfyd.sampling.custom_sigmas import flip_sigmas, set_first_sigma, split_sigmas, split_sigmas_denoise
+from comfyd.engine.schema import Boolean, Combo, Float, Int, Link, Node, NodeSchema, OutputSpec, register_node
+from comfyd.nodes.sampling.schedulers import model_schedule
+from comfyd.sampling.custom_sigmas import (
+    extend_intermediate_sigmas,
+    flip_sigmas,
+    set_first_sigma,
+    split_sigmas,
+    split_sigmas_denoise,
+)
 
 CATEGORY = "sampling/custom_sampling/sigmas"
 HIGH_LOW = (OutputSpec("SIGMAS", name="high_sigmas"), OutputSpec("SIGMAS", name="low_sigmas"))
@@ -76,3 +83,50 @@ class SetFirstSigma(Node):
         if len(sigmas) == 0:
             raise ValueError("sigmas is empty: there is no first sigma to set")
         return (set_first_sigma(sigmas, sigma),)
+
+
+@register_node
+class ExtendIntermediateSigmas(Node):
+    schema = NodeSchema(
+        class_type="ExtendIntermediateSigmas",
+        inputs=(
+            Link("sigmas", "SIGMAS"),
+            Int("steps", default=2, min=1, max=100),
+            Float("start_at_sigma", default=-1.0, min=-1.0, max=20000.0, step=0.01, round=False),
+            Float("end_at_sigma", default=12.0, min=0.0, max=20000.0, step=0.01, round=False),
+            Combo("spacing", ["linear", "cosine", "sine"]),
+        ),
+        outputs=(OutputSpec("SIGMAS"),),
+        category=CATEGORY,
+    )
+
+    def run(
+        self, ctx: NodeContext, sigmas: Any, steps: int, start_at_sigma: float, end_at_sigma: float, spacing: str
+    ) -> tuple[Tensor]:
+        return (extend_intermediate_sigmas(check_sigmas(sigmas), steps, start_at_sigma, end_at_sigma, spacing),)
+
+
+@register_node
+class SamplingPercentToSigma(Node):
+    schema = NodeSchema(
+        class_type="SamplingPercentToSigma",
+        inputs=(
+            Link("model", "MODEL", extra={}),
+            Float("sampling_percent", default=0.0, min=0.0, max=1.0, step=0.0001),
+            Boolean(
+                "return_actual_sigma", default=False,
+                tooltip="Return the actual sigma value instead of the value used for interval checks.\n"
+                "This only affects results at 0.0 and 1.0.",
+            ),
+        ),
+        outputs=(OutputSpec("FLOAT", name="sigma_value"),),
+        category=CATEGORY,
+    )
+
+    def run(self, ctx: NodeContext, model: Any, sampling_percent: float, return_actual_sigma: bool) -> tuple[float]:
+        schedule = model_schedule(model)
+        if return_actual_sigma and sampling_percent == 0.0:
+            return (float(schedule.sigma_max),)
+        if return_actual_sigma and sampling_percent == 1.0:
+            return (float(schedule.sigma_min),)
+        return (float(schedule.percent_to_sigma(sampling_percent)),)

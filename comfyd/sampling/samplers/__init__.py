@@ -33,6 +33,7 @@ from comfyd.sampling.samplers.euler import (
     sample_heunpp2,
     sample_lcm,
 )
+from comfyd.sampling.samplers.extras import EXTRA_NEEDS_UNCOND, EXTRA_SAMPLERS
 from comfyd.sampling.samplers.lms import sample_lms
 from comfyd.sampling.samplers.multistep import (
     sample_deis,
@@ -103,7 +104,7 @@ INPAINT_NOISE_FROM_NEXT_SEED = frozenset({"ddim"})
 
 # CFG++ samplers: they read the negative prompt's prediction, so the guider runs the negative
 # prompt even at cfg 1 for them (ComfyUI's disable_cfg1_optimization).
-NEEDS_UNCOND = frozenset(name for name in SAMPLER_NAMES if name.endswith("_cfg_pp"))
+NEEDS_UNCOND = frozenset(name for name in SAMPLER_NAMES if name.endswith("_cfg_pp")) | EXTRA_NEEDS_UNCOND
 
 # Samplers that draw fresh noise at every step (ancestral, SDE and the like): the fidelity bar
 # for them is 30 dB rather than 40.
@@ -117,7 +118,7 @@ STOCHASTIC = frozenset({
 
 
 def get_sampler(name: str) -> SamplerFn:
-    fn = SAMPLERS.get(name)
+    fn = SAMPLERS.get(name) or EXTRA_SAMPLERS.get(name)
     if fn is None:
         raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLER_NAMES}")
     return fn
