@@ -26,7 +26,7 @@ VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encod
 # Choices that depend on the files present (models, input pictures, videos), not on the declaration.
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video", "hypernetwork_name", "control_net_name",
                 "clip_name", "style_model_name",
-                "unet_name", "clip_name1", "clip_name2"}
+                "unet_name", "clip_name1", "clip_name2", "clip_name3"}
 # Choices of which comfyd offers a subset: VHS's formats depend on the encoders it finds.
 SUBSET_CHOICES = {("VHS_VideoCombine", "format")}
 # Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node, and custom-node

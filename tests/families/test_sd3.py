@@ -1,0 +1,125 @@
+"""SD3 / SD3.5 end to end on tiny random files in ComfyUI's layouts (`make-tiny --family sd3`).
+
+The canonical SD3.5 workflow (comfyd/workflows/sd3.5_api.json: CheckpointLoaderSimple, two
+CLIPTextEncodes, ModelSamplingSD3, EmptySD3LatentImage, KSampler, VAEDecode, SaveImage) runs
+through `comfyd run` on the all-in-one checkpoint and on the split files (UNETLoader,
+TripleCLIPLoader, VAELoader); both pictures are held to diffusers' StableDiffusion3Pipeline on the
+same files, prompt and initial noise (>= 40 dB; sd3_reference.py says why not ComfyUI).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyd.cli import main
+from comfyd.models.families import _sd3_tiny
+from comfyd.models.families.sd3 import join_sd3
+from comfyd.models.tiny import make_tiny
+from tests.families.sd3_reference import NAMES, SIZE, psnr, reference, tiny_workflow
+
+
+@pytest.fixture(scope="module")
+def sd3_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sd3") / "models"
+    written = make_tiny(root, family="sd3")
+    assert sorted(p.relative_to(root).as_posix() for p in written) == sorted(_sd3_tiny.NAMES.values())
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected(sd3_models: Path) -> np.ndarray:
+    theirs = reference(sd3_models, tiny_workflow())
+    assert theirs.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
+    return theirs
+
+
+def _run(graph: dict, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    path = tmp_path / "sd3.json"
+    path.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    code = main(["run", str(path), "--models-dir", str(models), "--output-dir", str(out), "-q", "--json"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    return np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_checkpoint_workflow_through_comfyd_run_matches_diffusers(
+    sd3_models: Path, expected: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ours = _run(tiny_workflow(), sd3_models, tmp_path, capsys)
+    assert psnr(ours, expected) >= 40.0
+
+
+@pytest.mark.slow
+def test_split_files_workflow_draws_the_same_picture(
+    sd3_models: Path, expected: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ours = _run(tiny_workflow(split=True), sd3_models, tmp_path, capsys)
+    assert psnr(ours, expected) >= 40.0
+    # Another cfg draws another picture: the comparison can fail.
+    other = _run(tiny_workflow(split=True, KSampler={"cfg": 1.0}), sd3_models, tmp_path / "b", capsys)
+    assert psnr(other, expected) < 30.0
+
+
+def test_join_follows_comfyui_layout() -> None:
+    l_out, g_out, t5_out = torch.randn(1, 77, 768), torch.randn(1, 77, 1280), torch.randn(1, 77, 4096)
+    l_pooled, g_pooled = torch.randn(1, 768), torch.randn(1, 1280)
+    context, pooled = join_sd3({"l": (l_out, l_pooled), "g": (g_out, g_pooled), "t5xxl": (t5_out, None)})
+    assert context.shape == (1, 154, 4096) and pooled.shape == (1, 2048)
+    assert torch.equal(context[:, :77, :768], l_out) and torch.equal(context[:, :77, 768:2048], g_out)
+    assert not context[:, :77, 2048:].any() and torch.equal(context[:, 77:], t5_out)
+    # CLIP-G alone sits after 768 zero columns; the absent CLIP-L's pooled part is zeros.
+    context, pooled = join_sd3({"g": (g_out, g_pooled)})
+    assert context.shape == (1, 77, 4096) and torch.equal(context[:, :, 768:2048], g_out)
+    assert not pooled[:, :768].any() and torch.equal(pooled[:, 768:], g_pooled)
+    # T5 alone: its output, and a zero pooled vector.
+    context, pooled = join_sd3({"t5xxl": (t5_out, None)})
+    assert torch.equal(context, t5_out) and not pooled.any() and pooled.shape == (1, 2048)
+
+
+def test_split_clip_loaders_and_sd3_text_encode(sd3_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import conditioning_from_tokens, encode_text
+    from comfyd.nodes.conditioning.sd3 import sd3_tokens
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=sd3_models, home=tmp_path / "home"))
+    triple = manager.load_clip([NAMES["t5xxl"], NAMES["clip_g"], NAMES["clip_l"]], "sd3")
+    assert set(triple.text_encoders) == {"l", "g", "t5xxl"}
+    _, ckpt_clip, _ = manager.load_checkpoint(NAMES["checkpoint"])
+    prompt = "a red (fox:1.2) in the snow"
+    cond, extra = encode_text(triple, prompt)[0]
+    ckpt_cond, ckpt_extra = encode_text(ckpt_clip, prompt)[0]
+    # 77 CLIP tokens, then T5 padded to 77 tokens; L (32) + G (64) padded to T5's width.
+    assert cond.shape == (1, 154, 128) and extra["pooled_output"].shape == (1, 96)
+    assert torch.equal(cond, ckpt_cond) and torch.equal(extra["pooled_output"], ckpt_extra["pooled_output"])
+    # CLIPTextEncodeSD3 with the same prompt everywhere is CLIPTextEncode.
+    same = conditioning_from_tokens(triple, sd3_tokens(triple, prompt, prompt, prompt, "none"))[0]
+    assert torch.equal(same[0], cond)
+    # empty_padding "none": empty CLIP prompts leave both CLIPs out (zero pooled), an empty T5
+    # prompt is its end token alone.
+    none = conditioning_from_tokens(triple, sd3_tokens(triple, "", "", "", "none"))[0]
+    assert none[0].shape == (1, 1, 128) and not none[1]["pooled_output"].any()
+    padded = conditioning_from_tokens(triple, sd3_tokens(triple, "", "", "", "empty_prompt"))[0]
+    assert padded[0].shape == (1, 154, 128) and padded[1]["pooled_output"].any()
+    # Only a G prompt with "none": L gets the empty prompt's chunk (ComfyUI pads to G's count).
+    only_g = sd3_tokens(triple, "", prompt, "", "none")
+    assert len(only_g["l"]) == len(only_g["g"]) == 1 and only_g["t5xxl"] == []
+    # Subsets: DualCLIPLoader sd3 with CLIP-L + CLIP-G (no T5), CLIPLoader sd3 with T5 alone.
+    dual = manager.load_clip([NAMES["clip_l"], NAMES["clip_g"]], "sd3")
+    dual_cond, dual_extra = encode_text(dual, prompt)[0]
+    assert dual_cond.shape == (1, 77, 4096) and torch.equal(dual_cond[:, :, :96], cond[:, :77, :96])
+    t5_only = manager.load_clip([NAMES["t5xxl"]], "sd3")
+    assert torch.equal(encode_text(t5_only, prompt)[0][0], cond[:, 77:])
+    with pytest.raises(ValueError, match="has no place in a sd3 CLIP"):
+        manager.load_clip([NAMES["clip_l"], NAMES["clip_l"]], "sd3")
+    model = manager.load_diffusion_model(NAMES["transformer"])
+    assert model.family == "sd3" and model.prediction == "const"
