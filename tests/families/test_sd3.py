@@ -40,6 +40,7 @@ def expected(sd3_models: Path) -> np.ndarray:
 
 
 def _run(graph: dict, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "sd3.json"
     path.write_text(json.dumps(graph))
     out = tmp_path / "out"
