@@ -1,0 +1,167 @@
+"""The SD3 / SD3.5 MMDiT + sampler + VAE path held to ComfyUI itself, text encoders left out.
+
+ComfyUI builds an SD3 MMDiT from the file (width // 64 blocks of width // 64 heads, context and
+pooled widths, position grid, q/k norms and dual-attention blocks all read from the shapes), so a
+random MMDiT two blocks deep (128 wide) with SD3's real context (4096) and pooled (2048) widths
+loads in it unaided. It builds CLIP-G and T5-XXL only at full size (tests/fidelity/README.md), so
+both sides get the same conditioning tensors (a fixed random context [1, 154, 4096] and pooled
+vector [1, 2048] for the positive prompt, another pair for the negative) instead of prompts, and
+run ModelSamplingSD3 (shift 3) -> KSampler (euler / sgm_uniform, cfg 4.5, 3 steps, 64x64) ->
+VAEDecode on the same files: the MMDiT (random weights, Stability's layout) and a full-size random
+16-channel VAE (ComfyUI's autoencoder is fixed-size).
+
+    python bench/sd3_comfyui_parity.py --workdir /tmp/sd3-parity \
+        --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python \
+        [--variant medium|large|sd3]
+
+prints RESULT psnr_sd3_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's).
+Variants: `medium` SD3.5 medium's layout (RMS q/k norms, a dual-attention block, 384-wide
+position grid), `large` SD3.5 large's (q/k norms, 192 grid), `sd3` SD3 medium's (neither). The
+ComfyUI side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+SIZE = 64
+STEPS = 3
+SEED = 7
+CFG = 4.5
+SHIFT = 3.0
+VARIANTS = {  # (q/k norm, dual-attention blocks, position grid side)
+    "medium": ("rms_norm", (0,), 384),
+    "large": ("rms_norm", (), 192),
+    "sd3": (None, (), 192),
+}
+FILES = {"unet": "diffusion_models/sd3-cut-{variant}.safetensors", "vae": "vae/sd3-vae-full.safetensors",
+         "cond": "conditioning.safetensors"}
+
+
+def files(variant: str) -> dict[str, str]:
+    return {k: v.format(variant=variant) for k, v in FILES.items()}
+
+
+def make_files(work: Path, variant: str) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.families import _sd3_transformer as transformer
+    from comfyd.models.keymap import to_original, vae_translator
+    from comfyd.models.loader import empty_vae
+
+    names = files(variant)
+    if all((work / f).is_file() for f in names.values()):
+        return
+    qk_norm, dual, grid = VARIANTS[variant]
+    config = {
+        "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 64,
+        "num_attention_heads": 2, "joint_attention_dim": 4096, "caption_projection_dim": 128,
+        "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": grid,
+        "dual_attention_layers": dual, "qk_norm": qk_norm,
+    }  # fmt: skip
+    net = tiny.random_module(transformer.empty_transformer(config), 0, f"sd3-cut-{variant}")
+    (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(net.state_dict(), transformer.SD3Translator(config, "")), str(work / names["unet"]))
+    del net
+    if (work / names["vae"]).is_file() and (work / names["cond"]).is_file():
+        return
+    vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny.random_module(empty_vae(vae_config), 0, "sd3-vae-full")
+    (work / "vae").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(vae.state_dict(), vae_translator(vae_config, "")), str(work / names["vae"]))
+    generator = torch.Generator().manual_seed(1)
+    save_file({name: torch.randn(*shape, generator=generator) for name, shape in (
+        ("context", (1, 154, 4096)), ("pooled", (1, 2048)),
+        ("negative_context", (1, 154, 4096)), ("negative_pooled", (1, 2048)))}, str(work / names["cond"]))
+
+
+def conditioning(cond: dict[str, torch.Tensor]) -> tuple[list, list]:
+    positive = [[cond["context"], {"pooled_output": cond["pooled"]}]]
+    negative = [[cond["negative_context"], {"pooled_output": cond["negative_pooled"]}]]
+    return positive, negative
+
+
+def to_png(image: torch.Tensor, path: Path) -> None:
+    pixels = np.clip(255.0 * image[0].detach().cpu().numpy(), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def comfyd_side(work: Path, variant: str) -> Path:
+    from comfyd.models.families import sd3
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_decode
+    from comfyd.sampling.ksampler import common_ksampler
+    from comfyd.settings import Settings
+
+    names = files(variant)
+    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
+    model = manager.load_diffusion_model(Path(names["unet"]).name).with_sampling(sd3.model_sampling(SHIFT))
+    positive, negative = conditioning(load_file(str(work / names["cond"])))
+    latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    out = common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
+    path = work / f"comfyd-{variant}.png"
+    to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
+    return path
+
+
+def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comfyui_render import load_comfyui
+
+    load_comfyui(comfyui, work, None, work / "comfyui-out")
+    import comfy.sd
+    import comfy.utils
+    import nodes
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    names = files(variant)
+    stored = comfy.utils.load_torch_file(str(work / names["unet"]))
+    model = comfy.sd.load_diffusion_model_state_dict(dict(stored))
+    built = set(model.model.diffusion_model.state_dict())
+    if built != set(stored):  # ComfyUI loads non-strictly: make sure every weight is the file's
+        raise SystemExit(f"ComfyUI's MMDiT differs from the file: {sorted(built ^ set(stored))[:8]}")
+    (model,) = ModelSamplingSD3().patch(model, SHIFT)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
+    positive, negative = conditioning(comfy.utils.load_torch_file(str(work / names["cond"])))
+    latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--comfyui", type=Path, required=True)
+    parser.add_argument("--comfyui-python", default=sys.executable)
+    parser.add_argument("--variant", choices=tuple(VARIANTS), default="medium")
+    parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.workdir.resolve()
+    if args.comfyui_side:
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            comfyui_side(work, args.comfyui.resolve(), args.variant)
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    make_files(work, args.variant)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
+    subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
+                    "--variant", args.variant, "--comfyui-side"], check=True)
+    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
+    mse = float(((ours - theirs) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    print(json.dumps({"std": float(theirs.std())}))
+    print(f"RESULT psnr_sd3_{args.variant}_db={psnr:.2f}")
+    print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
