@@ -18,12 +18,21 @@ prints RESULT psnr_sd3_<variant>_db=... and max_diff=... (comfyd's PNG against C
 Variants: `medium` SD3.5 medium's layout (RMS q/k norms, a dual-attention block, 384-wide
 position grid), `large` SD3.5 large's (q/k norms, 192 grid), `sd3` SD3 medium's (neither). The
 ComfyUI side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
+
+`--variant workflow` runs the whole canonical workflow (comfyd/workflows/sd3.5_api.json:
+CheckpointLoaderSimple, CLIPTextEncode x2, ModelSamplingSD3, EmptySD3LatentImage, KSampler,
+VAEDecode, SaveImage; 64x64, 3 steps) in both, prompts included, through `comfyd run` and
+bench/comfyui_render.py, on an all-in-one checkpoint ComfyUI detects unaided that carries CLIP-L
+only (as `sd3_medium_incl_clips` carries two of the three encoders): full-size random CLIP-L (the
+one text encoder small enough here), the medium-layout MMDiT and the full-size VAE. It prints
+RESULT psnr_sd3_workflow_db, max_diff and whether the PNG text chunks are equal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +90,66 @@ def make_files(work: Path, variant: str) -> None:
     save_file({name: torch.randn(*shape, generator=generator) for name, shape in (
         ("context", (1, 154, 4096)), ("pooled", (1, 2048)),
         ("negative_context", (1, 154, 4096)), ("negative_pooled", (1, 2048)))}, str(work / names["cond"]))
+
+
+CHECKPOINT = "checkpoints/sd3-clip-l-only.safetensors"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "comfyd" / "workflows"
+
+
+def make_checkpoint(work: Path) -> Path:
+    """The all-in-one file of `--variant workflow` (see the module docstring)."""
+    from comfyd.models import tiny
+    from comfyd.models.loader import empty_text_encoder
+
+    path = work / CHECKPOINT
+    if path.is_file():
+        return path
+    make_files(work, "medium")
+    names = files("medium")
+    clip = tiny.random_module(empty_text_encoder(tiny.full_configs("sd1").encoders["l"]), 0, "sd3-clip-l-full")
+    parts = {
+        "model.diffusion_model.": load_file(str(work / names["unet"])),
+        "text_encoders.clip_l.transformer.": {k: v for k, v in clip.state_dict().items() if "position_ids" not in k},
+        "first_stage_model.": load_file(str(work / names["vae"])),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.contiguous() for prefix, part in parts.items() for k, v in part.items()}, str(path))
+    return path
+
+
+def workflow_graph() -> dict:
+    graph = json.loads((WORKFLOWS / "sd3.5_api.json").read_text())
+    graph["4"]["inputs"]["ckpt_name"] = Path(CHECKPOINT).name
+    graph["53"]["inputs"].update(width=SIZE, height=SIZE)
+    graph["3"]["inputs"].update(steps=STEPS, seed=SEED)
+    graph["9"]["inputs"]["filename_prefix"] = "sd3_workflow"
+    return graph
+
+
+def run_workflow(work: Path, comfyui: Path, comfyui_python: str) -> int:
+    from comfyd.cli import main as comfyd_main
+
+    make_checkpoint(work)
+    graph_path = work / "sd3_workflow.json"
+    graph_path.write_text(json.dumps(workflow_graph()))
+    ours_dir, theirs_dir = work / "workflow-comfyd", work / "workflow-comfyui"
+    shutil.rmtree(ours_dir, ignore_errors=True)
+    code = comfyd_main(["run", str(graph_path), "--models-dir", str(work), "--output-dir", str(ours_dir), "-q"])
+    if code != 0:
+        return code
+    subprocess.run([comfyui_python, str(Path(__file__).resolve().parent / "comfyui_render.py"), "--comfyui",
+                    str(comfyui), "--models-dir", str(work), "--out", str(theirs_dir), "--no-model-digests",
+                    str(graph_path)], check=True)
+    with Image.open(next(ours_dir.glob("*.png"))) as a, Image.open(theirs_dir / "sd3_workflow.png") as b:
+        ours, theirs = (np.asarray(im.convert("RGB")).astype(np.float64) for im in (a, b))
+        same_text = dict(a.text) == dict(b.text)  # type: ignore[attr-defined]
+    mse = float(((ours - theirs) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    print(json.dumps({"std": float(theirs.std())}))
+    print(f"RESULT psnr_sd3_workflow_db={psnr:.2f}")
+    print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
+    print(f"RESULT text_chunks_equal={same_text}")
+    return 0
 
 
 def conditioning(cond: dict[str, torch.Tensor]) -> tuple[list, list]:
@@ -141,7 +210,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
-    parser.add_argument("--variant", choices=tuple(VARIANTS), default="medium")
+    parser.add_argument("--variant", choices=(*VARIANTS, "workflow"), default="medium")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
@@ -150,6 +219,8 @@ def main() -> int:
             comfyui_side(work, args.comfyui.resolve(), args.variant)
         return 0
     work.mkdir(parents=True, exist_ok=True)
+    if args.variant == "workflow":
+        return run_workflow(work, args.comfyui.resolve(), args.comfyui_python)
     make_files(work, args.variant)
     ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),

@@ -22,7 +22,7 @@ DTYPE_BYTES = {
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
-                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae"})
+                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3"})
 
 
 class HeaderError(ValueError):
