@@ -65,9 +65,6 @@ def test_split_files_workflow_draws_the_same_picture(
 ) -> None:
     ours = _run(tiny_workflow(split=True), sd3_models, tmp_path, capsys)
     assert psnr(ours, expected) >= 40.0
-    # Another cfg draws another picture: the comparison can fail.
-    other = _run(tiny_workflow(split=True, KSampler={"cfg": 1.0}), sd3_models, tmp_path / "b", capsys)
-    assert psnr(other, expected) < 30.0
 
 
 def test_join_follows_comfyui_layout() -> None:
@@ -86,6 +83,7 @@ def test_join_follows_comfyui_layout() -> None:
     assert torch.equal(context, t5_out) and not pooled.any() and pooled.shape == (1, 2048)
 
 
+@pytest.mark.slow
 def test_split_clip_loaders_and_sd3_text_encode(sd3_models: Path, tmp_path: Path) -> None:
     from comfyd.models.manager import ModelManager
     from comfyd.models.text_encoding import conditioning_from_tokens, encode_text
