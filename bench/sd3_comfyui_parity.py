@@ -109,7 +109,11 @@ def make_checkpoint(work: Path) -> Path:
     clip = tiny.random_module(empty_text_encoder(tiny.full_configs("sd1").encoders["l"]), 0, "sd3-clip-l-full")
     parts = {
         "model.diffusion_model.": load_file(str(work / names["unet"])),
-        "text_encoders.clip_l.transformer.": {k: v for k, v in clip.state_dict().items() if "position_ids" not in k},
+        # In the names ComfyUI's files use (`text_model.` included), which its detection reads.
+        "text_encoders.clip_l.transformer.": {
+            k if k.startswith("text_model.") else f"text_model.{k}": v
+            for k, v in clip.state_dict().items() if "position_ids" not in k
+        },
         "first_stage_model.": load_file(str(work / names["vae"])),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
