@@ -19,6 +19,10 @@ Variants: `medium` SD3.5 medium's layout (RMS q/k norms, a dual-attention block,
 position grid), `large` SD3.5 large's (q/k norms, 192 grid), `sd3` SD3 medium's (neither). The
 ComfyUI side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
 
+`--slg` adds SkipLayerGuidanceSD3 on both sides (block 0 skipped, scale 3, 0% to 60% of the
+schedule, so two of the three steps use it) and also prints how many levels it moved comfyd's
+picture from the plain run's.
+
 `--variant workflow` runs the whole canonical workflow (comfyd/workflows/sd3.5_api.json:
 CheckpointLoaderSimple, CLIPTextEncode x2, ModelSamplingSD3, EmptySD3LatentImage, KSampler,
 VAEDecode, SaveImage; 64x64, 3 steps) in both, prompts included, through `comfyd run` and
@@ -47,6 +51,8 @@ STEPS = 3
 SEED = 7
 CFG = 4.5
 SHIFT = 3.0
+# `--slg`: SkipLayerGuidanceSD3 on both sides (block 0 skipped, scale 3, from 0% to 60%).
+SLG = ("0", 3.0, 0.0, 0.6)
 VARIANTS = {  # (q/k norm, dual-attention blocks, position grid side)
     "medium": ("rms_norm", (0,), 384),
     "large": ("rms_norm", (), 192),
@@ -167,7 +173,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str) -> Path:
+def comfyd_side(work: Path, variant: str, slg: bool = False) -> Path:
     from comfyd.models.families import sd3
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
@@ -177,15 +183,19 @@ def comfyd_side(work: Path, variant: str) -> Path:
     names = files(variant)
     manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
     model = manager.load_diffusion_model(Path(names["unet"]).name).with_sampling(sd3.model_sampling(SHIFT))
+    if slg:
+        from comfyd.nodes.advanced.skip_layer_guidance import SkipLayerGuidanceSD3
+
+        (model,) = SkipLayerGuidanceSD3().run(None, model, *SLG)  # type: ignore[arg-type]
     positive, negative = conditioning(load_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     out = common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
-    path = work / f"comfyd-{variant}.png"
+    path = work / f"comfyd-{variant}{'-slg' if slg else ''}.png"
     to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
+def comfyui_side(work: Path, comfyui: Path, variant: str, slg: bool = False) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -202,11 +212,15 @@ def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
     if built != set(stored):  # ComfyUI loads non-strictly: make sure every weight is the file's
         raise SystemExit(f"ComfyUI's MMDiT differs from the file: {sorted(built ^ set(stored))[:8]}")
     (model,) = ModelSamplingSD3().patch(model, SHIFT)
+    if slg:
+        from comfy_extras.nodes_sd3 import SkipLayerGuidanceSD3
+
+        model = SkipLayerGuidanceSD3.execute(model, *SLG).result[0]
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
     positive, negative = conditioning(comfy.utils.load_torch_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
-    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}{'-slg' if slg else ''}.png")
 
 
 def main() -> int:
@@ -215,25 +229,32 @@ def main() -> int:
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--variant", choices=(*VARIANTS, "workflow"), default="medium")
+    parser.add_argument("--slg", action="store_true", help="add SkipLayerGuidanceSD3 on both sides")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.slg)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     if args.variant == "workflow":
         return run_workflow(work, args.comfyui.resolve(), args.comfyui_python)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.slg)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--comfyui-side"], check=True)
-    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
+                    "--variant", args.variant, "--comfyui-side", *(["--slg"] if args.slg else [])], check=True)
+    suffix = "-slg" if args.slg else ""
+    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}{suffix}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
-    print(f"RESULT psnr_sd3_{args.variant}_db={psnr:.2f}")
+    print(f"RESULT psnr_sd3_{args.variant}{suffix.replace('-', '_')}_db={psnr:.2f}")
+    if args.slg:  # the guidance must change the picture, or the comparison says nothing of it
+        plain = work / f"comfyd-{args.variant}.png"
+        if plain.is_file():
+            base = np.asarray(Image.open(plain).convert("RGB")).astype(np.float64)
+            print(f"RESULT slg_changes_levels={int(np.abs(base - ours).max())}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 

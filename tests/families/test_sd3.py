@@ -122,3 +122,23 @@ def test_split_clip_loaders_and_sd3_text_encode(sd3_models: Path, tmp_path: Path
         manager.load_clip([NAMES["clip_l"], NAMES["clip_l"]], "sd3")
     model = manager.load_diffusion_model(NAMES["transformer"])
     assert model.family == "sd3" and model.prediction == "const"
+
+
+def test_skip_layer_guidance_patches_the_sd3_network(sd3_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.nodes.advanced.skip_layer_guidance import SkipLayerGuidanceSD3
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=sd3_models, home=tmp_path / "home"))
+    model = manager.load_diffusion_model(NAMES["transformer"])
+    assert SkipLayerGuidanceSD3().run(None, model, "", 3.0, 0.01, 0.15)[0] is model  # type: ignore[arg-type]
+    (patched,) = SkipLayerGuidanceSD3().run(None, model, "0, x1", 3.0, 0.01, 0.15)  # type: ignore[arg-type]
+    patch = patched.guidance.post_cfg[-1]
+    assert patch.layers == (0, 1) and patch.scale == 3.0
+    schedule = model.model_sampling.schedule
+    assert (patch.sigma_start, patch.sigma_end) == (schedule.percent_to_sigma(0.01), schedule.percent_to_sigma(0.15))
+    # The network skips what it is told to: a skipped block changes the prediction.
+    x, t, context, pooled = torch.randn(1, 16, 8, 8), torch.tensor([500.0]), torch.randn(1, 154, 128), torch.randn(1, 96)
+    with torch.inference_mode():
+        full, skipped = (model.unet(x, t, context, {"pooled": pooled}, skip_layers=s)[0] for s in (None, [0]))
+    assert full.shape == skipped.shape and not torch.allclose(full, skipped)

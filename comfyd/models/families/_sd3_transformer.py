@@ -160,6 +160,7 @@ class SD3Network(TransformerNetwork):
         encoder_hidden_states: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         return_dict: bool = False,
+        skip_layers: list[int] | None = None,
     ) -> tuple[torch.Tensor]:
         pooled = (added_cond_kwargs or {}).get("pooled")
         if pooled is None:
@@ -174,6 +175,7 @@ class SD3Network(TransformerNetwork):
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled,
             timestep=timestep.to(x.dtype).expand(x.shape[0]),
+            skip_layers=skip_layers,  # SkipLayerGuidanceSD3: these blocks hand both streams on
             return_dict=False,
         )[0]
         return (out[:, :, :height, :width],)
