@@ -3,12 +3,14 @@
 The canonical SD3.5 workflow (comfyd/workflows/sd3.5_api.json: CheckpointLoaderSimple, two
 CLIPTextEncodes, ModelSamplingSD3, EmptySD3LatentImage, KSampler, VAEDecode, SaveImage) runs
 through `comfyd run` on the all-in-one checkpoint and on the split files (UNETLoader,
-TripleCLIPLoader, VAELoader); both pictures are held to diffusers' StableDiffusion3Pipeline on the
-same files, prompt and initial noise (>= 40 dB; sd3_reference.py says why not ComfyUI).
+TripleCLIPLoader, VAELoader), and the split one through the server (POST /prompt -> /history ->
+/view); every picture is held to diffusers' StableDiffusion3Pipeline on the same files, prompt and
+initial noise (>= 40 dB; sd3_reference.py says why not ComfyUI).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from comfyd.cli import main
 from comfyd.models.families import _sd3_tiny
 from comfyd.models.families.sd3 import join_sd3
 from tests.families.sd3_reference import NAMES, SIZE, psnr, reference, tiny_workflow
+from tests.server.conftest import start_server  # noqa: F401  (the server fixture, shared)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,28 @@ def test_split_files_workflow_draws_the_same_picture(
     sd3_models: Path, expected: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ours = _run(tiny_workflow(split=True), sd3_models, tmp_path, capsys)
+    assert psnr(ours, expected) >= 40.0
+
+
+@pytest.mark.slow
+def test_split_workflow_through_the_server_matches_diffusers(
+    sd3_models: Path, expected: np.ndarray, start_server  # noqa: F811
+) -> None:
+    from comfyd.runtime import build_runtime
+
+    server = start_server(runtime=build_runtime, models_dir=sd3_models)
+    with server.client() as http:
+        info = http.get("/object_info/TripleCLIPLoader").json()["TripleCLIPLoader"]
+        assert NAMES["clip_g"] in info["input"]["required"]["clip_name3"][1]["options"]
+        answer = http.post("/prompt", json={"prompt": tiny_workflow(split=True)})
+        assert answer.status_code == 200, answer.text
+        prompt_id = answer.json()["prompt_id"]
+        job = server.wait_job(prompt_id, timeout=120)
+        assert job.status.value == "succeeded", job
+        entry = http.get(f"/history/{prompt_id}").json()[prompt_id]
+        png = http.get("/view", params=entry["outputs"]["9"]["images"][0])
+    assert png.status_code == 200
+    ours = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
     assert psnr(ours, expected) >= 40.0
 
 
