@@ -90,6 +90,7 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             t5_encoder.T5Translator(t5_prefix, keys), tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="T5 encoder",
         )  # fmt: skip
+        t5_encoder.apply_weight_scales(module, tf, t5_prefix)
         return "t5", module
     return None
 

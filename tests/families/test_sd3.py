@@ -167,3 +167,31 @@ def test_skip_layer_guidance_patches_the_sd3_network(sd3_models: Path, tmp_path:
     with torch.inference_mode():
         full, skipped = (model.unet(x, t, context, {"pooled": pooled}, skip_layers=s)[0] for s in (None, [0]))
     assert full.shape == skipped.shape and not torch.allclose(full, skipped)
+
+
+def test_scaled_fp8_t5_reads_as_its_dequantized_weights(sd3_models: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models import standalone, t5_encoder
+    from comfyd.models.devices import compute_plan
+
+    # ComfyUI's scaled-fp8 layout: fp8 linear weights, a scale_weight each, a scaled_fp8 marker.
+    plain = load_file(str(sd3_models / _sd3_tiny.NAMES["t5xxl"]))
+    scaled: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    dequantized: dict[str, torch.Tensor] = {}
+    for key, tensor in plain.items():
+        if key.endswith(".weight") and tensor.ndim == 2 and key != "shared.weight":
+            scale = tensor.float().abs().max() / 448.0
+            quantized = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            scaled[key], scaled[key[: -len("weight")] + "scale_weight"] = quantized, scale
+            dequantized[key] = quantized.float() * scale
+        else:
+            scaled[key] = dequantized[key] = tensor
+    save_file(scaled, str(tmp_path / "t5-scaled.safetensors"))
+    save_file(dequantized, str(tmp_path / "t5-dequantized.safetensors"))
+    plan = compute_plan("cpu", "fp32")
+    kind, ours, _ = standalone.load_text_encoder(tmp_path / "t5-scaled.safetensors", plan, False)
+    _, expected, _ = standalone.load_text_encoder(tmp_path / "t5-dequantized.safetensors", plan, False)
+    assert kind == "t5"
+    tokens = t5_encoder.tokenize("a red fox", 77)
+    assert torch.equal(t5_encoder.encode(ours, tokens), t5_encoder.encode(expected, tokens))
