@@ -195,3 +195,56 @@ def test_scaled_fp8_t5_reads_as_its_dequantized_weights(sd3_models: Path, tmp_pa
     assert kind == "t5"
     tokens = t5_encoder.tokenize("a red fox", 77)
     assert torch.equal(t5_encoder.encode(ours, tokens), t5_encoder.encode(expected, tokens))
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
+def test_loras_patch_the_stored_mmdit_weights_through_the_key_map(fmt: str, sd3_models: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.families._sd3_transformer import SD3NetworkTranslator
+    from comfyd.models.keymap import ROWS, apply_op
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    stored = load_file(str(sd3_models / _sd3_tiny.NAMES["transformer"]))
+    manager = ModelManager(Settings(models_dir=sd3_models, home=tmp_path / "home", device="cpu"))
+    model = manager.load_diffusion_model(NAMES["transformer"])
+    translator = SD3NetworkTranslator(dict(model.unet.config))
+    gen = torch.Generator().manual_seed(len(fmt))
+    tensors: dict[str, torch.Tensor] = {}
+    deltas: dict[str, torch.Tensor] = {}
+    # kohya names of stored weights (a fused q/k/v, a plain one, the swapped final modulation);
+    # diffusers names of the pieces (a q/k/v third of each stream).
+    layers = (("joint_blocks.0.x_block.attn.qkv", "joint_blocks.1.x_block.attn.proj", "final_layer.adaLN_modulation.1")
+              if fmt == "kohya" else ("transformer_blocks.0.attn.to_k", "transformer_blocks.1.attn.add_q_proj"))
+    for layer in layers:
+        source = translator.source(f"{layer}.weight") if fmt == "diffusers" else None
+        key = source.key if source is not None else f"{layer}.weight"
+        rows = source.stop - source.start if source is not None and source.op == ROWS else stored[key].shape[0]
+        down, up = torch.randn(4, stored[key].shape[1], generator=gen) * 0.1, torch.randn(rows, 4, generator=gen) * 0.1
+        name = f"transformer.{layer}" if fmt == "diffusers" else f"lora_unet_{layer.replace('.', '_')}"
+        names = ("lora_A", "lora_B") if fmt == "diffusers" else ("lora_down", "lora_up")
+        tensors |= {f"{name}.{names[0]}.weight": down, f"{name}.{names[1]}.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+        full = deltas.setdefault(key, torch.zeros(stored[key].shape))
+        if source is not None and source.op == ROWS:
+            full[source.start : source.stop] += up @ down * 0.5
+        else:
+            full += up @ down * 0.5
+    (sd3_models / "loras").mkdir(exist_ok=True)
+    save_file(tensors, str(sd3_models / "loras" / f"sd3-{fmt}.safetensors"))
+    base = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+    with model.with_loras(manager.lora_patch(f"sd3-{fmt}.safetensors", 0.8)).patched() as patched:
+        after = {k: v.detach().clone() for k, v in patched.state_dict().items()}
+    changed = set()
+    for name, value in after.items():
+        source = translator.source(name)
+        if source is None or source.key not in deltas:
+            assert torch.equal(value, base[name]), name
+            continue
+        want = apply_op(stored[source.key].float() + 0.8 * deltas[source.key], source)
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-6)
+        if not torch.equal(value, base[name]):
+            changed.add(name)
+    # A fused q/k/v's LoRA changes its three diffusers projections; a diffusers LoRA its own.
+    assert len(changed) == (3 + 1 + 1 if fmt == "kohya" else 2), sorted(changed)
+    assert all(torch.equal(v, base[k]) for k, v in model.unet.state_dict().items())  # restored bit for bit

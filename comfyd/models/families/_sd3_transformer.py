@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from comfyd.models.families._network import TransformerNetwork
-from comfyd.models.keymap import CHUNK3, COPY, SWAP_HALVES, Source
+from comfyd.models.keymap import CHUNK3, COPY, ROWS, SWAP_HALVES, Source
 
 _JOINT = re.compile(r"joint_blocks\.(\d+)\.")
 _ATTN2 = re.compile(r"joint_blocks\.(\d+)\.x_block\.attn2\.qkv\.weight$")
@@ -140,6 +140,22 @@ class SD3Translator:
             key, third = _QKV[projection]
             return Source(f"{block}{key}.{parts[-1]}", CHUNK3, index=third)
         return None
+
+
+class SD3NetworkTranslator(SD3Translator):
+    """The same map for the parameters of the `SD3Network` wrapper (`transformer.` first), each
+    q/k/v third given as its rows of the fused weight (what LoRAs on the stored names patch)."""
+
+    def __init__(self, config: Mapping[str, Any], prefix: str = "") -> None:
+        super().__init__(config, prefix)
+        self.width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+
+    def source(self, name: str) -> Source | None:
+        found = super().source(name.removeprefix("transformer."))
+        if found is None or found.op != CHUNK3:
+            return found
+        start = found.index * self.width
+        return Source(found.key, ROWS, start=start, stop=start + self.width)
 
 
 def empty_transformer(config: Mapping[str, Any]) -> nn.Module:

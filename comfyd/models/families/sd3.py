@@ -149,6 +149,10 @@ class SD3(Family):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return join_sd3(outputs)
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.SD3NetworkTranslator:
+        # The running network's parameters -> Stability keys (LoRAs and block merges name those).
+        return transformer.SD3NetworkTranslator(config, key_prefix)
+
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         return transformer_prefix(keys, transformer.is_sd3_transformer)
 
@@ -209,4 +213,5 @@ FAMILY = SD3(
     config_dir=CONFIG_DIR / "sdxl",  # CLIP-L and bigG; everything else is read from the files
     clip_types=("sd3",),
     partial_encoders=True,
+    network_loras=True,
 )
