@@ -23,6 +23,10 @@ ComfyUI side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through it
 schedule, so two of the three steps use it) and also prints how many levels it moved comfyd's
 picture from the plain run's.
 
+`--lora` adds a LoRA (kohya names of a fused q/k/v and of the final modulation, a diffusers
+name of one context k third; strength 0.8) through ComfyUI's load_lora_for_models and comfyd's
+LoRA patcher, with the same report.
+
 `--variant workflow` runs the whole canonical workflow (comfyd/workflows/sd3.5_api.json:
 CheckpointLoaderSimple, CLIPTextEncode x2, ModelSamplingSD3, EmptySD3LatentImage, KSampler,
 VAEDecode, SaveImage; 64x64, 3 steps) in both, prompts included, through `comfyd run` and
@@ -51,6 +55,32 @@ STEPS = 3
 SEED = 7
 CFG = 4.5
 SHIFT = 3.0
+LORA = "loras/sd3-cut-medium-lora.safetensors"
+
+
+def make_lora(work: Path) -> Path:
+    """`--lora`: a LoRA on the medium MMDiT in two formats ComfyUI maps for SD3: kohya (Stability
+    names: a fused q/k/v, the final modulation ComfyUI stores as shift/scale) and diffusers (a k
+    third of the context stream's fused q/k/v)."""
+    path = work / LORA
+    generator = torch.Generator().manual_seed(3)
+    stored = load_file(str(work / files("medium")["unet"]))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, kind, rows, key in (
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", "kohya", None, "joint_blocks.0.x_block.attn.qkv.weight"),
+        ("lora_unet_final_layer_adaLN_modulation_1", "kohya", None, "final_layer.adaLN_modulation.1.weight"),
+        ("transformer.transformer_blocks.1.attn.add_k_proj", "diffusers", 128, "joint_blocks.1.context_block.attn.qkv.weight"),
+    ):
+        out_dim, in_dim = stored[key].shape
+        down = torch.randn(4, in_dim, generator=generator) * 0.2
+        up = torch.randn(rows or out_dim, 4, generator=generator) * 0.2
+        a, b = ("lora_A", "lora_B") if kind == "diffusers" else ("lora_down", "lora_up")
+        tensors |= {f"{name}.{a}.weight": down, f"{name}.{b}.weight": up, f"{name}.alpha": torch.tensor(4.0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
 # `--slg`: SkipLayerGuidanceSD3 on both sides (block 0 skipped, scale 3, from 0% to 60%).
 SLG = ("0", 3.0, 0.0, 0.6)
 VARIANTS = {  # (q/k norm, dual-attention blocks, position grid side)
@@ -173,7 +203,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str, slg: bool = False) -> Path:
+def comfyd_side(work: Path, variant: str, slg: bool = False, lora: bool = False) -> Path:
     from comfyd.models.families import sd3
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
@@ -183,6 +213,8 @@ def comfyd_side(work: Path, variant: str, slg: bool = False) -> Path:
     names = files(variant)
     manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
     model = manager.load_diffusion_model(Path(names["unet"]).name).with_sampling(sd3.model_sampling(SHIFT))
+    if lora:
+        model = model.with_loras(manager.lora_patch(Path(LORA).name, 0.8))
     if slg:
         from comfyd.nodes.advanced.skip_layer_guidance import SkipLayerGuidanceSD3
 
@@ -190,12 +222,12 @@ def comfyd_side(work: Path, variant: str, slg: bool = False) -> Path:
     positive, negative = conditioning(load_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     out = common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
-    path = work / f"comfyd-{variant}{'-slg' if slg else ''}.png"
+    path = work / f"comfyd-{variant}{'-slg' if slg else ''}{'-lora' if lora else ''}.png"
     to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str, slg: bool = False) -> None:
+def comfyui_side(work: Path, comfyui: Path, variant: str, slg: bool = False, lora: bool = False) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -212,6 +244,8 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, slg: bool = False) -> 
     if built != set(stored):  # ComfyUI loads non-strictly: make sure every weight is the file's
         raise SystemExit(f"ComfyUI's MMDiT differs from the file: {sorted(built ^ set(stored))[:8]}")
     (model,) = ModelSamplingSD3().patch(model, SHIFT)
+    if lora:
+        model, _ = comfy.sd.load_lora_for_models(model, None, comfy.utils.load_torch_file(str(work / LORA)), 0.8, 0)
     if slg:
         from comfy_extras.nodes_sd3 import SkipLayerGuidanceSD3
 
@@ -220,7 +254,7 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, slg: bool = False) -> 
     positive, negative = conditioning(comfy.utils.load_torch_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "sgm_uniform", positive, negative, latent)
-    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}{'-slg' if slg else ''}.png")
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}{'-slg' if slg else ''}{'-lora' if lora else ''}.png")
 
 
 def main() -> int:
@@ -230,31 +264,35 @@ def main() -> int:
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--variant", choices=(*VARIANTS, "workflow"), default="medium")
     parser.add_argument("--slg", action="store_true", help="add SkipLayerGuidanceSD3 on both sides")
+    parser.add_argument("--lora", action="store_true", help="add a LoRA (kohya + diffusers names) on both sides")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant, args.slg)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.slg, args.lora)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     if args.variant == "workflow":
         return run_workflow(work, args.comfyui.resolve(), args.comfyui_python)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.slg)).convert("RGB")).astype(np.float64)
+    if args.lora:
+        make_lora(work)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.slg, args.lora)).convert("RGB")).astype(np.float64)
+    flags = [*(["--slg"] if args.slg else []), *(["--lora"] if args.lora else [])]
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--comfyui-side", *(["--slg"] if args.slg else [])], check=True)
-    suffix = "-slg" if args.slg else ""
+                    "--variant", args.variant, "--comfyui-side", *flags], check=True)
+    suffix = ("-slg" if args.slg else "") + ("-lora" if args.lora else "")
     theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}{suffix}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
     print(f"RESULT psnr_sd3_{args.variant}{suffix.replace('-', '_')}_db={psnr:.2f}")
-    if args.slg:  # the guidance must change the picture, or the comparison says nothing of it
+    if flags:  # the patch must change the picture, or the comparison says nothing of it
         plain = work / f"comfyd-{args.variant}.png"
         if plain.is_file():
             base = np.asarray(Image.open(plain).convert("RGB")).astype(np.float64)
-            print(f"RESULT slg_changes_levels={int(np.abs(base - ours).max())}")
+            print(f"RESULT {suffix.strip('-').replace('-', '_')}_changes_levels={int(np.abs(base - ours).max())}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 
