@@ -296,9 +296,8 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    if all(path.parent.name == "checkpoints" for path in written):
-        # UNet checkpoint families: a tiny ControlNet fits them. Transformer families (Flux, Wan,
-        # Chroma, ...) write their own split files and have no such ControlNet.
+    if all(Path(p).parent.name == "checkpoints" for p in written):
+        # A UNet family's ControlNet; split-file families (Flux, Wan, SD3) have none here.
         written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")

@@ -22,7 +22,7 @@ DTYPE_BYTES = {
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
-                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "chroma"})
+                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma"})
 
 
 class HeaderError(ValueError):
@@ -102,6 +102,8 @@ def detect_family(header: ModelHeader) -> str:
         return "sd1"
     if "string_to_param" in key_set or key_set == {"emb_params"} or key_set <= {"clip_l", "clip_g"}:
         return "embedding"
+    if any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys):
+        return "sd3"  # an all-in-one SD3 file: its text encoders may hold most of the keys
     stripped = set(_strip(keys))
     if any(k.startswith("double_blocks.") for k in stripped):
         if any(k.startswith("txt_in.individual_token_refiner") for k in stripped):

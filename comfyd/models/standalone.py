@@ -69,6 +69,8 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
     keys = set(tf.keys())
     clip_text = _clip_prefix(keys, base)
     if clip_text is not None:
+        if is_clip_g(keys, clip_text):
+            return "clip_g", _clip_g_from(tf, keys, clip_text, plan)
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(clip_text)}
         config = detect.infer_hf_clip_config(
             shapes, clip_text, detect.shipped_config(families.DEFAULT_FAMILY, "text_encoder_l.json")
@@ -88,8 +90,44 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             t5_encoder.T5Translator(t5_prefix, keys), tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="T5 encoder",
         )  # fmt: skip
+        t5_encoder.apply_weight_scales(module, tf, t5_prefix)
         return "t5", module
     return None
+
+
+def is_clip_g(keys: set[str], clip_text: str) -> bool:
+    """ComfyUI's rule for a CLIP-G (OpenCLIP bigG) in transformers names: a 31st layer."""
+    return f"{clip_text}encoder.layers.30.mlp.fc1.weight" in keys
+
+
+class _ClipGTranslator(HfClipTranslator):
+    """A transformers-named bigG: its text_projection sits beside `text_model.`."""
+
+    def __init__(self, text_prefix: str, projection_key: str) -> None:
+        super().__init__(text_prefix)
+        self.projection_key = projection_key
+
+    def source(self, name: str) -> Any:
+        from comfyd.models.keymap import Source
+
+        if name == "text_projection.weight":
+            return Source(self.projection_key)
+        return super().source(name)
+
+
+def _clip_g_from(tf: TensorFile, keys: set[str], clip_text: str, plan: ComputePlan) -> nn.Module:
+    """bigG (gelu, projected pooled output) from its transformers-layout keys (SD3's clip_g)."""
+    outer = clip_text[: -len("text_model.")] if clip_text.endswith("text_model.") else clip_text
+    projection = f"{outer}text_projection.weight"
+    if projection not in keys:
+        raise UnknownCheckpointLayout(f"this CLIP-G text encoder has no text projection ({projection})")
+    shapes = {k: v for k, v in tf.shapes().items() if k.startswith(outer)}
+    config = detect.infer_hf_clip_config(shapes, clip_text, detect.shipped_config("sdxl", "text_encoder_g.json"))
+    config["projection_dim"] = shapes[projection][0]
+    return materialize(
+        empty_text_encoder(config), _ClipGTranslator(clip_text, projection), tf, plan.device, plan.clip_dtype,
+        rounding=plan.clip_weight_rounding, what="CLIP-G text encoder",
+    )  # fmt: skip
 
 
 def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: ComputePlan) -> nn.Module:
@@ -135,17 +173,19 @@ def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bo
         if family is None:
             return None
         network, sampling = family.load_diffusion_model(tf, UNET_PREFIX, plan, "default")
-        loaded = []
+        encoders: dict[str, nn.Module] = {}
         for spec in family.encoders:
             prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
             found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
-            if found is None:
+            if found is not None and found[0] == spec.kind:
+                encoders[spec.name] = found[1]
+            elif found is not None or not family.partial_encoders:
                 raise UnknownCheckpointLayout(
                     f"{path.name}: a {family.name} checkpoint without its {spec.name} text encoder "
-                    f"({spec.single_file_prefixes[0]}*); load the text encoders with DualCLIPLoader"
+                    f"({spec.single_file_prefixes[0]}*); load the text encoders with a CLIP loader"
                 )
-            loaded.append((found[0], found[1], f"{path.name}:{spec.name}"))
-        encoders = assign_encoders(family, loaded)
+        if family.missing_encoders(set(encoders)):
+            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without text encoders")
         vae_prefix = family.checkpoint_vae_prefix
         if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
             raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
@@ -171,7 +211,7 @@ def encoder_tokenizers(
     out: dict[str, Any] = {}
     for name, module in encoders.items():
         kind = family.encoder(name).kind
-        if kind == "clip":
+        if kind in ("clip", "clip_g"):
             out[name] = clip_tokenizer(dict(family.encoder(name).tokenizer))
         elif kind == "umt5":
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
@@ -186,7 +226,7 @@ def assign_encoders(family: families.Family, loaded: list[tuple[str, nn.Module, 
         if spec is None or spec.name in encoders:
             raise ValueError(f"{name} ({kind} text encoder) has no place in a {family.name} CLIP")
         encoders[spec.name] = module
-    missing = [e.name for e in family.encoders if e.name not in encoders]
+    missing = family.missing_encoders(set(encoders))
     if missing:
         raise ValueError(
             f"a {family.name} CLIP needs text encoder(s) {[e.name for e in family.encoders]}; "

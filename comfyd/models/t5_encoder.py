@@ -133,6 +133,23 @@ class T5Translator:
         return Source(self.prefix + name)
 
 
+def apply_weight_scales(module: nn.Module, tf: Any, prefix: str) -> int:
+    """ComfyUI's scaled-fp8 files (`t5xxl_fp8_e4m3fn_scaled`, a `scaled_fp8` marker): each linear
+    weight is stored in fp8 beside a `scale_weight` scalar; the real weight is their product.
+    Multiplies the loaded weights by their scales in place; returns how many were scaled."""
+    keys = set(tf.keys())
+    scaled = 0
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not name.endswith(".weight") or name in ("shared.weight", "encoder.embed_tokens.weight"):
+                continue
+            scale_key = f"{prefix}{name[: -len('weight')]}scale_weight"
+            if scale_key in keys:
+                param.mul_(tf.get(scale_key).to(device=param.device, dtype=param.dtype))
+                scaled += 1
+    return scaled
+
+
 # --- encoding --------------------------------------------------------------------------------
 def attention_mask(ids: list[int]) -> list[int]:
     """1 up to and including the first end token, 0 after it."""

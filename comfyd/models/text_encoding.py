@@ -91,7 +91,7 @@ def tokenize_for_encoder(
     spec = families.get(clip.family).encoder(key)
     kind = spec.kind
     if kind == "t5":
-        return [t5_encoder.tokenize(text, spec.t5_min_length)]  # one sequence, no 77-token chunks
+        return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
     if kind == "umt5":
         return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
@@ -115,16 +115,14 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
             kind = families.get(clip.family).encoder(key).kind
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
-                outputs[key] = (encode(encoders[key], tokens[key][0]), None)
+                # No tokens at all (CLIPTextEncodeSD3's empty_padding "none"): the end token alone.
+                sequence = tokens[key][0] if tokens[key] else [(t5_encoder.END_TOKEN, 1.0)]
+                outputs[key] = (encode(encoders[key], sequence), None)
                 continue
+            if not tokens[key]:
+                continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
-    if len(keys) == 1:
-        return outputs[keys[0]]
-    family = families.get(clip.family)
-    order = family.context_order or tuple(keys)
-    shared = min(outputs[key][0].shape[1] for key in order)
-    cond = torch.cat([outputs[key][0][:, :shared] for key in order], dim=-1)
-    return cond, outputs[family.pooled_encoder or order[-1]][1]
+    return families.get(clip.family).join_encodings(outputs)
 
 
 def encode_chunks(
@@ -257,9 +255,10 @@ def _encoder_keys(clip: ClipHandle) -> list[str]:
     keys = list(clip.text_encoders)
     if not keys:
         raise ValueError(f"the {clip.family} CLIP has no text encoder")
-    expected = families.get(clip.family).encoder_names
-    if set(keys) != set(expected):
+    family = families.get(clip.family)
+    expected = family.encoder_names
+    if family.missing_encoders(set(keys)) or not set(keys) <= set(expected):
         raise ValueError(
             f"a {clip.family} CLIP needs text encoder(s) {list(expected)}, got {sorted(keys)}"
         )
-    return list(expected)
+    return [name for name in expected if name in keys]

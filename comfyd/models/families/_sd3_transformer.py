@@ -9,8 +9,8 @@ all-in-one checkpoints): `pos_embed`, `x_embedder.proj`, `t_embedder.mlp.{0,2}`,
 `final_layer.{linear,adaLN_modulation.1}`. The fused q/k/v rows are split into diffusers'
 projections. The last block's context stream only feeds the image stream's attention (no
 proj, no mlp); its modulation, like the final layer's, stores (shift, scale) where diffusers
-holds (scale, shift). The number of heads is the number of blocks (64-wide heads), as in
-ComfyUI's model detection.
+holds (scale, shift). Heads are 64 wide (width // 64 of them), as in ComfyUI's model detection,
+which also builds width // 64 blocks: a file ComfyUI loads whole has that many.
 
 The sampler calls a UNet-shaped network; `SD3Network` hands the latent, the timestep (sigma *
 1000 on ModelSamplingSD3's table, what diffusers' transformer takes), the joint CLIP/T5 context
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from comfyd.models.families._network import TransformerNetwork
-from comfyd.models.keymap import CHUNK3, COPY, SWAP_HALVES, Source
+from comfyd.models.keymap import CHUNK3, COPY, ROWS, SWAP_HALVES, Source
 
 _JOINT = re.compile(r"joint_blocks\.(\d+)\.")
 _ATTN2 = re.compile(r"joint_blocks\.(\d+)\.x_block\.attn2\.qkv\.weight$")
+HEAD_WIDTH = 64  # ComfyUI's MMDiT: depth = width // 64 heads of 64
 MARKER_KEYS = ("joint_blocks.0.x_block.attn.qkv.weight", "x_embedder.proj.weight", "context_embedder.weight")
 
 
@@ -57,8 +58,8 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str
         "patch_size": patch,
         "in_channels": in_channels,
         "num_layers": depth,
-        "attention_head_dim": hidden // depth,
-        "num_attention_heads": depth,
+        "attention_head_dim": HEAD_WIDTH,
+        "num_attention_heads": hidden // HEAD_WIDTH,
         "joint_attention_dim": shapes[f"{prefix}context_embedder.weight"][1],
         "caption_projection_dim": hidden,
         "pooled_projection_dim": shapes[f"{prefix}y_embedder.mlp.0.weight"][1],
@@ -141,6 +142,22 @@ class SD3Translator:
         return None
 
 
+class SD3NetworkTranslator(SD3Translator):
+    """The same map for the parameters of the `SD3Network` wrapper (`transformer.` first), each
+    q/k/v third given as its rows of the fused weight (what LoRAs on the stored names patch)."""
+
+    def __init__(self, config: Mapping[str, Any], prefix: str = "") -> None:
+        super().__init__(config, prefix)
+        self.width = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+
+    def source(self, name: str) -> Source | None:
+        found = super().source(name.removeprefix("transformer."))
+        if found is None or found.op != CHUNK3:
+            return found
+        start = found.index * self.width
+        return Source(found.key, ROWS, start=start, stop=start + self.width)
+
+
 def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
     from accelerate import init_empty_weights
     from diffusers import SD3Transformer2DModel
@@ -159,6 +176,7 @@ class SD3Network(TransformerNetwork):
         encoder_hidden_states: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         return_dict: bool = False,
+        skip_layers: list[int] | None = None,
     ) -> tuple[torch.Tensor]:
         pooled = (added_cond_kwargs or {}).get("pooled")
         if pooled is None:
@@ -173,6 +191,7 @@ class SD3Network(TransformerNetwork):
             encoder_hidden_states=encoder_hidden_states,
             pooled_projections=pooled,
             timestep=timestep.to(x.dtype).expand(x.shape[0]),
+            skip_layers=skip_layers,  # SkipLayerGuidanceSD3: these blocks hand both streams on
             return_dict=False,
         )[0]
         return (out[:, :, :height, :width],)

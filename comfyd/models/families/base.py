@@ -83,8 +83,8 @@ class EncoderSpec:
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
     kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
-    # T5 prompts are padded up to this many tokens (ComfyUI's tokenizer min_length: 256 for Flux).
-    t5_min_length: int = 256
+    # T5 kinds: prompts are padded with the pad token up to this many tokens (Flux 256, SD3 77).
+    min_length: int = 256
 
     @property
     def peft_prefix(self) -> str:
@@ -176,6 +176,8 @@ class Family:
     checkpoint_vae_prefix: str = VAE_PREFIX
     # Whether LoRAs map onto its diffusion-model network (via unet_key_map) and standalone CLIPs.
     network_loras: bool = False
+    # Whether a CLIP of this family may hold any non-empty subset of its encoders (SD3).
+    partial_encoders: bool = False
 
     # --- declared data, derived --------------------------------------------------------------
     @property
@@ -203,6 +205,24 @@ class Family:
     def encoder_for_kind(self, kind: str) -> EncoderSpec | None:
         """The encoder a standalone text-encoder file of `kind` ("clip", "t5") plays, if any."""
         return next((spec for spec in self.encoders if spec.kind == kind), None)
+
+    def missing_encoders(self, present: set[str]) -> list[str]:
+        """The encoders a CLIP of this family lacks but needs, given those `present`."""
+        if self.partial_encoders and present & set(self.encoder_names):
+            return []
+        return [name for name in self.encoder_names if name not in present]
+
+    def join_encodings(
+        self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context, pooled) from each encoder's (output, pooled). Default: outputs concatenated on
+        the feature axis in `context_order` (cut to the shortest), the pooled encoder's pooled."""
+        if len(outputs) == 1:
+            return next(iter(outputs.values()))
+        order = self.context_order or tuple(outputs)
+        shared = min(outputs[key][0].shape[1] for key in order)
+        cond = torch.cat([outputs[key][0][:, :shared] for key in order], dim=-1)
+        return cond, outputs[self.pooled_encoder or order[-1]][1]
 
     def lora_role(self, component: str) -> str | None:
         """The text encoder a normalised LoRA component ("te", "te1", "te2") patches, if any."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
 
 # PixArt's T5 tokenization: the prompt and its end token, no padding.
-T5XXL_UNPADDED = replace(T5XXL, t5_min_length=1, diffusers_folders=("text_encoder", "tokenizer"),
+T5XXL_UNPADDED = replace(T5XXL, min_length=1, diffusers_folders=("text_encoder", "tokenizer"),
                          kohya_prefix="lora_te1_", lora_components=("te", "te1"))  # fmt: skip
 
 
