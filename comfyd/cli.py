@@ -296,7 +296,12 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
+    from comfyd.models import families
+
+    if type(families.get(args.family)).make_tiny_files is families.Family.make_tiny_files:
+        # A UNet family's tiny checkpoint gets a ControlNet; split-file families (Flux, Wan,
+        # HunyuanVideo) have no tiny UNet config to build one from.
+        written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     print("These are random weights: images from them are noise. They exist for tests and the demo.")
