@@ -52,6 +52,7 @@ BEGIN, START_HEADER, USER, END_HEADER, BLANK_LINE, EOT = (
     "<|begin_of_text|>", "<|start_header_id|>", "user", "<|end_header_id|>", "\u010a\u010a", "<|eot_id|>",
 )  # fmt: skip
 PAD_TOKEN_ID = 128258  # ComfyUI's pad id for the empty prompt of a weighted one
+PAD_TOKEN = "<|finetune_right_pad_id|>"
 _LOCK = threading.Lock()
 Tokens = list[tuple[int, float]]
 
@@ -181,6 +182,14 @@ def user_span(tokenizer: Any, ids: list[int]) -> tuple[int, int]:
     return start, end
 
 
+def pad_id(tokenizer: Any, vocab_size: int) -> int:
+    """ComfyUI's pad id (128258) where the vocabulary has it, else the tokenizer's pad token
+    (small test vocabularies)."""
+    if PAD_TOKEN_ID < vocab_size:
+        return PAD_TOKEN_ID
+    return _id(tokenizer, PAD_TOKEN)
+
+
 def encode(encoder: Any, tokens: Tokens) -> torch.Tensor:
     """[1, user tokens, hidden] float32 on the CPU: the hidden state after the third-last layer."""
     tokenizer = require_tokenizer(encoder)
@@ -190,7 +199,7 @@ def encode(encoder: Any, tokens: Tokens) -> torch.Tensor:
     weighted = any(w != 1.0 for w in weights)
     batch, masks = [ids], [[1] * len(ids)]
     if weighted:
-        pad = PAD_TOKEN_ID if PAD_TOKEN_ID < encoder.config.vocab_size else encoder.config.vocab_size - 1
+        pad = pad_id(tokenizer, encoder.config.vocab_size)
         batch.append([ids[0]] + [pad] * (len(ids) - 1))
         masks.append([1] + [0] * (len(ids) - 1))
     with torch.no_grad():

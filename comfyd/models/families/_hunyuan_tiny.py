@@ -78,7 +78,7 @@ def tiny_transformer_config(text_dim: int, pooled_dim: int) -> dict[str, Any]:
 
 def tiny_tokenizer() -> Any:
     """A byte-level BPE with Llama 3's special tokens (deterministic: the same corpus, one thread)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -94,6 +94,11 @@ def tiny_tokenizer() -> Any:
     for special in SPECIAL_TOKENS:
         template = template.replace(special, " ")
     tokenizer.train_from_iterator(list(_CORPUS * 8) + [template] * 4, trainer=trainer)
+    # Llama 3's tokenizer.json adds the begin token in its post-processor, as here.
+    begin = llama_encoder.BEGIN
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{begin} $A", pair=f"{begin} $A {begin} $B", special_tokens=[(begin, tokenizer.token_to_id(begin))]
+    )
     return tokenizer
 
 
