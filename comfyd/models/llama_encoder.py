@@ -74,7 +74,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, A
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": shapes[f"{prefix}layers.0.mlp.gate_proj.weight"][0],
-        "num_hidden_layers": len(layers),
+        "num_hidden_layers": max(layers) + 1,
         "num_attention_heads": hidden // HEAD_DIM,
         "num_key_value_heads": shapes[f"{prefix}layers.0.self_attn.k_proj.weight"][0] // HEAD_DIM,
         "head_dim": HEAD_DIM,
