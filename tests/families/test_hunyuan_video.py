@@ -231,3 +231,11 @@ def test_bad_hunyuan_inputs_get_clear_errors(hunyuan_models: Path, tmp_path: Pat
     save_file(state, str(tmp_path / "i2v.safetensors"))
     with TensorFile(tmp_path / "i2v.safetensors") as tf, pytest.raises(ValueError, match="image-to-video"):
         families.get("hunyuan-video").load_diffusion_model(tf, "", compute_plan("cpu", "fp32"), "default")
+
+
+def test_header_probe_names_the_files_for_comfyd_check(hunyuan_models: Path) -> None:
+    from comfyd.models.header_probe import detect_family, is_supported, read_header
+
+    found = {k: detect_family(read_header(hunyuan_models / _hunyuan_tiny.NAMES[k])) for k in ("t2v", "llama", "vae")}
+    assert found == {"t2v": "hunyuan_video", "llama": "llama_text_encoder", "vae": "hunyuan_video_vae"}
+    assert all(is_supported(family) for family in found.values())
