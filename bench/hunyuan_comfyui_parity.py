@@ -25,8 +25,10 @@ Llama 3's ids in the token list the crop reads (the encoder reads the tiny ids).
         --comfyui /work/comfyui --comfyui-python /work/cvenv/bin/python
 
 prints RESULT lines: the largest absolute difference of the transformer's velocity (relative to
-its spread) at each timestep, the PSNR of the decoded frames (8-bit), and for two prompts (one
-weighted) whether the tokens match and the largest difference of the cropped Llama output.
+its spread) at each timestep, the PSNR of the decoded frames (8-bit), the PSNR of VAEDecodeTiled
+on a latent that spans several tiles in time, height and width (ComfyUI's node and its
+tiled_scale_multidim on the same tiny VAE), and for two prompts (one weighted) whether the tokens
+match and the largest difference of the cropped Llama output.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from safetensors.torch import load_file, save_file
 TIMESTEPS = (999.0, 875.0, 250.0)
 SEED = 13
 GUIDANCE = 6.0
+TILED = (64, 32, 8, 4)  # VAEDecodeTiled's tile_size, overlap, temporal_size, temporal_overlap
 PROMPTS = ("a small red fox runs across a snowy field at dawn", "(a cat:1.3) sleeps on a warm windowsill, cinematic")
 LLAMA3_IDS = {"<|start_header_id|>": 128006, "user": 882, "<|end_header_id|>": 128007, "\u010a\u010a": 271,
               "<|eot_id|>": 128009}  # fmt: skip
@@ -55,6 +58,7 @@ def inputs() -> dict[str, torch.Tensor]:
         "context": torch.randn(1, 20, 256, generator=g),
         "pooled": torch.randn(1, 32, generator=g),
         "z": torch.randn(1, 16, 3, 8, 8, generator=g),
+        "z_long": torch.randn(1, 16, 5, 16, 16, generator=g),  # 17 frames of 128x128: several tiles
     }
 
 
@@ -81,6 +85,15 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
             )[0]
         vae = loader.load_vae_file(root / _hunyuan_tiny.NAMES["vae"], plan)
         out["frames"] = vae.decoder(vae.post_quant_conv(data["z"])).clamp(-1, 1)
+    from comfyd.models.manager import ModelManager
+    from comfyd.nodes.latent.vae_tiled import VAEDecodeTiled
+    from comfyd.settings import Settings
+
+    handle = ModelManager(Settings(models_dir=root, device="cpu", home=work / "home")).load_vae(
+        Path(_hunyuan_tiny.NAMES["vae"]).name
+    )
+    (tiled,) = VAEDecodeTiled().run(None, {"samples": data["z_long"]}, handle, *TILED)
+    out["tiled"] = tiled
     _, encoder, _ = standalone.load_text_encoder(root / _hunyuan_tiny.NAMES["llama"], plan, False)
     tokenizer = llama_encoder.require_tokenizer(encoder)
     for i, prompt in enumerate(PROMPTS):
@@ -134,8 +147,36 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         vae.load_state_dict(vae_sd, strict=True)
         vae.eval()
         out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
+        out["tiled"] = comfyui_tiled(vae, data["z_long"]).contiguous()
     out.update(comfyui_text(work))
     save_file(out, str(work / "comfyui.safetensors"))
+
+
+def comfyui_tiled(first_stage_model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's VAEDecodeTiled node -> VAE.decode_tiled_3d -> tiled_scale_multidim on the tiny
+    VAE. The stand-in VAE carries the attributes comfy/sd.py sets for a HunyuanVideo VAE; its
+    decode_tiled passes the arguments as VAE.decode_tiled does for 3-D latents (that method also
+    loads the model onto the device, which needs ComfyUI's patcher)."""
+    from types import SimpleNamespace
+
+    import comfy.sd
+    import nodes
+
+    vae = SimpleNamespace(
+        first_stage_model=first_stage_model, vae_dtype=torch.float32, device=torch.device("cpu"),
+        output_device=torch.device("cpu"), output_channels=3, upscale_ratio=(lambda a: max(0, a * 4 - 3), 8, 8),
+        upscale_index_formula=(4, 8, 8), process_output=lambda image: torch.clamp((image + 1.0) / 2.0, 0.0, 1.0),
+        temporal_compression_decode=lambda: 4, spacial_compression_decode=lambda: 8,
+    )  # fmt: skip
+
+    def decode_tiled(samples, tile_x, tile_y, overlap, tile_t, overlap_t):  # noqa: ANN001, ANN202
+        output = comfy.sd.VAE.decode_tiled_3d(vae, samples, tile_t=max(2, tile_t), tile_x=tile_x, tile_y=tile_y,
+                                               overlap=(max(1, overlap_t), overlap, overlap))  # fmt: skip
+        return output.movedim(1, -1)
+
+    vae.decode_tiled = decode_tiled
+    (images,) = nodes.VAEDecodeTiled().decode(vae, {"samples": z}, *TILED)
+    return images
 
 
 def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
@@ -226,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT transformer_t{int(t)}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
     print(f"RESULT vae_frames={tuple(ours['frames'].shape)} comfyui_frames={tuple(theirs['frames'].shape)}")
     print(f"RESULT vae_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
+    a, b = ours["tiled"] * 2 - 1, theirs["tiled"] * 2 - 1  # IMAGE 0..1 -> the -1..1 psnr_8bit takes
+    print(f"RESULT tiled_decode_frames={tuple(a.shape)} comfyui_frames={tuple(b.shape)} "
+          f"psnr_db={psnr_8bit(a, b):.2f}")  # fmt: skip
     for i in range(len(PROMPTS)):
         same = torch.equal(ours[f"tokens{i}"], theirs[f"tokens{i}"])
         a, b = ours[f"cond{i}"], theirs[f"cond{i}"]

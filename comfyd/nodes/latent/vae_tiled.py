@@ -52,12 +52,12 @@ class VAEDecodeTiled(Node):
         temporal_size: int = 64,
         temporal_overlap: int = 8,
     ) -> tuple[torch.Tensor]:
+        video = samples.get("samples") if isinstance(samples, dict) else None
+        if isinstance(video, torch.Tensor) and video.ndim == 5:  # a video latent (vae_tiled_video.py)
+            return (vae_decode_video_tiled(vae, video, tile_size, overlap, temporal_size, temporal_overlap),)
         if tile_size < overlap * 4:
             overlap = tile_size // 4
         factor = vae.downscale
-        video = samples.get("samples") if isinstance(samples, dict) else None
-        if isinstance(video, torch.Tensor) and video.ndim == 5:  # a video latent (vae_tiled_video.py)
-            return (vae_decode_video_tiled(vae, video, tile_size // factor, temporal_size),)
         return (vae_decode_tiled(vae, _samples(samples), tile_size // factor, overlap // factor),)
 
 
