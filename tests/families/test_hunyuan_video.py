@@ -239,3 +239,38 @@ def test_header_probe_names_the_files_for_comfyd_check(hunyuan_models: Path) -> 
     found = {k: detect_family(read_header(hunyuan_models / _hunyuan_tiny.NAMES[k])) for k in ("t2v", "llama", "vae")}
     assert found == {"t2v": "hunyuan_video", "llama": "llama_text_encoder", "vae": "hunyuan_video_vae"}
     assert all(is_supported(family) for family in found.values())
+
+
+def test_fp8_scaled_llama_file_is_dequantized(hunyuan_models: Path, tmp_path: Path) -> None:
+    """llava_llama3_fp8_scaled's layout: fp8 linear weights, each with a `scale_weight`, and a
+    `scaled_fp8` marker; the weights comfyd builds are stored x scale."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.devices import compute_plan
+    from comfyd.models.tensorfile import TensorFile
+
+    state = load_file(str(hunyuan_models / _hunyuan_tiny.NAMES["llama"]))
+    scaled: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    for key, value in state.items():
+        if key.endswith("_proj.weight"):
+            scale = value.float().abs().max() / 448.0
+            scaled[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            scaled[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
+        else:
+            scaled[key] = value
+    save_file(scaled, str(tmp_path / "llama_fp8_scaled.safetensors"))
+    shutil.copytree(hunyuan_models / "text_encoders" / llama_encoder.TOKENIZER_FOLDER,
+                    tmp_path / llama_encoder.TOKENIZER_FOLDER)  # fmt: skip
+    plan = compute_plan("cpu", "fp32")
+    with TensorFile(hunyuan_models / _hunyuan_tiny.NAMES["llama"]) as tf:
+        plain = llama_encoder.load(tf, "model.", plan.device, torch.float32)
+    with TensorFile(tmp_path / "llama_fp8_scaled.safetensors") as tf:
+        fp8 = llama_encoder.load(tf, "model.", plan.device, torch.float32)
+    name = "layers.0.self_attn.q_proj.weight"
+    original = plain.state_dict()[name]
+    restored = fp8.state_dict()[name]
+    assert restored.dtype == torch.float32
+    assert float((restored - original).abs().max()) <= 0.07 * float(original.abs().max())  # fp8's 3 mantissa bits
+    assert not torch.equal(restored, original)  # it went through fp8, and came back scaled
+    tokens = llama_encoder.tokenize(llama_encoder.require_tokenizer(fp8), "a red fox")
+    assert llama_encoder.encode(fp8, tokens).shape == llama_encoder.encode(plain, tokens).shape
