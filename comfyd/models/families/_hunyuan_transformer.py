@@ -140,8 +140,7 @@ class HunyuanTranslator(FluxTranslator):
     embedders and the token refiner are HunyuanVideo's own."""
 
     def __init__(self, config: Mapping[str, Any], stored: list[str], prefix: str = "") -> None:
-        super().__init__({**config, "num_attention_heads": config["num_attention_heads"]}, "")
-        self.hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+        super().__init__(config, "")  # Flux's blocks; the prefix is applied by `_resolve`
         self.mlp = int(self.hidden * float(config["mlp_ratio"]))
         self.stored = {comfy_name(k[len(prefix) :]): k for k in stored if k.startswith(prefix)}
 
