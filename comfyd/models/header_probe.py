@@ -22,7 +22,8 @@ DTYPE_BYTES = {
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
-                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma"})
+                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
+                                "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder"})
 
 
 class HeaderError(ValueError):
@@ -126,8 +127,12 @@ def detect_family(header: ModelHeader) -> str:
     if has("text_model.encoder.layers.") or has("transformer.text_model.encoder.layers."):
         width = next((s[1] for k, (_, s) in header.tensors.items() if k.endswith("token_embedding.weight") and len(s) == 2), 0)
         return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width, "clip")
+    if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
+        return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):
         return "llm_text_encoder"
+    if has("decoder.conv_in.conv.weight") and has("encoder.down.0.block.0.conv1.conv.weight"):
+        return "hunyuan_video_vae"
     if has("decoder.conv_in.weight"):
         shape = header.shape(next(k for k in keys if k.endswith("decoder.conv_in.weight"))) or ()
         if len(shape) == 5:

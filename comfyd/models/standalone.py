@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from comfyd.models import detect, families, t5_encoder, umt5_encoder
+from comfyd.models import detect, families, llama_encoder, t5_encoder, umt5_encoder
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.families.base import UNET_PREFIX
@@ -43,7 +43,7 @@ def load_diffusion_model(
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
         f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout, Wan 2.1 text-to-video transformers); first keys: {shown}"
+        f"BFL's layout, Wan 2.1 and HunyuanVideo text-to-video transformers); first keys: {shown}"
     )
 
 
@@ -65,7 +65,8 @@ def _clip_prefix(keys: set[str], base: str = "") -> str | None:
 
 
 def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[str, nn.Module] | None:
-    """(kind "clip" | "t5", module) of the text encoder stored under `base` in `tf`, or None."""
+    """(kind "clip" | "t5" | "umt5" | "llama", module) of the text encoder stored under `base` in
+    `tf`, or None."""
     keys = set(tf.keys())
     clip_text = _clip_prefix(keys, base)
     if clip_text is not None:
@@ -80,6 +81,9 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="CLIP text encoder",
         )  # fmt: skip
         return "clip", module
+    llama_prefix = llama_encoder.find_prefix(keys, base)
+    if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
+        return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
     if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):
         return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)
@@ -156,7 +160,8 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
             return found[0], found[1], path.name
         keys = tf.keys()
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5 or UMT5 encoder); "
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5 or Llama "
+        f"encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -207,6 +212,7 @@ def encoder_tokenizers(
     family: families.Family, encoders: dict[str, nn.Module], clip_tokenizer: Callable[[dict[str, Any]], Any]
 ) -> dict[str, Any]:
     """CLIP encoders use the shipped BPE tokenizer; a UMT5 file carries its own (`spiece_model`);
+    a Llama encoder's sits beside its file (`llama_tokenizer/`);
     T5 encoders tokenize with the shipped T5 vocabulary (no entry here)."""
     out: dict[str, Any] = {}
     for name, module in encoders.items():
@@ -215,6 +221,8 @@ def encoder_tokenizers(
             out[name] = clip_tokenizer(dict(family.encoder(name).tokenizer))
         elif kind == "umt5":
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
+        elif kind == "llama":  # read from llama_tokenizer/ beside the file (llama_encoder)
+            out[name] = llama_encoder.require_tokenizer(module)
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward, families, t5_encoder, umt5_encoder
+from comfyd.models import clip_forward, families, llama_encoder, t5_encoder, umt5_encoder
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
 from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
@@ -94,6 +94,8 @@ def tokenize_for_encoder(
         return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
     if kind == "umt5":
         return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
+    if kind == "llama":  # HunyuanVideo: the prompt inside ComfyUI's template, one sequence
+        return [llama_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -113,6 +115,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
             kind = families.get(clip.family).encoder(key).kind
+            if kind == "llama":
+                outputs[key] = (llama_encoder.encode(encoders[key], tokens[key][0]), None)
+                continue
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
                 # No tokens at all (CLIPTextEncodeSD3's empty_padding "none"): the end token alone.

@@ -65,6 +65,21 @@ def crop_to_multiple(pixels: torch.Tensor, factor: int) -> torch.Tensor:
     return pixels[:, top : top + new_h, left : left + new_w, :]
 
 
+def _is_video_vae(module: object) -> bool:
+    """Wan's VAE (`z_dim`) or a causal 3-D VAE with a time compression (HunyuanVideo's)."""
+    config = getattr(module, "config", None)
+    return getattr(config, "z_dim", None) is not None or hasattr(module, "temporal_compression_ratio")
+
+
+def _video_decoder_call(module: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Wan: diffusers' decode (its own frame-by-frame cache). Others: post_quant_conv and the
+    decoder over the whole clip at once, as ComfyUI does (diffusers' decode() would switch to
+    overlapping temporal tiles past 16 frames)."""
+    if getattr(module.config, "z_dim", None) is not None:
+        return module.decode(z, return_dict=False)[0]
+    return module.decoder(module.post_quant_conv(z))
+
+
 def _decode_video(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
     """Video latents [B, C, t, h, w] -> IMAGE [B * T, H, W, 3], T = 1 + 4 (t - 1) frames per
     sample, frames of one sample consecutive (ComfyUI's VAEDecode on a video VAE). The decoder
@@ -75,7 +90,7 @@ def _decode_video(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
         for start in range(samples.shape[0]):
             check_interrupt()
             z = samples[start : start + 1].to(device=device, dtype=vae.dtype)
-            decoded = module.decode(z, return_dict=False)[0].to("cpu").float()
+            decoded = _video_decoder_call(module, z).to("cpu").float()
             pixels = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)  # [1, 3, T, H, W]
             frames.append(pixels[0].movedim(0, -1))  # [T, H, W, 3]
     return torch.cat(frames, dim=0).contiguous()
@@ -85,7 +100,7 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor) -> torch.Tensor:
     """Unscaled latents [B, C, h, w] -> IMAGE float32 [B, h*f, w*f, 3] in 0..1 on the CPU
     (video latents [B, C, t, h, w]: all frames of every sample, see `_decode_video`)."""
     if isinstance(samples, torch.Tensor) and samples.ndim == 5 and samples.shape[1] == vae.latent_channels:
-        if getattr(getattr(vae.vae, "config", None), "z_dim", None) is None:  # not a video VAE
+        if not _is_video_vae(vae.vae):
             raise ValueError("this latent is a video latent [B, C, T, H, W]; decode it with a video VAE")
         return _decode_video(vae, samples)
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
@@ -126,8 +141,10 @@ def _encode_video(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
     with vae.computing() as module, torch.inference_mode():
         check_interrupt()
         x = (clip.float() * 2.0 - 1.0).to(device=device, dtype=vae.dtype)
-        moments = module._encode(x)
-        mean = moments[:, : module.config.z_dim]
+        if getattr(module.config, "z_dim", None) is not None:
+            mean = module._encode(x)[:, : module.config.z_dim]
+        else:  # the whole clip through the causal encoder at once, as ComfyUI does
+            mean = module.quant_conv(module.encoder(x))[:, : module.config.latent_channels]
     return mean.to("cpu").float()
 
 
@@ -138,7 +155,7 @@ def vae_encode(vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"VAE encode expects images shaped [B, H, W, C], got {shape}")
     if pixels.shape[-1] < 3:
         raise ValueError(f"VAE encode expects at least 3 colour channels, got {pixels.shape[-1]}")
-    if getattr(getattr(vae.vae, "config", None), "z_dim", None) is not None:
+    if _is_video_vae(vae.vae):
         return _encode_video(vae, pixels)
     device = _as_device(vae.device)
     pixels = crop_to_multiple(pixels[..., :3], vae.downscale)

@@ -14,6 +14,7 @@ from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Int, Link, Node, NodeSchema, OutputSpec, register_node
 from comfyd.models.handles import VaeHandle
 from comfyd.models.vae_tiled import vae_decode_tiled, vae_encode_tiled
+from comfyd.models.vae_tiled_video import vae_decode_video_tiled
 from comfyd.nodes.latent.basic import _samples
 
 
@@ -51,6 +52,9 @@ class VAEDecodeTiled(Node):
         temporal_size: int = 64,
         temporal_overlap: int = 8,
     ) -> tuple[torch.Tensor]:
+        video = samples.get("samples") if isinstance(samples, dict) else None
+        if isinstance(video, torch.Tensor) and video.ndim == 5:  # a video latent (vae_tiled_video.py)
+            return (vae_decode_video_tiled(vae, video, tile_size, overlap, temporal_size, temporal_overlap),)
         if tile_size < overlap * 4:
             overlap = tile_size // 4
         factor = vae.downscale
