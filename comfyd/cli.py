@@ -296,7 +296,10 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
+    checkpoints = Path(args.dir) / "checkpoints"
+    if all(checkpoints in p.parents for p in written):
+        # A ControlNet for the tiny SD-style UNet; split-file families (Flux, Wan) have none.
+        written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     print("These are random weights: images from them are noise. They exist for tests and the demo.")
