@@ -43,9 +43,7 @@ class Wan22Network(WanNetwork):
         mask = added.pop("denoise_mask", None)
         if mask is not None and x.ndim == 5:
             if tuple(mask.shape[2:]) != tuple(x.shape[2:]):
-                raise ValueError(
-                    f"the noise mask has shape {list(mask.shape)}, the latent {list(x.shape)}"
-                )
+                raise ValueError(f"the noise mask has shape {list(mask.shape)}, the latent {list(x.shape)}")
             pt, ph, pw = self.transformer.config.patch_size
             if pt != 1:
                 raise ValueError("per-frame timesteps need a transformer with temporal patch size 1")

@@ -32,7 +32,10 @@ _UP = re.compile(r"decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsampler)\.")
 
 
 def is_wan22_vae(keys: set[str], prefix: str = "") -> bool:
-    return f"{prefix}{MARKER}" in keys and f"{prefix}encoder.downsamples.0.downsamples.0.residual.0.gamma" in keys
+    return (
+        f"{prefix}{MARKER}" in keys
+        and f"{prefix}encoder.downsamples.0.downsamples.0.residual.0.gamma" in keys
+    )
 
 
 def original_name(name: str) -> str:
@@ -58,7 +61,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
     z_dim = shapes[f"{prefix}conv2.weight"][0]
     last = f"{prefix}encoder.downsamples.{LEVELS - 1}.downsamples.{RES_BLOCKS - 1}.residual.2.weight"
     if last not in shapes or in_channels % 3 or out_channels != in_channels:
-        raise ValueError("not a Wan 2.2 VAE: expected four encoder levels of two residual blocks, 3 x 2 x 2 channels")
+        raise ValueError(
+            "not a Wan 2.2 VAE: expected four encoder levels of two residual blocks, 3 x 2 x 2 channels"
+        )
     patch = round((in_channels // 3) ** 0.5)
     return {
         "base_dim": base, "decoder_base_dim": decoder_width // 4, "z_dim": z_dim,
