@@ -89,7 +89,9 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return np.clip(255.0 * frames.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
 
 
-def comfyd_side(work: Path, sampler: str) -> dict[str, np.ndarray | torch.Tensor]:
+def comfyd_side(
+    work: Path, sampler: str, cases: tuple[str, ...] = CASES, decode: bool = True
+) -> dict[str, np.ndarray | torch.Tensor]:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.nodes.conditioning.wan22_latent import Wan22ImageToVideoLatent
@@ -107,12 +109,13 @@ def comfyd_side(work: Path, sampler: str) -> dict[str, np.ndarray | torch.Tensor
     vae = manager.load_vae(Path(FILES["vae"]).name)
     positive, negative = conditioning(work)
     out: dict[str, np.ndarray | torch.Tensor] = {}
-    for case in CASES:
+    for case in cases:
         image = start_image(work) if case == "i2v" else None
         (latent,) = Wan22ImageToVideoLatent().run(Ctx(), vae, SIZE, SIZE, FRAMES, 1, start_image=image)
         samples = common_ksampler(model, SEED, STEPS, CFG, sampler, "simple", positive, negative, latent)["samples"]
         out[f"{case}_latent"] = samples
-        out[f"{case}_frames"] = to_uint8(vae_decode(vae, samples))
+        if decode:
+            out[f"{case}_frames"] = to_uint8(vae_decode(vae, samples))
     return out
 
 
