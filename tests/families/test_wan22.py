@@ -250,3 +250,24 @@ def test_two_expert_pass_equals_a_hand_run_split(
         start_step=2, last_step=10000,
     )["samples"]  # fmt: skip
     assert not torch.allclose(other, final, atol=1e-3)
+
+
+def test_video_noise_masks_are_resized_trilinearly_and_reach_the_vector_builder() -> None:
+    """As ComfyUI's reshape_mask: a [B, 1, t, h, w] mask (or a stack of [h, w] frames) resized to
+    the latent's frames and pixels, every channel, the batch tiled; the builder sees it."""
+    from comfyd.sampling.ksampler import prepare_denoise_mask, with_denoise_mask
+
+    mask = torch.zeros(1, 1, 2, 2, 2)
+    mask[:, :, 1] = 1
+    resized = prepare_denoise_mask(mask, (2, 48, 4, 4, 4))
+    assert resized.shape == (2, 48, 4, 4, 4)
+    expected = torch.nn.functional.interpolate(mask, size=(4, 4, 4), mode="trilinear")
+    assert torch.equal(resized[1, 47], expected[0, 0])
+    frames = prepare_denoise_mask(torch.ones(3, 8, 8), (1, 16, 3, 2, 2))
+    assert frames.shape == (1, 16, 3, 2, 2) and frames.eq(1).all()
+
+    seen: list[dict[str, Any]] = []
+    builder = with_denoise_mask(lambda item, dims: seen.append(item) or {}, resized)
+    builder({"pooled_output": None}, (4, 4))
+    assert seen[0]["denoise_mask"] is resized and "pooled_output" in seen[0]
+    assert with_denoise_mask(None, resized) is None
