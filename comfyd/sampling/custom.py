@@ -26,6 +26,7 @@ from comfyd.sampling.ksampler import (
     InpaintDenoiser,
     _check_latent,
     _Interruptible,
+    fix_empty_latent_channels,
     prepare_denoise_mask,
     with_denoise_mask,
 )
@@ -61,6 +62,7 @@ def sample_custom(
         raise ValueError("sampler must be a SAMPLER (KSamplerSelect or a Sampler* node)")
     if not isinstance(noise, NoiseSource):
         raise ValueError("noise must be a NOISE (RandomNoise or DisableNoise)")
+    latent = fix_empty_latent_channels(guider.model, latent)
     latent_image = _check_latent(latent)
     sigmas = _as_sigmas(sigmas)
     sampler_fn = sampler.function()

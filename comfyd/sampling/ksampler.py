@@ -125,6 +125,19 @@ def with_denoise_mask(builder: Any, mask: Tensor | None) -> Any:
     return build
 
 
+def fix_empty_latent_channels(model: Any, latent: Any) -> Any:
+    """An all-zero latent whose channel count is not the model's latent format's gets the model's
+    (ComfyUI's fix_empty_latent_channels: EmptyHunyuanLatentVideo's 16 channels become the Wan
+    2.2 5B's 48, EmptyLatentImage's 4 a Flux model's 16); anything else is left as it is."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    channels = getattr(getattr(model, "latent_format", None), "channels", None)
+    if not isinstance(samples, Tensor) or samples.ndim < 2 or not isinstance(channels, int):
+        return latent
+    if samples.shape[1] == channels or torch.count_nonzero(samples) > 0:
+        return latent
+    return {**latent, "samples": samples.new_zeros((samples.shape[0], channels, *samples.shape[2:]))}
+
+
 def _check_latent(latent: Any) -> Tensor:
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), Tensor):
         raise ValueError("latent_image must be a LATENT ({'samples': tensor [B, C, H, W], ...})")
@@ -185,6 +198,7 @@ def common_ksampler(
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    latent = fix_empty_latent_channels(model, latent)
     latent_image = _check_latent(latent)
 
     if disable_noise:

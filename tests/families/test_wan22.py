@@ -163,6 +163,12 @@ def test_wan22_latent_node_values_and_the_kept_start_frame(wan22_models: Path, t
     out = common_ksampler(model, 5, 2, 4.0, "euler", "simple", positive, negative, latent)["samples"]
     assert torch.allclose(out[:, :, :1], samples[:, :, :1], atol=1e-5)  # kept, not re-noised
     assert not torch.allclose(out[:, :, 1:], samples[:, :, 1:], atol=1e-2)
+    # EmptyHunyuanLatentVideo's 16-channel empty latent becomes the 5B's 48 channels, as in
+    # ComfyUI's fix_empty_latent_channels (same pixels per latent cell: twice the video's size).
+    hunyuan = {"samples": torch.zeros(1, 16, 2, 2, 2)}
+    assert common_ksampler(model, 5, 1, 1.0, "euler", "simple", positive, negative, hunyuan)["samples"].shape == (
+        1, 48, 2, 2, 2,
+    )  # fmt: skip
 
 
 def test_per_frame_timesteps_under_a_noise_mask(wan22_models: Path, tmp_path: Path) -> None:
