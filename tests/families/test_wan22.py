@@ -24,7 +24,6 @@ from PIL import Image
 
 from comfyd.cli import main
 from comfyd.models.families import _wan22_tiny, _wan_tiny
-from comfyd.models.tiny import make_tiny
 
 SIZE = 64
 FRAMES = 9
@@ -33,10 +32,11 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
 
 @pytest.fixture(scope="module")
 def wan22_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`comfyd models make-tiny DIR --family wan22`: the split files, and no SD ControlNet."""
     root = tmp_path_factory.mktemp("wan22") / "models"
-    written = make_tiny(root, family="wan22")
+    assert main(["models", "make-tiny", str(root), "--family", "wan22"]) == 0
     expected = {_wan_tiny.NAMES["umt5xxl"], _wan_tiny.NAMES["vae"], *_wan22_tiny.NAMES.values()}
-    assert {p.relative_to(root).as_posix() for p in written} == expected
+    assert {p.relative_to(root).as_posix() for p in root.rglob("*.safetensors")} == expected
     return root
 
 
