@@ -173,30 +173,32 @@ def test_wan22_latent_node_values_and_the_kept_start_frame(wan22_models: Path, t
 
 def test_per_frame_timesteps_under_a_noise_mask(wan22_models: Path, tmp_path: Path) -> None:
     """With a denoise mask the 5B network embeds each latent frame at mean(mask) x t (frame 0 of
-    an image start at 0): the same as calling the transformer with those per-token timesteps,
-    and not the same as one timestep for all."""
-    from comfyd.models.families._wan22_transformer import frame_timesteps
+    an image start at 0), modulation kept per frame: the same numbers as diffusers' own call with
+    those timesteps repeated per token, and not the same as one timestep for all."""
+    from comfyd.models.families._wan22_transformer import frame_timesteps, token_timesteps
 
     manager = _manager(wan22_models, tmp_path)
     model = manager.load_diffusion_model(_name("ti2v"))
     net = model.unet
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 48, 3, 3, 4, generator=g)  # odd height: padded to whole patches
-    context = torch.randn(1, 512, 32, generator=g)
-    mask = torch.ones(1, 48, 3, 3, 4)
-    mask[:, :, 0] = 0
-    t = torch.tensor([875.0])
-    assert torch.equal(frame_timesteps(t, mask), torch.tensor([[0.0, 875.0, 875.0]]))
+    x = torch.randn(2, 48, 3, 3, 4, generator=g)  # odd height: padded to whole patches
+    context = torch.randn(2, 512, 32, generator=g)
+    mask = torch.ones(2, 48, 3, 3, 4)
+    mask[0, :, 0] = 0  # the first sample has a start frame, the second none
+    t = torch.tensor([875.0, 500.0])
+    per_frame = frame_timesteps(t, mask)
+    assert torch.equal(per_frame, torch.tensor([[0.0, 875.0, 875.0], [500.0, 500.0, 500.0]]))
     with torch.no_grad():
         masked = net(x, t, encoder_hidden_states=context, added_cond_kwargs={"denoise_mask": mask})[0]
         plain = net(x, t, encoder_hidden_states=context)[0]
         padded = torch.nn.functional.pad(x, (0, 0, 0, 1, 0, 0), mode="circular")
-        tokens = torch.tensor([[0.0] * 4 + [875.0] * 8])  # 2 x 2 patches per frame
         direct = net.transformer(
-            hidden_states=padded, timestep=tokens, encoder_hidden_states=context, return_dict=False
-        )[0][:, :, :, :3]
+            hidden_states=padded, timestep=token_timesteps(per_frame, 4), encoder_hidden_states=context,
+            return_dict=False,
+        )[0][:, :, :, :3]  # fmt: skip
     assert torch.allclose(masked, direct, atol=1e-6)
-    assert not torch.allclose(masked[:, :, :1], plain[:, :, :1], atol=1e-3)
+    assert not torch.allclose(masked[0, :, :1], plain[0, :, :1], atol=1e-3)
+    assert torch.allclose(masked[1], plain[1], atol=1e-6)  # mask all ones: the plain call
 
 
 @pytest.mark.slow
