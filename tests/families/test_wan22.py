@@ -279,3 +279,33 @@ def test_video_noise_masks_are_resized_trilinearly_and_reach_the_vector_builder(
     builder({"pooled_output": None}, (4, 4))
     assert seen[0]["denoise_mask"] is resized and "pooled_output" in seen[0]
     assert with_denoise_mask(None, resized) is None
+
+
+def test_full_size_ti2v_and_vae_layouts_map_key_for_key() -> None:
+    """The full-size TI2V 5B transformer and Wan 2.2 VAE as ComfyUI builds them (names and shapes
+    of their state dicts, dumped on the meta device: `wan22_full_shapes.json`) give the right
+    diffusers configs, and every diffusers parameter maps to one stored key of its shape, every
+    stored key used."""
+    from comfyd.models import families
+    from comfyd.models.families import _wan22_vae
+    from comfyd.models.families import _wan_transformer as transformer
+
+    shapes = json.loads((Path(__file__).with_name("wan22_full_shapes.json")).read_text())
+    stored = {k: tuple(v) for k, v in shapes["transformer"].items()}
+    assert families.get("wan22").accepts_diffusion_model(stored, "")
+    config = transformer.infer_config(stored, "")
+    assert (config["num_attention_heads"], config["num_layers"], config["ffn_dim"]) == (24, 30, 14336)
+    assert (config["in_channels"], config["out_channels"], config["text_dim"]) == (48, 48, 4096)
+    vae_stored = {k: tuple(v) for k, v in shapes["vae"].items()}
+    vae_config = _wan22_vae.infer_config(vae_stored)
+    assert (vae_config["base_dim"], vae_config["decoder_base_dim"], vae_config["z_dim"]) == (160, 256, 48)
+    for module, translator, keys in (
+        (transformer.empty_transformer(config), transformer.WanTranslator(list(stored)), stored),
+        (_wan22_vae.empty_vae(vae_config), _wan22_vae.Wan22VaeTranslator(list(vae_stored)), vae_stored),
+    ):
+        used = set()
+        for name, parameter in module.named_parameters():
+            source = translator.source(name)
+            assert source is not None and keys[source.key] == tuple(parameter.shape), name
+            used.add(source.key)
+        assert used == set(keys)
