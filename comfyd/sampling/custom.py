@@ -30,7 +30,7 @@ from comfyd.sampling.ksampler import (
     prepare_denoise_mask,
     with_denoise_mask,
 )
-from comfyd.sampling.samplers import SamplerRun
+from comfyd.sampling.samplers import SamplerRun, final_sigma
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
 
@@ -121,7 +121,8 @@ def sample_custom(
             seed=noise.seed, callback=on_step, last_uncond=lambda: guided.last_uncond, schedule=schedule,
             flow=model_sampling.is_flow,
         )
-        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler_fn(denoiser, x, sigmas, run))
+        samples = sampler_fn(denoiser, x, sigmas, run)
+        samples = model_sampling.inverse_noise_scaling(final_sigma(sampler.name, sigmas), samples)
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     if not last_denoised:
         return out, out

@@ -39,7 +39,13 @@ from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.protocols import SamplingModel
-from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
+from comfyd.sampling.samplers import (
+    INPAINT_NOISE_FROM_NEXT_SEED,
+    NEEDS_UNCOND,
+    SamplerRun,
+    final_sigma,
+    get_sampler,
+)
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
@@ -265,7 +271,8 @@ def common_ksampler(
             seed=seed, callback=on_step, last_uncond=lambda: guider.last_uncond, schedule=schedule,
             flow=model_sampling.is_flow,
         )  # fmt: skip
-        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler(denoiser, x, sigmas, run))
+        samples = sampler(denoiser, x, sigmas, run)
+        samples = model_sampling.inverse_noise_scaling(final_sigma(sampler_name, sigmas), samples)
     # Outside inference mode, so downstream nodes get an ordinary tensor.
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     return out
