@@ -406,7 +406,8 @@ class ModelManager(AuxiliaryModels):
             device=self.plan.device,
             dtype=self.plan.vae_dtype,
             latent_channels=int(channels),
-            downscale=2 ** (len(levels) - 1),
+            # Wan 2.2's VAE patchifies 2x2 before its three halvings: its config says 16.
+            downscale=int(getattr(config, "scale_factor_spatial", None) or 2 ** (len(levels) - 1)),
             gate=self.gate,
         )
 

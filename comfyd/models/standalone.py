@@ -35,16 +35,27 @@ def load_diffusion_model(
     """(family, network, model sampling) of a diffusion-model file."""
     with TensorFile(path, allow_pickle=allow_pickle) as tf:
         keys = set(tf.keys())
-        for family in families.all_families():
-            prefix = family.diffusion_model_prefix(keys)
-            if prefix is not None:
+        claims = [(f, p) for f in families.all_families() if (p := f.diffusion_model_prefix(keys)) is not None]
+        if claims:  # shapes tell variants with the same keys apart (Wan 2.2 TI2V from Wan 2.1)
+            shapes = tf.shapes()
+            claims = [(f, p) for f, p in claims if f.accepts_diffusion_model(shapes, p)]
+        refined = {f.refines for f, _ in claims}
+        for family, prefix in claims:
+            if family.name not in refined:
                 network, sampling = family.load_diffusion_model(tf, prefix, plan, weight_dtype)
                 return family, network, sampling
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout, Wan 2.1 and HunyuanVideo text-to-video transformers); first keys: {shown}"
+        f"{path.name} is not a diffusion model comfyd can load (families with diffusion-model files: "
+        f"{_diffusion_families()}); first keys: {shown}"
     )
+
+
+def _diffusion_families() -> str:
+    """The families whose networks come as diffusion-model files (UNETLoader)."""
+    own = [f.name for f in families.all_families()
+           if type(f).diffusion_model_prefix is not families.Family.diffusion_model_prefix]  # fmt: skip
+    return ", ".join(own)
 
 
 def family_for_clip_type(clip_type: str) -> families.Family:

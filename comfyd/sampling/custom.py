@@ -22,8 +22,15 @@ from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
-from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
-from comfyd.sampling.samplers import SamplerRun
+from comfyd.sampling.ksampler import (
+    InpaintDenoiser,
+    _check_latent,
+    _Interruptible,
+    fix_empty_latent_channels,
+    prepare_denoise_mask,
+    with_denoise_mask,
+)
+from comfyd.sampling.samplers import SamplerRun, final_sigma
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
 
@@ -55,6 +62,7 @@ def sample_custom(
         raise ValueError("sampler must be a SAMPLER (KSamplerSelect or a Sampler* node)")
     if not isinstance(noise, NoiseSource):
         raise ValueError("noise must be a NOISE (RandomNoise or DisableNoise)")
+    latent = fix_empty_latent_channels(guider.model, latent)
     latent_image = _check_latent(latent)
     sigmas = _as_sigmas(sigmas)
     sampler_fn = sampler.function()
@@ -71,8 +79,11 @@ def sample_custom(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     initial = initial.to(device=device, dtype=torch.float32)
+    noise_mask = latent.get("noise_mask")
+    mask = prepare_denoise_mask(noise_mask, initial.shape).to(device) if noise_mask is not None else None
     entries = guider.entries(
-        initial.shape, schedule, device, model.dtype, model.vector_conditioning, seed=noise.seed
+        initial.shape, schedule, device, model.dtype, with_denoise_mask(model.vector_conditioning, mask),
+        seed=noise.seed,
     )
 
     sigma0 = float(sigmas[0])
@@ -97,21 +108,21 @@ def sample_custom(
             unet_denoiser, entries, keep_uncond=keep_uncond or sampler.wants_uncond, guidance=guidance
         )
         denoiser: Denoiser = guided
-        noise_mask = latent.get("noise_mask")
-        if noise_mask is not None:
-            mask = prepare_denoise_mask(noise_mask, initial.shape).to(device)
+        if mask is not None:
             inpaint_noise = initial
             if sampler.inpaint_noise_from_next_seed:
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
                 inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
+            clean = bool(getattr(model, "inpaint_clean_latent", False))
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling, clean)
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(
             seed=noise.seed, callback=on_step, last_uncond=lambda: guided.last_uncond, schedule=schedule,
             flow=model_sampling.is_flow,
         )
-        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler_fn(denoiser, x, sigmas, run))
+        samples = sampler_fn(denoiser, x, sigmas, run)
+        samples = model_sampling.inverse_noise_scaling(final_sigma(sampler.name, sigmas), samples)
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     if not last_denoised:
         return out, out

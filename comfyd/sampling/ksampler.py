@@ -11,7 +11,10 @@ ComfyUI's `nodes.common_ksampler` -> `comfy.sample.sample` -> `KSampler.sample` 
    latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise; flow
    models: sigma0 * noise + (1 - sigma0) * latent, and the result divided by 1 - last sigma);
 4. the sampler runs on the guided denoiser (with a noise_mask: the kept region is reset to the
-   re-noised original before and to the original after every model call);
+   re-noised original before and to the original after every model call; a model whose
+   `inpaint_clean_latent` is true gets the original there unnoised, as ComfyUI's WAN22 does,
+   and every conditioning entry's vector-conditioning builder sees the mask as `denoise_mask`,
+   as ComfyUI's extra_conds do);
 5. the result is scaled back (/ latent_scale + latent_shift) to float32 on the CPU.
 
 The model is anything satisfying `protocols.SamplingModel` (the models package's ModelHandle is
@@ -36,7 +39,13 @@ from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.protocols import SamplingModel
-from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
+from comfyd.sampling.samplers import (
+    INPAINT_NOISE_FROM_NEXT_SEED,
+    NEEDS_UNCOND,
+    SamplerRun,
+    final_sigma,
+    get_sampler,
+)
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
@@ -52,9 +61,11 @@ class InpaintDenoiser:
     """
 
     def __init__(
-        self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor, model_sampling: Any = None
+        self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor, model_sampling: Any = None,
+        clean: bool = False,
     ) -> None:
         self.inner = inner
+        self.clean = clean
         self.mask = mask
         self.keep = 1.0 - mask
         self.latent = latent
@@ -63,7 +74,9 @@ class InpaintDenoiser:
         self.model_sampling = model_sampling
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        if self.model_sampling is None:
+        if self.clean:
+            kept = self.latent
+        elif self.model_sampling is None:
             kept = self.noise * sigma + self.latent
         else:
             kept = self.model_sampling.scale_inpaint(sigma, self.noise, self.latent)
@@ -83,13 +96,52 @@ class _Interruptible:
 
 
 def prepare_denoise_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels."""
+    """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels;
+    for a video latent [B, C, T, H, W] a [B, 1, t, h, w] mask (or frames of [h, w]) trilinearly."""
+    if len(shape) == 5:
+        return _prepare_video_mask(noise_mask, shape)
     batch, channels, height, width = shape
     mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
     mask = F.interpolate(mask, size=(height, width), mode="bilinear")
     if mask.shape[1] < channels:
         mask = mask.repeat(1, channels, 1, 1)[:, :channels]
     return repeat_to_batch(mask, batch)
+
+
+def _prepare_video_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    batch, channels, frames, height, width = shape
+    mask = noise_mask.float()
+    if mask.ndim < 5:
+        mask = mask.reshape(1, 1, -1, mask.shape[-2], mask.shape[-1])
+    mask = F.interpolate(mask, size=(frames, height, width), mode="trilinear")
+    if mask.shape[1] < channels:
+        mask = mask.repeat(1, channels, 1, 1, 1)[:, :channels]
+    return repeat_to_batch(mask, batch)
+
+
+def with_denoise_mask(builder: Any, mask: Tensor | None) -> Any:
+    """The model's vector-conditioning builder seeing the prepared noise mask as `denoise_mask`
+    in every entry (ComfyUI hands it to every model's extra_conds); unchanged without a mask."""
+    if builder is None or mask is None:
+        return builder
+
+    def build(item: dict[str, Any], dims: tuple[int, int]) -> Any:
+        return builder({**item, "denoise_mask": mask}, dims)
+
+    return build
+
+
+def fix_empty_latent_channels(model: Any, latent: Any) -> Any:
+    """An all-zero latent whose channel count is not the model's latent format's gets the model's
+    (ComfyUI's fix_empty_latent_channels: EmptyHunyuanLatentVideo's 16 channels become the Wan
+    2.2 5B's 48, EmptyLatentImage's 4 a Flux model's 16); anything else is left as it is."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    channels = getattr(getattr(model, "latent_format", None), "channels", None)
+    if not isinstance(samples, Tensor) or samples.ndim < 2 or not isinstance(channels, int):
+        return latent
+    if samples.shape[1] == channels or torch.count_nonzero(samples) > 0:
+        return latent
+    return {**latent, "samples": samples.new_zeros((samples.shape[0], channels, *samples.shape[2:]))}
 
 
 def _check_latent(latent: Any) -> Tensor:
@@ -101,8 +153,6 @@ def _check_latent(latent: Any) -> Tensor:
             "latent samples must be a non-empty [B, C, H, W] (or video [B, C, T, H, W]) tensor, "
             f"got shape {list(samples.shape)}"
         )
-    if samples.ndim == 5 and latent.get("noise_mask") is not None:
-        raise ValueError("noise masks on video latents are not supported yet")
     mask = latent.get("noise_mask")
     if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
         raise ValueError("latent noise_mask must be a tensor [..., H, W]")
@@ -154,6 +204,7 @@ def common_ksampler(
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    latent = fix_empty_latent_channels(model, latent)
     latent_image = _check_latent(latent)
 
     if disable_noise:
@@ -178,9 +229,11 @@ def common_ksampler(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     noise = noise.to(device=device, dtype=torch.float32)
+    noise_mask = latent.get("noise_mask")
+    mask = prepare_denoise_mask(noise_mask, noise.shape).to(device) if noise_mask is not None else None
     entries = prepare_conds(
         positive, negative, noise.shape, schedule, device, model.dtype,
-        vector_conditioning=model.vector_conditioning, seed=seed,
+        vector_conditioning=with_denoise_mask(model.vector_conditioning, mask), seed=seed,
     )  # fmt: skip
 
     sigma0 = float(sigmas[0])
@@ -205,21 +258,21 @@ def common_ksampler(
             unet_denoiser, entries, cfg, keep_uncond=keep_uncond or sampler_name in NEEDS_UNCOND, guidance=guidance
         )
         denoiser: Denoiser = guider
-        noise_mask = latent.get("noise_mask")
-        if noise_mask is not None:
-            mask = prepare_denoise_mask(noise_mask, noise.shape).to(device)
+        if mask is not None:
             inpaint_noise = noise
             if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
                 inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
+            clean = bool(getattr(model, "inpaint_clean_latent", False))
+            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling, clean)
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(
             seed=seed, callback=on_step, last_uncond=lambda: guider.last_uncond, schedule=schedule,
             flow=model_sampling.is_flow,
         )  # fmt: skip
-        samples = model_sampling.inverse_noise_scaling(sigmas[-1], sampler(denoiser, x, sigmas, run))
+        samples = sampler(denoiser, x, sigmas, run)
+        samples = model_sampling.inverse_noise_scaling(final_sigma(sampler_name, sigmas), samples)
     # Outside inference mode, so downstream nodes get an ordinary tensor.
     out["samples"] = (samples.float() / model.latent_scale + model.latent_shift).cpu()
     return out

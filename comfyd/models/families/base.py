@@ -178,6 +178,9 @@ class Family:
     network_loras: bool = False
     # Whether a CLIP of this family may hold any non-empty subset of its encoders (SD3).
     partial_encoders: bool = False
+    # A noise-masked latent's kept region enters the network as it is, not re-noised to the
+    # current sigma (ComfyUI's WAN22.scale_latent_inpaint: Wan 2.2 TI2V's start frame).
+    inpaint_clean_latent: bool = False
 
     # --- declared data, derived --------------------------------------------------------------
     @property
@@ -285,6 +288,11 @@ class Family:
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         """The prefix of this family's denoising network in a diffusion-model file, if it is one."""
         return None
+
+    def accepts_diffusion_model(self, shapes: Mapping[str, tuple[int, ...]], prefix: str) -> bool:
+        """Whether the network its keys matched (`diffusion_model_prefix`) is this family's by its
+        shapes; a family that `refines` another and accepts a file takes it from that one."""
+        return True
 
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
+from torch import Tensor
+
 from comfyd.sampling.samplers.base import Denoiser, SamplerFn, SamplerRun, StepCallback
 from comfyd.sampling.samplers.cfg_pp import (
     sample_dpmpp_2m_cfg_pp,
@@ -48,7 +51,7 @@ from comfyd.sampling.samplers.multistep import (
 )
 from comfyd.sampling.samplers.sa_solver import sample_sa_solver, sample_sa_solver_pece
 from comfyd.sampling.samplers.stochastic import sample_ddpm, sample_er_sde, sample_seeds_2, sample_seeds_3
-from comfyd.sampling.samplers.unipc import sample_unipc, sample_unipc_bh2
+from comfyd.sampling.samplers.unipc import _FINAL_SIGMA, sample_unipc, sample_unipc_bh2
 
 SAMPLERS: dict[str, SamplerFn] = {
     "euler": sample_euler,
@@ -106,6 +109,19 @@ INPAINT_NOISE_FROM_NEXT_SEED = frozenset({"ddim"})
 # prompt even at cfg 1 for them (ComfyUI's disable_cfg1_optimization).
 NEEDS_UNCOND = frozenset(name for name in SAMPLER_NAMES if name.endswith("_cfg_pp")) | EXTRA_NEEDS_UNCOND
 
+# ComfyUI's UniPC replaces a final sigma of 0 by 0.001 in the very sigmas tensor it is handed,
+# so the sampler's closing inverse noise scaling sees 0.001: a flow model's result is divided by
+# 1 - 0.001 (an EPS / V model's scaling ignores sigma). `final_sigma` gives that sigma.
+FINAL_SIGMA_REPLACED = frozenset({"uni_pc", "uni_pc_bh2"})
+
+
+def final_sigma(name: str, sigmas: Tensor) -> Tensor:
+    """The last sigma the sampler `name` leaves for the inverse noise scaling."""
+    if name in FINAL_SIGMA_REPLACED and float(sigmas[-1]) == 0.0:
+        return torch.tensor(_FINAL_SIGMA, dtype=torch.float32)
+    return sigmas[-1]
+
+
 # Samplers that draw fresh noise at every step (ancestral, SDE and the like): the fidelity bar
 # for them is 30 dB rather than 40.
 STOCHASTIC = frozenset({
@@ -125,6 +141,8 @@ def get_sampler(name: str) -> SamplerFn:
 
 
 __all__ = [
+    "FINAL_SIGMA_REPLACED",
+    "final_sigma",
     "INPAINT_NOISE_FROM_NEXT_SEED",
     "NEEDS_UNCOND",
     "SAMPLERS",
