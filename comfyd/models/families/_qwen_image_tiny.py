@@ -16,7 +16,14 @@ from comfyd.models import qwen25_encoder
 from comfyd.models.families import _qwen_image_transformer as transformer
 from comfyd.models.families import _wan_vae as video_vae
 
-TINY_QWEN25 = {"vocab_size": 152064, "hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 64}
+TINY_QWEN25 = {
+    "vocab_size": 152064,
+    "hidden_size": 32,
+    "layers": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 64,
+}
 TINY_TRANSFORMER = {
     "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2, "attention_head_dim": 32,
     "num_attention_heads": 2, "joint_attention_dim": TINY_QWEN25["hidden_size"], "guidance_embeds": False,
@@ -59,5 +66,7 @@ def write_tiny_qwen_image(root: Path, seed: int = 0) -> list[Path]:
     state = {qwen25_encoder.original_name(k): v for k, v in encoder.state_dict().items()}
     written.append(_save(state, root / NAMES["qwen25_7b"]))
     vae = tiny.random_module(video_vae.empty_vae(TINY_VAE), seed, "qwen-image-vae")
-    written.append(_save({video_vae.original_name(k): v for k, v in vae.state_dict().items()}, root / NAMES["vae"]))
+    written.append(
+        _save({video_vae.original_name(k): v for k, v in vae.state_dict().items()}, root / NAMES["vae"])
+    )
     return written

@@ -40,7 +40,10 @@ _BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
 
 
 def is_qwen_image_transformer(keys: set[str], prefix: str) -> bool:
-    return all(prefix + key in keys for key in MARKER_KEYS) and f"{prefix}transformer_blocks.0.img_mod.1.weight" in keys
+    return (
+        all(prefix + key in keys for key in MARKER_KEYS)
+        and f"{prefix}transformer_blocks.0.img_mod.1.weight" in keys
+    )
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
@@ -99,7 +102,9 @@ class ComfyRope(nn.Module):
         angles = torch.cat([_axis_angles(ids[:, i], d) for i, d in enumerate(self.axes_dim)], dim=-1)
         return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
-    def forward(self, video_fhw: Any, max_txt_seq_len: Any = None, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, video_fhw: Any, max_txt_seq_len: Any = None, device: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         shapes = video_fhw[0] if isinstance(video_fhw, list) else video_fhw
         shapes = shapes if isinstance(shapes, list) else [shapes]
         image_ids = []

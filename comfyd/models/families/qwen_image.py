@@ -47,7 +47,9 @@ QWEN25_7B = EncoderSpec(
     layout="hf",
     single_file_prefixes=("text_encoders.qwen25_7b.transformer.",),
     tokenizer={},
-    recipe=EncoderRecipe(ChunkLayout(pad_token=PAD, end_token=PAD), None, norm_intermediate=False, projected_pooled=False),
+    recipe=EncoderRecipe(
+        ChunkLayout(pad_token=PAD, end_token=PAD), None, norm_intermediate=False, projected_pooled=False
+    ),
     diffusers_folders=("text_encoder", "tokenizer"),
     kohya_prefix="lora_te_",
     lora_components=("te",),
@@ -70,7 +72,9 @@ class QwenImage(Family):
 
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
         if transformer.is_qwen_image_transformer(keys, ""):
-            return "looks like a Qwen-Image transformer alone: load it with UNETLoader (models/diffusion_models)"
+            return (
+                "looks like a Qwen-Image transformer alone: load it with UNETLoader (models/diffusion_models)"
+            )
         return None
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
