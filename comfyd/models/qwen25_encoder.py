@@ -4,7 +4,8 @@ it from a file's shapes, tokenize and encode as ComfyUI 0.3.64 does.
 Files (qwen_2.5_vl_7b*.safetensors): transformers' Qwen2.5-VL names of the original release,
 `model.embed_tokens`, `model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj,
 input_layernorm, post_attention_layernorm}`, `model.norm`, plus `visual.*` (the vision tower, read
-by nothing here yet) and `lm_head`. The q/k/v projections carry biases (that is how the file is told
+by nothing here yet) and `lm_head`; ComfyUI's `_fp8_scaled` files store fp8 weights with a
+`scale_weight` per layer, dequantized on load (`apply_weight_scales`). The q/k/v projections carry biases (that is how the file is told
 from a Llama). The text part is built as transformers' `Qwen2_5_VLTextModel`; its config comes
 from the shapes. Head width: ComfyUI fixes the 7B's 128 (28 heads, 4 key/value heads); a file
 whose widths are not multiples of 128 (comfyd's tiny test files) is taken to have 8-wide heads.
@@ -109,6 +110,23 @@ class Qwen25Translator:
 
 def original_name(name: str) -> str:
     return f"model.{name}"
+
+
+def apply_weight_scales(module: nn.Module, tf: Any, prefix: str = "") -> int:
+    """Dequantize a "scaled fp8" file's weights (ComfyUI's `*_fp8_scaled` encoders: a `scaled_fp8`
+    marker, fp8 weights and a `<layer>.scale_weight` per layer): weight * scale, in the loaded
+    dtype. Returns how many weights were scaled (0 for an ordinary file)."""
+    keys = set(tf.keys())
+    if f"{prefix}scaled_fp8" not in keys:
+        return 0
+    scaled = 0
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            key = f"{prefix}model.{name.removesuffix('.weight')}.scale_weight"
+            if name.endswith(".weight") and key in keys:
+                param.mul_(tf.get(key).to(device=param.device, dtype=param.dtype))
+                scaled += 1
+    return scaled
 
 
 @functools.lru_cache(maxsize=1)

@@ -85,6 +85,7 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             qwen25_encoder.Qwen25Translator(base), tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="Qwen2.5-VL text encoder",
         )  # fmt: skip
+        qwen25_encoder.apply_weight_scales(module, tf, base)
         return "qwen25_7b", module
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
     if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):

@@ -159,3 +159,36 @@ def test_bad_qwen_inputs_get_clear_errors(qwen_models: Path, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="single images; got a latent with 3 frames"):
         with torch.inference_mode(), model.patched() as net:
             net(torch.zeros(1, 16, 3, 4, 4), torch.tensor([0.5]), torch.zeros(1, 5, 32))
+
+
+@pytest.mark.slow
+def test_scaled_fp8_text_encoder_is_dequantized(qwen_models: Path, tmp_path: Path) -> None:
+    """ComfyUI's qwen_2.5_vl_7b_fp8_scaled layout: fp8 weights, a scale per layer, a marker."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models import standalone
+    from comfyd.models.devices import compute_plan
+
+    state = load_file(str(qwen_models / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    scaled: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("proj.weight"):
+            scale = value.float().abs().max() / 448.0
+            quantized = (value.float() / scale).to(torch.float8_e4m3fn)
+            scaled[key], scaled[key.removesuffix("weight") + "scale_weight"] = quantized, scale.reshape(())
+            plain[key] = quantized.float() * scale
+        else:
+            scaled[key] = plain[key] = value.float()
+    save_file(scaled, str(tmp_path / "scaled.safetensors"))
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    plan = compute_plan("cpu", "fp32")
+    ids = qwen25_encoder.tokenize(qwen25_encoder.shipped_tokenizer(), "a red fox in the snow")
+    (_, a, _), (_, b, _) = (
+        standalone.load_text_encoder(tmp_path / f, plan, False)
+        for f in ("scaled.safetensors", "plain.safetensors")
+    )
+    assert torch.allclose(qwen25_encoder.encode(a, ids), qwen25_encoder.encode(b, ids), atol=1e-5)
+    weight = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(a.layers[0].mlp.up_proj.weight, plain[weight])  # scaled: not the raw fp8 values
+    assert not torch.equal(a.layers[0].mlp.up_proj.weight, scaled[weight].float())
