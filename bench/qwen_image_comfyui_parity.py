@@ -17,7 +17,8 @@ comfyd's tokenize + encode on the same tiny file, for three prompts.
     python bench/qwen_image_comfyui_parity.py --workdir /tmp/qwen-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
-prints RESULT psnr_qwen_image_db=... max_diff=... and psnr_qwen_image_cfgnorm_db=... (comfyd's
+(`--size 80`: an odd 5x5 patch grid, where ComfyUI centres the rotary positions one place off
+diffusers' table) prints RESULT psnr_qwen_image_db=... max_diff=... and psnr_qwen_image_cfgnorm_db=... (comfyd's
 PNGs against ComfyUI's) and, per
 prompt, RESULT qwen_prompt<i>_tokens_identical=... cond_max_abs_diff=... The ComfyUI side runs in
 ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
@@ -194,10 +195,13 @@ def main() -> int:
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=SIZE, help="picture size (80: an odd 5x5 patch grid)")
     parser.add_argument(
         "--reuse-comfyui", action="store_true", help="compare with ComfyUI's outputs of a former run"
     )
     args = parser.parse_args()
+    global SIZE
+    SIZE = args.size
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -210,7 +214,7 @@ def main() -> int:
     gc.collect()
     if not args.reuse_comfyui:
         subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                        "--comfyui-side"], check=True)  # fmt: skip
+                        "--comfyui-side", "--size", str(SIZE)], check=True)  # fmt: skip
     for variant in ("", "-cfgnorm"):
         ours = np.asarray(Image.open(work / f"comfyd{variant}.png").convert("RGB")).astype(np.float64)
         theirs = np.asarray(Image.open(work / f"comfyui{variant}.png").convert("RGB")).astype(np.float64)
