@@ -190,6 +190,7 @@ def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
 
 
 def main() -> int:
+    global SIZE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
@@ -200,7 +201,6 @@ def main() -> int:
         "--reuse-comfyui", action="store_true", help="compare with ComfyUI's outputs of a former run"
     )
     args = parser.parse_args()
-    global SIZE
     SIZE = args.size
     work = args.workdir.resolve()
     if args.comfyui_side:
