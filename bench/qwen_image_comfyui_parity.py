@@ -8,8 +8,9 @@ So the picture path gets a transformer cut to one block at the real widths (rand
 a full-size random VAE, and the same random conditioning tensors on both sides instead of prompts
 (a positive context of 12 tokens and a negative one of 7: different lengths, run as separate
 batches), through ModelSamplingAuraFlow (shift 3.1) -> KSampler (euler / simple, 3 steps, cfg 2.5,
-64x64, an EmptySD3LatentImage-shaped latent) -> VAEDecode, once as it is and once with CFGNorm
-(strength 1) on the model. The text path compares ComfyUI's
+64x64, an EmptySD3LatentImage-shaped latent) -> VAEDecode, once as it is, once with CFGNorm
+(strength 1) on the model, and once with a reference latent in the positive conditioning (what
+ReferenceLatent / Qwen-Image-Edit's encoders set: an odd 5x3 latent, its tokens appended). The text path compares ComfyUI's
 QwenImageTokenizer and QwenImageTEModel, the latter's Qwen2.5-VL config swapped for the tiny one
 of comfyd's test files (and its vision tower cut to one block, which text never reaches), with
 comfyd's tokenize + encode on the same tiny file, for three prompts.
@@ -18,8 +19,8 @@ comfyd's tokenize + encode on the same tiny file, for three prompts.
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
 (`--size 80`: an odd 5x5 patch grid, where ComfyUI centres the rotary positions one place off
-diffusers' table) prints RESULT psnr_qwen_image_db=... max_diff=... and psnr_qwen_image_cfgnorm_db=... (comfyd's
-PNGs against ComfyUI's) and, per
+diffusers' table) prints RESULT psnr_qwen_image_db=... max_diff=..., psnr_qwen_image_cfgnorm_db=... and
+psnr_qwen_image_ref_db=... (comfyd's PNGs against ComfyUI's) and, per
 prompt, RESULT qwen_prompt<i>_tokens_identical=... cond_max_abs_diff=... The ComfyUI side runs in
 ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
 """
@@ -79,10 +80,12 @@ def make_files(work: Path) -> None:
         del vae
     if not (work / FILES["text"]).is_file():
         _qwen_image_tiny.write_tiny_qwen_image(work)
-    if not (work / FILES["cond"]).is_file():
+    if "reference" not in (load_file(str(work / FILES["cond"])) if (work / FILES["cond"]).is_file() else {}):
         generator = torch.Generator().manual_seed(1)
         save_file({"positive": torch.randn(1, 12, 3584, generator=generator),
-                   "negative": torch.randn(1, 7, 3584, generator=generator)}, str(work / FILES["cond"]))  # fmt: skip
+                   "negative": torch.randn(1, 7, 3584, generator=generator),
+                   # A reference latent as a Qwen VAE encodes a 40x24 picture: [1, 16, 1, 5, 3].
+                   "reference": torch.randn(1, 16, 1, 5, 3, generator=generator)}, str(work / FILES["cond"]))  # fmt: skip
 
 
 def to_png(image: torch.Tensor, path: Path) -> None:
@@ -108,8 +111,14 @@ def comfyd_side(work: Path) -> None:
     negative = [[cond["negative"], {"pooled_output": None}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     normed = replace(model, guidance=model.guidance.with_post_cfg(CfgNorm(1.0)))
-    outs = {name: common_ksampler(m, SEED, STEPS, CFG, "euler", "simple", positive, negative, latent)
-            for name, m in (("comfyd", model), ("comfyd-cfgnorm", normed))}  # fmt: skip
+    referenced = [[cond["positive"], {"pooled_output": None, "reference_latents": [cond["reference"]]}]]
+    runs = (
+        ("comfyd", model, positive),
+        ("comfyd-cfgnorm", normed, positive),
+        ("comfyd-ref", model, referenced),
+    )
+    outs = {name: common_ksampler(m, SEED, STEPS, CFG, "euler", "simple", p, negative, latent)
+            for name, m, p in runs}  # fmt: skip
     del model, normed
     gc.collect()
     vae = manager.load_vae(Path(FILES["vae"]).name)
@@ -149,8 +158,14 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
     positive, negative = [[cond["positive"], {}]], [[cond["negative"], {}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     normed = CFGNorm.execute(model, 1.0).result[0]
-    outs = {name: nodes.common_ksampler(m, SEED, STEPS, CFG, "euler", "simple", positive, negative, latent)[0]
-            for name, m in (("comfyui", model), ("comfyui-cfgnorm", normed))}  # fmt: skip
+    referenced = [[cond["positive"], {"reference_latents": [cond["reference"]]}]]
+    runs = (
+        ("comfyui", model, positive),
+        ("comfyui-cfgnorm", normed, positive),
+        ("comfyui-ref", model, referenced),
+    )
+    outs = {name: nodes.common_ksampler(m, SEED, STEPS, CFG, "euler", "simple", p, negative, latent)[0]
+            for name, m, p in runs}  # fmt: skip
     del model, normed
     gc.collect()
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / FILES["vae"])))
@@ -215,7 +230,7 @@ def main() -> int:
     if not args.reuse_comfyui:
         subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
                         "--comfyui-side", "--size", str(SIZE)], check=True)  # fmt: skip
-    for variant in ("", "-cfgnorm"):
+    for variant in ("", "-cfgnorm", "-ref"):
         ours = np.asarray(Image.open(work / f"comfyd{variant}.png").convert("RGB")).astype(np.float64)
         theirs = np.asarray(Image.open(work / f"comfyui{variant}.png").convert("RGB")).astype(np.float64)
         mse = float(((ours - theirs) ** 2).mean())

@@ -199,3 +199,28 @@ def test_scaled_fp8_text_encoder_is_dequantized(qwen_models: Path, tmp_path: Pat
     weight = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(a.layers[0].mlp.up_proj.weight, plain[weight])  # scaled: not the raw fp8 values
     assert not torch.equal(a.layers[0].mlp.up_proj.weight, scaled[weight].float())
+
+
+def test_reference_latents_reach_the_transformer(qwen_models: Path, tmp_path: Path) -> None:
+    """A conditioning's `reference_latents` (ReferenceLatent / Qwen-Image-Edit) are normalised as
+    ComfyUI's process_latent_in does and appended to the image tokens (bench/qwen_image_comfyui_parity.py
+    holds a whole run with one to ComfyUI's)."""
+    from comfyd.models.families import wan
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=qwen_models, home=tmp_path / "home", device="cpu"))
+    model = manager.load_diffusion_model(Path(_qwen_image_tiny.NAMES["transformer"]).name)
+    build = model.vector_conditioning
+    reference = torch.randn(1, 16, 1, 3, 5)
+    added = build({"reference_latents": [reference]}, (4, 4))
+    mean = torch.tensor(wan.LATENTS_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(wan.LATENTS_STD).view(1, -1, 1, 1, 1)
+    assert set(added) == {"ref_latent_0"} and torch.allclose(added["ref_latent_0"], (reference - mean) / std)
+    assert build({}, (4, 4)) == {}
+    x, t, context = torch.randn(1, 16, 1, 4, 4), torch.tensor([0.5]), torch.randn(1, 5, 32)
+    with torch.inference_mode(), model.patched() as net:
+        plain, referenced = net(x, t, context, {})[0], net(x, t, context, added)[0]
+    assert plain.shape == referenced.shape == x.shape and not torch.allclose(plain, referenced)
+    with pytest.raises(ValueError, match="reference latent must be"):
+        build({"reference_latents": [torch.zeros(1, 4, 8, 8)]}, (4, 4))

@@ -15,14 +15,17 @@ to the model ([B, 16, 1, h, w], or [B, 16, h, w]), pads it to whole 2x2 patches 
 packs the patches, and positions them as ComfyUI's Qwen-Image does: image tokens at (0, row -
 rows // 2, column - columns // 2), text tokens at (t, t, t) from max(rows // 2, columns // 2) on,
 rotary angles in float64 (`ComfyRope` replaces diffusers' table, which centres odd grids one
-place differently). The text conditioning goes in unmasked, as ComfyUI's attention ignores the
+place differently). Reference latents (a conditioning's `reference_latents`, e.g. from
+ReferenceLatent) are packed the same way and appended after the image tokens, reference i at
+(i + 1, centred row, centred column), ComfyUI's default "index" method; only the image tokens'
+output is kept. The text conditioning goes in unmasked, as ComfyUI's attention ignores the
 mask; prompts of different lengths are never batched together (`exact_context_batches`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +38,7 @@ from comfyd.models.keymap import Source
 
 PATCH = 2
 ROPE_THETA = 10000
+REFERENCE_KEY = "ref_latent_"
 MARKER_KEYS = ("txt_norm.weight", "img_in.weight", "transformer_blocks.0.attn.add_q_proj.weight")
 _BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
 
@@ -121,6 +125,30 @@ class ComfyRope(nn.Module):
         return self._factors(torch.cat(image_ids)), self._factors(text[:, None].expand(-1, 3))
 
 
+def reference_builder(mean: Sequence[float], std: Sequence[float]) -> Any:
+    """The vector-conditioning builder that hands a conditioning's `reference_latents` (ReferenceLatent,
+    Qwen-Image-Edit) to the network as `ref_latent_<i>`, normalised as ComfyUI's process_latent_in
+    normalises them (Wan 2.1's per-channel mean and std)."""
+
+    def build(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, torch.Tensor]:
+        references = item.get("reference_latents") or []
+        out: dict[str, torch.Tensor] = {}
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        for index, latent in enumerate(references):
+            if (
+                not isinstance(latent, torch.Tensor)
+                or latent.ndim not in (4, 5)
+                or latent.shape[1] != len(mean)
+            ):
+                raise ValueError(f"a Qwen-Image reference latent must be [B, {len(mean)}, (1,) H, W]")
+            latent = latent.float() if latent.ndim == 5 else latent.float().unsqueeze(2)
+            out[f"{REFERENCE_KEY}{index}"] = (latent - m) / s
+        return out
+
+    return build
+
+
 def pack(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """[B, C, H, W] (H, W even) -> [B, H/2 * W/2, C * 4], patches rows first, channels outermost."""
     batch, channels, height, width = x.shape
@@ -171,6 +199,15 @@ class QwenImageNetwork(TransformerNetwork):
         height, width = x.shape[-2:]
         packed, rows, cols = pack(_padded(x))
         shapes: list[tuple[int, ...]] = [(1, rows, cols)]
+        added = added_cond_kwargs or {}
+        count = sum(1 for key in added if key.startswith(REFERENCE_KEY))
+        for index in range(count):  # ComfyUI's "index" method: reference i at frame position i + 1
+            ref = added[f"{REFERENCE_KEY}{index}"]
+            if ref.shape[2] != 1:
+                raise ValueError("a Qwen-Image reference latent must be a single frame")
+            ref_packed, ref_rows, ref_cols = pack(_padded(ref[:, :, 0].to(packed.dtype)))
+            packed = torch.cat([packed, ref_packed.expand(packed.shape[0], -1, -1)], dim=1)
+            shapes.append((1, ref_rows, ref_cols))
         tokens = rows * cols
         out = self.transformer(
             hidden_states=packed,

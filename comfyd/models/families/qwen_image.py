@@ -17,6 +17,7 @@ Latent: Wan 2.1's format, 16 channels normalised per channel with Wan's mean and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from comfyd.models.families.base import (
 from comfyd.models.families.wan import FAMILY as WAN
 from comfyd.models.qwen25_encoder import PAD
 from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling
+from comfyd.sampling.protocols import VectorConditioning
 
 if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
@@ -93,6 +95,9 @@ class QwenImage(Family):
         )  # fmt: skip
         store_weights(net, storage, plan.unet_dtype)
         return transformer.QwenImageNetwork(net), model_sampling()
+
+    def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
+        return transformer.reference_builder(WAN.latent.channel_mean or (), WAN.latent.channel_std or ())
 
 
 FAMILY = QwenImage(
