@@ -222,5 +222,7 @@ def test_reference_latents_reach_the_transformer(qwen_models: Path, tmp_path: Pa
     with torch.inference_mode(), model.patched() as net:
         plain, referenced = net(x, t, context, {})[0], net(x, t, context, added)[0]
     assert plain.shape == referenced.shape == x.shape and not torch.allclose(plain, referenced)
+    with pytest.raises(ValueError, match="method 'offset' is not supported yet"):
+        build({"reference_latents": [reference], "reference_latents_method": "offset"}, (4, 4))
     with pytest.raises(ValueError, match="reference latent must be"):
         build({"reference_latents": [torch.zeros(1, 4, 8, 8)]}, (4, 4))

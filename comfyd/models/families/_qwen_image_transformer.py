@@ -132,6 +132,11 @@ def reference_builder(mean: Sequence[float], std: Sequence[float]) -> Any:
 
     def build(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, torch.Tensor]:
         references = item.get("reference_latents") or []
+        method = item.get("reference_latents_method")
+        if references and method not in (None, "index"):
+            raise ValueError(
+                f"reference latent method {method!r} is not supported yet for Qwen-Image (only 'index')"
+            )
         out: dict[str, torch.Tensor] = {}
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1)
