@@ -125,8 +125,7 @@ def detect_family(header: ModelHeader) -> str:
     if has("text_model.encoder.layers.") or has("transformer.text_model.encoder.layers."):
         width = next((s[1] for k, (_, s) in header.tensors.items() if k.endswith("token_embedding.weight") and len(s) == 2), 0)
         return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width, "clip")
-    bias = next((k for k in keys if k.endswith("model.layers.0.self_attn.k_proj.bias")), None)
-    if bias is not None and (header.shape(bias) or (0,))[0] == 512:  # Qwen2.5-VL-7B, as ComfyUI tells it
+    if has("model.layers.0.self_attn.k_proj.bias"):  # Qwen2.5(-VL): biased q/k/v (Qwen-Image's encoder)
         return "qwen25_vl"
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):
         return "llm_text_encoder"
