@@ -157,9 +157,12 @@ def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bo
             loaded.append((found[0], found[1], f"{path.name}:{spec.name}"))
         encoders = assign_encoders(family, loaded)
         vae_prefix = family.checkpoint_vae_prefix
-        if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
-            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
-        vae = vae_from(tf, vae_prefix, plan)
+        # A VAE of a family's own architecture (Qwen-Image's Wan 2.1 VAE under `vae.`), else the LDM one.
+        vae = next((v for f in families.all_families() if (v := f.load_vae(tf, plan)) is not None), None)
+        if vae is None:
+            if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
+                raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
+            vae = vae_from(tf, vae_prefix, plan)
     return family, network, sampling, encoders, vae
 
 

@@ -226,3 +226,38 @@ def test_reference_latents_reach_the_transformer(qwen_models: Path, tmp_path: Pa
         build({"reference_latents": [reference], "reference_latents_method": "offset"}, (4, 4))
     with pytest.raises(ValueError, match="reference latent must be"):
         build({"reference_latents": [torch.zeros(1, 4, 8, 8)]}, (4, 4))
+
+
+@pytest.mark.slow
+def test_all_in_one_checkpoint_loads_what_the_split_files_load(qwen_models: Path, tmp_path: Path) -> None:
+    """ComfyUI's all-in-one layout (supported_models.QwenImage): the transformer under
+    `model.diffusion_model.`, the encoder under `text_encoders.qwen25_7b.transformer.`, the VAE under `vae.`."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.settings import Settings
+
+    parts = {
+        "transformer": "model.diffusion_model.",
+        "qwen25_7b": "text_encoders.qwen25_7b.transformer.",
+        "vae": "vae.",
+    }
+    combined = {
+        prefix + key: value
+        for part, prefix in parts.items()
+        for key, value in load_file(str(qwen_models / _qwen_image_tiny.NAMES[part])).items()
+    }
+    (qwen_models / "checkpoints").mkdir(exist_ok=True)
+    save_file(combined, str(qwen_models / "checkpoints" / "qwen-image-aio.safetensors"))
+    manager = ModelManager(Settings(models_dir=qwen_models, home=tmp_path / "home", device="cpu"))
+    model, clip, vae = manager.load_checkpoint("qwen-image-aio.safetensors")
+    names = {k: Path(v).name for k, v in _qwen_image_tiny.NAMES.items()}
+    split_model = manager.load_diffusion_model(names["transformer"])
+    split_clip = manager.load_clip([names["qwen25_7b"]], "qwen_image")
+    assert model.family == clip.family == "qwen_image" and vae.latent_channels == 16
+    [[cond, _]], [[split_cond, _]] = encode_text(clip, "a fox"), encode_text(split_clip, "a fox")
+    assert torch.equal(cond, split_cond)
+    x, t = torch.randn(1, 16, 1, 4, 4), torch.tensor([0.5])
+    with torch.inference_mode(), model.patched() as net, split_model.patched() as split_net:
+        assert torch.equal(net(x, t, cond, {})[0], split_net(x, t, cond, {})[0])
