@@ -23,7 +23,7 @@ DTYPE_BYTES = {
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae",
-                                "qwen_image", "qwen25_vl"})
+                                "qwen_image", "qwen25_vl", "qwen_image_lora"})
 
 
 class HeaderError(ValueError):
@@ -91,7 +91,10 @@ def detect_family(header: ModelHeader) -> str:
 
     if any(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for k in keys) or has(".lora_A.") or has(".lora_down."):
         if has("double_blocks") or has("single_transformer_blocks") or has("transformer_blocks"):
-            return "flux_lora" if (has("double_blocks") or has("single_transformer_blocks")) else "dit_lora"
+            if has("double_blocks") or has("single_transformer_blocks"):
+                return "flux_lora"
+            # Qwen-Image's block names (Flux's BFL img_mod / img_mlp sit under double_blocks).
+            return "qwen_image_lora" if any(has(p) for p in ("img_mod", "txt_mod", "img_mlp", "txt_mlp")) else "dit_lora"
         if has("lora_te2_") or has("lora_unet_label_emb"):
             return "sdxl_lora"
         return "lora"

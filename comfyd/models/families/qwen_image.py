@@ -79,6 +79,10 @@ class QwenImage(Family):
             )
         return None
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.QwenImageTranslator:
+        # The running network's parameters -> the stored names LoRAs use (the same, under a prefix).
+        return transformer.QwenImageTranslator(key_prefix)
+
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         return transformer_prefix(keys, transformer.is_qwen_image_transformer)
 
@@ -120,4 +124,5 @@ FAMILY = QwenImage(
     config_dir=CONFIG_DIR / "sd1",
     clip_types=("qwen_image",),
     checkpoint_vae_prefix="vae.",
+    network_loras=True,
 )
