@@ -23,7 +23,8 @@ DTYPE_BYTES = {
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
-                                "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder"})
+                                "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
+                                "qwen25_vl", "qwen_image_lora"})
 
 
 class HeaderError(ValueError):
@@ -91,7 +92,10 @@ def detect_family(header: ModelHeader) -> str:
 
     if any(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for k in keys) or has(".lora_A.") or has(".lora_down."):
         if has("double_blocks") or has("single_transformer_blocks") or has("transformer_blocks"):
-            return "flux_lora" if (has("double_blocks") or has("single_transformer_blocks")) else "dit_lora"
+            if has("double_blocks") or has("single_transformer_blocks"):
+                return "flux_lora"
+            # Qwen-Image's block names (Flux's BFL img_mod / img_mlp sit under double_blocks).
+            return "qwen_image_lora" if any(has(p) for p in ("img_mod", "txt_mod", "img_mlp", "txt_mlp")) else "dit_lora"
         if has("lora_te2_") or has("lora_unet_label_emb"):
             return "sdxl_lora"
         return "lora"
@@ -127,6 +131,8 @@ def detect_family(header: ModelHeader) -> str:
     if has("text_model.encoder.layers.") or has("transformer.text_model.encoder.layers."):
         width = next((s[1] for k, (_, s) in header.tensors.items() if k.endswith("token_embedding.weight") and len(s) == 2), 0)
         return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width, "clip")
+    if has("model.layers.0.self_attn.k_proj.bias"):  # Qwen2.5(-VL): biased q/k/v (Qwen-Image's encoder)
+        return "qwen25_vl"
     if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
         return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from comfyd.models import detect, families, llama_encoder, t5_encoder, umt5_encoder
+from comfyd.models import detect, families, llama_encoder, qwen25_encoder, t5_encoder, umt5_encoder
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.families.base import UNET_PREFIX
@@ -95,6 +95,15 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
     llama_prefix = llama_encoder.find_prefix(keys, base)
     if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
         return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
+    if qwen25_encoder.is_qwen25(keys, base):
+        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
+        module = materialize(
+            qwen25_encoder.empty_encoder(qwen25_encoder.infer_config(shapes, base)),
+            qwen25_encoder.Qwen25Translator(base), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="Qwen2.5-VL text encoder",
+        )  # fmt: skip
+        qwen25_encoder.apply_weight_scales(module, tf, base)
+        return "qwen25_7b", module
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
     if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):
         return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)
@@ -171,8 +180,8 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
             return found[0], found[1], path.name
         keys = tf.keys()
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5 or Llama "
-        f"encoder); "
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5, Llama or "
+        f"Qwen2.5-VL encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -203,9 +212,12 @@ def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bo
         if family.missing_encoders(set(encoders)):
             raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without text encoders")
         vae_prefix = family.checkpoint_vae_prefix
-        if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
-            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
-        vae = vae_from(tf, vae_prefix, plan)
+        # A VAE of a family's own architecture (Qwen-Image's Wan 2.1 VAE under `vae.`), else the LDM one.
+        vae = next((v for f in families.all_families() if (v := f.load_vae(tf, plan)) is not None), None)
+        if vae is None:
+            if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
+                raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
+            vae = vae_from(tf, vae_prefix, plan)
     return family, network, sampling, encoders, vae
 
 
@@ -234,6 +246,8 @@ def encoder_tokenizers(
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
         elif kind == "llama":  # read from llama_tokenizer/ beside the file (llama_encoder)
             out[name] = llama_encoder.require_tokenizer(module)
+        elif kind == "qwen25_7b":
+            out[name] = qwen25_encoder.shipped_tokenizer()
     return out
 
 

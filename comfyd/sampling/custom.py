@@ -26,6 +26,7 @@ from comfyd.sampling.ksampler import (
     InpaintDenoiser,
     _check_latent,
     _Interruptible,
+    as_model_latent,
     fix_empty_latent_channels,
     prepare_denoise_mask,
     with_denoise_mask,
@@ -63,7 +64,7 @@ def sample_custom(
     if not isinstance(noise, NoiseSource):
         raise ValueError("noise must be a NOISE (RandomNoise or DisableNoise)")
     latent = fix_empty_latent_channels(guider.model, latent)
-    latent_image = _check_latent(latent)
+    latent_image = as_model_latent(_check_latent(latent), guider.model, latent.get("noise_mask") is not None)
     sigmas = _as_sigmas(sigmas)
     sampler_fn = sampler.function()
     out = dict(latent)
@@ -71,7 +72,7 @@ def sample_custom(
         return out, out
 
     model = guider.model
-    initial = noise.generate(latent)
+    initial = noise.generate(latent).reshape(latent_image.shape)  # a one-frame latent: same values
     model_sampling = model.model_sampling
     schedule = model_sampling.schedule
     device = torch.device(model.device)
