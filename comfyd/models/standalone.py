@@ -135,22 +135,36 @@ def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bo
         if family is None:
             return None
         network, sampling = family.load_diffusion_model(tf, UNET_PREFIX, plan, "default")
-        loaded = []
-        for spec in family.encoders:
-            prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
-            found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
-            if found is None:
+        encoders = _checkpoint_encoders(tf, keys, family, plan, path.name)
+        vae = family.load_vae(tf, plan)  # a family's own VAE architecture (LTX-Video's video VAE)
+        if vae is None:
+            vae_prefix = family.checkpoint_vae_prefix
+            if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
                 raise UnknownCheckpointLayout(
-                    f"{path.name}: a {family.name} checkpoint without its {spec.name} text encoder "
-                    f"({spec.single_file_prefixes[0]}*); load the text encoders with DualCLIPLoader"
+                    f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)"
                 )
-            loaded.append((found[0], found[1], f"{path.name}:{spec.name}"))
-        encoders = assign_encoders(family, loaded)
-        vae_prefix = family.checkpoint_vae_prefix
-        if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
-            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
-        vae = vae_from(tf, vae_prefix, plan)
+            vae = vae_from(tf, vae_prefix, plan)
     return family, network, sampling, encoders, vae
+
+
+def _checkpoint_encoders(
+    tf: TensorFile, keys: set[str], family: families.Family, plan: ComputePlan, name: str
+) -> dict[str, nn.Module] | None:
+    """The text encoders an all-in-one checkpoint carries; None when it carries none (LTX-Video's
+    files: ComfyUI's loader then gives no CLIP either), an error when it carries only some."""
+    if not any(k.startswith(p) for spec in family.encoders for p in spec.single_file_prefixes for k in keys):
+        return None
+    loaded = []
+    for spec in family.encoders:
+        prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
+        found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
+        if found is None:
+            raise UnknownCheckpointLayout(
+                f"{name}: a {family.name} checkpoint without its {spec.name} text encoder "
+                f"({spec.single_file_prefixes[0]}*); load the text encoders with DualCLIPLoader"
+            )
+        loaded.append((found[0], found[1], f"{name}:{spec.name}"))
+    return assign_encoders(family, loaded)
 
 
 def vae_from(tf: TensorFile, prefix: str, plan: ComputePlan) -> nn.Module:

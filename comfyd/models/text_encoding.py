@@ -88,9 +88,10 @@ def tokenize_for_encoder(
     clip: ClipHandle, key: str, text: str, embeddings: EmbeddingLookup | None = None
 ) -> list[Chunk]:
     recipe = encoder_recipe(clip.family, key)
-    kind = families.get(clip.family).encoder(key).kind
-    if kind == "t5":
-        return [t5_encoder.tokenize(text)]  # one sequence, no 77-token chunks
+    spec = families.get(clip.family).encoder(key)
+    kind = spec.kind
+    if kind == "t5":  # one sequence, no 77-token chunks
+        return [t5_encoder.tokenize(text, spec.min_length or t5_encoder.FLUX_MIN_LENGTH)]
     if kind == "umt5":
         return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
@@ -98,7 +99,13 @@ def tokenize_for_encoder(
 
 def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:
     cond, pooled = encode_tokens(clip, tokens)
-    return [[cond, {"pooled_output": pooled}]]
+    extra: dict[str, Any] = {"pooled_output": pooled}
+    family = families.get(clip.family)
+    for key in _encoder_keys(clip):
+        if family.encoder(key).attention_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
+            ids = [token for token, _ in tokens[key][0]]
+            extra["attention_mask"] = torch.tensor([t5_encoder.attention_mask(ids)], dtype=torch.long)
+    return [[cond, extra]]
 
 
 def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,7 +118,11 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
     with torch.no_grad(), clip.patched() as encoders:
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
-            kind = families.get(clip.family).encoder(key).kind
+            family_spec = families.get(clip.family)
+            kind = family_spec.encoder(key).kind
+            if kind == "t5" and family_spec.encoder(key).attention_mask:
+                outputs[key] = (t5_encoder.encode(encoders[key], tokens[key][0], masked=True, zero_masked=False), None)
+                continue
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
                 outputs[key] = (encode(encoders[key], tokens[key][0]), None)

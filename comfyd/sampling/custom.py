@@ -22,7 +22,13 @@ from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
-from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
+from comfyd.sampling.ksampler import (
+    InpaintDenoiser,
+    _check_latent,
+    _Interruptible,
+    prepare_denoise_mask,
+    with_denoise_mask,
+)
 from comfyd.sampling.samplers import SamplerRun
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
@@ -71,8 +77,11 @@ def sample_custom(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     initial = initial.to(device=device, dtype=torch.float32)
+    noise_mask = latent.get("noise_mask")
+    mask = prepare_denoise_mask(noise_mask, initial.shape).to(device) if noise_mask is not None else None
     entries = guider.entries(
-        initial.shape, schedule, device, model.dtype, model.vector_conditioning, seed=noise.seed
+        initial.shape, schedule, device, model.dtype, with_denoise_mask(model.vector_conditioning, mask),
+        seed=noise.seed,
     )
 
     sigma0 = float(sigmas[0])
@@ -97,9 +106,7 @@ def sample_custom(
             unet_denoiser, entries, keep_uncond=keep_uncond or sampler.wants_uncond, guidance=guidance
         )
         denoiser: Denoiser = guided
-        noise_mask = latent.get("noise_mask")
-        if noise_mask is not None:
-            mask = prepare_denoise_mask(noise_mask, initial.shape).to(device)
+        if mask is not None:
             inpaint_noise = initial
             if sampler.inpaint_noise_from_next_seed:
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)

@@ -35,7 +35,7 @@ from comfyd.sampling.cond_areas import repeat_to_batch
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.noise import initial_noise
-from comfyd.sampling.protocols import SamplingModel
+from comfyd.sampling.protocols import SamplingModel, VectorConditioning
 from comfyd.sampling.samplers import INPAINT_NOISE_FROM_NEXT_SEED, NEEDS_UNCOND, SamplerRun, get_sampler
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.sigmas import SCHEDULER_NAMES, SCHEDULERS, ksampler_sigmas
@@ -83,13 +83,34 @@ class _Interruptible:
 
 
 def prepare_denoise_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels."""
-    batch, channels, height, width = shape
-    mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
-    mask = F.interpolate(mask, size=(height, width), mode="bilinear")
+    """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels.
+    Video latents: a [B, 1, T, h, w] mask (or [T, h, w]) resized trilinearly (LTXVImgToVideo's
+    per-frame masks [B, 1, T, 1, 1] spread over each frame)."""
+    if len(shape) == 5:
+        batch, channels = shape[0], shape[1]
+        mask = noise_mask.float()
+        if mask.ndim < 5:
+            mask = mask.reshape(1, 1, -1, mask.shape[-2], mask.shape[-1])
+        mask = F.interpolate(mask, size=tuple(shape[2:]), mode="trilinear")
+    else:
+        batch, channels, height, width = shape
+        mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
+        mask = F.interpolate(mask, size=(height, width), mode="bilinear")
     if mask.shape[1] < channels:
         mask = mask.repeat(1, channels, 1, 1)[:, :channels]
     return repeat_to_batch(mask, batch)
+
+
+def with_denoise_mask(build: VectorConditioning | None, mask: Tensor | None) -> VectorConditioning | None:
+    """The vector-conditioning builder seeing the sampler's denoise mask as the entry's
+    `denoise_mask`, as ComfyUI's extra_conds do (LTX-Video turns it into per-token timesteps)."""
+    if build is None or mask is None:
+        return build
+
+    def with_mask(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+        return build({**item, "denoise_mask": mask}, dims)
+
+    return with_mask
 
 
 def _check_latent(latent: Any) -> Tensor:
@@ -101,8 +122,6 @@ def _check_latent(latent: Any) -> Tensor:
             "latent samples must be a non-empty [B, C, H, W] (or video [B, C, T, H, W]) tensor, "
             f"got shape {list(samples.shape)}"
         )
-    if samples.ndim == 5 and latent.get("noise_mask") is not None:
-        raise ValueError("noise masks on video latents are not supported yet")
     mask = latent.get("noise_mask")
     if mask is not None and (not isinstance(mask, Tensor) or mask.ndim < 2):
         raise ValueError("latent noise_mask must be a tensor [..., H, W]")
@@ -178,9 +197,11 @@ def common_ksampler(
     if torch.count_nonzero(latent_image) > 0:  # an empty latent is not scaled
         x0 = (x0 - model.latent_shift) * model.latent_scale
     noise = noise.to(device=device, dtype=torch.float32)
+    noise_mask = latent.get("noise_mask")
+    mask = prepare_denoise_mask(noise_mask, noise.shape).to(device) if noise_mask is not None else None
     entries = prepare_conds(
         positive, negative, noise.shape, schedule, device, model.dtype,
-        vector_conditioning=model.vector_conditioning, seed=seed,
+        vector_conditioning=with_denoise_mask(model.vector_conditioning, mask), seed=seed,
     )  # fmt: skip
 
     sigma0 = float(sigmas[0])
@@ -205,9 +226,7 @@ def common_ksampler(
             unet_denoiser, entries, cfg, keep_uncond=keep_uncond or sampler_name in NEEDS_UNCOND, guidance=guidance
         )
         denoiser: Denoiser = guider
-        noise_mask = latent.get("noise_mask")
-        if noise_mask is not None:
-            mask = prepare_denoise_mask(noise_mask, noise.shape).to(device)
+        if mask is not None:
             inpaint_noise = noise
             if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)

@@ -83,6 +83,10 @@ class EncoderSpec:
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
     kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
+    # T5 encoders: the padded length (None: Flux's 256), and whether the padding is masked out of
+    # the encoder's attention and the mask travels with the conditioning (LTX-Video, Mochi).
+    min_length: int | None = None
+    attention_mask: bool = False
 
     @property
     def peft_prefix(self) -> str:

@@ -1,0 +1,181 @@
+"""The LTX-Video 0.9 video VAE (`vae.*` in ltx-video-2b-v0.9.safetensors, ComfyUI's
+comfy/ldm/lightricks/vae, its "version 0") onto diffusers' `AutoencoderKLLTXVideo`.
+
+Stored layout: `encoder.conv_in.conv`, `encoder.down_blocks.{0..9}` (residual stacks, 2x2x2
+compressions `conv.conv`, a channel-doubling residual block), `encoder.conv_out.conv`, the
+decoder's mirror (`decoder.up_blocks.{0..9}`), and `per_channel_statistics.{mean-of-means,
+std-of-means,...}`. diffusers' own LTX VAE conversion maps the names; the widths are read from the
+shapes (base width, then x2, x4, x4) and the residual-block counts from the keys.
+
+What ComfyUI computes, which `LtxvVideoVae` reproduces: a latent on links is normalised per
+channel ((mean - mean-of-means) / std-of-means, inside the VAE), so the sampler sees it as is
+(latent format scale 1, no shift). Decoding un-normalises, then runs the decoder with
+reflect-padded spatial convolutions (ComfyUI's default for this decoder; diffusers pads with
+zeros). Encoding takes 1 + 8k frames and gives 1 + k latent frames, 32x smaller spatially.
+The 0.9.1 and 0.9.5 VAEs (timestep-conditioned decoders that add random noise while decoding)
+are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from comfyd.models.keymap import Source
+
+MARKER = "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"
+LATENT_CHANNELS = 128
+SPATIAL = 32
+TEMPORAL = 8
+_LATER_VERSIONS = ("decoder.last_time_embedder.timestep_embedder.linear_1.weight", "decoder.timestep_scale_multiplier")
+# Where each diffusers stage's residual blocks are stored (0.9 layout): encoder stages 0-3 and
+# mid, decoder mid and up stages 0-3.
+_ENCODER_STAGES = (0, 3, 6, 8, 9)
+_DECODER_STAGES = (9, 6, 3, 1, 0)  # diffusers' order: up stage 3 ... up stage 0, mid
+
+
+def is_ltxv_vae(keys: set[str], prefix: str = "") -> bool:
+    return f"{prefix}{MARKER}" in keys and f"{prefix}encoder.conv_in.conv.weight" in keys
+
+
+def _count(shapes: Mapping[str, Any], stem: str) -> int:
+    pattern = re.compile(re.escape(stem) + r"\.res_blocks\.(\d+)\.")
+    found = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+    return len(found)
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dict[str, Any]:
+    if any(prefix + key in shapes for key in _LATER_VERSIONS):
+        raise ValueError(
+            "this LTX-Video VAE is a 0.9.1 or later one (timestep-conditioned decoder); only the 0.9 VAE "
+            "is supported yet"
+        )
+    if shapes.get(f"{prefix}encoder.conv_out.conv.weight", (0, 0))[1] == 2048:
+        raise ValueError("this LTX-Video VAE is a 0.9.5 or later one; only the 0.9 VAE is supported yet")
+    base = shapes[f"{prefix}encoder.conv_in.conv.weight"][0]
+    patch = int(round((shapes[f"{prefix}encoder.conv_in.conv.weight"][1] / 3) ** 0.5))
+    encoder = tuple(_count(shapes, f"{prefix}encoder.down_blocks.{i}") for i in _ENCODER_STAGES)
+    decoder = tuple(_count(shapes, f"{prefix}decoder.up_blocks.{i}") for i in _DECODER_STAGES)
+    if 0 in encoder or 0 in decoder:
+        raise ValueError("not an LTX-Video 0.9 VAE: a residual stage is missing")
+    widths = (base, 2 * base, 4 * base, 4 * base)
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
+        "block_out_channels": widths, "decoder_block_out_channels": widths,
+        "layers_per_block": encoder,
+        "decoder_layers_per_block": decoder,
+        "spatio_temporal_scaling": (True, True, True, False),
+        "decoder_spatio_temporal_scaling": (True, True, True, False),
+        "decoder_inject_noise": (False,) * 5, "upsample_residual": (False,) * 4, "upsample_factor": (1,) * 4,
+        "timestep_conditioning": False, "patch_size": patch, "patch_size_t": 1, "resnet_norm_eps": 1e-6,
+        "scaling_factor": 1.0, "encoder_causal": True, "decoder_causal": False,
+    }  # fmt: skip
+
+
+def diffusers_names(original: list[str]) -> dict[str, str]:
+    from diffusers.loaders.single_file_utils import convert_ltx_vae_checkpoint_to_diffusers
+
+    # The conversion reads one shape (to tell 0.9.5 files apart, refused before this): names
+    # stand in for the tensors, with an empty shape.
+    converted = convert_ltx_vae_checkpoint_to_diffusers({f"vae.{k}": _Name(f"vae.{k}") for k in original})
+    return {name: str(stored)[len("vae.") :] for name, stored in converted.items()}
+
+
+class _Name(str):
+    shape = (0, 0)
+
+
+class LtxvVaeTranslator:
+    def __init__(self, stored: list[str], prefix: str = "") -> None:
+        self.prefix = prefix
+        self.names = diffusers_names([k[len(prefix) :] for k in stored if k.startswith(prefix)])
+
+    def source(self, name: str) -> Source | None:
+        stored = self.names.get(name)
+        return Source(self.prefix + stored) if stored is not None else None
+
+
+def empty_vae(config: Mapping[str, Any]) -> nn.Module:
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLLTXVideo
+
+    with init_empty_weights():
+        return AutoencoderKLLTXVideo.from_config(dict(config))
+
+
+def reflect_decoder_padding(vae: nn.Module) -> None:
+    """ComfyUI pads this decoder's spatial convolutions by reflection (time is padded by the
+    causal-conv frame repeat either way)."""
+    for module in vae.decoder.modules():
+        if isinstance(module, nn.Conv3d) and any(module.padding[1:]):
+            module.padding_mode = "reflect"
+
+
+class LtxvVideoVae(nn.Module):
+    """What comfyd's video VAE codec calls (`decode`, `_encode`, `config.z_dim`), with ComfyUI's
+    per-channel normalisation of the latent inside the VAE."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        reflect_decoder_padding(vae)
+        self.config = SimpleNamespace(
+            z_dim=LATENT_CHANNELS, latent_channels=LATENT_CHANNELS, downscale=SPATIAL,
+            temporal_downscale=TEMPORAL, **dict(vae.config),
+        )  # fmt: skip
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(like)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(like)
+        return mean, std
+
+    def decode(self, z: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
+        mean, std = self._stats(z)
+        return (self.vae.decoder(z * std + mean, None),)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.shape[2] - 1) % TEMPORAL:
+            raise ValueError(
+                f"the LTX-Video VAE encodes 1 + 8k frames (1, 9, 17, ...), got {x.shape[2]}"
+            )
+        moments = self.vae.encoder(x)
+        mean, std = self._stats(moments)
+        return (moments[:, :LATENT_CHANNELS] - mean) / std
+
+
+def original_name(name: str) -> str:
+    """The stored name of an AutoencoderKLLTXVideo (0.9 layout) parameter, for the tiny writer."""
+    if name in _STATISTICS:
+        return _STATISTICS[name]
+    side, rest = name.split(".", 1)
+    for ours, theirs in _STAGES[side]:
+        if rest.startswith(ours + "."):
+            rest = theirs + rest[len(ours) :]
+            break
+    rest = rest.replace(".resnets.", ".res_blocks.").replace("conv_shortcut.conv.", "conv_shortcut.")
+    return f"{side}.{re.sub(r'[.]norm3[.]', '.norm3.norm.', rest)}"
+
+
+_STATISTICS = {"latents_mean": "per_channel_statistics.mean-of-means",
+               "latents_std": "per_channel_statistics.std-of-means"}  # fmt: skip
+# diffusers stage -> stored stage (the 0.9 layout), longest first so sub-stages match first.
+_STAGES = {
+    "encoder": (
+        ("down_blocks.0.downsamplers.0", "down_blocks.1"), ("down_blocks.0.conv_out", "down_blocks.2"),
+        ("down_blocks.1.downsamplers.0", "down_blocks.4"), ("down_blocks.1.conv_out", "down_blocks.5"),
+        ("down_blocks.2.downsamplers.0", "down_blocks.7"), ("down_blocks.0", "down_blocks.0"),
+        ("down_blocks.1", "down_blocks.3"), ("down_blocks.2", "down_blocks.6"), ("down_blocks.3", "down_blocks.8"),
+        ("mid_block", "down_blocks.9"),
+    ),
+    "decoder": (
+        ("up_blocks.1.upsamplers.0", "up_blocks.2"), ("up_blocks.2.conv_in", "up_blocks.4"),
+        ("up_blocks.2.upsamplers.0", "up_blocks.5"), ("up_blocks.3.conv_in", "up_blocks.7"),
+        ("up_blocks.3.upsamplers.0", "up_blocks.8"), ("mid_block", "up_blocks.0"), ("up_blocks.0", "up_blocks.1"),
+        ("up_blocks.1", "up_blocks.3"), ("up_blocks.2", "up_blocks.6"), ("up_blocks.3", "up_blocks.9"),
+    ),
+}  # fmt: skip
