@@ -71,6 +71,11 @@ def write_tiny_ltxv(root: Path, seed: int = 0) -> list[Path]:
     vae.latents_std.copy_(torch.rand(video_vae.LATENT_CHANNELS, generator=generator) * 0.5 + 0.5)
     for name, value in vae.state_dict().items():
         state[VAE_PREFIX + video_vae.original_name(name)] = value.to(torch.float16)
+    # The other statistics real files carry (unused by the decoder; ComfyUI loads them).
+    stats = f"{VAE_PREFIX}per_channel_statistics."
+    state[stats + "channel"] = torch.arange(video_vae.LATENT_CHANNELS, dtype=torch.float16)
+    state[stats + "mean-of-stds"] = torch.ones(video_vae.LATENT_CHANNELS, dtype=torch.float16)
+    state[stats + "mean-of-stds_over_std-of-means"] = (1.0 / vae.latents_std).to(torch.float16)
     written = [_save(state, root / NAMES["checkpoint"])]
     t5 = tiny.random_module(t5_encoder.empty_encoder(TINY_T5), seed, "ltxv-t5xxl")
     t5_state = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}

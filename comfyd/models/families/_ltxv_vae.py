@@ -125,9 +125,8 @@ class LtxvVideoVae(nn.Module):
         self.vae = vae
         reflect_decoder_padding(vae)
         self.config = SimpleNamespace(
-            z_dim=LATENT_CHANNELS, latent_channels=LATENT_CHANNELS, downscale=SPATIAL,
-            temporal_downscale=TEMPORAL, **dict(vae.config),
-        )  # fmt: skip
+            **{**dict(vae.config), "z_dim": LATENT_CHANNELS, "downscale": SPATIAL, "temporal_downscale": TEMPORAL}
+        )
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(like)

@@ -1,0 +1,214 @@
+"""LTX-Video's transformer, VAE, T5 text path and schedulers held to ComfyUI's own modules.
+
+ComfyUI's LTXV transformer (comfy/ldm/lightricks/model.py: `LTXVModel`) takes its width, depth
+and caption width as arguments, and its 0.9 video VAE is built from its `Encoder` / `Decoder`
+(comfy/ldm/lightricks/vae/causal_video_autoencoder.py) at the tiny base width (ComfyUI's own
+`VideoVAE` fixes the base width at 128), so both load comfyd's tiny checkpoint
+(`comfyd models make-tiny --family ltxv`, ComfyUI's key layout) strictly. Both sides get the same
+inputs: a random latent [1, 128, 3, 2, 2], sigmas, a random T5 context [1, 128, 32] with a padding
+mask, frame rate 24, and once a per-frame denoise mask (image-to-video: the first latent frame at
+timestep 0); comfyd runs its `LtxvNetwork` (diffusers' LTXVideoTransformer3DModel) and its VAE
+(diffusers' AutoencoderKLLTXVideo with ComfyUI's statistics and padding), ComfyUI its modules.
+The text path: ComfyUI's LTXV T5 tokenizer and an SDClipModel with LTXV's settings (attention
+mask on, not zeroed) built from the tiny T5 config, on two prompts (one weighted). The schedules:
+ComfyUI's LTXVScheduler node and ModelSamplingLTXV's sigma table against comfyd's.
+
+    python bench/ltxv_comfyui_parity.py --workdir /tmp/ltxv-parity \
+        --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
+
+prints RESULT lines: the largest absolute difference of the transformer's velocity (relative to
+its spread) per case, the PSNR of decoded frames (8-bit) and the encoder's largest difference,
+T5 token identity and largest difference, and whether the sigmas are bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+SIGMAS = (1.0, 0.725, 0.1)
+FRAME_RATE = 24.0
+SEED = 5
+PROMPTS = ("a small red fox runs across a snowy field at dawn", "(a cat:1.3) sleeps on a warm windowsill, cinematic")
+SCHEDULES = ((20, 2.05, 0.95, True, 0.1, 4096), (8, 2.05, 0.95, True, 0.1, 12), (30, 1.5, 0.5, False, 0.1, 6144))
+TINY_BLOCKS = [("res_x", 1), ("compress_all", 1), ("res_x_y", 1), ("res_x", 1), ("compress_all", 1),
+               ("res_x_y", 1), ("res_x", 1), ("compress_all", 1), ("res_x", 1), ("res_x", 1)]  # fmt: skip
+
+
+def inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(SEED)
+    mask = torch.zeros(1, 128, dtype=torch.long)
+    mask[:, :12] = 1
+    denoise = torch.ones(1, 1, 3, 2, 2)
+    denoise[:, :, 0] = 0.0
+    return {
+        "x": torch.randn(1, 128, 3, 2, 2, generator=g),
+        "context": torch.randn(1, 128, 32, generator=g),
+        "mask": mask,
+        "denoise": denoise,
+        "z": torch.randn(1, 128, 2, 2, 2, generator=g),
+        "pixels": torch.rand(1, 3, 9, 64, 64, generator=g) * 2 - 1,
+    }
+
+
+def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
+    from comfyd.models import standalone, t5_encoder
+    from comfyd.models.devices import compute_plan
+    from comfyd.models.families import _ltxv_tiny
+    from comfyd.models.tiny import make_tiny
+    from comfyd.nodes.sampling.ltxv_scheduler import ltxv_sigmas, token_shift
+    from comfyd.sampling.flow import ExpTimeShiftSchedule
+
+    root = work / "models"
+    if not all((root / n).is_file() for n in _ltxv_tiny.NAMES.values()):
+        make_tiny(root, family="ltxv")
+    plan = compute_plan("cpu", "fp32")
+    _, net, _, _, vae = standalone.load_split_family_checkpoint(root / _ltxv_tiny.NAMES["checkpoint"], plan, False)
+    data = inputs()
+    out: dict[str, torch.Tensor] = {}
+    base = {"encoder_attention_mask": data["mask"].float(), "frame_rate": torch.tensor([FRAME_RATE])}
+    with torch.no_grad():
+        for s in SIGMAS:
+            out[f"v{s}"] = net(data["x"], torch.tensor([s]), data["context"], added_cond_kwargs=base)[0]
+        masked = {**base, "denoise_mask": data["denoise"]}
+        out["v_i2v"] = net(data["x"], torch.tensor([SIGMAS[1]]), data["context"], added_cond_kwargs=masked)[0]
+        out["frames"] = vae.decode(data["z"])[0].clamp(-1, 1)
+        out["encoded"] = vae._encode(data["pixels"])
+    _, encoder, _ = standalone.load_text_encoder(root / _ltxv_tiny.NAMES["t5xxl"], plan, False)
+    for i, prompt in enumerate(PROMPTS):
+        tokens = t5_encoder.tokenize(prompt, 128)
+        out[f"tokens{i}"] = torch.tensor([t for t, _ in tokens])
+        out[f"cond{i}"] = t5_encoder.encode(encoder, tokens, masked=True, zero_masked=False)
+    for i, (steps, high, low, stretch, terminal, tokens) in enumerate(SCHEDULES):
+        out[f"sched{i}"] = ltxv_sigmas(steps, high, low, stretch, terminal, tokens)
+        out[f"table{i}"] = ExpTimeShiftSchedule(shift=token_shift(tokens, high, low)).sigmas
+    (work / "t5_tiny.json").write_text(json.dumps(dict(_ltxv_tiny.TINY_T5, model_type="t5")))
+    return out
+
+
+def comfyui_side(work: Path, comfyui: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comfyui_render import load_comfyui
+
+    load_comfyui(comfyui, work, None, work / "comfyui-out")  # CPU, ComfyUI's own import set-up
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import Decoder, Encoder, VideoVAE, processor
+
+    data = load_file(str(work / "inputs.safetensors"))
+    state = {k: v.float() for k, v in load_file(str(work / "models/checkpoints/comfyd-tiny-ltxv.safetensors")).items()}
+    unet = {k[len("model.diffusion_model.") :]: v for k, v in state.items() if k.startswith("model.diffusion_model.")}
+    model = LTXVModel(in_channels=128, cross_attention_dim=128, attention_head_dim=4, num_attention_heads=32,
+                      caption_channels=32, num_layers=2, operations=comfy.ops.disable_weight_init)  # fmt: skip
+    model.load_state_dict(unet, strict=True)
+    model.eval()
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for s in SIGMAS:
+            out[f"v{s}"] = model(data["x"], torch.tensor([s]), data["context"], data["mask"], frame_rate=FRAME_RATE)
+        # model_base.LTXV.process_timestep: the denoise mask times sigma, one timestep per token.
+        per_token = model.patchifier.patchify(data["denoise"] * torch.tensor([SIGMAS[1]]).view(1, 1, 1, 1, 1))[0]
+        out["v_i2v"] = model(data["x"], per_token, data["context"], data["mask"], frame_rate=FRAME_RATE)
+        vae = VideoVAE.__new__(VideoVAE)
+        torch.nn.Module.__init__(vae)
+        vae.timestep_conditioning = False
+        vae.encoder = Encoder(dims=3, in_channels=3, out_channels=128, blocks=TINY_BLOCKS, base_channels=8,
+                              patch_size=4, norm_layer="pixel_norm", latent_log_var="uniform")  # fmt: skip
+        vae.decoder = Decoder(dims=3, in_channels=128, out_channels=3, blocks=TINY_BLOCKS, base_channels=8,
+                              patch_size=4, norm_layer="pixel_norm", causal=False, spatial_padding_mode="reflect")  # fmt: skip
+        vae.per_channel_statistics = processor()
+        vae.load_state_dict({k[len("vae.") :]: v for k, v in state.items() if k.startswith("vae.")}, strict=True)
+        vae.eval()
+        out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
+        out["encoded"] = vae.encode(data["pixels"]).contiguous()
+    out.update(comfyui_text(work))
+    from comfy_extras.nodes_lt import LTXVScheduler
+
+    import comfy.model_sampling
+
+    for i, (steps, high, low, stretch, terminal, tokens) in enumerate(SCHEDULES):
+        latent = {"samples": torch.zeros(1, 128, 1, 1, tokens)}
+        out[f"sched{i}"] = LTXVScheduler.execute(steps, high, low, stretch, terminal, latent).result[0]
+        slope = (high - low) / (4096 - 1024)
+        sampling = comfy.model_sampling.ModelSamplingFlux(None)
+        sampling.set_parameters(shift=tokens * slope + (low - slope * 1024))
+        out[f"table{i}"] = sampling.sigmas.float().contiguous()
+    save_file({k: v.contiguous() for k, v in out.items()}, str(work / "comfyui.safetensors"))
+
+
+def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
+    """ComfyUI's LTXV tokenizer and a T5 SDClipModel with LTXV's settings (comfy/text_encoders/lt.py
+    and genmo.py: attention mask used and returned, not zeroed), built from the tiny config."""
+    import comfy.sd1_clip as sd1_clip
+    import comfy.text_encoders.lt as lt
+    import comfy.text_encoders.t5 as t5
+
+    state = load_file(str(work / "models/text_encoders/comfyd-tiny-ltxv-t5xxl.safetensors"))
+    tokenizer = lt.LTXVT5Tokenizer()
+    clip = sd1_clip.SDClipModel(
+        device="cpu", layer="last", textmodel_json_config=str(work / "t5_tiny.json"), dtype=torch.float32,
+        special_tokens={"end": 1, "pad": 0}, model_class=t5.T5, enable_attention_masks=True,
+        return_attention_masks=True,
+    )  # fmt: skip
+    missing, unexpected = clip.transformer.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    assert not unexpected and all("embed_tokens" in k for k in missing), (missing, unexpected)
+    out: dict[str, torch.Tensor] = {}
+    for i, prompt in enumerate(PROMPTS):
+        pairs = tokenizer.tokenize_with_weights(prompt)["t5xxl"]
+        out[f"tokens{i}"] = torch.tensor([t for t, _ in pairs[0]])
+        out[f"cond{i}"] = clip.encode_token_weights(pairs)[0].float().contiguous()
+    return out
+
+
+def psnr_8bit(a: torch.Tensor, b: torch.Tensor) -> float:
+    qa = torch.clamp((a + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
+    qb = torch.clamp((b + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
+    mse = float(((qa - qb) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--comfyui", type=Path, required=True)
+    parser.add_argument("--comfyui-python", default=sys.executable)
+    parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    if args.comfyui_side:
+        comfyui_side(work, args.comfyui)
+        return 0
+    ours = comfyd_side(work)
+    save_file(inputs(), str(work / "inputs.safetensors"))
+    subprocess.run(
+        [args.comfyui_python, __file__, "--comfyui-side", "--workdir", str(work), "--comfyui", str(args.comfyui)],
+        check=True,
+    )
+    theirs = load_file(str(work / "comfyui.safetensors"))
+    for case in [*(f"v{s}" for s in SIGMAS), "v_i2v"]:
+        a, b = ours[case], theirs[case]
+        print(f"RESULT transformer_{case}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
+    print(f"RESULT vae_frames={tuple(ours['frames'].shape)} comfyui_frames={tuple(theirs['frames'].shape)}")
+    print(f"RESULT vae_decode_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
+    enc_diff = float((ours["encoded"] - theirs["encoded"]).abs().max() / theirs["encoded"].std())
+    print(f"RESULT vae_encode_max_rel_diff={enc_diff:.3g}")
+    for i in range(len(PROMPTS)):
+        same = torch.equal(ours[f"tokens{i}"], theirs[f"tokens{i}"])
+        diff = float((ours[f"cond{i}"] - theirs[f"cond{i}"]).abs().max())
+        print(f"RESULT t5_prompt{i}_tokens_identical={same} cond_max_abs_diff={diff:.3g}")
+    for i in range(len(SCHEDULES)):
+        print(f"RESULT ltxv_scheduler_{i}_identical={torch.equal(ours[f'sched{i}'], theirs[f'sched{i}'])} "
+              f"model_sampling_ltxv_{i}_table_identical={torch.equal(ours[f'table{i}'], theirs[f'table{i}'])}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    raise SystemExit(main())
