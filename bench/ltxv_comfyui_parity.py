@@ -128,9 +128,8 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
         out["encoded"] = vae.encode(data["pixels"]).contiguous()
     out.update(comfyui_text(work))
-    from comfy_extras.nodes_lt import LTXVScheduler
-
     import comfy.model_sampling
+    from comfy_extras.nodes_lt import LTXVScheduler
 
     for i, (steps, high, low, stretch, terminal, tokens) in enumerate(SCHEDULES):
         latent = {"samples": torch.zeros(1, 128, 1, 1, tokens)}
@@ -166,6 +165,22 @@ def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) -> None:
+    """ComfyUI's velocities, encoded latent and sigmas as float32, its decoded frames as 8-bit,
+    with the SHA-256 of the tiny checkpoint and T5 file they were computed from."""
+    import hashlib
+
+    from comfyd.models.families import _ltxv_tiny
+
+    keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(("v", "sched", "cond", "tokens"))}
+    keep["encoded"] = theirs["encoded"].float().contiguous()
+    keep["frames_u8"] = torch.clamp((theirs["frames"] + 1) / 2 * 255, 0, 255).to(torch.uint8).contiguous()
+    digests = {
+        name: hashlib.sha256((work / "models" / rel).read_bytes()).hexdigest() for name, rel in _ltxv_tiny.NAMES.items()
+    }
+    save_file(keep, str(target), metadata={"sha256": json.dumps(digests), "comfyui": "0.3.64"})
+
+
 def psnr_8bit(a: torch.Tensor, b: torch.Tensor) -> float:
     qa = torch.clamp((a + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
     qb = torch.clamp((b + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
@@ -179,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save-reference", type=Path, help="also write ComfyUI's outputs here (the test's reference)")
     args = parser.parse_args(argv)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     theirs = load_file(str(work / "comfyui.safetensors"))
+    if args.save_reference is not None:
+        save_reference(theirs, work, args.save_reference)
     for case in [*(f"v{s}" for s in SIGMAS), "v_i2v"]:
         a, b = ours[case], theirs[case]
         print(f"RESULT transformer_{case}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")

@@ -1,0 +1,204 @@
+"""LTX-Video 0.9 on tiny random files in ComfyUI's layout (`make-tiny --family ltxv`).
+
+Held to ComfyUI itself: `data/ltxv_comfyui_reference.safetensors` holds what ComfyUI 0.3.64's own
+modules computed on these same files (bench/ltxv_comfyui_parity.py --save-reference): its LTXV
+transformer's velocities (text-to-video at three sigmas, and image-to-video with per-token
+timesteps), its 0.9 VAE's decoded frames and encoded latent, its LTXV T5 tokens and conditioning,
+and its LTXVScheduler sigmas. The canonical text-to-video workflow (comfyd/workflows/
+ltxv_t2v_api.json) and an image-to-video one run through `comfyd run` to an mp4 that PyAV decodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from comfyd.cli import main
+from comfyd.models import standalone, t5_encoder
+from comfyd.models.devices import compute_plan
+from comfyd.models.families import _ltxv_tiny, _ltxv_transformer, _ltxv_vae
+from comfyd.models.tiny import make_tiny
+from comfyd.nodes.sampling.ltxv_scheduler import ltxv_sigmas
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE / "data" / "ltxv_comfyui_reference.safetensors"
+WORKFLOW = HERE.parents[1] / "comfyd" / "workflows" / "ltxv_t2v_api.json"
+SIZE, FRAMES = 64, 9
+
+
+def _reference() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(REFERENCE), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["sha256"])
+
+
+@pytest.fixture(scope="module")
+def ltxv_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ltxv") / "models"
+    written = make_tiny(root, family="ltxv")
+    assert sorted(p.relative_to(root).as_posix() for p in written) == sorted(_ltxv_tiny.NAMES.values())
+    return root
+
+
+def test_transformer_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
+    net = _ltxv_transformer.empty_transformer(_ltxv_tiny.TINY_TRANSFORMER)
+    stored = {_ltxv_transformer.original_name(n): n for n in net.state_dict()}
+    assert _ltxv_transformer.diffusers_names(list(stored)) == {v: k for k, v in stored.items()}
+    for key in ("patchify_proj.weight", "adaln_single.linear.weight", "transformer_blocks.1.attn1.q_norm.weight",
+                "transformer_blocks.0.attn2.k_norm.weight", "caption_projection.linear_2.bias", "scale_shift_table"):  # fmt: skip
+        assert key in stored, key
+    shapes = {k: tuple(net.state_dict()[v].shape) for k, v in stored.items()}
+    assert _ltxv_transformer.infer_config(shapes, "") == _ltxv_tiny.TINY_TRANSFORMER
+
+
+def test_vae_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
+    vae = _ltxv_vae.empty_vae(_ltxv_tiny.tiny_vae_config())
+    stored = {_ltxv_vae.original_name(n): n for n in vae.state_dict()}
+    assert _ltxv_vae.diffusers_names(list(stored)) == {v: k for k, v in stored.items()}
+    for key in ("encoder.down_blocks.1.conv.weight", "encoder.down_blocks.2.norm3.norm.weight",
+                "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight", "decoder.up_blocks.8.conv.conv.bias",
+                "per_channel_statistics.std-of-means"):  # fmt: skip
+        assert key in stored, key
+    shapes = {k: tuple(vae.state_dict()[v].shape) for k, v in stored.items()}
+    assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config()
+    later = {**shapes, "decoder.last_time_embedder.timestep_embedder.linear_1.weight": (1, 1)}
+    with pytest.raises(ValueError, match="0.9.1 or later"):
+        _ltxv_vae.infer_config(later)
+
+
+@pytest.mark.parametrize(
+    "case", [(20, 2.05, 0.95, True, 0.1, 4096), (8, 2.05, 0.95, True, 0.1, 12), (30, 1.5, 0.5, False, 0.1, 6144)]
+)
+def test_ltxv_scheduler_sigmas_are_comfyuis_bit_for_bit(case: tuple) -> None:
+    reference, _ = _reference()
+    index = [(20, 2.05, 0.95, True, 0.1, 4096), (8, 2.05, 0.95, True, 0.1, 12), (30, 1.5, 0.5, False, 0.1, 6144)]
+    assert torch.equal(ltxv_sigmas(*case), reference[f"sched{index.index(case)}"])
+
+
+@pytest.mark.slow
+def test_transformer_vae_and_text_match_comfyuis_modules(ltxv_models: Path) -> None:
+    import bench.ltxv_comfyui_parity as parity
+
+    reference, digests = _reference()
+    for name, rel in _ltxv_tiny.NAMES.items():  # the reference was computed from these very files
+        assert hashlib.sha256((ltxv_models / rel).read_bytes()).hexdigest() == digests[name], name
+    plan = compute_plan("cpu", "fp32")
+    _, net, _, clip, vae = standalone.load_split_family_checkpoint(
+        ltxv_models / _ltxv_tiny.NAMES["checkpoint"], plan, False
+    )
+    assert clip is None  # the checkpoint carries no text encoder, as ComfyUI's LTXV files
+    data = parity.inputs()
+    base = {"encoder_attention_mask": data["mask"].float(), "frame_rate": torch.tensor([parity.FRAME_RATE])}
+    with torch.no_grad():
+        for sigma in parity.SIGMAS:
+            ours = net(data["x"], torch.tensor([sigma]), data["context"], added_cond_kwargs=base)[0]
+            theirs = reference[f"v{sigma}"]
+            assert float((ours - theirs).abs().max() / theirs.std()) < 1e-4, sigma
+        i2v = {**base, "denoise_mask": data["denoise"]}
+        ours = net(data["x"], torch.tensor([parity.SIGMAS[1]]), data["context"], added_cond_kwargs=i2v)[0]
+        assert float((ours - reference["v_i2v"]).abs().max() / reference["v_i2v"].std()) < 1e-4
+        # Per-token timesteps matter: without the mask the first frame's velocity differs.
+        plain = net(data["x"], torch.tensor([parity.SIGMAS[1]]), data["context"], added_cond_kwargs=base)[0]
+        assert float((plain - reference["v_i2v"])[:, :, 0].abs().max()) > 1e-2
+        frames = vae.decode(data["z"])[0].clamp(-1, 1)
+        encoded = vae._encode(data["pixels"])
+    ours_u8 = torch.clamp((frames + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
+    mse = float(((ours_u8 - reference["frames_u8"].double()) ** 2).mean())
+    assert mse == 0 or 10 * math.log10(255.0**2 / mse) >= 40.0
+    assert float((encoded - reference["encoded"]).abs().max() / reference["encoded"].std()) < 1e-4
+    _, encoder, _ = standalone.load_text_encoder(ltxv_models / _ltxv_tiny.NAMES["t5xxl"], plan, False)
+    for i, prompt in enumerate(parity.PROMPTS):
+        tokens = t5_encoder.tokenize(prompt, 128)
+        assert [t for t, _ in tokens] == reference[f"tokens{i}"].long().tolist()
+        cond = t5_encoder.encode(encoder, tokens, masked=True, zero_masked=False)
+        assert float((cond - reference[f"cond{i}"]).abs().max()) < 1e-4
+
+
+def _decode_mp4(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _run(graph: dict, models: Path, tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> np.ndarray:
+    path = tmp / "workflow.json"
+    path.write_text(json.dumps(graph))
+    out = tmp / "out"
+    code = main(["run", str(path), "--models-dir", str(models), "--output-dir", str(out), "-q", "--json", *extra])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    return _decode_mp4(Path(result["images"][0]))
+
+
+def tiny_workflow(steps: int = 2) -> dict:
+    graph = json.loads(WORKFLOW.read_text())
+    graph["38"]["inputs"]["clip_name"] = Path(_ltxv_tiny.NAMES["t5xxl"]).name
+    graph["44"]["inputs"]["ckpt_name"] = Path(_ltxv_tiny.NAMES["checkpoint"]).name
+    graph["70"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
+    graph["71"]["inputs"].update(steps=steps)
+    return graph
+
+
+@pytest.mark.slow
+def test_t2v_workflow_through_comfyd_run_writes_a_playable_mp4(
+    ltxv_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = _run(tiny_workflow(), ltxv_models, tmp_path, capsys)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+    assert frames.std() > 10  # random weights draw noise, not a flat picture
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1  # a video, not one picture
+
+
+@pytest.mark.slow
+def test_i2v_workflow_through_comfyd_run(ltxv_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    Image.fromarray(np.stack([x * 4, y * 4, 255 - x * 2], -1).clip(0, 255).astype(np.uint8)).save(inputs / "s.png")
+    graph = tiny_workflow()
+    graph["80"] = {"class_type": "LoadImage", "inputs": {"image": "s.png"}}
+    graph["81"] = {"class_type": "LTXVPreprocess", "inputs": {"image": ["80", 0], "img_compression": 35}}
+    graph["82"] = {"class_type": "LTXVImgToVideo", "inputs": {
+        "positive": ["69", 0], "negative": ["69", 1], "vae": ["44", 2], "image": ["81", 0],
+        "width": SIZE, "height": SIZE, "length": FRAMES, "batch_size": 1, "strength": 1.0}}  # fmt: skip
+    graph["72"]["inputs"].update(positive=["82", 0], negative=["82", 1], latent_image=["82", 2])
+    graph["71"]["inputs"]["latent"] = ["82", 2]
+    frames = _run(graph, ltxv_models, tmp_path, capsys, "--input-dir", str(inputs))
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
+@pytest.mark.slow
+def test_i2v_sampling_keeps_the_start_frame_latent(ltxv_models: Path, tmp_path: Path) -> None:
+    """LTXVImgToVideo's mask (0 on the start frame) keeps that latent frame as encoded, not
+    re-noised (ComfyUI's LTXV keeps the original latent there), while the others are sampled."""
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.models.vae_codec import vae_encode
+    from comfyd.sampling.ksampler import common_ksampler
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=ltxv_models, home=tmp_path / "home"))
+    model, clip, vae = manager.load_checkpoint(Path(_ltxv_tiny.NAMES["checkpoint"]).name)
+    assert clip is None
+    clip = manager.load_clip([Path(_ltxv_tiny.NAMES["t5xxl"]).name], "ltxv")
+    positive = [[c, {**o, "frame_rate": 24.0}] for c, o in encode_text(clip, "a red fox")]
+    negative = [[c, {**o, "frame_rate": 24.0}] for c, o in encode_text(clip, "")]
+    assert positive[0][1]["attention_mask"].shape == (1, 128)
+    start = vae_encode(vae, torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(3)))
+    latent = torch.zeros(1, 128, 2, 2, 2)
+    latent[:, :, :1] = start
+    mask = torch.ones(1, 1, 2, 1, 1)
+    mask[:, :, :1] = 0.0
+    out = common_ksampler(model, 5, 3, 3.0, "euler", "simple", positive, negative,
+                          {"samples": latent, "noise_mask": mask})["samples"]  # fmt: skip
+    assert torch.allclose(out[:, :, 0], start[:, :, 0], atol=1e-5)
+    assert float((out[:, :, 1] - latent[:, :, 1]).abs().mean()) > 0.1
