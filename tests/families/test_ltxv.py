@@ -202,3 +202,12 @@ def test_i2v_sampling_keeps_the_start_frame_latent(ltxv_models: Path, tmp_path: 
                           {"samples": latent, "noise_mask": mask})["samples"]  # fmt: skip
     assert torch.allclose(out[:, :, 0], start[:, :, 0], atol=1e-5)
     assert float((out[:, :, 1] - latent[:, :, 1]).abs().mean()) > 0.1
+
+
+def test_comfyd_check_knows_the_ltxv_files(ltxv_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(tiny_workflow()))
+    assert main(["check", str(path), "--models-dir", str(ltxv_models), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    families = {Path(m["path"]).name: (m["family"], m["supported"]) for m in report["models"]}
+    assert families[Path(_ltxv_tiny.NAMES["checkpoint"]).name] == ("ltxv", True)
