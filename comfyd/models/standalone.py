@@ -43,7 +43,7 @@ def load_diffusion_model(
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
         f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout, Wan 2.1 text-to-video transformers); first keys: {shown}"
+        f"BFL's layout, Wan 2.1 text-to-video transformers, LTX-Video transformers); first keys: {shown}"
     )
 
 
