@@ -211,3 +211,22 @@ def test_comfyd_check_knows_the_ltxv_files(ltxv_models: Path, tmp_path: Path, ca
     report = json.loads(capsys.readouterr().out)
     families = {Path(m["path"]).name: (m["family"], m["supported"]) for m in report["models"]}
     assert families[Path(_ltxv_tiny.NAMES["checkpoint"]).name] == ("ltxv", True)
+
+
+@pytest.mark.slow
+def test_bad_ltxv_inputs_get_clear_errors(ltxv_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_encode
+    from comfyd.settings import Settings
+
+    graph = tiny_workflow()
+    graph["6"]["inputs"]["clip"] = ["44", 1]  # the checkpoint's CLIP: it has none
+    path = tmp_path / "no_clip.json"
+    path.write_text(json.dumps(graph))
+    assert main(["run", str(path), "--models-dir", str(ltxv_models), "--output-dir", str(tmp_path / "o"), "-q"]) == 1
+    assert "does not contain a valid clip or text encoder" in capsys.readouterr().err
+    manager = ModelManager(Settings(models_dir=ltxv_models, home=tmp_path / "home"))
+    _, _, vae = manager.load_checkpoint(Path(_ltxv_tiny.NAMES["checkpoint"]).name)
+    with pytest.raises(ValueError, match=r"encodes 1 \+ 8k frames \(1, 9, 17, ...\), got 4"):
+        vae_encode(vae, torch.rand(4, SIZE, SIZE, 3))
+    assert vae_encode(vae, torch.rand(9, SIZE + 7, SIZE, 3)).shape == (1, 128, 2, 2, 2)  # cropped to 32s
