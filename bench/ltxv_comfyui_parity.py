@@ -37,6 +37,7 @@ FRAME_RATE = 24.0
 SEED = 5
 PROMPTS = ("a small red fox runs across a snowy field at dawn", "(a cat:1.3) sleeps on a warm windowsill, cinematic")
 SCHEDULES = ((20, 2.05, 0.95, True, 0.1, 4096), (8, 2.05, 0.95, True, 0.1, 12), (30, 1.5, 0.5, False, 0.1, 6144))
+SAMPLE_STEPS, SAMPLE_CFG, SAMPLE_SEED = 4, 3.0, 42
 TINY_BLOCKS = [("res_x", 1), ("compress_all", 1), ("res_x_y", 1), ("res_x", 1), ("compress_all", 1),
                ("res_x_y", 1), ("res_x", 1), ("compress_all", 1), ("res_x", 1), ("res_x", 1)]  # fmt: skip
 
@@ -54,6 +55,34 @@ def inputs() -> dict[str, torch.Tensor]:
         "denoise": denoise,
         "z": torch.randn(1, 128, 2, 2, 2, generator=g),
         "pixels": torch.rand(1, 3, 9, 64, 64, generator=g) * 2 - 1,
+        # Whole-sampling cases: two prompts' T5 outputs with their padding masks, a start latent.
+        "pos": torch.randn(1, 128, 32, generator=g),
+        "neg": torch.randn(1, 128, 32, generator=g),
+        "pos_mask": (torch.arange(128) < 14).long().unsqueeze(0),
+        "neg_mask": (torch.arange(128) < 3).long().unsqueeze(0),
+        "start": torch.randn(1, 128, 1, 2, 2, generator=g),
+    }
+
+
+def with_sigmas(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from comfyd.nodes.sampling.ltxv_scheduler import ltxv_sigmas
+
+    return {**data, "sample_sigmas": ltxv_sigmas(SAMPLE_STEPS, 2.05, 0.95, True, 0.1, 8)}
+
+
+def sampling_cases(data: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    """name -> (positive, negative, latent dict, sigmas): SamplerCustom's inputs, T2V and I2V."""
+    positive = [[data["pos"], {"attention_mask": data["pos_mask"], "frame_rate": FRAME_RATE}]]
+    negative = [[data["neg"], {"attention_mask": data["neg_mask"], "frame_rate": FRAME_RATE}]]
+    empty = torch.zeros(1, 128, 2, 2, 2)
+    i2v = empty.clone()
+    i2v[:, :, :1] = data["start"]
+    mask = torch.ones(1, 1, 2, 1, 1)
+    mask[:, :, :1] = 0.0
+    sigmas = data["sample_sigmas"]  # LTXVScheduler's for this latent (comfyd's, bit-identical)
+    return {
+        "t2v": (positive, negative, {"samples": empty}, sigmas),
+        "i2v": (positive, negative, {"samples": i2v, "noise_mask": mask}, sigmas),
     }
 
 
@@ -70,7 +99,7 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         make_tiny(root, family="ltxv")
     plan = compute_plan("cpu", "fp32")
     _, net, _, _, vae = standalone.load_split_family_checkpoint(root / _ltxv_tiny.NAMES["checkpoint"], plan, False)
-    data = inputs()
+    data = with_sigmas(inputs())
     out: dict[str, torch.Tensor] = {}
     base = {"encoder_attention_mask": data["mask"].float(), "frame_rate": torch.tensor([FRAME_RATE])}
     with torch.no_grad():
@@ -80,6 +109,7 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         out["v_i2v"] = net(data["x"], torch.tensor([SIGMAS[1]]), data["context"], added_cond_kwargs=masked)[0]
         out["frames"] = vae.decode(data["z"])[0].clamp(-1, 1)
         out["encoded"] = vae._encode(data["pixels"])
+    out.update(comfyd_sampling(root, work, data))
     _, encoder, _ = standalone.load_text_encoder(root / _ltxv_tiny.NAMES["t5xxl"], plan, False)
     for i, prompt in enumerate(PROMPTS):
         tokens = t5_encoder.tokenize(prompt, 128)
@@ -89,6 +119,59 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         out[f"sched{i}"] = ltxv_sigmas(steps, high, low, stretch, terminal, tokens)
         out[f"table{i}"] = ExpTimeShiftSchedule(shift=token_shift(tokens, high, low)).sigmas
     (work / "t5_tiny.json").write_text(json.dumps(dict(_ltxv_tiny.TINY_T5, model_type="t5")))
+    return out
+
+
+def comfyd_sampling(root: Path, work: Path, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SamplerCustom (euler, CFG) on comfyd's MODEL from the tiny checkpoint, then VAEDecode."""
+    from comfyd.models.families import _ltxv_tiny
+    from comfyd.models.manager import ModelManager
+    from comfyd.sampling.custom import sample_custom
+    from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=root, home=work / "home"))
+    model, _, vae = manager.load_checkpoint(Path(_ltxv_tiny.NAMES["checkpoint"]).name)
+    out: dict[str, torch.Tensor] = {}
+    for name, (positive, negative, latent, sigmas) in sampling_cases(data).items():
+        guider = Guider(model, "cfg", (positive, negative), cfg=SAMPLE_CFG)
+        sampled = sample_custom(guider, SamplerChoice("euler"), sigmas, NoiseSource(SAMPLE_SEED), latent)[0]
+        out[f"sampled_{name}"] = sampled["samples"]
+        with torch.no_grad():
+            out[f"video_{name}"] = vae.vae.decode(sampled["samples"])[0].clamp(-1, 1)
+    return out
+
+
+def comfyui_sampling(work: Path, unet: dict[str, torch.Tensor], vae: torch.nn.Module,
+                     data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # fmt: skip
+    """ComfyUI's SamplerCustom path (comfy.sample.sample_custom on a ModelPatcher of its LTXV
+    model_base with the tiny transformer) on the same conditioning tensors, then its VAE decode."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.samplers
+    import comfy.supported_models
+
+    config = comfy.supported_models.LTXV({
+        "image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 128, "attention_head_dim": 4,
+        "num_attention_heads": 32, "caption_channels": 32, "num_layers": 2})  # fmt: skip
+    config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.LTXV(config, device=torch.device("cpu"))
+    base.diffusion_model.load_state_dict(unet, strict=True)
+    base.eval()
+    cpu = torch.device("cpu")
+    patcher = comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+    out: dict[str, torch.Tensor] = {}
+    for name, (positive, negative, latent, sigmas) in sampling_cases(data).items():
+        image = latent["samples"]
+        noise = comfy.sample.prepare_noise(image, SAMPLE_SEED)
+        sampled = comfy.sample.sample_custom(
+            patcher, noise, SAMPLE_CFG, comfy.samplers.sampler_object("euler"), sigmas, positive, negative, image,
+            noise_mask=latent.get("noise_mask"), seed=SAMPLE_SEED, disable_pbar=True,
+        )  # fmt: skip
+        out[f"sampled_{name}"] = sampled.float().contiguous()
+        with torch.no_grad():
+            out[f"video_{name}"] = vae.decode(sampled.float()).clamp(-1, 1).contiguous()
     return out
 
 
@@ -127,6 +210,7 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         vae.eval()
         out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
         out["encoded"] = vae.encode(data["pixels"]).contiguous()
+    out.update(comfyui_sampling(work, unet, vae, data))
     out.update(comfyui_text(work))
     import comfy.model_sampling
     from comfy_extras.nodes_lt import LTXVScheduler
@@ -172,7 +256,8 @@ def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) ->
 
     from comfyd.models.families import _ltxv_tiny
 
-    keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(("v", "sched", "cond", "tokens"))}
+    wanted = ("v1", "v0", "v_i2v", "sched", "cond", "tokens", "sampled")
+    keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(wanted)}
     keep["encoded"] = theirs["encoded"].float().contiguous()
     keep["frames_u8"] = torch.clamp((theirs["frames"] + 1) / 2 * 255, 0, 255).to(torch.uint8).contiguous()
     digests = {
@@ -202,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         comfyui_side(work, args.comfyui)
         return 0
     ours = comfyd_side(work)
-    save_file(inputs(), str(work / "inputs.safetensors"))
+    save_file(with_sigmas(inputs()), str(work / "inputs.safetensors"))
     subprocess.run(
         [args.comfyui_python, __file__, "--comfyui-side", "--workdir", str(work), "--comfyui", str(args.comfyui)],
         check=True,
@@ -217,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT vae_decode_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
     enc_diff = float((ours["encoded"] - theirs["encoded"]).abs().max() / theirs["encoded"].std())
     print(f"RESULT vae_encode_max_rel_diff={enc_diff:.3g}")
+    for name in ("t2v", "i2v"):
+        a, b = ours[f"sampled_{name}"], theirs[f"sampled_{name}"]
+        frames = ours[f"video_{name}"].shape[2]
+        worst = min(psnr_8bit(ours[f"video_{name}"][:, :, f], theirs[f"video_{name}"][:, :, f]) for f in range(frames))
+        print(f"RESULT samplercustom_{name}_latent_max_rel_diff={float((a - b).abs().max() / b.std()):.3g} "
+              f"frames={frames} min_frame_psnr_db={worst:.2f}")  # fmt: skip
     for i in range(len(PROMPTS)):
         same = torch.equal(ours[f"tokens{i}"], theirs[f"tokens{i}"])
         diff = float((ours[f"cond{i}"] - theirs[f"cond{i}"]).abs().max())

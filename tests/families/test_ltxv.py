@@ -4,7 +4,8 @@ Held to ComfyUI itself: `data/ltxv_comfyui_reference.safetensors` holds what Com
 modules computed on these same files (bench/ltxv_comfyui_parity.py --save-reference): its LTXV
 transformer's velocities (text-to-video at three sigmas, and image-to-video with per-token
 timesteps), its 0.9 VAE's decoded frames and encoded latent, its LTXV T5 tokens and conditioning,
-and its LTXVScheduler sigmas. The canonical text-to-video workflow (comfyd/workflows/
+its LTXVScheduler sigmas, and its whole SamplerCustom sampling (T2V and I2V) on the same
+conditioning tensors. The canonical text-to-video workflow (comfyd/workflows/
 ltxv_t2v_api.json) and an image-to-video one run through `comfyd run` to an mp4 that PyAV decodes.
 """
 
@@ -119,6 +120,20 @@ def test_transformer_vae_and_text_match_comfyuis_modules(ltxv_models: Path) -> N
         assert [t for t, _ in tokens] == reference[f"tokens{i}"].long().tolist()
         cond = t5_encoder.encode(encoder, tokens, masked=True, zero_masked=False)
         assert float((cond - reference[f"cond{i}"]).abs().max()) < 1e-4
+
+
+@pytest.mark.slow
+def test_samplercustom_t2v_and_i2v_match_comfyuis_sampling(ltxv_models: Path, tmp_path: Path) -> None:
+    """SamplerCustom (euler, cfg 3, LTXVScheduler's 4 sigmas) on the same conditioning tensors:
+    comfyd's whole sampling against ComfyUI's comfy.sample.sample_custom on its LTXV model, text-
+    to-video and image-to-video (a start latent kept by a noise mask, per-token timesteps)."""
+    import bench.ltxv_comfyui_parity as parity
+
+    reference, _ = _reference()
+    ours = parity.comfyd_sampling(ltxv_models, tmp_path, parity.with_sigmas(parity.inputs()))
+    for name in ("t2v", "i2v"):
+        theirs = reference[f"sampled_{name}"]
+        assert float((ours[f"sampled_{name}"] - theirs).abs().max() / theirs.std()) < 1e-4, name
 
 
 def _decode_mp4(path: Path) -> np.ndarray:
