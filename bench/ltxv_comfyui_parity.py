@@ -11,14 +11,17 @@ timestep 0); comfyd runs its `LtxvNetwork` (diffusers' LTXVideoTransformer3DMode
 (diffusers' AutoencoderKLLTXVideo with ComfyUI's statistics and padding), ComfyUI its modules.
 The text path: ComfyUI's LTXV T5 tokenizer and an SDClipModel with LTXV's settings (attention
 mask on, not zeroed) built from the tiny T5 config, on two prompts (one weighted). The schedules:
-ComfyUI's LTXVScheduler node and ModelSamplingLTXV's sigma table against comfyd's.
+ComfyUI's LTXVScheduler node and ModelSamplingLTXV's sigma table against comfyd's. The whole
+sampling: SamplerCustom (euler, CFG) on the same conditioning tensors against ComfyUI's
+comfy.sample.sample_custom on a ModelPatcher of its LTXV model, text-to-video and image-to-video.
 
     python bench/ltxv_comfyui_parity.py --workdir /tmp/ltxv-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
 prints RESULT lines: the largest absolute difference of the transformer's velocity (relative to
 its spread) per case, the PSNR of decoded frames (8-bit) and the encoder's largest difference,
-T5 token identity and largest difference, and whether the sigmas are bit-identical.
+T5 token identity and largest difference, whether the sigmas are bit-identical, and the sampled
+latents' largest difference and their decoded frames' worst PSNR.
 """
 
 from __future__ import annotations

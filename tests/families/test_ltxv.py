@@ -245,3 +245,24 @@ def test_bad_ltxv_inputs_get_clear_errors(ltxv_models: Path, tmp_path: Path, cap
     with pytest.raises(ValueError, match=r"encodes 1 \+ 8k frames \(1, 9, 17, ...\), got 4"):
         vae_encode(vae, torch.rand(4, SIZE, SIZE, 3))
     assert vae_encode(vae, torch.rand(9, SIZE + 7, SIZE, 3)).shape == (1, 128, 2, 2, 2)  # cropped to 32s
+
+
+def test_transformer_and_vae_load_alone_as_unetloader_and_vaeloader_read_them(ltxv_models: Path, tmp_path: Path) -> None:
+    """UNETLoader on the transformer alone (no prefix) and VAELoader on the VAE alone."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    state = load_file(str(ltxv_models / _ltxv_tiny.NAMES["checkpoint"]))
+    root = tmp_path / "models"
+    (root / "diffusion_models").mkdir(parents=True)
+    (root / "vae").mkdir()
+    unet = "model.diffusion_model."
+    save_file({k[len(unet) :]: v for k, v in state.items() if k.startswith(unet)}, str(root / "diffusion_models/t.safetensors"))
+    save_file({k[4:]: v for k, v in state.items() if k.startswith("vae.")}, str(root / "vae/ltxv_vae.safetensors"))
+    manager = ModelManager(Settings(models_dir=root, home=tmp_path / "home"))
+    model = manager.load_diffusion_model("t.safetensors")
+    assert model.family == "ltxv" and model.model_sampling.prediction == "const"
+    vae = manager.load_vae("ltxv_vae.safetensors")
+    assert vae.family == "ltxv" and (vae.latent_channels, vae.downscale) == (128, 32)
