@@ -266,3 +266,16 @@ def test_transformer_and_vae_load_alone_as_unetloader_and_vaeloader_read_them(lt
     assert model.family == "ltxv" and model.model_sampling.prediction == "const"
     vae = manager.load_vae("ltxv_vae.safetensors")
     assert vae.family == "ltxv" and (vae.latent_channels, vae.downscale) == (128, 32)
+
+
+def test_ltxv_preprocess_runs_images_through_one_h264_frame() -> None:
+    from comfyd.nodes.image.ltxv_preprocess import compress_image
+
+    y, x = torch.meshgrid(torch.arange(33.0), torch.arange(48.0), indexing="ij")
+    image = torch.stack([x / 47, y / 32, (x + y) / 79], -1)  # odd height: cut to 32 rows
+    assert compress_image(image, 0) is image
+    out = compress_image(image, 35)
+    assert out.shape == (32, 48, 3) and out.dtype == image.dtype
+    mse = float(((out - image[:32]) ** 2).mean())
+    assert 0 < mse and 10 * math.log10(1 / mse) > 25  # compressed, still the picture
+    assert torch.allclose(out * 255, (out * 255).round(), atol=1e-3)  # 8-bit levels, as decoded
