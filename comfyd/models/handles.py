@@ -133,6 +133,12 @@ class ModelHandle:
         )
 
     def with_sampling(self, sampling: Any) -> ModelHandle:
+        # The family may keep its own sampling behaviour under a new schedule (LTX-Video's
+        # masked sampling keeps the original latent whichever ModelSampling node ran).
+        try:
+            sampling = families.get(self.family).adapt_model_sampling(sampling)
+        except ValueError:  # a family not registered (tests' stand-ins): as given
+            pass
         return replace(self, sampling=sampling, prediction=sampling.prediction)
 
     @property

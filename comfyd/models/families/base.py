@@ -274,6 +274,10 @@ class Family:
         """(network the sampler calls, its model sampling) from a diffusion-model file."""
         raise ValueError(f"model family {self.name!r} has no standalone diffusion-model loader")
 
+    def adapt_model_sampling(self, sampling: Any) -> Any:
+        """The model sampling a ModelSampling* node sets on this family's MODEL (default: as given)."""
+        return sampling
+
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:
         """A VAE of this family's own architecture stored in `tf` (None: not one; the LDM
         autoencoder is read by the common loader)."""

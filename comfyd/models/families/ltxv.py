@@ -110,6 +110,13 @@ class Ltxv(Family):
         store_weights(net, storage, plan.unet_dtype)
         return transformer.LtxvNetwork(net), model_sampling()
 
+    def adapt_model_sampling(self, sampling: Any) -> Any:
+        # ComfyUI's LTXV model keeps the original latent under a noise mask (its
+        # scale_latent_inpaint), whichever flow schedule a ModelSampling node sets.
+        if type(sampling) is FlowModelSampling:
+            return LtxvModelSampling(sampling.schedule, sampling.prediction)
+        return sampling
+
     def vector_builder(self, unet_config: Mapping[str, Any]) -> Any:
         return vector_conditioning
 
