@@ -112,6 +112,9 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         out["v_i2v"] = net(data["x"], torch.tensor([SIGMAS[1]]), data["context"], added_cond_kwargs=masked)[0]
         out["frames"] = vae.decode(data["z"])[0].clamp(-1, 1)
         out["encoded"] = vae._encode(data["pixels"])
+        *_, vae091 = standalone.load_split_family_checkpoint(root / _ltxv_tiny.NAMES["checkpoint_091"], plan, False)
+        torch.manual_seed(SEED)  # 0.9.1 decodes with noise from torch's global generator, as ComfyUI
+        out["frames_091"] = vae091.decode(data["z"])[0].clamp(-1, 1)
     out.update(comfyd_sampling(root, work, data))
     _, encoder, _ = standalone.load_text_encoder(root / _ltxv_tiny.NAMES["t5xxl"], plan, False)
     for i, prompt in enumerate(PROMPTS):
@@ -213,6 +216,7 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         vae.eval()
         out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
         out["encoded"] = vae.encode(data["pixels"]).contiguous()
+        out["frames_091"] = comfyui_vae_091(work).contiguous()
     out.update(comfyui_sampling(work, unet, vae, data))
     out.update(comfyui_text(work))
     import comfy.model_sampling
@@ -226,6 +230,33 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         sampling.set_parameters(shift=tokens * slope + (low - slope * 1024))
         out[f"table{i}"] = sampling.sigmas.float().contiguous()
     save_file({k: v.contiguous() for k, v in out.items()}, str(work / "comfyui.safetensors"))
+
+
+def comfyui_vae_091(work: Path) -> torch.Tensor:
+    """ComfyUI's 0.9.1 ("version 1") VAE decode at the tiny width: residual upsamplers, injected
+    noise, timestep 0.05 and 2.5% fresh latent noise, drawn from the same seeded global generator."""
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import Decoder, Encoder, VideoVAE, processor
+
+    data = load_file(str(work / "inputs.safetensors"))
+    state = load_file(str(work / "models/checkpoints/comfyd-tiny-ltxv-0.9.1.safetensors"))
+    decoder_blocks = [("res_x", {"num_layers": 1, "inject_noise": True}), ("compress_all", {"residual": True, "multiplier": 2}),
+                      ("res_x", {"num_layers": 1, "inject_noise": True}), ("compress_all", {"residual": True, "multiplier": 2}),
+                      ("res_x", {"num_layers": 1, "inject_noise": True}), ("compress_all", {"residual": True, "multiplier": 2}),
+                      ("res_x", {"num_layers": 1, "inject_noise": False})]  # fmt: skip
+    vae = VideoVAE.__new__(VideoVAE)
+    torch.nn.Module.__init__(vae)
+    vae.timestep_conditioning = True
+    vae.encoder = Encoder(dims=3, in_channels=3, out_channels=128, blocks=TINY_BLOCKS, base_channels=8,
+                          patch_size=4, norm_layer="pixel_norm", latent_log_var="uniform")  # fmt: skip
+    vae.decoder = Decoder(dims=3, in_channels=128, out_channels=3, blocks=decoder_blocks, base_channels=8, patch_size=4,
+                          norm_layer="pixel_norm", causal=False, timestep_conditioning=True,
+                          spatial_padding_mode="reflect")  # fmt: skip
+    vae.per_channel_statistics = processor()
+    vae.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("vae.")}, strict=True)
+    vae.eval()
+    with torch.no_grad():
+        torch.manual_seed(SEED)
+        return vae.decode(data["z"]).clamp(-1, 1)
 
 
 def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
@@ -262,7 +293,8 @@ def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) ->
     wanted = ("v1", "v0", "v_i2v", "sched", "cond", "tokens", "sampled")
     keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(wanted)}
     keep["encoded"] = theirs["encoded"].float().contiguous()
-    keep["frames_u8"] = torch.clamp((theirs["frames"] + 1) / 2 * 255, 0, 255).to(torch.uint8).contiguous()
+    for key in ("frames", "frames_091"):
+        keep[f"{key}_u8"] = torch.clamp((theirs[key] + 1) / 2 * 255, 0, 255).to(torch.uint8).contiguous()
     digests = {
         name: hashlib.sha256((work / "models" / rel).read_bytes()).hexdigest() for name, rel in _ltxv_tiny.NAMES.items()
     }
@@ -303,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT transformer_{case}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
     print(f"RESULT vae_frames={tuple(ours['frames'].shape)} comfyui_frames={tuple(theirs['frames'].shape)}")
     print(f"RESULT vae_decode_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
+    print(f"RESULT vae_091_decode_psnr_db={psnr_8bit(ours['frames_091'], theirs['frames_091']):.2f} "
+          f"frames={tuple(ours['frames_091'].shape)}")  # fmt: skip
     enc_diff = float((ours["encoded"] - theirs["encoded"]).abs().max() / theirs["encoded"].std())
     print(f"RESULT vae_encode_max_rel_diff={enc_diff:.3g}")
     for name in ("t2v", "i2v"):

@@ -69,9 +69,21 @@ def test_vae_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
         assert key in stored, key
     shapes = {k: tuple(vae.state_dict()[v].shape) for k, v in stored.items()}
     assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config()
-    later = {**shapes, "decoder.last_time_embedder.timestep_embedder.linear_1.weight": (1, 1)}
-    with pytest.raises(ValueError, match="0.9.1 or later"):
+    later = {**shapes, "encoder.down_blocks.1.conv.conv.bias": (1,)}
+    with pytest.raises(ValueError, match="0.9.5 or later"):
         _ltxv_vae.infer_config(later)
+
+
+def test_091_vae_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
+    vae = _ltxv_vae.empty_vae(_ltxv_tiny.tiny_vae_config("0.9.1"))
+    stored = {_ltxv_vae.original_name(n, "0.9.1"): n for n in vae.state_dict()}
+    assert _ltxv_vae.diffusers_names(list(stored)) == {v: k for k, v in stored.items()}
+    for key in ("decoder.last_time_embedder.timestep_embedder.linear_1.weight", "decoder.last_scale_shift_table",
+                "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_2.bias", "decoder.up_blocks.1.conv.conv.weight",
+                "decoder.up_blocks.2.res_blocks.0.per_channel_scale1", "decoder.timestep_scale_multiplier"):  # fmt: skip
+        assert key in stored, key
+    shapes = {k: tuple(vae.state_dict()[v].shape) for k, v in stored.items()}
+    assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config("0.9.1")
 
 
 @pytest.mark.parametrize(
@@ -110,9 +122,7 @@ def test_transformer_vae_and_text_match_comfyuis_modules(ltxv_models: Path) -> N
         assert float((plain - reference["v_i2v"])[:, :, 0].abs().max()) > 1e-2
         frames = vae.decode(data["z"])[0].clamp(-1, 1)
         encoded = vae._encode(data["pixels"])
-    ours_u8 = torch.clamp((frames + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
-    mse = float(((ours_u8 - reference["frames_u8"].double()) ** 2).mean())
-    assert mse == 0 or 10 * math.log10(255.0**2 / mse) >= 40.0
+    assert _psnr(frames, reference["frames_u8"]) >= 40.0
     assert float((encoded - reference["encoded"]).abs().max() / reference["encoded"].std()) < 1e-4
     _, encoder, _ = standalone.load_text_encoder(ltxv_models / _ltxv_tiny.NAMES["t5xxl"], plan, False)
     for i, prompt in enumerate(parity.PROMPTS):
@@ -134,6 +144,30 @@ def test_samplercustom_t2v_and_i2v_match_comfyuis_sampling(ltxv_models: Path, tm
     for name in ("t2v", "i2v"):
         theirs = reference[f"sampled_{name}"]
         assert float((ours[f"sampled_{name}"] - theirs).abs().max() / theirs.std()) < 1e-4, name
+
+
+def _psnr(frames: torch.Tensor, reference_u8: torch.Tensor) -> float:
+    ours = torch.clamp((frames + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
+    mse = float(((ours - reference_u8.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+@pytest.mark.slow
+def test_091_vae_decode_matches_comfyuis_with_the_same_noise(ltxv_models: Path) -> None:
+    """0.9.1 decodes with noise (2.5% fresh latent noise, noise injected in the residual stages)
+    drawn from torch's global generator, as ComfyUI: seeded alike, the frames are ComfyUI's."""
+    import bench.ltxv_comfyui_parity as parity
+
+    reference, _ = _reference()
+    *_, vae = standalone.load_split_family_checkpoint(
+        ltxv_models / _ltxv_tiny.NAMES["checkpoint_091"], compute_plan("cpu", "fp32"), False
+    )
+    z = parity.inputs()["z"]
+    with torch.no_grad():
+        torch.manual_seed(parity.SEED)
+        assert _psnr(vae.decode(z)[0].clamp(-1, 1), reference["frames_091_u8"]) >= 40.0
+        torch.manual_seed(parity.SEED + 1)  # other noise, other frames: the noise is really drawn
+        assert _psnr(vae.decode(z)[0].clamp(-1, 1), reference["frames_091_u8"]) < 40.0
 
 
 def _decode_mp4(path: Path) -> np.ndarray:

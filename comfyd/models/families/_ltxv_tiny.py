@@ -1,7 +1,7 @@
 """Tiny random-weight LTX-Video files in ComfyUI's layout (tests, demo; `comfyd models make-tiny
---family ltxv`): an all-in-one checkpoint in `checkpoints/` (the transformer under
-`model.diffusion_model.`, the 0.9 video VAE under `vae.`, no text encoder, as
-ltx-video-2b-v0.9.safetensors) and a T5 encoder in `text_encoders/` (CLIPLoader, type ltxv).
+--family ltxv`): two all-in-one checkpoints in `checkpoints/` (the transformer under
+`model.diffusion_model.`, the 0.9 or the 0.9.1 video VAE under `vae.`, no text encoder, as
+ltx-video-2b-v0.9.safetensors and -v0.9.1) and a T5 encoder in `text_encoders/` (CLIPLoader, type ltxv).
 
 The transformer keeps ComfyUI's 32 heads (at 4 channels each), two blocks and the 128 latent
 channels; the VAE keeps the 0.9 structure (patch 4, three 2x2x2 compressions, 32x spatial and 8x
@@ -34,13 +34,14 @@ TINY_TRANSFORMER = {
 TINY_VAE_BASE = 8
 NAMES = {
     "checkpoint": "checkpoints/comfyd-tiny-ltxv.safetensors",
+    "checkpoint_091": "checkpoints/comfyd-tiny-ltxv-0.9.1.safetensors",
     "t5xxl": "text_encoders/comfyd-tiny-ltxv-t5xxl.safetensors",
 }
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
 
 
-def tiny_vae_config() -> dict[str, object]:
+def tiny_vae_config(version: str = "0.9") -> dict[str, object]:
     widths = (TINY_VAE_BASE, 2 * TINY_VAE_BASE, 4 * TINY_VAE_BASE, 4 * TINY_VAE_BASE)
     return {
         "in_channels": 3, "out_channels": 3, "latent_channels": video_vae.LATENT_CHANNELS,
@@ -51,7 +52,18 @@ def tiny_vae_config() -> dict[str, object]:
         "decoder_inject_noise": (False,) * 5, "upsample_residual": (False,) * 4, "upsample_factor": (1,) * 4,
         "timestep_conditioning": False, "patch_size": 4, "patch_size_t": 1, "resnet_norm_eps": 1e-6,
         "scaling_factor": 1.0, "encoder_causal": True, "decoder_causal": False,
+        **(_TINY_091_DECODER if version == "0.9.1" else {}),
     }  # fmt: skip
+
+
+# 0.9.1's decoder: three residual upsamplers halving the width, noise injected below the middle
+# stage, conditioned on the decode timestep.
+_TINY_091_DECODER = {
+    "decoder_block_out_channels": (2 * TINY_VAE_BASE, 4 * TINY_VAE_BASE, 8 * TINY_VAE_BASE),
+    "decoder_layers_per_block": (1, 1, 1, 1), "decoder_spatio_temporal_scaling": (True, True, True),
+    "decoder_inject_noise": (True, True, True, False), "upsample_residual": (True, True, True),
+    "upsample_factor": (2, 2, 2), "timestep_conditioning": True,
+}  # fmt: skip
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
@@ -60,23 +72,34 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def write_tiny_ltxv(root: Path, seed: int = 0) -> list[Path]:
+def _vae_state(seed: int, version: str) -> dict[str, torch.Tensor]:
     from comfyd.models import tiny
 
-    net = tiny.random_module(transformer.empty_transformer(TINY_TRANSFORMER), seed, "ltxv-transformer")
-    state = {UNET_PREFIX + transformer.original_name(k): v for k, v in net.state_dict().items()}
-    vae = tiny.random_module(video_vae.empty_vae(tiny_vae_config()), seed, "ltxv-vae")
+    component = "ltxv-vae" if version == "0.9" else f"ltxv-vae-{version}"
+    vae = tiny.random_module(video_vae.empty_vae(tiny_vae_config(version)), seed, component)
     generator = torch.Generator().manual_seed(seed + 7)
     vae.latents_mean.copy_(torch.randn(video_vae.LATENT_CHANNELS, generator=generator) * 0.2)
     vae.latents_std.copy_(torch.rand(video_vae.LATENT_CHANNELS, generator=generator) * 0.5 + 0.5)
-    for name, value in vae.state_dict().items():
-        state[VAE_PREFIX + video_vae.original_name(name)] = value.to(torch.float16)
+    if version == "0.9.1":
+        vae.decoder.timestep_scale_multiplier.data.fill_(1000.0)  # the real files' value
+    state = {VAE_PREFIX + video_vae.original_name(k, version): v.to(torch.float16) for k, v in vae.state_dict().items()}
     # The other statistics real files carry (unused by the decoder; ComfyUI loads them).
     stats = f"{VAE_PREFIX}per_channel_statistics."
     state[stats + "channel"] = torch.arange(video_vae.LATENT_CHANNELS, dtype=torch.float16)
     state[stats + "mean-of-stds"] = torch.ones(video_vae.LATENT_CHANNELS, dtype=torch.float16)
     state[stats + "mean-of-stds_over_std-of-means"] = (1.0 / vae.latents_std).to(torch.float16)
-    written = [_save(state, root / NAMES["checkpoint"])]
+    return state
+
+
+def write_tiny_ltxv(root: Path, seed: int = 0) -> list[Path]:
+    from comfyd.models import tiny
+
+    net = tiny.random_module(transformer.empty_transformer(TINY_TRANSFORMER), seed, "ltxv-transformer")
+    unet = {UNET_PREFIX + transformer.original_name(k): v for k, v in net.state_dict().items()}
+    written = [
+        _save({**unet, **_vae_state(seed, "0.9")}, root / NAMES["checkpoint"]),
+        _save({**unet, **_vae_state(seed, "0.9.1")}, root / NAMES["checkpoint_091"]),
+    ]
     t5 = tiny.random_module(t5_encoder.empty_encoder(TINY_T5), seed, "ltxv-t5xxl")
     t5_state = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
     written.append(_save(t5_state, root / NAMES["t5xxl"]))

@@ -1,5 +1,5 @@
-"""The LTX-Video 0.9 video VAE (`vae.*` in ltx-video-2b-v0.9.safetensors, ComfyUI's
-comfy/ldm/lightricks/vae, its "version 0") onto diffusers' `AutoencoderKLLTXVideo`.
+"""The LTX-Video 0.9 and 0.9.1 video VAEs (`vae.*` in ltx-video-2b-v0.9 / -v0.9.1.safetensors,
+ComfyUI's comfy/ldm/lightricks/vae, its versions 0 and 1) onto diffusers' `AutoencoderKLLTXVideo`.
 
 Stored layout: `encoder.conv_in.conv`, `encoder.down_blocks.{0..9}` (residual stacks, 2x2x2
 compressions `conv.conv`, a channel-doubling residual block), `encoder.conv_out.conv`, the
@@ -12,8 +12,11 @@ channel ((mean - mean-of-means) / std-of-means, inside the VAE), so the sampler 
 (latent format scale 1, no shift). Decoding un-normalises, then runs the decoder with
 reflect-padded spatial convolutions (ComfyUI's default for this decoder; diffusers pads with
 zeros). Encoding takes 1 + 8k frames and gives 1 + k latent frames, 32x smaller spatially.
-The 0.9.1 and 0.9.5 VAEs (timestep-conditioned decoders that add random noise while decoding)
-are refused.
+0.9.1's decoder (told by its `last_time_embedder`) has residual upsamplers that halve the width,
+injects noise into its residual stages and is conditioned on timestep 0.05; ComfyUI also mixes
+2.5% fresh noise into the latent first, all from torch's global generator, unseeded: comfyd does
+the same, so its decode is as random as ComfyUI's (and equal to it under the same torch seed).
+0.9.5 and later VAEs are refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from comfyd.models.keymap import Source
 
 MARKER = "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight"
 LATENT_CHANNELS = 128
+DECODE_TIMESTEP, DECODE_NOISE = 0.05, 0.025  # ComfyUI's VideoVAE.decode defaults
 SPATIAL = 32
 TEMPORAL = 8
 _LATER_VERSIONS = ("decoder.last_time_embedder.timestep_embedder.linear_1.weight", "decoder.timestep_scale_multiplier")
@@ -37,6 +41,7 @@ _LATER_VERSIONS = ("decoder.last_time_embedder.timestep_embedder.linear_1.weight
 # mid, decoder mid and up stages 0-3.
 _ENCODER_STAGES = (0, 3, 6, 8, 9)
 _DECODER_STAGES = (9, 6, 3, 1, 0)  # diffusers' order: up stage 3 ... up stage 0, mid
+_DECODER_STAGES_091 = (6, 4, 2, 0)  # 0.9.1: up stage 2 ... up stage 0, mid
 
 
 def is_ltxv_vae(keys: set[str], prefix: str = "") -> bool:
@@ -49,22 +54,26 @@ def _count(shapes: Mapping[str, Any], stem: str) -> int:
     return len(found)
 
 
+def version(shapes: Mapping[str, Any], prefix: str = "") -> str:
+    """"0.9" or "0.9.1" (timestep-conditioned decoder); later VAEs are refused."""
+    if f"{prefix}encoder.down_blocks.1.conv.conv.bias" in shapes or (
+        shapes.get(f"{prefix}encoder.conv_out.conv.weight", (0, 0))[1] == 2048
+    ):
+        raise ValueError("this LTX-Video VAE is a 0.9.5 or later one; the 0.9 and 0.9.1 VAEs are supported")
+    return "0.9.1" if any(prefix + key in shapes for key in _LATER_VERSIONS) else "0.9"
+
+
 def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dict[str, Any]:
-    if any(prefix + key in shapes for key in _LATER_VERSIONS):
-        raise ValueError(
-            "this LTX-Video VAE is a 0.9.1 or later one (timestep-conditioned decoder); only the 0.9 VAE "
-            "is supported yet"
-        )
-    if shapes.get(f"{prefix}encoder.conv_out.conv.weight", (0, 0))[1] == 2048:
-        raise ValueError("this LTX-Video VAE is a 0.9.5 or later one; only the 0.9 VAE is supported yet")
+    which = version(shapes, prefix)
     base = shapes[f"{prefix}encoder.conv_in.conv.weight"][0]
     patch = int(round((shapes[f"{prefix}encoder.conv_in.conv.weight"][1] / 3) ** 0.5))
     encoder = tuple(_count(shapes, f"{prefix}encoder.down_blocks.{i}") for i in _ENCODER_STAGES)
-    decoder = tuple(_count(shapes, f"{prefix}decoder.up_blocks.{i}") for i in _DECODER_STAGES)
+    stages = _DECODER_STAGES if which == "0.9" else _DECODER_STAGES_091
+    decoder = tuple(_count(shapes, f"{prefix}decoder.up_blocks.{i}") for i in stages)
     if 0 in encoder or 0 in decoder:
-        raise ValueError("not an LTX-Video 0.9 VAE: a residual stage is missing")
+        raise ValueError(f"not an LTX-Video {which} VAE: a residual stage is missing")
     widths = (base, 2 * base, 4 * base, 4 * base)
-    return {
+    config = {
         "in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
         "block_out_channels": widths, "decoder_block_out_channels": widths,
         "layers_per_block": encoder,
@@ -75,6 +84,17 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
         "timestep_conditioning": False, "patch_size": patch, "patch_size_t": 1, "resnet_norm_eps": 1e-6,
         "scaling_factor": 1.0, "encoder_causal": True, "decoder_causal": False,
     }  # fmt: skip
+    if which == "0.9.1":
+        # Three residual 2x2x2 upsamplers halving the width, noise injected into the residual
+        # stages that have a per-channel noise scale, a timestep-conditioned decoder.
+        inject = tuple(f"{prefix}decoder.up_blocks.{i}.res_blocks.0.per_channel_scale1" in shapes for i in stages)
+        config.update(
+            decoder_block_out_channels=(2 * base, 4 * base, 8 * base),
+            decoder_spatio_temporal_scaling=(True, True, True),
+            decoder_inject_noise=inject, upsample_residual=(True, True, True), upsample_factor=(2, 2, 2),
+            timestep_conditioning=True,
+        )  # fmt: skip
+    return config
 
 
 def diffusers_names(original: list[str]) -> dict[str, str]:
@@ -135,7 +155,14 @@ class LtxvVideoVae(nn.Module):
 
     def decode(self, z: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
         mean, std = self._stats(z)
-        return (self.vae.decoder(z * std + mean, None),)
+        if not self.vae.config.timestep_conditioning:
+            return (self.vae.decoder(z * std + mean, None),)
+        # 0.9.1: as ComfyUI, a little fresh noise on the latent (from torch's global generator,
+        # unseeded there too) and the decoder conditioned on timestep 0.05; its residual stages
+        # add their own noise.
+        z = torch.randn_like(z) * DECODE_NOISE + (1.0 - DECODE_NOISE) * z
+        timestep = torch.full((z.shape[0],), DECODE_TIMESTEP, dtype=z.dtype, device=z.device)
+        return (self.vae.decoder(z * std + mean, timestep),)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if (x.shape[2] - 1) % TEMPORAL:
@@ -147,12 +174,18 @@ class LtxvVideoVae(nn.Module):
         return (moments[:, :LATENT_CHANNELS] - mean) / std
 
 
-def original_name(name: str) -> str:
-    """The stored name of an AutoencoderKLLTXVideo (0.9 layout) parameter, for the tiny writer."""
+def original_name(name: str, version: str = "0.9") -> str:
+    """The stored name of an AutoencoderKLLTXVideo parameter of the 0.9 or 0.9.1 layout, for the
+    tiny writer."""
     if name in _STATISTICS:
         return _STATISTICS[name]
     side, rest = name.split(".", 1)
-    for ours, theirs in _STAGES[side]:
+    if version == "0.9.1" and side == "decoder":
+        for ours, theirs in (("time_embedder.", "last_time_embedder."), ("scale_shift_table", "last_scale_shift_table")):
+            if rest.startswith(ours):
+                return f"decoder.{theirs}{rest[len(ours) :]}"
+    stages = _STAGES_091 if version == "0.9.1" and side == "decoder" else _STAGES[side]
+    for ours, theirs in stages:
         if rest.startswith(ours + "."):
             rest = theirs + rest[len(ours) :]
             break
@@ -178,3 +211,8 @@ _STAGES = {
         ("up_blocks.1", "up_blocks.3"), ("up_blocks.2", "up_blocks.6"), ("up_blocks.3", "up_blocks.9"),
     ),
 }  # fmt: skip
+_STAGES_091 = (
+    ("up_blocks.0.upsamplers.0", "up_blocks.1"), ("up_blocks.1.upsamplers.0", "up_blocks.3"),
+    ("up_blocks.2.upsamplers.0", "up_blocks.5"), ("mid_block", "up_blocks.0"), ("up_blocks.0", "up_blocks.2"),
+    ("up_blocks.1", "up_blocks.4"), ("up_blocks.2", "up_blocks.6"),
+)  # fmt: skip
