@@ -108,6 +108,9 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         for s in SIGMAS:
             out[f"v{s}"] = net(data["x"], torch.tensor([s]), data["context"], added_cond_kwargs=base)[0]
+        causal = causal_checkpoint(root, work)  # the file's metadata config turns the causal fix on
+        _, causal_net, _, _, _ = standalone.load_split_family_checkpoint(causal, plan, False)
+        out["v_causal"] = causal_net(data["x"], torch.tensor([SIGMAS[1]]), data["context"], added_cond_kwargs=base)[0]
         masked = {**base, "denoise_mask": data["denoise"]}
         out["v_i2v"] = net(data["x"], torch.tensor([SIGMAS[1]]), data["context"], added_cond_kwargs=masked)[0]
         out["frames"] = vae.decode(data["z"])[0].clamp(-1, 1)
@@ -126,6 +129,18 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         out[f"table{i}"] = ExpTimeShiftSchedule(shift=token_shift(tokens, high, low)).sigmas
     (work / "t5_tiny.json").write_text(json.dumps(dict(_ltxv_tiny.TINY_T5, model_type="t5")))
     return out
+
+
+def causal_checkpoint(root: Path, work: Path) -> Path:
+    """The tiny checkpoint again, with a metadata config asking for causal temporal positions
+    (as LTX-Video 0.9.5+ files carry one)."""
+    from comfyd.models.families import _ltxv_tiny
+
+    target = work / "causal" / "comfyd-tiny-ltxv-causal.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    config = {"transformer": {"causal_temporal_positioning": True}}
+    save_file(load_file(str(root / _ltxv_tiny.NAMES["checkpoint"])), str(target), metadata={"config": json.dumps(config)})
+    return target
 
 
 def comfyd_sampling(root: Path, work: Path, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -201,6 +216,12 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
     with torch.no_grad():
         for s in SIGMAS:
             out[f"v{s}"] = model(data["x"], torch.tensor([s]), data["context"], data["mask"], frame_rate=FRAME_RATE)
+        causal = LTXVModel(in_channels=128, cross_attention_dim=128, attention_head_dim=4, num_attention_heads=32,
+                           caption_channels=32, num_layers=2, causal_temporal_positioning=True,
+                           operations=comfy.ops.disable_weight_init)  # fmt: skip
+        causal.load_state_dict(unet, strict=True)
+        out["v_causal"] = causal.eval()(data["x"], torch.tensor([SIGMAS[1]]), data["context"], data["mask"],
+                                        frame_rate=FRAME_RATE)  # fmt: skip
         # model_base.LTXV.process_timestep: the denoise mask times sigma, one timestep per token.
         per_token = model.patchifier.patchify(data["denoise"] * torch.tensor([SIGMAS[1]]).view(1, 1, 1, 1, 1))[0]
         out["v_i2v"] = model(data["x"], per_token, data["context"], data["mask"], frame_rate=FRAME_RATE)
@@ -290,7 +311,7 @@ def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) ->
 
     from comfyd.models.families import _ltxv_tiny
 
-    wanted = ("v1", "v0", "v_i2v", "sched", "cond", "tokens", "sampled")
+    wanted = ("v1", "v0", "v_i2v", "v_causal", "sched", "cond", "tokens", "sampled")
     keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(wanted)}
     keep["encoded"] = theirs["encoded"].float().contiguous()
     for key in ("frames", "frames_091"):
@@ -330,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = load_file(str(work / "comfyui.safetensors"))
     if args.save_reference is not None:
         save_reference(theirs, work, args.save_reference)
-    for case in [*(f"v{s}" for s in SIGMAS), "v_i2v"]:
+    for case in [*(f"v{s}" for s in SIGMAS), "v_i2v", "v_causal"]:
         a, b = ours[case], theirs[case]
         print(f"RESULT transformer_{case}_max_rel_diff={float((a - b).abs().max() / b.std()):.3g}")
     print(f"RESULT vae_frames={tuple(ours['frames'].shape)} comfyui_frames={tuple(theirs['frames'].shape)}")

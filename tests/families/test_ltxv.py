@@ -117,6 +117,12 @@ def test_transformer_vae_and_text_match_comfyuis_modules(ltxv_models: Path) -> N
         i2v = {**base, "denoise_mask": data["denoise"]}
         ours = net(data["x"], torch.tensor([parity.SIGMAS[1]]), data["context"], added_cond_kwargs=i2v)[0]
         assert float((ours - reference["v_i2v"]).abs().max() / reference["v_i2v"].std()) < 1e-4
+        # A metadata config asking for causal temporal positions (0.9.5+ files carry one) is read.
+        causal = parity.causal_checkpoint(ltxv_models, ltxv_models.parent / "causal")
+        _, causal_net, _, _, _ = standalone.load_split_family_checkpoint(causal, plan, False)
+        ours = causal_net(data["x"], torch.tensor([parity.SIGMAS[1]]), data["context"], added_cond_kwargs=base)[0]
+        assert float((ours - reference["v_causal"]).abs().max() / reference["v_causal"].std()) < 1e-4
+        assert float((reference["v_causal"] - reference[f"v{parity.SIGMAS[1]}"]).abs().max()) > 1e-3
         # Per-token timesteps matter: without the mask the first frame's velocity differs.
         plain = net(data["x"], torch.tensor([parity.SIGMAS[1]]), data["context"], added_cond_kwargs=base)[0]
         assert float((plain - reference["v_i2v"])[:, :, 0].abs().max()) > 1e-2

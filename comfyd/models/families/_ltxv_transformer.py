@@ -20,6 +20,7 @@ timestep 0. The text's attention mask (T5 padding) masks the cross-attention.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +31,7 @@ from torch import nn
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
 
-HEADS = 32  # ComfyUI's detection: attention_head_dim = width // 32
+HEADS = 32  # ComfyUI's detection: attention_head_dim = width // 32 (unless the file's config says)
 SCALE_FACTORS = (8, 32, 32)  # the VAE's frames / rows / columns per latent cell
 DEFAULT_FRAME_RATE = 25.0
 MARKER_KEYS = ("adaln_single.emb.timestep_embedder.linear_1.bias", "transformer_blocks.0.attn2.to_k.weight",
@@ -63,20 +64,39 @@ def diffusers_names(original: list[str]) -> dict[str, str]:
     return dict(convert_ltx_transformer_checkpoint_to_diffusers({k: k for k in original}))
 
 
-def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
-    """diffusers LTXVideoTransformer3DModel config of the transformer stored under `prefix`."""
+def file_config(path: Any) -> dict[str, Any]:
+    """The `transformer` part of the config a safetensors file's metadata carries (LTX-Video's
+    files may; ComfyUI reads it over its detection), {} without one."""
+    from comfyd.models.header_probe import HeaderError, read_header
+
+    try:
+        metadata = read_header(path).metadata if str(path).endswith(".safetensors") else {}
+        config = json.loads(metadata.get("config", "{}")).get("transformer", {})
+    except (HeaderError, OSError, ValueError, AttributeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def infer_config(
+    shapes: Mapping[str, tuple[int, ...]], prefix: str, declared: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """diffusers LTXVideoTransformer3DModel config of the transformer stored under `prefix`;
+    `declared`: the file's metadata config, whose head layout wins, as in ComfyUI."""
     width, context_dim = shapes[f"{prefix}transformer_blocks.0.attn2.to_k.weight"]
     blocks = {int(m.group(1)) for k in shapes if (m := _BLOCK.match(k[len(prefix) :]))}
     in_channels = shapes[f"{prefix}patchify_proj.weight"][1]
-    if width % HEADS:
-        raise ValueError(f"an LTX-Video transformer {width} wide cannot have {HEADS} heads")
+    declared = declared or {}
+    heads = int(declared.get("num_attention_heads", HEADS))
+    head_dim = int(declared.get("attention_head_dim", width // heads if width % heads == 0 else 0))
+    if heads * head_dim != width:
+        raise ValueError(f"an LTX-Video transformer {width} wide cannot have {heads} heads")
     return {
         "in_channels": in_channels,
         "out_channels": shapes[f"{prefix}proj_out.weight"][0],
         "patch_size": 1,
         "patch_size_t": 1,
-        "num_attention_heads": HEADS,
-        "attention_head_dim": width // HEADS,
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
         "cross_attention_dim": context_dim,
         "num_layers": len(blocks),
         "caption_channels": shapes[f"{prefix}caption_projection.linear_1.weight"][1],
@@ -131,7 +151,8 @@ def token_timesteps(timestep: torch.Tensor, denoise_mask: torch.Tensor | None, t
 class LtxvNetwork(TransformerNetwork):
     """The UNet-shaped call around an LTXVideoTransformer3DModel (see the module docstring)."""
 
-    causal_temporal_positioning = False  # ComfyUI's default for files without a config
+    # ComfyUI's default for files without a metadata config; 0.9.5+ files set it there.
+    causal_temporal_positioning = False
 
     def forward(
         self,

@@ -102,13 +102,16 @@ class Ltxv(Family):
         from comfyd.models.loader import materialize
 
         storage = storage_dtype(weight_dtype)
-        config = transformer.infer_config(tf.shapes(), prefix)
+        declared = transformer.file_config(tf.path)
+        config = transformer.infer_config(tf.shapes(), prefix, declared)
         net = materialize(
             transformer.empty_transformer(config), transformer.LtxvTranslator(list(tf.keys()), prefix), tf,
             plan.device, plan.unet_dtype, what="LTX-Video transformer",
         )  # fmt: skip
         store_weights(net, storage, plan.unet_dtype)
-        return transformer.LtxvNetwork(net), model_sampling()
+        network = transformer.LtxvNetwork(net)
+        network.causal_temporal_positioning = bool(declared.get("causal_temporal_positioning", False))
+        return network, model_sampling()
 
     def adapt_model_sampling(self, sampling: Any) -> Any:
         # ComfyUI's LTXV model keeps the original latent under a noise mask (its
