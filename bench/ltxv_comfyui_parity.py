@@ -118,6 +118,10 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         *_, vae091 = standalone.load_split_family_checkpoint(root / _ltxv_tiny.NAMES["checkpoint_091"], plan, False)
         torch.manual_seed(SEED)  # 0.9.1 decodes with noise from torch's global generator, as ComfyUI
         out["frames_091"] = vae091.decode(data["z"])[0].clamp(-1, 1)
+        *_, vae095 = standalone.load_split_family_checkpoint(root / _ltxv_tiny.NAMES["checkpoint_095"], plan, False)
+        torch.manual_seed(SEED)
+        out["frames_095"] = vae095.decode(data["z"])[0].clamp(-1, 1)
+        out["encoded_095"] = vae095._encode(data["pixels"])
     out.update(comfyd_sampling(root, work, data))
     _, encoder, _ = standalone.load_text_encoder(root / _ltxv_tiny.NAMES["t5xxl"], plan, False)
     for i, prompt in enumerate(PROMPTS):
@@ -238,6 +242,7 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         out["frames"] = vae.decode(data["z"]).clamp(-1, 1).contiguous()
         out["encoded"] = vae.encode(data["pixels"]).contiguous()
         out["frames_091"] = comfyui_vae_091(work).contiguous()
+        out["frames_095"], out["encoded_095"] = comfyui_vae_095(work)
     out.update(comfyui_sampling(work, unet, vae, data))
     out.update(comfyui_text(work))
     import comfy.model_sampling
@@ -280,6 +285,36 @@ def comfyui_vae_091(work: Path) -> torch.Tensor:
         return vae.decode(data["z"]).clamp(-1, 1)
 
 
+def comfyui_vae_095(work: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's 0.9.5 ("version 2") VAE at the tiny width: decode (timestep 0.05, 2.5% fresh noise
+    from the seeded global generator) and encode (residual space / time / all compressions)."""
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import Decoder, Encoder, VideoVAE, processor
+
+    data = load_file(str(work / "inputs.safetensors"))
+    state = load_file(str(work / "models/checkpoints/comfyd-tiny-ltxv-0.9.5.safetensors"))
+    res = {"num_layers": 1}
+    encoder_blocks = [("res_x", res), ("compress_space_res", {"multiplier": 2}), ("res_x", res),
+                      ("compress_time_res", {"multiplier": 2}), ("res_x", res), ("compress_all_res", {"multiplier": 2}),
+                      ("res_x", res), ("compress_all_res", {"multiplier": 2}), ("res_x", res)]  # fmt: skip
+    up = ("compress_all", {"residual": True, "multiplier": 2})
+    plain = ("res_x", {"num_layers": 1, "inject_noise": False})
+    vae = VideoVAE.__new__(VideoVAE)
+    torch.nn.Module.__init__(vae)
+    vae.timestep_conditioning = True
+    vae.encoder = Encoder(dims=3, in_channels=3, out_channels=128, blocks=encoder_blocks, base_channels=8,
+                          patch_size=4, norm_layer="pixel_norm", latent_log_var="uniform")  # fmt: skip
+    vae.decoder = Decoder(dims=3, in_channels=128, out_channels=3, blocks=[plain, up, plain, up, plain, up, plain],
+                          base_channels=8, patch_size=4, norm_layer="pixel_norm", causal=False,
+                          timestep_conditioning=True, spatial_padding_mode="reflect")  # fmt: skip
+    vae.per_channel_statistics = processor()
+    vae.load_state_dict({k[4:]: v.float() for k, v in state.items() if k.startswith("vae.")}, strict=True)
+    vae.eval()
+    with torch.no_grad():
+        torch.manual_seed(SEED)
+        frames = vae.decode(data["z"]).clamp(-1, 1).contiguous()
+        return frames, vae.encode(data["pixels"]).contiguous()
+
+
 def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
     """ComfyUI's LTXV tokenizer and a T5 SDClipModel with LTXV's settings (comfy/text_encoders/lt.py
     and genmo.py: attention mask used and returned, not zeroed), built from the tiny config."""
@@ -314,7 +349,8 @@ def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) ->
     wanted = ("v1", "v0", "v_i2v", "v_causal", "sched", "cond", "tokens", "sampled")
     keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(wanted)}
     keep["encoded"] = theirs["encoded"].float().contiguous()
-    for key in ("frames", "frames_091"):
+    keep["encoded_095"] = theirs["encoded_095"].float().contiguous()
+    for key in ("frames", "frames_091", "frames_095"):
         keep[f"{key}_u8"] = torch.clamp((theirs[key] + 1) / 2 * 255, 0, 255).to(torch.uint8).contiguous()
     digests = {
         name: hashlib.sha256((work / "models" / rel).read_bytes()).hexdigest() for name, rel in _ltxv_tiny.NAMES.items()
@@ -358,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT vae_decode_psnr_db={psnr_8bit(ours['frames'], theirs['frames']):.2f}")
     print(f"RESULT vae_091_decode_psnr_db={psnr_8bit(ours['frames_091'], theirs['frames_091']):.2f} "
           f"frames={tuple(ours['frames_091'].shape)}")  # fmt: skip
+    enc095 = float((ours["encoded_095"] - theirs["encoded_095"]).abs().max() / theirs["encoded_095"].std())
+    print(f"RESULT vae_095_decode_psnr_db={psnr_8bit(ours['frames_095'], theirs['frames_095']):.2f} "
+          f"vae_095_encode_max_rel_diff={enc095:.3g}")  # fmt: skip
     enc_diff = float((ours["encoded"] - theirs["encoded"]).abs().max() / theirs["encoded"].std())
     print(f"RESULT vae_encode_max_rel_diff={enc_diff:.3g}")
     for name in ("t2v", "i2v"):

@@ -69,21 +69,31 @@ def test_vae_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
         assert key in stored, key
     shapes = {k: tuple(vae.state_dict()[v].shape) for k, v in stored.items()}
     assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config()
-    later = {**shapes, "encoder.down_blocks.1.conv.conv.bias": (1,)}
-    with pytest.raises(ValueError, match="0.9.5 or later"):
-        _ltxv_vae.infer_config(later)
+    missing = {k: v for k, v in shapes.items() if ".down_blocks.3." not in k}
+    with pytest.raises(ValueError, match="a residual stage is missing"):
+        _ltxv_vae.infer_config(missing)
 
 
-def test_091_vae_names_are_comfyuis_and_invert_diffusers_conversion() -> None:
-    vae = _ltxv_vae.empty_vae(_ltxv_tiny.tiny_vae_config("0.9.1"))
-    stored = {_ltxv_vae.original_name(n, "0.9.1"): n for n in vae.state_dict()}
+@pytest.mark.parametrize(
+    ("version", "keys"),
+    [
+        ("0.9.1", ("decoder.last_time_embedder.timestep_embedder.linear_1.weight", "decoder.last_scale_shift_table",
+                   "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_2.bias",
+                   "decoder.up_blocks.1.conv.conv.weight", "decoder.up_blocks.2.res_blocks.0.per_channel_scale1",
+                   "decoder.timestep_scale_multiplier")),
+        ("0.9.5", ("encoder.down_blocks.1.conv.conv.bias", "encoder.down_blocks.8.res_blocks.0.conv1.conv.weight",
+                   "decoder.last_scale_shift_table", "decoder.up_blocks.6.res_blocks.0.conv2.conv.weight")),
+    ],
+)  # fmt: skip
+def test_later_vae_names_are_comfyuis_and_invert_diffusers_conversion(version: str, keys: tuple[str, ...]) -> None:
+    vae = _ltxv_vae.empty_vae(_ltxv_tiny.tiny_vae_config(version))
+    stored = {_ltxv_vae.original_name(n, version): n for n in vae.state_dict()}
     assert _ltxv_vae.diffusers_names(list(stored)) == {v: k for k, v in stored.items()}
-    for key in ("decoder.last_time_embedder.timestep_embedder.linear_1.weight", "decoder.last_scale_shift_table",
-                "decoder.up_blocks.0.time_embedder.timestep_embedder.linear_2.bias", "decoder.up_blocks.1.conv.conv.weight",
-                "decoder.up_blocks.2.res_blocks.0.per_channel_scale1", "decoder.timestep_scale_multiplier"):  # fmt: skip
+    for key in keys:
         assert key in stored, key
     shapes = {k: tuple(vae.state_dict()[v].shape) for k, v in stored.items()}
-    assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config("0.9.1")
+    assert _ltxv_vae.version(shapes) == version
+    assert _ltxv_vae.infer_config(shapes) == _ltxv_tiny.tiny_vae_config(version)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +184,25 @@ def test_091_vae_decode_matches_comfyuis_with_the_same_noise(ltxv_models: Path) 
         assert _psnr(vae.decode(z)[0].clamp(-1, 1), reference["frames_091_u8"]) >= 40.0
         torch.manual_seed(parity.SEED + 1)  # other noise, other frames: the noise is really drawn
         assert _psnr(vae.decode(z)[0].clamp(-1, 1), reference["frames_091_u8"]) < 40.0
+
+
+@pytest.mark.slow
+def test_095_vae_decode_and_encode_match_comfyuis(ltxv_models: Path) -> None:
+    """0.9.5: residual space / time / 2x2x2 compressions in the encoder, 0.9.1's decoder without
+    injected noise (ComfyUI's version 2); the file's metadata asks for causal time positions."""
+    import bench.ltxv_comfyui_parity as parity
+
+    reference, _ = _reference()
+    _, net, _, _, vae = standalone.load_split_family_checkpoint(
+        ltxv_models / _ltxv_tiny.NAMES["checkpoint_095"], compute_plan("cpu", "fp32"), False
+    )
+    assert net.causal_temporal_positioning
+    data = parity.inputs()
+    with torch.no_grad():
+        torch.manual_seed(parity.SEED)
+        assert _psnr(vae.decode(data["z"])[0].clamp(-1, 1), reference["frames_095_u8"]) >= 40.0
+        encoded = vae._encode(data["pixels"])
+    assert float((encoded - reference["encoded_095"]).abs().max() / reference["encoded_095"].std()) < 1e-4
 
 
 def _decode_mp4(path: Path) -> np.ndarray:

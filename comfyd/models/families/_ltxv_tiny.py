@@ -1,7 +1,8 @@
 """Tiny random-weight LTX-Video files in ComfyUI's layout (tests, demo; `comfyd models make-tiny
---family ltxv`): two all-in-one checkpoints in `checkpoints/` (the transformer under
-`model.diffusion_model.`, the 0.9 or the 0.9.1 video VAE under `vae.`, no text encoder, as
-ltx-video-2b-v0.9.safetensors and -v0.9.1) and a T5 encoder in `text_encoders/` (CLIPLoader, type ltxv).
+--family ltxv`): three all-in-one checkpoints in `checkpoints/` (the transformer under
+`model.diffusion_model.`, the 0.9, 0.9.1 or 0.9.5 video VAE under `vae.`, no text encoder, as
+ltx-video-2b-v0.9.safetensors, -v0.9.1 and -v0.9.5; the 0.9.5 one with the metadata config
+asking for causal time positions) and a T5 encoder in `text_encoders/` (CLIPLoader, type ltxv).
 
 The transformer keeps ComfyUI's 32 heads (at 4 channels each), two blocks and the 128 latent
 channels; the VAE keeps the 0.9 structure (patch 4, three 2x2x2 compressions, 32x spatial and 8x
@@ -11,6 +12,7 @@ The T5 encoder has the real 32128-token vocabulary (comfyd's shipped tokenizer) 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -35,9 +37,11 @@ TINY_VAE_BASE = 8
 NAMES = {
     "checkpoint": "checkpoints/comfyd-tiny-ltxv.safetensors",
     "checkpoint_091": "checkpoints/comfyd-tiny-ltxv-0.9.1.safetensors",
+    "checkpoint_095": "checkpoints/comfyd-tiny-ltxv-0.9.5.safetensors",
     "t5xxl": "text_encoders/comfyd-tiny-ltxv-t5xxl.safetensors",
 }
 UNET_PREFIX = "model.diffusion_model."
+CAUSAL_METADATA = {"config": json.dumps({"transformer": {"causal_temporal_positioning": True}})}
 VAE_PREFIX = "vae."
 
 
@@ -52,7 +56,8 @@ def tiny_vae_config(version: str = "0.9") -> dict[str, object]:
         "decoder_inject_noise": (False,) * 5, "upsample_residual": (False,) * 4, "upsample_factor": (1,) * 4,
         "timestep_conditioning": False, "patch_size": 4, "patch_size_t": 1, "resnet_norm_eps": 1e-6,
         "scaling_factor": 1.0, "encoder_causal": True, "decoder_causal": False,
-        **(_TINY_091_DECODER if version == "0.9.1" else {}),
+        **(_TINY_091_DECODER if version in ("0.9.1", "0.9.5") else {}),
+        **(_TINY_095 if version == "0.9.5" else {}),
     }  # fmt: skip
 
 
@@ -64,11 +69,19 @@ _TINY_091_DECODER = {
     "decoder_inject_noise": (True, True, True, False), "upsample_residual": (True, True, True),
     "upsample_factor": (2, 2, 2), "timestep_conditioning": True,
 }  # fmt: skip
+# 0.9.5: residual space, time and two 2x2x2 compressions in the encoder, each doubling the width;
+# 0.9.1's decoder without injected noise.
+_TINY_095 = {
+    "block_out_channels": tuple(TINY_VAE_BASE * m for m in (1, 2, 4, 8, 16)),
+    "down_block_types": ("LTXVideo095DownBlock3D",) * 4, "spatio_temporal_scaling": (True,) * 4,
+    "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+    "decoder_inject_noise": (False,) * 4, "spatial_compression_ratio": 32, "temporal_compression_ratio": 8,
+}  # fmt: skip
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path
 
 
@@ -80,7 +93,7 @@ def _vae_state(seed: int, version: str) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed + 7)
     vae.latents_mean.copy_(torch.randn(video_vae.LATENT_CHANNELS, generator=generator) * 0.2)
     vae.latents_std.copy_(torch.rand(video_vae.LATENT_CHANNELS, generator=generator) * 0.5 + 0.5)
-    if version == "0.9.1":
+    if version != "0.9":
         vae.decoder.timestep_scale_multiplier.data.fill_(1000.0)  # the real files' value
     state = {VAE_PREFIX + video_vae.original_name(k, version): v.to(torch.float16) for k, v in vae.state_dict().items()}
     # The other statistics real files carry (unused by the decoder; ComfyUI loads them).
@@ -99,6 +112,8 @@ def write_tiny_ltxv(root: Path, seed: int = 0) -> list[Path]:
     written = [
         _save({**unet, **_vae_state(seed, "0.9")}, root / NAMES["checkpoint"]),
         _save({**unet, **_vae_state(seed, "0.9.1")}, root / NAMES["checkpoint_091"]),
+        # 0.9.5 files say in their metadata that positions are causal in time, as ComfyUI reads it.
+        _save({**unet, **_vae_state(seed, "0.9.5")}, root / NAMES["checkpoint_095"], CAUSAL_METADATA),
     ]
     t5 = tiny.random_module(t5_encoder.empty_encoder(TINY_T5), seed, "ltxv-t5xxl")
     t5_state = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}

@@ -1,5 +1,6 @@
-"""The LTX-Video 0.9 and 0.9.1 video VAEs (`vae.*` in ltx-video-2b-v0.9 / -v0.9.1.safetensors,
-ComfyUI's comfy/ldm/lightricks/vae, its versions 0 and 1) onto diffusers' `AutoencoderKLLTXVideo`.
+"""The LTX-Video 0.9, 0.9.1 and 0.9.5 video VAEs (`vae.*` in ltx-video-2b-v0.9 / -v0.9.1 /
+-v0.9.5.safetensors, ComfyUI's comfy/ldm/lightricks/vae, its versions 0, 1 and 2) onto diffusers'
+`AutoencoderKLLTXVideo`.
 
 Stored layout: `encoder.conv_in.conv`, `encoder.down_blocks.{0..9}` (residual stacks, 2x2x2
 compressions `conv.conv`, a channel-doubling residual block), `encoder.conv_out.conv`, the
@@ -16,7 +17,9 @@ zeros). Encoding takes 1 + 8k frames and gives 1 + k latent frames, 32x smaller 
 injects noise into its residual stages and is conditioned on timestep 0.05; ComfyUI also mixes
 2.5% fresh noise into the latent first, all from torch's global generator, unseeded: comfyd does
 the same, so its decode is as random as ComfyUI's (and equal to it under the same torch seed).
-0.9.5 and later VAEs are refused.
+0.9.5's (told by its residual compressions, `encoder.down_blocks.1.conv.conv`) encoder compresses
+space, time and both twice, doubling the width each time; its decoder is 0.9.1's without injected
+noise. Anything else fails to load with the tensors it lacks.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ _LATER_VERSIONS = ("decoder.last_time_embedder.timestep_embedder.linear_1.weight
 # mid, decoder mid and up stages 0-3.
 _ENCODER_STAGES = (0, 3, 6, 8, 9)
 _DECODER_STAGES = (9, 6, 3, 1, 0)  # diffusers' order: up stage 3 ... up stage 0, mid
-_DECODER_STAGES_091 = (6, 4, 2, 0)  # 0.9.1: up stage 2 ... up stage 0, mid
+_DECODER_STAGES_091 = (6, 4, 2, 0)  # 0.9.1 and 0.9.5: up stage 2 ... up stage 0, mid
+_ENCODER_STAGES_095 = (0, 2, 4, 6, 8)  # 0.9.5: down stages 0-3 and mid
 
 
 def is_ltxv_vae(keys: set[str], prefix: str = "") -> bool:
@@ -55,11 +59,10 @@ def _count(shapes: Mapping[str, Any], stem: str) -> int:
 
 
 def version(shapes: Mapping[str, Any], prefix: str = "") -> str:
-    """"0.9" or "0.9.1" (timestep-conditioned decoder); later VAEs are refused."""
-    if f"{prefix}encoder.down_blocks.1.conv.conv.bias" in shapes or (
-        shapes.get(f"{prefix}encoder.conv_out.conv.weight", (0, 0))[1] == 2048
-    ):
-        raise ValueError("this LTX-Video VAE is a 0.9.5 or later one; the 0.9 and 0.9.1 VAEs are supported")
+    """"0.9", "0.9.1" (timestep-conditioned decoder) or "0.9.5" (residual space / time / all
+    compressions in the encoder, ComfyUI's version 2)."""
+    if f"{prefix}encoder.down_blocks.1.conv.conv.bias" in shapes:
+        return "0.9.5"
     return "0.9.1" if any(prefix + key in shapes for key in _LATER_VERSIONS) else "0.9"
 
 
@@ -67,7 +70,8 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
     which = version(shapes, prefix)
     base = shapes[f"{prefix}encoder.conv_in.conv.weight"][0]
     patch = int(round((shapes[f"{prefix}encoder.conv_in.conv.weight"][1] / 3) ** 0.5))
-    encoder = tuple(_count(shapes, f"{prefix}encoder.down_blocks.{i}") for i in _ENCODER_STAGES)
+    encoder_stages = _ENCODER_STAGES_095 if which == "0.9.5" else _ENCODER_STAGES
+    encoder = tuple(_count(shapes, f"{prefix}encoder.down_blocks.{i}") for i in encoder_stages)
     stages = _DECODER_STAGES if which == "0.9" else _DECODER_STAGES_091
     decoder = tuple(_count(shapes, f"{prefix}decoder.up_blocks.{i}") for i in stages)
     if 0 in encoder or 0 in decoder:
@@ -84,7 +88,16 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
         "timestep_conditioning": False, "patch_size": patch, "patch_size_t": 1, "resnet_norm_eps": 1e-6,
         "scaling_factor": 1.0, "encoder_causal": True, "decoder_causal": False,
     }  # fmt: skip
-    if which == "0.9.1":
+    if which == "0.9.5":
+        # Residual 2x (space), 2x (time), 2x2x2, 2x2x2 compressions, each doubling the width.
+        config.update(
+            block_out_channels=(base, 2 * base, 4 * base, 8 * base, 16 * base),
+            down_block_types=("LTXVideo095DownBlock3D",) * 4,
+            spatio_temporal_scaling=(True, True, True, True),
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            spatial_compression_ratio=SPATIAL, temporal_compression_ratio=TEMPORAL,
+        )  # fmt: skip
+    if which in ("0.9.1", "0.9.5"):
         # Three residual 2x2x2 upsamplers halving the width, noise injected into the residual
         # stages that have a per-channel noise scale, a timestep-conditioned decoder.
         inject = tuple(f"{prefix}decoder.up_blocks.{i}.res_blocks.0.per_channel_scale1" in shapes for i in stages)
@@ -100,14 +113,22 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
 def diffusers_names(original: list[str]) -> dict[str, str]:
     from diffusers.loaders.single_file_utils import convert_ltx_vae_checkpoint_to_diffusers
 
-    # The conversion reads one shape (to tell 0.9.5 files apart, refused before this): names
-    # stand in for the tensors, with an empty shape.
-    converted = convert_ltx_vae_checkpoint_to_diffusers({f"vae.{k}": _Name(f"vae.{k}") for k in original})
+    # The conversion tells 0.9.5 files by one tensor's shape (a 2048-wide encoder output): names
+    # stand in for the tensors, with the shape their version has.
+    width = 2048 if "encoder.down_blocks.1.conv.conv.bias" in original else 0
+    converted = convert_ltx_vae_checkpoint_to_diffusers(
+        {f"vae.{k}": _Name(f"vae.{k}", (0, width)) for k in original}
+    )
     return {name: str(stored)[len("vae.") :] for name, stored in converted.items()}
 
 
 class _Name(str):
-    shape = (0, 0)
+    shape: tuple[int, int]
+
+    def __new__(cls, name: str, shape: tuple[int, int]) -> _Name:
+        made = super().__new__(cls, name)
+        made.shape = shape
+        return made
 
 
 class LtxvVaeTranslator:
@@ -180,11 +201,14 @@ def original_name(name: str, version: str = "0.9") -> str:
     if name in _STATISTICS:
         return _STATISTICS[name]
     side, rest = name.split(".", 1)
-    if version == "0.9.1" and side == "decoder":
+    if version in ("0.9.1", "0.9.5") and side == "decoder":
         for ours, theirs in (("time_embedder.", "last_time_embedder."), ("scale_shift_table", "last_scale_shift_table")):
             if rest.startswith(ours):
                 return f"decoder.{theirs}{rest[len(ours) :]}"
-    stages = _STAGES_091 if version == "0.9.1" and side == "decoder" else _STAGES[side]
+    if side == "decoder":
+        stages = _STAGES_091 if version in ("0.9.1", "0.9.5") else _STAGES[side]
+    else:
+        stages = _ENCODER_STAGES_095_NAMES if version == "0.9.5" else _STAGES[side]
     for ours, theirs in stages:
         if rest.startswith(ours + "."):
             rest = theirs + rest[len(ours) :]
@@ -215,4 +239,10 @@ _STAGES_091 = (
     ("up_blocks.0.upsamplers.0", "up_blocks.1"), ("up_blocks.1.upsamplers.0", "up_blocks.3"),
     ("up_blocks.2.upsamplers.0", "up_blocks.5"), ("mid_block", "up_blocks.0"), ("up_blocks.0", "up_blocks.2"),
     ("up_blocks.1", "up_blocks.4"), ("up_blocks.2", "up_blocks.6"),
+)  # fmt: skip
+_ENCODER_STAGES_095_NAMES = (
+    ("down_blocks.0.downsamplers.0", "down_blocks.1"), ("down_blocks.1.downsamplers.0", "down_blocks.3"),
+    ("down_blocks.2.downsamplers.0", "down_blocks.5"), ("down_blocks.3.downsamplers.0", "down_blocks.7"),
+    ("down_blocks.0", "down_blocks.0"), ("down_blocks.1", "down_blocks.2"), ("down_blocks.2", "down_blocks.4"),
+    ("down_blocks.3", "down_blocks.6"), ("mid_block", "down_blocks.8"),
 )  # fmt: skip

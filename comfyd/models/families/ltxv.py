@@ -1,6 +1,6 @@
-"""LTX-Video 0.9 / 0.9.1 (2B): a flow-matching video transformer on a 128-channel latent, T5-XXL.
+"""LTX-Video 0.9 / 0.9.1 / 0.9.5 (2B): a flow-matching video transformer on a 128-channel latent, T5-XXL.
 
-Files, as ComfyUI 0.3.64 loads them: the all-in-one ltx-video-2b-v0.9(.1).safetensors in
+Files, as ComfyUI 0.3.64 loads them: the all-in-one ltx-video-2b-v0.9(.1, .5).safetensors in
 `checkpoints/` (CheckpointLoaderSimple: the transformer under `model.diffusion_model.`,
 `_ltxv_transformer.py`; the video VAE under `vae.`, `_ltxv_vae.py`; no text encoder, so the loader
 gives no CLIP) or the transformer alone in `diffusion_models/` (UNETLoader), and a T5-XXL in
