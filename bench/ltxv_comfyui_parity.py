@@ -64,7 +64,12 @@ def inputs() -> dict[str, torch.Tensor]:
         "pos_mask": (torch.arange(128) < 14).long().unsqueeze(0),
         "neg_mask": (torch.arange(128) < 3).long().unsqueeze(0),
         "start": torch.randn(1, 128, 1, 2, 2, generator=g),
+        "guide_a": torch.rand(1, 64, 64, 3, generator=g),
+        "guide_b": torch.rand(9, 64, 64, 3, generator=g),
     }
+
+
+GUIDES = (("guide_a", 9, 0.8), ("guide_b", 0, 1.0))  # (image, frame_idx, strength), applied in turn
 
 
 def with_sigmas(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,6 +127,7 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         torch.manual_seed(SEED)
         out["frames_095"] = vae095.decode(data["z"])[0].clamp(-1, 1)
         out["encoded_095"] = vae095._encode(data["pixels"])
+    out.update(comfyd_guides(net, vae, data))
     out.update(comfyd_sampling(root, work, data))
     _, encoder, _ = standalone.load_text_encoder(root / _ltxv_tiny.NAMES["t5xxl"], plan, False)
     for i, prompt in enumerate(PROMPTS):
@@ -133,6 +139,30 @@ def comfyd_side(work: Path) -> dict[str, torch.Tensor]:
         out[f"table{i}"] = ExpTimeShiftSchedule(shift=token_shift(tokens, high, low)).sigmas
     (work / "t5_tiny.json").write_text(json.dumps(dict(_ltxv_tiny.TINY_T5, model_type="t5")))
     return out
+
+
+def comfyd_guides(net: torch.nn.Module, vae: torch.nn.Module, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Two LTXVAddGuide nodes on an empty 17-frame latent, then the transformer on the result
+    (keyframe positions and per-token timesteps), then LTXVCropGuides."""
+    from comfyd.models.handles import VaeHandle
+    from comfyd.nodes.conditioning.ltxv_guides import LTXVAddGuide, LTXVCropGuides
+
+    handle = VaeHandle(key="v", family="ltxv", vae=vae, device="cpu", dtype=torch.float32, latent_channels=128,
+                       downscale=32)  # fmt: skip
+    positive = [[data["pos"], {"attention_mask": data["pos_mask"], "frame_rate": FRAME_RATE}]]
+    negative = [[data["neg"], {"attention_mask": data["neg_mask"], "frame_rate": FRAME_RATE}]]
+    latent: dict[str, torch.Tensor] = {"samples": torch.zeros(1, 128, 3, 2, 2)}
+    for name, frame_idx, strength in GUIDES:
+        positive, negative, latent = LTXVAddGuide().run(None, positive, negative, handle, latent, data[name],
+                                                        frame_idx, strength)  # fmt: skip
+    keyframe_idxs = positive[0][1]["keyframe_idxs"]
+    added = {"encoder_attention_mask": data["pos_mask"].float(), "frame_rate": torch.tensor([FRAME_RATE]),
+             "keyframe_idxs": keyframe_idxs.float(), "denoise_mask": latent["noise_mask"].expand(1, 1, -1, 2, 2)}  # fmt: skip
+    with torch.no_grad():
+        velocity = net(latent["samples"], torch.tensor([SIGMAS[1]]), data["pos"], added_cond_kwargs=added)[0]
+    _, _, cropped = LTXVCropGuides().run(None, positive, negative, latent)
+    return {"guide_samples": latent["samples"], "guide_mask": latent["noise_mask"], "guide_idxs": keyframe_idxs,
+            "guide_velocity": velocity, "guide_cropped": cropped["samples"]}  # fmt: skip
 
 
 def causal_checkpoint(root: Path, work: Path) -> Path:
@@ -243,6 +273,7 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         out["encoded"] = vae.encode(data["pixels"]).contiguous()
         out["frames_091"] = comfyui_vae_091(work).contiguous()
         out["frames_095"], out["encoded_095"] = comfyui_vae_095(work)
+    out.update(comfyui_guides(model, vae, data))
     out.update(comfyui_sampling(work, unet, vae, data))
     out.update(comfyui_text(work))
     import comfy.model_sampling
@@ -256,6 +287,35 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         sampling.set_parameters(shift=tokens * slope + (low - slope * 1024))
         out[f"table{i}"] = sampling.sigmas.float().contiguous()
     save_file({k: v.contiguous() for k, v in out.items()}, str(work / "comfyui.safetensors"))
+
+
+def comfyui_guides(model: torch.nn.Module, vae: torch.nn.Module, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's LTXVAddGuide / LTXVCropGuides nodes (with a stand-in for its VAE wrapper: the
+    tiny VideoVAE's encode on the frames as one clip, in -1..1) and its LTXVModel with the
+    keyframe positions and per-token timesteps (model_base.LTXV.process_timestep)."""
+    from comfy_extras.nodes_lt import LTXVAddGuide, LTXVCropGuides
+
+    class Wrapper:
+        downscale_index_formula = (8, 32, 32)
+
+        def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+            return vae.encode(pixels.movedim(-1, 0).unsqueeze(0) * 2 - 1)
+
+    positive = [[data["pos"], {"attention_mask": data["pos_mask"], "frame_rate": FRAME_RATE}]]
+    negative = [[data["neg"], {"attention_mask": data["neg_mask"], "frame_rate": FRAME_RATE}]]
+    latent: dict[str, torch.Tensor] = {"samples": torch.zeros(1, 128, 3, 2, 2)}
+    with torch.no_grad():
+        for name, frame_idx, strength in GUIDES:
+            positive, negative, latent = LTXVAddGuide.execute(positive, negative, Wrapper(), latent, data[name],
+                                                              frame_idx, strength).result  # fmt: skip
+        keyframe_idxs = positive[0][1]["keyframe_idxs"]
+        mask = latent["noise_mask"].expand(1, 1, -1, 2, 2)
+        per_token = model.patchifier.patchify(mask * torch.tensor([SIGMAS[1]]).view(1, 1, 1, 1, 1))[0]
+        velocity = model(latent["samples"], per_token, data["pos"], data["pos_mask"], frame_rate=FRAME_RATE,
+                         keyframe_idxs=keyframe_idxs)  # fmt: skip
+        _, _, cropped = LTXVCropGuides.execute(positive, negative, latent).result
+    return {"guide_samples": latent["samples"], "guide_mask": latent["noise_mask"], "guide_idxs": keyframe_idxs,
+            "guide_velocity": velocity, "guide_cropped": cropped["samples"]}  # fmt: skip
 
 
 def comfyui_vae_091(work: Path) -> torch.Tensor:
@@ -346,7 +406,7 @@ def save_reference(theirs: dict[str, torch.Tensor], work: Path, target: Path) ->
 
     from comfyd.models.families import _ltxv_tiny
 
-    wanted = ("v1", "v0", "v_i2v", "v_causal", "sched", "cond", "tokens", "sampled")
+    wanted = ("v1", "v0", "v_i2v", "v_causal", "guide_", "sched", "cond", "tokens", "sampled")
     keep = {k: v.float().contiguous() for k, v in theirs.items() if k.startswith(wanted)}
     keep["encoded"] = theirs["encoded"].float().contiguous()
     keep["encoded_095"] = theirs["encoded_095"].float().contiguous()
@@ -399,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
           f"vae_095_encode_max_rel_diff={enc095:.3g}")  # fmt: skip
     enc_diff = float((ours["encoded"] - theirs["encoded"]).abs().max() / theirs["encoded"].std())
     print(f"RESULT vae_encode_max_rel_diff={enc_diff:.3g}")
+    same = all(torch.equal(ours[k].float(), theirs[k].float()) for k in ("guide_mask", "guide_idxs"))
+    diff = float((ours["guide_samples"] - theirs["guide_samples"]).abs().max())
+    crop = tuple(ours["guide_cropped"].shape) == tuple(theirs["guide_cropped"].shape)
+    vel = float((ours["guide_velocity"] - theirs["guide_velocity"]).abs().max() / theirs["guide_velocity"].std())
+    print(f"RESULT ltxv_add_guide_mask_and_keyframes_identical={same} latent_max_abs_diff={diff:.3g} "
+          f"crop_shapes_equal={crop} transformer_keyframes_max_rel_diff={vel:.3g}")  # fmt: skip
     for name in ("t2v", "i2v"):
         a, b = ours[f"sampled_{name}"], theirs[f"sampled_{name}"]
         frames = ours[f"video_{name}"].shape[2]

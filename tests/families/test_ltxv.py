@@ -162,6 +162,25 @@ def test_samplercustom_t2v_and_i2v_match_comfyuis_sampling(ltxv_models: Path, tm
         assert float((ours[f"sampled_{name}"] - theirs).abs().max() / theirs.std()) < 1e-4, name
 
 
+@pytest.mark.slow
+def test_guides_match_comfyuis_nodes_and_keyframe_positions(ltxv_models: Path) -> None:
+    """Two LTXVAddGuide nodes (a still at frame 9, strength 0.8; a 9-frame clip at frame 0), the
+    transformer on the guided latent (keyframe positions, per-token timesteps), LTXVCropGuides."""
+    import bench.ltxv_comfyui_parity as parity
+
+    reference, _ = _reference()
+    _, net, _, _, vae = standalone.load_split_family_checkpoint(
+        ltxv_models / _ltxv_tiny.NAMES["checkpoint"], compute_plan("cpu", "fp32"), False
+    )
+    ours = parity.comfyd_guides(net, vae, parity.inputs())
+    assert torch.equal(ours["guide_mask"], reference["guide_mask"])
+    assert torch.equal(ours["guide_idxs"].float(), reference["guide_idxs"])
+    assert float((ours["guide_samples"] - reference["guide_samples"]).abs().max()) < 1e-4
+    theirs = reference["guide_velocity"]
+    assert float((ours["guide_velocity"] - theirs).abs().max() / theirs.std()) < 1e-4
+    assert torch.equal(ours["guide_cropped"], ours["guide_samples"][:, :, :3])
+
+
 def _psnr(frames: torch.Tensor, reference_u8: torch.Tensor) -> float:
     ours = torch.clamp((frames + 1) / 2 * 255, 0, 255).to(torch.uint8).double()
     mse = float(((ours - reference_u8.double()) ** 2).mean())

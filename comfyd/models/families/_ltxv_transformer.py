@@ -168,6 +168,9 @@ class LtxvNetwork(TransformerNetwork):
         batch, channels, frames, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         coords = pixel_coords(batch, frames, height, width, self.causal_temporal_positioning).to(x.device)
+        keyframe_idxs = added.get("keyframe_idxs")
+        if keyframe_idxs is not None:  # LTXVAddGuide's keyframes: the last tokens sit at their frames
+            coords[:, :, -keyframe_idxs.shape[2] :] = keyframe_idxs.to(coords)
         rate = added.get("frame_rate")
         if rate is None:
             coords[:, 0] = coords[:, 0] * (1.0 / DEFAULT_FRAME_RATE)

@@ -78,6 +78,9 @@ def vector_conditioning(item: dict[str, Any], dims: tuple[int, int]) -> dict[str
     mask = item.get("attention_mask")
     if mask is not None:
         out["encoder_attention_mask"] = torch.as_tensor(mask).reshape(1, -1)
+    keyframe_idxs = item.get("keyframe_idxs")
+    if keyframe_idxs is not None:
+        out["keyframe_idxs"] = torch.as_tensor(keyframe_idxs)
     denoise = item.get("denoise_mask")
     if denoise is not None:
         out["denoise_mask"] = denoise[:, :1]
