@@ -29,7 +29,8 @@ LATENT_CREATORS_CHANNELS = {
     "Wan22ImageToVideoLatent": 48,
     "EmptyChromaRadianceLatentImage": 3,
 }
-SAMPLER_STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "BasicScheduler": "steps"}
+SAMPLER_STEPS_INPUTS = {"KSampler": "steps", "KSamplerAdvanced": "steps", "BasicScheduler": "steps",
+                        "LTXVScheduler": "steps"}
 ACTIVATION_WIDTH = 1280
 ACTIVATION_FACTOR = 24
 

@@ -133,6 +133,10 @@ class ModelHandle:
         )
 
     def with_sampling(self, sampling: Any) -> ModelHandle:
+        # The family may keep its own sampling behaviour under a new schedule (LTX-Video's
+        # masked sampling keeps the original latent whichever ModelSampling node ran).
+        if self.family in families.names():  # (tests' stand-in families: as given)
+            sampling = families.get(self.family).adapt_model_sampling(sampling)
         return replace(self, sampling=sampling, prediction=sampling.prediction)
 
     @property

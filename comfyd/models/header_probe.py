@@ -24,7 +24,7 @@ DTYPE_BYTES = {
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
-                                "qwen25_vl", "qwen_image_lora"})
+                                "qwen25_vl", "qwen_image_lora", "ltxv"})
 
 
 class HeaderError(ValueError):
@@ -125,6 +125,8 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.startswith(("noise_refiner.", "cap_embedder.")) for k in stripped):
         return "lumina2"
     if any(k.startswith("adaln_single") for k in stripped) and any(k.startswith("transformer_blocks.") for k in stripped):
+        return "ltxv"
+    if any(k.startswith("model.diffusion_model.adaln_single") for k in keys):  # LTX-Video, a small transformer
         return "ltxv"
     if any(k.startswith(("encoder.block.", "shared.")) for k in keys) or has("encoder.block.0.layer.0.SelfAttention"):
         return "t5"

@@ -199,7 +199,8 @@ class ModelManager(AuxiliaryModels):
     def _value_bytes(value: Any) -> tuple[int, int]:
         if isinstance(value, tuple) and value and isinstance(value[0], ModelHandle):
             model, clip, vae = value
-            return module_bytes(model.unet, vae.vae, *clip.text_encoders.values())
+            encoders = clip.text_encoders.values() if clip is not None else ()
+            return module_bytes(model.unet, vae.vae, *encoders)
         if isinstance(value, VaeHandle):
             return module_bytes(value.vae)
         if isinstance(value, ClipVisionHandle):
@@ -375,10 +376,13 @@ class ModelManager(AuxiliaryModels):
         return _NoLoras(family.name)
 
     def _split_checkpoint_handles(
-        self, key: str, family: families.Family, network: Any, sampling: Any, encoders: dict[str, Any], vae: Any
-    ) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+        self, key: str, family: families.Family, network: Any, sampling: Any, encoders: dict[str, Any] | None,
+        vae: Any,
+    ) -> tuple[ModelHandle, ClipHandle | None, VaeHandle]:
+        # A checkpoint without text encoders (LTX-Video's) gives no CLIP, as in ComfyUI.
         model = self._flow_model_handle(key, family, network, sampling)
-        return model, self._clip_handle(key, family, encoders), self._vae_handle(key, family.name, vae)
+        clip = self._clip_handle(key, family, encoders) if encoders is not None else None
+        return model, clip, self._vae_handle(key, family.name, vae)
 
     def _load_clip(self, paths: list[Path], key: str, family: families.Family) -> ClipHandle:
         allow_pickle = bool(self.settings.allow_pickle)
@@ -396,9 +400,11 @@ class ModelManager(AuxiliaryModels):
 
     def _vae_handle(self, key: str, family: str, vae: nn.Module) -> VaeHandle:
         config = vae.config
-        # The video VAE (Wan) names its latent width z_dim and its levels dim_mult.
+        # The video VAE (Wan) names its latent width z_dim and its levels dim_mult; LTX-Video's
+        # says its downscale itself.
         channels = getattr(config, "latent_channels", None) or config.z_dim
         levels = getattr(config, "block_out_channels", None) or config.dim_mult
+        downscale = getattr(config, "downscale", None) or 2 ** (len(levels) - 1)
         return VaeHandle(
             key=key,
             family=family,
@@ -407,7 +413,7 @@ class ModelManager(AuxiliaryModels):
             dtype=self.plan.vae_dtype,
             latent_channels=int(channels),
             # Wan 2.2's VAE patchifies 2x2 before its three halvings: its config says 16.
-            downscale=int(getattr(config, "scale_factor_spatial", None) or 2 ** (len(levels) - 1)),
+            downscale=int(getattr(config, "scale_factor_spatial", None) or downscale),
             gate=self.gate,
         )
 

@@ -198,27 +198,44 @@ def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bo
         if family is None:
             return None
         network, sampling = family.load_diffusion_model(tf, UNET_PREFIX, plan, "default")
-        encoders: dict[str, nn.Module] = {}
-        for spec in family.encoders:
-            prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
-            found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
-            if found is not None and found[0] == spec.kind:
-                encoders[spec.name] = found[1]
-            elif found is not None or not family.partial_encoders:
-                raise UnknownCheckpointLayout(
-                    f"{path.name}: a {family.name} checkpoint without its {spec.name} text encoder "
-                    f"({spec.single_file_prefixes[0]}*); load the text encoders with a CLIP loader"
-                )
-        if family.missing_encoders(set(encoders)):
-            raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without text encoders")
-        vae_prefix = family.checkpoint_vae_prefix
-        # A VAE of a family's own architecture (Qwen-Image's Wan 2.1 VAE under `vae.`), else the LDM one.
-        vae = next((v for f in families.all_families() if (v := f.load_vae(tf, plan)) is not None), None)
+        encoders = _checkpoint_encoders(tf, keys, family, plan, path.name)
+        # A VAE of the family's own architecture (LTX-Video's video VAE), of another family's
+        # (Qwen-Image's Wan 2.1 VAE under `vae.`), else the LDM one.
+        vae = family.load_vae(tf, plan) or next(
+            (v for f in families.all_families() if f is not family and (v := f.load_vae(tf, plan)) is not None), None
+        )
         if vae is None:
+            vae_prefix = family.checkpoint_vae_prefix
             if f"{vae_prefix}encoder.down.0.block.0.conv1.weight" not in keys:
-                raise UnknownCheckpointLayout(f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)")
+                raise UnknownCheckpointLayout(
+                    f"{path.name}: a {family.name} checkpoint without its VAE ({vae_prefix}*)"
+                )
             vae = vae_from(tf, vae_prefix, plan)
     return family, network, sampling, encoders, vae
+
+
+def _checkpoint_encoders(
+    tf: TensorFile, keys: set[str], family: families.Family, plan: ComputePlan, name: str
+) -> dict[str, nn.Module] | None:
+    """The text encoders an all-in-one checkpoint carries; None when it carries none (LTX-Video's
+    files: ComfyUI's loader then gives no CLIP either), an error when it lacks one the family
+    needs (any non-empty subset is fine for families with partial encoders, SD3)."""
+    if not any(k.startswith(p) for spec in family.encoders for p in spec.single_file_prefixes for k in keys):
+        return None
+    encoders: dict[str, nn.Module] = {}
+    for spec in family.encoders:
+        prefix = next((p for p in spec.single_file_prefixes if any(k.startswith(p) for k in keys)), None)
+        found = text_encoder_in(tf, plan, prefix) if prefix is not None else None
+        if found is not None and found[0] == spec.kind:
+            encoders[spec.name] = found[1]
+        elif found is not None or not family.partial_encoders:
+            raise UnknownCheckpointLayout(
+                f"{name}: a {family.name} checkpoint without its {spec.name} text encoder "
+                f"({spec.single_file_prefixes[0]}*); load the text encoders with a CLIP loader"
+            )
+    if family.missing_encoders(set(encoders)):
+        raise UnknownCheckpointLayout(f"{name}: a {family.name} checkpoint without text encoders")
+    return encoders
 
 
 def vae_from(tf: TensorFile, prefix: str, plan: ComputePlan) -> nn.Module:

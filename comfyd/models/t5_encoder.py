@@ -160,9 +160,10 @@ def attention_mask(ids: list[int]) -> list[int]:
     return mask
 
 
-def encode(encoder: Any, tokens: T5Tokens, masked: bool = False) -> torch.Tensor:
+def encode(encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bool = True) -> torch.Tensor:
     """[1, len(tokens), d_model] float32 on the CPU (see the module docstring). `masked` (UMT5 as
-    Wan drives it): the padding after the end token is masked out of attention and zeroed."""
+    Wan drives it): the padding after the end token is masked out of attention and zeroed
+    (LTX-Video's T5, `zero_masked=False`: masked, not zeroed)."""
     device = next(encoder.parameters()).device
     ids = [t for t, _ in tokens]
     weights = [w for _, w in tokens]
@@ -176,7 +177,7 @@ def encode(encoder: Any, tokens: T5Tokens, masked: bool = False) -> torch.Tensor
             input_ids=torch.tensor(batch, dtype=torch.long, device=device), attention_mask=mask
         ).last_hidden_state
     hidden = hidden.float()
-    if mask is not None:
+    if mask is not None and zero_masked:
         hidden = hidden * mask.unsqueeze(-1).float()
     z = hidden[0]
     if weighted:

@@ -104,7 +104,13 @@ def tokenize_for_encoder(
 
 def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:
     cond, pooled = encode_tokens(clip, tokens)
-    return [[cond, {"pooled_output": pooled}]]
+    extra: dict[str, Any] = {"pooled_output": pooled}
+    family = families.get(clip.family)
+    for key in _encoder_keys(clip):
+        if family.encoder(key).attention_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
+            ids = [token for token, _ in tokens[key][0]]
+            extra["attention_mask"] = torch.tensor([t5_encoder.attention_mask(ids)], dtype=torch.long)
+    return [[cond, extra]]
 
 
 def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -117,9 +123,13 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
     with torch.no_grad(), clip.patched() as encoders:
         for key in keys:
             recipe = encoder_recipe(clip.family, key)
-            kind = families.get(clip.family).encoder(key).kind
+            family_spec = families.get(clip.family)
+            kind = family_spec.encoder(key).kind
             if kind == "llama":
                 outputs[key] = (llama_encoder.encode(encoders[key], tokens[key][0]), None)
+                continue
+            if kind == "t5" and family_spec.encoder(key).attention_mask:
+                outputs[key] = (t5_encoder.encode(encoders[key], tokens[key][0], masked=True, zero_masked=False), None)
                 continue
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode

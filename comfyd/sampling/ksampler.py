@@ -104,7 +104,7 @@ def prepare_denoise_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]
     mask = noise_mask.float().reshape(-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])
     mask = F.interpolate(mask, size=(height, width), mode="bilinear")
     if mask.shape[1] < channels:
-        mask = mask.repeat(1, channels, 1, 1)[:, :channels]
+        mask = mask.repeat(1, channels, *([1] * (mask.ndim - 2)))[:, :channels]
     return repeat_to_batch(mask, batch)
 
 

@@ -134,8 +134,8 @@ def test_bad_wan_inputs_get_clear_errors(wan_models: Path, tmp_path: Path) -> No
     manager = ModelManager(Settings(models_dir=wan_models, home=tmp_path / "home"))
     with pytest.raises(ValueError, match="no tokenizer \\(no 'spiece_model' tensor\\)"):
         manager.load_clip(["umt5-no-tokenizer.safetensors"], "wan")
-    with pytest.raises(ValueError, match="CLIP type 'ltxv' is not supported yet; supported: .*wan"):
-        manager.load_clip([encoder.name], "ltxv")
+    with pytest.raises(ValueError, match="CLIP type 'mochi' is not supported yet; supported: .*wan"):
+        manager.load_clip([encoder.name], "mochi")
     # A video latent given to an image VAE (16 channels, like Flux's): told, not a shape error.
     flux_like = manager.load_vae(Path(_wan_tiny.NAMES["vae"]).name)
     image_vae = type(flux_like)(key="k", family="flux", vae=object(), device="cpu", dtype=torch.float32,

@@ -83,8 +83,11 @@ class EncoderSpec:
     kohya_prefix: str  # LoRA key prefix kohya scripts write for it ("lora_te_", "lora_te2_")
     lora_components: tuple[str, ...]  # normalised LoRA components that patch it (see lora.py)
     kind: str = "clip"  # "clip" (CLIP text model) | "t5" (T5 encoder, comfyd.models.t5_encoder)
-    # T5 kinds: prompts are padded with the pad token up to this many tokens (Flux 256, SD3 77).
+    # T5 kinds: prompts are padded with the pad token up to this many tokens (Flux 256, SD3 77,
+    # LTX-Video 128), and whether the padding is masked out of the encoder's attention and the
+    # mask travels with the conditioning (LTX-Video).
     min_length: int = 256
+    attention_mask: bool = False
 
     @property
     def peft_prefix(self) -> str:
@@ -299,6 +302,10 @@ class Family:
     ) -> tuple[Any, Any]:
         """(network the sampler calls, its model sampling) from a diffusion-model file."""
         raise ValueError(f"model family {self.name!r} has no standalone diffusion-model loader")
+
+    def adapt_model_sampling(self, sampling: Any) -> Any:
+        """The model sampling a ModelSampling* node sets on this family's MODEL (default: as given)."""
+        return sampling
 
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:
         """A VAE of this family's own architecture stored in `tf` (None: not one; the LDM
