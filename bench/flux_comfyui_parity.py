@@ -14,6 +14,13 @@ layout, fp16) and a full-size random Flux VAE (ComfyUI's autoencoder is also fix
 
 (add --variant schnell for schnell) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
 side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
+
+`--variant fill`: a cut Fill transformer (img_in 384 wide) and ComfyUI's canonical Fill path:
+InpaintModelConditioning (a fixed picture with a rectangular mask, noise_mask on) -> KSampler on
+the model's own sampling (shift 1.15, guidance 30) -> VAEDecode. `--variant kontext`: the dev
+transformer and the Kontext edit path: two pictures (64x64 and 32x48) VAE-encoded, each appended
+by ReferenceLatent (ComfyUI's default `offset` layout; `--ref-method index|uxo/uno` adds
+FluxKontextMultiReferenceLatentMethod), guidance 2.5, KSampler from the first picture's latent.
 """
 
 from __future__ import annotations
@@ -33,32 +40,57 @@ SIZE = 64
 STEPS = 3
 SEED = 7
 GUIDANCE = 3.5
-FILES = {"unet": "diffusion_models/flux-cut-{variant}.safetensors", "vae": "vae/flux-ae-full.safetensors",
+FILES = {"unet": "diffusion_models/flux-cut-{model}.safetensors", "vae": "vae/flux-ae-full.safetensors",
          "cond": "conditioning.safetensors"}
 
 
+VARIANTS = ("dev", "schnell", "fill", "kontext")
+GUIDANCES = {"fill": 30.0, "kontext": 2.5}
+
+
 def files(variant: str) -> dict[str, str]:
-    return {k: v.format(variant=variant) for k, v in FILES.items()}
+    model = "dev" if variant == "kontext" else variant  # Kontext's transformer is shaped like dev's
+    return {k: v.format(model=model) for k, v in FILES.items()}
+
+
+def pictures() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two smooth pictures [1, H, W, 3] (64x64 and 32x48) and a mask [1, 64, 64]."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
+    first = torch.stack((xx, yy, 0.5 + 0.5 * torch.sin(6 * xx * yy)), -1)[None]
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 48), indexing="ij")
+    second = torch.stack((1 - yy, 0.5 * xx, torch.cos(4 * xx) ** 2), -1)[None]
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, 16:48, 20:44] = 1.0
+    return first, second, mask
 
 
 def make_files(work: Path, variant: str) -> None:
     from comfyd.models import tiny
     from comfyd.models.families import _flux_transformer as transformer
-    from comfyd.models.keymap import to_original, vae_translator
-    from comfyd.models.loader import empty_vae
+    from comfyd.models.keymap import to_original
 
     names = files(variant)
     if all((work / f).is_file() for f in names.values()):
         return
+    if (work / names["unet"]).is_file():
+        return make_shared_files(work, names)
     config = {
-        "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 1,
+        "patch_size": 1, "in_channels": 384 if variant == "fill" else 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 1,
         "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-        "pooled_projection_dim": 768, "guidance_embeds": variant == "dev", "axes_dims_rope": [16, 56, 56],
+        "pooled_projection_dim": 768, "guidance_embeds": variant != "schnell", "axes_dims_rope": [16, 56, 56],
     }  # fmt: skip
-    net = tiny.random_module(transformer.empty_transformer(config), 0, f"flux-cut-{variant}")
+    net = tiny.random_module(transformer.empty_transformer(config), 0, Path(names["unet"]).stem)
     (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
     save_file(to_original(net.state_dict(), transformer.FluxTranslator(config, "")), str(work / names["unet"]))
     del net
+    make_shared_files(work, names)
+
+
+def make_shared_files(work: Path, names: dict[str, str]) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.keymap import to_original, vae_translator
+    from comfyd.models.loader import empty_vae
+
     if (work / names["vae"]).is_file() and (work / names["cond"]).is_file():
         return
     vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
@@ -75,7 +107,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str) -> Path:
+def comfyd_side(work: Path, variant: str, ref_method: str) -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
@@ -87,16 +119,35 @@ def comfyd_side(work: Path, variant: str) -> Path:
     model = manager.load_diffusion_model(Path(names["unet"]).name)
     if variant == "dev":
         model = model.with_sampling(FlowModelSampling(ExpTimeShiftSchedule(flux_shift(1.15, 0.5, SIZE, SIZE))))
+    vae = manager.load_vae(Path(names["vae"]).name)
     cond = load_file(str(work / names["cond"]))
-    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    if variant == "fill":
+        from comfyd.nodes.conditioning.inpaint import InpaintModelConditioning
+
+        first, _, mask = pictures()
+        positive, _, latent = InpaintModelConditioning().run(None, positive, positive, vae, first, mask, True)  # type: ignore[arg-type]
+    elif variant == "kontext":
+        from comfyd.models.vae_codec import vae_encode
+        from comfyd.nodes.conditioning.reference_latent import (
+            FluxKontextMultiReferenceLatentMethod,
+            ReferenceLatent,
+        )
+
+        latents = [{"samples": vae_encode(vae, picture)} for picture in pictures()[:2]]
+        for reference in latents:
+            (positive,) = ReferenceLatent().run(None, positive, reference)  # type: ignore[arg-type]
+        if ref_method:
+            (positive,) = FluxKontextMultiReferenceLatentMethod().run(None, positive, ref_method)  # type: ignore[arg-type]
+        latent = latents[0]
     out = common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
     path = work / f"comfyd-{variant}.png"
-    to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
+    to_png(vae_decode(vae, out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
+def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -112,8 +163,21 @@ def comfyui_side(work: Path, comfyui: Path, variant: str) -> None:
         (model,) = ModelSamplingFlux().patch(model, 1.15, 0.5, SIZE, SIZE)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
     cond = comfy.utils.load_torch_file(str(work / names["cond"]))
-    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    if variant == "fill":
+        first, _, mask = pictures()
+        positive, _, latent = nodes.InpaintModelConditioning().encode(positive, positive, first, vae, mask, True)
+    elif variant == "kontext":
+        from comfy_extras.nodes_edit_model import ReferenceLatent
+        from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
+
+        latents = [{"samples": vae.encode(picture)} for picture in pictures()[:2]]
+        for reference in latents:
+            positive = ReferenceLatent.execute(positive, reference).result[0]
+        if ref_method:
+            positive = FluxKontextMultiReferenceLatentMethod.execute(positive, ref_method).result[0]
+        latent = latents[0]
     (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
     to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
 
@@ -123,25 +187,28 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
-    parser.add_argument("--variant", choices=("dev", "schnell"), default="dev",
-                        help="dev: guidance embedding + ModelSamplingFlux; schnell: neither")
+    parser.add_argument("--variant", choices=VARIANTS, default="dev",
+                        help="dev: guidance embedding + ModelSamplingFlux; schnell: neither; fill; kontext")
+    parser.add_argument("--ref-method", default="", choices=("", "offset", "index", "uxo/uno"),
+                        help="kontext: FluxKontextMultiReferenceLatentMethod's choice (none: the default offset)")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--comfyui-side"], check=True)
+                    "--variant", args.variant, "--ref-method", args.ref_method, "--comfyui-side"], check=True)
     theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
-    print(f"RESULT psnr_flux_{args.variant}_db={psnr:.2f}")
+    method = args.ref_method.split("/")[0]
+    print(f"RESULT psnr_flux_{args.variant}{'_' + method if method else ''}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 
