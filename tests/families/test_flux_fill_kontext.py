@@ -1,0 +1,186 @@
+"""Flux Fill and Kontext end to end on tiny random files (`make-tiny --family flux`).
+
+The canonical workflows (comfyd/workflows/flux_fill_api.json: LoadImage with its mask,
+InpaintModelConditioning, FluxGuidance 30, KSampler on the 384-channel Fill transformer;
+flux_kontext_api.json: LoadImage, FluxKontextImageScale, VAEEncode, ReferenceLatent,
+FluxGuidance 2.5, ConditioningZeroOut, KSampler) run through `comfyd run`, and their pictures
+are held to diffusers' FluxFillPipeline / FluxKontextPipeline on the same files, prompt, picture,
+mask, sigmas and initial noise (>= 40 dB). ComfyUI itself holds them on full-width cut files in
+bench/flux_comfyui_parity.py --variant fill|kontext (tests/fidelity/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyd.cli import main
+from comfyd.models.families import _flux_inputs, _flux_tiny
+from comfyd.models.families.flux import model_sampling_for
+from comfyd.models.tiny import make_tiny
+from comfyd.nodes.conditioning.reference_latent import FluxKontextImageScale, kontext_size
+from comfyd.sampling.noise import initial_noise
+from comfyd.sampling.sigmas import calculate_sigmas
+from tests.families.flux_reference import SIZE, WORKFLOWS, flux_pipeline, psnr
+
+STEPS = 2
+NAMES = {k: Path(v).name for k, v in _flux_tiny.NAMES.items()}
+
+
+@pytest.fixture(scope="module")
+def flux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("flux-edit")
+    make_tiny(root / "models", family="flux")
+    inputs = root / "input"
+    inputs.mkdir()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    rgb = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)
+    alpha = np.full((SIZE, SIZE), 255, np.uint8)
+    alpha[16:48, 20:44] = 0  # LoadImage's mask is 1 where the picture is transparent
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(inputs / "masked.png")
+    Image.fromarray(rgb).save(inputs / "picture.png")
+    return root
+
+
+def _graph(name: str, changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    graph = json.loads((WORKFLOWS / name).read_text())
+    for node in graph.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "UNETLoader":
+            inputs["unet_name"] = NAMES["fill" if "fill" in name else "dev"]
+        elif kind == "DualCLIPLoader":
+            inputs.update(clip_name1=NAMES["clip_l"], clip_name2=NAMES["t5xxl"])
+        elif kind == "VAELoader":
+            inputs["vae_name"] = NAMES["vae"]
+        elif kind == "KSampler":
+            inputs["steps"] = STEPS
+        inputs.update(changes.get(kind, {}))
+    return graph
+
+
+def _run(root: Path, tmp_path: Path, graph: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--models-dir", str(root / "models"), "--input-dir", str(root / "input"),
+            "--output-dir", str(out), "-q", "--json"]  # fmt: skip
+    code = main(argv)
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    return np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+
+
+def _sampler_inputs(graph: dict[str, Any]) -> tuple[torch.Tensor, list[float], str]:
+    """The initial noise, sigmas and prompt comfyd's KSampler uses (the model's own shift 1.15)."""
+    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
+    prompt = next(n["inputs"]["text"] for n in graph.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
+    noise = initial_noise(torch.zeros(1, 16, SIZE // 8, SIZE // 8), int(sampler["seed"]))
+    schedule = model_sampling_for(True).schedule
+    sigmas = calculate_sigmas(schedule, sampler["scheduler"], int(sampler["steps"]))
+    return noise, [float(s) for s in sigmas[:-1]], prompt
+
+
+def _encode_to_mode(vae: Any) -> None:
+    """diffusers' Fill pipeline draws its masked-image latent from the VAE's distribution; ComfyUI
+    (and comfyd) take the distribution's mode. Make the draw the mode, so both read one latent."""
+    encode = vae.encode
+
+    def mode_encode(*args: Any, **kwargs: Any) -> Any:
+        out = encode(*args, **kwargs)
+        dist = out.latent_dist
+        dist.sample = lambda generator=None: dist.mode()
+        return out
+
+    vae.encode = mode_encode
+
+
+def _diffusers(pipe: Any, noise: torch.Tensor, **kwargs: Any) -> np.ndarray:
+    latents = pipe._pack_latents(noise, 1, 16, SIZE // 8, SIZE // 8)
+    with torch.inference_mode():
+        image = pipe(height=SIZE, width=SIZE, latents=latents, max_sequence_length=256, output_type="np", **kwargs)
+    return np.clip(255.0 * image.images[0], 0, 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_fill_workflow_through_comfyd_run_matches_diffusers(
+    flux_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers import FluxFillPipeline
+
+    # diffusers samples the whole latent: noise_mask off (with it on comfyd keeps the unmasked cells).
+    graph = _graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"},
+                                         "InpaintModelConditioning": {"noise_mask": False}})  # fmt: skip
+    ours = _run(flux_files, tmp_path, graph, capsys)
+    noise, sigmas, prompt = _sampler_inputs(graph)
+    rgba = Image.open(flux_files / "input" / "masked.png")
+    mask = Image.fromarray(255 - np.asarray(rgba)[..., 3])
+    pipe = flux_pipeline(flux_files / "models", "fill", FluxFillPipeline, fixed_sigmas=True)
+    _encode_to_mode(pipe.vae)
+    theirs = _diffusers(pipe, noise, prompt=prompt, image=rgba.convert("RGB"), mask_image=mask, sigmas=sigmas,
+                        num_inference_steps=len(sigmas), guidance_scale=30.0)  # fmt: skip
+    assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
+    assert psnr(ours, theirs) >= 40.0
+
+
+@pytest.mark.slow
+def test_kontext_workflow_through_comfyd_run_matches_diffusers(
+    flux_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers import FluxKontextPipeline
+
+    # FluxKontextImageScale takes the picture to 1024x1024; an ImageScale brings it back to 64x64
+    # so the tiny run stays tiny, and diffusers gets the same 64x64 pixels.
+    graph = _graph("flux_kontext_api.json", {"LoadImage": {"image": "picture.png"}})
+    graph["43"] = {"class_type": "ImageScale", "inputs": {"image": ["42", 0], "upscale_method": "area",
+                                                          "width": SIZE, "height": SIZE, "crop": "disabled"}}  # fmt: skip
+    graph["124"]["inputs"]["pixels"] = ["43", 0]
+    ours = _run(flux_files, tmp_path, graph, capsys)
+    noise, sigmas, prompt = _sampler_inputs(graph)
+    picture = torch.from_numpy(np.asarray(Image.open(flux_files / "input" / "picture.png"), np.float32) / 255.0)
+    (scaled,) = FluxKontextImageScale().run(None, picture[None])  # type: ignore[arg-type]
+    scaled = torch.nn.functional.interpolate(scaled.movedim(-1, 1), size=(SIZE, SIZE), mode="area")
+    pixels = Image.fromarray(np.clip(255.0 * scaled[0].movedim(0, -1).numpy(), 0, 255).round().astype(np.uint8))
+    pipe = flux_pipeline(flux_files / "models", "dev", FluxKontextPipeline, fixed_sigmas=True)
+    theirs = _diffusers(pipe, noise, prompt=prompt, image=pixels, sigmas=sigmas, num_inference_steps=len(sigmas),
+                        guidance_scale=2.5, max_area=SIZE * SIZE, _auto_resize=False)  # fmt: skip
+    assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20
+    assert psnr(ours, theirs) >= 40.0
+
+
+def test_kontext_scale_picks_comfyui_resolutions() -> None:
+    assert kontext_size(64, 64) == (1024, 1024)
+    assert kontext_size(1600, 900) == (1392, 752)  # aspect 1.78: 1392/752 = 1.85 is nearest
+    assert kontext_size(480, 640) == (880, 1184)
+    (out,) = FluxKontextImageScale().run(None, torch.rand(2, 30, 40, 3))  # type: ignore[arg-type]
+    assert out.shape == (2, 880, 1184, 3)
+
+
+def test_reference_layouts_follow_comfyui() -> None:
+    """Position offsets (in latent cells) of two references of 8x8 and 4x6 beside an 8x8 latent."""
+    shapes = [(8, 8), (4, 6)]
+    assert _flux_inputs.reference_layout(shapes, (8, 8), "offset") == [(1, 0, 0), (1, 8, 0)]
+    assert _flux_inputs.reference_layout([(8, 8), (12, 4)], (8, 8), "offset") == [(1, 0, 0), (1, 0, 8)]
+    assert _flux_inputs.reference_layout(shapes, (8, 8), "index") == [(1, 0, 0), (2, 0, 0)]
+    assert _flux_inputs.reference_layout(shapes, (8, 8), "uxo") == [(0, 8, 8), (0, 16, 16)]
+    with pytest.raises(ValueError, match="reference_latents_method"):
+        _flux_inputs.reference_layout(shapes, (8, 8), "sideways")
+
+
+def test_fill_concat_folds_the_mask_into_64_channels() -> None:
+    image = torch.randn(1, 16, 4, 6)
+    mask = torch.zeros(1, 32, 48)
+    mask[:, 8:16, 24:32] = 1.0  # pixel cell (1, 3)
+    concat = _flux_inputs.concat_inputs({"concat_latent_image": image, "concat_mask": mask}, (4, 6), 16, True,
+                                        lambda x: x * 2)  # fmt: skip
+    assert concat.shape == (1, 80, 4, 6)
+    assert torch.equal(concat[:, :16], image * 2)
+    assert torch.equal(concat[0, 16:, 1, 3], torch.ones(64)) and float(concat[0, 16:].sum()) == 64.0
+    empty = _flux_inputs.concat_inputs({}, (4, 6), 16, True, lambda x: x)
+    assert torch.equal(empty[:, :16], torch.zeros(1, 16, 4, 6)) and torch.equal(empty[:, 16:], torch.ones(1, 64, 4, 6))
