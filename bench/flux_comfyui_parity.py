@@ -21,6 +21,7 @@ the model's own sampling (shift 1.15, guidance 30) -> VAEDecode. `--variant kont
 transformer and the Kontext edit path: two pictures (64x64 and 32x48) VAE-encoded, each appended
 by ReferenceLatent (ComfyUI's default `offset` layout; `--ref-method index|uxo/uno` adds
 FluxKontextMultiReferenceLatentMethod), guidance 2.5, KSampler from the first picture's latent.
+The Fill mask is soft (a ramp inside the rectangle); `--differential` adds DifferentialDiffusion.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def pictures() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 48), indexing="ij")
     second = torch.stack((1 - yy, 0.5 * xx, torch.cos(4 * xx) ** 2), -1)[None]
     mask = torch.zeros(1, SIZE, SIZE)
-    mask[:, 16:48, 20:44] = 1.0
+    mask[:, 16:48, 20:44] = torch.linspace(0.05, 1.0, 24)  # soft: DifferentialDiffusion reads the levels
     return first, second, mask
 
 
@@ -107,7 +108,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str, ref_method: str) -> Path:
+def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
@@ -124,8 +125,11 @@ def comfyd_side(work: Path, variant: str, ref_method: str) -> Path:
     positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     if variant == "fill":
+        from comfyd.nodes.advanced.differential_diffusion import DifferentialDiffusion
         from comfyd.nodes.conditioning.inpaint import InpaintModelConditioning
 
+        if differential:
+            (model,) = DifferentialDiffusion().run(None, model, 1.0)  # type: ignore[arg-type]
         first, _, mask = pictures()
         positive, _, latent = InpaintModelConditioning().run(None, positive, positive, vae, first, mask, True)  # type: ignore[arg-type]
     elif variant == "kontext":
@@ -147,7 +151,7 @@ def comfyd_side(work: Path, variant: str, ref_method: str) -> Path:
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str) -> None:
+def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str, differential: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -166,6 +170,10 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str) -> No
     positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     if variant == "fill":
+        from comfy_extras.nodes_differential_diffusion import DifferentialDiffusion
+
+        if differential:
+            model = DifferentialDiffusion.execute(model, 1.0).result[0]
         first, _, mask = pictures()
         positive, _, latent = nodes.InpaintModelConditioning().encode(positive, positive, first, vae, mask, True)
     elif variant == "kontext":
@@ -191,24 +199,27 @@ def main() -> int:
                         help="dev: guidance embedding + ModelSamplingFlux; schnell: neither; fill; kontext")
     parser.add_argument("--ref-method", default="", choices=("", "offset", "index", "uxo/uno"),
                         help="kontext: FluxKontextMultiReferenceLatentMethod's choice (none: the default offset)")
+    parser.add_argument("--differential", action="store_true", help="fill: DifferentialDiffusion on the model")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method, args.differential)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--ref-method", args.ref_method, "--comfyui-side"], check=True)
+                    "--variant", args.variant, "--ref-method", args.ref_method, "--comfyui-side",
+                    *(["--differential"] if args.differential else [])], check=True)
     theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
     method = args.ref_method.split("/")[0]
-    print(f"RESULT psnr_flux_{args.variant}{'_' + method if method else ''}_db={psnr:.2f}")
+    tag = ("_" + method if method else "") + ("_differential" if args.differential else "")
+    print(f"RESULT psnr_flux_{args.variant}{tag}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 

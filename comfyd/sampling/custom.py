@@ -22,7 +22,13 @@ from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
-from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
+from comfyd.sampling.ksampler import (
+    InpaintDenoiser,
+    _check_latent,
+    _Interruptible,
+    mask_function_of,
+    prepare_denoise_mask,
+)
 from comfyd.sampling.samplers import SamplerRun
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
@@ -104,7 +110,9 @@ def sample_custom(
             if sampler.inpaint_noise_from_next_seed:
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
                 inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
+            denoiser = InpaintDenoiser(
+                denoiser, mask, x0, inpaint_noise, model_sampling, mask_function_of(model, schedule, sigmas)
+            )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(

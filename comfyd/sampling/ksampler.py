@@ -52,7 +52,13 @@ class InpaintDenoiser:
     """
 
     def __init__(
-        self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor, model_sampling: Any = None
+        self,
+        inner: Denoiser,
+        mask: Tensor,
+        latent: Tensor,
+        noise: Tensor,
+        model_sampling: Any = None,
+        mask_function: Callable[[float, Tensor], Tensor] | None = None,
     ) -> None:
         self.inner = inner
         self.mask = mask
@@ -61,14 +67,27 @@ class InpaintDenoiser:
         self.kept_latent = latent * self.keep
         self.noise = noise
         self.model_sampling = model_sampling
+        # A model's denoise-mask function (DifferentialDiffusion): the mask to use at each sigma.
+        self.mask_function = mask_function
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        mask, keep, kept_latent = self.mask, self.keep, self.kept_latent
+        if self.mask_function is not None:
+            mask = self.mask_function(sigma, self.mask)
+            keep = 1.0 - mask
+            kept_latent = self.latent * keep
         if self.model_sampling is None:
             kept = self.noise * sigma + self.latent
         else:
             kept = self.model_sampling.scale_inpaint(sigma, self.noise, self.latent)
-        x = x * self.mask + kept * self.keep
-        return self.inner(x, sigma) * self.mask + self.kept_latent
+        x = x * mask + kept * keep
+        return self.inner(x, sigma) * mask + kept_latent
+
+
+def mask_function_of(model: Any, schedule: Any, sigmas: Tensor) -> Callable[[float, Tensor], Tensor] | None:
+    """The model's denoise-mask function bound to this run's sigmas (None: the mask as given)."""
+    patch = getattr(model, "denoise_mask_function", None)
+    return patch.bind(schedule, sigmas) if patch is not None else None
 
 
 class _Interruptible:
@@ -212,7 +231,9 @@ def common_ksampler(
             if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
                 inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling)
+            denoiser = InpaintDenoiser(
+                denoiser, mask, x0, inpaint_noise, model_sampling, mask_function_of(model, schedule, sigmas)
+            )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(

@@ -1,7 +1,8 @@
 """Flux Fill and Kontext end to end on tiny random files (`make-tiny --family flux`).
 
 The canonical workflows (comfyd/workflows/flux_fill_api.json: LoadImage with its mask,
-InpaintModelConditioning, FluxGuidance 30, KSampler on the 384-channel Fill transformer;
+InpaintModelConditioning, FluxGuidance 30, DifferentialDiffusion, KSampler on the 384-channel
+Fill transformer;
 flux_kontext_api.json: LoadImage, FluxKontextImageScale, VAEEncode, ReferenceLatent,
 FluxGuidance 2.5, ConditioningZeroOut, KSampler) run through `comfyd run`, and their pictures
 are held to diffusers' FluxFillPipeline / FluxKontextPipeline on the same files, prompt, picture,
@@ -65,6 +66,7 @@ def _graph(name: str, changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run(root: Path, tmp_path: Path, graph: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(graph))
     out = tmp_path / "out"
@@ -127,6 +129,10 @@ def test_fill_workflow_through_comfyd_run_matches_diffusers(
                         num_inference_steps=len(sigmas), guidance_scale=30.0)  # fmt: skip
     assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
     assert psnr(ours, theirs) >= 40.0
+    # As shipped (noise mask on, DifferentialDiffusion): runs, and the kept cells change the picture.
+    shipped = _run(flux_files, tmp_path / "shipped", _graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"}}),
+                   capsys)  # fmt: skip
+    assert shipped.shape == ours.shape and psnr(shipped, ours) < 40.0
 
 
 @pytest.mark.slow
