@@ -190,3 +190,9 @@ def test_fill_concat_folds_the_mask_into_64_channels() -> None:
     assert torch.equal(concat[0, 16:, 1, 3], torch.ones(64)) and float(concat[0, 16:].sum()) == 64.0
     empty = _flux_inputs.concat_inputs({}, (4, 6), 16, True, lambda x: x)
     assert torch.equal(empty[:, :16], torch.zeros(1, 16, 4, 6)) and torch.equal(empty[:, 16:], torch.ones(1, 64, 4, 6))
+
+
+def test_make_tiny_flux_through_the_cli_writes_the_fill_transformer(tmp_path: Path) -> None:
+    assert main(["models", "make-tiny", str(tmp_path), "--family", "flux"]) == 0
+    assert (tmp_path / _flux_tiny.NAMES["fill"]).is_file()
+    assert not (tmp_path / "controlnet").exists()  # no tiny ControlNet for a split-file family
