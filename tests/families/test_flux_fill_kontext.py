@@ -24,7 +24,6 @@ from PIL import Image
 from comfyd.cli import main
 from comfyd.models.families import _flux_inputs, _flux_tiny
 from comfyd.models.families.flux import model_sampling_for
-from comfyd.models.tiny import make_tiny
 from comfyd.nodes.conditioning.reference_latent import FluxKontextImageScale, kontext_size
 from comfyd.sampling.noise import initial_noise
 from comfyd.sampling.sigmas import calculate_sigmas
@@ -37,7 +36,7 @@ NAMES = {k: Path(v).name for k, v in _flux_tiny.NAMES.items()}
 @pytest.fixture(scope="module")
 def flux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("flux-edit")
-    make_tiny(root / "models", family="flux")
+    assert main(["models", "make-tiny", str(root / "models"), "--family", "flux"]) == 0
     inputs = root / "input"
     inputs.mkdir()
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
@@ -192,7 +191,6 @@ def test_fill_concat_folds_the_mask_into_64_channels() -> None:
     assert torch.equal(empty[:, :16], torch.zeros(1, 16, 4, 6)) and torch.equal(empty[:, 16:], torch.ones(1, 64, 4, 6))
 
 
-def test_make_tiny_flux_through_the_cli_writes_the_fill_transformer(tmp_path: Path) -> None:
-    assert main(["models", "make-tiny", str(tmp_path), "--family", "flux"]) == 0
-    assert (tmp_path / _flux_tiny.NAMES["fill"]).is_file()
-    assert not (tmp_path / "controlnet").exists()  # no tiny ControlNet for a split-file family
+def test_make_tiny_flux_through_the_cli_writes_the_fill_transformer(flux_files: Path) -> None:
+    assert (flux_files / "models" / _flux_tiny.NAMES["fill"]).is_file()
+    assert not (flux_files / "models" / "controlnet").exists()  # no tiny ControlNet for split-file families
