@@ -22,11 +22,15 @@ transformer and the Kontext edit path: two pictures (64x64 and 32x48) VAE-encode
 by ReferenceLatent (ComfyUI's default `offset` layout; `--ref-method index|uxo/uno` adds
 FluxKontextMultiReferenceLatentMethod), guidance 2.5, KSampler from the first picture's latent.
 The Fill mask is soft (a ramp inside the rectangle); `--differential` adds DifferentialDiffusion.
+`--variant redux`: the dev transformer, a full-size random SigLIP-384 tower (ComfyUI's fixed
+config; fp16) and a random Redux encoder: CLIPVisionEncode (center crop) of the first picture ->
+StyleModelApply (strength 1, multiply) appends its 729 tokens to the context -> KSampler.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -45,12 +49,13 @@ FILES = {"unet": "diffusion_models/flux-cut-{model}.safetensors", "vae": "vae/fl
          "cond": "conditioning.safetensors"}
 
 
-VARIANTS = ("dev", "schnell", "fill", "kontext")
+VARIANTS = ("dev", "schnell", "fill", "kontext", "redux")
+REDUX_FILES = {"siglip": "clip_vision/siglip-384-full.safetensors", "redux": "style_models/redux-random.safetensors"}
 GUIDANCES = {"fill": 30.0, "kontext": 2.5}
 
 
 def files(variant: str) -> dict[str, str]:
-    model = "dev" if variant == "kontext" else variant  # Kontext's transformer is shaped like dev's
+    model = "dev" if variant in ("kontext", "redux") else variant  # Kontext's transformer is dev's shape
     return {k: v.format(model=model) for k, v in FILES.items()}
 
 
@@ -87,6 +92,30 @@ def make_files(work: Path, variant: str) -> None:
     make_shared_files(work, names)
 
 
+def make_redux_files(work: Path) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.clip_vision import VISION_CONFIGS
+    from comfyd.models.style_model import ReduxEncoder
+
+    if all((work / f).is_file() for f in REDUX_FILES.values()):
+        return
+    from accelerate import init_empty_weights
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    with init_empty_weights():
+        tower = SiglipVisionModel(SiglipVisionConfig(**VISION_CONFIGS["siglip-384"]))
+    tower = tiny.random_module(tower, 0, "siglip-384-full")
+    # SiglipVisionModel's parameters lack the `vision_model.` the stored files (and ComfyUI) use.
+    state = {"vision_model." + k: v.to(torch.float16) for k, v in tower.state_dict().items()}
+    del tower
+    (work / REDUX_FILES["siglip"]).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(work / REDUX_FILES["siglip"]))
+    del state
+    redux = tiny.random_module(ReduxEncoder(), 0, "redux-random")
+    (work / REDUX_FILES["redux"]).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16) for k, v in redux.state_dict().items()}, str(work / REDUX_FILES["redux"]))
+
+
 def make_shared_files(work: Path, names: dict[str, str]) -> None:
     from comfyd.models import tiny
     from comfyd.models.keymap import to_original, vae_translator
@@ -116,9 +145,16 @@ def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -
     from comfyd.settings import Settings
 
     names = files(variant)
-    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
+    settings = Settings(models_dir=work, device="cpu", home=work / "home")
+    if variant == "redux":  # the SigLIP tower's own manager goes before the transformer loads
+        towers = ModelManager(settings)
+        redux_model = towers.load_style_model(Path(REDUX_FILES["redux"]).name)
+        redux_output = towers.load_clip_vision(Path(REDUX_FILES["siglip"]).name).encode_image(pictures()[0])
+        del towers
+        gc.collect()
+    manager = ModelManager(settings)
     model = manager.load_diffusion_model(Path(names["unet"]).name)
-    if variant == "dev":
+    if variant in ("dev", "redux"):
         model = model.with_sampling(FlowModelSampling(ExpTimeShiftSchedule(flux_shift(1.15, 0.5, SIZE, SIZE))))
     vae = manager.load_vae(Path(names["vae"]).name)
     cond = load_file(str(work / names["cond"]))
@@ -145,6 +181,10 @@ def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -
         if ref_method:
             (positive,) = FluxKontextMultiReferenceLatentMethod().run(None, positive, ref_method)  # type: ignore[arg-type]
         latent = latents[0]
+    elif variant == "redux":
+        from comfyd.nodes.conditioning.style_model import StyleModelApply
+
+        (positive,) = StyleModelApply().run(None, positive, redux_model, redux_output, 1.0, "multiply")  # type: ignore[arg-type]
     out = common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
     path = work / f"comfyd-{variant}.png"
     to_png(vae_decode(vae, out["samples"]), path)
@@ -163,7 +203,7 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str, diffe
 
     names = files(variant)
     model = comfy.sd.load_diffusion_model(str(work / names["unet"]))
-    if variant == "dev":
+    if variant in ("dev", "redux"):
         (model,) = ModelSamplingFlux().patch(model, 1.15, 0.5, SIZE, SIZE)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
     cond = comfy.utils.load_torch_file(str(work / names["cond"]))
@@ -186,6 +226,13 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str, diffe
         if ref_method:
             positive = FluxKontextMultiReferenceLatentMethod.execute(positive, ref_method).result[0]
         latent = latents[0]
+    elif variant == "redux":
+        import comfy.clip_vision
+
+        tower = comfy.clip_vision.load(str(work / REDUX_FILES["siglip"]))
+        style = comfy.sd.load_style_model(str(work / REDUX_FILES["redux"]))
+        output = tower.encode_image(pictures()[0], crop=True)
+        (positive,) = nodes.StyleModelApply().apply_stylemodel(positive, style, output, 1.0, "multiply")
     (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, positive, latent)
     to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
 
@@ -209,6 +256,8 @@ def main() -> int:
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
+    if args.variant == "redux":
+        make_redux_files(work)
     ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
                     "--variant", args.variant, "--ref-method", args.ref_method, "--comfyui-side",
