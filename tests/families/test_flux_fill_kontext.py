@@ -194,3 +194,11 @@ def test_fill_concat_folds_the_mask_into_64_channels() -> None:
 def test_make_tiny_flux_through_the_cli_writes_the_fill_transformer(flux_files: Path) -> None:
     assert (flux_files / "models" / _flux_tiny.NAMES["fill"]).is_file()
     assert not (flux_files / "models" / "controlnet").exists()  # no tiny ControlNet for split-file families
+
+
+def test_flux_refuses_a_conditioning_attention_mask_instead_of_ignoring_it() -> None:
+    build = _flux_inputs.flux_builder(16, 16, 1.0, 0.0)
+    item = {"pooled_output": torch.zeros(1, 768), "attention_mask": torch.zeros(1, 4, 4)}
+    with pytest.raises(ValueError, match="attn_bias"):
+        build(item, (8, 8))
+    assert set(build({"pooled_output": torch.zeros(1, 768)}, (8, 8))) == {"pooled", "guidance"}

@@ -182,6 +182,12 @@ def flux_builder(in_channels: int, out_channels: int, scale: float, shift: float
         return (latent - shift) * scale
 
     def build(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+        if item.get("attention_mask") is not None:
+            # ComfyUI's Flux reads it (StyleModelApply's attn_bias); refused rather than ignored.
+            raise ValueError(
+                "a Flux model cannot take a conditioning attention mask yet (StyleModelApply with "
+                "strength_type attn_bias); use strength_type multiply"
+            )
         out = pooled_and_guidance(item, dims)
         if in_channels > out_channels:
             concat = concat_inputs(item, dims, out_channels, in_channels > 2 * out_channels, process_in)
