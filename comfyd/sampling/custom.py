@@ -28,6 +28,7 @@ from comfyd.sampling.ksampler import (
     _Interruptible,
     mask_function_of,
     prepare_denoise_mask,
+    with_denoise_mask,
 )
 from comfyd.sampling.samplers import SamplerRun
 from comfyd.sampling.samplers.base import Denoiser
@@ -78,7 +79,8 @@ def sample_custom(
         x0 = (x0 - model.latent_shift) * model.latent_scale
     initial = initial.to(device=device, dtype=torch.float32)
     entries = guider.entries(
-        initial.shape, schedule, device, model.dtype, model.vector_conditioning, seed=noise.seed
+        initial.shape, schedule, device, model.dtype, with_denoise_mask(model.vector_conditioning, latent, initial.shape),
+        seed=noise.seed,
     )
 
     sigma0 = float(sigmas[0])

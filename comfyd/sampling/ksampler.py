@@ -101,6 +101,21 @@ class _Interruptible:
         return self.inner(x, sigma)
 
 
+def with_denoise_mask(builder: Any, latent: dict[str, Any], shape: torch.Size | tuple[int, ...]) -> Any:
+    """The vector-conditioning builder with the run's prepared noise mask in each entry as
+    `denoise_mask` (ComfyUI hands it to every model's extra conds: an inpainting model falls back
+    to it without a concat_mask). Unchanged without a noise mask."""
+    noise_mask = latent.get("noise_mask")
+    if builder is None or noise_mask is None or len(shape) != 4:
+        return builder
+    mask = prepare_denoise_mask(noise_mask, shape)
+
+    def build(item: dict[str, Any], dims: tuple[int, int]) -> Any:
+        return builder(item if "denoise_mask" in item else {**item, "denoise_mask": mask}, dims)
+
+    return build
+
+
 def prepare_denoise_mask(noise_mask: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
     """A LATENT noise_mask ([B|1, 1, h, w] or [h, w]) resized bilinearly to the latent, all channels."""
     batch, channels, height, width = shape
@@ -199,7 +214,7 @@ def common_ksampler(
     noise = noise.to(device=device, dtype=torch.float32)
     entries = prepare_conds(
         positive, negative, noise.shape, schedule, device, model.dtype,
-        vector_conditioning=model.vector_conditioning, seed=seed,
+        vector_conditioning=with_denoise_mask(model.vector_conditioning, latent, noise.shape), seed=seed,
     )  # fmt: skip
 
     sigma0 = float(sigmas[0])

@@ -187,6 +187,12 @@ def test_fill_concat_folds_the_mask_into_64_channels() -> None:
     assert concat.shape == (1, 80, 4, 6)
     assert torch.equal(concat[:, :16], image * 2)
     assert torch.equal(concat[0, 16:, 1, 3], torch.ones(64)) and float(concat[0, 16:].sum()) == 64.0
+    # Without a concat_mask the sampler's prepared noise mask ([B, C, h, w], latent-sized) is read.
+    noise_mask = torch.zeros(1, 16, 4, 6)
+    noise_mask[:, :, 2, 5] = 1.0
+    fallback = _flux_inputs.concat_inputs({"denoise_mask": noise_mask}, (4, 6), 16, True, lambda x: x)
+    upscaled = torch.nn.functional.interpolate(noise_mask[:, :1], size=(32, 48), mode="bilinear")
+    assert torch.equal(fallback[0, 16:, 2, 5], upscaled[0, 0, 16:24, 40:48].reshape(64))
     empty = _flux_inputs.concat_inputs({}, (4, 6), 16, True, lambda x: x)
     assert torch.equal(empty[:, :16], torch.zeros(1, 16, 4, 6)) and torch.equal(empty[:, 16:], torch.ones(1, 64, 4, 6))
 

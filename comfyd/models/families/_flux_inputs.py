@@ -6,7 +6,7 @@ Fill (and the Canny/Depth models): a transformer whose `img_in` takes more laten
 it puts out reads extra channels beside the noisy latent. The first 16 are the entry's
 `concat_latent_image` (zeros without one), resized to the latent and normalised as a latent
 going into the sampler; an inpainting transformer (more than twice the output channels) reads
-next the `concat_mask` (ones without one), averaged over its channels, resized to 8x the
+next the `concat_mask` (else the sampler's noise mask, else ones), averaged over its channels, resized to 8x the
 latent and folded into 64 channels, one per pixel of each 8x8 cell. They travel as the vector
 conditioning `concat`; `FluxNetwork` appends them to the latent.
 
@@ -70,7 +70,8 @@ def concat_inputs(
     """[B, 16 (+64), h, w]: the image (and mask) channels a Fill / control transformer reads."""
     height, width = dims
     image = item.get("concat_latent_image")
-    mask = item.get("concat_mask")
+    # Without InpaintModelConditioning's mask ComfyUI reads the latent's noise mask.
+    mask = item.get("concat_mask", item.get("denoise_mask"))
     batch = max(t.shape[0] for t in (image, mask) if isinstance(t, Tensor)) if (image is not None or mask is not None) else 1
     if image is None:
         image = torch.zeros((batch, latent_channels, height, width))
