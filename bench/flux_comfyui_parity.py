@@ -21,7 +21,9 @@ the model's own sampling (shift 1.15, guidance 30) -> VAEDecode. `--variant kont
 transformer and the Kontext edit path: two pictures (64x64 and 32x48) VAE-encoded, each appended
 by ReferenceLatent (ComfyUI's default `offset` layout; `--ref-method index|uxo/uno` adds
 FluxKontextMultiReferenceLatentMethod), guidance 2.5, KSampler from the first picture's latent.
-The Fill mask is soft (a ramp inside the rectangle); `--differential` adds DifferentialDiffusion.
+The Fill mask is soft (a ramp inside the rectangle); `--differential` adds DifferentialDiffusion;
+`--noise-mask-only` samples a VAE-encoded latent with that noise mask instead (no
+InpaintModelConditioning: the model reads the noise mask and a zero image).
 `--variant redux`: the dev transformer, a full-size random SigLIP-384 tower (ComfyUI's fixed
 config; fp16) and a random Redux encoder: CLIPVisionEncode (center crop) of the first picture ->
 StyleModelApply (strength 1, multiply) appends its 729 tokens to the context -> KSampler.
@@ -137,7 +139,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -> Path:
+def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool, noise_mask_only: bool) -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
@@ -167,7 +169,12 @@ def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -
         if differential:
             (model,) = DifferentialDiffusion().run(None, model, 1.0)  # type: ignore[arg-type]
         first, _, mask = pictures()
-        positive, _, latent = InpaintModelConditioning().run(None, positive, positive, vae, first, mask, True)  # type: ignore[arg-type]
+        if noise_mask_only:  # SetLatentNoiseMask's latent: the model reads the noise mask, zeros for the image
+            from comfyd.models.vae_codec import vae_encode
+
+            latent = {"samples": vae_encode(vae, first), "noise_mask": mask}
+        else:
+            positive, _, latent = InpaintModelConditioning().run(None, positive, positive, vae, first, mask, True)  # type: ignore[arg-type]
     elif variant == "kontext":
         from comfyd.models.vae_codec import vae_encode
         from comfyd.nodes.conditioning.reference_latent import (
@@ -191,7 +198,9 @@ def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool) -
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str, differential: bool) -> None:
+def comfyui_side(
+    work: Path, comfyui: Path, variant: str, ref_method: str, differential: bool, noise_mask_only: bool
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -215,7 +224,10 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, ref_method: str, diffe
         if differential:
             model = DifferentialDiffusion.execute(model, 1.0).result[0]
         first, _, mask = pictures()
-        positive, _, latent = nodes.InpaintModelConditioning().encode(positive, positive, first, vae, mask, True)
+        if noise_mask_only:
+            latent = {"samples": vae.encode(first), "noise_mask": mask}
+        else:
+            positive, _, latent = nodes.InpaintModelConditioning().encode(positive, positive, first, vae, mask, True)
     elif variant == "kontext":
         from comfy_extras.nodes_edit_model import ReferenceLatent
         from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
@@ -247,27 +259,32 @@ def main() -> int:
     parser.add_argument("--ref-method", default="", choices=("", "offset", "index", "uxo/uno"),
                         help="kontext: FluxKontextMultiReferenceLatentMethod's choice (none: the default offset)")
     parser.add_argument("--differential", action="store_true", help="fill: DifferentialDiffusion on the model")
+    parser.add_argument("--noise-mask-only", action="store_true",
+                        help="fill: a VAE-encoded latent with a noise mask, no InpaintModelConditioning")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method, args.differential)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method, args.differential,
+                         args.noise_mask_only)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
     if args.variant == "redux":
         make_redux_files(work)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential, args.noise_mask_only)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
                     "--variant", args.variant, "--ref-method", args.ref_method, "--comfyui-side",
-                    *(["--differential"] if args.differential else [])], check=True)
+                    *(["--differential"] if args.differential else []),
+                    *(["--noise-mask-only"] if args.noise_mask_only else [])], check=True)
     theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
     method = args.ref_method.split("/")[0]
     tag = ("_" + method if method else "") + ("_differential" if args.differential else "")
+    tag += "_noise_mask_only" if args.noise_mask_only else ""
     print(f"RESULT psnr_flux_{args.variant}{tag}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
