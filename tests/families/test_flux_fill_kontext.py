@@ -23,14 +23,16 @@ from PIL import Image
 
 from comfyd.cli import main
 from comfyd.models.families import _flux_inputs, _flux_tiny
-from comfyd.models.families.flux import model_sampling_for
 from comfyd.nodes.conditioning.reference_latent import FluxKontextImageScale, kontext_size
-from comfyd.sampling.noise import initial_noise
-from comfyd.sampling.sigmas import calculate_sigmas
-from tests.families.flux_reference import SIZE, WORKFLOWS, flux_pipeline, psnr
-
-STEPS = 2
-NAMES = {k: Path(v).name for k, v in _flux_tiny.NAMES.items()}
+from tests.families.flux_edit_reference import (
+    diffusers_render,
+    edit_graph,
+    encode_to_mode,
+    kontext_graph,
+    kontext_reference,
+    sampler_inputs,
+)
+from tests.families.flux_reference import SIZE, flux_pipeline, psnr
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +50,6 @@ def flux_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _graph(name: str, changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    graph = json.loads((WORKFLOWS / name).read_text())
-    for node in graph.values():
-        inputs, kind = node["inputs"], node["class_type"]
-        if kind == "UNETLoader":
-            inputs["unet_name"] = NAMES["fill" if "fill" in name else "dev"]
-        elif kind == "DualCLIPLoader":
-            inputs.update(clip_name1=NAMES["clip_l"], clip_name2=NAMES["t5xxl"])
-        elif kind == "VAELoader":
-            inputs["vae_name"] = NAMES["vae"]
-        elif kind == "KSampler":
-            inputs["steps"] = STEPS
-        inputs.update(changes.get(kind, {}))
-    return graph
-
-
 def _run(root: Path, tmp_path: Path, graph: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> np.ndarray:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "workflow.json"
@@ -78,37 +64,6 @@ def _run(root: Path, tmp_path: Path, graph: dict[str, Any], capsys: pytest.Captu
     return np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
 
 
-def _sampler_inputs(graph: dict[str, Any]) -> tuple[torch.Tensor, list[float], str]:
-    """The initial noise, sigmas and prompt comfyd's KSampler uses (the model's own shift 1.15)."""
-    sampler = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
-    prompt = next(n["inputs"]["text"] for n in graph.values() if n["class_type"] == "CLIPTextEncode" and n["inputs"]["text"])
-    noise = initial_noise(torch.zeros(1, 16, SIZE // 8, SIZE // 8), int(sampler["seed"]))
-    schedule = model_sampling_for(True).schedule
-    sigmas = calculate_sigmas(schedule, sampler["scheduler"], int(sampler["steps"]))
-    return noise, [float(s) for s in sigmas[:-1]], prompt
-
-
-def _encode_to_mode(vae: Any) -> None:
-    """diffusers' Fill pipeline draws its masked-image latent from the VAE's distribution; ComfyUI
-    (and comfyd) take the distribution's mode. Make the draw the mode, so both read one latent."""
-    encode = vae.encode
-
-    def mode_encode(*args: Any, **kwargs: Any) -> Any:
-        out = encode(*args, **kwargs)
-        dist = out.latent_dist
-        dist.sample = lambda generator=None: dist.mode()
-        return out
-
-    vae.encode = mode_encode
-
-
-def _diffusers(pipe: Any, noise: torch.Tensor, **kwargs: Any) -> np.ndarray:
-    latents = pipe._pack_latents(noise, 1, 16, SIZE // 8, SIZE // 8)
-    with torch.inference_mode():
-        image = pipe(height=SIZE, width=SIZE, latents=latents, max_sequence_length=256, output_type="np", **kwargs)
-    return np.clip(255.0 * image.images[0], 0, 255).astype(np.uint8)
-
-
 @pytest.mark.slow
 def test_fill_workflow_through_comfyd_run_matches_diffusers(
     flux_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -116,20 +71,20 @@ def test_fill_workflow_through_comfyd_run_matches_diffusers(
     from diffusers import FluxFillPipeline
 
     # diffusers samples the whole latent: noise_mask off (with it on comfyd keeps the unmasked cells).
-    graph = _graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"},
+    graph = edit_graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"},
                                          "InpaintModelConditioning": {"noise_mask": False}})  # fmt: skip
     ours = _run(flux_files, tmp_path, graph, capsys)
-    noise, sigmas, prompt = _sampler_inputs(graph)
+    noise, sigmas, prompt = sampler_inputs(graph)
     rgba = Image.open(flux_files / "input" / "masked.png")
     mask = Image.fromarray(255 - np.asarray(rgba)[..., 3])
     pipe = flux_pipeline(flux_files / "models", "fill", FluxFillPipeline, fixed_sigmas=True)
-    _encode_to_mode(pipe.vae)
-    theirs = _diffusers(pipe, noise, prompt=prompt, image=rgba.convert("RGB"), mask_image=mask, sigmas=sigmas,
+    encode_to_mode(pipe.vae)
+    theirs = diffusers_render(pipe, noise, prompt=prompt, image=rgba.convert("RGB"), mask_image=mask, sigmas=sigmas,
                         num_inference_steps=len(sigmas), guidance_scale=30.0)  # fmt: skip
     assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
     assert psnr(ours, theirs) >= 40.0
     # As shipped (noise mask on, DifferentialDiffusion): runs, and the kept cells change the picture.
-    shipped = _run(flux_files, tmp_path / "shipped", _graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"}}),
+    shipped = _run(flux_files, tmp_path / "shipped", edit_graph("flux_fill_api.json", {"LoadImage": {"image": "masked.png"}}),
                    capsys)  # fmt: skip
     assert shipped.shape == ours.shape and psnr(shipped, ours) < 40.0
 
@@ -138,23 +93,9 @@ def test_fill_workflow_through_comfyd_run_matches_diffusers(
 def test_kontext_workflow_through_comfyd_run_matches_diffusers(
     flux_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from diffusers import FluxKontextPipeline
-
-    # FluxKontextImageScale takes the picture to 1024x1024; an ImageScale brings it back to 64x64
-    # so the tiny run stays tiny, and diffusers gets the same 64x64 pixels.
-    graph = _graph("flux_kontext_api.json", {"LoadImage": {"image": "picture.png"}})
-    graph["43"] = {"class_type": "ImageScale", "inputs": {"image": ["42", 0], "upscale_method": "area",
-                                                          "width": SIZE, "height": SIZE, "crop": "disabled"}}  # fmt: skip
-    graph["124"]["inputs"]["pixels"] = ["43", 0]
+    graph = kontext_graph("picture.png")
     ours = _run(flux_files, tmp_path, graph, capsys)
-    noise, sigmas, prompt = _sampler_inputs(graph)
-    picture = torch.from_numpy(np.asarray(Image.open(flux_files / "input" / "picture.png"), np.float32) / 255.0)
-    (scaled,) = FluxKontextImageScale().run(None, picture[None])  # type: ignore[arg-type]
-    scaled = torch.nn.functional.interpolate(scaled.movedim(-1, 1), size=(SIZE, SIZE), mode="area")
-    pixels = Image.fromarray(np.clip(255.0 * scaled[0].movedim(0, -1).numpy(), 0, 255).round().astype(np.uint8))
-    pipe = flux_pipeline(flux_files / "models", "dev", FluxKontextPipeline, fixed_sigmas=True)
-    theirs = _diffusers(pipe, noise, prompt=prompt, image=pixels, sigmas=sigmas, num_inference_steps=len(sigmas),
-                        guidance_scale=2.5, max_area=SIZE * SIZE, _auto_resize=False)  # fmt: skip
+    theirs = kontext_reference(flux_files / "models", graph, flux_files / "input" / "picture.png")
     assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20
     assert psnr(ours, theirs) >= 40.0
 
