@@ -72,7 +72,7 @@ def concat_inputs(
     image = item.get("concat_latent_image")
     # Without InpaintModelConditioning's mask ComfyUI reads the latent's noise mask.
     mask = item.get("concat_mask", item.get("denoise_mask"))
-    batch = max(t.shape[0] for t in (image, mask) if isinstance(t, Tensor)) if (image is not None or mask is not None) else 1
+    batch = max((t.shape[0] for t in (image, mask) if isinstance(t, Tensor)), default=1)
     if image is None:
         image = torch.zeros((batch, latent_channels, height, width))
     elif not isinstance(image, Tensor) or image.ndim != 4:
