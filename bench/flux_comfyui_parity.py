@@ -14,11 +14,25 @@ layout, fp16) and a full-size random Flux VAE (ComfyUI's autoencoder is also fix
 
 (add --variant schnell for schnell, --sampler NAME for another sampler than euler) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
 side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
+
+`--variant fill`: a cut Fill transformer (img_in 384 wide) and ComfyUI's canonical Fill path:
+InpaintModelConditioning (a fixed picture with a rectangular mask, noise_mask on) -> KSampler on
+the model's own sampling (shift 1.15, guidance 30) -> VAEDecode. `--variant kontext`: the dev
+transformer and the Kontext edit path: two pictures (64x64 and 32x48) VAE-encoded, each appended
+by ReferenceLatent (ComfyUI's default `offset` layout; `--ref-method index|uxo/uno` adds
+FluxKontextMultiReferenceLatentMethod), guidance 2.5, KSampler from the first picture's latent.
+The Fill mask is soft (a ramp inside the rectangle); `--differential` adds DifferentialDiffusion;
+`--noise-mask-only` samples a VAE-encoded latent with that noise mask instead (no
+InpaintModelConditioning: the model reads the noise mask and a zero image).
+`--variant redux`: the dev transformer, a full-size random SigLIP-384 tower (ComfyUI's fixed
+config; fp16) and a random Redux encoder: CLIPVisionEncode (center crop) of the first picture ->
+StyleModelApply (strength 1, multiply) appends its 729 tokens to the context -> KSampler.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -32,33 +46,84 @@ from safetensors.torch import load_file, save_file
 SIZE = 64
 STEPS = 3
 SEED = 7
+SAMPLER = ["euler"]  # --sampler: both sides sample with it
 GUIDANCE = 3.5
-FILES = {"unet": "diffusion_models/flux-cut-{variant}.safetensors", "vae": "vae/flux-ae-full.safetensors",
+FILES = {"unet": "diffusion_models/flux-cut-{model}.safetensors", "vae": "vae/flux-ae-full.safetensors",
          "cond": "conditioning.safetensors"}
 
 
+VARIANTS = ("dev", "schnell", "fill", "kontext", "redux")
+REDUX_FILES = {"siglip": "clip_vision/siglip-384-full.safetensors", "redux": "style_models/redux-random.safetensors"}
+GUIDANCES = {"fill": 30.0, "kontext": 2.5}
+
+
 def files(variant: str) -> dict[str, str]:
-    return {k: v.format(variant=variant) for k, v in FILES.items()}
+    model = "dev" if variant in ("kontext", "redux") else variant  # Kontext's transformer is dev's shape
+    return {k: v.format(model=model) for k, v in FILES.items()}
+
+
+def pictures() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two smooth pictures [1, H, W, 3] (64x64 and 32x48) and a mask [1, 64, 64]."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
+    first = torch.stack((xx, yy, 0.5 + 0.5 * torch.sin(6 * xx * yy)), -1)[None]
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 48), indexing="ij")
+    second = torch.stack((1 - yy, 0.5 * xx, torch.cos(4 * xx) ** 2), -1)[None]
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, 16:48, 20:44] = torch.linspace(0.05, 1.0, 24)  # soft: DifferentialDiffusion reads the levels
+    return first, second, mask
 
 
 def make_files(work: Path, variant: str) -> None:
     from comfyd.models import tiny
     from comfyd.models.families import _flux_transformer as transformer
-    from comfyd.models.keymap import to_original, vae_translator
-    from comfyd.models.loader import empty_vae
+    from comfyd.models.keymap import to_original
 
     names = files(variant)
     if all((work / f).is_file() for f in names.values()):
         return
+    if (work / names["unet"]).is_file():
+        return make_shared_files(work, names)
     config = {
-        "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 1,
+        "patch_size": 1, "in_channels": 384 if variant == "fill" else 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 1,
         "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
-        "pooled_projection_dim": 768, "guidance_embeds": variant == "dev", "axes_dims_rope": [16, 56, 56],
+        "pooled_projection_dim": 768, "guidance_embeds": variant != "schnell", "axes_dims_rope": [16, 56, 56],
     }  # fmt: skip
-    net = tiny.random_module(transformer.empty_transformer(config), 0, f"flux-cut-{variant}")
+    net = tiny.random_module(transformer.empty_transformer(config), 0, Path(names["unet"]).stem)
     (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
     save_file(to_original(net.state_dict(), transformer.FluxTranslator(config, "")), str(work / names["unet"]))
     del net
+    make_shared_files(work, names)
+
+
+def make_redux_files(work: Path) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.clip_vision import VISION_CONFIGS
+    from comfyd.models.style_model import ReduxEncoder
+
+    if all((work / f).is_file() for f in REDUX_FILES.values()):
+        return
+    from accelerate import init_empty_weights
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    with init_empty_weights():
+        tower = SiglipVisionModel(SiglipVisionConfig(**VISION_CONFIGS["siglip-384"]))
+    tower = tiny.random_module(tower, 0, "siglip-384-full")
+    # SiglipVisionModel's parameters lack the `vision_model.` the stored files (and ComfyUI) use.
+    state = {"vision_model." + k: v.to(torch.float16) for k, v in tower.state_dict().items()}
+    del tower
+    (work / REDUX_FILES["siglip"]).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(work / REDUX_FILES["siglip"]))
+    del state
+    redux = tiny.random_module(ReduxEncoder(), 0, "redux-random")
+    (work / REDUX_FILES["redux"]).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16) for k, v in redux.state_dict().items()}, str(work / REDUX_FILES["redux"]))
+
+
+def make_shared_files(work: Path, names: dict[str, str]) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.keymap import to_original, vae_translator
+    from comfyd.models.loader import empty_vae
+
     if (work / names["vae"]).is_file() and (work / names["cond"]).is_file():
         return
     vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
@@ -75,7 +140,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path, variant: str, sampler: str = "euler") -> Path:
+def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool, noise_mask_only: bool) -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling, flux_shift
@@ -83,20 +148,60 @@ def comfyd_side(work: Path, variant: str, sampler: str = "euler") -> Path:
     from comfyd.settings import Settings
 
     names = files(variant)
-    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
+    settings = Settings(models_dir=work, device="cpu", home=work / "home")
+    if variant == "redux":  # the SigLIP tower's own manager goes before the transformer loads
+        towers = ModelManager(settings)
+        redux_model = towers.load_style_model(Path(REDUX_FILES["redux"]).name)
+        redux_output = towers.load_clip_vision(Path(REDUX_FILES["siglip"]).name).encode_image(pictures()[0])
+        del towers
+        gc.collect()
+    manager = ModelManager(settings)
     model = manager.load_diffusion_model(Path(names["unet"]).name)
-    if variant == "dev":
+    if variant in ("dev", "redux"):
         model = model.with_sampling(FlowModelSampling(ExpTimeShiftSchedule(flux_shift(1.15, 0.5, SIZE, SIZE))))
+    vae = manager.load_vae(Path(names["vae"]).name)
     cond = load_file(str(work / names["cond"]))
-    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
-    out = common_ksampler(model, SEED, STEPS, 1.0, sampler, "simple", positive, positive, latent)
-    path = work / f"comfyd-{variant}-{sampler}.png"
-    to_png(vae_decode(manager.load_vae(Path(names["vae"]).name), out["samples"]), path)
+    if variant == "fill":
+        from comfyd.nodes.advanced.differential_diffusion import DifferentialDiffusion
+        from comfyd.nodes.conditioning.inpaint import InpaintModelConditioning
+
+        if differential:
+            (model,) = DifferentialDiffusion().run(None, model, 1.0)  # type: ignore[arg-type]
+        first, _, mask = pictures()
+        if noise_mask_only:  # SetLatentNoiseMask's latent: the model reads the noise mask, zeros for the image
+            from comfyd.models.vae_codec import vae_encode
+
+            latent = {"samples": vae_encode(vae, first), "noise_mask": mask}
+        else:
+            positive, _, latent = InpaintModelConditioning().run(None, positive, positive, vae, first, mask, True)  # type: ignore[arg-type]
+    elif variant == "kontext":
+        from comfyd.models.vae_codec import vae_encode
+        from comfyd.nodes.conditioning.reference_latent import (
+            FluxKontextMultiReferenceLatentMethod,
+            ReferenceLatent,
+        )
+
+        latents = [{"samples": vae_encode(vae, picture)} for picture in pictures()[:2]]
+        for reference in latents:
+            (positive,) = ReferenceLatent().run(None, positive, reference)  # type: ignore[arg-type]
+        if ref_method:
+            (positive,) = FluxKontextMultiReferenceLatentMethod().run(None, positive, ref_method)  # type: ignore[arg-type]
+        latent = latents[0]
+    elif variant == "redux":
+        from comfyd.nodes.conditioning.style_model import StyleModelApply
+
+        (positive,) = StyleModelApply().run(None, positive, redux_model, redux_output, 1.0, "multiply")  # type: ignore[arg-type]
+    out = common_ksampler(model, SEED, STEPS, 1.0, SAMPLER[0], "simple", positive, positive, latent)
+    path = work / f"comfyd-{variant}.png"
+    to_png(vae_decode(vae, out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path, variant: str, sampler: str = "euler") -> None:
+def comfyui_side(
+    work: Path, comfyui: Path, variant: str, ref_method: str, differential: bool, noise_mask_only: bool
+) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -108,14 +213,41 @@ def comfyui_side(work: Path, comfyui: Path, variant: str, sampler: str = "euler"
 
     names = files(variant)
     model = comfy.sd.load_diffusion_model(str(work / names["unet"]))
-    if variant == "dev":
+    if variant in ("dev", "redux"):
         (model,) = ModelSamplingFlux().patch(model, 1.15, 0.5, SIZE, SIZE)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
     cond = comfy.utils.load_torch_file(str(work / names["cond"]))
-    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCE}]]
+    positive = [[cond["context"], {"pooled_output": cond["pooled"], "guidance": GUIDANCES.get(variant, GUIDANCE)}]]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
-    (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, sampler, "simple", positive, positive, latent)
-    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}-{sampler}.png")
+    if variant == "fill":
+        from comfy_extras.nodes_differential_diffusion import DifferentialDiffusion
+
+        if differential:
+            model = DifferentialDiffusion.execute(model, 1.0).result[0]
+        first, _, mask = pictures()
+        if noise_mask_only:
+            latent = {"samples": vae.encode(first), "noise_mask": mask}
+        else:
+            positive, _, latent = nodes.InpaintModelConditioning().encode(positive, positive, first, vae, mask, True)
+    elif variant == "kontext":
+        from comfy_extras.nodes_edit_model import ReferenceLatent
+        from comfy_extras.nodes_flux import FluxKontextMultiReferenceLatentMethod
+
+        latents = [{"samples": vae.encode(picture)} for picture in pictures()[:2]]
+        for reference in latents:
+            positive = ReferenceLatent.execute(positive, reference).result[0]
+        if ref_method:
+            positive = FluxKontextMultiReferenceLatentMethod.execute(positive, ref_method).result[0]
+        latent = latents[0]
+    elif variant == "redux":
+        import comfy.clip_vision
+
+        tower = comfy.clip_vision.load(str(work / REDUX_FILES["siglip"]))
+        style = comfy.sd.load_style_model(str(work / REDUX_FILES["redux"]))
+        output = tower.encode_image(pictures()[0], crop=True)
+        (positive,) = nodes.StyleModelApply().apply_stylemodel(positive, style, output, 1.0, "multiply")
+    (out,) = nodes.common_ksampler(model, SEED, STEPS, 1.0, SAMPLER[0], "simple", positive, positive, latent)
+    to_png(vae.decode(out["samples"]), work / f"comfyui-{variant}.png")
 
 
 def main() -> int:
@@ -123,27 +255,41 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
-    parser.add_argument("--variant", choices=("dev", "schnell"), default="dev",
-                        help="dev: guidance embedding + ModelSamplingFlux; schnell: neither")
+    parser.add_argument("--variant", choices=VARIANTS, default="dev",
+                        help="dev: guidance embedding + ModelSamplingFlux; schnell: neither; fill; kontext")
+    parser.add_argument("--ref-method", default="", choices=("", "offset", "index", "uxo/uno"),
+                        help="kontext: FluxKontextMultiReferenceLatentMethod's choice (none: the default offset)")
+    parser.add_argument("--differential", action="store_true", help="fill: DifferentialDiffusion on the model")
+    parser.add_argument("--noise-mask-only", action="store_true",
+                        help="fill: a VAE-encoded latent with a noise mask, no InpaintModelConditioning")
     parser.add_argument("--sampler", default="euler", help="any KSampler sampler name (default euler)")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    SAMPLER[0] = args.sampler
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve(), args.variant, args.sampler)
+            comfyui_side(work, args.comfyui.resolve(), args.variant, args.ref_method, args.differential,
+                         args.noise_mask_only)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work, args.variant)
-    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.sampler)).convert("RGB")).astype(np.float64)
+    if args.variant == "redux":
+        make_redux_files(work)
+    ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential, args.noise_mask_only)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--sampler", args.sampler, "--comfyui-side"], check=True)
-    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}-{args.sampler}.png").convert("RGB")).astype(np.float64)
+                    "--variant", args.variant, "--ref-method", args.ref_method, "--sampler", args.sampler, "--comfyui-side",
+                    *(["--differential"] if args.differential else []),
+                    *(["--noise-mask-only"] if args.noise_mask_only else [])], check=True)
+    theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std())}))
-    label = args.variant if args.sampler == "euler" else f"{args.variant}_{args.sampler}"
-    print(f"RESULT psnr_flux_{label}_db={psnr:.2f}")
+    method = args.ref_method.split("/")[0]
+    tag = ("_" + method if method else "") + ("_differential" if args.differential else "")
+    tag += "_noise_mask_only" if args.noise_mask_only else ""
+    tag += "" if args.sampler == "euler" else f"_{args.sampler}"
+    print(f"RESULT psnr_flux_{args.variant}{tag}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 

@@ -8,8 +8,8 @@ Two stored layouts are read, as ComfyUI reads them (comfy/clip_vision.py):
 
 The architecture is not read from shapes: as ComfyUI does, the number of layers picks a fixed
 config (48 layers: ViT-bigG, 31+: ViT-H, 23+: ViT-L at 224 px, or 336 px when the position
-table says so) and every tensor must then fit it. SigLIP, LLaVA projectors and DINOv2 files are
-refused by name. Weights are rounded as the text encoders' are (ComfyUI keeps them in fp16 and
+table says so; 27 layers 1152 wide: SigLIP at 384 or 512 px, on transformers' SiglipVisionModel)
+and every tensor must then fit it. LLaVA projectors and DINOv2 files are refused by name. Weights are rounded as the text encoders' are (ComfyUI keeps them in fp16 and
 computes in float32).
 
 `preprocess` is ComfyUI's clip_preprocess: RGB only, bicubic antialiased resize (shorter side to
@@ -53,6 +53,18 @@ VISION_CONFIGS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 TINY_KIND = "tiny-vit-h"
 TINY_MARK = "comfyd.tiny_clip_vision"
+# SigLIP towers (Flux Redux's image encoder): ComfyUI's configs, with its LayerNorm eps (torch's
+# default 1e-5, not SigLIP's 1e-6), no class token and no pooling head.
+_SIGLIP = {"num_channels": 3, "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+           "num_attention_heads": 16, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-5,
+           "vision_use_head": False}
+VISION_CONFIGS.update({
+    "siglip-384": dict(_SIGLIP, image_size=384, patch_size=14),
+    "siglip-512": dict(_SIGLIP, image_size=512, patch_size=16),
+})  # fmt: skip
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+# Position-table length of each SigLIP tower, as ComfyUI tells them apart.
+SIGLIP_POSITIONS = {729: "siglip-384", 1024: "siglip-512"}
 
 
 class ClipVisionFormatError(ModelFileError):
@@ -79,8 +91,8 @@ class ClipVisionHandle:
     """CLIP_VISION: a loaded image tower and the preprocessing it expects."""
 
     key: str
-    kind: str  # "vit-l" | "vit-l-336" | "vit-h" | "vit-g"
-    model: Any  # transformers CLIPVisionModelWithProjection
+    kind: str  # "vit-l" | "vit-l-336" | "vit-h" | "vit-g" | "siglip-384" | "siglip-512"
+    model: Any  # transformers CLIPVisionModelWithProjection (SiglipVisionModel for SigLIP)
     device: torch.device
     dtype: torch.dtype
     gate: DeviceGate | None = field(default=None, repr=False)
@@ -89,16 +101,23 @@ class ClipVisionHandle:
     def image_size(self) -> int:
         return int(VISION_CONFIGS[self.kind]["image_size"])
 
+    @property
+    def siglip(self) -> bool:
+        return self.kind.startswith("siglip")
+
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
-        pixels = preprocess(image.float(), self.image_size, crop=crop)
+        norm = (SIGLIP_MEAN, SIGLIP_STD) if self.siglip else (CLIP_MEAN, CLIP_STD)
+        pixels = preprocess(image.float(), self.image_size, *norm, crop=crop)
         with held(self.gate), torch.inference_mode():
             out = self.model(
                 pixel_values=pixels.to(device=self.device, dtype=self.dtype), output_hidden_states=True
             )
+        last = out.last_hidden_state.float().cpu()
         return ClipVisionOutput(
-            last_hidden_state=out.last_hidden_state.float().cpu(),
+            last_hidden_state=last,  # SigLIP: after its post_layernorm, as ComfyUI returns it
             penultimate_hidden_states=out.hidden_states[-2].float().cpu(),
-            image_embeds=out.image_embeds.float().cpu(),
+            # SigLIP has no projection: ComfyUI's image_embeds are the whole normalised sequence.
+            image_embeds=last if self.siglip else out.image_embeds.float().cpu(),
         )
 
 
@@ -129,10 +148,14 @@ def preprocess(
 
 # --- recognising the tower ---------------------------------------------------------------------
 class _HfNames:
-    """transformers names stored as they are."""
+    """transformers names stored as they are (after `prefix`: SiglipVisionModel's parameters
+    lack the stored `vision_model.`)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
 
     def source(self, name: str) -> Source | None:
-        return None if name.endswith("position_ids") else Source(name)
+        return None if name.endswith("position_ids") else Source(self.prefix + name)
 
 
 class _OpenClipVisualNames:
@@ -188,7 +211,8 @@ def recognise(tf: TensorFile, prefix: str | None = None) -> tuple[str, Any]:
         width = tf.shape(HF_LAYER.format(0))[0]
         position_key = "vision_model.embeddings.position_embedding.weight"
         positions = tf.shape(position_key)[0] if position_key in keys else 0
-        return _kind(tf.path.name, layers, width, positions, keys), _HfNames()
+        kind = _kind(tf.path.name, layers, width, positions, keys)
+        return kind, _HfNames("vision_model." if kind.startswith("siglip") else "")
     if any(k.startswith("encoder.layer.") and "layer_scale" in k for k in keys):
         raise ClipVisionFormatError(f"{tf.path.name} is a DINOv2 image encoder; comfyd runs CLIP vision towers only")
     where = f" under {prefix}" if prefix else ""
@@ -205,7 +229,12 @@ def _kind(file_name: str, layers: int, width: int, positions: int, keys: set[str
         return "vit-h"
     if layers >= 23:
         if width == 1152:
-            raise ClipVisionFormatError(f"{file_name} is a SigLIP vision tower, which comfyd does not run yet")
+            if positions not in SIGLIP_POSITIONS:
+                raise ClipVisionFormatError(
+                    f"{file_name}: a SigLIP vision tower with {positions} positions; ComfyUI and comfyd know "
+                    "729 (384 px) and 1024 (512 px)"
+                )
+            return SIGLIP_POSITIONS[positions]
         if "multi_modal_projector.linear_1.bias" in keys:
             raise ClipVisionFormatError(f"{file_name} is a LLaVA vision tower, which comfyd does not run yet")
         return "vit-l-336" if positions == 577 else "vit-l"
@@ -225,7 +254,12 @@ def build(tf: TensorFile, kind: str, names: Any, device: torch.device, dtype: to
     from comfyd.models.loader import materialize
 
     with init_empty_weights():
-        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_CONFIGS[kind]))
+        if kind.startswith("siglip"):
+            from transformers import SiglipVisionConfig, SiglipVisionModel
+
+            model = SiglipVisionModel(SiglipVisionConfig(**VISION_CONFIGS[kind]))
+        else:
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_CONFIGS[kind]))
     try:
         return materialize(model, names, tf, device, dtype, rounding=rounding, what=f"CLIP vision {kind}")
     except UnknownCheckpointLayout as exc:

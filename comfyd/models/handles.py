@@ -123,6 +123,8 @@ class ModelHandle:
     zsnr: bool = False  # the sigma table rescaled to zero terminal SNR (ModelSamplingDiscrete)
     unet_hooks: tuple[Any, ...] = ()  # UnetHook patches (FreeU, ...), installed by patched()
     guidance: Guidance = Guidance()  # sampler CFG / post-CFG patches (RescaleCFG, PerpNeg, ...)
+    # Turns the noise mask into the mask of each step (DifferentialDiffusion); None: as given.
+    denoise_mask_function: Any = None
 
     @property
     def model_sampling(self) -> Any:

@@ -28,6 +28,7 @@ from comfyd.sampling.ksampler import (
     _Interruptible,
     as_model_latent,
     fix_empty_latent_channels,
+    mask_function_of,
     prepare_denoise_mask,
     with_denoise_mask,
 )
@@ -115,7 +116,9 @@ def sample_custom(
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
                 inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
             clean = bool(getattr(model, "inpaint_clean_latent", False))
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling, clean)
+            denoiser = InpaintDenoiser(
+                denoiser, mask, x0, inpaint_noise, model_sampling, clean, mask_function_of(model, schedule, sigmas)
+            )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(

@@ -61,8 +61,14 @@ class InpaintDenoiser:
     """
 
     def __init__(
-        self, inner: Denoiser, mask: Tensor, latent: Tensor, noise: Tensor, model_sampling: Any = None,
+        self,
+        inner: Denoiser,
+        mask: Tensor,
+        latent: Tensor,
+        noise: Tensor,
+        model_sampling: Any = None,
         clean: bool = False,
+        mask_function: Callable[[float, Tensor], Tensor] | None = None,
     ) -> None:
         self.inner = inner
         self.clean = clean
@@ -72,16 +78,29 @@ class InpaintDenoiser:
         self.kept_latent = latent * self.keep
         self.noise = noise
         self.model_sampling = model_sampling
+        # A model's denoise-mask function (DifferentialDiffusion): the mask to use at each sigma.
+        self.mask_function = mask_function
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        mask, keep, kept_latent = self.mask, self.keep, self.kept_latent
+        if self.mask_function is not None:
+            mask = self.mask_function(sigma, self.mask)
+            keep = 1.0 - mask
+            kept_latent = self.latent * keep
         if self.clean:
             kept = self.latent
         elif self.model_sampling is None:
             kept = self.noise * sigma + self.latent
         else:
             kept = self.model_sampling.scale_inpaint(sigma, self.noise, self.latent)
-        x = x * self.mask + kept * self.keep
-        return self.inner(x, sigma) * self.mask + self.kept_latent
+        x = x * mask + kept * keep
+        return self.inner(x, sigma) * mask + kept_latent
+
+
+def mask_function_of(model: Any, schedule: Any, sigmas: Tensor) -> Callable[[float, Tensor], Tensor] | None:
+    """The model's denoise-mask function bound to this run's sigmas (None: the mask as given)."""
+    patch = getattr(model, "denoise_mask_function", None)
+    return patch.bind(schedule, sigmas) if patch is not None else None
 
 
 class _Interruptible:
@@ -126,7 +145,7 @@ def with_denoise_mask(builder: Any, mask: Tensor | None) -> Any:
         return builder
 
     def build(item: dict[str, Any], dims: tuple[int, int]) -> Any:
-        return builder({**item, "denoise_mask": mask}, dims)
+        return builder(item if "denoise_mask" in item else {**item, "denoise_mask": mask}, dims)
 
     return build
 
@@ -276,7 +295,9 @@ def common_ksampler(
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
                 inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
             clean = bool(getattr(model, "inpaint_clean_latent", False))
-            denoiser = InpaintDenoiser(denoiser, mask, x0, inpaint_noise, model_sampling, clean)
+            denoiser = InpaintDenoiser(
+                denoiser, mask, x0, inpaint_noise, model_sampling, clean, mask_function_of(model, schedule, sigmas)
+            )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)
         run = SamplerRun(

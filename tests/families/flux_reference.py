@@ -29,7 +29,9 @@ FLUX_SCHEDULER = {  # FLUX.1-dev's scheduler_config.json values
 }  # fmt: skip
 
 
-def flux_pipeline(root: Path, variant: str):
+def flux_pipeline(root: Path, variant: str, pipeline: Any = None, fixed_sigmas: bool = False):
+    """diffusers' `pipeline` class (FluxPipeline by default) on the tiny files; `fixed_sigmas`:
+    a scheduler that takes the caller's sigmas unshifted."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     plan = compute_plan("cpu", "fp32")
@@ -40,11 +42,13 @@ def flux_pipeline(root: Path, variant: str):
     _, t5, _ = standalone.load_text_encoder(root / _flux_tiny.NAMES["t5xxl"], plan, False)
     vae = loader.load_vae_file(root / _flux_tiny.NAMES["vae"], plan)
     vae.register_to_config(scaling_factor=family.latent.scale_factor, shift_factor=family.latent.shift)
-    if variant == "dev":
+    if fixed_sigmas:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    elif variant == "dev":
         scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     else:
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    return FluxPipeline(
+    return (pipeline or FluxPipeline)(
         scheduler=scheduler, vae=vae, text_encoder=clip,
         tokenizer=loader.load_clip_tokenizer({"pad_token": "<|endoftext|>"}),
         text_encoder_2=t5, tokenizer_2=t5_encoder.shipped_tokenizer(), transformer=network.transformer,

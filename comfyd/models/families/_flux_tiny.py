@@ -1,5 +1,5 @@
 """Tiny random-weight Flux files in ComfyUI's split layout (tests, demo; `comfyd models make-tiny
---family flux`): a dev and a schnell transformer in `diffusion_models/` (BFL keys), a CLIP-L and a
+--family flux`): a dev, a schnell and a Fill transformer in `diffusion_models/` (BFL keys), a CLIP-L and a
 T5 encoder in `text_encoders/` (transformers keys), a 16-channel autoencoder in `vae/` (LDM keys),
 and the dev parts again as one all-in-one checkpoint in `checkpoints/` (ComfyUI's prefixes).
 Same seeds, same files."""
@@ -25,6 +25,7 @@ TINY_T5 = {
 NAMES = {
     "dev": "diffusion_models/comfyd-tiny-flux-dev.safetensors",
     "schnell": "diffusion_models/comfyd-tiny-flux-schnell.safetensors",
+    "fill": "diffusion_models/comfyd-tiny-flux-fill.safetensors",
     "clip_l": "text_encoders/comfyd-tiny-clip-l.safetensors",
     "t5xxl": "text_encoders/comfyd-tiny-t5xxl.safetensors",
     "vae": "vae/comfyd-tiny-flux-ae.safetensors",
@@ -39,9 +40,14 @@ CHECKPOINT_PREFIXES = {
 }
 
 
-def tiny_transformer_config(guidance: bool, context_dim: int, pooled_dim: int) -> dict[str, Any]:
+# Fill's transformer takes the latent, the masked-image latent and the 8x8-folded mask (16 + 16 + 64
+# channels per latent cell, x4 per 2x2 patch); dev and schnell the latent alone.
+IN_CHANNELS = {"dev": 64, "schnell": 64, "fill": 384}
+
+
+def tiny_transformer_config(guidance: bool, context_dim: int, pooled_dim: int, in_channels: int = 64) -> dict[str, Any]:
     return {
-        "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 1, "num_single_layers": 2,
+        "patch_size": 1, "in_channels": in_channels, "out_channels": 64, "num_layers": 1, "num_single_layers": 2,
         "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": context_dim,
         "pooled_projection_dim": pooled_dim, "guidance_embeds": guidance,
         "axes_dims_rope": list(transformer.rope_axes(32)),
@@ -80,8 +86,10 @@ def write_tiny_flux(root: Path, seed: int = 0) -> list[Path]:
     sd1 = tiny.tiny_configs(tiny.families.DEFAULT_FAMILY)
     clip_config = sd1.encoders["l"]
     written: list[Path] = []
-    for variant, guidance in (("dev", True), ("schnell", False)):
-        config = tiny_transformer_config(guidance, TINY_T5["d_model"], int(clip_config["hidden_size"]))
+    for variant, guidance in (("dev", True), ("schnell", False), ("fill", True)):
+        config = tiny_transformer_config(
+            guidance, TINY_T5["d_model"], int(clip_config["hidden_size"]), IN_CHANNELS[variant]
+        )
         net = tiny.random_module(transformer.empty_transformer(config), seed, f"flux-{variant}")
         stored = to_original(net.state_dict(), transformer.FluxTranslator(config, ""))
         written.append(_save(stored, root / NAMES[variant]))

@@ -11,8 +11,9 @@ holds (scale, shift).
 
 The sampler calls a UNet-shaped network (`net(x, t, encoder_hidden_states=, added_cond_kwargs=,
 return_dict=False)`); `FluxNetwork` packs the [B, 16, h, w] latent into 2x2 patches with their
-(0, row, column) position ids as ComfyUI's Flux does, runs the transformer with the pooled CLIP
-vector and the guidance strength, and unpacks the result.
+(0, row, column) position ids as ComfyUI's Flux does (Fill's concat channels appended first,
+Kontext's reference tokens after the latent's: `_flux_inputs.py`), runs the transformer with the
+pooled CLIP vector and the guidance strength, and unpacks the latent's part of the result.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families import _flux_inputs as inputs
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import ROWS, SWAP_HALVES, Source
 
-PATCH = 2
+PATCH = inputs.PATCH
 _DOUBLE = re.compile(r"double_blocks\.(\d+)\.")
 _SINGLE = re.compile(r"single_blocks\.(\d+)\.")
 MARKER_KEYS = ("double_blocks.0.img_attn.qkv.weight", "img_in.weight", "txt_in.weight")
@@ -160,14 +161,6 @@ def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
         return FluxTransformer2DModel.from_config(dict(config))
 
 
-def position_ids(height: int, width: int, device: Any) -> torch.Tensor:
-    """[h * w, 3] ids of the patch grid: (0, row, column), rows first."""
-    ids = torch.zeros(height, width, 3, device=device)
-    ids[..., 1] = ids[..., 1] + torch.arange(height, device=device)[:, None]
-    ids[..., 2] = ids[..., 2] + torch.arange(width, device=device)[None, :]
-    return ids.reshape(height * width, 3)
-
-
 class FluxNetwork(TransformerNetwork):
     """The UNet-shaped call around a FluxTransformer2DModel (see the module docstring)."""
 
@@ -180,24 +173,53 @@ class FluxNetwork(TransformerNetwork):
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
         added = added_cond_kwargs or {}
-        batch, channels, height, width = x.shape
-        pad_h, pad_w = (-height) % PATCH, (-width) % PATCH
-        if pad_h or pad_w:  # ComfyUI pads to whole patches by wrapping around
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-        rows, cols = x.shape[2] // PATCH, x.shape[3] // PATCH
-        packed = (
-            x.reshape(batch, channels, rows, PATCH, cols, PATCH)
-            .permute(0, 2, 4, 1, 3, 5)
-            .reshape(batch, rows * cols, channels * PATCH * PATCH)
-        )
+        batch, _, height, width = x.shape
+        concat = added.get("concat")
+        if concat is not None:  # Fill: masked image and mask channels beside the latent
+            x = torch.cat((x, concat.to(device=x.device, dtype=x.dtype)), dim=1)
+        packed, rows, cols = inputs.pack(x)
+        ids = inputs.position_ids(rows, cols).to(x.device)
+        image_tokens = packed.shape[1]
+        refs, ref_ids = added.get("ref_tokens"), added.get("ref_ids")
+        if refs is not None and ref_ids is not None:  # Kontext: reference tokens after the latent's
+            packed = torch.cat((packed, refs.to(device=x.device, dtype=packed.dtype)), dim=1)
+            ids = torch.cat((ids[None].expand(batch, -1, -1), ref_ids.to(x.device, torch.float32)), dim=1)
         context = encoder_hidden_states
-        img_ids = position_ids(rows, cols, x.device)
-        txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
         pooled = added.get("pooled")
         if pooled is None:
             raise ValueError("Flux conditioning has no pooled_output (encode the prompt with a Flux CLIP)")
         guidance = added.get("guidance") if self.transformer.config.guidance_embeds else None
-        out = self.transformer(
+        txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
+        if ids.ndim == 3 and not bool((ids == ids[:1]).all()):
+            # Rows laid out differently (diffusers takes one id table per call): one call each.
+            out = torch.cat([
+                self._run(packed[i : i + 1], context[i : i + 1], pooled[i : i + 1], timestep[i : i + 1],
+                          ids[i], txt_ids, guidance[i : i + 1] if guidance is not None and guidance.shape[0] > 1
+                          else guidance)
+                for i in range(batch)
+            ])  # fmt: skip
+        else:
+            out = self._run(packed, context, pooled, timestep, ids[0] if ids.ndim == 3 else ids, txt_ids, guidance)
+        out = out[:, :image_tokens]
+        out_channels = out.shape[-1] // (PATCH * PATCH)
+        out = (
+            out.reshape(batch, rows, cols, out_channels, PATCH, PATCH)
+            .permute(0, 3, 1, 4, 2, 5)
+            .reshape(batch, out_channels, rows * PATCH, cols * PATCH)
+        )
+        return (out[:, :, :height, :width],)
+
+    def _run(
+        self,
+        packed: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor,
+        timestep: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt_ids: torch.Tensor,
+        guidance: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return self.transformer(
             hidden_states=packed,
             encoder_hidden_states=context,
             pooled_projections=pooled,
@@ -207,10 +229,3 @@ class FluxNetwork(TransformerNetwork):
             guidance=guidance.to(packed.dtype) if guidance is not None else None,
             return_dict=False,
         )[0]
-        out_channels = out.shape[-1] // (PATCH * PATCH)
-        out = (
-            out.reshape(batch, rows, cols, out_channels, PATCH, PATCH)
-            .permute(0, 3, 1, 4, 2, 5)
-            .reshape(batch, out_channels, rows * PATCH, cols * PATCH)
-        )
-        return (out[:, :, :height, :width],)

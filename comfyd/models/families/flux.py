@@ -6,17 +6,21 @@ layout, `_flux_transformer.py`), `clip_l.safetensors` and a T5-XXL in `text_enco
 latent channels and no quant convs; VAELoader). dev has a guidance embedding (`guidance_in`) and
 samples with ModelSamplingFlux (shift 1.15); schnell has none and samples with
 ModelSamplingDiscreteFlow (shift 1, multiplier 1). Both predict CONST (x - v * sigma).
-ComfyUI: comfy/supported_models.py Flux / FluxSchnell, comfy/text_encoders/flux.py (CLIP-L last
+Fill (384 input channels: latent + masked-image latent + 8x8-folded mask) and Kontext (reference
+latents appended as extra tokens) are the same transformer reading more of the conditioning
+(`_flux_inputs.py`). ComfyUI: comfy/supported_models.py Flux / FluxSchnell, comfy/text_encoders/flux.py (CLIP-L last
 layer, pooled unprojected; T5 context, min length 256), latent_formats.Flux, model_base.Flux
 (guidance 3.5 unless the conditioning says otherwise).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
+from comfyd.models.families import _flux_inputs
 from comfyd.models.families import _flux_transformer as transformer
 from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
 from comfyd.models.families.base import (
@@ -33,6 +37,7 @@ from comfyd.sampling.vector_conditioning import pooled_and_guidance
 
 if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
+    from comfyd.sampling.protocols import VectorConditioning
 
 DEV_SHIFT = 1.15
 # UNETLoader's weight_dtype: weights stored in this dtype, computed in the plan's dtype.
@@ -88,6 +93,13 @@ class Flux(Family):
     def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.FluxNetworkTranslator:
         # The running network's parameters -> BFL keys (LoRAs and block merges name those).
         return transformer.FluxNetworkTranslator(config, key_prefix)
+
+    def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
+        # Per latent cell: the transformer's stored widths are 2x2 patches.
+        cells = transformer.PATCH * transformer.PATCH
+        in_channels = int(unet_config.get("in_channels", 64)) // cells
+        out_channels = int(unet_config.get("out_channels") or 64) // cells
+        return _flux_inputs.flux_builder(in_channels, out_channels, self.latent.scale_factor, self.latent.shift)
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         return transformer_prefix(keys, transformer.is_flux_transformer)
