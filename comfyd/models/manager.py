@@ -406,7 +406,8 @@ class ModelManager(AuxiliaryModels):
             device=self.plan.device,
             dtype=self.plan.vae_dtype,
             latent_channels=int(channels),
-            downscale=2 ** (len(levels) - 1),
+            # A VAE whose link latent is patchified (Flux.2) says its own pixels per cell.
+            downscale=getattr(config, "latent_downscale", None) or 2 ** (len(levels) - 1),
             gate=self.gate,
         )
 
