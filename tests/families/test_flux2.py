@@ -67,6 +67,13 @@ def test_key_map_round_trips_every_weight(flux2_models: Path) -> None:
     back = to_original(network.transformer.state_dict(), transformer.Flux2Translator(config, ""))
     assert set(back) == set(stored)
     assert all(torch.equal(back[k], stored[k]) for k in stored)
+    # Held to diffusers' own conversion of BFL's names too (the tiny writer shares our map).
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+    theirs = convert_flux2_transformer_checkpoint_to_diffusers(dict(stored))
+    ours = network.transformer.state_dict()
+    assert set(theirs) == set(ours)
+    assert all(torch.equal(theirs[k], ours[k].float()) for k in ours)
     # ComfyUI's Flux2 model config: ModelSamplingFlux with shift 2.02, CONST prediction.
     assert isinstance(sampling.schedule, ExpTimeShiftSchedule) and sampling.schedule.shift == 2.02
     assert sampling.prediction == CONST
