@@ -41,8 +41,9 @@ def test_flux2_transformer_is_told_from_flux1(flux2_models: Path) -> None:
     keys = _keys(flux2_models / _flux2_tiny.NAMES["dev"])
     assert families.get("flux2").diffusion_model_prefix(keys) == ""
     assert families.get("flux").diffusion_model_prefix(keys) is None
-    prefixed = {"model.diffusion_model." + k for k in keys}
-    assert families.get("flux2").diffusion_model_prefix(prefixed) == "model.diffusion_model."
+    prefixed = {"model.diffusion_model." + k for k in keys}  # an all-in-one file: refused by name
+    assert families.get("flux2").diffusion_model_prefix(prefixed) is None
+    assert "all-in-one Flux.2" in (families.near_miss(set(), prefixed) or "")
     flux1_like = keys | {"vector_in.in_layer.weight"}  # Flux.1's pooled-vector input
     assert families.get("flux2").diffusion_model_prefix(flux1_like) is None
     assert "UNETLoader" in (families.near_miss(set(), keys) or "")

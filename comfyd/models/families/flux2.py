@@ -10,7 +10,8 @@ normalises). dev takes a guidance strength (`guidance_in`; FluxGuidance, 3.5 by 
 none. The text context is padded with zeros in front to 512 tokens, as ComfyUI's Flux2 model does.
 
 Not here yet: the text encoders (Mistral Small 3.x for [dev], Qwen3 for [klein]), so CLIPLoader
-type flux2 is refused with a message; conditioning must come from elsewhere.
+type flux2 is refused with a message; conditioning must come from elsewhere. All-in-one Flux.2
+checkpoints are refused with a message too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from comfyd.models.families import _flux2_transformer as transformer
 from comfyd.models.families import _flux2_vae as flux2_vae
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
-from comfyd.models.families.base import CONFIG_DIR, Family, HeadRule, LatentFormat, SamplingSpec
+from comfyd.models.families._network import storage_dtype, store_weights
+from comfyd.models.families.base import CONFIG_DIR, UNET_PREFIX, Family, HeadRule, LatentFormat, SamplingSpec
 from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling
 from comfyd.sampling.vector_conditioning import FLUX_DEFAULT_GUIDANCE
 
@@ -57,6 +58,11 @@ class Flux2(Family):
         return None  # the parts load through the split loaders (models.standalone)
 
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
+        if transformer.is_flux2_transformer(keys, UNET_PREFIX):
+            return (
+                "looks like an all-in-one Flux.2 checkpoint, which comfyd does not load yet: load the "
+                "transformer with UNETLoader and the VAE with VAELoader"
+            )
         if transformer.is_flux2_transformer(keys, ""):
             return "looks like a Flux.2 transformer alone: load it with UNETLoader (models/diffusion_models)"
         if flux2_vae.is_flux2_vae(keys):
@@ -64,7 +70,9 @@ class Flux2(Family):
         return None
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
-        return transformer_prefix(keys, transformer.is_flux2_transformer)
+        # Transformer files only: an all-in-one file's VAE would need the batch-norm loader, which
+        # the split-family checkpoint path does not call (near_miss says so instead).
+        return "" if transformer.is_flux2_transformer(keys, "") else None
 
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
