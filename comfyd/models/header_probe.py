@@ -22,7 +22,8 @@ DTYPE_BYTES = {
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
-                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae"})
+                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae",
+                                "flux2", "flux2_vae"})
 
 
 class HeaderError(ValueError):
@@ -108,6 +109,8 @@ def detect_family(header: ModelHeader) -> str:
             return "hunyuan_video"
         if any(k.startswith("distilled_guidance_layer") for k in stripped):
             return "chroma"
+        if "single_stream_modulation.lin.weight" in stripped:
+            return "flux2"
         return "flux"
     if any(k.startswith("joint_blocks.") for k in stripped):
         return "sd3"
@@ -127,6 +130,8 @@ def detect_family(header: ModelHeader) -> str:
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):
         return "llm_text_encoder"
     if has("decoder.conv_in.weight"):
+        if any(k.endswith("bn.running_mean") for k in keys):  # the Flux.2 VAE's latent batch norm
+            return "flux2_vae"
         shape = header.shape(next(k for k in keys if k.endswith("decoder.conv_in.weight"))) or ()
         if len(shape) == 5:
             return "video_vae"
