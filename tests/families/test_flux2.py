@@ -156,3 +156,16 @@ def test_template_graph_matches_diffusers_flux2_pipeline(flux2_models: Path, tmp
     assert psnr(ours, theirs) >= 40.0
     # The comparison can fail: one step fewer is a different picture.
     assert psnr(ours, reference(flux2_models, "dev", steps=1)) < 30.0
+
+
+def test_preview_is_comfyuis_latent2rgb_averaged_over_each_patch() -> None:
+    from comfyd.models.families.flux2 import PATCH_RGB_FACTORS, RGB_BIAS
+
+    latent = families.get("flux2").latent
+    z = torch.randn(128, 3, 5, generator=torch.Generator().manual_seed(1))
+    ours = torch.einsum("chw,cr->hwr", z, torch.tensor(latent.rgb_factors)) + torch.tensor(latent.rgb_bias)
+    # ComfyUI: unfold the patches to 32 channels at twice the size, project, here averaged back.
+    unfolded = flux2_vae.unpatchify(z[None])[0]
+    full = torch.einsum("chw,cr->hwr", unfolded, torch.tensor(PATCH_RGB_FACTORS)) + torch.tensor(RGB_BIAS)
+    pooled = full.reshape(3, 2, 5, 2, 3).mean(dim=(1, 3))
+    assert torch.allclose(ours, pooled, atol=1e-6)
