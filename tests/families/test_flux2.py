@@ -169,3 +169,21 @@ def test_preview_is_comfyuis_latent2rgb_averaged_over_each_patch() -> None:
     full = torch.einsum("chw,cr->hwr", unfolded, torch.tensor(PATCH_RGB_FACTORS)) + torch.tensor(RGB_BIAS)
     pooled = full.reshape(3, 2, 5, 2, 3).mean(dim=(1, 3))
     assert torch.allclose(ours, pooled, atol=1e-6)
+
+
+def test_fp8_weight_dtype_stores_fp8_and_computes_close(flux2_models: Path) -> None:
+    plan = compute_plan("cpu", "fp32")
+    x = torch.randn(1, 128, 4, 4, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 7, _flux2_tiny.CONTEXT_DIM, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for weight_dtype in ("default", "fp8_e4m3fn"):
+        with TensorFile(flux2_models / _flux2_tiny.NAMES["dev"]) as tf:
+            network, _ = families.get("flux2").load_diffusion_model(tf, "", plan, weight_dtype)
+        with torch.no_grad():
+            outs[weight_dtype] = network(x, torch.tensor([0.7]), context, {"guidance": torch.tensor([3.5])})[0]
+    stored = next(network.transformer.transformer_blocks[0].parameters()).dtype
+    assert stored == torch.float8_e4m3fn
+    spread = outs["default"].abs().max()
+    assert 0 < (outs["default"] - outs["fp8_e4m3fn"]).abs().max() / spread < 0.15
+    with pytest.raises(ValueError, match="128-channel"):
+        network(torch.zeros(1, 16, 4, 4), torch.tensor([0.7]), context, {})
