@@ -24,7 +24,7 @@ DTYPE_BYTES = {
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
-                                "qwen25_vl", "qwen_image_lora", "ltxv"})
+                                "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae"})
 
 
 class HeaderError(ValueError):
@@ -115,6 +115,8 @@ def detect_family(header: ModelHeader) -> str:
             return "hunyuan_video"
         if any(k.startswith("distilled_guidance_layer") for k in stripped):
             return "chroma"
+        if "single_stream_modulation.lin.weight" in stripped:
+            return "flux2"
         return "flux"
     if any(k.startswith("joint_blocks.") for k in stripped):
         return "sd3"
@@ -142,6 +144,8 @@ def detect_family(header: ModelHeader) -> str:
     if has("decoder.conv_in.conv.weight") and has("encoder.down.0.block.0.conv1.conv.weight"):
         return "hunyuan_video_vae"
     if has("decoder.conv_in.weight"):
+        if any(k.endswith("bn.running_mean") for k in keys):  # the Flux.2 VAE's latent batch norm
+            return "flux2_vae"
         shape = header.shape(next(k for k in keys if k.endswith("decoder.conv_in.weight"))) or ()
         if len(shape) == 5:
             return "video_vae"

@@ -412,8 +412,11 @@ class ModelManager(AuxiliaryModels):
             device=self.plan.device,
             dtype=self.plan.vae_dtype,
             latent_channels=int(channels),
-            # Wan 2.2's VAE patchifies 2x2 before its three halvings: its config says 16.
-            downscale=int(getattr(config, "scale_factor_spatial", None) or downscale),
+            # A VAE that patchifies its latent says its pixels per cell: Wan 2.2's (16, scale_factor_spatial),
+            # Flux.2's (latent_downscale); LTX-Video's says `downscale`.
+            downscale=int(
+                getattr(config, "scale_factor_spatial", None) or getattr(config, "latent_downscale", None) or downscale
+            ),
             gate=self.gate,
         )
 

@@ -176,6 +176,8 @@ def test_png_check(tiny_models: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 4)}, "flux_lora"),
         ({"decoder.conv_in.weight": (8, 4, 3, 3)}, "sd_vae"),
         ({"decoder.middle.0.residual.0.gamma": (4,)}, "wan_vae"),
+        ({"double_blocks.0.img_attn.qkv.weight": (6, 4), "single_stream_modulation.lin.weight": (12, 4)}, "flux2"),
+        ({"decoder.conv_in.weight": (8, 32, 3, 3), "bn.running_mean": (128,)}, "flux2_vae"),
         ({"something.else": (1,)}, "unknown"),
     ],
 )

@@ -25,6 +25,8 @@ COMFYUI: dict[str, Any] = json.loads((HERE / "comfyui_input_types.json").read_te
 VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encoding="utf-8"))["nodes"]
 # The ComfyUI-GGUF pack's loaders (commit 795e451), dumped the same way.
 GGUF: dict[str, Any] = json.loads((HERE / "gguf_input_types.json").read_text(encoding="utf-8"))["nodes"]
+# Flux.2's nodes (newer ComfyUI than 0.3.64), written by hand from ComfyUI's source: see that file.
+FLUX2: dict[str, Any] = json.loads((HERE / "flux2_input_types.json").read_text(encoding="utf-8"))["nodes"]
 # Choices that depend on the files present (models, input pictures, videos), not on the declaration.
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video", "hypernetwork_name", "control_net_name",
                 "clip_name", "style_model_name",
@@ -33,7 +35,7 @@ FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", 
 SUBSET_CHOICES = {("VHS_VideoCombine", "format")}
 # Nodes comfyd has that ComfyUI 0.3.64 ships only as an example custom node, and custom-node
 # pack nodes comfyd implements itself.
-NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket", *VHS, *GGUF}
+NOT_IN_COMFYUI_CORE = {"SaveImageWebsocket", *VHS, *GGUF, *FLUX2}
 # "options" and "multiselect": ComfyUI's newer nodes declare a choice as ["COMBO", {"options": [...]}].
 NUMBER_OPTIONS = ("default", "min", "max", "step", "round", "multiline", "tooltip", "options", "multiselect",
                   "disable")
@@ -56,6 +58,11 @@ def test_declaration_matches_videohelpersuite(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(GGUF))
 def test_declaration_matches_comfyui_gguf(name: str) -> None:
     assert_same_declaration(name, GGUF[name])
+
+
+@pytest.mark.parametrize("name", sorted(FLUX2))
+def test_declaration_matches_comfyui_flux2(name: str) -> None:
+    assert_same_declaration(name, FLUX2[name])
 
 
 def assert_same_declaration(name: str, theirs: dict[str, Any]) -> None:
