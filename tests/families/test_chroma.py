@@ -67,7 +67,7 @@ def test_network_is_diffusers_chroma_with_comfyui_modulation_rows(chroma_models:
         rows = transformer.MODULATION_ROWS
         t.time_text_embed.mod_proj = get_timestep_embedding(torch.arange(rows) * 1000, 32, True, 0)
         packed = x.reshape(1, 16, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 4, 64)
-        ids = transformer.position_ids(2, 2, "cpu")
+        ids = transformer.position_ids(2, 2)
         theirs = t(packed, context, timestep, img_ids=ids, txt_ids=torch.zeros(7, 3), return_dict=False)[0]
         theirs = theirs.reshape(1, 2, 2, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 4, 4)
         guided = net(x, timestep, context, {"guidance": torch.tensor([4.0])})[0]

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comfyd.models.families._flux_transformer import PATCH, FluxTranslator, position_ids, rope_axes
+from comfyd.models.families._flux_inputs import position_ids
+from comfyd.models.families._flux_transformer import PATCH, FluxTranslator, rope_axes
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
 
@@ -154,7 +155,7 @@ class ChromaNetwork(TransformerNetwork):
         mods = self.modulations(timestep, guidance, packed.dtype)
         hidden = t.x_embedder(packed)
         context = t.context_embedder(encoder_hidden_states)
-        ids = torch.cat([torch.zeros(context.shape[1], 3, device=x.device), position_ids(rows, cols, x.device)])
+        ids = torch.cat([torch.zeros(context.shape[1], 3, device=x.device), position_ids(rows, cols).to(x.device)])
         rotary = t.pos_embed(ids)
         singles, doubles = len(t.single_transformer_blocks), len(t.transformer_blocks)
         for i, block in enumerate(t.transformer_blocks):
