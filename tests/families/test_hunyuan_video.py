@@ -23,6 +23,8 @@ from comfyd.cli import main
 from comfyd.models import llama_encoder
 from comfyd.models.families import _hunyuan_tiny, _hunyuan_transformer, _hunyuan_vae
 from comfyd.models.keymap import to_original
+from tests.families.video_serve import video_through_server
+from tests.server.conftest import start_server  # noqa: F401  (the fixture)
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "comfyd" / "workflows" / "hunyuan_video_t2v_api.json"
 SIZE, FRAMES = 64, 9
@@ -39,6 +41,18 @@ TENCENT = (
     ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
     ("_mlp.0.", "_mlp.fc1."),
 )
+
+
+def tiny_workflow() -> dict:
+    """The canonical T2V workflow on the tiny files: 9 frames of 64x64, 2 steps."""
+    graph = json.loads(WORKFLOW.read_text())
+    names = {k: Path(v).name for k, v in _hunyuan_tiny.NAMES.items()}
+    graph["10"]["inputs"]["vae_name"] = names["vae"]
+    graph["11"]["inputs"].update(clip_name1=names["llama"], clip_name2=names["clip_l"])  # either order
+    graph["12"]["inputs"]["unet_name"] = names["t2v"]
+    graph["45"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
+    graph["17"]["inputs"]["steps"] = 2
+    return graph
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +173,7 @@ def test_t2v_workflow_through_comfyd_run_gives_a_playable_mp4(
     import av
     import numpy as np
 
-    graph = json.loads(WORKFLOW.read_text())
-    names = {k: Path(v).name for k, v in _hunyuan_tiny.NAMES.items()}
-    graph["10"]["inputs"]["vae_name"] = names["vae"]
-    graph["11"]["inputs"].update(clip_name1=names["llama"], clip_name2=names["clip_l"])  # either order
-    graph["12"]["inputs"]["unet_name"] = names["t2v"]
-    graph["45"]["inputs"].update(width=SIZE, height=SIZE, length=FRAMES)
-    graph["17"]["inputs"]["steps"] = 2
+    graph = tiny_workflow()
     path = tmp_path / "hunyuan_t2v.json"
     path.write_text(json.dumps(graph))
     out = tmp_path / "out"
@@ -274,3 +282,11 @@ def test_fp8_scaled_llama_file_is_dequantized(hunyuan_models: Path, tmp_path: Pa
     assert not torch.equal(restored, original)  # it went through fp8, and came back scaled
     tokens = llama_encoder.tokenize(llama_encoder.require_tokenizer(fp8), "a red fox")
     assert llama_encoder.encode(fp8, tokens).shape == llama_encoder.encode(plain, tokens).shape
+
+
+@pytest.mark.slow
+def test_t2v_workflow_through_the_server_gives_a_playable_mp4(hunyuan_models: Path, start_server) -> None:  # noqa: F811
+    from comfyd.runtime import build_runtime
+
+    server = start_server(runtime=build_runtime, models_dir=hunyuan_models)
+    video_through_server(server, tiny_workflow(), "75", FRAMES, SIZE)

@@ -24,6 +24,8 @@ from PIL import Image
 
 from comfyd.cli import main
 from comfyd.models.families import _wan22_tiny, _wan_tiny
+from tests.families.video_serve import video_through_server
+from tests.server.conftest import start_server  # noqa: F401  (the fixture)
 
 SIZE = 64
 FRAMES = 9
@@ -309,3 +311,11 @@ def test_full_size_ti2v_and_vae_layouts_map_key_for_key() -> None:
             assert source is not None and keys[source.key] == tuple(parameter.shape), name
             used.add(source.key)
         assert used == set(keys)
+
+
+@pytest.mark.slow
+def test_ti2v_workflow_through_the_server_gives_a_playable_mp4(wan22_models: Path, start_server) -> None:  # noqa: F811
+    from comfyd.runtime import build_runtime
+
+    server = start_server(runtime=build_runtime, models_dir=wan22_models)
+    video_through_server(server, ti2v_workflow(), "58", FRAMES, SIZE)
