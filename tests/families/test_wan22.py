@@ -314,8 +314,18 @@ def test_full_size_ti2v_and_vae_layouts_map_key_for_key() -> None:
 
 
 @pytest.mark.slow
-def test_ti2v_workflow_through_the_server_gives_a_playable_mp4(wan22_models: Path, start_server) -> None:  # noqa: F811
+def test_ti2v_and_two_expert_workflows_through_the_server_give_playable_mp4s(wan22_models: Path, start_server) -> None:  # noqa: F811
     from comfyd.runtime import build_runtime
 
     server = start_server(runtime=build_runtime, models_dir=wan22_models)
     video_through_server(server, ti2v_workflow(), "58", FRAMES, SIZE)
+    # The 14B template's two-expert pass (two UNETLoaders, two KSamplerAdvanced), kept short.
+    graph = json.loads((WORKFLOWS / "wan22_t2v_14b_api.json").read_text())
+    graph["71"]["inputs"]["clip_name"] = _name("umt5xxl")
+    graph["73"]["inputs"]["vae_name"] = _name("vae")
+    graph["75"]["inputs"]["unet_name"] = _name("high_noise")
+    graph["76"]["inputs"]["unet_name"] = _name("low_noise")
+    graph["74"]["inputs"].update(width=32, height=32, length=FRAMES)
+    graph["81"]["inputs"].update(steps=2, end_at_step=1)
+    graph["78"]["inputs"].update(steps=2, start_at_step=1)
+    video_through_server(server, graph, "80", FRAMES, 32)
