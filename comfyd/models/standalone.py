@@ -92,9 +92,6 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="CLIP text encoder",
         )  # fmt: skip
         return "clip", module
-    llama_prefix = llama_encoder.find_prefix(keys, base)
-    if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
-        return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
     if qwen25_encoder.is_qwen25(keys, base):
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
         module = materialize(
@@ -104,6 +101,9 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
         return "qwen25_7b", module
+    llama_prefix = llama_encoder.find_prefix(keys, base)
+    if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
+        return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
     if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):
         return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)

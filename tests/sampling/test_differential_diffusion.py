@@ -47,7 +47,7 @@ def test_inpaint_denoiser_uses_the_step_mask() -> None:
     schedule = ExpTimeShiftSchedule(shift=1.15)
     sigmas = torch.tensor([1.0, 0.5, 0.0])
     step = DifferentialMask().bind(schedule, sigmas)
-    denoiser = InpaintDenoiser(inner, soft, latent, torch.zeros_like(latent), None, step)
+    denoiser = InpaintDenoiser(inner, soft, latent, torch.zeros_like(latent), None, mask_function=step)
     out = denoiser(torch.ones_like(latent), 1.0)  # threshold 1: nothing sampled yet
     assert torch.equal(out, latent) and torch.equal(seen[-1], latent)
     out = denoiser(torch.ones_like(latent), 0.5)  # threshold ~0.5: the 0.9 cell is sampled
