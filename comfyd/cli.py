@@ -296,7 +296,8 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
+    if any(p.parent.name == "checkpoints" for p in written):  # split-file families have no UNet ControlNet
+        written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:
         print(f"wrote {path}")
     print("These are random weights: images from them are noise. They exist for tests and the demo.")

@@ -22,7 +22,8 @@ DTYPE_BYTES = {
 }
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
-                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae"})
+                                "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae",
+                                "qwen_image", "qwen25_vl"})
 
 
 class HeaderError(ValueError):
@@ -124,6 +125,9 @@ def detect_family(header: ModelHeader) -> str:
     if has("text_model.encoder.layers.") or has("transformer.text_model.encoder.layers."):
         width = next((s[1] for k, (_, s) in header.tensors.items() if k.endswith("token_embedding.weight") and len(s) == 2), 0)
         return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width, "clip")
+    bias = next((k for k in keys if k.endswith("model.layers.0.self_attn.k_proj.bias")), None)
+    if bias is not None and (header.shape(bias) or (0,))[0] == 512:  # Qwen2.5-VL-7B, as ComfyUI tells it
+        return "qwen25_vl"
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):
         return "llm_text_encoder"
     if has("decoder.conv_in.weight"):

@@ -10,7 +10,8 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
 - pooled output: final (normalised) hidden state of the first chunk at its first end token,
   through text_projection where the family uses the projected one.
 
-T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`.
+T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`; Qwen-Image's
+Qwen2.5-VL takes it inside its chat template: `qwen25_encoder`.
 
 Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
 order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward, families, t5_encoder, umt5_encoder
+from comfyd.models import clip_forward, families, qwen25_encoder, t5_encoder, umt5_encoder
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
 from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
@@ -93,6 +94,8 @@ def tokenize_for_encoder(
         return [t5_encoder.tokenize(text)]  # one sequence, no 77-token chunks
     if kind == "umt5":
         return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
+    if kind == "qwen25_7b":  # the chat template, no weights: plain ids
+        return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -115,6 +118,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
                 outputs[key] = (encode(encoders[key], tokens[key][0]), None)
+                continue
+            if kind == "qwen25_7b":
+                outputs[key] = (qwen25_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
     if len(keys) == 1:

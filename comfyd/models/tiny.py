@@ -254,6 +254,7 @@ def make_tiny_checkpoint(
 def make_tiny(dir: Path | str, family: str = families.DEFAULT_FAMILY) -> list[Path]:
     """`comfyd models make-tiny DIR [--family F]`: a tiny checkpoint of one registered family (SD1
     by default) in both formats under DIR/checkpoints."""
+    family = family.replace("-", "_")  # `--family qwen-image` names the qwen_image family
     if family not in families.names():
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(families.names())}")
     split_files = families.get(family).make_tiny_files(Path(dir))

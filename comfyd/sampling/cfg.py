@@ -182,13 +182,15 @@ def prepare_prompts(
 # --- guidance --------------------------------------------------------------------------------
 
 
-def _can_batch(a: CondEntry, b: CondEntry) -> bool:
+def _can_batch(a: CondEntry, b: CondEntry, exact_context: bool = False) -> bool:
     if a.region != b.region or a.control is not b.control:
         return False
     ca, cb = a.context, b.context
     if ca.shape[0] != cb.shape[0] or ca.shape[2] != cb.shape[2]:
         return False
     if ca.shape[1] != cb.shape[1]:
+        if exact_context:  # a network whose context is not repeated (ComfyUI's CONDRegular)
+            return False
         shortest = min(ca.shape[1], cb.shape[1])
         if math.lcm(ca.shape[1], cb.shape[1]) // shortest > _MAX_CONTEXT_REPEAT:
             return False
@@ -242,6 +244,9 @@ class PromptBatcher:
         # Without timestep ranges every entry is active at every step: skip the per-step filter.
         self._ranged = any(e.sigma_start is not None or e.sigma_end is not None for e in self.entries)
         self._everything = tuple(range(len(self.entries)))
+        # Joint-attention transformers (Qwen-Image) see repeated text tokens: contexts of
+        # different lengths run as separate batches, as ComfyUI batches CONDRegular inputs.
+        self._exact_context = bool(getattr(getattr(unet, "unet", None), "exact_context_batches", False))
 
     def _plan(self, active: tuple[int, ...]) -> _Plan:
         plan = self._plans.get(active)
@@ -251,7 +256,10 @@ class PromptBatcher:
         groups: list[_Group] = []
         while pending:
             first = self.entries[pending[0]]
-            fits = [k for k in range(len(pending)) if _can_batch(self.entries[pending[k]], first)]
+            fits = [
+                k for k in range(len(pending))
+                if _can_batch(self.entries[pending[k]], first, self._exact_context)
+            ]  # fmt: skip
             members = [self.entries[pending.pop(k)] for k in reversed(fits)]
             added = None
             if members[0].added is not None:

@@ -22,7 +22,13 @@ from comfyd.engine.errors import ExecutionInterrupted
 from comfyd.sampling.denoiser import UNetDenoiser
 from comfyd.sampling.guidance import bind_model_guidance
 from comfyd.sampling.guiders import Guider, NoiseSource, SamplerChoice
-from comfyd.sampling.ksampler import InpaintDenoiser, _check_latent, _Interruptible, prepare_denoise_mask
+from comfyd.sampling.ksampler import (
+    InpaintDenoiser,
+    _check_latent,
+    _Interruptible,
+    as_model_latent,
+    prepare_denoise_mask,
+)
 from comfyd.sampling.samplers import SamplerRun
 from comfyd.sampling.samplers.base import Denoiser
 from comfyd.sampling.step_batcher import DEFAULT_PRIORITY, lend_network
@@ -55,7 +61,7 @@ def sample_custom(
         raise ValueError("sampler must be a SAMPLER (KSamplerSelect or a Sampler* node)")
     if not isinstance(noise, NoiseSource):
         raise ValueError("noise must be a NOISE (RandomNoise or DisableNoise)")
-    latent_image = _check_latent(latent)
+    latent_image = as_model_latent(_check_latent(latent), guider.model, latent.get("noise_mask") is not None)
     sigmas = _as_sigmas(sigmas)
     sampler_fn = sampler.function()
     out = dict(latent)
@@ -63,7 +69,7 @@ def sample_custom(
         return out, out
 
     model = guider.model
-    initial = noise.generate(latent)
+    initial = noise.generate(latent).reshape(latent_image.shape)  # a one-frame latent: same values
     model_sampling = model.model_sampling
     schedule = model_sampling.schedule
     device = torch.device(model.device)

@@ -114,6 +114,18 @@ def _check_latent(latent: Any) -> Tensor:
     return samples
 
 
+def as_model_latent(samples: Tensor, model: Any, has_mask: bool = False) -> Tensor:
+    """An image latent [B, C, H, W] for a model whose latent is 3-D (per-channel statistics over
+    [B, C, T, H, W]: Qwen-Image on Wan's format) is sampled as one frame, as ComfyUI's
+    fix_empty_latent_channels does; other latents are returned as they are."""
+    scale = getattr(model, "latent_scale", None)
+    if not (isinstance(scale, Tensor) and scale.ndim == 5 and samples.ndim == 4):
+        return samples
+    if has_mask:
+        raise ValueError("noise masks on this model's one-frame latents are not supported yet")
+    return samples.unsqueeze(2)
+
+
 def _window(
     sigmas: Tensor, start_step: int | None, last_step: int | None, force_full_denoise: bool
 ) -> Tensor | None:
@@ -154,7 +166,7 @@ def common_ksampler(
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_NAMES}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    latent_image = _check_latent(latent)
+    latent_image = as_model_latent(_check_latent(latent), model, latent.get("noise_mask") is not None)
 
     if disable_noise:
         noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")

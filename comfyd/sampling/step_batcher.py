@@ -350,6 +350,7 @@ class BatchedNetwork:
         self._turn = turn
         # The sampler reads the UNet's layout (where control residuals go) from its config.
         self.config = getattr(net, "config", None)
+        self.exact_context_batches = bool(getattr(net, "exact_context_batches", False))
 
     def __call__(
         self,
