@@ -23,7 +23,7 @@ DTYPE_BYTES = {
 # Families comfyd runs today; every other family is detected and reported as not supported.
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae",
-                                "qwen_image", "qwen25_vl"})
+                                "qwen_image", "qwen25_vl", "z_image", "qwen3"})
 
 
 class HeaderError(ValueError):
@@ -117,7 +117,7 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.startswith("transformer_blocks.0.img_mod") for k in stripped):
         return "qwen_image"
     if any(k.startswith(("noise_refiner.", "cap_embedder.")) for k in stripped):
-        return "lumina2"
+        return "z_image" if "cap_pad_token" in stripped else "lumina2"
     if any(k.startswith("adaln_single") for k in stripped) and any(k.startswith("transformer_blocks.") for k in stripped):
         return "ltxv"
     if any(k.startswith(("encoder.block.", "shared.")) for k in keys) or has("encoder.block.0.layer.0.SelfAttention"):
@@ -128,6 +128,8 @@ def detect_family(header: ModelHeader) -> str:
     bias = next((k for k in keys if k.endswith("model.layers.0.self_attn.k_proj.bias")), None)
     if bias is not None and (header.shape(bias) or (0,))[0] == 512:  # Qwen2.5-VL-7B, as ComfyUI tells it
         return "qwen25_vl"
+    if has("model.layers.0.self_attn.q_norm.weight"):  # per-head q/k norms: Qwen3 (Z-Image's encoder)
+        return "qwen3"
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):
         return "llm_text_encoder"
     if has("decoder.conv_in.weight"):

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from comfyd.models import detect, families, qwen25_encoder, t5_encoder, umt5_encoder
+from comfyd.models import detect, families, qwen3_encoder, qwen25_encoder, t5_encoder, umt5_encoder
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.families.base import UNET_PREFIX
@@ -43,7 +43,7 @@ def load_diffusion_model(
     shown = ", ".join(sorted(keys)[:5])
     raise UnknownCheckpointLayout(
         f"{path.name} is not a diffusion model comfyd can load (supported: Flux.1 transformers in "
-        f"BFL's layout, Wan 2.1 text-to-video transformers, Qwen-Image transformers); first keys: {shown}"
+        f"BFL's layout, Wan 2.1 text-to-video transformers, Qwen-Image transformers, Z-Image transformers); first keys: {shown}"
     )
 
 
@@ -87,6 +87,15 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
         return "qwen25_7b", module
+    if qwen3_encoder.is_qwen3(keys, base):
+        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
+        module = materialize(
+            qwen3_encoder.empty_encoder(qwen3_encoder.infer_config(shapes, base)),
+            qwen25_encoder.Qwen25Translator(base), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="Qwen3 text encoder",
+        )  # fmt: skip
+        qwen25_encoder.apply_weight_scales(module, tf, base)
+        return "qwen3_4b", module
     t5_prefix = t5_encoder.find_prefix({k for k in keys if k.startswith(base)})
     if t5_prefix is not None and umt5_encoder.is_umt5(keys, t5_prefix):
         return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)
@@ -128,7 +137,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
         keys = tf.keys()
     raise UnknownCheckpointLayout(
         f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5 or UMT5 encoder, "
-        f"Qwen2.5-VL); "
+        f"Qwen2.5-VL, Qwen3); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -185,7 +194,7 @@ def encoder_tokenizers(
             out[name] = clip_tokenizer(dict(family.encoder(name).tokenizer))
         elif kind == "umt5":
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
-        elif kind == "qwen25_7b":
+        elif kind in ("qwen25_7b", "qwen3_4b"):  # Qwen3 uses Qwen2's vocabulary
             out[name] = qwen25_encoder.shipped_tokenizer()
     return out
 
