@@ -48,7 +48,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> dic
     q_width = shapes[f"{prefix}model.layers.0.self_attn.q_proj.weight"][0]
     kv_width = shapes[f"{prefix}model.layers.0.self_attn.k_proj.weight"][0]
     if q_width % head_dim or kv_width % head_dim:
-        raise ValueError(f"Qwen3 text encoder widths {q_width}/{kv_width} do not split into {head_dim}-wide heads")
+        raise ValueError(
+            f"Qwen3 text encoder widths {q_width}/{kv_width} do not split into {head_dim}-wide heads"
+        )
     layers = 1 + max(
         int(k[len(prefix) :].split(".")[2]) for k in shapes if k.startswith(f"{prefix}model.layers.")
     )

@@ -60,7 +60,12 @@ def _text_encoder(root: Path) -> Any:
 
 
 def z_image_pipeline(root: Path) -> Any:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
     from comfyd.models.families.flux import FAMILY as FLUX

@@ -1,0 +1,134 @@
+"""Z-Image Turbo end to end on tiny random files in ComfyUI's split layout (`make-tiny --family z-image`).
+
+The canonical workflow (comfyd/workflows/z_image_turbo_api.json: UNETLoader, CLIPLoader type
+lumina2, VAELoader, ModelSamplingAuraFlow 3, EmptySD3LatentImage, CLIPTextEncode,
+ConditioningZeroOut, KSampler res_multistep / simple / cfg 1, VAEDecode, SaveImage) runs through
+`comfyd run` at 64x64 and 2 steps; its picture is held to diffusers' ZImagePipeline on the same
+files, prompt and initial noise (z_image_reference.py says why not ComfyUI). With two steps
+res_multistep takes an Euler step and then steps to sigma 0, which both samplers do by returning
+the denoised estimate, so the pipeline's Euler scheduler computes the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyd.cli import main
+from comfyd.models import qwen3_encoder, qwen25_encoder
+from comfyd.models.families import _z_image_tiny
+from comfyd.models.families import _z_image_transformer as transformer
+from comfyd.models.tiny import make_tiny
+from tests.families.z_image_reference import SIZE, psnr, reference, tiny_workflow, z_image_pipeline
+
+# "a red fox in the snow" inside Z-Image's chat template (Qwen2's vocabulary).
+PROMPT_IDS = [151644, 872, 198, 64, 2518, 38835, 304, 279, 11794, 151645, 198, 151644, 77091, 198]
+
+
+@pytest.fixture(scope="module")
+def z_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("zimage") / "models"
+    written = make_tiny(root, family="z-image")
+    assert sorted(p.relative_to(root).as_posix() for p in written) == sorted(_z_image_tiny.NAMES.values())
+    return root
+
+
+def _run(graph: dict, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    path = tmp_path / "z_image.json"
+    path.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    code = main(["run", str(path), "--models-dir", str(models), "--output-dir", str(out), "-q", "--json"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    return np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_turbo_workflow_through_comfyd_run_matches_diffusers(
+    z_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = tiny_workflow()
+    assert graph["3"]["inputs"]["sampler_name"] == "res_multistep" and graph["3"]["inputs"]["cfg"] == 1.0
+    ours = _run(graph, z_models, tmp_path, capsys)
+    theirs = reference(z_models, graph)
+    assert ours.shape == (SIZE, SIZE, 3) and theirs.std() > 20  # noise-like: PSNR is strict
+    assert psnr(ours, theirs) >= 40.0
+
+
+@pytest.mark.slow
+def test_prompt_conditioning_matches_diffusers(z_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    clip = manager.load_clip([Path(_z_image_tiny.NAMES["qwen3_4b"]).name], "lumina2")
+    pipe = z_image_pipeline(z_models)
+    for prompt in ("a red fox in the snow", 'a sign that says "Z", 中文, (not a weight:1.3)'):
+        [[cond, extra]] = encode_text(clip, prompt)
+        with torch.inference_mode():
+            [theirs], _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
+        assert extra["pooled_output"] is None
+        assert cond.shape == (1, *theirs.shape)
+        assert float((cond[0] - theirs).abs().max()) < 1e-5
+
+
+def test_tokens_as_comfyui() -> None:
+    tokenizer = qwen25_encoder.shipped_tokenizer()
+    assert qwen3_encoder.tokenize(tokenizer, "a red fox in the snow") == PROMPT_IDS
+    # Weights are not parsed; escaped brackets are unescaped.
+    assert qwen3_encoder.tokenize(tokenizer, "\\(a\\)") == qwen3_encoder.tokenize(tokenizer, "(a)")
+    assert len(qwen3_encoder.tokenize(tokenizer, "(a:1.2)")) > len(qwen3_encoder.tokenize(tokenizer, "a"))
+
+
+def test_key_map_matches_diffusers_converter(z_models: Path) -> None:
+    """comfyd's map from the stored keys equals diffusers' own single-file converter."""
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    from comfyd.models.keymap import apply_op
+
+    stored = load_file(str(z_models / _z_image_tiny.NAMES["transformer"]))
+    assert transformer.is_z_image_transformer(set(stored), "")
+    config = transformer.infer_config({k: tuple(v.shape) for k, v in stored.items()}, "")
+    assert config == {**_z_image_tiny.TINY_TRANSFORMER, "all_patch_size": (2,), "all_f_patch_size": (1,)}
+    theirs = convert_z_image_transformer_checkpoint_to_diffusers(dict(stored))
+    translator = transformer.ZImageTranslator()
+    ours = {}
+    for name in theirs:
+        source = translator.source(name)
+        assert source is not None
+        ours[name] = apply_op(stored[source.key], source)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert transformer.rope_axes(128) == [32, 48, 48]
+
+
+def test_bad_z_image_inputs_get_clear_errors(z_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.header_probe import detect_family, read_header
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    names = {k: Path(v).name for k, v in _z_image_tiny.NAMES.items()}
+    assert detect_family(read_header(z_models / _z_image_tiny.NAMES["transformer"])) == "z_image"
+    assert detect_family(read_header(z_models / _z_image_tiny.NAMES["qwen3_4b"])) == "qwen3"
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    with pytest.raises(ValueError, match="has no place in a flux CLIP"):
+        manager.load_clip([names["qwen3_4b"]], "flux")
+    model = manager.load_diffusion_model(names["transformer"])
+    with pytest.raises(ValueError, match="single images; got a latent with 3 frames"):
+        with torch.inference_mode(), model.patched() as net:
+            net(torch.zeros(1, 16, 3, 4, 4), torch.tensor([0.5]), torch.zeros(1, 5, 32))
+    # Odd latent sizes pad to whole patches and come back at their size; fp8 storage stays close.
+    x, t, context = torch.randn(1, 16, 5, 7), torch.tensor([0.5]), torch.randn(1, 5, 32)
+    fp8 = manager.load_diffusion_model(names["transformer"], "fp8_e4m3fn")
+    with torch.inference_mode(), model.patched() as net, fp8.patched() as net8:
+        a, b = net(x, t, context)[0], net8(x, t, context)[0]
+    assert a.shape == x.shape and torch.isfinite(b).all()
+    assert 0 < float((a - b).abs().max()) < 0.25 * float(a.abs().max())
