@@ -7,8 +7,8 @@ not there, runs the canonical Turbo workflow through `comfyd run` in three cases
 prompt, sigmas and initial noise with ZImagePipeline (tests/families/z_image_reference.py, which
 says why the reference is not ComfyUI) and prints `RESULT psnr_z_image_<case>_vs_diffusers_db` and
 the largest difference in 8-bit levels. Cases: `turbo` (as shipped: res_multistep, 2 steps, 64x64;
-two res_multistep steps are Euler's), `euler4` (4 Euler steps) and `euler4_80x48` (a non-square
-size, 5x3 patches).
+two res_multistep steps are Euler's), `euler4` (4 Euler steps), `cfg2_5` (4 Euler steps at cfg 2.5
+against ConditioningZeroOut's negative) and `euler4_80x48` (a non-square size, 5x3 patches).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tests.families.z_image_reference import psnr, render, tiny_workflow  # noqa
 CASES = {
     "turbo": {},
     "euler4": {"KSampler": {"sampler_name": "euler", "steps": 4}},
+    "cfg2_5": {"KSampler": {"sampler_name": "euler", "steps": 4, "cfg": 2.5}},
     "euler4_80x48": {
         "KSampler": {"sampler_name": "euler", "steps": 4},
         "EmptySD3LatentImage": {"width": 80, "height": 48},
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             noise = initial_noise(
                 torch.zeros(1, 16, latent["height"] // 8, latent["width"] // 8), int(sampler["seed"])
             )
-            theirs = render(root, graph["6"]["inputs"]["text"], noise, int(sampler["steps"]))
+            theirs = render(
+                root, graph["6"]["inputs"]["text"], noise, int(sampler["steps"]), float(sampler["cfg"])
+            )
             print(f"RESULT psnr_z_image_{case}_vs_diffusers_db={psnr(ours, theirs):.2f}")
             print(
                 f"RESULT max_diff_z_image_{case}={int(np.abs(ours.astype(int) - theirs.astype(int)).max())}"

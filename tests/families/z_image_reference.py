@@ -11,8 +11,9 @@ converter (`convert_z_image_transformer_checkpoint_to_diffusers`, so comfyd's ke
 against diffusers' own), the text encoder as transformers' `Qwen3Model`, the VAE as diffusers'
 `AutoencoderKL` with Flux's scale and shift. It tokenizes (through its chat template) and encodes
 the prompt itself, samples with FlowMatchEulerDiscreteScheduler at shift 3 from the times
-ComfyUI's `simple` scheduler picks, and starts from the same initial noise. guidance 0 (the Turbo
-setting): no negative prompt; the workflow's cfg is 1.
+ComfyUI's `simple` scheduler picks, and starts from the same initial noise. The workflow's cfg 1
+is the pipeline's guidance 0 (Turbo's setting); above 1 the negative is ConditioningZeroOut's
+zeros, as in the template, at guidance cfg - 1.
 """
 
 from __future__ import annotations
@@ -100,14 +101,20 @@ def simple_timesteps(steps: int) -> list[float]:
     return [(1000 - int(k * 1000 / steps)) / 1000 for k in range(steps)]
 
 
-def render(root: Path, prompt: str, noise: torch.Tensor, steps: int) -> np.ndarray:
-    """[H, W, 3] uint8, converted as ComfyUI's SaveImage converts (x 255, clipped, truncated)."""
+def render(root: Path, prompt: str, noise: torch.Tensor, steps: int, cfg: float = 1.0) -> np.ndarray:
+    """[H, W, 3] uint8, converted as ComfyUI's SaveImage converts (x 255, clipped, truncated).
+
+    `cfg` is KSampler's, with ConditioningZeroOut's negative (zeros shaped like the prompt's
+    conditioning): diffusers' guidance `pos + s * (pos - neg)` is ComfyUI's `neg + cfg * (pos -
+    neg)` at s = cfg - 1."""
     pipe = z_image_pipeline(root)
     _, _, height, width = noise.shape
     with torch.inference_mode():
+        [positive], _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
         image = pipe(
-            prompt=prompt, height=height * 8, width=width * 8, num_inference_steps=steps,
-            sigmas=simple_timesteps(steps), guidance_scale=0.0, latents=noise, output_type="np",
+            prompt_embeds=[positive], negative_prompt_embeds=[torch.zeros_like(positive)],
+            height=height * 8, width=width * 8, num_inference_steps=steps, sigmas=simple_timesteps(steps),
+            guidance_scale=cfg - 1.0, latents=noise, output_type="np",
         ).images[0]  # fmt: skip
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
 
@@ -141,4 +148,4 @@ def tiny_workflow(**changes: Any) -> dict[str, Any]:
 def reference(root: Path, graph: dict[str, Any]) -> np.ndarray:
     sampler = graph["3"]["inputs"]
     noise = initial_noise(torch.zeros(1, 16, SIZE // 8, SIZE // 8), int(sampler["seed"]))
-    return render(root, graph["6"]["inputs"]["text"], noise, int(sampler["steps"]))
+    return render(root, graph["6"]["inputs"]["text"], noise, int(sampler["steps"]), float(sampler["cfg"]))
