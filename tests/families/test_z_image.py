@@ -132,3 +132,36 @@ def test_bad_z_image_inputs_get_clear_errors(z_models: Path, tmp_path: Path) -> 
         a, b = net(x, t, context)[0], net8(x, t, context)[0]
     assert a.shape == x.shape and torch.isfinite(b).all()
     assert 0 < float((a - b).abs().max()) < 0.25 * float(a.abs().max())
+
+
+def test_all_in_one_checkpoint_loads_the_same_parts(z_models: Path, tmp_path: Path) -> None:
+    """CheckpointLoaderSimple on one file holding the three parts under ComfyUI's prefixes."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.settings import Settings
+
+    combined: dict[str, torch.Tensor] = {}
+    prefixes = {
+        "transformer": "model.diffusion_model.",
+        "qwen3_4b": "text_encoders.qwen3_4b.transformer.",
+        "vae": "vae.",
+    }
+    for part, prefix in prefixes.items():
+        combined.update(
+            {prefix + k: v for k, v in load_file(str(z_models / _z_image_tiny.NAMES[part])).items()}
+        )
+    (z_models / "checkpoints").mkdir(exist_ok=True)
+    save_file(combined, str(z_models / "checkpoints" / "z-image-aio.safetensors"))
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    model, clip, vae = manager.load_checkpoint("z-image-aio.safetensors")
+    names = {k: Path(v).name for k, v in _z_image_tiny.NAMES.items()}
+    split_model = manager.load_diffusion_model(names["transformer"])
+    split_clip = manager.load_clip([names["qwen3_4b"]], "lumina2")
+    assert model.family == "z_image" and vae.latent_channels == 16
+    [[cond, _]], [[split_cond, _]] = encode_text(clip, "a fox"), encode_text(split_clip, "a fox")
+    assert torch.equal(cond, split_cond)
+    x, t = torch.randn(1, 16, 4, 4), torch.tensor([0.7])
+    with torch.inference_mode(), model.patched() as net, split_model.patched() as split_net:
+        assert torch.equal(net(x, t, cond)[0], split_net(x, t, cond)[0])
