@@ -165,3 +165,31 @@ def test_all_in_one_checkpoint_loads_the_same_parts(z_models: Path, tmp_path: Pa
     x, t = torch.randn(1, 16, 4, 4), torch.tensor([0.7])
     with torch.inference_mode(), model.patched() as net, split_model.patched() as split_net:
         assert torch.equal(net(x, t, cond)[0], split_net(x, t, cond)[0])
+
+
+def test_full_size_configs_are_read_from_shapes() -> None:
+    """The 6B transformer (cut to 3 main layers of its 30, to stay fast) and Qwen3-4B at full
+    width: their stored shapes give back the configs ComfyUI fixes (dim 3840, 30 heads of 128, 2 + 2
+    refiner layers, 2560-wide text; Qwen3-4B 36 layers, 32 heads of 128, 8 key/value heads)."""
+    full = {
+        "all_patch_size": (2,), "all_f_patch_size": (1,), "in_channels": 16, "dim": 3840, "n_layers": 3,
+        "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True,
+        "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48],
+        "axes_lens": [1536, 512, 512],
+    }  # fmt: skip
+    stored = transformer.original_state(transformer.empty_transformer(full).state_dict())
+    assert transformer.infer_config({k: tuple(v.shape) for k, v in stored.items()}, "") == full
+    shapes = {
+        "model.embed_tokens.weight": (151936, 2560), qwen3_encoder.MARKER: (128,),
+        "model.layers.0.self_attn.q_proj.weight": (4096, 2560), "model.layers.0.self_attn.k_proj.weight": (1024, 2560),
+        "model.layers.0.mlp.gate_proj.weight": (9728, 2560), "model.layers.35.input_layernorm.weight": (2560,),
+    }  # fmt: skip
+    config = qwen3_encoder.infer_config(shapes)
+    assert (config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]) == (
+        36,
+        32,
+        8,
+    )
+    assert qwen3_encoder.is_qwen3(set(shapes)) and not qwen3_encoder.is_qwen3(
+        {*shapes, "model.layers.0.self_attn.k_proj.bias"}
+    )
