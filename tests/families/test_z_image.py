@@ -99,7 +99,7 @@ def test_key_map_matches_diffusers_converter(z_models: Path) -> None:
     config = transformer.infer_config({k: tuple(v.shape) for k, v in stored.items()}, "")
     assert config == {**_z_image_tiny.TINY_TRANSFORMER, "all_patch_size": (2,), "all_f_patch_size": (1,)}
     theirs = convert_z_image_transformer_checkpoint_to_diffusers(dict(stored))
-    translator = transformer.ZImageTranslator()
+    translator = transformer.ZImageTranslator(config)
     ours = {}
     for name in theirs:
         source = translator.source(name)
@@ -177,7 +177,7 @@ def test_full_size_configs_are_read_from_shapes() -> None:
         "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48],
         "axes_lens": [1536, 512, 512],
     }  # fmt: skip
-    stored = transformer.original_state(transformer.empty_transformer(full).state_dict())
+    stored = transformer.original_state(transformer.empty_transformer(full).state_dict(), full)
     assert transformer.infer_config({k: tuple(v.shape) for k, v in stored.items()}, "") == full
     shapes = {
         "model.embed_tokens.weight": (151936, 2560), qwen3_encoder.MARKER: (128,),
@@ -193,3 +193,78 @@ def test_full_size_configs_are_read_from_shapes() -> None:
     assert qwen3_encoder.is_qwen3(set(shapes)) and not qwen3_encoder.is_qwen3(
         {*shapes, "model.layers.0.self_attn.k_proj.bias"}
     )
+
+
+# A LoRA's layers in each naming ComfyUI maps: diffusers' names (ai-toolkit), the stored names
+# under diffusion_model. and kohya's lora_unet_ spelling of them.
+LORA_LAYERS = {
+    "diffusers": ("diffusion_model.layers.0.attention.to_k", "diffusion_model.layers.1.feed_forward.w2"),
+    "stored": ("diffusion_model.layers.0.attention.qkv", "lora_unet_noise_refiner_0_attention_out"),
+}
+
+
+STORED_OUT = "noise_refiner.0.attention.out"  # what lora_unet_noise_refiner_0_attention_out names
+
+
+@pytest.mark.parametrize("fmt", sorted(LORA_LAYERS))
+def test_lora_patches_the_stored_weights_through_the_key_map(
+    fmt: str, z_models: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.keymap import ROWS, Source, apply_op
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    stored = load_file(str(z_models / _z_image_tiny.NAMES["transformer"]))
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    model = manager.load_diffusion_model(Path(_z_image_tiny.NAMES["transformer"]).name)
+    translator = transformer.ZImageTranslator(dict(model.unet.config))
+    gen = torch.Generator().manual_seed(len(fmt))
+    tensors: dict[str, torch.Tensor] = {}
+    deltas: dict[str, torch.Tensor] = {}
+    for layer in LORA_LAYERS[fmt]:
+        if fmt == "diffusers":
+            source = translator.source(layer.removeprefix("diffusion_model.") + ".weight")
+        else:  # the whole stored tensor
+            key = (
+                layer.removeprefix("diffusion_model.") if layer.startswith("diffusion_model.") else STORED_OUT
+            )
+            source = Source(key + ".weight")
+        assert source is not None
+        base = stored[source.key]
+        rows = source.stop - source.start if source.op == ROWS else base.shape[0]
+        down, up = (
+            torch.randn(4, base.shape[1], generator=gen) * 0.1,
+            torch.randn(rows, 4, generator=gen) * 0.1,
+        )
+        a, b = ("lora_A", "lora_B") if fmt == "diffusers" else ("lora_down", "lora_up")
+        tensors |= {
+            f"{layer}.{a}.weight": down,
+            f"{layer}.{b}.weight": up,
+            f"{layer}.alpha": torch.tensor(2.0),
+        }
+        full = deltas.setdefault(source.key, torch.zeros(base.shape))
+        if source.op == ROWS:
+            full[source.start : source.stop] += up @ down * 0.5
+        else:
+            full += up @ down * 0.5
+    (z_models / "loras").mkdir(exist_ok=True)
+    save_file(tensors, str(z_models / "loras" / f"z-{fmt}.safetensors"))
+    base_state = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+    with model.with_loras(manager.lora_patch(f"z-{fmt}.safetensors", 0.8)).patched() as patched:
+        after = {k: v.detach().clone() for k, v in patched.state_dict().items()}
+    changed = 0
+    for name, value in after.items():
+        source = translator.source(name)
+        assert source is not None
+        delta = deltas.get(source.key)
+        if delta is None:
+            assert torch.equal(value, base_state[name]), name
+            continue
+        want = apply_op(stored[source.key].float() + 0.8 * delta, source)
+        torch.testing.assert_close(value, want, rtol=0, atol=1e-6)
+        changed += not torch.equal(value, base_state[name])
+    # The stored qkv's LoRA changes q, k and v; a diffusers to_k LoRA only k.
+    assert changed == (2 if fmt == "diffusers" else 4)
+    assert all(torch.equal(v, base_state[k]) for k, v in model.unet.state_dict().items())

@@ -67,7 +67,7 @@ def write_tiny_z_image(root: Path, seed: int = 0) -> list[Path]:
 
     written: list[Path] = []
     net = tiny.random_module(transformer.empty_transformer(TINY_TRANSFORMER), seed, "z-image")
-    written.append(_save(transformer.original_state(net.state_dict()), root / NAMES["transformer"]))
+    written.append(_save(transformer.original_state(net.state_dict(), TINY_TRANSFORMER), root / NAMES["transformer"]))
     encoder = tiny.random_module(qwen3_encoder.empty_encoder(tiny_encoder_config()), seed, "qwen3-4b")
     written.append(
         _save({f"model.{k}": v for k, v in encoder.state_dict().items()}, root / NAMES["qwen3_4b"])

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from comfyd.models.families._network import TransformerNetwork
-from comfyd.models.keymap import CHUNK3, Source
+from comfyd.models.keymap import ROWS, Source
 
 PATCH = 2
 EMBEDDER = f"{PATCH}-1"  # diffusers' key of the 2x2 (one frame) embedder and final layer
@@ -79,16 +79,20 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str
 
 
 class ZImageTranslator:
-    """diffusers parameter names -> stored keys under `prefix`."""
+    """diffusers parameter names (also under the network wrapper's `transformer.`) -> stored keys
+    under `prefix`; q, k and v are row ranges of the stored qkv (LoRAs on either name patch the
+    same rows)."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, config: Mapping[str, Any], prefix: str = "") -> None:
         self.prefix = prefix
+        self.dim = int(config["dim"])
 
     def source(self, name: str) -> Source | None:
         name = name.removeprefix("transformer.")
         match = _QKV.match(name)
         if match:
-            return Source(f"{self.prefix}{match.group(1)}.qkv.weight", CHUNK3, "qkv".index(match.group(2)))
+            start = "qkv".index(match.group(2)) * self.dim
+            return Source(f"{self.prefix}{match.group(1)}.qkv.weight", ROWS, start=start, stop=start + self.dim)
         name = name.replace(f"all_x_embedder.{EMBEDDER}.", "x_embedder.")
         name = name.replace(f"all_final_layer.{EMBEDDER}.", "final_layer.")
         for theirs, ours in _RENAMES:
@@ -96,19 +100,19 @@ class ZImageTranslator:
         return Source(self.prefix + name)
 
 
-def original_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def original_state(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """A diffusers state dict in the stored layout (tiny test files)."""
-    translator = ZImageTranslator()
+    translator = ZImageTranslator(config)
     out: dict[str, torch.Tensor] = {}
-    pending: dict[str, list[torch.Tensor | None]] = {}
+    pending: dict[str, dict[int, torch.Tensor]] = {}
     for name, tensor in state.items():
         source = translator.source(name)
         assert source is not None
-        if source.op == CHUNK3:
-            parts = pending.setdefault(source.key, [None, None, None])
-            parts[source.index] = tensor
-            if all(p is not None for p in parts):
-                out[source.key] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
+        if source.op == ROWS:
+            parts = pending.setdefault(source.key, {})
+            parts[source.start] = tensor
+            if len(parts) == 3:
+                out[source.key] = torch.cat([parts[k] for k in sorted(parts)], dim=0)
         else:
             out[source.key] = tensor
     return out

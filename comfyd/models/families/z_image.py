@@ -71,6 +71,10 @@ class ZImage(Family):
             return "looks like a Z-Image transformer alone: load it with UNETLoader (models/diffusion_models)"
         return None
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.ZImageTranslator:
+        # The running network's parameters -> the stored keys (LoRAs name those or diffusers').
+        return transformer.ZImageTranslator(config, key_prefix)
+
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         return transformer_prefix(keys, transformer.is_z_image_transformer)
 
@@ -82,7 +86,7 @@ class ZImage(Family):
         storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         net = materialize(
-            transformer.empty_transformer(config), transformer.ZImageTranslator(prefix), tf,
+            transformer.empty_transformer(config), transformer.ZImageTranslator(config, prefix), tf,
             plan.device, plan.unet_dtype, what="Z-Image transformer",
         )  # fmt: skip
         store_weights(net, storage, plan.unet_dtype)
@@ -102,4 +106,5 @@ FAMILY = ZImage(
     config_dir=CONFIG_DIR / "sd1",
     clip_types=("lumina2",),
     checkpoint_vae_prefix="vae.",
+    network_loras=True,
 )
