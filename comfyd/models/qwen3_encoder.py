@@ -16,6 +16,7 @@ assistant\\n` (no system turn, no thinking block), weights are not parsed, the w
 tokenized at once without start, end or padding tokens. The encoder runs causally over all of it
 and the output of the second-to-last layer, before any final norm, is the conditioning, every token
 kept. diffusers' ZImagePipeline computes the same (`hidden_states[-2]`, masked to the real tokens).
+CLIPSetLastLayer picks another layer, as in ComfyUI (-1: the last layer, still unnormalised).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 ROPE_THETA = 1_000_000.0
 MARKER = "model.layers.0.self_attn.q_norm.weight"
+DEFAULT_LAYER = -2  # ComfyUI's Qwen3_4BModel: the hidden layer before the last
 _LOCK = threading.Lock()
 
 
@@ -79,12 +81,27 @@ def tokenize(tokenizer: Any, text: str) -> list[int]:
         return [int(t) for t in tokenizer(text)["input_ids"]]
 
 
-def encode(encoder: Any, ids: list[int]) -> torch.Tensor:
-    """[1, tokens, hidden] float32 on the CPU: the second-to-last layer's output, unnormalised."""
+def encode(encoder: Any, ids: list[int], layer_idx: int | None = None) -> torch.Tensor:
+    """[1, tokens, hidden] float32 on the CPU: the output of layer `layer_idx` (counted from the
+    end; None: Z-Image's -2), unnormalised, as ComfyUI's hidden-layer output; an index past the
+    first layer (CLIPSetLastLayer beyond the depth) gives the last layer after the final norm."""
     if not ids:
         raise ValueError("a Z-Image prompt has no tokens")
+    index = DEFAULT_LAYER if layer_idx is None else layer_idx
+    layers = encoder.layers
     device = next(encoder.parameters()).device
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    with torch.no_grad():
-        hidden = encoder(input_ids=input_ids, use_cache=False, output_hidden_states=True).hidden_states[-2]
-    return hidden.float().to("cpu")
+    captured: list[torch.Tensor] = []
+    hook = None
+    if -len(layers) <= index < len(layers):
+        layer = layers[index]
+        hook = layer.register_forward_hook(
+            lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
+        )
+    try:
+        with torch.no_grad():
+            last = encoder(input_ids=input_ids, use_cache=False).last_hidden_state
+    finally:
+        if hook is not None:
+            hook.remove()
+    return (captured[0] if captured else last).float().to("cpu")

@@ -126,7 +126,8 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 outputs[key] = (qwen25_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
                 continue
             if kind == "qwen3_4b":
-                outputs[key] = (qwen3_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
+                ids = [int(t) for t, _ in tokens[key][0]]
+                outputs[key] = (qwen3_encoder.encode(encoders[key], ids, clip.layer_idx), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
     if len(keys) == 1:

@@ -268,3 +268,28 @@ def test_lora_patches_the_stored_weights_through_the_key_map(
     # The stored qkv's LoRA changes q, k and v; a diffusers to_k LoRA only k.
     assert changed == (2 if fmt == "diffusers" else 4)
     assert all(torch.equal(v, base_state[k]) for k, v in model.unet.state_dict().items())
+
+
+def test_clip_set_last_layer_picks_the_layer_as_comfyui(z_models: Path, tmp_path: Path) -> None:
+    """-2 by default (the hidden layer before the last), -1 the last layer unnormalised; past the
+    depth the last layer after the final norm."""
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    clip = manager.load_clip([Path(_z_image_tiny.NAMES["qwen3_4b"]).name], "lumina2")
+    encoder = clip.text_encoders["qwen3_4b"]
+    ids = torch.tensor([qwen3_encoder.tokenize(qwen25_encoder.shipped_tokenizer(), "a fox")])
+    with torch.no_grad():
+        out = encoder(input_ids=ids, output_hidden_states=True)
+        last_unnormed = encoder.layers[-1](
+            out.hidden_states[-2],
+            position_embeddings=encoder.rotary_emb(out.hidden_states[-2], torch.arange(ids.shape[1])[None]),
+            attention_mask=None,
+        )
+    last_unnormed = last_unnormed[0] if isinstance(last_unnormed, tuple) else last_unnormed
+    for layer, want in ((None, out.hidden_states[-2]), (-2, out.hidden_states[-2]), (-1, last_unnormed),
+                        (-3, out.last_hidden_state)):  # fmt: skip
+        [[cond, _]] = encode_text(clip.with_layer(layer), "a fox")
+        torch.testing.assert_close(cond, want.float(), rtol=0, atol=1e-5 if layer != -1 else 1e-4)
