@@ -293,3 +293,50 @@ def test_clip_set_last_layer_picks_the_layer_as_comfyui(z_models: Path, tmp_path
                         (-3, out.last_hidden_state)):  # fmt: skip
         [[cond, _]] = encode_text(clip.with_layer(layer), "a fox")
         torch.testing.assert_close(cond, want.float(), rtol=0, atol=1e-5 if layer != -1 else 1e-4)
+
+
+# Hugging Face Qwen3 names -> llama.cpp's (the inverse of comfyd.models.gguf_weights' table).
+QWEN3_TO_LLAMA_CPP = (
+    ("model.layers.", "blk."), ("input_layernorm", "attn_norm"), ("self_attn.q_norm.", "attn_q_norm."),
+    ("self_attn.k_norm.", "attn_k_norm."), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"), ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"), ("mlp.gate_proj", "ffn_gate"), ("post_attention_layernorm", "ffn_norm"),
+    ("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"),
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_turbo_workflow_from_gguf_files(
+    z_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """UnetLoaderGGUF (ComfyUI-GGUF's original key names) and CLIPLoaderGGUF (llama.cpp's `qwen3`
+    names), both Q8_0: the picture stays within Q8_0's rounding of diffusers' on the same weights."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from tests.models.gguf_files import write_gguf
+
+    write_gguf(
+        z_models / _z_image_tiny.NAMES["transformer"],
+        z_models / "diffusion_models" / "z.gguf",
+        "lumina2",
+        "Q8_0",
+    )
+    writer = gguf.GGUFWriter(str(z_models / "text_encoders" / "qwen3.gguf"), "qwen3")
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for name, tensor in load_file(str(z_models / _z_image_tiny.NAMES["qwen3_4b"])).items():
+        for old, new in QWEN3_TO_LLAMA_CPP:
+            name = name.replace(old, new)
+        if tensor.ndim == 2 and tensor.shape[-1] % 32 == 0:
+            writer.add_tensor(name, gguf.quants.quantize(tensor.float().numpy(), q8), raw_dtype=q8)
+        else:
+            writer.add_tensor(name, tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    graph = tiny_workflow()
+    graph["16"] = {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "z.gguf"}}
+    graph["18"] = {"class_type": "CLIPLoaderGGUF", "inputs": {"clip_name": "qwen3.gguf", "type": "lumina2"}}
+    ours = _run(graph, z_models, tmp_path, capsys)
+    assert 40.0 <= psnr(ours, reference(z_models, tiny_workflow())) < 80.0  # quantized: close, not equal
