@@ -340,3 +340,11 @@ def test_turbo_workflow_from_gguf_files(
     graph["18"] = {"class_type": "CLIPLoaderGGUF", "inputs": {"clip_name": "qwen3.gguf", "type": "lumina2"}}
     ours = _run(graph, z_models, tmp_path, capsys)
     assert 40.0 <= psnr(ours, reference(z_models, tiny_workflow())) < 80.0  # quantized: close, not equal
+
+
+def test_never_computes_in_fp16() -> None:
+    """ComfyUI runs Z-Image in bf16 or fp32 only: fp16 plans become bf16 where CUDA has it, else fp32."""
+    cpu = torch.device("cpu")
+    assert transformer.compute_dtype(torch.float16, cpu) == torch.float32
+    assert transformer.compute_dtype(torch.float32, cpu) == torch.float32
+    assert transformer.compute_dtype(torch.bfloat16, cpu) == torch.bfloat16

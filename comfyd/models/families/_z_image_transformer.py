@@ -92,7 +92,9 @@ class ZImageTranslator:
         match = _QKV.match(name)
         if match:
             start = "qkv".index(match.group(2)) * self.dim
-            return Source(f"{self.prefix}{match.group(1)}.qkv.weight", ROWS, start=start, stop=start + self.dim)
+            return Source(
+                f"{self.prefix}{match.group(1)}.qkv.weight", ROWS, start=start, stop=start + self.dim
+            )
         name = name.replace(f"all_x_embedder.{EMBEDDER}.", "x_embedder.")
         name = name.replace(f"all_final_layer.{EMBEDDER}.", "final_layer.")
         for theirs, ours in _RENAMES:
@@ -118,6 +120,16 @@ def original_state(state: Mapping[str, torch.Tensor], config: Mapping[str, Any])
     return out
 
 
+def compute_dtype(planned: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype Z-Image runs in: ComfyUI lists bf16 and fp32 only for it (no fp16 unless asked
+    for), so where the plan says fp16 it runs in bf16 where the device has it, else fp32."""
+    if planned != torch.float16:
+        return planned
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
     from accelerate import init_empty_weights
     from diffusers import ZImageTransformer2DModel
@@ -130,6 +142,7 @@ class ZImageNetwork(TransformerNetwork):
     """The UNet-shaped call around a ZImageTransformer2DModel (see the module docstring)."""
 
     exact_context_batches = True  # prompts of different lengths run as separate batches
+    compute_dtype: torch.dtype | None = None  # set by the loader; the model handle computes in it
 
     def forward(
         self,

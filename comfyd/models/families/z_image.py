@@ -9,7 +9,8 @@ tokens next to the NextDiT keys), `qwen_3_4b.safetensors` in `text_encoders/` (C
 
 Sampling: CONST (FLUX model type) on the plain time shift, shift 3 and multiplier 1 unless a
 ModelSampling node replaces it (the Turbo template sets ModelSamplingAuraFlow 3, the same table).
-Latent: Flux's format (scale 0.3611, shift 0.1159).
+Latent: Flux's format (scale 0.3611, shift 0.1159). Compute dtype: bf16 or fp32, never fp16 (as
+ComfyUI's supported_inference_dtypes for Z-Image): `_z_image_transformer.compute_dtype`.
 """
 
 from __future__ import annotations
@@ -85,12 +86,15 @@ class ZImage(Family):
 
         storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
+        dtype = transformer.compute_dtype(plan.unet_dtype, plan.device)
         net = materialize(
             transformer.empty_transformer(config), transformer.ZImageTranslator(config, prefix), tf,
-            plan.device, plan.unet_dtype, what="Z-Image transformer",
+            plan.device, dtype, what="Z-Image transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
-        return transformer.ZImageNetwork(net), model_sampling()
+        store_weights(net, storage, dtype)
+        network = transformer.ZImageNetwork(net)
+        network.compute_dtype = dtype
+        return network, model_sampling()
 
 
 FAMILY = ZImage(
