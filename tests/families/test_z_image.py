@@ -348,3 +348,24 @@ def test_never_computes_in_fp16() -> None:
     assert transformer.compute_dtype(torch.float16, cpu) == torch.float32
     assert transformer.compute_dtype(torch.float32, cpu) == torch.float32
     assert transformer.compute_dtype(torch.bfloat16, cpu) == torch.bfloat16
+
+
+def test_diffusers_layout_file_loads_the_same_network(z_models: Path, tmp_path: Path) -> None:
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models.header_probe import detect_family, read_header
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    stored = load_file(str(z_models / _z_image_tiny.NAMES["transformer"]))
+    converted = convert_z_image_transformer_checkpoint_to_diffusers(dict(stored))
+    save_file(converted, str(z_models / "diffusion_models" / "z-diffusers.safetensors"))
+    assert transformer.is_diffusers_layout(set(converted), "")
+    assert detect_family(read_header(z_models / "diffusion_models" / "z-diffusers.safetensors")) == "z_image"
+    manager = ModelManager(Settings(models_dir=z_models, home=tmp_path / "home", device="cpu"))
+    ours = manager.load_diffusion_model("z-diffusers.safetensors")
+    reference_model = manager.load_diffusion_model(Path(_z_image_tiny.NAMES["transformer"]).name)
+    x, t, context = torch.randn(1, 16, 4, 4), torch.tensor([0.3]), torch.randn(1, 7, 32)
+    with torch.inference_mode(), ours.patched() as net, reference_model.patched() as ref:
+        assert torch.equal(net(x, t, context)[0], ref(x, t, context)[0])

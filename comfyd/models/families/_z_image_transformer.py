@@ -9,7 +9,7 @@ ffn_norm{1,2}, adaLN_modulation.0}` (the context refiner has no modulation),
 `final_layer.{linear, adaLN_modulation.1}`. diffusers keeps the embedder and final layer per patch
 size (`all_x_embedder.2-1`, `all_final_layer.2-1`), splits qkv and names `out` / the norms its own
 way (the same mapping as diffusers' single-file converter). The pad tokens tell Z-Image from
-Lumina 2 (the same NextDiT without them).
+Lumina 2 (the same NextDiT without them). Files in diffusers' own layout load too (no renaming).
 
 Config: width from `x_embedder`, head width from `q_norm`, depths by counting, the text width from
 `cap_embedder.1`; rotary axes split the head as the 6B's (32, 48, 48 of 128), theta 256,
@@ -37,7 +37,9 @@ from comfyd.models.keymap import ROWS, Source
 
 PATCH = 2
 EMBEDDER = f"{PATCH}-1"  # diffusers' key of the 2x2 (one frame) embedder and final layer
-MARKER_KEYS = ("x_pad_token", "cap_pad_token", "cap_embedder.1.weight", "layers.0.attention.qkv.weight")
+MARKER_KEYS = ("x_pad_token", "cap_pad_token", "cap_embedder.1.weight")
+QKV_KEYS = ("layers.0.attention.qkv.weight", "layers.0.attention.to_q.weight")  # stored / diffusers layout
+DIFFUSERS_MARKER = f"all_x_embedder.{EMBEDDER}.weight"
 _RENAMES = (
     (".attention.to_out.0.", ".attention.out."),
     (".attention.norm_q.", ".attention.q_norm."),
@@ -47,7 +49,13 @@ _QKV = re.compile(r"^(.*\.attention)\.to_([qkv])\.weight$")
 
 
 def is_z_image_transformer(keys: set[str], prefix: str) -> bool:
-    return all(prefix + key in keys for key in MARKER_KEYS)
+    return all(prefix + key in keys for key in MARKER_KEYS) and any(prefix + key in keys for key in QKV_KEYS)
+
+
+def is_diffusers_layout(keys: set[str], prefix: str) -> bool:
+    """A transformer saved by diffusers itself (`all_x_embedder.2-1`, split q/k/v), which the
+    later ComfyUI also loads."""
+    return prefix + DIFFUSERS_MARKER in keys
 
 
 def _count(shapes: Mapping[str, Any], prefix: str, group: str) -> int:
@@ -64,8 +72,9 @@ def rope_axes(head_dim: int) -> list[int]:
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, Any]:
     """diffusers ZImageTransformer2DModel config values of the transformer under `prefix`."""
-    dim, patch_width = shapes[f"{prefix}x_embedder.weight"]
-    head_dim = shapes[f"{prefix}layers.0.attention.q_norm.weight"][0]
+    diffusers = is_diffusers_layout(set(shapes), prefix)
+    dim, patch_width = shapes[prefix + (DIFFUSERS_MARKER if diffusers else "x_embedder.weight")]
+    head_dim = shapes[f"{prefix}layers.0.attention.{'norm_q' if diffusers else 'q_norm'}.weight"][0]
     refiners = _count(shapes, prefix, "noise_refiner")
     if _count(shapes, prefix, "context_refiner") != refiners:
         raise ValueError("Z-Image transformer: the noise and context refiners differ in depth")
@@ -83,12 +92,15 @@ class ZImageTranslator:
     under `prefix`; q, k and v are row ranges of the stored qkv (LoRAs on either name patch the
     same rows)."""
 
-    def __init__(self, config: Mapping[str, Any], prefix: str = "") -> None:
+    def __init__(self, config: Mapping[str, Any], prefix: str = "", diffusers_layout: bool = False) -> None:
         self.prefix = prefix
         self.dim = int(config["dim"])
+        self.diffusers_layout = diffusers_layout  # the file has diffusers' own names: no renaming
 
     def source(self, name: str) -> Source | None:
         name = name.removeprefix("transformer.")
+        if self.diffusers_layout:
+            return Source(self.prefix + name)
         match = _QKV.match(name)
         if match:
             start = "qkv".index(match.group(2)) * self.dim

@@ -88,7 +88,8 @@ class ZImage(Family):
         config = transformer.infer_config(tf.shapes(), prefix)
         dtype = transformer.compute_dtype(plan.unet_dtype, plan.device)
         net = materialize(
-            transformer.empty_transformer(config), transformer.ZImageTranslator(config, prefix), tf,
+            transformer.empty_transformer(config),
+            transformer.ZImageTranslator(config, prefix, transformer.is_diffusers_layout(set(tf.keys()), prefix)), tf,
             plan.device, dtype, what="Z-Image transformer",
         )  # fmt: skip
         store_weights(net, storage, dtype)
