@@ -24,7 +24,8 @@ DTYPE_BYTES = {
 SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdxl_lora", "lora", "embedding", "clip_l", "clip_g",
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
-                                "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae"})
+                                "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
+                                "qwen3"})
 
 
 class HeaderError(ValueError):
@@ -125,7 +126,7 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.startswith("transformer_blocks.0.img_mod") for k in stripped):
         return "qwen_image"
     if any(k.startswith(("noise_refiner.", "cap_embedder.")) for k in stripped):
-        return "lumina2"
+        return "z_image" if "cap_pad_token" in stripped else "lumina2"
     if any(k.startswith("adaln_single") for k in stripped) and any(k.startswith("transformer_blocks.") for k in stripped):
         return "ltxv"
     if any(k.startswith("model.diffusion_model.adaln_single") for k in keys):  # LTX-Video, a small transformer
@@ -137,6 +138,8 @@ def detect_family(header: ModelHeader) -> str:
         return {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(width, "clip")
     if has("model.layers.0.self_attn.k_proj.bias"):  # Qwen2.5(-VL): biased q/k/v (Qwen-Image's encoder)
         return "qwen25_vl"
+    if has("model.layers.0.self_attn.q_norm.weight"):  # per-head q/k norms: Qwen3 (Z-Image's encoder)
+        return "qwen3"
     if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
         return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):

@@ -362,7 +362,9 @@ class ModelManager(AuxiliaryModels):
     def _flow_model_handle(self, key: str, family: families.Family, network: Any, sampling: Any) -> ModelHandle:
         return ModelHandle(
             key=key, family=family.name, prediction=sampling.prediction, unet=network,
-            latent_scale=family.latent.sampler_scale(), device=self.plan.device, dtype=self.plan.unet_dtype,
+            latent_scale=family.latent.sampler_scale(), device=self.plan.device,
+            # A family may run in another dtype than the plan's (Z-Image: never fp16).
+            dtype=getattr(network, "compute_dtype", None) or self.plan.unet_dtype,
             patcher=self._network_patcher(family, network), gate=self.gate,
             latent_shift=family.latent.sampler_shift(),
             sampling=sampling,

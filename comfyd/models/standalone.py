@@ -20,7 +20,15 @@ from typing import Any
 
 from torch import nn
 
-from comfyd.models import detect, families, llama_encoder, qwen25_encoder, t5_encoder, umt5_encoder
+from comfyd.models import (
+    detect,
+    families,
+    llama_encoder,
+    qwen3_encoder,
+    qwen25_encoder,
+    t5_encoder,
+    umt5_encoder,
+)
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
 from comfyd.models.families.base import UNET_PREFIX
@@ -101,6 +109,15 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
         return "qwen25_7b", module
+    if qwen3_encoder.is_qwen3(keys, base):
+        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
+        module = materialize(
+            qwen3_encoder.empty_encoder(qwen3_encoder.infer_config(shapes, base)),
+            qwen25_encoder.Qwen25Translator(base), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="Qwen3 text encoder",
+        )  # fmt: skip
+        qwen25_encoder.apply_weight_scales(module, tf, base)
+        return "qwen3_4b", module
     llama_prefix = llama_encoder.find_prefix(keys, base)
     if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
         return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
@@ -180,8 +197,8 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
             return found[0], found[1], path.name
         keys = tf.keys()
     raise UnknownCheckpointLayout(
-        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5, Llama or "
-        f"Qwen2.5-VL encoder); "
+        f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5, Llama, "
+        f"Qwen2.5-VL or Qwen3 encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -263,7 +280,7 @@ def encoder_tokenizers(
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
         elif kind == "llama":  # read from llama_tokenizer/ beside the file (llama_encoder)
             out[name] = llama_encoder.require_tokenizer(module)
-        elif kind == "qwen25_7b":
+        elif kind in ("qwen25_7b", "qwen3_4b"):  # Qwen3 uses Qwen2's vocabulary
             out[name] = qwen25_encoder.shipped_tokenizer()
     return out
 

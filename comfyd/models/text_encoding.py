@@ -11,7 +11,8 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
   through text_projection where the family uses the projected one.
 
 T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`; Qwen-Image's
-Qwen2.5-VL takes it inside its chat template: `qwen25_encoder`.
+Qwen2.5-VL takes it inside its chat template: `qwen25_encoder`; Z-Image's Qwen3 likewise:
+`qwen3_encoder`.
 
 Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
 order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
@@ -25,7 +26,15 @@ from typing import Any
 
 import torch
 
-from comfyd.models import clip_forward, families, llama_encoder, qwen25_encoder, t5_encoder, umt5_encoder
+from comfyd.models import (
+    clip_forward,
+    families,
+    llama_encoder,
+    qwen3_encoder,
+    qwen25_encoder,
+    t5_encoder,
+    umt5_encoder,
+)
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
 from comfyd.models.families import EncoderRecipe
 from comfyd.models.handles import ClipHandle
@@ -99,6 +108,8 @@ def tokenize_for_encoder(
         return [llama_encoder.tokenize(clip.tokenizers[key], text)]
     if kind == "qwen25_7b":  # the chat template, no weights: plain ids
         return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
+    if kind == "qwen3_4b":  # Z-Image's chat template, no weights
+        return [[(token, 1.0) for token in qwen3_encoder.tokenize(clip.tokenizers[key], text)]]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -141,6 +152,10 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)
             if kind == "qwen25_7b":
                 outputs[key] = (qwen25_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
+                continue
+            if kind == "qwen3_4b":
+                ids = [int(t) for t, _ in tokens[key][0]]
+                outputs[key] = (qwen3_encoder.encode(encoders[key], ids, clip.layer_idx), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
     return families.get(clip.family).join_encodings(outputs)
