@@ -126,7 +126,9 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.startswith("transformer_blocks.0.img_mod") for k in stripped):
         return "qwen_image"
     if any(k.startswith(("noise_refiner.", "cap_embedder.")) for k in stripped):
-        return "z_image" if "cap_pad_token" in stripped else "lumina2"
+        if "cap_pad_token" in stripped:  # Z-Image's pad tokens; Lumina 2 has none
+            return "z_image"
+        return "lumina2"
     if any(k.startswith("adaln_single") for k in stripped) and any(k.startswith("transformer_blocks.") for k in stripped):
         return "ltxv"
     if any(k.startswith("model.diffusion_model.adaln_single") for k in keys):  # LTX-Video, a small transformer
