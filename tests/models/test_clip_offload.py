@@ -9,6 +9,7 @@ device, and an encode that ran on the offloaded (meta) encoders could not give t
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def host(monkeypatch: pytest.MonkeyPatch) -> _MetaHost:
     return host
 
 
-def _sizes(root: Path) -> tuple[int, int]:
+@pytest.fixture(scope="module")
+def sizes(root: Path) -> tuple[int, int]:
     """Bytes of the T5 CLIP entry and of the sd1 checkpoint entry, as the device would hold them."""
     probe = _manager(root, device_bytes=1 << 40, host_bytes=1 << 40)
     t5 = module_bytes(*probe.load_clip([T5_NAME], "chroma").text_encoders.values(), host=META)[0]
@@ -87,8 +89,8 @@ def _manager(root: Path, device_bytes: int, host_bytes: int) -> ModelManager:
     return manager
 
 
-def test_an_idle_text_encoder_goes_to_the_host_and_comes_back_to_encode(root: Path, host: _MetaHost) -> None:
-    t5_bytes, sd1_bytes = _sizes(root)
+def test_an_idle_text_encoder_goes_to_the_host_and_comes_back_to_encode(root: Path, sizes: tuple[int, int], host: _MetaHost) -> None:
+    t5_bytes, sd1_bytes = sizes
     manager = _manager(root, device_bytes=t5_bytes + sd1_bytes - 1, host_bytes=t5_bytes + sd1_bytes)
     clip = manager.load_clip([T5_NAME], "chroma")
     before = encode_text(clip, "a red fox in the snow")
@@ -122,8 +124,8 @@ def test_an_idle_text_encoder_goes_to_the_host_and_comes_back_to_encode(root: Pa
     assert (manager.stats()["returns"], manager.stats()["offloads"]) == (2, 3)
 
 
-def test_without_host_room_the_text_encoder_is_dropped_unmoved(root: Path, host: _MetaHost) -> None:
-    t5_bytes, sd1_bytes = _sizes(root)
+def test_without_host_room_the_text_encoder_is_dropped_unmoved(root: Path, sizes: tuple[int, int], host: _MetaHost) -> None:
+    t5_bytes, sd1_bytes = sizes
     manager = _manager(root, device_bytes=t5_bytes + sd1_bytes - 1, host_bytes=t5_bytes - 1)
     clip = manager.load_clip([T5_NAME], "chroma")
     manager.load_checkpoint(single_name("sd1"))
@@ -133,8 +135,8 @@ def test_without_host_room_the_text_encoder_is_dropped_unmoved(root: Path, host:
     assert _devices(clip) == {"cpu"} and host.moves == []
 
 
-def test_a_text_encoder_in_use_is_never_moved(root: Path, host: _MetaHost) -> None:
-    t5_bytes, sd1_bytes = _sizes(root)
+def test_a_text_encoder_in_use_is_never_moved(root: Path, sizes: tuple[int, int], host: _MetaHost) -> None:
+    t5_bytes, sd1_bytes = sizes
     manager = _manager(root, device_bytes=t5_bytes + sd1_bytes - 1, host_bytes=t5_bytes + sd1_bytes)
     clip = manager.load_clip([T5_NAME], "chroma")
     with clip.patched() as encoders:  # an encode of another job is running on it
@@ -159,3 +161,34 @@ def test_on_the_cpu_nothing_is_offloaded(root: Path, host: _MetaHost) -> None:
     manager.load_checkpoint(single_name("sd1"))
     assert manager.stats()["offloads"] == 0 and host.moves == []
     assert _devices(clip) == {"cpu"}
+
+
+@pytest.mark.slow  # two threads of encodes on a shared CPU: 2-5 s
+def test_concurrent_encodes_that_push_each_other_out_finish_with_the_same_numbers(
+    root: Path, sizes: tuple[int, int], host: _MetaHost
+) -> None:
+    t5_bytes, sd1_bytes = sizes
+    manager = _manager(root, device_bytes=t5_bytes + sd1_bytes - 1, host_bytes=t5_bytes + sd1_bytes)
+    t5 = manager.load_clip([T5_NAME], "chroma")
+    sd1 = manager.load_checkpoint(single_name("sd1"))[1]
+    expected = {id(clip): encode_text(clip, "a fox")[0][0] for clip in (t5, sd1)}
+    failures: list[BaseException] = []
+
+    def encode_repeatedly(clip: ClipHandle) -> None:
+        try:
+            for _ in range(4):
+                # Within float rounding, not bit for bit: on the CPU the device gate gives a
+                # computation fewer threads while another runs, which reorders sums (~1e-6).
+                torch.testing.assert_close(encode_text(clip, "a fox")[0][0], expected[id(clip)], rtol=0, atol=1e-5)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=encode_repeatedly, args=(clip,)) for clip in (t5, sd1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "deadlock between encodes and the cache"
+    assert failures == []
+    stats = manager.stats()
+    assert stats["device_bytes"] <= stats["device_budget"] and stats["offloads"] >= 1
