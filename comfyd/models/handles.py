@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from comfyd.models import families
+from comfyd.models.clip_residency import ClipResidency
 from comfyd.models.device_gate import DeviceGate
 from comfyd.sampling.guidance import Guidance
 from comfyd.sampling.model_sampling import DiscreteModelSampling
@@ -236,6 +237,9 @@ class ClipHandle:
     patcher: WeightPatcher | None = field(default=None, compare=False, repr=False)
     gate: DeviceGate | None = field(default=None, compare=False, repr=False)
     embedding_dirs: tuple[str, ...] = ()
+    # Where the encoders live (comfyd.models.clip_residency), shared by every handle onto them;
+    # None: always on `device`.
+    residency: ClipResidency | None = field(default=None, compare=False, repr=False)
 
     def with_loras(self, *patches: Any) -> ClipHandle:
         return replace(self, loras=self.loras + tuple(patches))
@@ -253,8 +257,9 @@ class ClipHandle:
 
     @contextmanager
     def patched(self) -> Iterator[dict[str, Any]]:
-        """The text encoders with this handle's LoRAs applied (see ModelHandle.patched)."""
-        with held(self.gate):
+        """The text encoders with this handle's LoRAs applied (see ModelHandle.patched), on the
+        device: encoders the model manager offloaded to the host come back first."""
+        with held(self.gate), self.residency.in_use() if self.residency is not None else nullcontext():
             if self.patcher is None:
                 yield self.text_encoders
                 return

@@ -7,6 +7,10 @@ ask for the same file at once wait on a single load. Budgets bound the bytes hel
 device and in host memory (0 = 80 % of the device's memory / 50 % of RAM); past them the least
 recently used entries are dropped. A dropped model is freed once no job (or node cache) still
 holds its handles. `free()` drops everything.
+
+Off the CPU, an idle CLIP that must make room (a text-encoder entry, or a checkpoint's CLIP where
+that alone suffices) moves to host memory instead, if the host budget has room, and comes back,
+making room by the same rule, when it encodes again (comfyd.models.clip_residency).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 
 from comfyd.models import families, loader, standalone
 from comfyd.models.auxiliary_models import AuxiliaryModels, file_fingerprint
+from comfyd.models.clip_residency import ClipResidency
 from comfyd.models.clip_vision import ClipVisionHandle
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, compute_plan
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+HOST = torch.device("cpu")
+
 
 @dataclass
 class _Entry:
@@ -57,17 +64,17 @@ class _Entry:
     load_seconds: float
 
 
-def module_bytes(*modules: nn.Module) -> tuple[int, int]:
+def module_bytes(*modules: nn.Module, host: torch.device = HOST) -> tuple[int, int]:
     """(bytes on an accelerator, bytes in host memory) of the modules' parameters and buffers."""
-    device = host = 0
+    device = host_bytes = 0
     for module in modules:
         for tensor in (*module.parameters(), *module.buffers()):
             size = tensor.numel() * tensor.element_size()
-            if tensor.device.type == "cpu":
-                host += size
+            if tensor.device.type == host.type:
+                host_bytes += size
             else:
                 device += size
-    return device, host
+    return device, host_bytes
 
 
 def _host_memory_bytes() -> int:
@@ -101,6 +108,8 @@ class ModelManager(AuxiliaryModels):
         self._lora_files: dict[str, Path] = {}
         self._tokenizers: dict[tuple[tuple[str, Any], ...], Any] = {}
         self._counters: Counter[str] = Counter()
+        # Where offloaded text encoders go; a seam for tests, which stand in another device.
+        self.host_device = HOST
 
     # --- files ---------------------------------------------------------------------------
     def list_files(self, folder: str) -> list[str]:
@@ -195,24 +204,24 @@ class ModelManager(AuxiliaryModels):
         log.info("loaded %s %s in %.2fs", kind, name, seconds)
         return value
 
-    @staticmethod
-    def _value_bytes(value: Any) -> tuple[int, int]:
+    def _value_bytes(self, value: Any) -> tuple[int, int]:
+        host = self.host_device
         if isinstance(value, tuple) and value and isinstance(value[0], ModelHandle):
             model, clip, vae = value
             encoders = clip.text_encoders.values() if clip is not None else ()
-            return module_bytes(model.unet, vae.vae, *encoders)
+            return module_bytes(model.unet, vae.vae, *encoders, host=host)
         if isinstance(value, VaeHandle):
-            return module_bytes(value.vae)
+            return module_bytes(value.vae, host=host)
         if isinstance(value, ClipVisionHandle):
-            return module_bytes(value.model)
+            return module_bytes(value.model, host=host)
         if isinstance(value, StyleModelHandle):
-            return module_bytes(value.model)
+            return module_bytes(value.model, host=host)
         if isinstance(value, ModelHandle):
-            return module_bytes(value.unet)
+            return module_bytes(value.unet, host=host)
         if isinstance(value, ClipHandle):
-            return module_bytes(*value.text_encoders.values())
+            return module_bytes(*value.text_encoders.values(), host=host)
         if isinstance(value, UpscaleModelHandle):
-            return 0, module_bytes(value.module)[1]  # kept on the CPU between uses
+            return 0, module_bytes(value.module, host=host)[1]  # kept on the CPU between uses
         if isinstance(value, ParsedLora | Hypernetwork):
             return 0, value.nbytes
         if isinstance(value, dict):
@@ -240,10 +249,50 @@ class ModelManager(AuxiliaryModels):
             if victim is None:
                 log.warning("model cache over budget with only %s loaded; keeping it", protect)
                 return evicted
+            if over_device and self._offload_clip(victim, device_used - device_budget, host_budget - host_used):
+                evicted += 1
+                continue
             del self._entries[victim.key]
             self._counters["evictions"] += 1
             evicted += 1
             log.info("evicted %s %s from the model cache", victim.kind, victim.name)
+
+    @staticmethod
+    def _residency(value: Any) -> ClipResidency | None:
+        clip = value[1] if isinstance(value, tuple) and len(value) == 3 else value
+        return clip.residency if isinstance(clip, ClipHandle) else None
+
+    def _offload_clip(self, entry: _Entry, device_excess: int, host_room: int) -> bool:
+        """Move the entry's idle CLIP to the host instead of dropping the entry, where that makes
+        the room (a checkpoint's other models stay: offloading only its CLIP must suffice)."""
+        residency = self._residency(entry.value)
+        if residency is None or residency.offloaded or self.plan.device.type == self.host_device.type:
+            return False
+        size = module_bytes(*residency.encoders.values(), host=self.host_device)[0]
+        if size == 0 or size > host_room or (size < entry.device_bytes and size < device_excess):
+            return False
+        if not residency.try_offload(self.host_device, size):
+            return False  # an encode is using it: dropped as any busy model is
+        entry.device_bytes -= size
+        entry.host_bytes += size
+        self._counters["offloads"] += 1
+        log.info("offloaded the text encoders of %s %s to host memory", entry.kind, entry.name)
+        return True
+
+    def _clip_returning(self, residency: ClipResidency) -> None:
+        """An offloaded CLIP is about to move back to the device: account it there and make
+        room for it (its residency's lock is held, so it is not offloaded again meanwhile)."""
+        with self._lock:
+            entry = self._entries.get(residency.key)
+            if entry is None or self._residency(entry.value) is not residency:
+                return  # dropped from the cache since: a job still holds it, untracked as any such
+            entry.device_bytes += residency.nbytes
+            entry.host_bytes -= residency.nbytes
+            self._entries.move_to_end(entry.key)
+            self._counters["returns"] += 1
+            evicted = self._evict_over_budget(protect=entry.key)
+        if evicted:
+            self._release_memory()
 
     def _release_memory(self) -> None:
         gc.collect()
@@ -271,6 +320,8 @@ class ModelManager(AuxiliaryModels):
             "hits": counters.get("hits", 0),
             "waits": counters.get("waits", 0),
             "evictions": counters.get("evictions", 0),
+            "offloads": counters.get("offloads", 0),  # text encoders moved to host memory
+            "returns": counters.get("returns", 0),  # ... and back to the device to encode
             "loaded": [
                 {
                     "kind": e.kind,
@@ -342,6 +393,7 @@ class ModelManager(AuxiliaryModels):
             patcher=patcher,
             gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
+            residency=ClipResidency(key, loaded.text_encoders, device, self._clip_returning),
         )
         vae = self._vae_handle(key, loaded.family, loaded.vae)
         log.info(
@@ -398,6 +450,7 @@ class ModelManager(AuxiliaryModels):
             text_encoders=encoders, device=self.plan.device, dtype=self.plan.clip_dtype,
             patcher=self._network_patcher(family, encoders), gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
+            residency=ClipResidency(key, encoders, self.plan.device, self._clip_returning),
         )  # fmt: skip
 
     def _vae_handle(self, key: str, family: str, vae: nn.Module) -> VaeHandle:
