@@ -10,8 +10,9 @@
 # scipy (34 MB) is left out on purpose: only the `beta` scheduler needs it, comfyd imports it
 # lazily, and the carry limit (64 MiB for every carried path together) would leave no room for a
 # ComfyUI source tarball. Pass --with-scipy to add it. kornia (the Canny node), boto3 (AWS
-# backends) and av (PyAV, ~40 MB with its FFmpeg: the video and audio nodes) are imported lazily
-# and left out too; the GPU check runs no video node.
+# backends), av (PyAV, ~40 MB with its FFmpeg: the video and audio nodes) and gguf (read only
+# when a .gguf model loads) are imported lazily and left out too; the GPU check runs no video
+# node and no GGUF model.
 #
 #     scripts/device_wheels.sh [--with-scipy] [--dest DIR] [--dry-run]
 #

@@ -90,7 +90,13 @@ def detect_control(
 
 
 def _family(context_dim: int, vector: bool, metadata: Mapping[str, str]) -> families.Family:
-    candidates = [f for f in families.all_families() if (f.vector_conditioning is not None) == vector]
+    # UNet families only: a transformer family (Flux, Qwen-Image, Wan, ...) has no SD ControlNet,
+    # even when it borrows SD1's config folder for its CLIP.
+    unet_families = [
+        f for f in families.all_families()
+        if type(f).diffusion_model_prefix is families.Family.diffusion_model_prefix
+    ]  # fmt: skip
+    candidates = [f for f in unet_families if (f.vector_conditioning is not None) == vector]
     for family in candidates:
         if shipped_config(family.name, "unet.json").get("cross_attention_dim") == context_dim:
             return family
