@@ -1,0 +1,111 @@
+"""AuraFlow on a tiny random all-in-one checkpoint in ComfyUI's layout (`make-tiny --family
+auraflow`): the stored MMDiT keys round-trip onto diffusers' AuraFlowTransformer2DModel, Pile-T5's
+sequence (end 2, pad 1, 256 tokens, padding zeroed) and the canonical workflow
+(comfyd/workflows/auraflow_api.json) through `comfyd run`. ComfyUI's own MMDiT holds the
+transformer + sampler + VAE path in bench/auraflow_comfyui_parity.py (tests/fidelity/README.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from comfyd.cli import main
+from comfyd.models.families import _auraflow_tiny
+from comfyd.models.families import _auraflow_transformer as transformer
+from comfyd.models.tiny import make_tiny
+
+SIZE = 64
+WORKFLOW = Path(__file__).resolve().parents[2] / "comfyd" / "workflows" / "auraflow_api.json"
+
+
+@pytest.fixture(scope="module")
+def auraflow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("auraflow") / "models"
+    written = make_tiny(root, family="auraflow")
+    assert [p.relative_to(root).as_posix() for p in written] == [_auraflow_tiny.NAMES["checkpoint"]]
+    return root
+
+
+def tiny_workflow() -> dict:
+    graph = json.loads(WORKFLOW.read_text())
+    graph["4"]["inputs"]["ckpt_name"] = Path(_auraflow_tiny.NAMES["checkpoint"]).name
+    graph["5"]["inputs"].update(width=SIZE, height=SIZE)
+    graph["3"]["inputs"].update(steps=2, sampler_name="euler")
+    return graph
+
+
+def test_stored_keys_are_comfyui_layout_and_config_reads_back(auraflow_models: Path) -> None:
+    path = auraflow_models / _auraflow_tiny.NAMES["checkpoint"]
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+    prefix = "model.diffusion_model."
+    assert transformer.is_auraflow_transformer(keys, prefix)
+    assert {
+        f"{prefix}modF.1.weight",
+        f"{prefix}single_layers.0.modCX.1.weight",
+        f"{prefix}register_tokens",
+    } <= keys
+    assert (
+        "text_encoders.pile_t5xl.transformer.encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"
+        in keys
+    )
+    config = transformer.infer_config(shapes, prefix)
+    assert {k: config[k] for k in _auraflow_tiny.TINY_TRANSFORMER} == _auraflow_tiny.TINY_TRANSFORMER
+
+
+def test_pile_t5_sequence(auraflow_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_tokens, tokenize_text
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=auraflow_models, home=tmp_path / "home"))
+    loaded = manager.load_checkpoint(Path(_auraflow_tiny.NAMES["checkpoint"]).name)
+    clip = loaded[1]
+    assert clip.family == "auraflow"
+    tokens = tokenize_text(clip, "a red fox")
+    ids = [t for t, _ in tokens["pile_t5xl"][0]]
+    assert len(ids) == 256 and ids.index(2) > 0 and set(ids[ids.index(2) + 1 :]) == {1}
+    cond, pooled = encode_tokens(clip, tokens)
+    assert cond.shape == (1, 256, _auraflow_tiny.TINY_PILE_T5["d_model"]) and pooled is None
+    end = ids.index(2)
+    assert cond[0, end + 1 :].abs().max() == 0 and cond[0, : end + 1].abs().min() >= 0
+    assert cond[0, : end + 1].abs().sum() > 0
+
+
+def test_canonical_workflow_through_comfyd_run(auraflow_models: Path, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "auraflow.json"
+    path.write_text(json.dumps(tiny_workflow()))
+    out = tmp_path / "out"
+    code = main(
+        ["run", str(path), "--models-dir", str(auraflow_models), "--output-dir", str(out), "-q", "--json"]
+    )
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    image = np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+    assert image.shape == (SIZE, SIZE, 3) and image.std() > 5
+
+
+def test_network_matches_diffusers_forward(auraflow_models: Path, tmp_path: Path) -> None:
+    """comfyd's network is diffusers' transformer called with sigma as the timestep."""
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=auraflow_models, home=tmp_path / "home"))
+    model = manager.load_checkpoint(Path(_auraflow_tiny.NAMES["checkpoint"]).name)[0]
+    net = model.unet
+    assert isinstance(net, transformer.AuraFlowNetwork)
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 7, 32, generator=g)
+    with torch.inference_mode():
+        ours = net(x, torch.tensor([0.6]), context)[0]
+        theirs = net.transformer(hidden_states=x, encoder_hidden_states=context, timestep=torch.tensor([0.6]),
+                                 return_dict=False)[0]  # fmt: skip
+    assert torch.equal(ours, theirs) and ours.shape == x.shape
