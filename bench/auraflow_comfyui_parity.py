@@ -12,7 +12,8 @@ a diffusion model alone) and a full-size random 4-channel SDXL-style VAE.
     python bench/auraflow_comfyui_parity.py --workdir /tmp/auraflow-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
-prints RESULT psnr_auraflow_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
+prints RESULT psnr_auraflow_db=... and max_diff=... (`--size 72`: psnr_auraflow_72_db, a 9x9 latent
+padded to an odd 5x5 patch grid, which checks ComfyUI's position window) (comfyd's PNG against ComfyUI's). The ComfyUI
 side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
 """
 
@@ -81,7 +82,7 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path) -> Path:
+def comfyd_side(work: Path, size: int) -> Path:
     from comfyd.models.manager import ModelManager
     from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.ksampler import common_ksampler
@@ -91,14 +92,14 @@ def comfyd_side(work: Path) -> Path:
     model = manager.load_diffusion_model(Path(FILES["unet"]).name)
     cond = load_file(str(work / FILES["cond"]))
     positive, negative = [[cond["positive"], {}]], [[cond["negative"], {}]]
-    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     out = common_ksampler(model, SEED, STEPS, CFG, "euler", "normal", positive, negative, latent)
     path = work / "comfyd-auraflow.png"
     to_png(vae_decode(manager.load_vae(Path(FILES["vae"]).name), out["samples"]), path)
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path) -> None:
+def comfyui_side(work: Path, comfyui: Path, size: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -111,7 +112,7 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / FILES["vae"])))
     cond = comfy.utils.load_torch_file(str(work / FILES["cond"]))
     positive, negative = [[cond["positive"], {}]], [[cond["negative"], {}]]
-    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "normal", positive, negative, latent)
     to_png(vae.decode(out["samples"]), work / "comfyui-auraflow.png")
 
@@ -121,16 +122,17 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
+    parser.add_argument("--size", type=int, default=SIZE, help="picture side (72: an odd 5x5 patch grid)")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            comfyui_side(work, args.comfyui.resolve())
+            comfyui_side(work, args.comfyui.resolve(), args.size)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     make_files(work)
-    ours = np.asarray(Image.open(comfyd_side(work)).convert("RGB")).astype(np.float64)
+    ours = np.asarray(Image.open(comfyd_side(work, args.size)).convert("RGB")).astype(np.float64)
     subprocess.run(
         [
             args.comfyui_python,
@@ -140,6 +142,8 @@ def main() -> int:
             "--comfyui",
             str(args.comfyui),
             "--comfyui-side",
+            "--size",
+            str(args.size),
         ],
         check=True,
     )
@@ -147,7 +151,8 @@ def main() -> int:
     mse = float(((ours - theirs) ** 2).mean())
     psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     print(json.dumps({"std": float(theirs.std()), "std_comfyd": float(ours.std())}))
-    print(f"RESULT psnr_auraflow_db={psnr:.2f}")
+    suffix = "" if args.size == SIZE else f"_{args.size}"
+    print(f"RESULT psnr_auraflow{suffix}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0
 

@@ -56,6 +56,9 @@ def test_stored_keys_are_comfyui_layout_and_config_reads_back(auraflow_models: P
         "text_encoders.pile_t5xl.transformer.encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"
         in keys
     )
+    from comfyd.models.header_probe import detect_family, is_supported, read_header
+
+    assert detect_family(read_header(path)) == "auraflow" and is_supported("auraflow")
     config = transformer.infer_config(shapes, prefix)
     assert {k: config[k] for k in _auraflow_tiny.TINY_TRANSFORMER} == _auraflow_tiny.TINY_TRANSFORMER
 
@@ -93,8 +96,10 @@ def test_canonical_workflow_through_comfyd_run(auraflow_models: Path, tmp_path: 
     assert image.shape == (SIZE, SIZE, 3) and image.std() > 5
 
 
-def test_network_matches_diffusers_forward(auraflow_models: Path, tmp_path: Path) -> None:
-    """comfyd's network is diffusers' transformer called with sigma as the timestep."""
+def test_network_is_diffusers_with_comfyui_positions(auraflow_models: Path, tmp_path: Path) -> None:
+    """comfyd's network is diffusers' transformer called with sigma as the timestep; only the patch
+    embedding's position window differs, and only where ComfyUI's rule does: odd patch counts
+    ((grid - n) // 2, diffusers grid // 2 - n // 2) and latents beyond the grid (interpolated)."""
     from comfyd.models.manager import ModelManager
     from comfyd.settings import Settings
 
@@ -102,10 +107,20 @@ def test_network_matches_diffusers_forward(auraflow_models: Path, tmp_path: Path
     model = manager.load_checkpoint(Path(_auraflow_tiny.NAMES["checkpoint"]).name)[0]
     net = model.unet
     assert isinstance(net, transformer.AuraFlowNetwork)
+    embed = net.transformer.pos_embed
+    stock = type(embed).forward
     g = torch.Generator().manual_seed(0)
     x, context = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 7, 32, generator=g)
     with torch.inference_mode():
         ours = net(x, torch.tensor([0.6]), context)[0]
+        assert torch.equal(embed(x), stock(embed, x))  # 4x4 patches: both rules pick the same window
+        odd = torch.randn(1, 4, 6, 6, generator=g)
+        grid = embed.pos_embed.reshape(16, 16, -1)
+        expected = stock(embed, odd) - grid[7:10, 7:10].reshape(1, 9, -1) + grid[6:9, 6:9].reshape(1, 9, -1)
+        assert torch.allclose(embed(odd), expected, atol=1e-6)
+        large = net(torch.randn(1, 4, 40, 36, generator=g), torch.tensor([0.6]), context)[0]
+        embed.forward = stock.__get__(embed)
         theirs = net.transformer(hidden_states=x, encoder_hidden_states=context, timestep=torch.tensor([0.6]),
                                  return_dict=False)[0]  # fmt: skip
     assert torch.equal(ours, theirs) and ours.shape == x.shape
+    assert large.shape == (1, 4, 40, 36) and torch.isfinite(large).all()

@@ -11,11 +11,13 @@ only the positions, the text width and the block counts), so heads are width // 
 
 `AuraFlowNetwork` hands the latent, the timestep (sigma: ModelSamplingAuraFlow's multiplier is 1,
 and both implementations scale it by 1000 inside their embedding) and the Pile-T5 context to the
-transformer, padding odd latent sizes to whole patches and cropping the result.
+transformer, padding odd latent sizes to whole patches and cropping the result; the patch
+embedding takes its positions as ComfyUI does (`comfyui_patch_embed`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -131,8 +133,31 @@ def empty_transformer(config: Mapping[str, Any]) -> nn.Module:
         return AuraFlowTransformer2DModel.from_config(dict(config))
 
 
+def comfyui_patch_embed(embed: nn.Module, latent: torch.Tensor) -> torch.Tensor:
+    """diffusers' AuraFlowPatchEmbed with ComfyUI's positions: the grid is bilinearly enlarged
+    when the latent has more patches on a side than it holds, and the window is centred as
+    (grid - patches) // 2 (diffusers: grid // 2 - patches // 2, one off for odd counts)."""
+    b, c, height, width = latent.shape
+    patch = int(embed.patch_size)
+    h, w = height // patch, width // patch
+    tokens = latent.view(b, c, h, patch, w, patch).permute(0, 2, 4, 1, 3, 5).flatten(-3).flatten(1, 2)
+    tokens = embed.proj(tokens)
+    side = math.isqrt(int(embed.pos_embed_max_size))
+    grid = embed.pos_embed.to(tokens.dtype).reshape(1, side, side, -1)
+    if max(h, w) > side:
+        side = max(h, w)
+        grid = F.interpolate(grid.movedim(-1, 1), (side, side), mode="bilinear").movedim(1, -1)
+    top, left = (side - h) // 2, (side - w) // 2
+    return tokens + grid[:, top : top + h, left : left + w].reshape(1, h * w, -1)
+
+
 class AuraFlowNetwork(TransformerNetwork):
     """The UNet-shaped call around an AuraFlowTransformer2DModel (see the module docstring)."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__(transformer)
+        embed = transformer.pos_embed
+        embed.forward = functools.partial(comfyui_patch_embed, embed)
 
     def forward(
         self,
@@ -147,12 +172,6 @@ class AuraFlowNetwork(TransformerNetwork):
         pad_h, pad_w = (-height) % patch, (-width) % patch
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-        sides = math.isqrt(int(self.transformer.config.pos_embed_max_size))
-        if max(x.shape[-2], x.shape[-1]) // patch > sides:
-            raise ValueError(
-                f"AuraFlow latent {height}x{width} is larger than the model's {sides * patch}x{sides * patch} "
-                "position grid (comfyd does not interpolate the positions yet)"
-            )
         out = self.transformer(
             hidden_states=x,
             encoder_hidden_states=encoder_hidden_states.to(x.dtype),
