@@ -29,6 +29,7 @@ END_TOKEN = t5_encoder.END_TOKEN
 PAD_TOKEN = t5_encoder.PAD_TOKEN
 MIN_LENGTH = 512
 SPIECE_KEY = "spiece_model"
+SPIECE_SUFFIX = ".spiece.model"  # a SentencePiece model beside a file that carries none
 _LOCK = threading.Lock()
 Tokens = list[tuple[int, float]]
 

@@ -124,3 +124,28 @@ def test_network_is_diffusers_with_comfyui_positions(auraflow_models: Path, tmp_
                                  return_dict=False)[0]  # fmt: skip
     assert torch.equal(ours, theirs) and ours.shape == x.shape
     assert large.shape == (1, 4, 40, 36) and torch.isfinite(large).all()
+
+
+def test_tokenizer_beside_a_checkpoint_without_one(auraflow_models: Path, tmp_path: Path) -> None:
+    """fal's checkpoints carry no SentencePiece model: one beside the file is read instead, and a
+    checkpoint with neither is refused with a message naming where to put it."""
+    from safetensors.torch import load_file, save_file
+
+    from comfyd.models import umt5_encoder
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    state = load_file(str(auraflow_models / _auraflow_tiny.NAMES["checkpoint"]))
+    spiece = state.pop(_auraflow_tiny.ENCODER_PREFIX + umt5_encoder.SPIECE_KEY)
+    save_file(state, str(root / "checkpoints" / "aura.safetensors"))
+    manager = ModelManager(Settings(models_dir=root, home=tmp_path / "home"))
+    with pytest.raises(Exception, match=r"aura\.safetensors\.spiece\.model"):
+        manager.load_checkpoint("aura.safetensors")
+    (root / "checkpoints" / "aura.safetensors.spiece.model").write_bytes(spiece.numpy().tobytes())
+    clip = ModelManager(Settings(models_dir=root, home=tmp_path / "home2")).load_checkpoint(
+        "aura.safetensors"
+    )[1]
+    ids = clip.tokenizers["pile_t5xl"].encode("a red fox")
+    assert ids[-1] == 2 and len(ids) > 2
