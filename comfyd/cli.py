@@ -296,7 +296,11 @@ def cmd_models_make_tiny(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an unknown family: the message lists the registered ones
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    if all(Path(p).parent.name == "checkpoints" for p in written):
+    from comfyd.models import families
+
+    family = families.get(args.family)
+    own_files = type(family).make_tiny_files is not families.Family.make_tiny_files  # AuraFlow: no UNet
+    if all(Path(p).parent.name == "checkpoints" for p in written) and not own_files:
         # A UNet family's ControlNet; split-file families (Flux, Wan, SD3) have none here.
         written = [*written, make_tiny_controlnet(Path(args.dir), args.family)]
     for path in written if isinstance(written, list | tuple) else [written]:

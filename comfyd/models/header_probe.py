@@ -25,7 +25,7 @@ SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdx
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
                                 "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
-                                "qwen3"})
+                                "qwen3", "auraflow"})
 
 
 class HeaderError(ValueError):
@@ -110,6 +110,8 @@ def detect_family(header: ModelHeader) -> str:
         return "embedding"
     if any(k.startswith("model.diffusion_model.joint_blocks.") for k in keys):
         return "sd3"  # an all-in-one SD3 file: its text encoders may hold most of the keys
+    if any(k.endswith("cond_seq_linear.weight") for k in keys) and has("double_layers.0.attn.w1q."):
+        return "auraflow"  # fal's MMDiT, alone or all-in-one with Pile-T5 and the VAE
     stripped = set(_strip(keys))
     if any(k.startswith("double_blocks.") for k in stripped):
         if any(k.startswith("txt_in.individual_token_refiner") for k in stripped):

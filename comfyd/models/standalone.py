@@ -172,12 +172,16 @@ def _clip_g_from(tf: TensorFile, keys: set[str], clip_text: str, plan: ComputePl
 
 
 def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: ComputePlan) -> nn.Module:
-    """A UMT5 encoder with the SentencePiece model its file carries (`spiece_model`)."""
+    """A UMT5 encoder with the SentencePiece model its file carries (`spiece_model`), or one in a
+    `<file name>.spiece.model` beside it (AuraFlow's checkpoints carry none; comfyd ships none)."""
     spiece = next((k for k in (f"{base}{umt5_encoder.SPIECE_KEY}", umt5_encoder.SPIECE_KEY) if k in keys), None)
-    if spiece is None:
+    beside = tf.path.with_name(tf.path.name + umt5_encoder.SPIECE_SUFFIX)
+    if spiece is None and not beside.is_file():
         raise UnknownCheckpointLayout(
-            "this UMT5 text encoder file has no tokenizer (no 'spiece_model' tensor); use a file "
-            "that carries one, as ComfyUI's umt5_xxl files do"
+            f"the UMT5 / Pile-T5 text encoder in {tf.path.name} has no tokenizer (no 'spiece_model' "
+            f"tensor); use a file that carries one, as ComfyUI's umt5_xxl files do, or put the "
+            f"SentencePiece model beside it as {beside.name} (for AuraFlow: ComfyUI's "
+            "comfy/text_encoders/t5_pile_tokenizer/tokenizer.model)"
         )
     shapes = {k: v for k, v in tf.shapes().items() if k.startswith(prefix)}
     module = materialize(
@@ -185,7 +189,7 @@ def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: Com
         t5_encoder.T5Translator(prefix, keys), tf, plan.device, plan.clip_dtype,
         rounding=plan.clip_weight_rounding, what="UMT5 encoder",
     )  # fmt: skip
-    module.comfyd_spiece_model = umt5_encoder.spiece_bytes(tf.get(spiece))
+    module.comfyd_spiece_model = umt5_encoder.spiece_bytes(tf.get(spiece)) if spiece else beside.read_bytes()
     return module
 
 

@@ -151,16 +151,19 @@ def apply_weight_scales(module: nn.Module, tf: Any, prefix: str) -> int:
 
 
 # --- encoding --------------------------------------------------------------------------------
-def attention_mask(ids: list[int]) -> list[int]:
+def attention_mask(ids: list[int], end_token: int = END_TOKEN) -> list[int]:
     """1 up to and including the first end token, 0 after it."""
     mask, ended = [], False
     for token in ids:
         mask.append(0 if ended else 1)
-        ended = ended or token == END_TOKEN
+        ended = ended or token == end_token
     return mask
 
 
-def encode(encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bool = True) -> torch.Tensor:
+def encode(
+    encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bool = True,
+    end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN,
+) -> torch.Tensor:  # fmt: skip
     """[1, len(tokens), d_model] float32 on the CPU (see the module docstring). `masked` (UMT5 as
     Wan drives it): the padding after the end token is masked out of attention and zeroed
     (LTX-Video's T5, `zero_masked=False`: masked, not zeroed)."""
@@ -170,8 +173,8 @@ def encode(encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bo
     weighted = any(w != 1.0 for w in weights)
     batch = [ids]
     if weighted:
-        batch.append([END_TOKEN] + [PAD_TOKEN] * (len(ids) - 1))
-    mask = torch.tensor([attention_mask(row) for row in batch], dtype=torch.long, device=device) if masked else None
+        batch.append([end_token] + [pad_token] * (len(ids) - 1))
+    mask = torch.tensor([attention_mask(row, end_token) for row in batch], dtype=torch.long, device=device) if masked else None
     with torch.no_grad():
         hidden = encoder(
             input_ids=torch.tensor(batch, dtype=torch.long, device=device), attention_mask=mask

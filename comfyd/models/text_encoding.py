@@ -103,7 +103,8 @@ def tokenize_for_encoder(
     if kind == "t5":
         return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
     if kind == "umt5":
-        return [umt5_encoder.tokenize(clip.tokenizers[key], text)]
+        end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
+        return [umt5_encoder.tokenize(clip.tokenizers[key], text, length, end, pad)]
     if kind == "llama":  # HunyuanVideo: the prompt inside ComfyUI's template, one sequence
         return [llama_encoder.tokenize(clip.tokenizers[key], text)]
     if kind == "qwen25_7b":  # the chat template, no weights: plain ids
@@ -141,6 +142,11 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 continue
             if kind == "t5" and family_spec.encoder(key).attention_mask:
                 outputs[key] = (t5_encoder.encode(encoders[key], tokens[key][0], masked=True, zero_masked=False), None)
+                continue
+            if kind == "umt5" and family_spec.encoder(key).sequence is not None:  # AuraFlow's Pile-T5
+                end, pad, _ = family_spec.encoder(key).sequence
+                sequence = tokens[key][0] if tokens[key] else [(end, 1.0)]
+                outputs[key] = (umt5_encoder.encode(encoders[key], sequence, end, pad), None)
                 continue
             if kind in ("t5", "umt5"):
                 encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode

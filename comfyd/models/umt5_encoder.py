@@ -29,6 +29,7 @@ END_TOKEN = t5_encoder.END_TOKEN
 PAD_TOKEN = t5_encoder.PAD_TOKEN
 MIN_LENGTH = 512
 SPIECE_KEY = "spiece_model"
+SPIECE_SUFFIX = ".spiece.model"  # a SentencePiece model beside a file that carries none
 _LOCK = threading.Lock()
 Tokens = list[tuple[int, float]]
 
@@ -65,7 +66,9 @@ def spiece_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.to(torch.uint8).numpy().tobytes()
 
 
-def tokenize(tokenizer: Any, text: str, min_length: int = MIN_LENGTH) -> Tokens:
+def tokenize(
+    tokenizer: Any, text: str, min_length: int = MIN_LENGTH, end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN
+) -> Tokens:
     tokens: Tokens = []
     for segment in parse_prompt_weights(text):
         if segment.text == "":
@@ -73,13 +76,13 @@ def tokenize(tokenizer: Any, text: str, min_length: int = MIN_LENGTH) -> Tokens:
         with _LOCK:
             ids = tokenizer.encode(segment.text)
         tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
-    tokens.append((END_TOKEN, 1.0))
+    tokens.append((end_token, 1.0))
     if len(tokens) < min_length:
-        tokens.extend([(PAD_TOKEN, 1.0)] * (min_length - len(tokens)))
+        tokens.extend([(pad_token, 1.0)] * (min_length - len(tokens)))
     return tokens
 
 
-def encode(encoder: Any, tokens: Tokens) -> torch.Tensor:
+def encode(encoder: Any, tokens: Tokens, end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN) -> torch.Tensor:
     """[1, len(tokens), d_model] float32 on the CPU (see the module docstring): T5's encoding with
     the padding masked out and zeroed."""
-    return t5_encoder.encode(encoder, tokens, masked=True)
+    return t5_encoder.encode(encoder, tokens, masked=True, end_token=end_token, pad_token=pad_token)

@@ -88,6 +88,9 @@ class EncoderSpec:
     # mask travels with the conditioning (LTX-Video).
     min_length: int = 256
     attention_mask: bool = False
+    # UMT5-layout kinds other than Wan's UMT5 (AuraFlow's Pile-T5): (end token, pad token,
+    # minimum length) of its sequences; None: UMT5's own (1, 0, 512).
+    sequence: tuple[int, int, int] | None = None
 
     @property
     def peft_prefix(self) -> str:
