@@ -59,3 +59,16 @@ def store_weights(net: Any, storage: torch.dtype | None, compute_dtype: torch.dt
     """Keep the weights in `storage` (fp8), each layer cast up to the compute dtype while it runs."""
     if storage is not None:
         net.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute_dtype)
+
+
+def load_transformer(
+    tf: Any, plan: Any, weight_dtype: str, module: nn.Module, translator: Any, what: str
+) -> nn.Module:
+    """A family's diffusers transformer (`module`, built empty) filled from `tf` through
+    `translator`, on the plan's device in its compute dtype, stored as UNETLoader's `weight_dtype` asks."""
+    from comfyd.models.loader import materialize
+
+    storage = storage_dtype(weight_dtype)
+    net = materialize(module, translator, tf, plan.device, plan.unet_dtype, what=what)
+    store_weights(net, storage, plan.unet_dtype)
+    return net

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _auraflow_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -86,15 +86,11 @@ class AuraFlow(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.AuraFlowTranslator(config, prefix), tf,
-            plan.device, plan.unet_dtype, what="AuraFlow MMDiT",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.AuraFlowTranslator(config, prefix), what="AuraFlow MMDiT",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.AuraFlowNetwork(net), model_sampling()
 
 

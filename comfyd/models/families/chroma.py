@@ -3,7 +3,8 @@ prompted by T5-XXL alone, on Flux's 16-channel latent.
 
 Files, as ComfyUI 0.3.64 loads them: the transformer alone in `diffusion_models/` (UNETLoader;
 `_chroma_transformer.py`), a T5-XXL in `text_encoders/` (CLIPLoader, type chroma) and Flux's
-`ae.safetensors` in `vae/`. ComfyUI: comfy/supported_models.py Chroma (Flux's latent format), comfy/text_encoders/pixart_t5.py (T5 tokens not padded:
+`ae.safetensors` in `vae/`. ComfyUI: comfy/supported_models.py Chroma (Flux's latent format),
+comfy/text_encoders/pixart_t5.py (T5 tokens not padded:
 min length 1), model_base.Chroma (a Flux-type model: ModelSamplingFlux, shift 1.15; guidance 0
 unless FluxGuidance sets one).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyd.models.families import _chroma_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import CONFIG_DIR, Family, HeadRule, SamplingSpec
 from comfyd.models.families.flux import DEV_SHIFT, T5XXL
 from comfyd.models.families.flux import FAMILY as FLUX
@@ -57,15 +58,11 @@ class Chroma(Family):
         return transformer_prefix(keys, transformer.is_chroma_transformer)
 
     def load_diffusion_model(self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.ChromaTranslator(config, prefix), tf,
-            plan.device, plan.unet_dtype, what="Chroma transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.ChromaTranslator(config, prefix), what="Chroma transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.ChromaNetwork(net), model_sampling()
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _flux_inputs
 from comfyd.models.families import _flux_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -107,19 +107,11 @@ class Flux(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config),
-            transformer.FluxTranslator(config, prefix),
-            tf,
-            plan.device,
-            plan.unet_dtype,
-            what="Flux transformer",
-        )
-        store_weights(net, storage, plan.unet_dtype)
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.FluxTranslator(config, prefix), what="Flux transformer",
+        )  # fmt: skip
         return transformer.FluxNetwork(net), model_sampling_for(bool(config["guidance_embeds"]))
 
 

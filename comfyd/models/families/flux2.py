@@ -24,7 +24,7 @@ from torch import Tensor
 
 from comfyd.models.families import _flux2_transformer as transformer
 from comfyd.models.families import _flux2_vae as flux2_vae
-from comfyd.models.families._network import storage_dtype, store_weights
+from comfyd.models.families._network import load_transformer
 from comfyd.models.families.base import CONFIG_DIR, UNET_PREFIX, Family, HeadRule, LatentFormat, SamplingSpec
 from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling
 from comfyd.sampling.vector_conditioning import FLUX_DEFAULT_GUIDANCE
@@ -96,15 +96,11 @@ class Flux2(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.Flux2Translator(config, prefix), tf,
-            plan.device, plan.unet_dtype, what="Flux.2 transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.Flux2Translator(config, prefix), what="Flux.2 transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.Flux2Network(net), model_sampling()
 
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:

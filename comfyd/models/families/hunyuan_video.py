@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _hunyuan_transformer as transformer
 from comfyd.models.families import _hunyuan_vae as video_vae
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -91,20 +91,16 @@ class HunyuanVideo(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         if config["in_channels"] != video_vae.LATENT_CHANNELS:
             raise ValueError(
                 f"HunyuanVideo image-to-video transformers ({config['in_channels']} input channels) are "
                 "not supported yet; the text-to-video one (16) is"
             )
-        net = materialize(
-            transformer.empty_transformer(config), transformer.HunyuanTranslator(config, list(tf.keys()), prefix),
-            tf, plan.device, plan.unet_dtype, what="HunyuanVideo transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.HunyuanTranslator(config, list(tf.keys()), prefix), what="HunyuanVideo transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.HunyuanNetwork(net), model_sampling()
 
     def load_vae(self, tf: TensorFile, plan: Any) -> Any | None:

@@ -24,7 +24,7 @@ import torch
 from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _ltxv_transformer as transformer
 from comfyd.models.families import _ltxv_vae as video_vae
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -102,16 +102,12 @@ class Ltxv(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         declared = transformer.file_config(tf.path)
         config = transformer.infer_config(tf.shapes(), prefix, declared)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.LtxvTranslator(list(tf.keys()), prefix), tf,
-            plan.device, plan.unet_dtype, what="LTX-Video transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.LtxvTranslator(list(tf.keys()), prefix), what="LTX-Video transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         network = transformer.LtxvNetwork(net)
         network.causal_temporal_positioning = bool(declared.get("causal_temporal_positioning", False))
         return network, model_sampling()

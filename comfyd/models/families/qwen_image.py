@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _qwen_image_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -89,15 +89,11 @@ class QwenImage(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.QwenImageTranslator(prefix), tf,
-            plan.device, plan.unet_dtype, what="Qwen-Image transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.QwenImageTranslator(prefix), what="Qwen-Image transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.QwenImageNetwork(net), model_sampling()
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _sd3_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -159,19 +159,11 @@ class SD3(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config),
-            transformer.SD3Translator(config, prefix),
-            tf,
-            plan.device,
-            plan.unet_dtype,
-            what="SD3 MMDiT",
-        )
-        store_weights(net, storage, plan.unet_dtype)
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.SD3Translator(config, prefix), what="SD3 MMDiT",
+        )  # fmt: skip
         return transformer.SD3Network(net), model_sampling()
 
 

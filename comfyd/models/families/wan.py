@@ -19,7 +19,7 @@ from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _wan_clip, _wan_i2v
 from comfyd.models.families import _wan_transformer as transformer
 from comfyd.models.families import _wan_vae as video_vae
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -87,15 +87,11 @@ class Wan(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.WanTranslator(list(tf.keys()), prefix), tf,
-            plan.device, plan.unet_dtype, what="Wan transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.WanTranslator(list(tf.keys()), prefix), what="Wan transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return transformer.WanNetwork(net), model_sampling()
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:

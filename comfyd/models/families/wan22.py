@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.models.families import _wan22_vae as video_vae
 from comfyd.models.families import _wan_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights
+from comfyd.models.families._network import load_transformer
 from comfyd.models.families._wan22_transformer import Wan22Network
 from comfyd.models.families.base import CONFIG_DIR, HeadRule, LatentFormat, SamplingSpec
 from comfyd.models.families.wan import UMT5XXL, Wan, model_sampling
@@ -86,9 +86,6 @@ class Wan22(Wan):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         if config["in_channels"] != LATENT_CHANNELS or config["image_dim"] is not None:
             raise ValueError(
@@ -96,11 +93,10 @@ class Wan22(Wan):
                 f"{' and an image embedder' if config['image_dim'] else ''} is not supported: the TI2V "
                 f"5B model takes the {LATENT_CHANNELS}-channel latent alone"
             )
-        net = materialize(
-            transformer.empty_transformer(config), transformer.WanTranslator(list(tf.keys()), prefix), tf,
-            plan.device, plan.unet_dtype, what="Wan 2.2 transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.WanTranslator(list(tf.keys()), prefix), what="Wan 2.2 transformer",
         )  # fmt: skip
-        store_weights(net, storage, plan.unet_dtype)
         return Wan22Network(net), model_sampling()
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
