@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comfyd.models.families._flux_inputs import position_ids
-from comfyd.models.families._flux_transformer import PATCH, FluxTranslator, rope_axes
+from comfyd.models.families._flux_inputs import pack, position_ids, unpack
+from comfyd.models.families._flux_transformer import FluxTranslator, rope_axes
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
 
@@ -137,16 +137,8 @@ class ChromaNetwork(TransformerNetwork):
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
         t = self.transformer
-        batch, channels, height, width = x.shape
-        pad_h, pad_w = (-height) % PATCH, (-width) % PATCH
-        if pad_h or pad_w:  # ComfyUI pads to whole patches by wrapping around
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-        rows, cols = x.shape[2] // PATCH, x.shape[3] // PATCH
-        packed = (
-            x.reshape(batch, channels, rows, PATCH, cols, PATCH)
-            .permute(0, 2, 4, 1, 3, 5)
-            .reshape(batch, rows * cols, channels * PATCH * PATCH)
-        )
+        batch, _, height, width = x.shape
+        packed, rows, cols = pack(x)  # 2x2 patches, padded by wrapping as ComfyUI pads
         guidance = (added_cond_kwargs or {}).get("guidance")
         if guidance is None:
             guidance = torch.zeros(batch)
@@ -168,11 +160,4 @@ class ChromaNetwork(TransformerNetwork):
         for i, block in enumerate(t.single_transformer_blocks):
             hidden = block(hidden_states=hidden, temb=mods[:, 3 * i : 3 * i + 3], image_rotary_emb=rotary)
         hidden = t.norm_out(hidden[:, context.shape[1] :], mods[:, -2:])
-        out = t.proj_out(hidden)
-        out_channels = out.shape[-1] // (PATCH * PATCH)
-        out = (
-            out.reshape(batch, rows, cols, out_channels, PATCH, PATCH)
-            .permute(0, 3, 1, 4, 2, 5)
-            .reshape(batch, out_channels, rows * PATCH, cols * PATCH)
-        )
-        return (out[:, :, :height, :width],)
+        return (unpack(t.proj_out(hidden), rows, cols)[:, :, :height, :width],)

@@ -115,6 +115,16 @@ def pack(latent: Tensor) -> tuple[Tensor, int, int]:
     return packed, rows, cols
 
 
+def unpack(tokens: Tensor, rows: int, cols: int) -> Tensor:
+    """`pack`'s inverse: [B, rows * cols, C * 4] -> [B, C, rows * 2, cols * 2] (still padded)."""
+    batch, channels = tokens.shape[0], tokens.shape[-1] // (PATCH * PATCH)
+    return (
+        tokens.reshape(batch, rows, cols, channels, PATCH, PATCH)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(batch, channels, rows * PATCH, cols * PATCH)
+    )
+
+
 def position_ids(rows: int, cols: int, index: int = 0, row_offset: int = 0, col_offset: int = 0) -> Tensor:
     """[rows * cols, 3] ids of a patch grid: (index, row + row_offset, column + col_offset)."""
     ids = torch.zeros(rows, cols, 3)

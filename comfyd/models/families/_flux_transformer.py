@@ -200,14 +200,7 @@ class FluxNetwork(TransformerNetwork):
             ])  # fmt: skip
         else:
             out = self._run(packed, context, pooled, timestep, ids[0] if ids.ndim == 3 else ids, txt_ids, guidance)
-        out = out[:, :image_tokens]
-        out_channels = out.shape[-1] // (PATCH * PATCH)
-        out = (
-            out.reshape(batch, rows, cols, out_channels, PATCH, PATCH)
-            .permute(0, 3, 1, 4, 2, 5)
-            .reshape(batch, out_channels, rows * PATCH, cols * PATCH)
-        )
-        return (out[:, :, :height, :width],)
+        return (inputs.unpack(out[:, :image_tokens], rows, cols)[:, :, :height, :width],)
 
     def _run(
         self,

@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models.families._flux_inputs import pack, unpack
 from comfyd.models.families._flux_transformer import rope_axes
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import Source
@@ -154,35 +154,6 @@ def reference_builder(mean: Sequence[float], std: Sequence[float]) -> Any:
     return build
 
 
-def pack(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """[B, C, H, W] (H, W even) -> [B, H/2 * W/2, C * 4], patches rows first, channels outermost."""
-    batch, channels, height, width = x.shape
-    rows, cols = height // PATCH, width // PATCH
-    packed = (
-        x.reshape(batch, channels, rows, PATCH, cols, PATCH)
-        .permute(0, 2, 4, 1, 3, 5)
-        .reshape(batch, rows * cols, channels * PATCH * PATCH)
-    )
-    return packed, rows, cols
-
-
-def unpack(out: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    batch = out.shape[0]
-    channels = out.shape[-1] // (PATCH * PATCH)
-    return (
-        out.reshape(batch, rows, cols, channels, PATCH, PATCH)
-        .permute(0, 3, 1, 4, 2, 5)
-        .reshape(batch, channels, rows * PATCH, cols * PATCH)
-    )
-
-
-def _padded(x: torch.Tensor) -> torch.Tensor:
-    pad_h, pad_w = (-x.shape[-2]) % PATCH, (-x.shape[-1]) % PATCH
-    if pad_h or pad_w:  # ComfyUI pads to whole patches by wrapping around
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-    return x
-
-
 class QwenImageNetwork(TransformerNetwork):
     """The UNet-shaped call around a QwenImageTransformer2DModel (see the module docstring)."""
 
@@ -202,7 +173,7 @@ class QwenImageNetwork(TransformerNetwork):
                 raise ValueError(f"Qwen-Image samples single images; got a latent with {x.shape[2]} frames")
             x = x[:, :, 0]
         height, width = x.shape[-2:]
-        packed, rows, cols = pack(_padded(x))
+        packed, rows, cols = pack(x)
         shapes: list[tuple[int, ...]] = [(1, rows, cols)]
         added = added_cond_kwargs or {}
         count = sum(1 for key in added if key.startswith(REFERENCE_KEY))
@@ -210,7 +181,7 @@ class QwenImageNetwork(TransformerNetwork):
             ref = added[f"{REFERENCE_KEY}{index}"]
             if ref.shape[2] != 1:
                 raise ValueError("a Qwen-Image reference latent must be a single frame")
-            ref_packed, ref_rows, ref_cols = pack(_padded(ref[:, :, 0].to(packed.dtype)))
+            ref_packed, ref_rows, ref_cols = pack(ref[:, :, 0].to(packed.dtype))
             packed = torch.cat([packed, ref_packed.expand(packed.shape[0], -1, -1)], dim=1)
             shapes.append((1, ref_rows, ref_cols))
         tokens = rows * cols
