@@ -155,14 +155,6 @@ class ModelHandle:
         """The family's builder of the UNet's vector input (None: the UNet has none)."""
         return families.get(self.family).vector_builder(getattr(self.unet, "config", None) or {})
 
-    @property
-    def inpaint_clean_latent(self) -> bool:
-        """Whether a noise mask's kept region goes into the network unnoised (ComfyUI's WAN22)."""
-        try:
-            return families.get(self.family).inpaint_clean_latent
-        except ValueError:
-            return False
-
     def with_loras(self, *patches: Any) -> ModelHandle:
         """A handle with more weight patches (LoraPatch, HypernetworkPatch, MergePatch) after this one's."""
         return replace(self, loras=self.loras + tuple(patches))

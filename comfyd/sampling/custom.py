@@ -115,9 +115,8 @@ def sample_custom(
             if sampler.inpaint_noise_from_next_seed:
                 generator = torch.Generator(device="cpu").manual_seed((noise.seed + 1) % 2**64)
                 inpaint_noise = torch.randn(initial.shape, generator=generator, device="cpu").to(device)
-            clean = bool(getattr(model, "inpaint_clean_latent", False))
             denoiser = InpaintDenoiser(
-                denoiser, mask, x0, inpaint_noise, model_sampling, clean, mask_function_of(model, schedule, sigmas)
+                denoiser, mask, x0, inpaint_noise, model_sampling, mask_function_of(model, schedule, sigmas)
             )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)

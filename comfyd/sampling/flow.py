@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -160,6 +161,24 @@ class FlowModelSampling:
     def scale_inpaint(self, sigma: float, noise: Tensor, latent: Tensor) -> Tensor:
         """The kept region of a masked latent at `sigma` (KSamplerX0Inpaint's scale_latent_inpaint)."""
         return noise * sigma + latent * complement(sigma)
+
+
+@dataclass(frozen=True, eq=False)
+class CleanInpaintSampling(FlowModelSampling):
+    """A flow model whose masked sampling keeps the original latent as it is, not re-noised to the
+    current sigma (ComfyUI's LTXV and WAN22 scale_latent_inpaint): image-to-video start frames
+    stay clean."""
+
+    def scale_inpaint(self, sigma: float, noise: Tensor, latent: Tensor) -> Tensor:
+        return latent
+
+
+def clean_inpaint(sampling: Any) -> Any:
+    """`sampling` as clean-inpainting flow sampling (what a ModelSampling* node sets on such a
+    family's MODEL); other samplings are returned as given."""
+    if type(sampling) is FlowModelSampling:
+        return CleanInpaintSampling(sampling.schedule, sampling.prediction)
+    return sampling
 
 
 def complement(sigma: float | Tensor) -> float:

@@ -11,9 +11,8 @@ ComfyUI's `nodes.common_ksampler` -> `comfy.sample.sample` -> `KSampler.sample` 
    latent + noise * sigma0 (noise * sqrt(1 + sigma0^2) when starting from pure noise; flow
    models: sigma0 * noise + (1 - sigma0) * latent, and the result divided by 1 - last sigma);
 4. the sampler runs on the guided denoiser (with a noise_mask: the kept region is reset to the
-   re-noised original before and to the original after every model call; a model whose
-   `inpaint_clean_latent` is true gets the original there unnoised, as ComfyUI's WAN22 does,
-   and every conditioning entry's vector-conditioning builder sees the mask as `denoise_mask`,
+   original re-noised by the model sampling's `scale_inpaint` before (unnoised for LTX-Video and
+   Wan 2.2, as ComfyUI's do) and to the original after every model call, and every conditioning entry's vector-conditioning builder sees the mask as `denoise_mask`,
    as ComfyUI's extra_conds do);
 5. the result is scaled back (/ latent_scale + latent_shift) to float32 on the CPU.
 
@@ -67,11 +66,9 @@ class InpaintDenoiser:
         latent: Tensor,
         noise: Tensor,
         model_sampling: Any = None,
-        clean: bool = False,
         mask_function: Callable[[float, Tensor], Tensor] | None = None,
     ) -> None:
         self.inner = inner
-        self.clean = clean
         self.mask = mask
         self.keep = 1.0 - mask
         self.latent = latent
@@ -87,9 +84,7 @@ class InpaintDenoiser:
             mask = self.mask_function(sigma, self.mask)
             keep = 1.0 - mask
             kept_latent = self.latent * keep
-        if self.clean:
-            kept = self.latent
-        elif self.model_sampling is None:
+        if self.model_sampling is None:
             kept = self.noise * sigma + self.latent
         else:
             kept = self.model_sampling.scale_inpaint(sigma, self.noise, self.latent)
@@ -294,9 +289,8 @@ def common_ksampler(
             if sampler_name in INPAINT_NOISE_FROM_NEXT_SEED:
                 generator = torch.Generator(device="cpu").manual_seed((seed + 1) % 2**64)
                 inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(device)
-            clean = bool(getattr(model, "inpaint_clean_latent", False))
             denoiser = InpaintDenoiser(
-                denoiser, mask, x0, inpaint_noise, model_sampling, clean, mask_function_of(model, schedule, sigmas)
+                denoiser, mask, x0, inpaint_noise, model_sampling, mask_function_of(model, schedule, sigmas)
             )
         if interrupt is not None:
             denoiser = _Interruptible(denoiser, interrupt)

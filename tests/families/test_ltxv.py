@@ -370,10 +370,10 @@ def test_ltxv_preprocess_runs_images_through_one_h264_frame() -> None:
 
 
 def test_model_sampling_nodes_keep_ltxvs_masked_sampling() -> None:
-    from comfyd.models.families.ltxv import FAMILY, LtxvModelSampling
-    from comfyd.sampling.flow import FlowModelSampling, TimeShiftSchedule
+    from comfyd.models.families.ltxv import FAMILY
+    from comfyd.sampling.flow import CleanInpaintSampling, FlowModelSampling, TimeShiftSchedule
 
     adapted = FAMILY.adapt_model_sampling(FlowModelSampling(TimeShiftSchedule(shift=3.0)))
-    assert isinstance(adapted, LtxvModelSampling) and adapted.schedule.shift == 3.0
+    assert isinstance(adapted, CleanInpaintSampling) and adapted.schedule.shift == 3.0
     latent, noise = torch.ones(1, 128, 2, 1, 1), torch.zeros(1, 128, 2, 1, 1)
     assert torch.equal(adapted.scale_inpaint(0.5, noise, latent), latent)  # kept as is, not re-noised

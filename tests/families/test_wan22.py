@@ -159,7 +159,12 @@ def test_wan22_latent_node_values_and_the_kept_start_frame(wan22_models: Path, t
     from comfyd.models.text_encoding import encode_text
 
     model = manager.load_diffusion_model(_name("ti2v"))
-    assert model.family == "wan22" and model.inpaint_clean_latent
+    from comfyd.sampling.flow import CleanInpaintSampling, FlowModelSampling, TimeShiftSchedule
+
+    assert model.family == "wan22" and isinstance(model.model_sampling, CleanInpaintSampling)
+    # A ModelSampling node's schedule keeps the clean start frame (ComfyUI's WAN22).
+    shifted = model.with_sampling(FlowModelSampling(TimeShiftSchedule(shift=5.0, multiplier=1000.0)))
+    assert isinstance(shifted.model_sampling, CleanInpaintSampling)
     clip = manager.load_clip([_name("umt5xxl")], "wan")
     positive, negative = encode_text(clip, "a fox"), encode_text(clip, "")
     out = common_ksampler(model, 5, 2, 4.0, "euler", "simple", positive, negative, latent)["samples"]

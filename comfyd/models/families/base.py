@@ -184,9 +184,6 @@ class Family:
     network_loras: bool = False
     # Whether a CLIP of this family may hold any non-empty subset of its encoders (SD3).
     partial_encoders: bool = False
-    # A noise-masked latent's kept region enters the network as it is, not re-noised to the
-    # current sigma (ComfyUI's WAN22.scale_latent_inpaint: Wan 2.2 TI2V's start frame).
-    inpaint_clean_latent: bool = False
 
     # --- declared data, derived --------------------------------------------------------------
     @property

@@ -15,7 +15,6 @@ transformer's cross-attention. Latent: 128 channels, 32x spatial and 8x temporal
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from comfyd.models.families.base import (
     LatentFormat,
     SamplingSpec,
 )
-from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling
+from comfyd.sampling.flow import CleanInpaintSampling, ExpTimeShiftSchedule, FlowModelSampling, clean_inpaint
 
 if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
@@ -58,17 +57,8 @@ T5XXL = EncoderSpec(
 )
 
 
-@dataclass(frozen=True, eq=False)
-class LtxvModelSampling(FlowModelSampling):
-    """ModelSamplingFlux (CONST); masked sampling keeps the original latent as it is, not
-    re-noised (ComfyUI's LTXV scale_latent_inpaint): image-to-video's start frames stay clean."""
-
-    def scale_inpaint(self, sigma: float, noise: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        return latent
-
-
 def model_sampling() -> FlowModelSampling:
-    return LtxvModelSampling(ExpTimeShiftSchedule(shift=SHIFT))
+    return CleanInpaintSampling(ExpTimeShiftSchedule(shift=SHIFT))
 
 
 def vector_conditioning(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -115,9 +105,7 @@ class Ltxv(Family):
     def adapt_model_sampling(self, sampling: Any) -> Any:
         # ComfyUI's LTXV model keeps the original latent under a noise mask (its
         # scale_latent_inpaint), whichever flow schedule a ModelSampling node sets.
-        if type(sampling) is FlowModelSampling:
-            return LtxvModelSampling(sampling.schedule, sampling.prediction)
-        return sampling
+        return clean_inpaint(sampling)
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> Any:
         return vector_conditioning

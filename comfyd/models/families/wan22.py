@@ -23,6 +23,7 @@ from comfyd.models.families._network import load_transformer
 from comfyd.models.families._wan22_transformer import Wan22Network
 from comfyd.models.families.base import CONFIG_DIR, HeadRule, LatentFormat, SamplingSpec
 from comfyd.models.families.wan import UMT5XXL, Wan, model_sampling
+from comfyd.sampling.flow import clean_inpaint
 from comfyd.sampling.protocols import VectorConditioning
 
 if TYPE_CHECKING:
@@ -97,7 +98,12 @@ class Wan22(Wan):
             tf, plan, weight_dtype, transformer.empty_transformer(config),
             transformer.WanTranslator(list(tf.keys()), prefix), what="Wan 2.2 transformer",
         )  # fmt: skip
-        return Wan22Network(net), model_sampling()
+        return Wan22Network(net), clean_inpaint(model_sampling())
+
+    def adapt_model_sampling(self, sampling: Any) -> Any:
+        # ComfyUI's WAN22 keeps a noise mask's kept region (the TI2V start frame) unnoised,
+        # whichever flow schedule a ModelSampling node sets.
+        return clean_inpaint(sampling)
 
     def vector_builder(self, unet_config: Mapping[str, Any]) -> VectorConditioning | None:
         return _denoise_mask_only
@@ -137,5 +143,4 @@ FAMILY = Wan22(
     config_dir=CONFIG_DIR / "sd1",
     refines="wan",
     checkpoint_vae_prefix="vae.",
-    inpaint_clean_latent=True,
 )

@@ -8,10 +8,9 @@ from typing import Any
 
 from comfyd.engine.context import NodeContext
 from comfyd.engine.schema import Float, Link, Node, NodeSchema, OutputSpec, register_node
-from comfyd.models.families.ltxv import LtxvModelSampling
 from comfyd.models.handles import ModelHandle
 from comfyd.nodes.sampling.ltxv_scheduler import latent_tokens, token_shift
-from comfyd.sampling.flow import ExpTimeShiftSchedule
+from comfyd.sampling.flow import CleanInpaintSampling, ExpTimeShiftSchedule
 
 
 @register_node
@@ -34,4 +33,4 @@ class ModelSamplingLTXV(Node):
         if not isinstance(model, ModelHandle):
             raise ValueError("model must be a MODEL")
         shift = token_shift(latent_tokens(latent), max_shift, base_shift)
-        return (model.with_sampling(LtxvModelSampling(ExpTimeShiftSchedule(shift=shift))),)
+        return (model.with_sampling(CleanInpaintSampling(ExpTimeShiftSchedule(shift=shift))),)
