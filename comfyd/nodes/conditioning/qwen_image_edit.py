@@ -101,7 +101,12 @@ class TextEncodeQwenImageEdit(Node):
     )
 
     def run(
-        self, ctx: NodeContext, clip: ClipHandle, prompt: str, vae: Any = None, image: torch.Tensor | None = None
+        self,
+        ctx: NodeContext,
+        clip: ClipHandle,
+        prompt: str,
+        vae: Any = None,
+        image: torch.Tensor | None = None,
     ) -> tuple[Conditioning]:
         clip = _require_clip(clip)
         with interruptible(ctx.check_interrupted):
