@@ -1,0 +1,233 @@
+"""Qwen-Image-Edit and Qwen-Image-Edit-2509 on tiny random files (`make-tiny --family qwen-image`,
+whose Qwen2.5-VL file carries a tiny vision tower).
+
+The canonical Qwen-Image-Edit workflow (comfyd/workflows/qwen_image_edit_api.json: UNETLoader,
+CLIPLoader qwen_image, VAELoader, LoadImage, ImageScaleToTotalPixels, TextEncodeQwenImageEdit x2,
+ModelSamplingAuraFlow, CFGNorm, VAEEncode, KSampler, VAEDecode, SaveImage) runs through
+`comfyd run`, and the Plus node with two uploaded pictures through the server. A prompt with a
+picture is held to transformers' own Qwen2.5-VL (processor expansion, vision tower, multimodal
+positions) on the same weights; bench/qwen_image_edit_comfyui_parity.py holds the same path, and
+pictures larger than one attention window, to ComfyUI's modules.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from comfyd.cli import main
+from comfyd.models import qwen25_edit, qwen25_encoder, qwen25_vision
+from comfyd.models.families import _qwen_image_tiny
+from comfyd.models.tiny import make_tiny
+from comfyd.nodes.conditioning.qwen_image_edit import (
+    REFERENCE_PIXELS,
+    VISION_PIXELS,
+    TextEncodeQwenImageEdit,
+    TextEncodeQwenImageEditPlus,
+    scaled,
+)
+from tests.server.conftest import start_server  # noqa: F401  (the fixture)
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
+NAMES = {k: Path(v).name for k, v in _qwen_image_tiny.NAMES.items()}
+
+
+class _Ctx:
+    def check_interrupted(self) -> None:
+        return None
+
+
+def _picture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    base = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1), (xx + yy) % 256], -1)
+    return np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
+
+
+def _image(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).float().div(255.0).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def edit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("qwen-edit")
+    make_tiny(root / "models", family="qwen-image")
+    (root / "input").mkdir()
+    Image.fromarray(_picture(64, 48)).save(root / "input" / "example.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip(edit_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    home = tmp_path_factory.mktemp("qwen-edit-home")
+    manager = ModelManager(Settings(models_dir=edit_root / "models", home=home, device="cpu"))
+    return manager.load_clip([NAMES["qwen25_7b"]], "qwen_image")
+
+
+def edit_workflow(**changes: Any) -> dict[str, Any]:
+    graph = json.loads((WORKFLOWS / "qwen_image_edit_api.json").read_text())
+    graph["37"]["inputs"]["unet_name"] = NAMES["transformer"]
+    graph["38"]["inputs"]["clip_name"] = NAMES["qwen25_7b"]
+    graph["39"]["inputs"]["vae_name"] = NAMES["vae"]
+    graph["3"]["inputs"]["steps"] = 2
+    graph["93"]["inputs"]["megapixels"] = 0.01  # the sampled picture small; the references stay ~1 MP
+    for node, inputs in changes.items():
+        graph[node]["inputs"].update(inputs)
+    return graph
+
+
+@pytest.mark.slow
+def test_canonical_edit_workflow_through_comfyd_run(
+    edit_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "edit.json"
+    path.write_text(json.dumps(edit_workflow()))
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--models-dir", str(edit_root / "models"), "--input-dir", str(edit_root / "input"),
+            "--output-dir", str(out), "-q", "--json"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    image = np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+    # 64x48 scaled to 0.01 MP is 118x89; VAEEncode crops to multiples of 8.
+    assert image.shape == (88, 112, 3) and image.std() > 5
+
+
+@pytest.mark.slow
+def test_plus_workflow_with_two_pictures_through_the_server(edit_root: Path, start_server) -> None:  # noqa: F811
+    from comfyd.runtime import build_runtime
+    from tests.server.test_comfy_flow import connect, follow
+
+    server = start_server(runtime=build_runtime, models_dir=edit_root / "models", job_timeout_s=300.0)
+    client_id = uuid.uuid4().hex
+    ws = connect(server.ws_url, client_id)
+    ws.recv()
+    try:
+        with server.client() as http:
+            names = []
+            for index, (w, h) in enumerate(((40, 56), (72, 40))):
+                data = io.BytesIO()
+                Image.fromarray(_picture(w, h, seed=index)).save(data, format="PNG")
+                upload = http.post("/upload/image", files={"image": (f"pic{index}.png", data.getvalue(), "image/png")})
+                assert upload.status_code == 200, upload.text
+                names.append(upload.json()["name"])
+            graph = edit_workflow()
+            graph["79"] = {"class_type": "LoadImage", "inputs": {"image": names[1]}}
+            graph["78"]["inputs"]["image"] = names[0]
+            for node, prompt in (("76", "put the cat from picture 2 on the sofa"), ("77", "")):
+                graph[node] = {"class_type": "TextEncodeQwenImageEditPlus", "inputs": {
+                    "prompt": prompt, "clip": ["38", 0], "vae": ["39", 0], "image1": ["93", 0], "image2": ["79", 0]}}  # fmt: skip
+            answer = http.post("/prompt", json={"prompt": graph, "client_id": client_id})
+            assert answer.status_code == 200, answer.text
+            prompt_id = answer.json()["prompt_id"]
+            events = follow(ws, prompt_id, timeout=300)
+            executed = {d["node"]: d["output"] for t, d in events if t == "executed"}
+            [saved] = executed["60"]["images"]
+            job = server.wait_job(prompt_id, timeout=60)
+            assert job.status.value == "succeeded", job
+            view = http.get("/view", params=saved)
+            assert view.status_code == 200
+    finally:
+        ws.close()
+    picture = np.asarray(Image.open(io.BytesIO(view.content)).convert("RGB"))
+    assert picture.shape == (120, 80, 3) and picture.std() > 5  # 40x56 at 0.01 MP: 87x121, cropped
+
+
+def test_plus_node_reads_both_pictures_in_order(clip: Any) -> None:
+    node = TextEncodeQwenImageEditPlus()
+    a, b = _image(_picture(40, 56, 1)), _image(_picture(72, 40, 2))
+    [[cond, extra]] = node.run(_Ctx(), clip, "swap them", image1=a, image2=b)[0]
+    # 384^2 pixels: 40x56 -> 325x454 -> 336x448 for the tower (12x16 merged tokens); 72x40 ->
+    # 515x286 -> 504x280 (18x10). Kept: "Picture 1: " + vision_start + 192 + vision_end +
+    # "Picture 2: " + vision_start + 180 + vision_end + the prompt and the template's tail.
+    tokenizer = qwen25_encoder.shipped_tokenizer()
+    ids = qwen25_edit.tokenize(tokenizer, f"Picture 1: {qwen25_edit.VISION_TAG}Picture 2: {qwen25_edit.VISION_TAG}"
+                               "swap them", qwen25_edit.PLUS_TEMPLATE)  # fmt: skip
+    kept = len(ids) - qwen25_edit._template_end(ids, 10**6) - 2 + 192 + 180
+    assert cond.shape == (1, kept, 32) and extra == {"pooled_output": None}
+    [[swapped, _]] = node.run(_Ctx(), clip, "swap them", image1=b, image2=a)[0]
+    [[once, _]] = node.run(_Ctx(), clip, "swap them", image1=a)[0]
+    assert swapped.shape == cond.shape and not torch.allclose(swapped, cond)
+    assert once.shape[1] == cond.shape[1] - 180 - 2 - len(tokenizer("Picture 2: ")["input_ids"])
+    # No picture: the 2509 template around the prompt alone, no references without a VAE.
+    [[plain, options]] = node.run(_Ctx(), clip, "swap them")[0]
+    assert "reference_latents" not in options and plain.shape[1] < once.shape[1]
+
+
+def test_edit_node_picture_and_sizes_as_comfyui(clip: Any) -> None:
+    picture = _image(_picture(64, 48))
+    big = scaled(picture, REFERENCE_PIXELS)
+    assert big.shape == (1, 887, 1182, 3)  # round(48 * 18.475), round(64 * 18.475)
+    assert scaled(picture, REFERENCE_PIXELS, multiple=8).shape == (1, 888, 1184, 3)
+    assert scaled(picture, VISION_PIXELS).shape == (1, 333, 443, 3)
+    assert qwen25_vision.resized_size(887, 1182) == (896, 1176)  # 32 x 42 merged tokens
+    [[cond, _]] = TextEncodeQwenImageEdit().run(_Ctx(), clip, "make it red", image=picture)[0]
+    ids = qwen25_edit.tokenize(qwen25_encoder.shipped_tokenizer(), "make it red", with_images=True)
+    assert qwen25_edit._template_end(ids, 10**6) == 64  # diffusers' drop_idx for the edit template
+    assert cond.shape == (1, len(ids) - 64 - 1 + 32 * 42, 32)
+
+
+def test_prompt_with_picture_matches_transformers_qwen25_vl(edit_root: Path, clip: Any) -> None:
+    """One 112x112 picture (a single attention window, where ComfyUI's token order equals
+    transformers'): transformers' Qwen2_5_VLForConditionalGeneration on the same weights, its
+    image processor, the processor's <|image_pad|> expansion and multimodal token types, the last
+    hidden state from diffusers' drop index (64) on. (diffusers' QwenImageEditPipeline.encode_prompt
+    itself passes no mm_token_type_ids to transformers 5, which then falls back to 1-D positions.)"""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    text, vision = _qwen_image_tiny.tiny_encoder_config(), _qwen_image_tiny.tiny_vision_config()
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)).eval()
+    state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    for part, module in (("model.", model.model.language_model), ("visual.", model.model.visual)):
+        module.load_state_dict({k.removeprefix(part): v.float() for k, v in state.items() if k.startswith(part)})
+    array = _picture(112, 112, 3)
+    pixels = Qwen2VLImageProcessorPil()(images=Image.fromarray(array), return_tensors="pt")
+    count = int(pixels["image_grid_thw"].prod()) // 4
+    prompt = qwen25_edit.EDIT_TEMPLATE.format("make it red").replace("<|image_pad|>", "<|image_pad|>" * count)
+    tokenizer = qwen25_encoder.shipped_tokenizer()
+    input_ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    mm_token_type_ids=(input_ids == qwen25_edit.IMAGE_PAD).int(), output_hidden_states=True,
+                    pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])  # fmt: skip
+    theirs = out.hidden_states[-1][:, 64:]
+    ids = qwen25_edit.tokenize(tokenizer, "make it red", with_images=True)
+    with clip.patched() as encoders:
+        ours = qwen25_edit.encode(encoders["qwen25_7b"], ids, [_image(array)])
+    assert ours.shape == theirs.shape == (1, len(ids) - 64 - 1 + count, 32)
+    assert float((ours - theirs).abs().max()) < 1e-5
+
+
+def test_edit_nodes_refuse_a_text_encoder_without_vision_tower(edit_root: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    models = tmp_path / "models"
+    (models / "text_encoders").mkdir(parents=True)
+    state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    save_file({k: v for k, v in state.items() if not k.startswith("visual.")},
+              str(models / "text_encoders" / "text-only.safetensors"))  # fmt: skip
+    manager = ModelManager(Settings(models_dir=models, home=tmp_path / "home", device="cpu"))
+    text_only = manager.load_clip(["text-only.safetensors"], "qwen_image")
+    picture = _image(_picture(30, 20))
+    with pytest.raises(qwen25_edit.MissingVisionTower, match="no vision tower .*'visual"):
+        TextEncodeQwenImageEdit().run(_Ctx(), text_only, "make it red", image=picture)
+    with pytest.raises(qwen25_edit.MissingVisionTower, match="no vision tower"):
+        TextEncodeQwenImageEditPlus().run(_Ctx(), text_only, "make it red", image2=picture)
+    [[cond, _]] = TextEncodeQwenImageEdit().run(_Ctx(), text_only, "make it red")[0]  # text alone is fine
+    assert cond.shape[0] == 1 and cond.shape[-1] == 32
+    with pytest.raises(ValueError, match="IMAGE"):
+        TextEncodeQwenImageEdit().run(_Ctx(), text_only, "x", image=torch.zeros(1, 8, 8))
