@@ -120,7 +120,9 @@ def test_plus_workflow_with_two_pictures_through_the_server(edit_root: Path, sta
             for index, (w, h) in enumerate(((40, 56), (72, 40))):
                 data = io.BytesIO()
                 Image.fromarray(_picture(w, h, seed=index)).save(data, format="PNG")
-                upload = http.post("/upload/image", files={"image": (f"pic{index}.png", data.getvalue(), "image/png")})
+                upload = http.post(
+                    "/upload/image", files={"image": (f"pic{index}.png", data.getvalue(), "image/png")}
+                )
                 assert upload.status_code == 200, upload.text
                 names.append(upload.json()["name"])
             graph = edit_workflow()
@@ -189,10 +191,14 @@ def test_prompt_with_picture_matches_transformers_qwen25_vl(edit_root: Path, cli
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     text, vision = _qwen_image_tiny.tiny_encoder_config(), _qwen_image_tiny.tiny_vision_config()
-    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)).eval()
+    model = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(text_config=text, vision_config=vision)
+    ).eval()
     state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
     for part, module in (("model.", model.model.language_model), ("visual.", model.model.visual)):
-        module.load_state_dict({k.removeprefix(part): v.float() for k, v in state.items() if k.startswith(part)})
+        module.load_state_dict(
+            {k.removeprefix(part): v.float() for k, v in state.items() if k.startswith(part)}
+        )
     array = _picture(112, 112, 3)
     pixels = Qwen2VLImageProcessorPil()(images=Image.fromarray(array), return_tensors="pt")
     count = int(pixels["image_grid_thw"].prod()) // 4
