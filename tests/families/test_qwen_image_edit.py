@@ -67,12 +67,20 @@ def edit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip(edit_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def text_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2.5-VL file alone (what the fast tests need)."""
+    root = tmp_path_factory.mktemp("qwen-edit-text")
+    _qwen_image_tiny.write_tiny_text_encoder(root / "models")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip(text_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from comfyd.models.manager import ModelManager
     from comfyd.settings import Settings
 
     home = tmp_path_factory.mktemp("qwen-edit-home")
-    manager = ModelManager(Settings(models_dir=edit_root / "models", home=home, device="cpu"))
+    manager = ModelManager(Settings(models_dir=text_root / "models", home=home, device="cpu"))
     return manager.load_clip([NAMES["qwen25_7b"]], "qwen_image")
 
 
@@ -168,20 +176,18 @@ def test_plus_node_reads_both_pictures_in_order(clip: Any) -> None:
     assert "reference_latents" not in options and plain.shape[1] < once.shape[1]
 
 
-def test_edit_node_picture_and_sizes_as_comfyui(clip: Any) -> None:
+def test_edit_picture_sizes_as_comfyui() -> None:
     picture = _image(_picture(64, 48))
     big = scaled(picture, REFERENCE_PIXELS)
     assert big.shape == (1, 887, 1182, 3)  # round(48 * 18.475), round(64 * 18.475)
     assert scaled(picture, REFERENCE_PIXELS, multiple=8).shape == (1, 888, 1184, 3)
     assert scaled(picture, VISION_PIXELS).shape == (1, 333, 443, 3)
     assert qwen25_vision.resized_size(887, 1182) == (896, 1176)  # 32 x 42 merged tokens
-    [[cond, _]] = TextEncodeQwenImageEdit().run(_Ctx(), clip, "make it red", image=picture)[0]
     ids = qwen25_edit.tokenize(qwen25_encoder.shipped_tokenizer(), "make it red", with_images=True)
     assert qwen25_edit._template_end(ids, 10**6) == 64  # diffusers' drop_idx for the edit template
-    assert cond.shape == (1, len(ids) - 64 - 1 + 32 * 42, 32)
 
 
-def test_prompt_with_picture_matches_transformers_qwen25_vl(edit_root: Path, clip: Any) -> None:
+def test_prompt_with_picture_matches_transformers_qwen25_vl(text_root: Path, clip: Any) -> None:
     """One 112x112 picture (a single attention window, where ComfyUI's token order equals
     transformers'): transformers' Qwen2_5_VLForConditionalGeneration on the same weights, its
     image processor, the processor's <|image_pad|> expansion and multimodal token types, the last
@@ -194,7 +200,7 @@ def test_prompt_with_picture_matches_transformers_qwen25_vl(edit_root: Path, cli
     model = Qwen2_5_VLForConditionalGeneration(
         Qwen2_5_VLConfig(text_config=text, vision_config=vision)
     ).eval()
-    state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    state = load_file(str(text_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
     for part, module in (("model.", model.model.language_model), ("visual.", model.model.visual)):
         module.load_state_dict(
             {k.removeprefix(part): v.float() for k, v in state.items() if k.startswith(part)}
@@ -217,13 +223,13 @@ def test_prompt_with_picture_matches_transformers_qwen25_vl(edit_root: Path, cli
     assert float((ours - theirs).abs().max()) < 1e-5
 
 
-def test_edit_nodes_refuse_a_text_encoder_without_vision_tower(edit_root: Path, tmp_path: Path) -> None:
+def test_edit_nodes_refuse_a_text_encoder_without_vision_tower(text_root: Path, tmp_path: Path) -> None:
     from comfyd.models.manager import ModelManager
     from comfyd.settings import Settings
 
     models = tmp_path / "models"
     (models / "text_encoders").mkdir(parents=True)
-    state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    state = load_file(str(text_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
     save_file({k: v for k, v in state.items() if not k.startswith("visual.")},
               str(models / "text_encoders" / "text-only.safetensors"))  # fmt: skip
     manager = ModelManager(Settings(models_dir=models, home=tmp_path / "home", device="cpu"))
@@ -237,3 +243,34 @@ def test_edit_nodes_refuse_a_text_encoder_without_vision_tower(edit_root: Path, 
     assert cond.shape[0] == 1 and cond.shape[-1] == 32
     with pytest.raises(ValueError, match="IMAGE"):
         TextEncodeQwenImageEdit().run(_Ctx(), text_only, "x", image=torch.zeros(1, 8, 8))
+
+
+def test_edit_nodes_match_comfyui_stored_reference(text_root: Path, clip: Any) -> None:
+    """ComfyUI's own TextEncodeQwenImageEdit (a 200x150 picture read at ~1 MP: a 32x42 merged grid
+    over many attention windows, in ComfyUI's window order) and TextEncodeQwenImageEditPlus (two
+    pictures) on this same tiny file, stored by bench/qwen_image_edit_comfyui_parity.py
+    --save-reference."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    path = Path(__file__).resolve().parent / "data" / "qwen_image_edit_comfyui_reference.safetensors"
+    with safe_open(str(path), "pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+        digest = f.metadata()["text_encoder_sha256"]
+    text_file = text_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]
+    assert hashlib.sha256(text_file.read_bytes()).hexdigest() == digest  # the weights ComfyUI ran
+    wide, tall = (stored[k].float() / 255.0 for k in ("wide", "tall"))
+    runs = {
+        "edit": TextEncodeQwenImageEdit().run(_Ctx(), clip, "make the sky purple", image=wide)[0],
+        "plus_two": TextEncodeQwenImageEditPlus().run(
+            _Ctx(), clip, "put the cat of picture 2 on the sofa", image1=wide, image2=tall
+        )[0],
+    }
+    # 200x150 at ~1 MP: 1182x887, read as 1176x896, 42x32 merged tokens.
+    ids = qwen25_edit.tokenize(qwen25_encoder.shipped_tokenizer(), "make the sky purple", with_images=True)
+    assert runs["edit"][0][0].shape == (1, len(ids) - 64 - 1 + 32 * 42, 32)
+    for case, [[ours, _]] in runs.items():
+        theirs = stored[f"{case}_cond"]
+        assert ours.shape == theirs.shape, case
+        assert float((ours - theirs).norm() / theirs.norm()) < 1e-5, case

@@ -69,17 +69,24 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+def write_tiny_text_encoder(root: Path, seed: int = 0) -> Path:
+    """The tiny Qwen2.5-VL file alone (language model and vision tower)."""
+    from comfyd.models import tiny
+
+    encoder = tiny.random_module(qwen25_encoder.empty_encoder(tiny_encoder_config()), seed, "qwen25-vl")
+    state = {qwen25_encoder.original_name(k): v for k, v in encoder.state_dict().items()}
+    tower = tiny.random_module(qwen25_vision.empty_tower(tiny_vision_config()), seed, "qwen25-vl-vision")
+    state.update({qwen25_vision.original_name(k): v for k, v in tower.state_dict().items()})
+    return _save(state, root / NAMES["qwen25_7b"])
+
+
 def write_tiny_qwen_image(root: Path, seed: int = 0) -> list[Path]:
     from comfyd.models import tiny
 
     written: list[Path] = []
     net = tiny.random_module(transformer.empty_transformer(TINY_TRANSFORMER), seed, "qwen-image")
     written.append(_save(dict(net.state_dict()), root / NAMES["transformer"]))
-    encoder = tiny.random_module(qwen25_encoder.empty_encoder(tiny_encoder_config()), seed, "qwen25-vl")
-    state = {qwen25_encoder.original_name(k): v for k, v in encoder.state_dict().items()}
-    tower = tiny.random_module(qwen25_vision.empty_tower(tiny_vision_config()), seed, "qwen25-vl-vision")
-    state.update({qwen25_vision.original_name(k): v for k, v in tower.state_dict().items()})
-    written.append(_save(state, root / NAMES["qwen25_7b"]))
+    written.append(write_tiny_text_encoder(root, seed))
     vae = tiny.random_module(video_vae.empty_vae(TINY_VAE), seed, "qwen-image-vae")
     written.append(
         _save({video_vae.original_name(k): v for k, v in vae.state_dict().items()}, root / NAMES["vae"])
