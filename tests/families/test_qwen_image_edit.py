@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,27 @@ def test_canonical_edit_workflow_through_comfyd_run(
     image = np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
     # 64x48 scaled to 0.01 MP is 118x89; VAEEncode crops to multiples of 8.
     assert image.shape == (88, 112, 3) and image.std() > 5
+    # The same workflow with a text encoder file without the vision tower: a clear node error.
+    models = tmp_path / "text-only"
+    for part in ("transformer", "vae"):
+        (models / _qwen_image_tiny.NAMES[part]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(
+            edit_root / "models" / _qwen_image_tiny.NAMES[part], models / _qwen_image_tiny.NAMES[part]
+        )
+    state = load_file(str(edit_root / "models" / _qwen_image_tiny.NAMES["qwen25_7b"]))
+    (models / "text_encoders").mkdir()
+    save_file(
+        {k: v for k, v in state.items() if k.startswith("model.")},
+        str(models / _qwen_image_tiny.NAMES["qwen25_7b"]),
+    )
+    argv[argv.index("--models-dir") + 1] = str(models)
+    assert main(argv) != 0
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["status"] == "error" and failed["error"]["node_id"] == "76"
+    assert (
+        failed["error"]["type"].endswith("MissingVisionTower")
+        and "no vision tower" in failed["error"]["message"]
+    )
 
 
 @pytest.mark.slow

@@ -66,6 +66,11 @@ def _encoder_key(clip: ClipHandle) -> str:
     )
 
 
+def require_vision_tower(clip: ClipHandle) -> None:
+    """Refuse a text encoder without the vision tower before any picture work is done."""
+    qwen25_edit.vision_tower(clip.text_encoders[_encoder_key(clip)])
+
+
 def encode_edit_prompt(
     clip: ClipHandle, text: str, images: list[torch.Tensor], template: str | None = None
 ) -> Conditioning:
@@ -113,7 +118,9 @@ class TextEncodeQwenImageEdit(Node):
             images: list[torch.Tensor] = []
             latents: list[torch.Tensor] = []
             if image is not None:
-                picture = scaled(_check_image(image, "image"), REFERENCE_PIXELS)[..., :3]
+                _check_image(image, "image")
+                require_vision_tower(clip)
+                picture = scaled(image, REFERENCE_PIXELS)[..., :3]
                 images.append(picture)
                 if vae is not None:
                     latents.append(vae_encode(vae, picture))
@@ -145,6 +152,8 @@ class TextEncodeQwenImageEditPlus(Node):
             images: list[torch.Tensor] = []
             latents: list[torch.Tensor] = []
             pictures = ""
+            if any(image is not None for image in (image1, image2, image3)):
+                require_vision_tower(clip)
             for index, image in enumerate((image1, image2, image3), start=1):
                 if image is None:
                     continue
