@@ -296,3 +296,81 @@ def test_edit_nodes_match_comfyui_stored_reference(text_root: Path, clip: Any) -
         theirs = stored[f"{case}_cond"]
         assert ours.shape == theirs.shape, case
         assert float((ours - theirs).norm() / theirs.norm()) < 1e-5, case
+
+
+@pytest.mark.slow
+def test_edit_render_matches_diffusers_edit_pipeline_on_the_same_conditioning(
+    edit_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TextEncodeQwenImageEdit's reference latent and the sampling with it against diffusers'
+    QwenImageEditPipeline on the same files, a 1024x1024 picture (both sides' ~1 MP size, so
+    neither resizes it), the same initial noise and comfyd's conditioning tensor as
+    `prompt_embeds` (the pipeline's own prompt encoding differs from ComfyUI's:
+    tests/fidelity/README.md). cfg 1, 64x64, 2 euler steps."""
+    from diffusers import QwenImageEditPipeline
+
+    from comfyd.models.manager import ModelManager
+    from comfyd.sampling.noise import initial_noise
+    from comfyd.settings import Settings
+    from tests.families.qwen_image_reference import psnr, qwen_pipeline, simple_timesteps
+
+    size, steps, seed = 64, 2, 7
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    noise_pixels = np.random.default_rng(0).integers(0, 30, (1024, 1024, 3))
+    array = np.clip(np.stack([xx // 4, yy // 4, (xx + yy) // 8 % 256], -1) + noise_pixels, 0, 255).astype(
+        np.uint8
+    )
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    Image.fromarray(array).save(inputs / "big.png")
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": NAMES["transformer"], "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": NAMES["qwen25_7b"], "type": "qwen_image", "device": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": NAMES["vae"]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "big.png"}},
+        "5": {"class_type": "TextEncodeQwenImageEdit", "inputs": {"prompt": "make it blue", "clip": ["2", 0], "vae": ["3", 0], "image": ["4", 0]}},
+        "6": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
+        "7": {"class_type": "ModelSamplingAuraFlow", "inputs": {"shift": 3.1, "model": ["1", 0]}},
+        "8": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "9": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                                                   "denoise": 1.0, "model": ["7", 0], "positive": ["5", 0], "negative": ["6", 0], "latent_image": ["8", 0]}},
+        "10": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["3", 0]}},
+        "11": {"class_type": "SaveImage", "inputs": {"filename_prefix": "edit", "images": ["10", 0]}},
+    }  # fmt: skip
+    path = tmp_path / "edit.json"
+    path.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--models-dir", str(edit_root / "models"), "--input-dir", str(inputs),
+            "--output-dir", str(out), "-q", "--json"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    ours = np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+
+    manager = ModelManager(Settings(models_dir=edit_root / "models", home=tmp_path / "home", device="cpu"))
+    clip = manager.load_clip([NAMES["qwen25_7b"]], "qwen_image")
+    vae = manager.load_vae(NAMES["vae"])
+    [[cond, options]] = TextEncodeQwenImageEdit().run(
+        _Ctx(), clip, "make it blue", vae=vae, image=_image(array)
+    )[0]
+    base = qwen_pipeline(edit_root / "models")
+    pipe = QwenImageEditPipeline(scheduler=base.scheduler, vae=base.vae, text_encoder=base.text_encoder,
+                                 tokenizer=base.tokenizer, processor=None, transformer=base.transformer)  # fmt: skip
+    # The reference latent itself, normalised as both transformers take it.
+    pixels = pipe.image_processor.preprocess(Image.fromarray(array), 1024, 1024).unsqueeze(2)
+    with torch.inference_mode():
+        theirs_latent = pipe._encode_vae_image(pixels, generator=None)
+    from comfyd.models.families import wan
+
+    mean = torch.tensor(wan.LATENTS_MEAN).view(1, -1, 1, 1, 1)
+    std = torch.tensor(wan.LATENTS_STD).view(1, -1, 1, 1, 1)
+    [reference] = options["reference_latents"]
+    ours_latent = (reference.reshape(theirs_latent.shape) - mean) / std
+    assert float((ours_latent - theirs_latent).abs().max()) < 1e-3 * float(theirs_latent.abs().max())
+    noise = initial_noise(torch.zeros(1, 16, size // 8, size // 8), seed)
+    latents = QwenImageEditPipeline._pack_latents(noise, 1, 16, size // 8, size // 8)
+    with torch.inference_mode():
+        image = pipe(image=Image.fromarray(array), prompt_embeds=cond, height=size, width=size, num_inference_steps=steps,
+                     sigmas=simple_timesteps(steps), true_cfg_scale=1.0, latents=latents, output_type="np").images[0]  # fmt: skip
+    theirs = np.clip(255.0 * image, 0, 255).astype(np.uint8)
+    assert ours.shape == theirs.shape == (size, size, 3) and theirs.std() > 20
+    assert psnr(ours, theirs) >= 40.0
