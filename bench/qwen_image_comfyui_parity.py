@@ -191,7 +191,7 @@ def comfyui_text(work: Path) -> dict[str, torch.Tensor]:
         qwen_vl.Qwen2VLVisionTransformer, num_layers=1, intermediate_size=64
     )
     te = qwen_image.QwenImageTEModel(device="cpu", dtype=torch.float32)
-    state = {k: v.float() for k, v in load_file(str(work / FILES["text"])).items()}
+    state = {k: v.float() for k, v in load_file(str(work / FILES["text"])).items() if k.startswith("model.")}
     missing, unexpected = getattr(te, te.clip).transformer.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("visual.") for k in missing), (missing, unexpected)
     tokenizer = qwen_image.QwenImageTokenizer()

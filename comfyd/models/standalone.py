@@ -26,6 +26,7 @@ from comfyd.models import (
     llama_encoder,
     qwen3_encoder,
     qwen25_encoder,
+    qwen25_vision,
     t5_encoder,
     umt5_encoder,
 )
@@ -108,6 +109,7 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="Qwen2.5-VL text encoder",
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
+        qwen25_vision.attach_tower(module, tf, plan, base)  # Qwen-Image-Edit's picture input
         return "qwen25_7b", module
     if qwen3_encoder.is_qwen3(keys, base):
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}

@@ -47,7 +47,7 @@ def _text_encoder(root: Path) -> Any:
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     state = load_file(str(root / _qwen_image_tiny.NAMES["qwen25_7b"]))
-    language = {k.removeprefix("model."): v.float() for k, v in state.items()}
+    language = {k.removeprefix("model."): v.float() for k, v in state.items() if k.startswith("model.")}
     model.model.language_model.load_state_dict(language, strict=True)
     return model
 

@@ -199,6 +199,8 @@ def test_scaled_fp8_text_encoder_is_dequantized(qwen_models: Path, tmp_path: Pat
     weight = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(a.layers[0].mlp.up_proj.weight, plain[weight])  # scaled: not the raw fp8 values
     assert not torch.equal(a.layers[0].mlp.up_proj.weight, scaled[weight].float())
+    vision = "visual.blocks.0.mlp.up_proj.weight"  # the vision tower's layers are scaled too
+    assert torch.equal(a.visual.blocks[0].mlp.up_proj.weight, plain[vision])
 
 
 def test_reference_latents_reach_the_transformer(qwen_models: Path, tmp_path: Path) -> None:
