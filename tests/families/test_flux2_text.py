@@ -1,0 +1,163 @@
+"""Flux.2's text encoders on tiny files: Mistral Small 3.x ([dev]) and Qwen3 ([klein]) found by their
+keys, tokenized in ComfyUI's templates, encoded as diffusers' Flux2Pipeline / Flux2KleinPipeline
+encode (tests/families/flux2_reference.py), and the [dev] and [klein] template graphs through
+`comfyd run` and the server held to the diffusers pipelines."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfyd.models import flux2_text, mistral3_encoder, standalone
+from comfyd.models.families import _flux2_tiny
+from comfyd.models.manager import ModelManager
+from comfyd.models.tensorfile import TensorFile
+from comfyd.models.text_encoding import encode_text, tokenize_text
+from comfyd.models.tiny import make_tiny
+from comfyd.settings import Settings
+from tests.families.flux2_reference import (
+    GUIDANCE,
+    PROMPT,
+    SIZE,
+    cfg_workflow,
+    diffusers_prompt_embeds,
+    psnr,
+    reference,
+    tiny_workflow,
+)
+from tests.server.conftest import start_server  # noqa: F401  (the fixture)
+
+
+@pytest.fixture(scope="module")
+def flux2_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("flux2te") / "models"
+    make_tiny(root, family="flux2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def manager(flux2_models: Path) -> ModelManager:
+    root = flux2_models
+    return ModelManager(Settings(models_dir=root, output_dir=root / "out", temp_dir=root / "temp",
+                                 input_dir=root / "in", device="cpu"))  # fmt: skip
+
+
+def _clip(manager: ModelManager, variant: str):
+    return manager.load_clip([Path(_flux2_tiny.NAMES[_flux2_tiny.ENCODER_OF[variant]]).name], "flux2")
+
+
+def _keys_and_shapes(path: Path) -> tuple[set[str], dict[str, tuple[int, ...]]]:
+    with TensorFile(path) as tf:
+        return set(tf.keys()), tf.shapes()
+
+
+def test_mistral_is_told_from_llama_and_qwen_under_every_prefix(flux2_models: Path) -> None:
+    keys, shapes = _keys_and_shapes(flux2_models / _flux2_tiny.NAMES["mistral"])
+    assert mistral3_encoder.find_prefix(keys, shapes) == "model."
+    for prefix in ("language_model.model.", "model.language_model.", "text_model.model."):
+        moved = {prefix + k.removeprefix("model."): v for k, v in shapes.items()}
+        assert mistral3_encoder.find_prefix(set(moved), moved) == prefix
+    llama = dict(shapes, **{"model.embed_tokens.weight": (128256, _flux2_tiny.ENCODER_WIDTH)})
+    assert mistral3_encoder.find_prefix(set(llama), llama) is None  # a Llama 3 vocabulary
+    qwen_keys, qwen_shapes = _keys_and_shapes(flux2_models / _flux2_tiny.NAMES["qwen3"])
+    assert mistral3_encoder.find_prefix(qwen_keys, qwen_shapes) is None  # q/k norms: a Qwen3
+    assert mistral3_encoder.infer_config(shapes, "model.") == _flux2_tiny.tiny_mistral_config()
+
+
+def test_each_encoder_makes_a_flux2_clip_and_others_are_refused(manager: ModelManager) -> None:
+    dev, klein = _clip(manager, "dev"), _clip(manager, "klein")
+    assert (dev.family, list(dev.text_encoders)) == ("flux2", ["mistral3_24b"])
+    assert (klein.family, list(klein.text_encoders)) == ("flux2", ["qwen3"])
+    with pytest.raises(ValueError, match="no place in a flux2 CLIP"):
+        manager.load_clip([Path(_flux2_tiny.NAMES["mistral"]).name, Path(_flux2_tiny.NAMES["mistral"]).name], "flux2")
+
+
+def test_prompts_are_tokenized_in_comfyuis_templates(manager: ModelManager) -> None:
+    dev = [t for t, _ in tokenize_text(_clip(manager, "dev"), "a (red:1.5) fox \\(x\\)")["mistral3_24b"][0]]
+    tekken = mistral3_encoder.tokenizer_for(_clip(manager, "dev").text_encoders["mistral3_24b"])
+    system = tekken.encode(mistral3_encoder.SYSTEM_MESSAGE, bos=False, eos=False)
+    assert dev[:2] == [1, 17] and dev[2 : 2 + len(system)] == system and dev[2 + len(system) : 4 + len(system)] == [18, 3]
+    assert dev[-1] == 4 and tekken.decode(dev[4 + len(system) : -1]) == "a (red:1.5) fox (x)"  # weights not parsed
+    klein = [t for t, _ in tokenize_text(_clip(manager, "klein"), "a red fox")["qwen3"][0]]
+    tokenizer = _clip(manager, "klein").tokenizers["qwen3"]
+    real = klein[: klein.index(flux2_text.KLEIN_PAD)]
+    assert tokenizer.decode(real) == flux2_text.KLEIN_TEMPLATE.format("a red fox")
+    assert len(klein) == 512 and set(klein[len(real) :]) == {flux2_text.KLEIN_PAD}
+
+
+def test_tekken_beside_the_file_or_in_it_is_preferred(flux2_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.devices import compute_plan
+
+    source = flux2_models / _flux2_tiny.NAMES["mistral"]
+    (tmp_path / "enc.safetensors").write_bytes(source.read_bytes())
+    (tmp_path / "tekken.json").write_bytes(b"{not json")
+    module = standalone.load_text_encoder(tmp_path / "enc.safetensors", compute_plan("cpu", "fp32"), False)[1]
+    assert module.comfyd_tekken == b"{not json"
+    with pytest.raises(ValueError, match="Tekken tokenizer cannot be read"):
+        mistral3_encoder.tokenizer_for(module)
+
+
+@pytest.mark.parametrize("variant", ["dev", "klein"])
+def test_conditioning_is_diffusers_encode_prompt(manager: ModelManager, flux2_models: Path, variant: str) -> None:
+    clip = _clip(manager, variant)
+    encoder = next(iter(clip.text_encoders.values()))  # diffusers drives the very module comfyd loaded
+    ours = encode_text(clip, PROMPT)[0][0]
+    theirs = diffusers_prompt_embeds(flux2_models, variant, encoder=encoder)
+    assert ours.shape == theirs.shape == (1, ours.shape[1], _flux2_tiny.CONTEXT_DIM)
+    assert (ours.shape[1] == 512) == (variant == "klein")  # [dev] is not padded (ComfyUI's model pads)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+    if variant == "dev":  # the comparison can fail: another prompt at the same length differs
+        other = diffusers_prompt_embeds(flux2_models, variant, "a blue fox", length=ours.shape[1], encoder=encoder)
+        assert not torch.allclose(ours, other, atol=1e-3)
+
+
+def test_a_too_shallow_encoder_is_refused_with_a_message(manager: ModelManager) -> None:
+    encoder = _clip(manager, "klein").text_encoders["qwen3"]
+    with pytest.raises(ValueError, match="needs hidden state 60, but this one has 28 layers"):
+        flux2_text.encode(encoder, [1, 2, 3], 3, (9, 18, 60))
+
+
+def _run(graph: dict, models: Path, tmp_path: Path) -> np.ndarray:
+    from comfyd.cli import main
+
+    workflow = tmp_path / "flux2.json"
+    workflow.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    assert main(["run", str(workflow), "--models-dir", str(models), "--output-dir", str(out), "-q"]) == 0
+    with Image.open(next(out.glob("*.png"))) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+@pytest.mark.slow
+def test_klein_base_prompt_to_picture_is_flux2_klein_pipeline(flux2_models: Path, tmp_path: Path) -> None:
+    """The [klein] base template (CFGGuider, empty negative prompt) against the undistilled
+    pipeline's CFG; the distilled graph (BasicGuider) runs in bench/flux2_diffusers_parity.py."""
+    ours = _run(cfg_workflow("klein", GUIDANCE), flux2_models, tmp_path)
+    assert ours.std() > 5
+    assert psnr(ours, reference(flux2_models, "klein", cfg=GUIDANCE)) >= 40.0
+
+
+@pytest.mark.slow
+def test_dev_and_klein_workflows_through_the_server(flux2_models: Path, start_server) -> None:  # noqa: F811
+    from comfyd.runtime import build_runtime
+
+    server = start_server(runtime=build_runtime, models_dir=flux2_models)
+    with server.client() as http:
+        info = http.get("/object_info/CLIPLoader").json()["CLIPLoader"]
+        assert "flux2" in info["input"]["required"]["type"][0]
+        for variant in ("dev", "klein"):
+            answer = http.post("/prompt", json={"prompt": tiny_workflow(variant)})
+            assert answer.status_code == 200, answer.text
+            prompt_id = answer.json()["prompt_id"]
+            job = server.wait_job(prompt_id, timeout=180)
+            assert job.status.value == "succeeded", job
+            image = http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]["13"]["images"][0]
+            png = http.get("/view", params=image)
+            assert png.status_code == 200
+            assert Image.open(io.BytesIO(png.content)).size == (SIZE, SIZE)
