@@ -1,11 +1,11 @@
 """Flux.2's text encoders on tiny files: Mistral Small 3.x ([dev]) and Qwen3 ([klein]) found by their
 keys, tokenized in ComfyUI's templates, encoded as diffusers' Flux2Pipeline / Flux2KleinPipeline
-encode (tests/families/flux2_reference.py), and the [dev] and [klein] template graphs through
-`comfyd run` and the server held to the diffusers pipelines."""
+encode (tests/families/flux2_reference.py), and the [klein] base graph (CFG) through `comfyd run`
+held to Flux2KleinPipeline. The [dev] graph through `comfyd run`: tests/families/test_flux2.py;
+both graphs through the server: tests/server/test_flux2_workflow.py."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -24,14 +24,11 @@ from comfyd.settings import Settings
 from tests.families.flux2_reference import (
     GUIDANCE,
     PROMPT,
-    SIZE,
     cfg_workflow,
     diffusers_prompt_embeds,
     psnr,
     reference,
-    tiny_workflow,
 )
-from tests.server.conftest import start_server  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -141,23 +138,3 @@ def test_klein_base_prompt_to_picture_is_flux2_klein_pipeline(flux2_models: Path
     ours = _run(cfg_workflow("klein", GUIDANCE), flux2_models, tmp_path)
     assert ours.std() > 5
     assert psnr(ours, reference(flux2_models, "klein", cfg=GUIDANCE)) >= 40.0
-
-
-@pytest.mark.slow
-def test_dev_and_klein_workflows_through_the_server(flux2_models: Path, start_server) -> None:  # noqa: F811
-    from comfyd.runtime import build_runtime
-
-    server = start_server(runtime=build_runtime, models_dir=flux2_models)
-    with server.client() as http:
-        info = http.get("/object_info/CLIPLoader").json()["CLIPLoader"]
-        assert "flux2" in info["input"]["required"]["type"][0]
-        for variant in ("dev", "klein"):
-            answer = http.post("/prompt", json={"prompt": tiny_workflow(variant)})
-            assert answer.status_code == 200, answer.text
-            prompt_id = answer.json()["prompt_id"]
-            job = server.wait_job(prompt_id, timeout=180)
-            assert job.status.value == "succeeded", job
-            image = http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]["13"]["images"][0]
-            png = http.get("/view", params=image)
-            assert png.status_code == 200
-            assert Image.open(io.BytesIO(png.content)).size == (SIZE, SIZE)
