@@ -138,3 +138,18 @@ def test_klein_base_prompt_to_picture_is_flux2_klein_pipeline(flux2_models: Path
     ours = _run(cfg_workflow("klein", GUIDANCE), flux2_models, tmp_path)
     assert ours.std() > 5
     assert psnr(ours, reference(flux2_models, "klein", cfg=GUIDANCE)) >= 40.0
+
+
+def test_mistral_small_31_sizes_are_read_from_its_shapes() -> None:
+    """The released text model's layout (Mistral3ForConditionalGeneration's language model, built
+    empty): 5120 wide, 40 layers, 32 query and 8 key/value heads of 128, MLP 32768."""
+    real = dict(_flux2_tiny.tiny_mistral_config(), hidden_size=5120, num_hidden_layers=40, head_dim=128,
+                num_attention_heads=32, num_key_value_heads=8, intermediate_size=32768)  # fmt: skip
+    shapes = {
+        f"language_model.model.{k}": tuple(v.shape)
+        for k, v in mistral3_encoder.empty_encoder(real).state_dict().items()
+    }
+    shapes["vision_tower.transformer.layers.0.attention.q_proj.weight"] = (1024, 1024)
+    prefix = mistral3_encoder.find_prefix(set(shapes), shapes)
+    assert prefix == "language_model.model."
+    assert mistral3_encoder.infer_config(shapes, prefix) == real
