@@ -12,6 +12,8 @@ width is 128 (Mistral Small's, which the shapes do not show once the q width dif
 hidden width) unless the key/value width is narrower (tiny test files: one head that wide).
 RMSNorm eps 1e-5, rope theta 1e9: Mistral Small 3.1's config, as ComfyUI fixes it.
 
+fp8 files with per-weight scales (`scale_weight` / `weight_scale`) are dequantized on loading.
+
 Tokenizer: Mistral's Tekken (tiktoken ranks, 1,000 special ids in front), looked for in this order:
 a `tekken_model` tensor in the file (the JSON's bytes, as ComfyUI embeds it), `tekken.json` beside
 the file, else the Tekken vocabulary the `mistral-common` package ships (tekken_240911.json,
@@ -40,6 +42,7 @@ ROPE_THETA = 1_000_000_000.0
 HEAD_DIM = 128
 FULL_DEPTH = 40  # Mistral Small 3.x; shallower ("pruned") files keep their last layer unnormalised
 TEKKEN_KEY = "tekken_model"
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 TEKKEN_FILE = "tekken.json"
 BOS, INST, END_INST, SYSTEM, END_SYSTEM = 1, 3, 4, 17, 18
 # BFL's system message for Flux.2 (diffusers' SYSTEM_MESSAGE, ComfyUI's template), verbatim.
@@ -100,6 +103,30 @@ class MistralTranslator:
 
     def source(self, name: str) -> Source | None:
         return Source(f"{self.prefix}{name}")
+
+
+def apply_weight_scales(module: nn.Module, tf: Any, prefix: str, suffixes: tuple[str, ...] = SCALE_SUFFIXES) -> int:
+    """Dequantize fp8 files that carry a scale per weight (ComfyUI's "scaled fp8" `<layer>.scale_weight`,
+    its mixed-precision `<layer>.weight_scale`, a scalar or one per output row): weight * scale, in
+    the loaded dtype. 4-bit (nvfp4) files are refused. Returns how many weights were scaled."""
+    keys = set(tf.keys())
+    if any(k.startswith(prefix) and k.endswith(".weight_scale_2") for k in keys):
+        raise ValueError("4-bit (nvfp4) quantized text encoders are not supported; use a bf16 or fp8 file")
+    scaled = 0
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if not name.endswith(".weight"):
+                continue
+            stem = prefix + name.removesuffix(".weight")
+            key = next((stem + suffix for suffix in suffixes if stem + suffix in keys), None)
+            if key is None:
+                continue
+            scale = tf.get(key).to(device=param.device, dtype=param.dtype)
+            if scale.numel() not in (1, param.shape[0]):
+                raise ValueError(f"{key}: a scale of {scale.numel()} values for a weight of {param.shape[0]} rows")
+            param.mul_(scale.reshape(-1, 1) if scale.numel() > 1 else scale.reshape(()))
+            scaled += 1
+    return scaled
 
 
 def finish_loading(module: nn.Module, tf: Any, path: Path | None) -> nn.Module:

@@ -118,6 +118,8 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="Qwen3 text encoder",
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
+        # Mixed-precision fp8 files (`weight_scale`, e.g. [klein] 9B's Qwen3-8B) too.
+        mistral3_encoder.apply_weight_scales(module, tf, f"{base}model.", (".weight_scale",))
         return "qwen3_4b", module
     mistral_prefix = mistral3_encoder.find_prefix(keys, tf.shapes(), base)
     if mistral_prefix is not None:  # Flux.2 [dev]'s Mistral Small 3.x (before Llama: same names)
@@ -126,6 +128,7 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             mistral3_encoder.MistralTranslator(mistral_prefix), tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="Mistral text encoder",
         )  # fmt: skip
+        mistral3_encoder.apply_weight_scales(module, tf, mistral_prefix)
         return "mistral3", mistral3_encoder.finish_loading(module, tf, getattr(tf, "path", None))
     llama_prefix = llama_encoder.find_prefix(keys, base)
     if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3

@@ -153,3 +153,25 @@ def test_mistral_small_31_sizes_are_read_from_its_shapes() -> None:
     prefix = mistral3_encoder.find_prefix(set(shapes), shapes)
     assert prefix == "language_model.model."
     assert mistral3_encoder.infer_config(shapes, prefix) == real
+
+
+def test_scaled_fp8_weights_are_dequantized(manager: ModelManager, flux2_models: Path, tmp_path: Path) -> None:
+    """A file whose weights carry `weight_scale` (a scalar or one per row) or `scale_weight` loads as
+    the unscaled file; a 4-bit file is refused."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(flux2_models / _flux2_tiny.NAMES["mistral"]))
+    scaled = dict(state)
+    for i, (part, suffix) in enumerate([("self_attn.q_proj", ".weight_scale"), ("mlp.down_proj", ".scale_weight")]):
+        weight = state[f"model.layers.3.{part}.weight"].float()
+        scale = torch.full((weight.shape[0],), 4.0) if i == 0 else torch.tensor(0.5)
+        scaled[f"model.layers.3.{part}.weight"] = weight / (scale.reshape(-1, 1) if scale.ndim else scale)
+        scaled[f"model.layers.3.{part}{suffix}"] = scale
+    folder = flux2_models / "text_encoders"
+    save_file(scaled, str(folder / "scaled-mistral.safetensors"))
+    ours = encode_text(manager.load_clip(["scaled-mistral.safetensors"], "flux2"), PROMPT)[0][0]
+    assert torch.allclose(ours, encode_text(_clip(manager, "dev"), PROMPT)[0][0], atol=1e-5)
+    save_file({**state, "model.layers.0.mlp.up_proj.weight_scale_2": torch.tensor(1.0)},
+              str(folder / "nvfp4-mistral.safetensors"))  # fmt: skip
+    with pytest.raises(ValueError, match="nvfp4"):
+        manager.load_clip(["nvfp4-mistral.safetensors"], "flux2")
