@@ -53,27 +53,25 @@ QWEN3_CHAT_TEMPLATE = (
 
 
 def tiny_workflow(variant: str = "dev", **inputs: Any) -> dict[str, Any]:
-    """The Flux.2 template's graph on the tiny files: [dev] with Mistral, [klein] with Qwen3."""
+    """comfyd's canonical Flux.2 graph (comfyd/workflows/flux2_<variant>_api.json: [dev] with Mistral
+    and FluxGuidance, [klein] distilled with Qwen3) on the tiny files, 64x64, 2 steps."""
+    import json
+
+    from comfyd.workflows import __file__ as workflows_init
+
     names = {k: Path(v).name for k, v in _flux2_tiny.NAMES.items()}
-    encoder = names[_flux2_tiny.ENCODER_OF[variant]]
-    graph: dict[str, Any] = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": names[variant], "weight_dtype": "default"}},
-        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": encoder, "type": "flux2", "device": "default"}},
-        "3": {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["2", 0]}},
-        "5": {"class_type": "FluxGuidance", "inputs": {"guidance": GUIDANCE, "conditioning": ["4", 0]}},
-        "6": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["5", 0]}},
-        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": SEED}},
-        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-        "9": {"class_type": "Flux2Scheduler", "inputs": {"steps": STEPS, "width": SIZE, "height": SIZE}},
-        "10": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "11": {"class_type": "SamplerCustomAdvanced", "inputs": {
-            "noise": ["7", 0], "guider": ["6", 0], "sampler": ["8", 0], "sigmas": ["9", 0], "latent_image": ["10", 0]}},
-        "12": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["3", 0]}},
-        "13": {"class_type": "SaveImage", "inputs": {"filename_prefix": "flux2", "images": ["12", 0]}},
+    graph: dict[str, Any] = json.loads((Path(workflows_init).parent / f"flux2_{variant}_api.json").read_text())
+    changes: dict[str, dict[str, Any]] = {
+        "1": {"unet_name": names[variant]}, "2": {"clip_name": names[_flux2_tiny.ENCODER_OF[variant]]},
+        "3": {"vae_name": names["vae"]}, "4": {"text": PROMPT}, "7": {"noise_seed": SEED},
+        "9": {"steps": STEPS, "width": SIZE, "height": SIZE}, "10": {"width": SIZE, "height": SIZE},
+        "13": {"filename_prefix": "flux2"},
     }  # fmt: skip
-    for node, changes in inputs.items():
-        graph[node]["inputs"].update(changes)
+    if "5" in graph:
+        changes["5"] = {"guidance": GUIDANCE}
+    for overrides in (changes, inputs):
+        for node, values in overrides.items():
+            graph[node]["inputs"].update(values)
     return graph
 
 
@@ -86,8 +84,9 @@ def cfg_workflow(variant: str = "klein", cfg: float = GUIDANCE) -> dict[str, Any
     """The [klein] base template: CFGGuider with an empty negative prompt instead of BasicGuider."""
     graph = tiny_workflow(variant)
     graph["14"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}}
+    positive = graph["6"]["inputs"]["conditioning"]
     graph["6"] = {"class_type": "CFGGuider", "inputs": {
-        "model": ["1", 0], "positive": ["5", 0], "negative": ["14", 0], "cfg": cfg}}  # fmt: skip
+        "model": ["1", 0], "positive": positive, "negative": ["14", 0], "cfg": cfg}}  # fmt: skip
     return graph
 
 
