@@ -61,12 +61,12 @@ PATCH_RGB_FACTORS = (
 RGB_BIAS = (-0.0329, -0.0718, -0.0851)
 
 
-def _encoder(name: str, kind: str, pad: int) -> EncoderSpec:
+def _encoder(name: str, kind: str, pad: int, stored: tuple[str, ...]) -> EncoderSpec:
     return EncoderSpec(
         name=name,
         config="",  # read from the file's shapes
         layout="hf",
-        single_file_prefixes=(f"text_encoders.{name}.transformer.",),
+        single_file_prefixes=tuple(f"text_encoders.{key}.transformer." for key in stored),
         tokenizer={},
         recipe=EncoderRecipe(
             ChunkLayout(pad_token=pad, end_token=pad), None, norm_intermediate=False, projected_pooled=False
@@ -78,9 +78,9 @@ def _encoder(name: str, kind: str, pad: int) -> EncoderSpec:
     )
 
 
-# ComfyUI's names for them (their embedding keys); a Flux.2 CLIP holds one of the two.
-MISTRAL3 = _encoder("mistral3_24b", "mistral3", 11)
-QWEN3 = _encoder("qwen3", "qwen3_4b", 151643)
+# A Flux.2 CLIP holds one of the two; ComfyUI's all-in-one files store them under these names.
+MISTRAL3 = _encoder("mistral3_24b", "mistral3", 11, ("mistral3_24b",))
+QWEN3 = _encoder("qwen3", "qwen3_4b", 151643, ("qwen3_4b", "qwen3_8b"))
 
 
 def _per_patch(rows: tuple[tuple[float, float, float], ...]) -> tuple[tuple[float, float, float], ...]:
