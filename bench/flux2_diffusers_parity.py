@@ -14,7 +14,10 @@ text model for [dev] and a Qwen3 for [klein]) into DIR when they are not there a
   initial noise (tests/families/flux2_reference.py says what is diffusers' and why [dev]'s padding
   is ComfyUI's): `RESULT psnr_flux2_<variant>_vs_diffusers_db` and the largest 8-bit difference;
 - for [klein] also the base template (CFGGuider, cfg 4, empty negative prompt) against the
-  undistilled pipeline's CFG: `RESULT psnr_flux2_klein_cfg_vs_diffusers_db`.
+  undistilled pipeline's CFG: `RESULT psnr_flux2_klein_cfg_vs_diffusers_db`;
+- for [dev] also how far ComfyUI's convention (unpadded prompt, zero context padding) is from
+  diffusers' own (512 tokens, the padding encoded): `RESULT psnr_flux2_dev_vs_diffusers_own_padding_db`
+  (informative; no threshold).
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 theirs = reference(root, variant, steps=args.steps, cfg=cfg)
                 print(f"RESULT psnr_flux2_{name}_vs_diffusers_db={psnr(ours, theirs):.2f}")
                 print(f"RESULT max_diff_flux2_{name}={int(np.abs(ours.astype(int) - theirs.astype(int)).max())}")
+                if name == "dev":
+                    own = reference(root, variant, steps=args.steps, diffusers_padding=True)
+                    print(f"RESULT psnr_flux2_dev_vs_diffusers_own_padding_db={psnr(ours, own):.2f}")
     return 0
 
 

@@ -173,10 +173,13 @@ def flux2_pipeline(root: Path, variant: str, distilled: bool = True) -> Any:
 
 
 def reference(
-    root: Path, variant: str = "dev", steps: int = STEPS, seed: int = SEED, cfg: float | None = None
+    root: Path, variant: str = "dev", steps: int = STEPS, seed: int = SEED, cfg: float | None = None,
+    diffusers_padding: bool = False,
 ) -> np.ndarray:
     """[H, W, 3] uint8 of the pipeline, converted as ComfyUI's SaveImage converts. `cfg`: [klein]
-    as a base (undistilled) model with that guidance scale and diffusers' empty negative prompt."""
+    as a base (undistilled) model with that guidance scale and diffusers' empty negative prompt.
+    `diffusers_padding`: [dev] with diffusers' own 512 encoded pad tokens (after the text) instead
+    of ComfyUI's zero context padding, to measure how far the two conventions differ."""
     noise = initial_noise(torch.zeros(1, 128, SIZE // 16, SIZE // 16), seed)
     common = {"height": SIZE, "width": SIZE, "num_inference_steps": steps, "latents": noise, "output_type": "np"}
     with torch.inference_mode():
@@ -184,7 +187,11 @@ def reference(
             pipe = flux2_pipeline(root, variant, distilled=cfg is None)
             image = pipe(prompt=PROMPT, guidance_scale=cfg or 1.0, **common).images[0]
         else:
-            context = pad_context(diffusers_prompt_embeds(root, variant))
+            context = (
+                diffusers_prompt_embeds(root, variant, length=512)
+                if diffusers_padding
+                else pad_context(diffusers_prompt_embeds(root, variant))
+            )
             pipe = flux2_pipeline(root, variant)
             image = pipe(prompt_embeds=context, guidance_scale=GUIDANCE, **common).images[0]
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
