@@ -15,6 +15,9 @@ text model for [dev] and a Qwen3 for [klein]) into DIR when they are not there a
   is ComfyUI's): `RESULT psnr_flux2_<variant>_vs_diffusers_db` and the largest 8-bit difference;
 - for [klein] also the base template (CFGGuider, cfg 4, empty negative prompt) against the
   undistilled pipeline's CFG: `RESULT psnr_flux2_klein_cfg_vs_diffusers_db`;
+- for [dev] also the prompt's ids against transformers' own Tekken conversion (HF tokenizers' BPE)
+  under Mistral Small 3.1's chat template, as diffusers' processor tokenizes, over a few prompts
+  (unicode, digits, whitespace, quotes, emoji): `RESULT flux2_dev_token_ids_equal_transformers`;
 - for [dev] also how far ComfyUI's convention (unpadded prompt, zero context padding) is from
   diffusers' own (512 tokens, the padding encoded): `RESULT psnr_flux2_dev_vs_diffusers_own_padding_db`
   (informative; no threshold).
@@ -71,6 +74,28 @@ def _conditioning_diff(root: Path, variant: str) -> float:
     return float((ours - theirs).abs().max())
 
 
+TOKEN_PROMPTS = (
+    PROMPT, "", "Ünïcödé 日本語 テスト 123456 $%^ \n\n tabs\tand  double  spaces",
+    'A sign that says "FLUX.2" — em-dash, emoji 🦊!', "a (red:1.5) fox \\(escaped\\)",
+)  # fmt: skip
+
+
+def _token_ids_equal() -> str:
+    from diffusers.pipelines.flux2.pipeline_flux2 import SYSTEM_MESSAGE, format_input
+
+    from comfyd.models import mistral3_encoder
+    from tests.families.flux2_reference import transformers_tekken
+
+    processor = transformers_tekken()
+    equal = 0
+    for prompt in TOKEN_PROMPTS:
+        ours = mistral3_encoder.tokenize(mistral3_encoder.tekkenizer(), prompt)
+        text = prompt.replace("\\)", ")").replace("\\(", "(")  # ComfyUI unescapes; diffusers does not
+        theirs = processor.apply_chat_template(format_input([text], SYSTEM_MESSAGE)[0], tokenize=True, return_dict=True)
+        equal += ours == list(theirs["input_ids"])
+    return f"{equal}/{len(TOKEN_PROMPTS)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: a temporary one)")
@@ -84,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             make_tiny(root, family="flux2")
         for variant in variants:
             print(f"RESULT flux2_{variant}_te_max_abs_diff={_conditioning_diff(root, variant):.3g}")
+            if variant == "dev":
+                print(f"RESULT flux2_dev_token_ids_equal_transformers={_token_ids_equal()}")
             cases = [(variant, tiny_workflow(variant, **{"9": {"steps": args.steps}}), None)]
             if variant == "klein":
                 graph = cfg_workflow("klein", GUIDANCE)

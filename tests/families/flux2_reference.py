@@ -115,6 +115,28 @@ class TekkenChat:
         return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
 
 
+# Mistral Small 3.1's chat template for system and user text turns, for transformers' Tekken conversion.
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['content'] is string %}{% set text = m['content'] %}"
+    "{% else %}{% set text = m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{% endif %}"
+    "{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]"
+    "{% elif m['role'] == 'user' %}[INST]{{ text }}[/INST]{% endif %}{% endfor %}"
+)
+
+
+def transformers_tekken() -> Any:
+    """transformers' own conversion of the shipped Tekken vocabulary (HF tokenizers' BPE, not
+    tiktoken) with Mistral Small 3.1's chat template: a processor as diffusers calls it. Slow to
+    build (tens of seconds on a busy machine): the bench uses it, the tests TekkenChat."""
+    from transformers.integrations.mistral import convert_tekken_tokenizer
+
+    from comfyd.models.mistral3_encoder import shipped_tekken_path
+
+    return convert_tekken_tokenizer(str(shipped_tekken_path()), chat_template=MISTRAL_CHAT_TEMPLATE)
+
+
 def qwen3_tokenizer() -> Any:
     import copy
 
