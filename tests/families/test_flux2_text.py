@@ -175,3 +175,24 @@ def test_scaled_fp8_weights_are_dequantized(manager: ModelManager, flux2_models:
               str(folder / "nvfp4-mistral.safetensors"))  # fmt: skip
     with pytest.raises(ValueError, match="nvfp4"):
         manager.load_clip(["nvfp4-mistral.safetensors"], "flux2")
+
+
+@pytest.mark.slow
+def test_klein_qwen3_from_a_gguf_file(manager: ModelManager, flux2_models: Path) -> None:
+    """CLIPLoaderGGUF's path: llama.cpp's `qwen3` names (unquantized here, so exactly equal)."""
+    import gguf
+    from safetensors.torch import load_file
+
+    from tests.families.test_z_image import QWEN3_TO_LLAMA_CPP
+
+    writer = gguf.GGUFWriter(str(flux2_models / "text_encoders" / "klein-qwen3.gguf"), "qwen3")
+    for name, tensor in load_file(str(flux2_models / _flux2_tiny.NAMES["qwen3"])).items():
+        for old, new in QWEN3_TO_LLAMA_CPP:
+            name = name.replace(old, new)
+        writer.add_tensor(name, tensor.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    clip = manager.load_clip(["klein-qwen3.gguf"], "flux2")
+    assert torch.equal(encode_text(clip, PROMPT)[0][0], encode_text(_clip(manager, "klein"), PROMPT)[0][0])
