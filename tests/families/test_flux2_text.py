@@ -98,6 +98,13 @@ def test_tekken_beside_the_file_or_in_it_is_preferred(flux2_models: Path, tmp_pa
     assert module.comfyd_tekken == b"{not json"
     with pytest.raises(ValueError, match="Tekken tokenizer cannot be read"):
         mistral3_encoder.tokenizer_for(module)
+    from safetensors.torch import load_file, save_file
+
+    embedded = load_file(str(source))  # ComfyUI's spelling: the JSON's bytes as a uint8 tensor
+    embedded[mistral3_encoder.TEKKEN_KEY] = torch.frombuffer(bytearray(b'{"in": "file"}'), dtype=torch.uint8)
+    save_file(embedded, str(tmp_path / "enc.safetensors"))
+    module = standalone.load_text_encoder(tmp_path / "enc.safetensors", compute_plan("cpu", "fp32"), False)[1]
+    assert module.comfyd_tekken == b'{"in": "file"}'  # preferred over tekken.json beside the file
 
 
 @pytest.mark.parametrize("variant", ["dev", "klein"])
