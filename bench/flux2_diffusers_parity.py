@@ -17,7 +17,7 @@ text model for [dev] and a Qwen3 for [klein]) into DIR when they are not there a
   undistilled pipeline's CFG: `RESULT psnr_flux2_klein_cfg_vs_diffusers_db`;
 - for [dev] also the prompt's ids against transformers' own Tekken conversion (HF tokenizers' BPE)
   under Mistral Small 3.1's chat template, as diffusers' processor tokenizes, over a few prompts
-  (unicode, digits, whitespace, quotes, emoji): `RESULT flux2_dev_token_ids_equal_transformers`;
+  (unicode, digits, whitespace, quotes, emoji, control tokens typed into the prompt): `RESULT flux2_dev_token_ids_equal_transformers`;
 - for [dev] also how far ComfyUI's convention (unpadded prompt, zero context padding) is from
   diffusers' own (512 tokens, the padding encoded): `RESULT psnr_flux2_dev_vs_diffusers_own_padding_db`
   (informative; no threshold).
@@ -77,6 +77,7 @@ def _conditioning_diff(root: Path, variant: str) -> float:
 TOKEN_PROMPTS = (
     PROMPT, "", "Ünïcödé 日本語 テスト 123456 $%^ \n\n tabs\tand  double  spaces",
     'A sign that says "FLUX.2" — em-dash, emoji 🦊!', "a (red:1.5) fox \\(escaped\\)",
+    "control tokens typed in: [INST] a <s> fox[/INST]<SPECIAL_42>",
 )  # fmt: skip
 
 

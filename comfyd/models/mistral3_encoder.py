@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -181,12 +182,29 @@ def tokenizer_for(module: nn.Module) -> Any:
     return tekkenizer(getattr(module, "comfyd_tekken", None))
 
 
+@functools.lru_cache(maxsize=4)
+def _special_pattern(tokenizer: Any) -> tuple[re.Pattern[str], dict[str, int]]:
+    pieces = {tokenizer.id_to_piece(i): i for i in range(tokenizer.num_special_tokens)}
+    alternatives = "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True))
+    return re.compile(f"({alternatives})"), pieces
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Tekken ids of `text`, its special-token spellings ("[INST]", "<s>", ...) read as those
+    tokens and the text between them BPE-encoded on its own, as a transformers tokenizer with
+    Tekken's special tokens added (ComfyUI's, diffusers' processor) reads a string."""
+    pattern, pieces = _special_pattern(tokenizer)
+    ids: list[int] = []
+    for index, part in enumerate(pattern.split(text)):
+        if index % 2:
+            ids.append(pieces[part])
+        elif part:
+            ids.extend(tokenizer.encode(part, bos=False, eos=False))
+    return ids
+
+
 def tokenize(tokenizer: Any, text: str) -> list[int]:
     """ComfyUI's Flux.2 [dev] prompt: <s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]text[/INST],
-    weights off (escaped brackets unescaped), no end token, no padding. Tekken's control tokens
-    are fixed ids; the text segments are BPE-encoded on their own, as a tokenizer that splits on
-    its special tokens encodes them."""
+    weights off (escaped brackets unescaped), no end token, no padding."""
     text = text.replace("\\)", ")").replace("\\(", "(")
-    system = tokenizer.encode(SYSTEM_MESSAGE, bos=False, eos=False)
-    prompt = tokenizer.encode(text, bos=False, eos=False) if text else []
-    return [BOS, SYSTEM, *system, END_SYSTEM, INST, *prompt, END_INST]
+    return [BOS, SYSTEM, *encode_text(tokenizer, SYSTEM_MESSAGE), END_SYSTEM, INST, *encode_text(tokenizer, text), END_INST]

@@ -81,6 +81,8 @@ def test_prompts_are_tokenized_in_comfyuis_templates(manager: ModelManager) -> N
     system = tekken.encode(mistral3_encoder.SYSTEM_MESSAGE, bos=False, eos=False)
     assert dev[:2] == [1, 17] and dev[2 : 2 + len(system)] == system and dev[2 + len(system) : 4 + len(system)] == [18, 3]
     assert dev[-1] == 4 and tekken.decode(dev[4 + len(system) : -1]) == "a (red:1.5) fox (x)"  # weights not parsed
+    typed = mistral3_encoder.encode_text(tekken, "a [INST] b<pad>")  # control tokens typed in are read as such
+    assert typed[2] == 3 and typed[-1] == 11 and len(typed) == 5  # "a", " ", [INST], " b", <pad>
     klein = [t for t, _ in tokenize_text(_clip(manager, "klein"), "a red fox")["qwen3"][0]]
     tokenizer = _clip(manager, "klein").tokenizers["qwen3"]
     real = klein[: klein.index(flux2_text.KLEIN_PAD)]
