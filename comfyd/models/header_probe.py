@@ -25,7 +25,7 @@ SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdx
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
                                 "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
-                                "qwen3", "auraflow"})
+                                "qwen3", "auraflow", "mistral3_text_encoder"})
 
 
 class HeaderError(ValueError):
@@ -144,6 +144,9 @@ def detect_family(header: ModelHeader) -> str:
         return "qwen25_vl"
     if has("model.layers.0.self_attn.q_norm.weight"):  # per-head q/k norms: Qwen3 (Z-Image's encoder)
         return "qwen3"
+    vocab = next((s[0] for k, (_, s) in header.tensors.items() if k.endswith("embed_tokens.weight") and len(s) == 2), 0)
+    if vocab == 131072 and has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias"):
+        return "mistral3_text_encoder"  # Flux.2 [dev]'s Mistral Small 3.x: Tekken's vocabulary
     if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
         return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):

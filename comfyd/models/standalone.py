@@ -24,6 +24,7 @@ from comfyd.models import (
     detect,
     families,
     llama_encoder,
+    mistral3_encoder,
     qwen3_encoder,
     qwen25_encoder,
     qwen25_vision,
@@ -119,7 +120,18 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="Qwen3 text encoder",
         )  # fmt: skip
         qwen25_encoder.apply_weight_scales(module, tf, base)
+        # Mixed-precision fp8 files (`weight_scale`, e.g. [klein] 9B's Qwen3-8B) too.
+        mistral3_encoder.apply_weight_scales(module, tf, f"{base}model.", (".weight_scale",))
         return "qwen3_4b", module
+    mistral_prefix = mistral3_encoder.find_prefix(keys, tf.shapes(), base)
+    if mistral_prefix is not None:  # Flux.2 [dev]'s Mistral Small 3.x (before Llama: same names)
+        module = materialize(
+            mistral3_encoder.empty_encoder(mistral3_encoder.infer_config(tf.shapes(), mistral_prefix)),
+            mistral3_encoder.MistralTranslator(mistral_prefix), tf, plan.device, plan.clip_dtype,
+            rounding=plan.clip_weight_rounding, what="Mistral text encoder",
+        )  # fmt: skip
+        mistral3_encoder.apply_weight_scales(module, tf, mistral_prefix)
+        return "mistral3", mistral3_encoder.finish_loading(module, tf, getattr(tf, "path", None))
     llama_prefix = llama_encoder.find_prefix(keys, base)
     if llama_prefix is not None:  # HunyuanVideo's LLaVA-Llama-3
         return "llama", llama_encoder.load(tf, llama_prefix, plan.device, plan.clip_dtype)
@@ -204,7 +216,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
         keys = tf.keys()
     raise UnknownCheckpointLayout(
         f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5, Llama, "
-        f"Qwen2.5-VL or Qwen3 encoder); "
+        f"Mistral Small, Qwen2.5-VL or Qwen3 encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -286,6 +298,8 @@ def encoder_tokenizers(
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
         elif kind == "llama":  # read from llama_tokenizer/ beside the file (llama_encoder)
             out[name] = llama_encoder.require_tokenizer(module)
+        elif kind == "mistral3":  # Tekken: from the file, beside it, or mistral-common's
+            out[name] = mistral3_encoder.tokenizer_for(module)
         elif kind in ("qwen25_7b", "qwen3_4b"):  # Qwen3 uses Qwen2's vocabulary
             out[name] = qwen25_encoder.shipped_tokenizer()
     return out

@@ -29,6 +29,7 @@ import torch
 from comfyd.models import (
     clip_forward,
     families,
+    flux2_text,
     llama_encoder,
     qwen3_encoder,
     qwen25_encoder,
@@ -100,6 +101,8 @@ def tokenize_for_encoder(
     recipe = encoder_recipe(clip.family, key)
     spec = families.get(clip.family).encoder(key)
     kind = spec.kind
+    if clip.family == "flux2":  # Mistral Small / Qwen3 in Flux.2's templates, no weights
+        return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
     if kind == "t5":
         return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
     if kind == "umt5":
@@ -137,6 +140,10 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
             recipe = encoder_recipe(clip.family, key)
             family_spec = families.get(clip.family)
             kind = family_spec.encoder(key).kind
+            if family_spec.name == "flux2":  # three hidden states per token (flux2_text)
+                ids = [int(t) for t, _ in tokens[key][0]]
+                outputs[key] = (flux2_text.encode_tokens(kind, encoders[key], ids), None)
+                continue
             if kind == "llama":
                 outputs[key] = (llama_encoder.encode(encoders[key], tokens[key][0]), None)
                 continue

@@ -178,6 +178,12 @@ def test_png_check(tiny_models: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ({"decoder.middle.0.residual.0.gamma": (4,)}, "wan_vae"),
         ({"double_blocks.0.img_attn.qkv.weight": (6, 4), "single_stream_modulation.lin.weight": (12, 4)}, "flux2"),
         ({"decoder.conv_in.weight": (8, 32, 3, 3), "bn.running_mean": (128,)}, "flux2_vae"),
+        ({"model.embed_tokens.weight": (131072, 2), "model.layers.0.self_attn.q_proj.weight": (2, 2)},
+         "mistral3_text_encoder"),
+        ({"language_model.model.embed_tokens.weight": (131072, 2),
+          "language_model.model.layers.0.self_attn.q_proj.weight": (2, 2)}, "mistral3_text_encoder"),
+        ({"model.embed_tokens.weight": (128256, 2), "model.layers.0.self_attn.q_proj.weight": (2, 2)},
+         "llama_text_encoder"),
         ({"something.else": (1,)}, "unknown"),
     ],
 )

@@ -125,7 +125,7 @@ def test_vae_link_latent_is_the_pipelines(flux2_models: Path) -> None:
     assert flux2_vae.is_flux2_vae(_keys(root / _flux2_tiny.NAMES["vae"]))
 
 
-def test_empty_latent_and_missing_text_encoder() -> None:
+def test_empty_latent_and_the_flux2_clip_type() -> None:
     from comfyd.nodes.latent.flux2_latent import EmptyFlux2LatentImage
 
     class _Ctx:
@@ -136,8 +136,7 @@ def test_empty_latent_and_missing_text_encoder() -> None:
 
     (latent,) = EmptyFlux2LatentImage().run(_Ctx(), width=96, height=64, batch_size=2)
     assert latent["samples"].shape == (2, 128, 4, 6) and not latent["samples"].any()
-    with pytest.raises(ValueError, match="flux2"):
-        standalone.family_for_clip_type("flux2")
+    assert standalone.family_for_clip_type("flux2").name == "flux2"
 
 
 @pytest.mark.slow
@@ -187,3 +186,22 @@ def test_fp8_weight_dtype_stores_fp8_and_computes_close(flux2_models: Path) -> N
     assert 0 < (outs["default"] - outs["fp8_e4m3fn"]).abs().max() / spread < 0.15
     with pytest.raises(ValueError, match="128-channel"):
         network(torch.zeros(1, 16, 4, 4), torch.tensor([0.7]), context, {})
+
+
+@pytest.mark.parametrize(
+    ("double", "single", "heads", "context", "guidance"),
+    [(5, 20, 24, 7680, False), (8, 24, 32, 12288, False), (8, 48, 48, 15360, True)],
+    ids=["klein-4b", "klein-9b", "dev"],
+)
+def test_released_sizes_are_read_from_the_shapes(double: int, single: int, heads: int, context: int, guidance: bool) -> None:
+    """[klein] 4B / 9B (Qwen3-4B / 8B context: 3 x 2560 / 3 x 4096, no guidance embedding) and [dev]
+    (Mistral: 3 x 5120), built empty (meta tensors) and written in BFL's names: detected, same config."""
+    config = dict(_flux2_tiny.tiny_transformer_config(guidance), num_layers=double, num_single_layers=single,
+                  attention_head_dim=128, num_attention_heads=heads, joint_attention_dim=context,
+                  axes_dims_rope=[32, 32, 32, 32])  # fmt: skip
+    from comfyd.models.keymap import to_original
+
+    stored = to_original(transformer.empty_transformer(config).state_dict(), transformer.Flux2Translator(config, ""))
+    shapes = {k: tuple(v.shape) for k, v in stored.items()}
+    assert families.get("flux2").diffusion_model_prefix(set(shapes)) == ""
+    assert transformer.infer_config(shapes, "") == config

@@ -27,6 +27,10 @@ VHS: dict[str, Any] = json.loads((HERE / "vhs_input_types.json").read_text(encod
 GGUF: dict[str, Any] = json.loads((HERE / "gguf_input_types.json").read_text(encoding="utf-8"))["nodes"]
 # Flux.2's nodes (newer ComfyUI than 0.3.64), written by hand from ComfyUI's source: see that file.
 FLUX2: dict[str, Any] = json.loads((HERE / "flux2_input_types.json").read_text(encoding="utf-8"))["nodes"]
+# Choices newer ComfyUI appends to 0.3.64's lists (CLIPLoader's flux2), from the same file.
+EXTENDED_CHOICES: dict[str, list[str]] = json.loads(
+    (HERE / "flux2_input_types.json").read_text(encoding="utf-8")
+)["extended_choices"]
 # Choices that depend on the files present (models, input pictures, videos), not on the declaration.
 FILE_CHOICES = {"ckpt_name", "lora_name", "vae_name", "image", "file", "audio", "video", "hypernetwork_name", "control_net_name",
                 "clip_name", "style_model_name",
@@ -84,6 +88,7 @@ def assert_same_declaration(name: str, theirs: dict[str, Any]) -> None:
                 assert isinstance(our_type, list), f"{where} should be a choice"
                 if input_name in FILE_CHOICES:
                     continue
+                their_type = their_type + EXTENDED_CHOICES.get(f"{name}.{input_name}", [])
                 if (name, input_name) in SUBSET_CHOICES:
                     assert our_type and set(our_type) <= set(their_type), where
                     continue

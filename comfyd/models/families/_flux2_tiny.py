@@ -4,10 +4,11 @@ one (none) in `diffusion_models/` (BFL keys), and a Flux.2 autoencoder in `vae/`
 `encoder.quant_conv` / `decoder.post_quant_conv`, the latent batch norm's statistics). The
 transformer keeps the 128-channel latent input at two 32-wide heads and one block of each kind;
 the VAE keeps four levels (8x, 16x with the patches) at width 32 (ComfyUI's 32 norm groups).
-Flux.2's own text encoders (Mistral Small 3.x, Qwen3) are not supported yet: a tiny UMT5 file
-(`_wan_tiny`'s architecture and tokenizer, loaded with CLIPLoader type wan) stands in for one, so
-the rest of the Flux.2 graph can run; its 32-wide output is what the tiny transformer attends to.
-Same seed, same files.
+Their text encoders in `text_encoders/` (CLIPLoader type flux2): a Mistral text model for [dev]
+(`model.*` keys, Tekken's full 131,072-row vocabulary, 31 layers so hidden state 30 is an inner
+one) and a Qwen3 for [klein] (`model.*` keys, Qwen2's 151,936-row vocabulary, 28 layers for
+hidden state 27), both 16 wide with 8-wide heads: three stacked states make the transformers'
+48-wide context. Same seed, same files.
 """
 
 from __future__ import annotations
@@ -18,17 +19,42 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from comfyd.models import mistral3_encoder, qwen3_encoder
 from comfyd.models.families import _flux2_transformer as transformer
 from comfyd.models.families import _flux2_vae as flux2_vae
-from comfyd.models.families._wan_tiny import TINY_UMT5, tiny_spiece_model
 
-CONTEXT_DIM = TINY_UMT5["d_model"]  # the stand-in encoder's width
+ENCODER_WIDTH = 16
+CONTEXT_DIM = 3 * ENCODER_WIDTH  # three hidden states side by side
 NAMES = {
     "dev": "diffusion_models/comfyd-tiny-flux2-dev.safetensors",
     "klein": "diffusion_models/comfyd-tiny-flux2-klein.safetensors",
     "vae": "vae/comfyd-tiny-flux2-vae.safetensors",
-    "standin_text_encoder": "text_encoders/comfyd-tiny-flux2-standin-umt5.safetensors",
+    "mistral": "text_encoders/comfyd-tiny-flux2-mistral-small.safetensors",
+    "qwen3": "text_encoders/comfyd-tiny-flux2-klein-qwen3.safetensors",
 }
+ENCODER_OF = {"dev": "mistral", "klein": "qwen3"}
+
+
+def _decoder_shapes(vocab: int, layers: int, q_norm: bool) -> dict[str, tuple[int, ...]]:
+    width, head = ENCODER_WIDTH, 8
+    shapes = {
+        "model.embed_tokens.weight": (vocab, width),
+        "model.layers.0.self_attn.q_proj.weight": (2 * head, width),
+        "model.layers.0.self_attn.k_proj.weight": (head, width),
+        "model.layers.0.mlp.gate_proj.weight": (2 * width, width),
+        **{f"model.layers.{i}.input_layernorm.weight": (width,) for i in range(layers)},
+    }
+    if q_norm:
+        shapes[qwen3_encoder.MARKER] = (head,)
+    return shapes
+
+
+def tiny_mistral_config() -> dict[str, Any]:
+    return mistral3_encoder.infer_config(_decoder_shapes(mistral3_encoder.VOCAB, 31, False), "model.")
+
+
+def tiny_qwen3_config() -> dict[str, Any]:
+    return qwen3_encoder.infer_config(_decoder_shapes(151936, 28, True))
 
 
 def tiny_transformer_config(guidance: bool) -> dict[str, Any]:
@@ -71,7 +97,7 @@ def tiny_vae_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def write_tiny_flux2(root: Path, seed: int = 0) -> list[Path]:
-    from comfyd.models import tiny, umt5_encoder
+    from comfyd.models import tiny
     from comfyd.models.keymap import to_original
 
     written: list[Path] = []
@@ -81,8 +107,8 @@ def write_tiny_flux2(root: Path, seed: int = 0) -> list[Path]:
         stored = to_original(net.state_dict(), transformer.Flux2Translator(config, ""))
         written.append(_save(stored, root / NAMES[variant]))
     written.append(_save(tiny_vae_state(seed), root / NAMES["vae"]))
-    encoder = tiny.random_module(umt5_encoder.empty_encoder(TINY_UMT5), seed, "flux2-standin-umt5")
-    state = {k: v for k, v in encoder.state_dict().items() if k != "encoder.embed_tokens.weight"}
-    state[umt5_encoder.SPIECE_KEY] = torch.frombuffer(bytearray(tiny_spiece_model()), dtype=torch.uint8)
-    written.append(_save(state, root / NAMES["standin_text_encoder"]))
+    mistral = tiny.random_module(mistral3_encoder.empty_encoder(tiny_mistral_config()), seed, "flux2-mistral")
+    written.append(_save({f"model.{k}": v for k, v in mistral.state_dict().items()}, root / NAMES["mistral"]))
+    qwen3 = tiny.random_module(qwen3_encoder.empty_encoder(tiny_qwen3_config()), seed, "flux2-qwen3")
+    written.append(_save({f"model.{k}": v for k, v in qwen3.state_dict().items()}, root / NAMES["qwen3"]))
     return written

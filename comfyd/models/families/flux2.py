@@ -9,9 +9,10 @@ with Flux2Scheduler's sigmas instead. Latent: ComfyUI's Flux2 format, scale 1, n
 normalises). dev takes a guidance strength (`guidance_in`; FluxGuidance, 3.5 by default), [klein]
 none. The text context is padded with zeros in front to 512 tokens, as ComfyUI's Flux2 model does.
 
-Not here yet: the text encoders (Mistral Small 3.x for [dev], Qwen3 for [klein]), so CLIPLoader
-type flux2 is refused with a message; conditioning must come from elsewhere. All-in-one Flux.2
-checkpoints are refused with a message too.
+Text encoders (CLIPLoader type "flux2", newer ComfyUI's): Mistral Small 3.x for [dev]
+(`models/mistral3_encoder.py`), Qwen3 4B / 8B for [klein] (`models/qwen3_encoder.py`'s model); the
+file's keys say which, either one makes the CLIP. Their conditioning, three hidden states per
+token: `models/flux2_text.py`. All-in-one Flux.2 checkpoints are refused with a message.
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _flux2_transformer as transformer
 from comfyd.models.families import _flux2_vae as flux2_vae
 from comfyd.models.families._network import load_transformer
-from comfyd.models.families.base import CONFIG_DIR, UNET_PREFIX, Family, HeadRule, LatentFormat, SamplingSpec
+from comfyd.models.families.base import (
+    CONFIG_DIR,
+    UNET_PREFIX,
+    EncoderRecipe,
+    EncoderSpec,
+    Family,
+    HeadRule,
+    LatentFormat,
+    SamplingSpec,
+)
 from comfyd.sampling.flow import ExpTimeShiftSchedule, FlowModelSampling
 from comfyd.sampling.vector_conditioning import FLUX_DEFAULT_GUIDANCE
 
@@ -48,6 +59,28 @@ PATCH_RGB_FACTORS = (
     (-0.0332, -0.0457, -0.0468), (-0.0085, 0.0389, 0.0609), (-0.0076, 0.0003, -0.0043), (-0.0111, -0.0460, -0.0614),
 )  # fmt: skip
 RGB_BIAS = (-0.0329, -0.0718, -0.0851)
+
+
+def _encoder(name: str, kind: str, pad: int, stored: tuple[str, ...]) -> EncoderSpec:
+    return EncoderSpec(
+        name=name,
+        config="",  # read from the file's shapes
+        layout="hf",
+        single_file_prefixes=tuple(f"text_encoders.{key}.transformer." for key in stored),
+        tokenizer={},
+        recipe=EncoderRecipe(
+            ChunkLayout(pad_token=pad, end_token=pad), None, norm_intermediate=False, projected_pooled=False
+        ),
+        diffusers_folders=("text_encoder", "tokenizer"),
+        kohya_prefix="lora_te_",
+        lora_components=("te",),
+        kind=kind,
+    )
+
+
+# A Flux.2 CLIP holds one of the two; ComfyUI's all-in-one files store them under these names.
+MISTRAL3 = _encoder("mistral3_24b", "mistral3", 11, ("mistral3_24b",))
+QWEN3 = _encoder("qwen3", "qwen3_4b", 151643, ("qwen3_4b", "qwen3_8b"))
 
 
 def _per_patch(rows: tuple[tuple[float, float, float], ...]) -> tuple[tuple[float, float, float], ...]:
@@ -120,7 +153,9 @@ class Flux2(Family):
 
 FAMILY = Flux2(
     name="flux2",
-    encoders=(),
+    encoders=(MISTRAL3, QWEN3),
+    partial_encoders=True,
+    clip_types=("flux2",),
     latent=LatentFormat(
         channels=LATENT_CHANNELS, scale_factor=1.0, downscale=16,
         rgb_factors=_per_patch(PATCH_RGB_FACTORS), rgb_bias=RGB_BIAS,
