@@ -29,6 +29,7 @@ import torch
 from comfyd.models import (
     clip_forward,
     families,
+    hidream_llama,
     llama_encoder,
     qwen3_encoder,
     qwen25_encoder,
@@ -101,7 +102,12 @@ def tokenize_for_encoder(
     spec = families.get(clip.family).encoder(key)
     kind = spec.kind
     if kind == "t5":
-        return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
+        tokens = t5_encoder.tokenize(text, spec.min_length)  # one sequence, no 77-token chunks
+        if spec.max_length is not None and len(tokens) > spec.max_length:  # HiDream: the first 128
+            tokens = tokens[: spec.max_length - 1] + [(t5_encoder.END_TOKEN, 1.0)]
+        return [tokens]
+    if kind == "llama" and spec.all_layers:  # HiDream: the plain prompt, every layer
+        return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":
         end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
         return [umt5_encoder.tokenize(clip.tokenizers[key], text, length, end, pad)]
@@ -115,11 +121,12 @@ def tokenize_for_encoder(
 
 
 def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:
-    cond, pooled = encode_tokens(clip, tokens)
-    extra: dict[str, Any] = {"pooled_output": pooled}
     family = families.get(clip.family)
+    outputs = encoder_outputs(clip, tokens)
+    cond, pooled = family.join_encodings(outputs)
+    extra: dict[str, Any] = {"pooled_output": pooled, **family.conditioning_extras(outputs)}
     for key in _encoder_keys(clip):
-        if family.encoder(key).attention_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
+        if family.encoder(key).attention_mask and family.encoder(key).conditioning_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
             ids = [token for token, _ in tokens[key][0]]
             extra["attention_mask"] = torch.tensor([t5_encoder.attention_mask(ids)], dtype=torch.long)
     return [[cond, extra]]
@@ -127,6 +134,13 @@ def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditi
 
 def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode pre-tokenized chunks with every encoder of `clip` (LoRAs applied) -> (cond, pooled)."""
+    return families.get(clip.family).join_encodings(encoder_outputs(clip, tokens))
+
+
+def encoder_outputs(
+    clip: ClipHandle, tokens: EncoderTokens
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each encoder's (output, pooled) for pre-tokenized chunks (LoRAs applied)."""
     keys = _encoder_keys(clip)
     missing = [key for key in keys if key not in tokens]
     if missing:
@@ -137,6 +151,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
             recipe = encoder_recipe(clip.family, key)
             family_spec = families.get(clip.family)
             kind = family_spec.encoder(key).kind
+            if kind == "llama" and family_spec.encoder(key).all_layers:  # HiDream
+                outputs[key] = (hidream_llama.encode(encoders[key], tokens[key][0]), None)
+                continue
             if kind == "llama":
                 outputs[key] = (llama_encoder.encode(encoders[key], tokens[key][0]), None)
                 continue
@@ -164,7 +181,7 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 outputs[key] = (qwen3_encoder.encode(encoders[key], ids, clip.layer_idx), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
-    return families.get(clip.family).join_encodings(outputs)
+    return outputs
 
 
 def encode_chunks(
