@@ -1,0 +1,268 @@
+"""HiDream-I1 held to ComfyUI itself: the transformer + sampler + VAE path, and the Llama
+all-layers text path.
+
+Transformer (default): ComfyUI 0.3.64 fixes every size of a HiDream transformer (20 heads of 128,
+16 double and 32 single blocks, 4 experts with 2 active, 4096-wide T5 and Llama inputs, a
+2048-wide pooled vector, Llama layer i into block i); nothing is read from the file but its key.
+A full-size transformer (17B parameters) does not fit this machine, so the ComfyUI side runs its
+own model code on a cut file with four of its detected values replaced by the file's (depth 2+2,
+2 heads, 4 experts, Llama layers [0, 1, 2, 3]: the first entries of its list); widths and
+everything else are ComfyUI's. Both sides get the same conditioning tensors (T5 context
+[1, 128, 4096], pooled [1, 2048], Llama stack [1, 32, 128, 4096] per prompt), then run
+ModelSamplingSD3 (shift 3) -> KSampler (euler / simple, cfg 5, 3 steps, 64x48: a non-square
+latent, which diffusers would pad and ComfyUI does not) -> VAEDecode on the same files (the cut
+transformer, a full-size random 16-channel VAE).
+
+    python bench/hidream_comfyui_parity.py --workdir /tmp/hidream-parity \
+        --comfyui /work/comfyui --comfyui-python /work/cvenv/bin/python
+
+prints RESULT psnr_hidream_db=... and max_diff=... (comfyd's PNG against ComfyUI's).
+
+`--text`: the Llama text path on comfyd's tiny HiDream files (`comfyd models make-tiny --family
+hidream`: a 4-layer Llama, 256 wide, and its small Llama-3-style tokenizer). ComfyUI's side is its
+SDTokenizer / SDClipModel with the arguments its HiDream LLAMA3Tokenizer and LLAMAModel pass
+(begin token, <|eot_id|> padding to 128 and masked, layer "all", no final norm on intermediates),
+its Llama2 module at the tiny config, then `[:, 1:]` as HiDreamTEModel drops the embeddings;
+comfyd's is the HiDream CLIP's Llama output. Prompts: a plain one and a weighted one (ComfyUI
+re-weights by layer index there, see comfyd/models/hidream_llama.py). Prints
+RESULT llama_all_layers_max_abs_diff_{plain,weighted}=... and the shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+WIDTH, HEIGHT = 64, 48
+STEPS = 3
+SEED = 7
+CFG = 5.0
+SHIFT = 3.0
+SCHEDULER = "simple"
+CUT = {"num_layers": 2, "num_single_layers": 2, "num_attention_heads": 2, "num_routed_experts": 4}
+FILES = {"unet": "diffusion_models/hidream-cut.safetensors", "vae": "vae/hidream-vae-full.safetensors",
+         "cond": "conditioning.safetensors"}  # fmt: skip
+PROMPTS = {"plain": "a small red fox runs across a snowy field", "weighted": "a (small red fox:1.3) runs at dawn"}
+
+
+def cut_config() -> dict:
+    from comfyd.models.families import _hidream_transformer as transformer
+
+    blocks = CUT["num_layers"] + CUT["num_single_layers"]
+    return {
+        "patch_size": 2, "in_channels": 16, "out_channels": 16, **CUT,
+        "attention_head_dim": transformer.HEAD_DIM, "caption_channels": [4096, 4096], "text_emb_dim": 2048,
+        "num_activated_experts": 2, "axes_dims_rope": list(transformer.AXES_DIMS_ROPE),
+        "max_resolution": [128, 128], "llama_layers": list(range(blocks)),
+    }  # fmt: skip
+
+
+def make_files(work: Path) -> None:
+    from comfyd.models import tiny
+    from comfyd.models.families import _hidream_transformer as transformer
+    from comfyd.models.keymap import to_original, vae_translator
+    from comfyd.models.loader import empty_vae
+
+    if all((work / f).is_file() for f in FILES.values()):
+        return
+    net = tiny.random_module(transformer.empty_transformer(cut_config()), 0, "hidream-cut")
+    (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(net.state_dict(), transformer.HiDreamTranslator("")), str(work / FILES["unet"]))
+    del net
+    vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    vae = tiny.random_module(empty_vae(vae_config), 0, "hidream-vae-full")
+    (work / "vae").mkdir(parents=True, exist_ok=True)
+    save_file(to_original(vae.state_dict(), vae_translator(vae_config, "")), str(work / FILES["vae"]))
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for side in ("", "negative_"):
+        tensors[f"{side}context"] = torch.randn(1, 128, 4096, generator=generator)
+        tensors[f"{side}pooled"] = torch.randn(1, 2048, generator=generator)
+        tensors[f"{side}llama"] = torch.randn(1, 32, 128, 4096, generator=generator)
+    save_file(tensors, str(work / FILES["cond"]))
+
+
+def conditioning(cond: dict[str, torch.Tensor]) -> tuple[list, list]:
+    def entry(side: str) -> list:
+        return [[cond[f"{side}context"], {"pooled_output": cond[f"{side}pooled"], "conditioning_llama3": cond[f"{side}llama"]}]]
+
+    return entry(""), entry("negative_")
+
+
+def to_png(image: torch.Tensor, path: Path) -> None:
+    pixels = np.clip(255.0 * image[0].detach().cpu().numpy(), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def comfyd_side(work: Path) -> Path:
+    from comfyd.models.families import hidream
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.vae_codec import vae_decode
+    from comfyd.sampling.ksampler import common_ksampler
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
+    model = manager.load_diffusion_model(Path(FILES["unet"]).name).with_sampling(hidream.model_sampling(SHIFT))
+    positive, negative = conditioning(load_file(str(work / FILES["cond"])))
+    latent = {"samples": torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)}
+    out = common_ksampler(model, SEED, STEPS, CFG, "euler", SCHEDULER, positive, negative, latent)
+    path = work / "comfyd-hidream.png"
+    to_png(vae_decode(manager.load_vae(Path(FILES["vae"]).name), out["samples"]), path)
+    return path
+
+
+def comfyui_side(work: Path, comfyui: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comfyui_render import load_comfyui
+
+    load_comfyui(comfyui, work, None, work / "comfyui-out")
+    import comfy.model_detection
+    import comfy.sd
+    import comfy.utils
+    import nodes
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    detect = comfy.model_detection.detect_unet_config
+
+    def cut_detect(state_dict, key_prefix, metadata=None):  # the bench's only change to ComfyUI
+        config = detect(state_dict, key_prefix, metadata=metadata)
+        if config is not None and config.get("image_model") == "hidream":
+            blocks = CUT["num_layers"] + CUT["num_single_layers"]
+            config = {**config, **CUT, "llama_layers": config["llama_layers"][:blocks]}
+        return config
+
+    comfy.model_detection.detect_unet_config = cut_detect
+    stored = comfy.utils.load_torch_file(str(work / FILES["unet"]))
+    model = comfy.sd.load_diffusion_model_state_dict(dict(stored))
+    built = set(model.model.diffusion_model.state_dict())
+    if built != set(stored):  # ComfyUI loads non-strictly: make sure every weight is the file's
+        raise SystemExit(f"ComfyUI's HiDream model differs from the file: {sorted(built ^ set(stored))[:8]}")
+    (model,) = ModelSamplingSD3().patch(model, SHIFT)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / FILES["vae"])))
+    positive, negative = conditioning(comfy.utils.load_torch_file(str(work / FILES["cond"])))
+    latent = {"samples": torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)}
+    (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", SCHEDULER, positive, negative, latent)
+    to_png(vae.decode(out["samples"]), work / "comfyui-hidream.png")
+
+
+# --- the Llama text path --------------------------------------------------------------------------
+
+
+def comfyd_text(work: Path) -> None:
+    from comfyd.models.families import _hidream_tiny
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encoder_outputs, tokenize_for_encoder
+    from comfyd.settings import Settings
+
+    if not (work / _hidream_tiny.NAMES["llama"]).is_file():
+        _hidream_tiny.write_tiny_hidream(work)
+    manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home", dtype="fp32"))
+    clip = manager.load_clip([Path(_hidream_tiny.NAMES["llama"]).name], "hidream")
+    out = {}
+    for name, text in PROMPTS.items():
+        tokens = {"llama": tokenize_for_encoder(clip, "llama", text)}
+        out[name] = encoder_outputs(clip, tokens)["llama"][0]
+        out[f"{name}_ids"] = torch.tensor([t for t, _ in tokens["llama"][0]])
+    save_file(out, str(work / "comfyd-llama.safetensors"))
+
+
+def comfyui_text(work: Path, comfyui: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comfyui_render import load_comfyui
+
+    load_comfyui(comfyui, work, None, work / "comfyui-out")
+    import comfy.text_encoders.llama
+    from comfy import sd1_clip
+    from transformers import LlamaTokenizerFast
+
+    from comfyd.models.families import _hidream_tiny, _hunyuan_tiny
+
+    folder = work / Path(_hidream_tiny.NAMES["tokenizer"]).parent
+    fast = LlamaTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    begin, eot = fast.convert_tokens_to_ids("<|begin_of_text|>"), fast.convert_tokens_to_ids("<|eot_id|>")
+    fast.save_pretrained(str(work / "comfyui-llama-tokenizer"))
+    # HiDream's LLAMA3Tokenizer arguments, on the tiny vocabulary.
+    tokenizer = sd1_clip.SDTokenizer(
+        str(work / "comfyui-llama-tokenizer"), pad_with_end=False, embedding_size=256, embedding_key="llama",
+        tokenizer_class=LlamaTokenizerFast, has_start_token=True, has_end_token=False, pad_to_max_length=False,
+        max_length=99999999, pad_token=eot, min_length=128, tokenizer_data={},
+    )  # fmt: skip
+    config = {**_hunyuan_tiny.TINY_LLAMA, "vocab_size": fast.vocab_size + len(fast.get_added_vocab())}
+    config = {k: v for k, v in config.items() if k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                       "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                                                       "rope_theta", "vocab_size", "head_dim")}  # fmt: skip
+    stored = load_file(str(work / _hidream_tiny.NAMES["llama"]))
+    config["vocab_size"] = stored["model.embed_tokens.weight"].shape[0]
+    # HiDream's LLAMAModel arguments (layer "all", begin / pad ids), the Llama2 module at the tiny size.
+    model = sd1_clip.SDClipModel(
+        device="cpu", layer="all", layer_idx=None, textmodel_json_config=config, dtype=torch.float32,
+        special_tokens={"start": begin, "pad": eot}, layer_norm_hidden_state=False,
+        model_class=comfy.text_encoders.llama.Llama2, enable_attention_masks=True, return_attention_masks=True,
+        model_options={"model_name": "llama"},
+    )  # fmt: skip
+    missing, unexpected = model.load_sd(stored)
+    if unexpected or [k for k in missing if "rotary" not in k and "inv_freq" not in k]:
+        raise SystemExit(f"the tiny Llama does not load in ComfyUI's module: {missing[:5]} {unexpected[:5]}")
+    out = {}
+    for name, text in PROMPTS.items():
+        tokens = tokenizer.tokenize_with_weights(text)
+        out[f"{name}_ids"] = torch.tensor([t for t, _w, *_ in tokens[0]])
+        out[name] = model.encode_token_weights(tokens)[0][:, 1:].contiguous()
+    save_file(out, str(work / "comfyui-llama.safetensors"))
+
+
+def run_text(work: Path, comfyui: Path, comfyui_python: str) -> int:
+    comfyd_text(work)
+    subprocess.run([comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(comfyui), "--text",
+                    "--comfyui-side"], check=True)  # fmt: skip
+    ours, theirs = load_file(str(work / "comfyd-llama.safetensors")), load_file(str(work / "comfyui-llama.safetensors"))
+    for name in PROMPTS:
+        same_ids = torch.equal(ours[f"{name}_ids"], theirs[f"{name}_ids"])
+        print(json.dumps({name: {"comfyd": list(ours[name].shape), "comfyui": list(theirs[name].shape)}}))
+        print(f"RESULT llama_token_ids_equal_{name}={same_ids}")
+        if ours[name].shape == theirs[name].shape:
+            diff = float((ours[name] - theirs[name]).abs().max())
+            print(f"RESULT llama_all_layers_max_abs_diff_{name}={diff:.3g}")
+            print(f"RESULT llama_all_layers_scale_{name}={float(theirs[name].abs().max()):.3g}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--comfyui", type=Path, required=True)
+    parser.add_argument("--comfyui-python", default=sys.executable)
+    parser.add_argument("--text", action="store_true", help="the Llama all-layers text path instead")
+    parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.workdir.resolve()
+    if args.comfyui_side:
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            (comfyui_text if args.text else comfyui_side)(work, args.comfyui.resolve())
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    if args.text:
+        return run_text(work, args.comfyui.resolve(), args.comfyui_python)
+    make_files(work)
+    ours = np.asarray(Image.open(comfyd_side(work)).convert("RGB")).astype(np.float64)
+    subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
+                    "--comfyui-side"], check=True)  # fmt: skip
+    theirs = np.asarray(Image.open(work / "comfyui-hidream.png").convert("RGB")).astype(np.float64)
+    mse = float(((ours - theirs) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    print(json.dumps({"std": float(theirs.std())}))
+    print(f"RESULT psnr_hidream_db={psnr:.2f}")
+    print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
