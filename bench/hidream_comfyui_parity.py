@@ -181,24 +181,33 @@ def comfyui_text(work: Path, comfyui: Path) -> None:
     load_comfyui(comfyui, work, None, work / "comfyui-out")
     import comfy.text_encoders.llama
     from comfy import sd1_clip
-    from transformers import LlamaTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from comfyd.models.families import _hidream_tiny, _hunyuan_tiny
 
     folder = work / Path(_hidream_tiny.NAMES["tokenizer"]).parent
-    fast = LlamaTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    # ComfyUI names LlamaTokenizerFast, which transformers 5 (installed here) rebuilds as a
+    # SentencePiece-style pipeline; PreTrainedTokenizerFast reads the byte-level tokenizer.json as
+    # transformers 4's LlamaTokenizerFast does (bench/hunyuan_comfyui_parity.py, the same issue).
+    copy = work / "comfyui-llama-tokenizer"
+    copy.mkdir(exist_ok=True)
+    (copy / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes())
+    (copy / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": True,
+        "add_eos_token": False, "clean_up_tokenization_spaces": True, "tokenizer_class": "LlamaTokenizerFast",
+    }))  # fmt: skip
+    fast = PreTrainedTokenizerFast.from_pretrained(str(copy))
     begin, eot = fast.convert_tokens_to_ids("<|begin_of_text|>"), fast.convert_tokens_to_ids("<|eot_id|>")
-    fast.save_pretrained(str(work / "comfyui-llama-tokenizer"))
     # HiDream's LLAMA3Tokenizer arguments, on the tiny vocabulary.
     tokenizer = sd1_clip.SDTokenizer(
-        str(work / "comfyui-llama-tokenizer"), pad_with_end=False, embedding_size=256, embedding_key="llama",
-        tokenizer_class=LlamaTokenizerFast, has_start_token=True, has_end_token=False, pad_to_max_length=False,
+        str(copy), pad_with_end=False, embedding_size=256, embedding_key="llama",
+        tokenizer_class=PreTrainedTokenizerFast, has_start_token=True, has_end_token=False, pad_to_max_length=False,
         max_length=99999999, pad_token=eot, min_length=128, tokenizer_data={},
     )  # fmt: skip
     config = {**_hunyuan_tiny.TINY_LLAMA, "vocab_size": fast.vocab_size + len(fast.get_added_vocab())}
     config = {k: v for k, v in config.items() if k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                        "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
-                                                       "rope_theta", "vocab_size", "head_dim")}  # fmt: skip
+                                                       "rope_theta", "vocab_size")}  # fmt: skip
     stored = load_file(str(work / _hidream_tiny.NAMES["llama"]))
     config["vocab_size"] = stored["model.embed_tokens.weight"].shape[0]
     # HiDream's LLAMAModel arguments (layer "all", begin / pad ids), the Llama2 module at the tiny size.
