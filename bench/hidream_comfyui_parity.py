@@ -50,6 +50,11 @@ SCHEDULER = "simple"
 CUT = {"num_layers": 2, "num_single_layers": 2, "num_attention_heads": 2, "num_routed_experts": 4}
 FILES = {"unet": "diffusion_models/hidream-cut.safetensors", "vae": "vae/hidream-vae-full.safetensors",
          "cond": "conditioning.safetensors"}  # fmt: skip
+# `--save-reference`: the default suite's variant (tests/families/test_hidream.py): the sampled
+# latent only (ComfyUI's VAE is full-size, held to ComfyUI by the default run) and shorter text
+# (T5 32 tokens, Llama 32), so the test rebuilds the inputs in a second.
+REFERENCE_FILES = {"unet": FILES["unet"], "cond": "conditioning-short.safetensors"}
+TEXT_TOKENS = {False: (128, 128), True: (32, 32)}  # (T5, Llama) tokens of the conditioning
 PROMPTS = {"plain": "a small red fox runs across a snowy field", "weighted": "a (small red fox:1.3) runs at dawn"}
 
 
@@ -65,29 +70,48 @@ def cut_config() -> dict:
     }  # fmt: skip
 
 
-def make_files(work: Path) -> None:
+def files(short: bool) -> dict[str, str]:
+    return REFERENCE_FILES if short else FILES
+
+
+def make_conditioning(short: bool) -> dict[str, torch.Tensor]:
+    """The fixed conditioning tensors both sides get (seeded: the test rebuilds them)."""
+    t5_tokens, llama_tokens = TEXT_TOKENS[short]
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for side in ("", "negative_"):
+        tensors[f"{side}context"] = torch.randn(1, t5_tokens, 4096, generator=generator)
+        tensors[f"{side}pooled"] = torch.randn(1, 2048, generator=generator)
+        tensors[f"{side}llama"] = torch.randn(1, 32, llama_tokens, 4096, generator=generator)
+    return tensors
+
+
+def make_transformer(path: Path) -> None:
     from comfyd.models import tiny
     from comfyd.models.families import _hidream_transformer as transformer
+    from comfyd.models.keymap import to_original
+
+    net = tiny.random_module(transformer.empty_transformer(cut_config()), 0, "hidream-cut")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(to_original(net.state_dict(), transformer.HiDreamTranslator("")), str(path))
+
+
+def make_files(work: Path, short: bool = False) -> None:
+    from comfyd.models import tiny
     from comfyd.models.keymap import to_original, vae_translator
     from comfyd.models.loader import empty_vae
 
-    if all((work / f).is_file() for f in FILES.values()):
+    names = files(short)
+    if all((work / f).is_file() for f in names.values()):
         return
-    net = tiny.random_module(transformer.empty_transformer(cut_config()), 0, "hidream-cut")
-    (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
-    save_file(to_original(net.state_dict(), transformer.HiDreamTranslator("")), str(work / FILES["unet"]))
-    del net
+    make_transformer(work / names["unet"])
+    save_file(make_conditioning(short), str(work / names["cond"]))
+    if short:
+        return
     vae_config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
     vae = tiny.random_module(empty_vae(vae_config), 0, "hidream-vae-full")
     (work / "vae").mkdir(parents=True, exist_ok=True)
     save_file(to_original(vae.state_dict(), vae_translator(vae_config, "")), str(work / FILES["vae"]))
-    generator = torch.Generator().manual_seed(1)
-    tensors = {}
-    for side in ("", "negative_"):
-        tensors[f"{side}context"] = torch.randn(1, 128, 4096, generator=generator)
-        tensors[f"{side}pooled"] = torch.randn(1, 2048, generator=generator)
-        tensors[f"{side}llama"] = torch.randn(1, 32, 128, 4096, generator=generator)
-    save_file(tensors, str(work / FILES["cond"]))
 
 
 def conditioning(cond: dict[str, torch.Tensor]) -> tuple[list, list]:
@@ -102,24 +126,32 @@ def to_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def comfyd_side(work: Path) -> Path:
+def comfyd_sample(work: Path, short: bool) -> tuple[torch.Tensor, object]:
+    """(sampled latent, the model manager) of comfyd on the bench's files."""
     from comfyd.models.families import hidream
     from comfyd.models.manager import ModelManager
-    from comfyd.models.vae_codec import vae_decode
     from comfyd.sampling.ksampler import common_ksampler
     from comfyd.settings import Settings
 
+    names = files(short)
     manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
-    model = manager.load_diffusion_model(Path(FILES["unet"]).name).with_sampling(hidream.model_sampling(SHIFT))
-    positive, negative = conditioning(load_file(str(work / FILES["cond"])))
+    model = manager.load_diffusion_model(Path(names["unet"]).name).with_sampling(hidream.model_sampling(SHIFT))
+    positive, negative = conditioning(load_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)}
     out = common_ksampler(model, SEED, STEPS, CFG, "euler", SCHEDULER, positive, negative, latent)
+    return out["samples"], manager
+
+
+def comfyd_side(work: Path) -> Path:
+    from comfyd.models.vae_codec import vae_decode
+
+    samples, manager = comfyd_sample(work, False)
     path = work / "comfyd-hidream.png"
-    to_png(vae_decode(manager.load_vae(Path(FILES["vae"]).name), out["samples"]), path)
+    to_png(vae_decode(manager.load_vae(Path(FILES["vae"]).name), samples), path)  # type: ignore[attr-defined]
     return path
 
 
-def comfyui_side(work: Path, comfyui: Path) -> None:
+def comfyui_side(work: Path, comfyui: Path, reference: Path | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from comfyui_render import load_comfyui
 
@@ -140,16 +172,20 @@ def comfyui_side(work: Path, comfyui: Path) -> None:
         return config
 
     comfy.model_detection.detect_unet_config = cut_detect
-    stored = comfy.utils.load_torch_file(str(work / FILES["unet"]))
+    names = files(reference is not None)
+    stored = comfy.utils.load_torch_file(str(work / names["unet"]))
     model = comfy.sd.load_diffusion_model_state_dict(dict(stored))
     built = set(model.model.diffusion_model.state_dict())
     if built != set(stored):  # ComfyUI loads non-strictly: make sure every weight is the file's
         raise SystemExit(f"ComfyUI's HiDream model differs from the file: {sorted(built ^ set(stored))[:8]}")
     (model,) = ModelSamplingSD3().patch(model, SHIFT)
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / FILES["vae"])))
-    positive, negative = conditioning(comfy.utils.load_torch_file(str(work / FILES["cond"])))
+    positive, negative = conditioning(comfy.utils.load_torch_file(str(work / names["cond"])))
     latent = {"samples": torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)}
     (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", SCHEDULER, positive, negative, latent)
+    if reference is not None:
+        save_file({"samples": out["samples"].float().contiguous()}, str(reference))
+        return
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
     to_png(vae.decode(out["samples"]), work / "comfyui-hidream.png")
 
 
@@ -244,22 +280,40 @@ def run_text(work: Path, comfyui: Path, comfyui_python: str) -> int:
     return 0
 
 
+def save_reference(work: Path, comfyui: Path, comfyui_python: str, reference: Path) -> int:
+    make_files(work, short=True)
+    subprocess.run([comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(comfyui), "--comfyui-side",
+                    "--save-reference", str(reference)], check=True)  # fmt: skip
+    samples, _ = comfyd_sample(work, True)
+    theirs = load_file(str(reference))["samples"]
+    print(f"RESULT reference_latent_max_abs_diff={float((samples - theirs).abs().max()):.3g}")
+    print(f"RESULT reference_latent_std={float(theirs.std()):.3g}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
     parser.add_argument("--text", action="store_true", help="the Llama all-layers text path instead")
+    parser.add_argument("--save-reference", type=Path, help="write the default suite's ComfyUI reference here")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.workdir.resolve()
+    reference = args.save_reference.resolve() if args.save_reference else None
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            (comfyui_text if args.text else comfyui_side)(work, args.comfyui.resolve())
+            if args.text:
+                comfyui_text(work, args.comfyui.resolve())
+            else:
+                comfyui_side(work, args.comfyui.resolve(), reference)
         return 0
     work.mkdir(parents=True, exist_ok=True)
     if args.text:
         return run_text(work, args.comfyui.resolve(), args.comfyui_python)
+    if reference is not None:
+        return save_reference(work, args.comfyui.resolve(), args.comfyui_python, reference)
     make_files(work)
     ours = np.asarray(Image.open(comfyd_side(work)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
