@@ -18,6 +18,11 @@ transformer, a full-size random 16-channel VAE).
 
 prints RESULT psnr_hidream_db=... and max_diff=... (comfyd's PNG against ComfyUI's).
 
+`--save-reference PATH`: the default suite's reference (tests/families/test_hidream.py): one
+double and one single block, narrower text and pooled inputs (64 / 96 / 48 wide; these widths
+replaced in ComfyUI's detected config as well), T5 and Llama 32 tokens, the sampled latent only
+(ComfyUI's VAE is full-size; the default run covers it). Prints how far comfyd's latent is.
+
 `--text`: the Llama text path on comfyd's tiny HiDream files (`comfyd models make-tiny --family
 hidream`: a 4-layer Llama, 256 wide, and its small Llama-3-style tokenizer). ComfyUI's side is its
 SDTokenizer / SDClipModel with the arguments its HiDream LLAMA3Tokenizer and LLAMAModel pass
@@ -48,24 +53,29 @@ CFG = 5.0
 SHIFT = 3.0
 SCHEDULER = "simple"
 CUT = {"num_layers": 2, "num_single_layers": 2, "num_attention_heads": 2, "num_routed_experts": 4}
+# `--save-reference` cuts widths too (text and pooled inputs) and depth to 1+1, for the default suite.
+REFERENCE_CUT = {**CUT, "num_layers": 1, "num_single_layers": 1, "caption_channels": [64, 96], "text_emb_dim": 48}
 FILES = {"unet": "diffusion_models/hidream-cut.safetensors", "vae": "vae/hidream-vae-full.safetensors",
          "cond": "conditioning.safetensors"}  # fmt: skip
 # `--save-reference`: the default suite's variant (tests/families/test_hidream.py): the sampled
-# latent only (ComfyUI's VAE is full-size, held to ComfyUI by the default run) and shorter text
-# (T5 32 tokens, Llama 32), so the test rebuilds the inputs in a second.
-REFERENCE_FILES = {"unet": FILES["unet"], "cond": "conditioning-short.safetensors"}
+# latent only (ComfyUI's VAE is full-size, held to ComfyUI by the default run), REFERENCE_CUT and
+# shorter text (T5 32 tokens, Llama 32), so the test rebuilds the inputs in a second or two.
+REFERENCE_FILES = {"unet": "diffusion_models/hidream-cut-narrow.safetensors", "cond": "conditioning-short.safetensors"}
 TEXT_TOKENS = {False: (128, 128), True: (32, 32)}  # (T5, Llama) tokens of the conditioning
 PROMPTS = {"plain": "a small red fox runs across a snowy field", "weighted": "a (small red fox:1.3) runs at dawn"}
 
 
-def cut_config() -> dict:
+def cut(short: bool) -> dict:
+    return REFERENCE_CUT if short else CUT
+
+
+def cut_config(short: bool = False) -> dict:
     from comfyd.models.families import _hidream_transformer as transformer
 
-    blocks = CUT["num_layers"] + CUT["num_single_layers"]
+    blocks = cut(short)["num_layers"] + cut(short)["num_single_layers"]
     return {
-        "patch_size": 2, "in_channels": 16, "out_channels": 16, **CUT,
-        "attention_head_dim": transformer.HEAD_DIM, "caption_channels": [4096, 4096], "text_emb_dim": 2048,
-        "num_activated_experts": 2, "axes_dims_rope": list(transformer.AXES_DIMS_ROPE),
+        "patch_size": 2, "in_channels": 16, "out_channels": 16, "caption_channels": [4096, 4096],
+        "text_emb_dim": 2048, **cut(short), "attention_head_dim": transformer.HEAD_DIM, "num_activated_experts": 2, "axes_dims_rope": list(transformer.AXES_DIMS_ROPE),
         "max_resolution": [128, 128], "llama_layers": list(range(blocks)),
     }  # fmt: skip
 
@@ -77,21 +87,23 @@ def files(short: bool) -> dict[str, str]:
 def make_conditioning(short: bool) -> dict[str, torch.Tensor]:
     """The fixed conditioning tensors both sides get (seeded: the test rebuilds them)."""
     t5_tokens, llama_tokens = TEXT_TOKENS[short]
+    config = cut_config(short)
+    t5_width, llama_width = config["caption_channels"]
     generator = torch.Generator().manual_seed(1)
     tensors = {}
     for side in ("", "negative_"):
-        tensors[f"{side}context"] = torch.randn(1, t5_tokens, 4096, generator=generator)
-        tensors[f"{side}pooled"] = torch.randn(1, 2048, generator=generator)
-        tensors[f"{side}llama"] = torch.randn(1, 32, llama_tokens, 4096, generator=generator)
+        tensors[f"{side}context"] = torch.randn(1, t5_tokens, t5_width, generator=generator)
+        tensors[f"{side}pooled"] = torch.randn(1, config["text_emb_dim"], generator=generator)
+        tensors[f"{side}llama"] = torch.randn(1, 32, llama_tokens, llama_width, generator=generator)
     return tensors
 
 
-def make_transformer(path: Path) -> None:
+def make_transformer(path: Path, short: bool = False) -> None:
     from comfyd.models import tiny
     from comfyd.models.families import _hidream_transformer as transformer
     from comfyd.models.keymap import to_original
 
-    net = tiny.random_module(transformer.empty_transformer(cut_config()), 0, "hidream-cut")
+    net = tiny.random_module(transformer.empty_transformer(cut_config(short)), 0, "hidream-cut")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(to_original(net.state_dict(), transformer.HiDreamTranslator("")), str(path))
 
@@ -104,7 +116,7 @@ def make_files(work: Path, short: bool = False) -> None:
     names = files(short)
     if all((work / f).is_file() for f in names.values()):
         return
-    make_transformer(work / names["unet"])
+    make_transformer(work / names["unet"], short)
     save_file(make_conditioning(short), str(work / names["cond"]))
     if short:
         return
@@ -163,12 +175,13 @@ def comfyui_side(work: Path, comfyui: Path, reference: Path | None = None) -> No
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
 
     detect = comfy.model_detection.detect_unet_config
+    replaced = cut(reference is not None)
 
     def cut_detect(state_dict, key_prefix, metadata=None):  # the bench's only change to ComfyUI
         config = detect(state_dict, key_prefix, metadata=metadata)
         if config is not None and config.get("image_model") == "hidream":
-            blocks = CUT["num_layers"] + CUT["num_single_layers"]
-            config = {**config, **CUT, "llama_layers": config["llama_layers"][:blocks]}
+            blocks = replaced["num_layers"] + replaced["num_single_layers"]
+            config = {**config, **replaced, "llama_layers": config["llama_layers"][:blocks]}
         return config
 
     comfy.model_detection.detect_unet_config = cut_detect

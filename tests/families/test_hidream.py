@@ -1,0 +1,202 @@
+"""HiDream-I1: the transformer held to ComfyUI itself, the text path's rules, and the canonical
+workflow end to end on tiny files (`make-tiny --family hidream`).
+
+ComfyUI 0.3.64 fixes every size of a HiDream transformer and of its text encoders, so it cannot
+load tiny files unaided. `data/hidream_comfyui_reference.safetensors` holds the latent ComfyUI's
+own HiDream model and KSampler produced (bench/hidream_comfyui_parity.py --save-reference) on a
+cut transformer (2+2 blocks of 2 heads, ComfyUI's widths) with fixed conditioning tensors, at a
+non-square 64x48; the test rebuilds the same seeded inputs and holds comfyd's sampler to it. The
+Llama all-layers text path is held to ComfyUI's modules by `--text` of the same bench.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from comfyd.cli import main
+from comfyd.models import hidream_llama
+from comfyd.models.families import _hidream_tiny, hidream
+from comfyd.models.families import _hidream_transformer as transformer
+from comfyd.models.tiny import make_tiny
+from tests.server.conftest import start_server  # noqa: F401  (the server fixture, shared)
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE / "data" / "hidream_comfyui_reference.safetensors"
+WORKFLOW = HERE.parents[1] / "comfyd" / "workflows" / "hidream_i1_dev_api.json"
+NAMES = {k: Path(v).name for k, v in _hidream_tiny.NAMES.items()}
+SIZE = 64
+
+
+def test_cut_transformer_and_sampler_match_comfyuis_latent(tmp_path: Path) -> None:
+    import bench.hidream_comfyui_parity as parity
+
+    parity.make_files(tmp_path, short=True)
+    ours, _ = parity.comfyd_sample(tmp_path, short=True)
+    theirs = load_file(str(REFERENCE))["samples"]
+    assert ours.shape == theirs.shape == (1, 16, parity.HEIGHT // 8, parity.WIDTH // 8)
+    assert float((ours - theirs).abs().max()) < 1e-4 * float(theirs.std())
+
+
+def test_full_size_shapes_give_comfyuis_fixed_config() -> None:
+    shapes = {
+        "x_embedder.proj.weight": (2560, 64),
+        "final_layer.linear.weight": (64, 2560),
+        "p_embedder.pooled_embedder.linear_1.weight": (2560, 2048),
+        "caption_projection.0.linear.weight": (2560, 4096),
+        "caption_projection.48.linear.weight": (2560, 4096),
+        **{f"double_stream_blocks.{i}.block.attn1.to_q.weight": (2560, 2560) for i in range(16)},
+        **{f"single_stream_blocks.{i}.block.attn1.to_q.weight": (2560, 2560) for i in range(32)},
+        **{f"double_stream_blocks.0.block.ff_i.experts.{e}.w1.weight": (6912, 2560) for e in range(4)},
+    }
+    config = transformer.infer_config({f"model.diffusion_model.{k}": v for k, v in shapes.items()}, "model.diffusion_model.")
+    # comfy/model_detection.py's HiDream branch, value for value.
+    assert config["num_attention_heads"] == 20 and config["attention_head_dim"] == 128
+    assert (config["num_layers"], config["num_single_layers"]) == (16, 32)
+    assert (config["num_routed_experts"], config["num_activated_experts"]) == (4, 2)
+    assert config["caption_channels"] == [4096, 4096] and config["text_emb_dim"] == 2048
+    assert config["axes_dims_rope"] == [64, 32, 32] and config["in_channels"] == config["out_channels"] == 16
+    assert config["llama_layers"] == list(range(32)) + [31] * 16
+
+
+def test_absent_encoders_are_comfyuis_zeros() -> None:
+    t5 = torch.randn(1, 128, 4096)
+    context, pooled = hidream.join_hidream({"t5xxl": (t5, None)})
+    assert torch.equal(context, t5) and torch.equal(pooled, torch.zeros(1, 2048))
+    l_pooled = torch.randn(1, 768)
+    context, pooled = hidream.join_hidream({"l": (torch.randn(1, 77, 768), l_pooled)})
+    assert torch.equal(context, torch.zeros(1, 128, 4096))
+    assert torch.equal(pooled[:, :768], l_pooled) and not pooled[:, 768:].any()
+    assert torch.equal(hidream.llama_stack({}), torch.zeros(1, 32, 1, 4096))
+    stack = torch.randn(1, 4, 130, 256)
+    assert hidream.FAMILY.conditioning_extras({"llama": (stack, None)})["conditioning_llama3"] is stack
+    with pytest.raises(ValueError, match="HiDream CLIP"):
+        hidream.hidream_inputs({"pooled_output": pooled}, (8, 8))
+    # A stack shorter than the blocks' layer list repeats its last layer (a full one has 32).
+    by_layer = transformer.llama_by_layer(stack, 6)
+    assert by_layer.shape == (6, 1, 130, 256) and torch.equal(by_layer[5], stack[:, 3])
+
+
+def test_text_sequences_follow_comfyuis_tokenizers() -> None:
+    from comfyd.models.families._hunyuan_tiny import tiny_tokenizer
+    from comfyd.models.text_encoding import tokenize_for_encoder
+
+    tokenizer = tiny_tokenizer()
+    begin, eot = tokenizer.token_to_id("<|begin_of_text|>"), tokenizer.token_to_id("<|eot_id|>")
+    tokens = hidream_llama.tokenize(tokenizer, "a red (fox:1.2)")
+    assert len(tokens) == 128 and tokens[0] == (begin, 1.0) and tokens[-1] == (eot, 1.0)
+    text = [(t, w) for t, w in tokens[1:] if t != eot]
+    weights = [w for _, w in text]
+    assert weights[0] == 1.0 and weights[-1] == 1.2 and set(weights) == {1.0, 1.2}
+    ids = [t for t, _ in tokens]
+    assert hidream_llama.attention_mask(ids, eot) == [1] * (1 + len(text)) + [0] * (128 - 1 - len(text))
+    assert len(hidream_llama.tokenize(tokenizer, "a red fox " * 60)) > 128  # a long prompt is not cut
+
+    clip = SimpleNamespace(family="hidream", tokenizers={})
+    [t5] = tokenize_for_encoder(clip, "t5xxl", "a red fox")  # type: ignore[arg-type]
+    assert len(t5) == 128 and t5[-1] == (0, 1.0)
+    [long] = tokenize_for_encoder(clip, "t5xxl", "a red fox in the snow " * 40)  # type: ignore[arg-type]
+    assert len(long) == 128 and long[-1] == (1, 1.0)  # the first 127 tokens and the end token
+
+
+# --- the canonical workflow on tiny files ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hidream_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hidream") / "models"
+    written = make_tiny(root, family="hidream")
+    assert sorted(p.relative_to(root).as_posix() for p in written) == sorted(_hidream_tiny.NAMES.values())
+    return root
+
+
+def tiny_workflow() -> dict:
+    """The shipped HiDream-I1 dev workflow on the tiny files: 64x64, 2 euler steps at cfg 3 (both
+    prompts run), the four encoders named in another order than ComfyUI's recipe."""
+    graph = json.loads(WORKFLOW.read_text())
+    graph["54"]["inputs"] = {
+        "clip_name1": NAMES["t5xxl"], "clip_name2": NAMES["llama"], "clip_name3": NAMES["clip_g"],
+        "clip_name4": NAMES["clip_l"],
+    }  # fmt: skip
+    graph["55"]["inputs"]["vae_name"] = NAMES["vae"]
+    graph["69"]["inputs"]["unet_name"] = NAMES["transformer"]
+    graph["53"]["inputs"].update(width=SIZE, height=SIZE)
+    graph["3"]["inputs"].update(steps=2, cfg=3.0, sampler_name="euler")
+    return graph
+
+
+@pytest.mark.slow
+def test_canonical_workflow_through_comfyd_run_and_the_server(
+    hidream_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], start_server  # noqa: F811
+) -> None:
+    from comfyd.runtime import build_runtime
+
+    path = tmp_path / "hidream.json"
+    path.write_text(json.dumps(tiny_workflow()))
+    out = tmp_path / "out"
+    code = main(["run", str(path), "--models-dir", str(hidream_models), "--output-dir", str(out), "-q", "--json"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "success" and len(result["images"]) == 1
+    ran = np.asarray(Image.open(out / Path(result["images"][0]).name).convert("RGB"))
+    assert ran.shape == (SIZE, SIZE, 3) and ran.std() > 5
+
+    server = start_server(runtime=build_runtime, models_dir=hidream_models)
+    with server.client() as http:
+        info = http.get("/object_info/QuadrupleCLIPLoader").json()["QuadrupleCLIPLoader"]
+        assert NAMES["llama"] in info["input"]["required"]["clip_name4"][1]["options"]
+        answer = http.post("/prompt", json={"prompt": tiny_workflow()})
+        assert answer.status_code == 200, answer.text
+        prompt_id = answer.json()["prompt_id"]
+        job = server.wait_job(prompt_id, timeout=120)
+        assert job.status.value == "succeeded", job
+        entry = http.get(f"/history/{prompt_id}").json()[prompt_id]
+        png = http.get("/view", params=entry["outputs"]["9"]["images"][0])
+    assert png.status_code == 200
+    served = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"))
+    assert np.array_equal(served, ran)
+
+
+@pytest.mark.slow
+def test_hidream_clips_and_text_encode(hidream_models: Path, tmp_path: Path) -> None:
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text
+    from comfyd.nodes.conditioning.hidream import CLIPTextEncodeHiDream
+    from comfyd.settings import Settings
+
+    manager = ModelManager(Settings(models_dir=hidream_models, home=tmp_path / "home", device="cpu"))
+    quad = manager.load_clip([NAMES["llama"], NAMES["clip_l"], NAMES["t5xxl"], NAMES["clip_g"]], "hidream")
+    assert sorted(quad.text_encoders) == ["g", "l", "llama", "t5xxl"]
+    prompt = "a red fox in the snow"
+    [[cond, extra]] = encode_text(quad, prompt)
+    assert cond.shape == (1, 128, 128)  # the tiny T5's width
+    assert extra["pooled_output"].shape == (1, 32 + 64)  # projected CLIP-L | CLIP-G
+    assert extra["conditioning_llama3"].shape == (1, 4, 128, 256)  # every layer of the tiny Llama
+    assert "attention_mask" not in extra  # ComfyUI's HiDream conditioning carries none
+    ctx = SimpleNamespace(check_interrupted=lambda: None, env=SimpleNamespace(embeddings=None))
+    [[same, same_extra]] = CLIPTextEncodeHiDream().run(ctx, quad, prompt, prompt, prompt, prompt)[0]  # type: ignore[arg-type]
+    assert torch.equal(same, cond) and torch.equal(same_extra["conditioning_llama3"], extra["conditioning_llama3"])
+    [[other, other_extra]] = CLIPTextEncodeHiDream().run(ctx, quad, prompt, prompt, prompt, "a cat")[0]  # type: ignore[arg-type]
+    assert torch.equal(other, cond) and not torch.equal(other_extra["conditioning_llama3"], extra["conditioning_llama3"])
+
+    # Any subset (DualCLIPLoader / CLIPLoader type hidream): the rest are ComfyUI's zeros.
+    dual = manager.load_clip([NAMES["t5xxl"], NAMES["clip_l"]], "hidream")
+    [[cond, extra]] = encode_text(dual, prompt)
+    assert extra["pooled_output"].shape == (1, 32 + 1280) and not extra["pooled_output"][:, 32:].any()
+    assert torch.equal(extra["conditioning_llama3"], torch.zeros(1, 32, 1, 4096))
+
+    # A Llama file without Llama 3's tokenizer beside it is refused, naming where it goes.
+    lone = tmp_path / "lone" / "text_encoders"
+    lone.mkdir(parents=True)
+    save_file(load_file(str(hidream_models / _hidream_tiny.NAMES["llama"])), str(lone / "llama.safetensors"))
+    bare = ModelManager(Settings(models_dir=lone.parent, home=tmp_path / "home2", device="cpu"))
+    with pytest.raises(ValueError, match="llama_tokenizer"):
+        bare.load_clip(["llama.safetensors"], "hidream")
