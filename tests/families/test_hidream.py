@@ -67,6 +67,17 @@ def test_full_size_shapes_give_comfyuis_fixed_config() -> None:
     assert config["llama_layers"] == list(range(32)) + [31] * 16
 
 
+def test_header_probe_names_a_hidream_file(tmp_path: Path) -> None:
+    from comfyd.models.header_probe import detect_family, is_supported, read_header
+
+    keys = ("caption_projection.0.linear.weight", "double_stream_blocks.0.block.attn1.to_q.weight", "x_embedder.proj.weight")
+    for prefix in ("", "model.diffusion_model."):
+        path = tmp_path / f"hidream{len(prefix)}.safetensors"
+        save_file({prefix + k: torch.zeros(1, 1) for k in keys}, str(path))
+        family = detect_family(read_header(path))
+        assert family == "hidream" and is_supported(family)
+
+
 def test_absent_encoders_are_comfyuis_zeros() -> None:
     t5 = torch.randn(1, 128, 4096)
     context, pooled = hidream.join_hidream({"t5xxl": (t5, None)})
