@@ -12,7 +12,8 @@ layer, `hidream_llama`; an absent encoder is zeros: pooled [1, 768] / [1, 1280],
 [1, 128, 4096], Llama [1, 32, 1, 4096]); context = T5's output, pooled = [L | G], the Llama stack
 travels as `conditioning_llama3`. supported_models.HiDream: flow prediction, shift 1 (the shift
 3.0 it names is overwritten), multiplier 1000; workflows set 3.0 (dev, fast) or 6.0 (full) with
-ModelSamplingSD3. latent_formats.Flux.
+ModelSamplingSD3. latent_formats.Flux. Compute dtype: bf16 or fp32, never fp16 (ComfyUI's
+supported_inference_dtypes for HiDream), as Z-Image.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _hidream_transformer as transformer
-from comfyd.models.families._network import load_transformer, transformer_prefix
+from comfyd.models.families._network import transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -161,12 +162,21 @@ class HiDream(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
+        from comfyd.models.families._network import storage_dtype, store_weights
+        from comfyd.models.families._z_image_transformer import compute_dtype
+        from comfyd.models.loader import materialize
+
         config = transformer.infer_config(tf.shapes(), prefix)
-        net = load_transformer(
-            tf, plan, weight_dtype, transformer.empty_transformer(config),
-            transformer.HiDreamTranslator(prefix), what="HiDream transformer",
+        # ComfyUI lists bf16 and fp32 only for HiDream: an fp16 plan runs in bf16 (else fp32).
+        dtype = compute_dtype(plan.unet_dtype, plan.device)
+        net = materialize(
+            transformer.empty_transformer(config), transformer.HiDreamTranslator(prefix), tf, plan.device, dtype,
+            what="HiDream transformer",
         )  # fmt: skip
-        return transformer.HiDreamNetwork(net), model_sampling()
+        store_weights(net, storage_dtype(weight_dtype), dtype)
+        network = transformer.HiDreamNetwork(net)
+        network.compute_dtype = dtype
+        return network, model_sampling()
 
 
 FAMILY = HiDream(
