@@ -118,6 +118,51 @@ def test_text_sequences_follow_comfyuis_tokenizers() -> None:
     assert len(long) == 128 and long[-1] == (1, 1.0)  # the first 127 tokens and the end token
 
 
+def test_loras_in_comfyuis_hidream_formats_patch_the_named_weights(tmp_path: Path) -> None:
+    """kohya `lora_unet_*`, `diffusion_model.*`, SimpleTuner `transformer.*` (lora_A / lora_B) and
+    `lycoris_*` (comfy/lora.py's HiDream keys): W + strength * up @ down * alpha / rank."""
+    from comfyd.models import tiny
+    from comfyd.models.keymap import to_original
+    from comfyd.models.manager import ModelManager
+    from comfyd.settings import Settings
+
+    config = {**_hidream_tiny.tiny_transformer_config(32, 64, 48), "num_attention_heads": 1}
+    net = tiny.random_module(transformer.empty_transformer(config), 0, "hidream-lora")
+    stored = to_original(net.state_dict(), transformer.HiDreamTranslator(""))
+    (tmp_path / "diffusion_models").mkdir()
+    (tmp_path / "loras").mkdir()
+    save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp_path / "diffusion_models" / "hd.safetensors"))
+    layers = ("double_stream_blocks.0.block.attn1.to_q", "single_stream_blocks.0.block.ff_i.experts.2.w3",
+              "caption_projection.1.linear")  # fmt: skip
+    manager = ModelManager(Settings(models_dir=tmp_path, home=tmp_path / "home", device="cpu", dtype="fp32"))
+    model = manager.load_diffusion_model("hd.safetensors")
+    base = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    for fmt in ("kohya", "comfyui", "simpletuner", "lycoris"):
+        tensors, deltas = {}, {}
+        for layer in layers:
+            out_dim, in_dim = stored[f"{layer}.weight"].shape
+            down, up = torch.randn(4, in_dim, generator=gen) * 0.1, torch.randn(out_dim, 4, generator=gen) * 0.1
+            if fmt == "simpletuner":
+                tensors |= {f"transformer.{layer}.lora_A.weight": down, f"transformer.{layer}.lora_B.weight": up}
+                deltas[f"{layer}.weight"] = up @ down
+                continue
+            name = {"kohya": "lora_unet_" + layer.replace(".", "_"), "lycoris": "lycoris_" + layer.replace(".", "_"),
+                    "comfyui": f"diffusion_model.{layer}"}[fmt]  # fmt: skip
+            tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+            deltas[f"{layer}.weight"] = up @ down * 0.5
+        save_file(tensors, str(tmp_path / "loras" / f"{fmt}.safetensors"))
+        with model.with_loras(manager.lora_patch(f"{fmt}.safetensors", 0.8)).patched() as patched:
+            after = {k: v.detach().clone() for k, v in patched.state_dict().items()}
+        for name, value in after.items():
+            key = name.removeprefix("transformer.")
+            if key in deltas:
+                torch.testing.assert_close(value, stored[key].float() + 0.8 * deltas[key], rtol=0, atol=1e-5)
+            else:
+                assert torch.equal(value, base[name]), (fmt, name)
+    assert all(torch.equal(v, base[k]) for k, v in model.unet.state_dict().items())  # restored
+
+
 # --- the canonical workflow on tiny files ----------------------------------------------------------
 
 

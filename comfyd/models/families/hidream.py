@@ -156,6 +156,12 @@ class HiDream(Family):
     def conditioning_extras(self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, Any]:
         return {LLAMA_KEY: llama_stack(outputs)}
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.HiDreamTranslator:
+        # The running network's parameters -> the stored names LoRAs use (the same, under a prefix):
+        # ComfyUI maps kohya `lora_unet_*`, `diffusion_model.*`, SimpleTuner's `transformer.*` and
+        # `lycoris_*` onto them.
+        return transformer.HiDreamTranslator(key_prefix)
+
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
         return transformer_prefix(keys, transformer.is_hidream_transformer)
 
@@ -192,4 +198,5 @@ FAMILY = HiDream(
     config_dir=CONFIG_DIR / "sdxl",  # CLIP-L and bigG; everything else is read from the files
     clip_types=("hidream",),
     partial_encoders=True,
+    network_loras=True,
 )
