@@ -249,6 +249,12 @@ def test_hidream_clips_and_text_encode(hidream_models: Path, tmp_path: Path) -> 
     assert extra["pooled_output"].shape == (1, 32 + 1280) and not extra["pooled_output"][:, 32:].any()
     assert torch.equal(extra["conditioning_llama3"], torch.zeros(1, 32, 1, 4096))
 
+    # CLIPLoader type hidream with the Llama alone: a zero context and pooled vector, its layers.
+    single = manager.load_clip([NAMES["llama"]], "hidream")
+    [[cond, extra]] = encode_text(single, prompt)
+    assert torch.equal(cond, torch.zeros(1, 128, 4096)) and torch.equal(extra["pooled_output"], torch.zeros(1, 2048))
+    assert extra["conditioning_llama3"].shape == (1, 4, 128, 256)
+
     # A Llama file without Llama 3's tokenizer beside it is refused, naming where it goes.
     lone = tmp_path / "lone" / "text_encoders"
     lone.mkdir(parents=True)
