@@ -30,7 +30,9 @@ SDTokenizer / SDClipModel with the arguments its HiDream LLAMA3Tokenizer and LLA
 its Llama2 module at the tiny config, then `[:, 1:]` as HiDreamTEModel drops the embeddings;
 comfyd's is the HiDream CLIP's Llama output. Prompts: a plain one and a weighted one (ComfyUI
 re-weights by layer index there, see comfyd/models/hidream_llama.py). Prints
-RESULT llama_all_layers_max_abs_diff_{plain,weighted}=... and the shapes.
+RESULT llama_all_layers_max_abs_diff_{plain,weighted}=... and the shapes; also whether the T5
+prompt's first 128-token chunk equals ComfyUI's T5XXLTokenizer(min_length=128, max_length=128)[0]
+for a short prompt, one split long segment and a short weighted segment moved past the chunk.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ FILES = {"unet": "diffusion_models/hidream-cut.safetensors", "vae": "vae/hidream
 REFERENCE_FILES = {"unet": "diffusion_models/hidream-cut-narrow.safetensors", "cond": "conditioning-short.safetensors"}
 TEXT_TOKENS = {False: (128, 128), True: (32, 32)}  # (T5, Llama) tokens of the conditioning
 PROMPTS = {"plain": "a small red fox runs across a snowy field", "weighted": "a (small red fox:1.3) runs at dawn"}
+# T5 prompts around HiDream's 128-token chunk: short, one long segment (split at the chunk), and a
+# short weighted segment that does not fit (moved whole: the first chunk ends early, unpadded).
+_LONG = "a small red fox runs across a snowy field at dawn under a pale winter sky, " * 9
+T5_PROMPTS = {"short": "a red fox", "long": _LONG, "straddling": _LONG[:430] + " (bright red scarf:1.2) and more"}
 
 
 def cut(short: bool) -> dict:
@@ -220,6 +226,10 @@ def comfyd_text(work: Path) -> None:
         tokens = {"llama": tokenize_for_encoder(clip, "llama", text)}
         out[name] = encoder_outputs(clip, tokens)["llama"][0]
         out[f"{name}_ids"] = torch.tensor([t for t, _ in tokens["llama"][0]])
+    from comfyd.models import t5_first_chunk
+
+    for name, text in T5_PROMPTS.items():
+        out[f"t5_{name}"] = torch.tensor([[t, w] for t, w in t5_first_chunk.first_chunk(text, 128, 128)])
     save_file(out, str(work / "comfyd-llama.safetensors"))
 
 
@@ -274,6 +284,11 @@ def comfyui_text(work: Path, comfyui: Path) -> None:
         tokens = tokenizer.tokenize_with_weights(text)
         out[f"{name}_ids"] = torch.tensor([t for t, _w, *_ in tokens[0]])
         out[name] = model.encode_token_weights(tokens)[0][:, 1:].contiguous()
+    from comfy.text_encoders.sd3_clip import T5XXLTokenizer
+
+    t5 = T5XXLTokenizer(min_length=128, max_length=128)  # HiDreamTokenizer's T5, of which it keeps [0]
+    for name, text in T5_PROMPTS.items():
+        out[f"t5_{name}"] = torch.tensor([[t, w] for t, w, *_ in t5.tokenize_with_weights(text)[0]])
     save_file(out, str(work / "comfyui-llama.safetensors"))
 
 
@@ -290,6 +305,9 @@ def run_text(work: Path, comfyui: Path, comfyui_python: str) -> int:
             diff = float((ours[name] - theirs[name]).abs().max())
             print(f"RESULT llama_all_layers_max_abs_diff_{name}={diff:.3g}")
             print(f"RESULT llama_all_layers_scale_{name}={float(theirs[name].abs().max()):.3g}")
+    for name in T5_PROMPTS:
+        a, b = ours[f"t5_{name}"], theirs[f"t5_{name}"]
+        print(f"RESULT t5_first_chunk_equal_{name}={a.shape == b.shape and torch.equal(a, b)} (length {len(b)})")
     return 0
 
 

@@ -34,6 +34,7 @@ from comfyd.models import (
     qwen3_encoder,
     qwen25_encoder,
     t5_encoder,
+    t5_first_chunk,
     umt5_encoder,
 )
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
@@ -101,11 +102,10 @@ def tokenize_for_encoder(
     recipe = encoder_recipe(clip.family, key)
     spec = families.get(clip.family).encoder(key)
     kind = spec.kind
+    if kind == "t5" and spec.max_length is not None:  # HiDream: the first 128-token chunk only
+        return [t5_first_chunk.first_chunk(text, spec.max_length, spec.min_length)]
     if kind == "t5":
-        tokens = t5_encoder.tokenize(text, spec.min_length)  # one sequence, no 77-token chunks
-        if spec.max_length is not None and len(tokens) > spec.max_length:  # HiDream: the first 128
-            tokens = tokens[: spec.max_length - 1] + [(t5_encoder.END_TOKEN, 1.0)]
-        return [tokens]
+        return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
     if kind == "llama" and spec.all_layers:  # HiDream: the plain prompt, every layer
         return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":

@@ -116,6 +116,11 @@ def test_text_sequences_follow_comfyuis_tokenizers() -> None:
     assert len(t5) == 128 and t5[-1] == (0, 1.0)
     [long] = tokenize_for_encoder(clip, "t5xxl", "a red fox in the snow " * 40)  # type: ignore[arg-type]
     assert len(long) == 128 and long[-1] == (1, 1.0)  # the first 127 tokens and the end token
+    # A short weighted segment that does not fit moves to ComfyUI's second chunk, which HiDream
+    # drops: the first ends early, unpadded (bench/hidream_comfyui_parity.py --text checks these).
+    prefix = ("a small red fox runs across a snowy field at dawn under a pale winter sky, " * 9)[:430]
+    [cut] = tokenize_for_encoder(clip, "t5xxl", prefix + " (bright red scarf:1.2) and more")  # type: ignore[arg-type]
+    assert len(cut) == 127 and cut[-1] == (1, 1.0) and all(w == 1.0 for _, w in cut)
 
 
 def test_loras_in_comfyuis_hidream_formats_patch_the_named_weights(tmp_path: Path) -> None:

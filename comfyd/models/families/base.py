@@ -93,7 +93,8 @@ class EncoderSpec:
     sequence: tuple[int, int, int] | None = None
     # With attention_mask: whether the mask also travels with the conditioning (HiDream: no).
     conditioning_mask: bool = True
-    # T5 kinds: tokens kept of a longer prompt, the end token last (HiDream: 128); None: all.
+    # T5 kinds: ComfyUI's chunk length, of which the first chunk is kept (HiDream: 128,
+    # `t5_first_chunk`); None: one sequence, never cut.
     max_length: int | None = None
     # Llama kind: HiDream's plain sequence and every layer's output (`hidream_llama`), not
     # HunyuanVideo's template and third-last layer.
