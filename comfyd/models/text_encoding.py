@@ -22,6 +22,7 @@ encoder's pooled output the model takes (`comfyd.models.families`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -117,7 +118,18 @@ def tokenize_for_encoder(
         return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
     if kind == "qwen3_4b":  # Z-Image's chat template, no weights
         return [[(token, 1.0) for token in qwen3_encoder.tokenize(clip.tokenizers[key], text)]]
-    return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
+    return tokenize_prompt(text, _chunk_layout(clip, key, recipe.layout), embedding_key=key, embeddings=embeddings)
+
+
+def _chunk_layout(clip: ClipHandle, key: str, layout: ChunkLayout) -> ChunkLayout:
+    """ComfyUI's long-CLIP rule (comfy/text_encoders/long_clipl.py, applied by its CLIP loaders): a
+    CLIP file whose position table is not 77 long (Long-CLIP's 248, HiDream's CLIP-L and CLIP-G)
+    takes chunks of that length."""
+    config = getattr(clip.text_encoders.get(key), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions != layout.length:
+        return replace(layout, length=positions)
+    return layout
 
 
 def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:

@@ -168,6 +168,37 @@ def test_loras_in_comfyuis_hidream_formats_patch_the_named_weights(tmp_path: Pat
     assert all(torch.equal(v, base[k]) for k, v in model.unet.state_dict().items())  # restored
 
 
+def test_long_clip_files_take_chunks_of_their_position_count(tmp_path: Path) -> None:
+    """HiDream's "long" CLIP-L / CLIP-G have 248 positions; ComfyUI's CLIP loaders then chunk the
+    prompt by 248 (long_clipl.py), so a 100-token prompt is one chunk and pools at its end."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from comfyd.models import tiny
+    from comfyd.models.families._sd3_tiny import tiny_clip_configs
+    from comfyd.models.loader import empty_text_encoder
+    from comfyd.models.manager import ModelManager
+    from comfyd.models.text_encoding import encode_text, tokenize_for_encoder
+    from comfyd.settings import Settings
+
+    config = {**tiny_clip_configs()[0], "max_position_embeddings": 248}
+    clip_l = tiny.random_module(empty_text_encoder(config), 0, "hidream-long-clip-l")
+    state = {k: v.contiguous() for k, v in clip_l.state_dict().items() if not k.endswith("position_ids")}
+    (tmp_path / "text_encoders").mkdir()
+    save_file(state, str(tmp_path / "text_encoders" / "long-clip-l.safetensors"))
+    manager = ModelManager(Settings(models_dir=tmp_path, home=tmp_path / "home", device="cpu", dtype="fp32"))
+    clip = manager.load_clip(["long-clip-l.safetensors"], "hidream")
+    prompt = "a small red fox runs across a snowy field at dawn, " * 9  # about 100 tokens
+    [chunk] = tokenize_for_encoder(clip, "l", prompt)
+    ids = [int(t) for t, _ in chunk]
+    assert len(ids) == 248 and 77 < ids.index(49407) < 246  # one chunk, its end token past 77
+    reference = CLIPTextModelWithProjection(CLIPTextConfig(**config)).eval()
+    reference.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor([ids])).text_embeds
+    [[_, extra]] = encode_text(clip, prompt)
+    torch.testing.assert_close(extra["pooled_output"][:, :32], expected, rtol=0, atol=1e-5)
+
+
 # --- the canonical workflow on tiny files ----------------------------------------------------------
 
 
