@@ -25,7 +25,7 @@ SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdx
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
                                 "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
-                                "qwen3", "auraflow", "mistral3_text_encoder"})
+                                "qwen3", "auraflow", "mistral3_text_encoder", "hidream"})
 
 
 class HeaderError(ValueError):
@@ -113,6 +113,8 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.endswith("cond_seq_linear.weight") for k in keys) and has("double_layers.0.attn.w1q."):
         return "auraflow"  # fal's MMDiT, alone or all-in-one with Pile-T5 and the VAE
     stripped = set(_strip(keys))
+    if "caption_projection.0.linear.weight" in stripped and any(k.startswith("double_stream_blocks.") for k in stripped):
+        return "hidream"  # ComfyUI's HiDream key; its blocks are double_stream_blocks, not Flux's double_blocks
     if any(k.startswith("double_blocks.") for k in stripped):
         if any(k.startswith("txt_in.individual_token_refiner") for k in stripped):
             return "hunyuan_video"

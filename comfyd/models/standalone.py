@@ -93,12 +93,19 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
     if clip_text is not None:
         if is_clip_g(keys, clip_text):
             return "clip_g", _clip_g_from(tf, keys, clip_text, plan)
-        shapes = {k: v for k, v in tf.shapes().items() if k.startswith(clip_text)}
+        all_shapes = tf.shapes()
+        shapes = {k: v for k, v in all_shapes.items() if k.startswith(clip_text)}
         config = detect.infer_hf_clip_config(
             shapes, clip_text, detect.shipped_config(families.DEFAULT_FAMILY, "text_encoder_l.json")
         )
+        translator: HfClipTranslator = HfClipTranslator(clip_text)
+        outer = clip_text[: -len("text_model.")] if clip_text.endswith("text_model.") else clip_text
+        if f"{outer}text_projection.weight" in keys:  # kept: HiDream pools CLIP-L through it
+            projection = f"{outer}text_projection.weight"
+            config.update(architectures=["CLIPTextModelWithProjection"], projection_dim=all_shapes[projection][0])
+            translator = _ClipGTranslator(clip_text, projection)
         module = materialize(
-            empty_text_encoder(config), HfClipTranslator(clip_text), tf, plan.device, plan.clip_dtype,
+            empty_text_encoder(config), translator, tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="CLIP text encoder",
         )  # fmt: skip
         return "clip", module
@@ -156,7 +163,8 @@ def is_clip_g(keys: set[str], clip_text: str) -> bool:
 
 
 class _ClipGTranslator(HfClipTranslator):
-    """A transformers-named bigG: its text_projection sits beside `text_model.`."""
+    """A transformers-named CLIP with a text projection (bigG; HiDream's CLIP-L): the projection
+    sits beside `text_model.`."""
 
     def __init__(self, text_prefix: str, projection_key: str) -> None:
         super().__init__(text_prefix)

@@ -22,6 +22,7 @@ encoder's pooled output the model takes (`comfyd.models.families`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,10 +31,12 @@ from comfyd.models import (
     clip_forward,
     families,
     flux2_text,
+    hidream_llama,
     llama_encoder,
     qwen3_encoder,
     qwen25_encoder,
     t5_encoder,
+    t5_first_chunk,
     umt5_encoder,
 )
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
@@ -103,8 +106,12 @@ def tokenize_for_encoder(
     kind = spec.kind
     if clip.family == "flux2":  # Mistral Small / Qwen3 in Flux.2's templates, no weights
         return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
+    if kind == "t5" and spec.max_length is not None:  # HiDream: the first 128-token chunk only
+        return [t5_first_chunk.first_chunk(text, spec.max_length, spec.min_length)]
     if kind == "t5":
         return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
+    if kind == "llama" and spec.all_layers:  # HiDream: the plain prompt, every layer
+        return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":
         end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
         return [umt5_encoder.tokenize(clip.tokenizers[key], text, length, end, pad)]
@@ -114,15 +121,27 @@ def tokenize_for_encoder(
         return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
     if kind == "qwen3_4b":  # Z-Image's chat template, no weights
         return [[(token, 1.0) for token in qwen3_encoder.tokenize(clip.tokenizers[key], text)]]
-    return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
+    return tokenize_prompt(text, _chunk_layout(clip, key, recipe.layout), embedding_key=key, embeddings=embeddings)
+
+
+def _chunk_layout(clip: ClipHandle, key: str, layout: ChunkLayout) -> ChunkLayout:
+    """ComfyUI's long-CLIP rule (comfy/text_encoders/long_clipl.py, applied by its CLIP loaders): a
+    CLIP file whose position table is not 77 long (Long-CLIP's 248, HiDream's CLIP-L and CLIP-G)
+    takes chunks of that length."""
+    config = getattr(clip.text_encoders.get(key), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions != layout.length:
+        return replace(layout, length=positions)
+    return layout
 
 
 def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditioning:
-    cond, pooled = encode_tokens(clip, tokens)
-    extra: dict[str, Any] = {"pooled_output": pooled}
     family = families.get(clip.family)
+    outputs = encoder_outputs(clip, tokens)
+    cond, pooled = family.join_encodings(outputs)
+    extra: dict[str, Any] = {"pooled_output": pooled, **family.conditioning_extras(outputs)}
     for key in _encoder_keys(clip):
-        if family.encoder(key).attention_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
+        if family.encoder(key).attention_mask and family.encoder(key).conditioning_mask:  # the text's padding mask, [1, tokens] (LTX-Video)
             ids = [token for token, _ in tokens[key][0]]
             extra["attention_mask"] = torch.tensor([t5_encoder.attention_mask(ids)], dtype=torch.long)
     return [[cond, extra]]
@@ -130,6 +149,13 @@ def conditioning_from_tokens(clip: ClipHandle, tokens: EncoderTokens) -> Conditi
 
 def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encode pre-tokenized chunks with every encoder of `clip` (LoRAs applied) -> (cond, pooled)."""
+    return families.get(clip.family).join_encodings(encoder_outputs(clip, tokens))
+
+
+def encoder_outputs(
+    clip: ClipHandle, tokens: EncoderTokens
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each encoder's (output, pooled) for pre-tokenized chunks (LoRAs applied)."""
     keys = _encoder_keys(clip)
     missing = [key for key in keys if key not in tokens]
     if missing:
@@ -143,6 +169,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
             if family_spec.name == "flux2":  # three hidden states per token (flux2_text)
                 ids = [int(t) for t, _ in tokens[key][0]]
                 outputs[key] = (flux2_text.encode_tokens(kind, encoders[key], ids), None)
+                continue
+            if kind == "llama" and family_spec.encoder(key).all_layers:  # HiDream
+                outputs[key] = (hidream_llama.encode(encoders[key], tokens[key][0]), None)
                 continue
             if kind == "llama":
                 outputs[key] = (llama_encoder.encode(encoders[key], tokens[key][0]), None)
@@ -171,7 +200,7 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 outputs[key] = (qwen3_encoder.encode(encoders[key], ids, clip.layer_idx), None)
                 continue
             outputs[key] = encode_chunks(encoders[key], tokens[key], recipe, clip.layer_idx)
-    return families.get(clip.family).join_encodings(outputs)
+    return outputs
 
 
 def encode_chunks(

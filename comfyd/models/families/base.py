@@ -91,6 +91,14 @@ class EncoderSpec:
     # UMT5-layout kinds other than Wan's UMT5 (AuraFlow's Pile-T5): (end token, pad token,
     # minimum length) of its sequences; None: UMT5's own (1, 0, 512).
     sequence: tuple[int, int, int] | None = None
+    # With attention_mask: whether the mask also travels with the conditioning (HiDream: no).
+    conditioning_mask: bool = True
+    # T5 kinds: ComfyUI's chunk length, of which the first chunk is kept (HiDream: 128,
+    # `t5_first_chunk`); None: one sequence, never cut.
+    max_length: int | None = None
+    # Llama kind: HiDream's plain sequence and every layer's output (`hidream_llama`), not
+    # HunyuanVideo's template and third-last layer.
+    all_layers: bool = False
 
     @property
     def peft_prefix(self) -> str:
@@ -229,6 +237,13 @@ class Family:
         shared = min(outputs[key][0].shape[1] for key in order)
         cond = torch.cat([outputs[key][0][:, :shared] for key in order], dim=-1)
         return cond, outputs[self.pooled_encoder or order[-1]][1]
+
+    def conditioning_extras(
+        self, outputs: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> dict[str, Any]:
+        """Entries the conditioning carries besides context and pooled output, from each encoder's
+        (output, pooled) (HiDream's Llama layers). Default: none."""
+        return {}
 
     def lora_role(self, component: str) -> str | None:
         """The text encoder a normalised LoRA component ("te", "te1", "te2") patches, if any."""
