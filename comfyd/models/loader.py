@@ -24,12 +24,16 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from comfyd.models import detect, families
+from comfyd.models import detect, families, gguf_layers
 from comfyd.models.detect import CheckpointInfo, UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
+from comfyd.models.gguf_layers import QuantizedTensor
 from comfyd.models.keymap import (
+    CHUNK3,
     CONV1X1,
     COPY,
+    ROWS,
+    SWAP_HALVES,
     IdentityTranslator,
     Translator,
     apply_op,
@@ -119,6 +123,7 @@ def materialize(
     """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it.
     `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
+    held: dict[str, QuantizedTensor] = {}  # GGUF weights kept quantized (gguf_layers)
     handed_out: set[str] = set()
     missing: list[str] = []
     expected = module.state_dict(keep_vars=True)
@@ -128,6 +133,10 @@ def materialize(
         if source is None or source.key not in tf:
             if name in parameters or ref.is_meta:
                 missing.append(source.key if source is not None else name)
+            continue
+        quantized = _kept_quantized(module, name, source, tf, tuple(ref.shape))
+        if quantized is not None:
+            held[name] = quantized
             continue
         ready = prefetch.take(source.key) if prefetch is not None and ref.is_floating_point() else None
         tensor = apply_op(tf.get(source.key) if ready is None else ready, source)
@@ -154,6 +163,7 @@ def materialize(
         shown = ", ".join(missing[:6])
         raise UnknownCheckpointLayout(f"{what} in {tf.path.name} lacks {len(missing)} tensors: {shown}")
     module.load_state_dict(state, strict=False, assign=True)
+    gguf_layers.install(module, held, device, dtype, rounding)
     # Buffers not stored in the file (position ids) were built on the CPU; bring them along.
     for sub in module.modules():
         for buffer_name, buffer in list(sub.named_buffers(recurse=False)):
@@ -165,6 +175,21 @@ def materialize(
     module.requires_grad_(False)
     module.eval()
     return module
+
+
+def _kept_quantized(
+    module: nn.Module, name: str, source: Any, tf: TensorFile, expected: tuple[int, ...]
+) -> QuantizedTensor | None:
+    """A GGUF block-quantized weight that a Linear / Embedding of `module` holds as it is stored
+    (or as rows of it: fused tensors are split along dim 0, which are whole rows of blocks)."""
+    if source.op not in (COPY, CHUNK3, ROWS, SWAP_HALVES):
+        return None
+    quantized = tf.quantized(source.key)
+    if quantized is None or len(quantized.shape) != 2:
+        return None
+    blocks = apply_op(quantized.blocks, source)
+    kept = gguf_layers.QuantizedTensor(blocks, quantized.type_name, (blocks.shape[0], quantized.shape[1]))
+    return kept if gguf_layers.can_hold(module, name, kept, expected) else None
 
 
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:

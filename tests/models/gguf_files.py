@@ -22,6 +22,40 @@ T5_TO_LLAMA_CPP = (
 )  # fmt: skip
 
 
+def quantize_q4_k(values: np.ndarray) -> np.ndarray:
+    """`values` (rows a multiple of 256 wide) in GGML's Q4_K blocks: the `gguf` library reads
+    Q4_K but cannot write it. Per 32-value sub-block a 6-bit scale and min against the super-block's
+    float16 d and dmin; 4-bit values. Uint8 `[..., row_bytes]`, as `gguf.quants.quantize` returns."""
+    rows = values.astype(np.float32).reshape(-1, 8, 32)
+    low = np.minimum(rows.min(axis=-1), 0)
+    scale = (rows.max(axis=-1) - low) / 15
+    d = (scale.max(axis=-1, keepdims=True) / 63).astype(np.float16)
+    dmin = (-low.min(axis=-1, keepdims=True) / 63).astype(np.float16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.nan_to_num(np.rint(scale / d.astype(np.float32))).clip(0, 63).astype(np.uint8)
+        mn = np.nan_to_num(np.rint(-low / dmin.astype(np.float32))).clip(0, 63).astype(np.uint8)
+        step = (d.astype(np.float32) * sc)[..., None]
+        offset = (dmin.astype(np.float32) * mn)[..., None]
+        q = np.nan_to_num(np.rint((rows + offset) / step)).clip(0, 15).astype(np.uint8)
+    packed = np.concatenate(
+        [
+            (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6),
+            (mn[:, :4] & 63) | ((mn[:, 4:] >> 4) << 6),
+            (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4),
+        ],
+        axis=-1,
+    )
+    qs = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(-1, 128)  # sub-blocks 2g (low) and 2g+1 (high)
+    blocks = np.concatenate([d.view(np.uint8), dmin.view(np.uint8), packed, qs], axis=-1)
+    return blocks.reshape(*values.shape[:-1], values.shape[-1] // 256 * 144)
+
+
+def _quantize(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        return quantize_q4_k(values)
+    return gguf.quants.quantize(values, qtype)
+
+
 def _plain(tensor: torch.Tensor) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
     if tensor.dtype == torch.float16:
         return tensor.numpy(), None
@@ -44,7 +78,7 @@ def write_gguf(
                 name = name.replace(old, new)
         block = gguf.GGML_QUANT_SIZES[qtype][0] if qtype is not None else 0
         if qtype is not None and tensor.ndim >= 2 and tensor.shape[-1] % block == 0:
-            data = gguf.quants.quantize(tensor.float().numpy(), qtype)
+            data = _quantize(tensor.float().numpy(), qtype)
             writer.add_tensor(name, data, raw_dtype=qtype)
         else:
             data, raw = _plain(tensor)
