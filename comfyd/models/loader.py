@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,7 @@ def materialize(
     `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
     held: dict[str, QuantizedTensor] = {}  # GGUF weights kept quantized (gguf_layers)
+    blocks: dict[str, QuantizedTensor | None] = {}  # per stored key: read and moved once
     handed_out: set[str] = set()
     missing: list[str] = []
     expected = module.state_dict(keep_vars=True)
@@ -134,7 +135,7 @@ def materialize(
             if name in parameters or ref.is_meta:
                 missing.append(source.key if source is not None else name)
             continue
-        quantized = _kept_quantized(module, name, source, tf, tuple(ref.shape))
+        quantized = _kept_quantized(module, name, source, tf, tuple(ref.shape), blocks, device)
         if quantized is not None:
             held[name] = quantized
             continue
@@ -178,14 +179,26 @@ def materialize(
 
 
 def _kept_quantized(
-    module: nn.Module, name: str, source: Any, tf: TensorFile, expected: tuple[int, ...]
+    module: nn.Module,
+    name: str,
+    source: Any,
+    tf: TensorFile,
+    expected: tuple[int, ...],
+    read: dict[str, QuantizedTensor | None],
+    device: torch.device,
 ) -> QuantizedTensor | None:
     """A GGUF block-quantized weight that a Linear / Embedding of `module` holds as it is stored
-    (or as rows of it: fused tensors are split along dim 0, which are whole rows of blocks)."""
+    (or as rows of it: fused tensors are split along dim 0, which are whole rows of blocks).
+    `read`: the blocks already read, on `device`; a tensor used twice (tied embeddings) or split
+    (fused q/k/v) is held once, its users holding views of it."""
     if source.op not in (COPY, CHUNK3, ROWS, SWAP_HALVES):
         return None
-    quantized = tf.quantized(source.key)
-    if quantized is None or len(quantized.shape) != 2:
+    if source.key not in read:
+        found = tf.quantized(source.key)
+        ok = found is not None and len(found.shape) == 2
+        read[source.key] = replace(found, blocks=found.blocks.to(device)) if ok else None
+    quantized = read[source.key]
+    if quantized is None:
         return None
     blocks = apply_op(quantized.blocks, source)
     kept = gguf_layers.QuantizedTensor(blocks, quantized.type_name, (blocks.shape[0], quantized.shape[1]))

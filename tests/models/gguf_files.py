@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 # Hugging Face T5 names -> llama.cpp's, the inverse of comfyd.models.gguf_weights' table.
 T5_TO_LLAMA_CPP = (
@@ -88,3 +88,36 @@ def write_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def write_wide_flux(path: Path, width: int, head_dim: int = 32, layers: tuple[int, int] = (1, 2),
+                    context_dim: int = 256, seed: int = 0) -> Path:
+    """A random Flux dev transformer (BFL keys, fp16) `width` wide, for K-quants (256-value blocks)
+    and for memory that matters; `context_dim`: the T5 width it reads."""
+    from comfyd.models import tiny
+    from comfyd.models.families import _flux_tiny
+    from comfyd.models.families import _flux_transformer as transformer
+    from comfyd.models.keymap import to_original
+
+    clip_dim = int(tiny.tiny_configs(tiny.families.DEFAULT_FAMILY).encoders["l"]["hidden_size"])
+    config = _flux_tiny.tiny_transformer_config(True, context_dim, clip_dim)
+    config.update(attention_head_dim=head_dim, num_attention_heads=width // head_dim, num_layers=layers[0],
+                  num_single_layers=layers[1], axes_dims_rope=list(transformer.rope_axes(head_dim)))  # fmt: skip
+    net = tiny.random_module(transformer.empty_transformer(config), seed, "wide-flux")
+    stored = to_original(net.state_dict(), transformer.FluxTranslator(config, ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in stored.items()}, str(path))
+    return path
+
+
+def write_wide_t5(path: Path, width: int = 256, seed: int = 0) -> Path:
+    """A random T5 encoder (transformers keys, fp16) `width` wide: its rows hold K-quant blocks."""
+    from comfyd.models import t5_encoder, tiny
+    from comfyd.models.families import _flux_tiny
+
+    config = dict(_flux_tiny.TINY_T5, d_model=width, d_kv=32, num_heads=width // 32, d_ff=2 * width)
+    t5 = tiny.random_module(t5_encoder.empty_encoder(config), seed, "wide-t5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(state, str(path))
+    return path
