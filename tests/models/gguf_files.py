@@ -91,15 +91,16 @@ def write_gguf(
 
 
 def write_wide_flux(path: Path, width: int, head_dim: int = 32, layers: tuple[int, int] = (1, 2),
-                    context_dim: int = 256, seed: int = 0) -> Path:
+                    context_dim: int = 256, pooled_dim: int | None = None, seed: int = 0) -> Path:
     """A random Flux dev transformer (BFL keys, fp16) `width` wide, for K-quants (256-value blocks)
-    and for memory that matters; `context_dim`: the T5 width it reads."""
+    and for memory that matters; `context_dim` / `pooled_dim`: the T5 / CLIP widths it reads
+    (the tiny CLIP-L's pooled width by default)."""
     from comfyd.models import tiny
     from comfyd.models.families import _flux_tiny
     from comfyd.models.families import _flux_transformer as transformer
     from comfyd.models.keymap import to_original
 
-    clip_dim = int(tiny.tiny_configs(tiny.families.DEFAULT_FAMILY).encoders["l"]["hidden_size"])
+    clip_dim = pooled_dim or int(tiny.tiny_configs(tiny.families.DEFAULT_FAMILY).encoders["l"]["hidden_size"])
     config = _flux_tiny.tiny_transformer_config(True, context_dim, clip_dim)
     config.update(attention_head_dim=head_dim, num_attention_heads=width // head_dim, num_layers=layers[0],
                   num_single_layers=layers[1], axes_dims_rope=list(transformer.rope_axes(head_dim)))  # fmt: skip
