@@ -56,9 +56,9 @@ class _QuantizedWeight:
 
     @property
     def weight(self) -> torch.Tensor:
-        """Shape and dtype of the weight only (a meta tensor): code that checks a layer's weight
-        dtype (transformers' T5) sees the compute dtype; the values exist only inside forward."""
-        return torch.empty(self.gguf_shape, dtype=self.gguf_dtype, device="meta")
+        """The weight, dequantized now (a new tensor each time), for code that reads a layer's
+        weight outside its forward (transformers' T5 checks its dtype, CLIP its device)."""
+        return self.dequantized()
 
     def dequantized(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight (or only `rows` of it) in the compute dtype, on the blocks' device."""
