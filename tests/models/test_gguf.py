@@ -182,7 +182,9 @@ def test_quantized_weights_stay_quantized_and_draw_what_load_time_dequantization
     from comfyd.settings import Settings
 
     unet, t5 = f"wide-flux-{quant}.gguf", f"wide-t5-{quant}.gguf"
-    graphs = {"plain": _wide_graph(unet, t5), "lora": _wide_graph(unet, t5, lora=True)}
+    graphs = {"plain": _wide_graph(unet, t5)}
+    if quant == "Q8_0":  # one quant with a LoRA (its patched layers: fused q/k/v rows, plain ones)
+        graphs["lora"] = _wide_graph(unet, t5, lora=True)
     images, loaded = {}, {}
     for at_load in (False, True):
         settings = Settings(models_dir=wide_gguf, output_dir=tmp_path / f"out{at_load}", home=tmp_path / "home",
@@ -197,7 +199,7 @@ def test_quantized_weights_stay_quantized_and_draw_what_load_time_dequantization
     # LoRA too (patched in float32 either way, from the same dequantized values).
     for name in graphs:
         assert torch.equal(images[False][name], images[True][name]), name
-    assert not torch.equal(images[False]["lora"], images[False]["plain"])
+    assert "lora" not in graphs or not torch.equal(images[False]["lora"], images[False]["plain"])
     # Memory accounting: each quantized tensor counts its blocks, not its float32 values.
     clip = next(n for n in loaded[False] if n.startswith(t5))
     for name, path in ((unet, wide_gguf / "diffusion_models" / unet), (clip, wide_gguf / "text_encoders" / t5)):
