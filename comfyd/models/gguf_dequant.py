@@ -10,6 +10,7 @@ it on random blocks). Every op is elementwise, a shift or a reshape: no device-s
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 
@@ -46,6 +47,12 @@ def _half(field: torch.Tensor) -> torch.Tensor:
 
 
 def _shifts(values: list[int], device: torch.device, dims: int) -> torch.Tensor:
+    return _shift_table(tuple(values), device, dims)
+
+
+@lru_cache(maxsize=64)
+def _shift_table(values: tuple[int, ...], device: torch.device, dims: int) -> torch.Tensor:
+    # Made once per device: no host-to-device copy in every forward.
     shape = [1] * dims
     shape[-2] = len(values)
     return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)

@@ -149,6 +149,11 @@ class GGUFWeights:
             )
         return out.reshape(shape)
 
+    def has_torch_blocks(self, key: str) -> bool:
+        """Whether the tensor is block-quantized in a type with a torch dequantizer."""
+        kind = self._tensors[key].tensor_type.name
+        return kind in DEQUANTIZERS and kind != "BF16"
+
     def quantized(self, key: str) -> QuantizedTensor | None:
         """The raw blocks of a block-quantized tensor (a copy, `[rows, row_bytes]`), or None for a
         plain one (F32/F16/BF16) or one that must be dequantized at load instead."""

@@ -133,6 +133,10 @@ class TensorFile:
             return None
         return self._gguf.quantized(key)
 
+    def may_stay_quantized(self, key: str) -> bool:
+        """Whether `quantized(key)` may hand the tensor out as blocks (cheap: its type only)."""
+        return self._gguf is not None and self.gguf_quantized and self._gguf.has_torch_blocks(key)
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: self.shape(k) for k in self._keys}
 
