@@ -52,10 +52,12 @@ def _shifts(values: list[int], device: torch.device, dims: int) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _shift_table(values: tuple[int, ...], device: torch.device, dims: int) -> torch.Tensor:
-    # Made once per device: no host-to-device copy in every forward.
+    # Made once per device (no host-to-device copy in every forward), as a normal tensor even when
+    # first asked for under inference mode, so that later uses in any mode may read it.
     shape = [1] * dims
     shape[-2] = len(values)
-    return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
 
 
 def _nibbles(qs: torch.Tensor, n: int, width: int) -> torch.Tensor:
