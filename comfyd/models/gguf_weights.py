@@ -165,8 +165,9 @@ class GGUFWeights:
         if kind not in DEQUANTIZERS:
             if kind not in self._unsupported_logged:
                 self._unsupported_logged.add(kind)
-                log.info(
-                    "%s: GGUF type %s has no torch dequantizer in comfyd; its tensors are dequantized at load",
+                log.warning(
+                    "%s: GGUF type %s has no torch dequantizer in comfyd; its tensors are dequantized "
+                    "at load and held at their compute-dtype size",
                     self.path.name,
                     kind,
                 )

@@ -69,3 +69,34 @@ def test_a_linear_and_an_embedding_compute_with_their_weight_dequantized() -> No
     assert torch.equal(linear(x), nn.functional.linear(x, weights["proj"] + 1.0, bias))
     gguf_layers.drop_patches(module)
     assert torch.equal(linear(x), nn.functional.linear(x, weights["proj"], bias))
+
+
+def test_materialize_keeps_torch_types_quantized_and_dequantizes_the_others_at_load(tmp_path, caplog) -> None:
+    from comfyd.models.keymap import IdentityTranslator
+    from comfyd.models.loader import materialize
+    from comfyd.models.manager import module_bytes
+    from comfyd.models.tensorfile import TensorFile
+
+    rng = np.random.default_rng(1)
+    tq2, q8 = gguf.GGMLQuantizationType.TQ2_0, gguf.GGMLQuantizationType.Q8_0
+    first = gguf.quants.quantize(rng.standard_normal((32, 256)).astype(np.float32), tq2)
+    second = gguf.quants.quantize(rng.standard_normal((4, 32)).astype(np.float32), q8)
+    writer = gguf.GGUFWriter(str(tmp_path / "two.gguf"), "test")
+    writer.add_tensor("0.weight", first, raw_dtype=tq2)  # no torch dequantizer
+    writer.add_tensor("0.bias", np.zeros(32, dtype=np.float32))
+    writer.add_tensor("1.weight", second, raw_dtype=q8)
+    writer.add_tensor("1.bias", np.ones(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with torch.device("meta"):
+        module = nn.Sequential(nn.Linear(256, 32), nn.Linear(32, 4))
+    with caplog.at_level("WARNING"), TensorFile(tmp_path / "two.gguf") as tf:
+        materialize(module, IdentityTranslator(), tf, torch.device("cpu"), torch.float32)
+    assert "GGUF type TQ2_0 has no torch dequantizer" in caplog.text
+    assert type(module[0]) is nn.Linear and isinstance(module[1], gguf_layers.GGUFLinear)
+    assert torch.equal(module[0].weight, torch.from_numpy(gguf.quants.dequantize(first, tq2)))
+    assert torch.equal(module[1].weight, torch.from_numpy(gguf.quants.dequantize(second, q8)))
+    # Counted: the first weight as float32 values, the second as its blocks (4 rows of 34 bytes).
+    assert sum(module_bytes(module)) == 32 * 256 * 4 + 32 * 4 + 4 * 34 + 4 * 4
