@@ -150,28 +150,29 @@ class GGUFWeights:
         return out.reshape(shape)
 
     def has_torch_blocks(self, key: str) -> bool:
-        """Whether the tensor is block-quantized in a type with a torch dequantizer."""
+        """Whether the tensor is block-quantized in a type with a torch dequantizer (a quantized
+        type without one is logged, once per type: its tensors are dequantized at load)."""
         kind = self._tensors[key].tensor_type.name
-        return kind in DEQUANTIZERS and kind != "BF16"
+        if kind in PLAIN_TYPES or kind == "BF16":
+            return False
+        if kind not in DEQUANTIZERS and kind not in self._unsupported_logged:
+            self._unsupported_logged.add(kind)
+            log.warning(
+                "%s: GGUF type %s has no torch dequantizer in comfyd; its tensors are dequantized "
+                "at load and held at their compute-dtype size",
+                self.path.name,
+                kind,
+            )
+        return kind in DEQUANTIZERS
 
     def quantized(self, key: str) -> QuantizedTensor | None:
         """The raw blocks of a block-quantized tensor (a copy, `[rows, row_bytes]`), or None for a
         plain one (F32/F16/BF16) or one that must be dequantized at load instead."""
+        if not self.has_torch_blocks(key):
+            return None
         tensor = self._tensors[key]
         kind = tensor.tensor_type.name
-        if kind in PLAIN_TYPES or kind == "BF16":
-            return None
         shape = self._shapes[key]
-        if kind not in DEQUANTIZERS:
-            if kind not in self._unsupported_logged:
-                self._unsupported_logged.add(kind)
-                log.warning(
-                    "%s: GGUF type %s has no torch dequantizer in comfyd; its tensors are dequantized "
-                    "at load and held at their compute-dtype size",
-                    self.path.name,
-                    kind,
-                )
-            return None
         width = row_bytes(kind, shape[-1]) if shape else None
         rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
         data = np.asarray(tensor.data)

@@ -191,7 +191,7 @@ def _kept_quantized(
     (or as rows of it: fused tensors are split along dim 0, which are whole rows of blocks).
     `read`: the blocks already read, on `device`; a tensor used twice (tied embeddings) or split
     (fused q/k/v) is held once, its users holding views of it."""
-    if source.op not in (COPY, CHUNK3, ROWS, SWAP_HALVES):
+    if source.op not in (COPY, CHUNK3, ROWS, SWAP_HALVES) or not tf.may_stay_quantized(source.key):
         return None
     if source.key not in read:
         found = tf.quantized(source.key)
