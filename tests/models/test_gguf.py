@@ -4,6 +4,7 @@ GGUF files against the same workflow from the safetensors they were made from.""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import gguf
@@ -128,14 +129,19 @@ WIDE_QUANTS = ("Q8_0", "Q4_K")
 
 
 @pytest.fixture(scope="module")
-def wide_gguf(flux_gguf: Path) -> Path:
-    """A 256-wide Flux dev and T5 (rows that hold K-quant blocks) beside the tiny files, as
-    safetensors and as GGUF in Q8_0 and Q4_K, and a kohya LoRA for that Flux."""
-    flux = write_wide_flux(flux_gguf / "diffusion_models" / "wide-flux.safetensors", width=256)
-    t5 = write_wide_t5(flux_gguf / "text_encoders" / "wide-t5.safetensors", width=256)
+def wide_gguf(flux_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 256-wide Flux dev and T5 (rows that hold K-quant blocks) with the tiny CLIP-L and VAE, in
+    a folder of their own (the other tests list theirs), as safetensors and as GGUF in Q8_0 and
+    Q4_K, and a kohya LoRA for that Flux."""
+    root = tmp_path_factory.mktemp("gguf-wide") / "models"
+    for part in ("clip_l", "vae"):
+        (root / _flux_tiny.NAMES[part]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(flux_gguf / _flux_tiny.NAMES[part], root / _flux_tiny.NAMES[part])
+    flux = write_wide_flux(root / "diffusion_models" / "wide-flux.safetensors", width=256)
+    t5 = write_wide_t5(root / "text_encoders" / "wide-t5.safetensors", width=256)
     for quant in WIDE_QUANTS:
-        write_gguf(flux, flux_gguf / "diffusion_models" / f"wide-flux-{quant}.gguf", "flux", quant=quant)
-        write_gguf(t5, flux_gguf / "text_encoders" / f"wide-t5-{quant}.gguf", "t5encoder", quant=quant, t5_names=True)
+        write_gguf(flux, root / "diffusion_models" / f"wide-flux-{quant}.gguf", "flux", quant=quant)
+        write_gguf(t5, root / "text_encoders" / f"wide-t5-{quant}.gguf", "t5encoder", quant=quant, t5_names=True)
     gen = torch.Generator().manual_seed(5)
     lora = {}
     for layer, weight in load_file(str(flux)).items():
@@ -144,9 +150,9 @@ def wide_gguf(flux_gguf: Path) -> Path:
             lora[f"{name}.lora_down.weight"] = torch.randn(4, weight.shape[1], generator=gen) * 0.1
             lora[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], 4, generator=gen) * 0.1
             lora[f"{name}.alpha"] = torch.tensor(4.0)
-    (flux_gguf / "loras").mkdir(exist_ok=True)
-    save_file(lora, str(flux_gguf / "loras" / "wide-flux-lora.safetensors"))
-    return flux_gguf
+    (root / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(root / "loras" / "wide-flux-lora.safetensors"))
+    return root
 
 
 def _wide_graph(unet: str, t5: str, lora: bool = False) -> dict:
