@@ -152,9 +152,10 @@ class GGUFWeights:
     def has_torch_blocks(self, key: str) -> bool:
         """Whether the tensor is block-quantized in a type with a torch dequantizer (a quantized
         type without one is logged, once per type: its tensors are dequantized at load)."""
-        kind = self._tensors[key].tensor_type.name
-        if kind in PLAIN_TYPES or kind == "BF16":
-            return False
+        tensor_type = self._tensors[key].tensor_type
+        kind = tensor_type.name
+        if self._gguf.GGML_QUANT_SIZES.get(tensor_type, (1, 0))[0] == 1:
+            return False  # one value per "block": F32, F16, BF16, integers
         if kind not in DEQUANTIZERS and kind not in self._unsupported_logged:
             self._unsupported_logged.add(kind)
             log.warning(
