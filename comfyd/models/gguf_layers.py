@@ -35,10 +35,6 @@ class QuantizedTensor:
     type_name: str
     shape: tuple[int, ...]
 
-    @property
-    def nbytes(self) -> int:
-        return self.blocks.numel()
-
 
 # Layers whose weight may stay quantized: their forward is rewritten here with the weight passed in.
 _KINDS: dict[type[nn.Module], type[nn.Module]] = {}
