@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     model_cache_host_bytes: int = 0  # 0 = 50 % of host RAM
     # Pickle checkpoints (.ckpt/.pt) are refused unless enabled, and then loaded weights_only.
     allow_pickle: bool = False
+    # GGUF weights in a block-quantized type are kept quantized on the device and dequantized in
+    # each layer's forward (comfyd.models.gguf_layers); true dequantizes them all at load instead.
+    gguf_dequantize_at_load: bool = False
     torch_compile: bool = False
     # torch intra-op threads on CPU; 0 = automatic (see comfyd.models.threads): the usable CPUs
     # shared among the jobs that may compute at once, so threads never outnumber the cores.

@@ -11,7 +11,8 @@ Defaults follow ComfyUI (reference semantics §0):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -25,6 +26,7 @@ class ComputePlan:
     clip_dtype: torch.dtype  # dtype the text encoders compute in
     clip_weight_rounding: torch.dtype | None  # weights rounded through this dtype first (or None)
     vae_dtype: torch.dtype
+    gguf_on_the_fly: bool = True  # GGUF-quantized weights stay quantized (see gguf_layers)
 
     def describe(self) -> dict[str, str]:
         return {
@@ -67,7 +69,17 @@ def _bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def compute_plan(device_setting: str, dtype_setting: str) -> ComputePlan:
+def settings_plan(settings: Any) -> ComputePlan:
+    """The plan `settings` (device, dtype, gguf_dequantize_at_load) ask for."""
+    at_load = bool(getattr(settings, "gguf_dequantize_at_load", False))
+    return compute_plan(settings.device, settings.dtype, gguf_on_the_fly=not at_load)
+
+
+def compute_plan(device_setting: str, dtype_setting: str, gguf_on_the_fly: bool = True) -> ComputePlan:
+    return replace(_dtype_plan(device_setting, dtype_setting), gguf_on_the_fly=gguf_on_the_fly)
+
+
+def _dtype_plan(device_setting: str, dtype_setting: str) -> ComputePlan:
     device = choose_device(device_setting)
     if dtype_setting not in ("auto", *_NAMED_DTYPES):
         raise ValueError(f"settings.dtype {dtype_setting!r} must be one of auto, fp32, fp16, bf16")

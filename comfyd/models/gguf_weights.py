@@ -11,15 +11,24 @@ Diffusion models keep their original key names (ComfyUI's layout, with or withou
 `model.diffusion_model.` prefix). Text encoders converted by llama.cpp use its names; those of T5
 (architecture `t5` / `t5encoder`) and of the Qwen language models (`qwen2vl`, `qwen3`) are renamed to
 the Hugging Face names ComfyUI's files carry, as the ComfyUI-GGUF loader does.
+
+`quantized(key)` hands a block-quantized tensor out as its raw blocks instead (for the layers of
+`gguf_layers`, which dequantize in the forward), when its type has a torch dequantizer.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from comfyd.models.gguf_dequant import BLOCKS, DEQUANTIZERS, dequantize, row_bytes
+from comfyd.models.gguf_layers import QuantizedTensor
+
+log = logging.getLogger(__name__)
 
 PLAIN_TYPES = {"F32": torch.float32, "F16": torch.float16}
 # llama.cpp's names -> Hugging Face's, applied as substring replacements in this order.
@@ -74,6 +83,7 @@ class GGUFWeights:
                 f"{self.path.name}: GGUF text encoders of architecture {self.architecture!r} are not supported "
                 "yet (T5, Qwen2.5-VL and Qwen3 ones are); use the safetensors file"
             )
+        self._unsupported_logged: set[str] = set()
         table = _RENAMES.get(self.architecture, ())
         self._tensors = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -113,6 +123,11 @@ class GGUFWeights:
         tensor = self._tensors[key]
         shape = self._shapes[key]
         kind = tensor.tensor_type.name
+        if kind in DEQUANTIZERS and kind != "BF16":  # comfyd's torch dequantizers: same values, faster
+            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True)).reshape(-1)
+            block, size = BLOCKS[kind]
+            out = dequantize(raw, kind, (raw.numel() // size * block,))
+            return self._shaped(out, key, shape)
         try:
             if kind in PLAIN_TYPES:
                 values = np.array(tensor.data, copy=True)
@@ -125,8 +140,44 @@ class GGUFWeights:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             out = torch.from_numpy(np.ascontiguousarray(values))
+        return self._shaped(out, key, shape)
+
+    def _shaped(self, out: torch.Tensor, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if out.numel() != int(np.prod(shape)):
             raise GGUFError(
                 f"{self.path.name}: {key} holds {out.numel()} values, not the {shape} it declares"
             )
         return out.reshape(shape)
+
+    def has_torch_blocks(self, key: str) -> bool:
+        """Whether the tensor is block-quantized in a type with a torch dequantizer (a quantized
+        type without one is logged, once per type: its tensors are dequantized at load)."""
+        tensor_type = self._tensors[key].tensor_type
+        kind = tensor_type.name
+        if self._gguf.GGML_QUANT_SIZES.get(tensor_type, (1, 0))[0] == 1:
+            return False  # one value per "block": F32, F16, BF16, integers
+        if kind not in DEQUANTIZERS and kind not in self._unsupported_logged:
+            self._unsupported_logged.add(kind)
+            log.warning(
+                "%s: GGUF type %s has no torch dequantizer in comfyd; its tensors are dequantized "
+                "at load and held at their compute-dtype size",
+                self.path.name,
+                kind,
+            )
+        return kind in DEQUANTIZERS
+
+    def quantized(self, key: str) -> QuantizedTensor | None:
+        """The raw blocks of a block-quantized tensor (a copy, `[rows, row_bytes]`), or None for a
+        plain one (F32/F16/BF16) or one that must be dequantized at load instead."""
+        if not self.has_torch_blocks(key):
+            return None
+        tensor = self._tensors[key]
+        kind = tensor.tensor_type.name
+        shape = self._shapes[key]
+        width = row_bytes(kind, shape[-1]) if shape else None
+        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        data = np.asarray(tensor.data)
+        if width is None or data.size != rows * width:
+            return None  # blocks that do not follow the logical rows (a reshaped tensor)
+        blocks = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(rows, width))
+        return QuantizedTensor(blocks, kind, shape)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,16 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from comfyd.models import detect, families
+from comfyd.models import detect, families, gguf_layers
 from comfyd.models.detect import CheckpointInfo, UnknownCheckpointLayout
 from comfyd.models.devices import ComputePlan
+from comfyd.models.gguf_layers import QuantizedTensor
 from comfyd.models.keymap import (
+    CHUNK3,
     CONV1X1,
     COPY,
+    ROWS,
+    SWAP_HALVES,
     IdentityTranslator,
     Translator,
     apply_op,
@@ -119,6 +123,8 @@ def materialize(
     """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it.
     `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
+    held: dict[str, QuantizedTensor] = {}  # GGUF weights kept quantized (gguf_layers)
+    blocks: dict[str, QuantizedTensor | None] = {}  # per stored key: read and moved once
     handed_out: set[str] = set()
     missing: list[str] = []
     expected = module.state_dict(keep_vars=True)
@@ -128,6 +134,10 @@ def materialize(
         if source is None or source.key not in tf:
             if name in parameters or ref.is_meta:
                 missing.append(source.key if source is not None else name)
+            continue
+        quantized = _kept_quantized(module, name, source, tf, tuple(ref.shape), blocks, device)
+        if quantized is not None:
+            held[name] = quantized
             continue
         ready = prefetch.take(source.key) if prefetch is not None and ref.is_floating_point() else None
         tensor = apply_op(tf.get(source.key) if ready is None else ready, source)
@@ -154,6 +164,7 @@ def materialize(
         shown = ", ".join(missing[:6])
         raise UnknownCheckpointLayout(f"{what} in {tf.path.name} lacks {len(missing)} tensors: {shown}")
     module.load_state_dict(state, strict=False, assign=True)
+    gguf_layers.install(module, held, device, dtype, rounding)
     # Buffers not stored in the file (position ids) were built on the CPU; bring them along.
     for sub in module.modules():
         for buffer_name, buffer in list(sub.named_buffers(recurse=False)):
@@ -165,6 +176,33 @@ def materialize(
     module.requires_grad_(False)
     module.eval()
     return module
+
+
+def _kept_quantized(
+    module: nn.Module,
+    name: str,
+    source: Any,
+    tf: TensorFile,
+    expected: tuple[int, ...],
+    read: dict[str, QuantizedTensor | None],
+    device: torch.device,
+) -> QuantizedTensor | None:
+    """A GGUF block-quantized weight that a Linear / Embedding of `module` holds as it is stored
+    (or as rows of it: fused tensors are split along dim 0, which are whole rows of blocks).
+    `read`: the blocks already read, on `device`; a tensor used twice (tied embeddings) or split
+    (fused q/k/v) is held once, its users holding views of it."""
+    if source.op not in (COPY, CHUNK3, ROWS, SWAP_HALVES) or not tf.may_stay_quantized(source.key):
+        return None
+    if source.key not in read:
+        found = tf.quantized(source.key)
+        ok = found is not None and len(found.shape) == 2
+        read[source.key] = replace(found, blocks=found.blocks.to(device)) if ok else None
+    quantized = read[source.key]
+    if quantized is None:
+        return None
+    blocks = apply_op(quantized.blocks, source)
+    kept = gguf_layers.QuantizedTensor(blocks, quantized.type_name, (blocks.shape[0], quantized.shape[1]))
+    return kept if gguf_layers.can_hold(module, name, kept, expected) else None
 
 
 def _squeezed(shape: torch.Size) -> tuple[int, ...]:

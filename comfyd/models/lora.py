@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from comfyd.models import families, hypernetwork
+from comfyd.models.gguf_layers import QuantizedSlot, drop_patches, quantized_weights
 from comfyd.models.handles import HypernetworkPatch, LoraPatch, MergePatch
 from comfyd.models.lora_adapters import Adapter, Difference, Hadamard, Kronecker, LowRank, Replacement
 from comfyd.models.lora_index import module_index
@@ -227,7 +228,8 @@ class _ModuleState:
 
     def parameter_names(self) -> frozenset[str]:
         if self._names is None:
-            self._names = frozenset(name for name, _ in self.module.named_parameters())
+            named = (name for name, _ in self.module.named_parameters())
+            self._names = frozenset(named) | frozenset(quantized_weights(self.module))
         return self._names
 
 
@@ -396,6 +398,8 @@ class LoraPatcher:
                 strength_patch = 0.0
             target, op = self._layout(state).target(name, partial(_merge_op, strength_patch, strength_model, view, name))
             ops.setdefault(target, []).append(op)
+        if quantized_weights(state.module) or quantized_weights(source):
+            log.warning("merge with a GGUF model: its weights kept quantized are not merged")
         if mismatched:
             log.warning("merge into the %s model: %d weights differ in shape, not merged", state.role, mismatched)
 
@@ -422,13 +426,17 @@ class LoraPatcher:
     def _patch(self, state: _ModuleState, patches: tuple[Any, ...]) -> None:
         ops = self._ops(state, patches)
         if ops:
-            parameters = dict(state.module.named_parameters())
+            # GGUF-quantized weights (gguf_layers) keep their blocks; the patched weight goes beside.
+            parameters = dict(state.module.named_parameters()) | quantized_weights(state.module)
             with torch.no_grad():
                 for name, changes in ops.items():
                     if name.startswith(STORED):
                         self._patch_stored(state, parameters, name, changes)
                         continue
                     weight = parameters[name]
+                    if isinstance(weight, QuantizedSlot):
+                        weight.patch(changes)
+                        continue
                     state.backups[name] = weight.detach().clone()
                     patched = weight.detach().to(torch.float32)
                     if patched.data_ptr() == weight.data_ptr():
@@ -448,7 +456,8 @@ class LoraPatcher:
         layout = state.layout
         assert layout is not None
         for piece in layout.groups[key]:
-            state.backups[piece.param] = parameters[piece.param].detach().clone()
+            if not isinstance(parameters[piece.param], QuantizedSlot):
+                state.backups[piece.param] = parameters[piece.param].detach().clone()
         patched = layout.gather(parameters, key)
         for change in changes:
             patched = change(patched)
@@ -461,6 +470,7 @@ class LoraPatcher:
         if state.processors is not None:
             hypernetwork.restore(state.module, state.processors)
             state.processors = None
+        drop_patches(state.module)
         if not state.backups:
             return
         parameters = dict(state.module.named_parameters())

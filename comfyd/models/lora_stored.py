@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from comfyd.models.gguf_layers import quantized_weights
 from comfyd.models.keymap import ROWS, SWAP_HALVES, Translator
 
 STORED = "@"  # index targets and op keys naming a stored-layout weight start with this
@@ -81,7 +82,7 @@ def stored_layout(module: nn.Module, translator: Translator | None) -> StoredLay
     layout = StoredLayout()
     if translator is None:
         return layout
-    for name, parameter in module.named_parameters():
+    for name, parameter in (*module.named_parameters(), *quantized_weights(module).items()):
         source = translator.source(name)
         if source is None or source.op not in (ROWS, SWAP_HALVES):
             continue

@@ -35,7 +35,7 @@ from comfyd.models.auxiliary_models import AuxiliaryModels, file_fingerprint
 from comfyd.models.clip_residency import ClipResidency
 from comfyd.models.clip_vision import ClipVisionHandle
 from comfyd.models.device_gate import DeviceGate, gate_limit
-from comfyd.models.devices import ComputePlan, compute_plan
+from comfyd.models.devices import ComputePlan, settings_plan
 from comfyd.models.handles import ClipHandle, LoraPatch, ModelHandle, VaeHandle
 from comfyd.models.hypernetwork import Hypernetwork
 from comfyd.models.lora import LoraPatcher, ParsedLora
@@ -93,7 +93,7 @@ class ModelManager(AuxiliaryModels):
         # A shared model catalog (`names(folder)`): an API host lists (and so validates against)
         # what the workers hold besides its own files.
         self.catalog = catalog
-        self.plan: ComputePlan = compute_plan(settings.device, settings.dtype)
+        self.plan: ComputePlan = settings_plan(settings)
         self.gate = DeviceGate(gate_limit(int(getattr(settings, "device_concurrency", 0)), self.plan.device),
                                threads_for=cpu_threads_by_load(settings, self.plan.device))
         device_type = self.plan.device.type

@@ -10,7 +10,8 @@ module asks for its weights they are (mostly) converted already.
 The results are exactly what `loader.convert_tensor` makes of each stored tensor (every key op of
 `keymap.apply_op` is a view, and a cast commutes with a view), so the loaded weights are
 bit-identical to a sequential load; like them they never alias the mapped file. Only floating
-tensors under the prefixes named are converted; anything else is left to the caller.
+tensors under the prefixes named are converted; anything else is left to the caller, as are
+GGUF tensors that may stay quantized (`gguf_layers`: converting them here would be wasted).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class TensorPrefetch:
         for target in targets:
             for key in tf.keys():
                 if key.startswith(target.prefix) and key not in self._plan and tf.dtype(key).is_floating_point:
-                    self._plan[key] = target
+                    if not tf.may_stay_quantized(key):
+                        self._plan[key] = target
         self._done: dict[str, torch.Tensor] = {}
         self._error: BaseException | None = None
         self._finished = False

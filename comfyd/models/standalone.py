@@ -43,7 +43,7 @@ def load_diffusion_model(
     path: Path, plan: ComputePlan, allow_pickle: bool, weight_dtype: str
 ) -> tuple[families.Family, Any, Any]:
     """(family, network, model sampling) of a diffusion-model file."""
-    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+    with TensorFile(path, allow_pickle=allow_pickle, gguf_quantized=plan.gguf_on_the_fly) as tf:
         keys = set(tf.keys())
         claims = [(f, p) for f in families.all_families() if (p := f.diffusion_model_prefix(keys)) is not None]
         if claims:  # shapes tell variants with the same keys apart (Wan 2.2 TI2V from Wan 2.1)
@@ -217,7 +217,7 @@ def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: Com
 
 def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[str, nn.Module, str]:
     """(kind "clip" | "t5", encoder module, file name) of one text-encoder file."""
-    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+    with TensorFile(path, allow_pickle=allow_pickle, gguf_quantized=plan.gguf_on_the_fly) as tf:
         found = text_encoder_in(tf, plan)
         if found is not None:
             return found[0], found[1], path.name
@@ -232,7 +232,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
 def load_split_family_checkpoint(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[Any, ...] | None:
     """(family, network, model sampling, encoders, vae) of an all-in-one checkpoint of a family
     whose parts the split loaders build (Flux), or None when the file is no such checkpoint."""
-    with TensorFile(path, allow_pickle=allow_pickle) as tf:
+    with TensorFile(path, allow_pickle=allow_pickle, gguf_quantized=plan.gguf_on_the_fly) as tf:
         keys = set(tf.keys())
         family = next(
             (f for f in families.all_families() if f.diffusion_model_prefix(keys) == UNET_PREFIX),

@@ -5,7 +5,8 @@ handed out is a view of the mapped file (private copy-on-write pages, so writing
 touches the file). Pickle files (`.ckpt`, `.pt`, ...) can run code when unpickled, so they are
 refused unless the operator allows them, and even then only `torch.load(weights_only=True)`
 reads them. `.gguf` files (quantized or not) are read through `gguf_weights`, each tensor
-dequantized to float32 when asked for.
+dequantized to float32 when asked for by `get`; `quantized` hands a block-quantized one out as its
+raw blocks instead (unless `gguf_quantized` is off: then everything is dequantized at load).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from comfyd.models.gguf_layers import QuantizedTensor
 from comfyd.models.gguf_weights import GGUFError, GGUFWeights
 from comfyd.models.paths import GGUF_EXTENSIONS, PICKLE_EXTENSIONS
 
@@ -50,8 +52,9 @@ class PickleRefused(ModelFileError):
 class TensorFile:
     """Keys, shapes and lazily read tensors of one weights file. Use as a context manager."""
 
-    def __init__(self, path: Path, allow_pickle: bool = False) -> None:
+    def __init__(self, path: Path, allow_pickle: bool = False, gguf_quantized: bool = True) -> None:
         self.path = Path(path)
+        self.gguf_quantized = gguf_quantized
         self._handle: Any = None
         self._tensors: dict[str, torch.Tensor] | None = None
         self._gguf: GGUFWeights | None = None
@@ -122,6 +125,17 @@ class TensorFile:
         if self._handle is None:
             raise ModelFileError(f"{self.path.name} is closed")
         return self._handle.get_tensor(key)
+
+    def quantized(self, key: str) -> QuantizedTensor | None:
+        """GGUF only: the raw blocks of a block-quantized tensor, to be kept quantized; None for
+        every other tensor (read those with `get`)."""
+        if self._gguf is None or not self.gguf_quantized:
+            return None
+        return self._gguf.quantized(key)
+
+    def may_stay_quantized(self, key: str) -> bool:
+        """Whether `quantized(key)` may hand the tensor out as blocks (cheap: its type only)."""
+        return self._gguf is not None and self.gguf_quantized and self._gguf.has_torch_blocks(key)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: self.shape(k) for k in self._keys}

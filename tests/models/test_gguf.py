@@ -4,19 +4,20 @@ GGUF files against the same workflow from the safetensors they were made from.""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from comfyd.models.families import _flux_tiny
 from comfyd.models.tensorfile import ModelFileError, TensorFile
 from comfyd.models.tiny import make_tiny
 from tests.families.flux_reference import tiny_workflow
-from tests.models.gguf_files import write_gguf
+from tests.models.gguf_files import write_gguf, write_wide_flux, write_wide_t5
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,93 @@ def test_flux_workflow_from_gguf_files(flux_gguf: Path, tmp_path: Path) -> None:
         clip_info["input"]["required"]["clip_name"][0]
     )
     assert not any(n.endswith(".gguf") for n in unet_info["input"]["required"]["unet_name"][0])
+
+
+WIDE_QUANTS = ("Q8_0", "Q4_K")
+
+
+@pytest.fixture(scope="module")
+def wide_gguf(flux_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 256-wide Flux dev and T5 (rows that hold K-quant blocks) with the tiny CLIP-L and VAE, in
+    a folder of their own (the other tests list theirs), as safetensors and as GGUF in Q8_0 and
+    Q4_K, and a kohya LoRA for that Flux."""
+    root = tmp_path_factory.mktemp("gguf-wide") / "models"
+    for part in ("clip_l", "vae"):
+        (root / _flux_tiny.NAMES[part]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(flux_gguf / _flux_tiny.NAMES[part], root / _flux_tiny.NAMES[part])
+    flux = write_wide_flux(root / "diffusion_models" / "wide-flux.safetensors", width=256)
+    t5 = write_wide_t5(root / "text_encoders" / "wide-t5.safetensors", width=256)
+    for quant in WIDE_QUANTS:
+        write_gguf(flux, root / "diffusion_models" / f"wide-flux-{quant}.gguf", "flux", quant=quant)
+        write_gguf(t5, root / "text_encoders" / f"wide-t5-{quant}.gguf", "t5encoder", quant=quant, t5_names=True)
+    gen = torch.Generator().manual_seed(5)
+    lora = {}
+    for layer, weight in load_file(str(flux)).items():
+        if layer.endswith(("img_attn.qkv.weight", "linear1.weight", "img_mlp.0.weight")):
+            name = "lora_unet_" + layer.removesuffix(".weight").replace(".", "_")
+            lora[f"{name}.lora_down.weight"] = torch.randn(4, weight.shape[1], generator=gen) * 0.1
+            lora[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], 4, generator=gen) * 0.1
+            lora[f"{name}.alpha"] = torch.tensor(4.0)
+    (root / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(root / "loras" / "wide-flux-lora.safetensors"))
+    return root
+
+
+def _wide_graph(unet: str, t5: str, lora: bool = False) -> dict:
+    graph = _gguf_graph(unet, t5)
+    if unet.endswith(".safetensors"):
+        graph["12"] = {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}}
+    if lora:
+        graph["90"] = {"class_type": "LoraLoaderModelOnly",
+                       "inputs": {"model": ["12", 0], "lora_name": "wide-flux-lora.safetensors", "strength_model": 1.0}}  # fmt: skip
+        for node in graph.values():
+            for key, value in node["inputs"].items():
+                if value == ["12", 0] and node is not graph["90"]:
+                    node["inputs"][key] = ["90", 0]
+    return graph
+
+
+def _quantized_file_bytes(path: Path) -> tuple[int, int, int]:
+    """(bytes of the file's block-quantized tensors, their values as float32, the float32 values
+    of its token embedding: loaded at load time, T5's `shared` and `encoder.embed_tokens` are two
+    float copies; kept quantized, one set of blocks both layers hold)."""
+    reader = gguf.GGUFReader(str(path))
+    plain = {"F32", "F16", "BF16"}
+    tensors = [t for t in reader.tensors if t.tensor_type.name not in plain]
+    tied = sum(int(t.n_elements) * 4 for t in tensors if t.name == "token_embd.weight")
+    return sum(int(t.n_bytes) for t in tensors), sum(int(t.n_elements) * 4 for t in tensors), tied
+
+
+@pytest.mark.parametrize("quant", WIDE_QUANTS)
+def test_quantized_weights_stay_quantized_and_draw_what_load_time_dequantization_draws(
+    quant: str, wide_gguf: Path, tmp_path: Path
+) -> None:
+    from comfyd.runner import LocalRunner
+    from comfyd.settings import Settings
+
+    unet, t5 = f"wide-flux-{quant}.gguf", f"wide-t5-{quant}.gguf"
+    graphs = {"plain": _wide_graph(unet, t5)}
+    if quant == "Q8_0":  # one quant with a LoRA (its patched layers: fused q/k/v rows, plain ones)
+        graphs["lora"] = _wide_graph(unet, t5, lora=True)
+    images, loaded = {}, {}
+    for at_load in (False, True):
+        settings = Settings(models_dir=wide_gguf, output_dir=tmp_path / f"out{at_load}", home=tmp_path / "home",
+                            gguf_dequantize_at_load=at_load)  # fmt: skip
+        with LocalRunner(settings) as runner:
+            results = {name: runner.run(graph, node_id="8") for name, graph in graphs.items()}
+            stats = runner.env.models.stats()["loaded"]
+        assert all(r.ok for r in results.values()), {k: r.error for k, r in results.items()}
+        images[at_load] = {name: r.values["8"][0] for name, r in results.items()}
+        loaded[at_load] = {e["name"]: e["host_bytes"] + e["device_bytes"] for e in stats}
+    # The same weights, dequantized in each forward or once at load: identical pictures, with a
+    # LoRA too (patched in float32 either way, from the same dequantized values).
+    for name in graphs:
+        assert torch.equal(images[False][name], images[True][name]), name
+    assert "lora" not in graphs or not torch.equal(images[False]["lora"], images[False]["plain"])
+    # Memory accounting: each quantized tensor counts its blocks, not its float32 values.
+    clip = next(n for n in loaded[False] if n.startswith(t5))
+    for name, path in ((unet, wide_gguf / "diffusion_models" / unet), (clip, wide_gguf / "text_encoders" / t5)):
+        blocks, values, tied = _quantized_file_bytes(path)
+        assert blocks > 0 and loaded[False][name] == loaded[True][name] - values - tied + blocks, name
+    ratio = loaded[False][unet] / loaded[True][unet]
+    assert ratio < {"Q8_0": 0.32, "Q4_K": 0.2}[quant], ratio

@@ -4,10 +4,11 @@ inputs, titles and category ("bootleg"), so workflows that use them run unchange
 
 The files are the pack's: `.gguf` diffusion models in `unet/` (`diffusion_models/`), listed as its
 `unet_gguf` folder, and text encoders in `clip/` (`text_encoders/`), `.gguf` or not. comfyd's
-ordinary loaders read them (`models/gguf_weights.py` dequantizes each tensor as it is loaded), so a
-GGUF model is then what UNETLoader / CLIPLoader would have made of the same weights.
-UnetLoaderGGUFAdvanced's dtypes and `patch_on_device` tune the pack's on-the-fly dequantization,
-which comfyd does not do (weights are dequantized once, at load): they are accepted and ignored.
+ordinary loaders read them: block-quantized Linear / Embedding weights stay quantized on the
+device and are dequantized in each forward (`models/gguf_layers.py`), the rest is loaded as
+UNETLoader / CLIPLoader would load it. UnetLoaderGGUFAdvanced's dtypes and `patch_on_device` tune
+the pack's own dequantization; comfyd always dequantizes to float32 and then the compute dtype
+(the values the load-time path holds), so they are accepted and ignored.
 """
 
 from __future__ import annotations
