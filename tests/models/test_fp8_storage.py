@@ -23,7 +23,11 @@ from comfyd.models.tiny import random_module
 from .conftest import make_settings
 
 FP8 = torch.float8_e4m3fn
-FILES = {"bf16": "flux-bf16.safetensors", "fp8": "flux-fp8.safetensors", "rounded": "flux-rounded.safetensors"}
+FILES = {
+    "bf16": "flux-bf16.safetensors",
+    "fp8": "flux-fp8.safetensors",
+    "rounded": "flux-rounded.safetensors",
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,9 @@ def test_fp8_storage_reads_each_weight_straight_into_fp8_with_comfyuis_values(
     conversions: list[tuple[torch.dtype, torch.dtype, int]] = []
     convert = loader.convert_tensor
 
-    def recording(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, rounding: Any = None) -> torch.Tensor:
+    def recording(
+        tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, rounding: Any = None
+    ) -> torch.Tensor:
         conversions.append((tensor.dtype, dtype, tensor.numel()))
         return convert(tensor, device, dtype, rounding)
 
