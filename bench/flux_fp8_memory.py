@@ -206,6 +206,8 @@ def measure(args: argparse.Namespace) -> None:
         legacy_loading()
     settings = Settings(models_dir=work, device=args.device, dtype=args.dtype, home=work / "home", **overrides)
     manager = ModelManager(settings)
+    from diffusers import FluxTransformer2DModel  # noqa: F401  (imported before the baseline)
+
     sampler.enter("load")
     base = sampler.now()
     started = time.perf_counter()
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         config.update(attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
                       axes_dims_rope=[8, 12, 12])  # fmt: skip
-    free = shutil.disk_usage(work.parent if not work.exists() else work).free / GB
+    work.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free / GB
     print(f"writing {config['num_layers']} double + {config['num_single_layers']} single blocks ({args.source}) "
           f"under {work}; {free:.0f} GB free there", flush=True)  # fmt: skip
     try:
