@@ -57,7 +57,12 @@ T5_XXL = {
     "dense_act_fn": "gelu_pytorch_tanh", "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6,
     "dropout_rate": 0.0, "pad_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": False,
 }  # fmt: skip
-ST_DTYPES = {torch.float8_e4m3fn: "F8_E4M3", torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+ST_DTYPES = {
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+}
 SOURCES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
 GB = 1024**3
 NAMES = {"unet": "diffusion_models/flux-dev-random.safetensors", "t5": "text_encoders/t5xxl-random.safetensors",
@@ -85,7 +90,11 @@ def write_streamed(path: Path, layout: dict[str, tuple[int, ...]], dtype: torch.
     width = torch.empty(0, dtype=dtype).element_size()
     for key, shape in layout.items():
         size = math.prod(shape) * width
-        header[key] = {"dtype": ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[key] = {
+            "dtype": ST_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -109,7 +118,9 @@ def write_streamed(path: Path, layout: dict[str, tuple[int, ...]], dtype: torch.
     return offset
 
 
-def make_files(work: Path, config: dict[str, Any], source: torch.dtype, text_encoders: bool, tiny: bool) -> None:
+def make_files(
+    work: Path, config: dict[str, Any], source: torch.dtype, text_encoders: bool, tiny: bool
+) -> None:
     from comfyd.models import t5_encoder
     from comfyd.models.families import _flux_transformer as transformer
 
@@ -130,7 +141,11 @@ def make_files(work: Path, config: dict[str, Any], source: torch.dtype, text_enc
         if tiny:
             clip_config.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                projection_dim=32)  # fmt: skip
-        clip = {k: v for k, v in _layout(empty_text_encoder(clip_config)).items() if not k.endswith("position_ids")}
+        clip = {
+            k: v
+            for k, v in _layout(empty_text_encoder(clip_config)).items()
+            if not k.endswith("position_ids")
+        }
         write_streamed(work / NAMES["clip_l"], clip, torch.float16, 2)
 
 
@@ -148,7 +163,10 @@ class MemorySampler:
     @staticmethod
     def now() -> dict[str, float]:
         text = Path("/proc/self/status").read_text()
-        return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 / GB for k in ("VmRSS", "RssAnon", "VmHWM")}  # type: ignore[union-attr]
+        return {
+            k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 / GB
+            for k in ("VmRSS", "RssAnon", "VmHWM")
+        }  # type: ignore[union-attr]
 
     def sample(self) -> None:
         values = self.now()
@@ -177,7 +195,9 @@ def legacy_loading() -> None:
     from comfyd.models.families import _network
     from comfyd.models.loader import materialize
 
-    def load_transformer(tf: Any, plan: Any, weight_dtype: str, module: Any, translator: Any, what: str, **_: Any) -> Any:
+    def load_transformer(
+        tf: Any, plan: Any, weight_dtype: str, module: Any, translator: Any, what: str, **_: Any
+    ) -> Any:
         net = materialize(module, translator, tf, plan.device, plan.unet_dtype, what=what)
         storage = _network.storage_dtype(weight_dtype)
         if storage is not None:
@@ -204,7 +224,9 @@ def measure(args: argparse.Namespace) -> None:
         overrides["model_cache_device_bytes"] = int(args.cap_gb * GB * 0.8)
     if args.legacy:
         legacy_loading()
-    settings = Settings(models_dir=work, device=args.device, dtype=args.dtype, home=work / "home", **overrides)
+    settings = Settings(
+        models_dir=work, device=args.device, dtype=args.dtype, home=work / "home", **overrides
+    )
     manager = ModelManager(settings)
     from diffusers import FluxTransformer2DModel  # noqa: F401  (imported before the baseline)
 
@@ -224,7 +246,10 @@ def measure(args: argparse.Namespace) -> None:
         clip = manager.load_clip([Path(NAMES["clip_l"]).name, Path(NAMES["t5"]).name], "flux")
         positive = encode_text(clip, "a photograph of a red fox in the snow, golden hour")
         positive = [[c, {**extra, "guidance": 3.5}] for c, extra in positive]
-        print(f"model cache after the encode: {json.dumps({k: manager.stats()[k] for k in ('device_bytes', 'host_bytes', 'offloads', 'offloads_after_encode')})}", flush=True)
+        print(
+            f"model cache after the encode: {json.dumps({k: manager.stats()[k] for k in ('device_bytes', 'host_bytes', 'offloads', 'offloads_after_encode')})}",
+            flush=True,
+        )
     else:
         g = torch.Generator().manual_seed(0)
         width = model.unet.config.joint_attention_dim
@@ -254,7 +279,10 @@ def measure(args: argparse.Namespace) -> None:
     if cuda:
         results["gpu_peak_allocated_gb"] = torch.cuda.max_memory_allocated() / GB
     tag = f"_{args.tag}" if args.tag else ""
-    print(f"output finite: {finite}; {args.steps} step(s) at {args.size}x{args.size} on {args.device}", flush=True)
+    print(
+        f"output finite: {finite}; {args.steps} step(s) at {args.size}x{args.size} on {args.device}",
+        flush=True,
+    )
     for key, value in results.items():
         print(f"RESULT {key}{tag}={value:.3f}", flush=True)
 
@@ -262,7 +290,9 @@ def measure(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/flux-fp8-mem")
-    parser.add_argument("--source", choices=sorted(SOURCES), default="fp8", help="dtype the file is written in")
+    parser.add_argument(
+        "--source", choices=sorted(SOURCES), default="fp8", help="dtype the file is written in"
+    )
     parser.add_argument("--weight-dtype", default="default", help="UNETLoader's weight_dtype")
     parser.add_argument("--dtype", default="auto", help="COMFYD_DTYPE: the compute dtype (auto: fp32 on CPU)")
     parser.add_argument("--device", default="cpu")
@@ -270,10 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=38, help="single blocks (38: Flux.1-dev)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--text-encoders", action="store_true", help="full-size random CLIP-L + T5-XXL, a real encode")
+    parser.add_argument(
+        "--text-encoders", action="store_true", help="full-size random CLIP-L + T5-XXL, a real encode"
+    )
     parser.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory the run may use (CUDA only)")
     parser.add_argument("--tiny", action="store_true", help="tiny widths (the CPU dry run)")
-    parser.add_argument("--legacy", action="store_true", help="load as comfyd did before (compute dtype, then fp8)")
+    parser.add_argument(
+        "--legacy", action="store_true", help="load as comfyd did before (compute dtype, then fp8)"
+    )
     parser.add_argument("--tag", default="", help="suffix of the RESULT names")
     parser.add_argument("--keep", action="store_true", help="keep the written files")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
@@ -295,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         make_files(work, config, SOURCES[args.source], args.text_encoders, args.tiny)
         print(f"written in {time.perf_counter() - started:.0f} s", flush=True)
         child = [sys.executable, __file__, "--measure", *(argv if argv is not None else sys.argv[1:])]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
         return subprocess.run(child, env=env, check=False).returncode
     finally:
         if not args.keep:
