@@ -159,3 +159,18 @@ def test_a_scaled_fp8_diffusion_model_is_refused_clearly(root: Path, tmp_path: P
     save_file(tensors, str(tmp_path / "diffusion_models" / "flux-scaled.safetensors"))
     with pytest.raises(UnknownCheckpointLayout, match="scaled fp8"):
         _manager(tmp_path).load_diffusion_model("flux-scaled.safetensors")
+
+
+def test_an_all_in_one_checkpoint_with_an_fp8_transformer_keeps_it_fp8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ComfyUI's flux1-dev-fp8 checkpoint: the transformer in fp8 beside its encoders and VAE.
+    _flux_tiny.write_tiny_flux(tmp_path)
+    path = tmp_path / _flux_tiny.NAMES["checkpoint"]
+    prefix = _flux_tiny.CHECKPOINT_PREFIXES["dev"]
+    tensors = load_file(str(path))
+    save_file({k: v.to(FP8) if k.startswith(prefix) else v for k, v in tensors.items()}, str(path))
+    monkeypatch.setattr(_network, "weights_room", lambda device: 0)  # 16-bit weights would not fit
+    model, clip, _ = _manager(tmp_path).load_checkpoint(path.name)
+    assert {m.weight.dtype for m in model.unet.modules() if isinstance(m, torch.nn.Linear)} == {FP8}
+    assert all(p.dtype == torch.float32 for enc in clip.text_encoders.values() for p in enc.parameters())
