@@ -119,7 +119,8 @@ def materialize(
 ) -> nn.Module:
     """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it.
     Floating tensors become `dtype`, except where the empty module holds an fp8 parameter: that
-    one is converted straight to its fp8 dtype. `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
+    one is converted straight to its fp8 dtype. `prefetch`: tensors already converted to
+    (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
     handed_out: set[str] = set()
     missing: list[str] = []
