@@ -12,7 +12,8 @@ layout, fp16) and a full-size random Flux VAE (ComfyUI's autoencoder is also fix
     python bench/flux_comfyui_parity.py --workdir /tmp/flux-parity \
         --comfyui /path/to/ComfyUI --comfyui-python /path/to/comfyui-venv/bin/python
 
-(add --variant schnell for schnell, --sampler NAME for another sampler than euler) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
+(add --variant schnell for schnell, --sampler NAME for another sampler than euler,
+--weight-dtype fp8_e4m3fn for UNETLoader's fp8 storage on both sides) prints RESULT psnr_flux_<variant>_db=... and max_diff=... (comfyd's PNG against ComfyUI's). The ComfyUI
 side runs in ComfyUI's own Python (`--comfyui-side`), on CPU, through its public functions.
 
 `--variant fill`: a cut Fill transformer (img_in 384 wide) and ComfyUI's canonical Fill path:
@@ -47,6 +48,7 @@ SIZE = 64
 STEPS = 3
 SEED = 7
 SAMPLER = ["euler"]  # --sampler: both sides sample with it
+WEIGHT_DTYPE = ["default"]  # --weight-dtype: UNETLoader's, both sides
 GUIDANCE = 3.5
 FILES = {"unet": "diffusion_models/flux-cut-{model}.safetensors", "vae": "vae/flux-ae-full.safetensors",
          "cond": "conditioning.safetensors"}
@@ -156,7 +158,7 @@ def comfyd_side(work: Path, variant: str, ref_method: str, differential: bool, n
         del towers
         gc.collect()
     manager = ModelManager(settings)
-    model = manager.load_diffusion_model(Path(names["unet"]).name)
+    model = manager.load_diffusion_model(Path(names["unet"]).name, WEIGHT_DTYPE[0])
     if variant in ("dev", "redux"):
         model = model.with_sampling(FlowModelSampling(ExpTimeShiftSchedule(flux_shift(1.15, 0.5, SIZE, SIZE))))
     vae = manager.load_vae(Path(names["vae"]).name)
@@ -212,7 +214,9 @@ def comfyui_side(
     from comfy_extras.nodes_model_advanced import ModelSamplingFlux
 
     names = files(variant)
-    model = comfy.sd.load_diffusion_model(str(work / names["unet"]))
+    # UNETLoader's weight_dtype as its node hands it to load_diffusion_model.
+    stored = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}.get(WEIGHT_DTYPE[0])
+    model = comfy.sd.load_diffusion_model(str(work / names["unet"]), model_options={"dtype": stored} if stored else {})
     if variant in ("dev", "redux"):
         (model,) = ModelSamplingFlux().patch(model, 1.15, 0.5, SIZE, SIZE)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / names["vae"])))
@@ -263,9 +267,12 @@ def main() -> int:
     parser.add_argument("--noise-mask-only", action="store_true",
                         help="fill: a VAE-encoded latent with a noise mask, no InpaintModelConditioning")
     parser.add_argument("--sampler", default="euler", help="any KSampler sampler name (default euler)")
+    parser.add_argument("--weight-dtype", default="default", choices=("default", "fp8_e4m3fn", "fp8_e5m2"),
+                        help="UNETLoader's weight_dtype on both sides (fp8: weights stored in fp8)")
     parser.add_argument("--comfyui-side", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     SAMPLER[0] = args.sampler
+    WEIGHT_DTYPE[0] = args.weight_dtype
     work = args.workdir.resolve()
     if args.comfyui_side:
         with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -278,7 +285,7 @@ def main() -> int:
         make_redux_files(work)
     ours = np.asarray(Image.open(comfyd_side(work, args.variant, args.ref_method, args.differential, args.noise_mask_only)).convert("RGB")).astype(np.float64)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
-                    "--variant", args.variant, "--ref-method", args.ref_method, "--sampler", args.sampler, "--comfyui-side",
+                    "--variant", args.variant, "--ref-method", args.ref_method, "--sampler", args.sampler, "--weight-dtype", args.weight_dtype, "--comfyui-side",
                     *(["--differential"] if args.differential else []),
                     *(["--noise-mask-only"] if args.noise_mask_only else [])], check=True)
     theirs = np.asarray(Image.open(work / f"comfyui-{args.variant}.png").convert("RGB")).astype(np.float64)
@@ -289,6 +296,7 @@ def main() -> int:
     tag = ("_" + method if method else "") + ("_differential" if args.differential else "")
     tag += "_noise_mask_only" if args.noise_mask_only else ""
     tag += "" if args.sampler == "euler" else f"_{args.sampler}"
+    tag += "" if args.weight_dtype == "default" else f"_{args.weight_dtype}"
     print(f"RESULT psnr_flux_{args.variant}{tag}_db={psnr:.2f}")
     print(f"RESULT max_diff={int(np.abs(ours - theirs).max())}")
     return 0

@@ -14,6 +14,10 @@ Steps, each timed and recorded even when one fails (the run goes on to the next)
 5. `fp16_vs_fp32`: comfyd's fp16 GPU picture against its fp32 CPU picture of the same job (PSNR),
    to catch dtype bugs; also the peak VRAM of the GPU run.
 6. `cold_start`: a fresh `python -m comfyd run` process, start to first PNG, on the device.
+6b. `flux_fp8_24gb`: bench/flux_fp8_memory.py on the GPU capped at 24 GB: a full-size random
+   Flux.1-dev written in fp8, loaded through UNETLoader's path, full-size random CLIP-L + T5-XXL
+   encoding a prompt (the T5 offloaded to host memory after it), a 1024x1024 20-step denoise;
+   RESULT gpu_peak_allocated_gb. Alone: `bash bench/gpu_check.sh --only imports,flux_fp8_24gb`.
 7. With `--comfyui DIR` (gpu_check.sh passes the tree it unpacked from a carried
    .comfyui/comfyui-src.tar.gz, see scripts/comfyui_tarball.sh): `comfyui_*`, ComfyUI renders
    the workflow of the first throughput step on the same weights (bench/comfyui_its.py), and
@@ -265,6 +269,16 @@ print(f"RESULT cold_start_s={{seconds:.2f}}")
 """
 
 
+def flux_fp8_args(plan: Plan) -> list[str]:
+    """A full-size Flux.1-dev in fp8 (random, written here) with full-size CLIP-L + T5-XXL, the
+    GPU capped at 24 GB: load, encode (the T5 offloaded after it), 1024x1024 20 steps; tiny on CPU."""
+    work = ["--workdir", str(plan.cache_dir / "flux-fp8")]
+    if plan.tiny:
+        return [*work, "--tiny", "--double", "1", "--single", "1", "--text-encoders", "--size", "64", "--steps", "2"]
+    return [*work, "--device", "cuda", "--dtype", "bf16", "--text-encoders", "--size", "1024", "--steps", "20",
+            "--cap-gb", "24"]  # fmt: skip
+
+
 def comfyui_step(run: Runner, pair: tuple[str, str, list[str]], root: Path) -> None:
     """ComfyUI's it/s on the job of `pair[0]`, and gpu_its_ratio = comfyd's there / ComfyUI's."""
     ours_name, name, job = pair
@@ -318,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         comfyui_step(run, plan.comfyui, args.comfyui)
     run.python("fp16_vs_fp32", fidelity_code(plan.tiny, plan.cache_dir), need_s=20, timeout_s=240)
     run.python("cold_start", cold_start_code(plan.tiny, plan.cache_dir, plan.device), need_s=20, timeout_s=240)
+    run.command("flux_fp8_24gb", [sys.executable, "bench/flux_fp8_memory.py", *flux_fp8_args(plan)],
+                need_s=40 if plan.tiny else 150, timeout_s=600 if plan.tiny else 420)
 
     summary = run.summary()
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Loaded-model budgets (LRU): device memory and host memory.
     model_cache_device_bytes: int = 0  # 0 = 80 % of the device's total memory
     model_cache_host_bytes: int = 0  # 0 = 50 % of host RAM
+    # When idle text encoders move to host RAM (comfyd.models.text_encoder_offload): auto =
+    # after each encode for those taking >= 1/4 of the device budget, on pressure for the others.
+    text_encoder_offload: Literal["auto", "after_encode", "on_pressure", "never"] = "auto"
     # Pickle checkpoints (.ckpt/.pt) are refused unless enabled, and then loaded weights_only.
     allow_pickle: bool = False
     # GGUF weights in a block-quantized type are kept quantized on the device and dequantized in

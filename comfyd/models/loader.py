@@ -45,6 +45,7 @@ from comfyd.models.tensorfile import ModelFileError, TensorFile
 log = logging.getLogger(__name__)
 
 TOKENIZER_DIR = detect.CONFIG_DIR / "clip_tokenizer"
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass
@@ -121,7 +122,9 @@ def materialize(
     prefetch: TensorPrefetch | None = None,
 ) -> nn.Module:
     """Fill an empty (meta) module with tensors from `tf`, each converted once, and return it.
-    `prefetch`: tensors already converted to (`device`, `dtype`, `rounding`) on another thread."""
+    Floating tensors become `dtype`, except where the empty module holds an fp8 parameter: that
+    one is converted straight to its fp8 dtype. `prefetch`: tensors already converted to
+    (`device`, `dtype`, `rounding`) on another thread."""
     state: dict[str, torch.Tensor] = {}
     held: dict[str, QuantizedTensor] = {}  # GGUF weights kept quantized (gguf_layers)
     blocks: dict[str, QuantizedTensor | None] = {}  # per stored key: read and moved once
@@ -149,7 +152,8 @@ def materialize(
                     f"the model expects {tuple(ref.shape)}"
                 )
             tensor = tensor.reshape(ref.shape)
-        target_dtype = dtype if ref.is_floating_point() else ref.dtype
+        # A parameter the empty module holds in fp8 (layerwise-cast storage) is read straight into it.
+        target_dtype = ref.dtype if ref.dtype in FP8_DTYPES or not ref.is_floating_point() else dtype
         if ready is not None and ready.dtype == target_dtype and ready.device == device:
             # Converted already, in memory of its own: a whole tensor is used as it is the first
             # time; a slice, a transpose or a second use of the same key gets a copy, as before.

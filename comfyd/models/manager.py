@@ -10,7 +10,8 @@ holds its handles. `free()` drops everything.
 
 Off the CPU, an idle CLIP that must make room (a text-encoder entry, or a checkpoint's CLIP where
 that alone suffices) moves to host memory instead, if the host budget has room, and comes back,
-making room by the same rule, when it encodes again (comfyd.models.clip_residency).
+making room by the same rule, when it encodes again (comfyd.models.clip_residency); a large one
+moves there as soon as its encode ends (comfyd.models.text_encoder_offload's policies).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from torch import nn
 
 from comfyd.models import families, loader, standalone
 from comfyd.models.auxiliary_models import AuxiliaryModels, file_fingerprint
-from comfyd.models.clip_residency import ClipResidency
 from comfyd.models.clip_vision import ClipVisionHandle
 from comfyd.models.device_gate import DeviceGate, gate_limit
 from comfyd.models.devices import ComputePlan, settings_plan
@@ -42,6 +42,7 @@ from comfyd.models.lora import LoraPatcher, ParsedLora
 from comfyd.models.paths import ModelPaths, is_diffusers_folder
 from comfyd.models.style_model import StyleModelHandle
 from comfyd.models.tensorfile import ModelFileError
+from comfyd.models.text_encoder_offload import TextEncoderOffload
 from comfyd.models.threads import cpu_threads_by_load
 from comfyd.models.upscale import UpscaleModelHandle
 from comfyd.sampling.step_batcher import StepBatcher, batch_limit
@@ -84,7 +85,7 @@ def _host_memory_bytes() -> int:
         return 16 * 1024**3
 
 
-class ModelManager(AuxiliaryModels):
+class ModelManager(AuxiliaryModels, TextEncoderOffload):
     """Loads and shares models for every job of one process. Thread-safe."""
 
     def __init__(self, settings: Any, catalog: Any = None) -> None:
@@ -257,43 +258,6 @@ class ModelManager(AuxiliaryModels):
             evicted += 1
             log.info("evicted %s %s from the model cache", victim.kind, victim.name)
 
-    @staticmethod
-    def _residency(value: Any) -> ClipResidency | None:
-        clip = value[1] if isinstance(value, tuple) and len(value) == 3 else value
-        return clip.residency if isinstance(clip, ClipHandle) else None
-
-    def _offload_clip(self, entry: _Entry, device_excess: int, host_room: int) -> bool:
-        """Move the entry's idle CLIP to the host instead of dropping the entry, where that makes
-        the room (a checkpoint's other models stay: offloading only its CLIP must suffice)."""
-        residency = self._residency(entry.value)
-        if residency is None or residency.offloaded or self.plan.device.type == self.host_device.type:
-            return False
-        size = module_bytes(*residency.encoders.values(), host=self.host_device)[0]
-        if size == 0 or size > host_room or (size < entry.device_bytes and size < device_excess):
-            return False
-        if not residency.try_offload(self.host_device, size):
-            return False  # an encode is using it: dropped as any busy model is
-        entry.device_bytes -= size
-        entry.host_bytes += size
-        self._counters["offloads"] += 1
-        log.info("offloaded the text encoders of %s %s to host memory", entry.kind, entry.name)
-        return True
-
-    def _clip_returning(self, residency: ClipResidency) -> None:
-        """An offloaded CLIP is about to move back to the device: account it there and make
-        room for it (its residency's lock is held, so it is not offloaded again meanwhile)."""
-        with self._lock:
-            entry = self._entries.get(residency.key)
-            if entry is None or self._residency(entry.value) is not residency:
-                return  # dropped from the cache since: a job still holds it, untracked as any such
-            entry.device_bytes += residency.nbytes
-            entry.host_bytes -= residency.nbytes
-            self._entries.move_to_end(entry.key)
-            self._counters["returns"] += 1
-            evicted = self._evict_over_budget(protect=entry.key)
-        if evicted:
-            self._release_memory()
-
     def _release_memory(self) -> None:
         gc.collect()
         if self.plan.device.type == "cuda":
@@ -321,6 +285,7 @@ class ModelManager(AuxiliaryModels):
             "waits": counters.get("waits", 0),
             "evictions": counters.get("evictions", 0),
             "offloads": counters.get("offloads", 0),  # text encoders moved to host memory
+            "offloads_after_encode": counters.get("offloads_after_encode", 0),  # of those, policy moves
             "returns": counters.get("returns", 0),  # ... and back to the device to encode
             "loaded": [
                 {
@@ -393,7 +358,7 @@ class ModelManager(AuxiliaryModels):
             patcher=patcher,
             gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
-            residency=ClipResidency(key, loaded.text_encoders, device, self._clip_returning),
+            residency=self._clip_residency(key, loaded.text_encoders),
         )
         vae = self._vae_handle(key, loaded.family, loaded.vae)
         log.info(
@@ -450,7 +415,7 @@ class ModelManager(AuxiliaryModels):
             text_encoders=encoders, device=self.plan.device, dtype=self.plan.clip_dtype,
             patcher=self._network_patcher(family, encoders), gate=self.gate,
             embedding_dirs=tuple(str(p) for p in self.paths.folder_dirs("embeddings")),
-            residency=ClipResidency(key, encoders, self.plan.device, self._clip_returning),
+            residency=self._clip_residency(key, encoders),
         )  # fmt: skip
 
     def _vae_handle(self, key: str, family: str, vae: nn.Module) -> VaeHandle:

@@ -34,11 +34,12 @@ def test_gpu_check_cpu_dry_run_runs_every_step(tmp_path: Path) -> None:
     steps = {s["name"]: s for s in summary["steps"]}
     assert summary["dry_run"] is True
     assert set(steps) == {"imports", "cuda_tests", "throughput_sd1_b1", "throughput_sdxl_b2",
-                          "fp16_vs_fp32", "cold_start"}
+                          "fp16_vs_fp32", "cold_start", "flux_fp8_24gb"}
     assert all(s["status"] == "ok" for s in steps.values()), steps
     assert steps["throughput_sdxl_b2"]["results"]["gpu_its_ratio"] > 0
     assert steps["fp16_vs_fp32"]["results"]["fp16_vs_fp32_psnr_db"] == float("inf")  # cpu vs cpu
     assert steps["cold_start"]["results"]["cold_start_s"] > 0
+    assert steps["flux_fp8_24gb"]["results"]["transformer_resident_gb"] > 0
     assert re.search(r"^RESULT gpu_check_failed_steps=0$", proc.stdout, re.MULTILINE)
     assert (tmp_path / "out" / "throughput_sd1_b1.log").read_text()
 

@@ -1,5 +1,6 @@
-"""Text encoders offloaded to host memory when the device budget needs room, and brought back to
-encode (comfyd.models.clip_residency and the model manager's budgets).
+"""Text encoders offloaded to host memory when the device budget needs room or, by the policy, when
+their encode ends, and brought back to encode (comfyd.models.clip_residency,
+comfyd.models.text_encoder_offload and the model manager's budgets).
 
 There is no accelerator here, so the CPU stands in for the device and the meta device for host
 memory (`manager.host_device`). Moving to meta drops a tensor's data, so `_MetaHost` keeps each
@@ -82,11 +83,8 @@ def sizes(root: Path) -> tuple[int, int]:
 
 
 def _manager(root: Path, device_bytes: int, host_bytes: int) -> ModelManager:
-    manager = ModelManager(
-        make_settings(root, device="cpu", model_cache_device_bytes=device_bytes, model_cache_host_bytes=host_bytes)
-    )
-    manager.host_device = META  # the CPU plays the device, meta the host
-    return manager
+    """Offloads on pressure only (the after-encode policy is tested below)."""
+    return _policy_manager(root, "on_pressure", device_bytes, host_bytes)
 
 
 def test_an_idle_text_encoder_goes_to_the_host_and_comes_back_to_encode(root: Path, sizes: tuple[int, int], host: _MetaHost) -> None:
@@ -192,3 +190,77 @@ def test_concurrent_encodes_that_push_each_other_out_finish_with_the_same_number
     assert failures == []
     stats = manager.stats()
     assert stats["device_bytes"] <= stats["device_budget"] and stats["offloads"] >= 1
+
+
+# --- the after-encode policy (COMFYD_TEXT_ENCODER_OFFLOAD, comfyd.models.text_encoder_offload) ---
+def _policy_manager(root: Path, policy: str, device_bytes: int, host_bytes: int) -> ModelManager:
+    manager = ModelManager(
+        make_settings(root, device="cpu", model_cache_device_bytes=device_bytes, model_cache_host_bytes=host_bytes,
+                      text_encoder_offload=policy)
+    )  # fmt: skip
+    manager.host_device = META  # the CPU plays the device, meta the host
+    return manager
+
+
+@pytest.mark.parametrize(("policy", "budget_share", "offloaded"), [
+    ("after_encode", 100, True),
+    ("auto", 3, True),  # the T5 takes a third of the device budget: large
+    ("auto", 5, False),  # a fifth: small, it stays until the budget needs room
+    ("on_pressure", 1, False),
+    ("never", 1, False),
+])  # fmt: skip
+def test_a_large_text_encoder_goes_to_the_host_when_its_encode_ends(
+    root: Path, sizes: tuple[int, int], host: _MetaHost, policy: str, budget_share: int, offloaded: bool
+) -> None:
+    t5_bytes, _ = sizes
+    manager = _policy_manager(root, policy, device_bytes=budget_share * t5_bytes, host_bytes=t5_bytes)
+    clip = manager.load_clip([T5_NAME], "chroma")
+    before = encode_text(clip, "a red fox in the snow")
+    stats = manager.stats()
+    assert (stats["offloads"], stats["offloads_after_encode"]) == ((1, 1) if offloaded else (0, 0))
+    assert (stats["device_bytes"], stats["host_bytes"]) == ((0, t5_bytes) if offloaded else (t5_bytes, 0))
+    assert _devices(clip) == ({"meta"} if offloaded else {"cpu"})
+    # The next encode brings it back, gives the same numbers, and it leaves again when done.
+    after = encode_text(clip, "a red fox in the snow")
+    assert torch.equal(before[0][0], after[0][0])
+    assert manager.stats()["returns"] == (1 if offloaded else 0)
+    assert host.moves == (["meta", "cpu", "meta"] if offloaded else [])
+
+
+def test_after_encode_waits_for_the_last_encode_and_for_host_room(
+    root: Path, sizes: tuple[int, int], host: _MetaHost
+) -> None:
+    t5_bytes, _ = sizes
+    manager = _policy_manager(root, "after_encode", device_bytes=1 << 40, host_bytes=t5_bytes)
+    clip = manager.load_clip([T5_NAME], "chroma")
+    with clip.patched():  # another job's encode is running on it
+        encode_text(clip, "a fox")
+        assert _devices(clip) == {"cpu"} and host.moves == []
+    assert _devices(clip) == {"meta"} and host.moves == ["meta"]  # the last user left
+
+    # Without host room it stays on the device.
+    tight = _policy_manager(root, "after_encode", device_bytes=1 << 40, host_bytes=t5_bytes - 1)
+    clip = tight.load_clip([T5_NAME], "chroma")
+    encode_text(clip, "a fox")
+    assert _devices(clip) == {"cpu"} and tight.stats()["offloads"] == 0
+
+
+def test_never_drops_instead_of_offloading_under_pressure(root: Path, sizes: tuple[int, int], host: _MetaHost) -> None:
+    t5_bytes, sd1_bytes = sizes
+    manager = _policy_manager(root, "never", device_bytes=t5_bytes + sd1_bytes - 1, host_bytes=t5_bytes + sd1_bytes)
+    manager.load_clip([T5_NAME], "chroma")
+    manager.load_checkpoint(single_name("sd1"))
+    stats = manager.stats()
+    assert (stats["offloads"], stats["evictions"]) == (0, 1) and host.moves == []
+
+
+def test_the_offload_rule() -> None:
+    from comfyd.models.text_encoder_offload import offloads_after_encode
+
+    gb = 1024**3
+    # Flux on a 24 GB GPU (budget ~19 GB): T5-XXL fp16 (~9.5 GB) leaves after encoding, CLIP-L stays.
+    assert offloads_after_encode("auto", int(9.5 * gb), int(19.2 * gb))
+    assert not offloads_after_encode("auto", gb // 4, int(19.2 * gb))
+    assert not offloads_after_encode("auto", gb, 0)  # no device budget: no accelerator
+    assert offloads_after_encode("after_encode", 1, 1 << 50)
+    assert not offloads_after_encode("on_pressure", 1 << 50, 1)

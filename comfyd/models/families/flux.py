@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from comfyd.sampling.protocols import VectorConditioning
 
 DEV_SHIFT = 1.15
-# UNETLoader's weight_dtype: weights stored in this dtype, computed in the plan's dtype.
+# Stored in fp8, ComfyUI builds every Flux parameter in fp8 (the modulation linears too, ~3.2B of
+# the 12B): so every linear is stored and cast per layer, and the q/k RMSNorm scales (all that is
+# left) are rounded through fp8 in the compute dtype. pos_embed holds no weights.
+FP8_KEEP = ("pos_embed",)
 CLIP_L = EncoderSpec(
     name="l",
     config="text_encoder_l.json",
@@ -111,6 +114,7 @@ class Flux(Family):
         net = load_transformer(
             tf, plan, weight_dtype, transformer.empty_transformer(config),
             transformer.FluxTranslator(config, prefix), what="Flux transformer",
+            keep=FP8_KEEP, round_kept=True,
         )  # fmt: skip
         return transformer.FluxNetwork(net), model_sampling_for(bool(config["guidance_embeds"]))
 
