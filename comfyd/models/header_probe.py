@@ -25,7 +25,7 @@ SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdx
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
                                 "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
-                                "qwen3", "auraflow"})
+                                "qwen3", "auraflow", "lumina2", "gemma2"})
 
 
 class HeaderError(ValueError):
@@ -112,6 +112,8 @@ def detect_family(header: ModelHeader) -> str:
         return "sd3"  # an all-in-one SD3 file: its text encoders may hold most of the keys
     if any(k.endswith("cond_seq_linear.weight") for k in keys) and has("double_layers.0.attn.w1q."):
         return "auraflow"  # fal's MMDiT, alone or all-in-one with Pile-T5 and the VAE
+    if any(k.startswith("model.diffusion_model.cap_embedder.") for k in keys):  # a NextDiT, all-in-one
+        return "z_image" if "model.diffusion_model.cap_pad_token" in key_set else "lumina2"
     stripped = set(_strip(keys))
     if any(k.startswith("double_blocks.") for k in stripped):
         if any(k.startswith("txt_in.individual_token_refiner") for k in stripped):
@@ -144,6 +146,8 @@ def detect_family(header: ModelHeader) -> str:
         return "qwen25_vl"
     if has("model.layers.0.self_attn.q_norm.weight"):  # per-head q/k norms: Qwen3 (Z-Image's encoder)
         return "qwen3"
+    if any(k.startswith("model.layers.0.pre_feedforward_layernorm.") for k in keys):  # Gemma 2 (Lumina 2's encoder)
+        return "gemma2"
     if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
         return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):

@@ -12,7 +12,7 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
 
 T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`; Qwen-Image's
 Qwen2.5-VL takes it inside its chat template: `qwen25_encoder`; Z-Image's Qwen3 likewise:
-`qwen3_encoder`.
+`qwen3_encoder`; Lumina 2's Gemma 2 as one weighted sequence: `gemma2_encoder`.
 
 Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
 order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
@@ -29,6 +29,7 @@ import torch
 from comfyd.models import (
     clip_forward,
     families,
+    gemma2_encoder,
     llama_encoder,
     qwen3_encoder,
     qwen25_encoder,
@@ -111,6 +112,8 @@ def tokenize_for_encoder(
         return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
     if kind == "qwen3_4b":  # Z-Image's chat template, no weights
         return [[(token, 1.0) for token in qwen3_encoder.tokenize(clip.tokenizers[key], text)]]
+    if kind == "gemma2_2b":  # Lumina 2: one weighted sequence after the begin token
+        return [gemma2_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, recipe.layout, embedding_key=key, embeddings=embeddings)
 
 
@@ -158,6 +161,9 @@ def encode_tokens(clip: ClipHandle, tokens: EncoderTokens) -> tuple[torch.Tensor
                 continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)
             if kind == "qwen25_7b":
                 outputs[key] = (qwen25_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
+                continue
+            if kind == "gemma2_2b":
+                outputs[key] = (gemma2_encoder.encode(encoders[key], tokens[key][0], clip.layer_idx), None)
                 continue
             if kind == "qwen3_4b":
                 ids = [int(t) for t, _ in tokens[key][0]]
