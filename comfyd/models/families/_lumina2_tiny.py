@@ -23,7 +23,14 @@ from comfyd.models.families._wan_tiny import _CORPUS
 from comfyd.models.families._z_image_tiny import tiny_vae_config
 from comfyd.models.keymap import to_original, vae_translator
 
-TINY_GEMMA = {"vocab_size": 256, "hidden_size": 32, "q_width": 64, "kv_width": 32, "intermediate": 64, "layers": 3}
+TINY_GEMMA = {
+    "vocab_size": 256,
+    "hidden_size": 32,
+    "q_width": 64,
+    "kv_width": 32,
+    "intermediate": 64,
+    "layers": 3,
+}
 TINY_TRANSFORMER = {
     "sample_size": 128, "patch_size": 2, "in_channels": 16, "hidden_size": 96, "num_layers": 2,
     "num_refiner_layers": 1, "num_attention_heads": 4, "num_kv_heads": 2, "multiple_of": 256,

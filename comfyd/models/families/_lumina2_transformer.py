@@ -37,7 +37,11 @@ from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import ROWS, Source
 
 PATCH = 2
-MARKER_KEYS = ("cap_embedder.1.weight", "layers.0.attention.qkv.weight", "noise_refiner.0.attention.qkv.weight")
+MARKER_KEYS = (
+    "cap_embedder.1.weight",
+    "layers.0.attention.qkv.weight",
+    "noise_refiner.0.attention.qkv.weight",
+)
 Z_IMAGE_KEYS = ("cap_pad_token", "x_pad_token")
 _QKV = re.compile(r"^(.*\.attn)\.to_([qkv])\.weight$")
 _RENAMES = (
@@ -60,7 +64,9 @@ _RENAMES = (
 
 
 def is_lumina2_transformer(keys: set[str], prefix: str) -> bool:
-    return all(prefix + key in keys for key in MARKER_KEYS) and not any(prefix + k in keys for k in Z_IMAGE_KEYS)
+    return all(prefix + key in keys for key in MARKER_KEYS) and not any(
+        prefix + k in keys for k in Z_IMAGE_KEYS
+    )
 
 
 def _count(shapes: Mapping[str, Any], prefix: str, group: str) -> int:
@@ -71,7 +77,9 @@ def _count(shapes: Mapping[str, Any], prefix: str, group: str) -> int:
 def rope_axes(head_dim: int) -> list[int]:
     """Lumina 2's (32, 32, 32) split of a 96-wide head: three equal even parts."""
     if head_dim % 6:
-        raise ValueError(f"Lumina 2 transformer: a {head_dim}-wide head does not split into three rotary axes")
+        raise ValueError(
+            f"Lumina 2 transformer: a {head_dim}-wide head does not split into three rotary axes"
+        )
     return [head_dim // 3] * 3
 
 
@@ -103,7 +111,11 @@ class Lumina2Translator:
         self.prefix = prefix
         head_dim = int(config["hidden_size"]) // int(config["num_attention_heads"])
         q_rows, kv_rows = int(config["hidden_size"]), int(config["num_kv_heads"]) * head_dim
-        self.rows = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
+        self.rows = {
+            "q": (0, q_rows),
+            "k": (q_rows, q_rows + kv_rows),
+            "v": (q_rows + kv_rows, q_rows + 2 * kv_rows),
+        }
 
     def source(self, name: str) -> Source | None:
         name = name.removeprefix("transformer.")

@@ -47,7 +47,9 @@ GEMMA2_2B = EncoderSpec(
     single_file_prefixes=("text_encoders.gemma2_2b.transformer.",),
     tokenizer={},
     recipe=EncoderRecipe(
-        ChunkLayout(pad_token=PAD_TOKEN, end_token=BEGIN_TOKEN), None, norm_intermediate=False,
+        ChunkLayout(pad_token=PAD_TOKEN, end_token=BEGIN_TOKEN),
+        None,
+        norm_intermediate=False,
         projected_pooled=False,
     ),  # fmt: skip
     diffusers_folders=("text_encoder", "tokenizer"),
@@ -72,7 +74,9 @@ class Lumina2(Family):
 
     def near_miss(self, prefixes: set[str], keys: set[str]) -> str | None:
         if transformer.is_lumina2_transformer(keys, ""):
-            return "looks like a Lumina 2 transformer alone: load it with UNETLoader (models/diffusion_models)"
+            return (
+                "looks like a Lumina 2 transformer alone: load it with UNETLoader (models/diffusion_models)"
+            )
         return None
 
     def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.Lumina2Translator:
