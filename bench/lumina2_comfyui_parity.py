@@ -77,14 +77,19 @@ def make_files(work: Path) -> None:
         save_file(stored, str(work / FILES["unet"]))
         del net, stored
     if not (work / FILES["vae"]).is_file():
-        config = dict(tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+        config = dict(
+            tiny.full_configs("sd1").vae, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False
+        )
         vae = tiny.random_module(empty_vae(config), 0, "lumina2-ae-full")
         (work / "vae").mkdir(parents=True, exist_ok=True)
         save_file(to_original(vae.state_dict(), vae_translator(config, "")), str(work / FILES["vae"]))
     if not (work / FILES["cond"]).is_file():
         g = torch.Generator().manual_seed(1)
         save_file(
-            {"positive": torch.randn(1, 24, 2304, generator=g), "negative": torch.randn(1, 9, 2304, generator=g)},
+            {
+                "positive": torch.randn(1, 24, 2304, generator=g),
+                "negative": torch.randn(1, 9, 2304, generator=g),
+            },
             str(work / FILES["cond"]),
         )
 
@@ -133,7 +138,10 @@ def comfyui_side(work: Path, comfyui: Path, size: int) -> None:
     model = RenormCFG.execute(model, 100.0, 1.0).result[0]
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(work / FILES["vae"])))
     cond = comfy.utils.load_torch_file(str(work / FILES["cond"]))
-    positive, negative = [[cond["positive"], {}]], [[cond["negative"], {}]]
+    # ComfyUI's Gemma encoder hands its (all-ones) attention mask on with the conditioning, and
+    # Lumina 2's model takes the token count from it.
+    positive, negative = ([[c, {"attention_mask": torch.ones(c.shape[:2], dtype=torch.long)}]]
+                          for c in (cond["positive"], cond["negative"]))  # fmt: skip
     latent = {"samples": torch.zeros(1, 16, size // 8, size // 8)}
     (out,) = nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "simple", positive, negative, latent)
     to_png(vae.decode(out["samples"]), work / f"comfyui-lumina2-{size}.png")
@@ -154,7 +162,10 @@ def make_gemma(work: Path) -> Path:
     def rand(*shape: int, scale: float) -> torch.Tensor:
         return (torch.randn(*shape, generator=g) * scale).to(torch.bfloat16)
 
-    state = {"model.embed_tokens.weight": rand(256000, hidden, scale=0.02), "model.norm.weight": rand(hidden, scale=0.1)}
+    state = {
+        "model.embed_tokens.weight": rand(256000, hidden, scale=0.02),
+        "model.norm.weight": rand(hidden, scale=0.1),
+    }
     for i in range(layers):
         p = f"model.layers.{i}."
         state.update({
@@ -174,7 +185,7 @@ def make_gemma(work: Path) -> Path:
     return path
 
 
-def gemma_comfyd(work: Path) -> torch.Tensor:
+def gemma_comfyd(work: Path) -> None:
     from comfyd.models.manager import ModelManager
     from comfyd.models.text_encoding import encode_text
     from comfyd.settings import Settings
@@ -182,7 +193,8 @@ def gemma_comfyd(work: Path) -> torch.Tensor:
     manager = ModelManager(Settings(models_dir=work, device="cpu", home=work / "home"))
     clip = manager.load_clip([Path(FILES["gemma"]).name], "lumina2")
     with torch.no_grad():
-        return encode_text(clip, PROMPT)[0][0]
+        cond = encode_text(clip, PROMPT)[0][0]
+    save_file({"cond": cond.float().contiguous()}, str(work / "comfyd-gemma.safetensors"))
 
 
 def gemma_comfyui(work: Path, comfyui: Path) -> None:
@@ -258,13 +270,29 @@ def comfyui_reference(work: Path, comfyui: Path, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=metadata)
 
 
+def _child_peak_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
 def _run_comfyui(args: argparse.Namespace, *extra: str) -> None:
-    cmd = [args.comfyui_python, __file__, "--workdir", str(args.workdir), "--comfyui", str(args.comfyui), *extra]
+    cmd = [
+        args.comfyui_python,
+        __file__,
+        "--workdir",
+        str(args.workdir),
+        "--comfyui",
+        str(args.comfyui),
+        *extra,
+    ]
     subprocess.run(cmd, check=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)
@@ -272,6 +300,7 @@ def main() -> int:
     parser.add_argument("--gemma-full", action="store_true")
     parser.add_argument("--save-reference", type=Path)
     parser.add_argument("--comfyui-side", choices=("sample", "gemma", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--comfyd-side", choices=("make-gemma", "gemma"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir = work = args.workdir.resolve()
     if args.comfyui_side:
@@ -285,25 +314,38 @@ def main() -> int:
                 comfyui_reference(work, args.comfyui.resolve(), args.save_reference.resolve())
         return 0
     work.mkdir(parents=True, exist_ok=True)
+    if args.comfyd_side == "make-gemma":
+        make_gemma(work)
+        return 0
+    if args.comfyd_side == "gemma":
+        gemma_comfyd(work)
+        return 0
     if args.save_reference is not None:
         from comfyd.models.families import _lumina2_tiny
         from comfyd.models.tiny import make_tiny
 
         make_tiny(work / "models", family="lumina2")
         (work / "comfyd_tiny_names.py").write_text(f"NAMES = {dict(_lumina2_tiny.NAMES)!r}\n")
-        _run_comfyui(args, "--comfyui-side", "reference", "--save-reference", str(args.save_reference.resolve()))
+        _run_comfyui(
+            args, "--comfyui-side", "reference", "--save-reference", str(args.save_reference.resolve())
+        )
         print(f"wrote {args.save_reference}")
         return 0
-    if args.gemma_full:
-        path = make_gemma(work)
+    if args.gemma_full:  # each side in a process of its own, one after the other (memory)
         try:
-            ours = gemma_comfyd(work)
+            subprocess.run([sys.executable, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
+                            "--comfyd-side", "make-gemma"], check=True)  # fmt: skip
             _run_comfyui(args, "--comfyui-side", "gemma")
+            print(f"RESULT gemma2_full_comfyui_peak_rss_gb={_child_peak_gb():.1f}")
+            subprocess.run([sys.executable, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
+                            "--comfyd-side", "gemma"], check=True)  # fmt: skip
+            print(f"RESULT gemma2_full_peak_rss_gb={_child_peak_gb():.1f} (largest child so far)")
         finally:
-            path.unlink(missing_ok=True)
+            (work / FILES["gemma"]).unlink(missing_ok=True)
+        ours = load_file(str(work / "comfyd-gemma.safetensors"))["cond"]
         theirs = load_file(str(work / "comfyui-gemma.safetensors"))["cond"]
         peak = float(theirs.abs().max())
-        print(f"RESULT gemma2_full_tokens={theirs.shape[1]}")
+        print(f"RESULT gemma2_full_tokens={theirs.shape[1]} (comfyd {ours.shape[1]})")
         print(f"RESULT psnr_gemma2_full_db={psnr(ours.numpy(), theirs.numpy(), peak):.2f}")
         print(f"RESULT gemma2_full_max_diff={float((ours - theirs).abs().max()):.3g} (peak {peak:.3g})")
         return 0
