@@ -90,6 +90,18 @@ def empty_encoder(config: Mapping[str, Any]) -> nn.Module:
         return Gemma2Model(gemma_config)
 
 
+def compute_dtype(plan: Any) -> torch.dtype:
+    """The dtype Gemma 2 runs in. ComfyUI keeps it in the file's own dtype (no fp16 rounding of
+    the weights, unlike its CLIPs) and computes in fp32; comfyd computes in the plan's text-encoder
+    dtype except fp16, where Gemma 2's activations overflow: bf16 where the device has it, else
+    fp32."""
+    if plan.clip_dtype != torch.float16:
+        return plan.clip_dtype
+    if plan.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def tokenizer_from_bytes(model_proto: bytes) -> Any:
     """A SentencePiece processor that adds the begin token (dropped per segment, as ComfyUI)."""
     import sentencepiece

@@ -219,8 +219,8 @@ def _gemma2_from(tf: TensorFile, keys: set[str], base: str, plan: ComputePlan) -
     shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
     module = materialize(
         gemma2_encoder.empty_encoder(gemma2_encoder.infer_config(shapes, base)),
-        qwen25_encoder.Qwen25Translator(base), tf, plan.device, plan.clip_dtype,
-        rounding=plan.clip_weight_rounding, what="Gemma 2 text encoder",
+        qwen25_encoder.Qwen25Translator(base), tf, plan.device, gemma2_encoder.compute_dtype(plan),
+        what="Gemma 2 text encoder",
     )  # fmt: skip
     qwen25_encoder.apply_weight_scales(module, tf, base)
     module.comfyd_spiece_model = gemma2_encoder.spiece_bytes(tf.get(spiece))
