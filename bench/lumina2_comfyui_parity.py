@@ -24,7 +24,9 @@ Three checks:
    --family lumina2`), for tests/families/test_lumina2.py: its NextDiT (instantiated at the tiny
    file's sizes, loaded strictly) at two latents and sigmas, and its Gemma 2 text path (its
    Gemma2BTokenizer on the file's SentencePiece model and its Gemma2_2BModel with the config cut
-   to the file's sizes) on a weighted prompt.
+   to the file's sizes) on a weighted prompt, with the encoder's weights as stored (fp16) and cast
+   to bf16 (as real files are); ComfyUI keeps them in that dtype, computes in fp32 and forms its
+   norms' 1 + weight in the stored dtype.
 """
 
 from __future__ import annotations
@@ -256,10 +258,19 @@ def comfyui_reference(work: Path, comfyui: Path, out: Path) -> None:
 
     llama.Gemma2_2B_Config = CutConfig
     tokenizer = lumina2.LuminaTokenizer(tokenizer_data={"spiece_model": te_sd["spiece_model"]})
-    model = lumina2.LuminaModel(device="cpu", dtype=torch.float32)
-    model.load_sd({k: v for k, v in te_sd.items() if k != "spiece_model"})
+    import comfy.utils
+
+    # In the dtype ComfyUI's loaders keep a Gemma in: its weights' (llama_detect; in a real file they
+    # outweigh the SentencePiece bytes, in this tiny one they do not), fp16 here.
+    weights = {k: v for k, v in te_sd.items() if k != "spiece_model"}
+    model = lumina2.LuminaModel(device="cpu", dtype=comfy.utils.weight_dtype(weights))
+    model.load_sd(weights)
     tokens = tokenizer.tokenize_with_weights(TINY_PROMPT)
     cond, _pooled, extra = model.encode_token_weights(tokens)
+    # The same encoder stored in bf16, as real files are: ComfyUI keeps it in bf16, computes in fp32.
+    model_bf16 = lumina2.LuminaModel(device="cpu", dtype=torch.bfloat16)
+    model_bf16.load_sd({k: v.to(torch.bfloat16) for k, v in te_sd.items() if k != "spiece_model"})
+    tensors["gemma_cond_bf16"] = model_bf16.encode_token_weights(tokens)[0].float()
     llama.Gemma2_2B_Config = base
     tensors["gemma_ids"] = torch.tensor([t for t, _ in tokens["gemma2_2b"][0]])
     tensors["gemma_weights"] = torch.tensor([w for _, w in tokens["gemma2_2b"][0]])

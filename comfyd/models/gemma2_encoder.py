@@ -102,6 +102,28 @@ def compute_dtype(plan: Any) -> torch.dtype:
     return torch.float32
 
 
+def storage_dtype(tf: Any, prefix: str = "") -> torch.dtype:
+    """The dtype ComfyUI keeps the encoder in: the one most of its stored values have."""
+    counts: dict[torch.dtype, int] = {}
+    for key, shape in tf.shapes().items():
+        if key.startswith(prefix) and not key.endswith(SPIECE_KEY):
+            counts[tf.dtype(key)] = counts.get(tf.dtype(key), 0) + int(torch.Size(shape).numel())
+    return max(counts, key=lambda d: counts[d])
+
+
+def round_norm_scales(module: nn.Module, storage: torch.dtype) -> None:
+    """ComfyUI's Gemma norms scale by (1 + weight) computed in the weight's storage dtype; where that
+    is fp16 or bf16 the sum is rounded there. Store each weight so that transformers' fp32
+    (1 + weight) gives that rounded sum exactly."""
+    if storage not in (torch.float16, torch.bfloat16):
+        return
+    with torch.no_grad():
+        for sub in module.modules():
+            if type(sub).__name__.endswith("RMSNorm") and getattr(sub, "weight", None) is not None:
+                rounded = (sub.weight.to(storage) + 1.0).float() - 1.0
+                sub.weight.copy_(rounded.to(sub.weight.dtype))
+
+
 def tokenizer_from_bytes(model_proto: bytes) -> Any:
     """A SentencePiece processor that adds the begin token (dropped per segment, as ComfyUI)."""
     import sentencepiece

@@ -223,6 +223,7 @@ def _gemma2_from(tf: TensorFile, keys: set[str], base: str, plan: ComputePlan) -
         what="Gemma 2 text encoder",
     )  # fmt: skip
     qwen25_encoder.apply_weight_scales(module, tf, base)
+    gemma2_encoder.round_norm_scales(module, gemma2_encoder.storage_dtype(tf, base))
     module.comfyd_spiece_model = gemma2_encoder.spiece_bytes(tf.get(spiece))
     return module
 

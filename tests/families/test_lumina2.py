@@ -69,8 +69,14 @@ def tiny_workflow(split: bool = False) -> dict:
     graph["3"]["inputs"].update(steps=2)
     if split:
         del graph["4"]
-        graph["20"] = {"class_type": "UNETLoader", "inputs": {"unet_name": names["transformer"], "weight_dtype": "default"}}
-        graph["21"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": names["gemma2_2b"], "type": "lumina2"}}
+        graph["20"] = {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": names["transformer"], "weight_dtype": "default"},
+        }
+        graph["21"] = {
+            "class_type": "CLIPLoader",
+            "inputs": {"clip_name": names["gemma2_2b"], "type": "lumina2"},
+        }
         graph["22"] = {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}}
         graph["11"]["inputs"]["model"] = ["20", 0]
         graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["21", 0]
@@ -99,14 +105,18 @@ def test_stored_layout_probe_and_config(lumina_models: Path) -> None:
 
 
 def test_network_matches_comfyuis_nextdit(lumina_models: Path, reference: dict, tmp_path: Path) -> None:
-    model = _manager(lumina_models, tmp_path / "home").load_diffusion_model(Path(_lumina2_tiny.NAMES["transformer"]).name)
+    model = _manager(lumina_models, tmp_path / "home").load_diffusion_model(
+        Path(_lumina2_tiny.NAMES["transformer"]).name
+    )
     assert isinstance(model.unet, transformer.Lumina2Network) and model.family == "lumina2"
     with torch.inference_mode():
         out = model.unet(reference["x"], reference["sigma"], reference["context"])[0]
         odd = model.unet(reference["x_odd"], reference["sigma_odd"], reference["context"][:1])[0]
     assert torch.allclose(out, reference["out"], atol=2e-5, rtol=1e-4), (out - reference["out"]).abs().max()
     assert odd.shape == (1, 16, 5, 7)
-    assert torch.allclose(odd, reference["out_odd"], atol=2e-5, rtol=1e-4), (odd - reference["out_odd"]).abs().max()
+    assert torch.allclose(odd, reference["out_odd"], atol=2e-5, rtol=1e-4), (
+        (odd - reference["out_odd"]).abs().max()
+    )
 
 
 def test_gemma_text_matches_comfyui(lumina_models: Path, reference: dict, tmp_path: Path) -> None:
@@ -114,7 +124,9 @@ def test_gemma_text_matches_comfyui(lumina_models: Path, reference: dict, tmp_pa
 
     with safe_open(str(REFERENCE), "pt") as f:
         prompt = f.metadata()["prompt"]
-    clip = _manager(lumina_models, tmp_path / "home").load_clip([Path(_lumina2_tiny.NAMES["gemma2_2b"]).name], "lumina2")
+    clip = _manager(lumina_models, tmp_path / "home").load_clip(
+        [Path(_lumina2_tiny.NAMES["gemma2_2b"]).name], "lumina2"
+    )
     assert clip.family == "lumina2"
     tokens = tokenize_text(clip, prompt)["gemma2_2b"][0]
     assert [t for t, _ in tokens] == reference["gemma_ids"].tolist()
@@ -122,7 +134,29 @@ def test_gemma_text_matches_comfyui(lumina_models: Path, reference: dict, tmp_pa
     assert reference["gemma_mask"].min() == 1  # no padding: ComfyUI hands the model no mask
     cond, pooled = encode_tokens(clip, {"gemma2_2b": [tokens]})
     assert pooled is None and cond.shape == reference["gemma_cond"].shape
-    assert torch.allclose(cond, reference["gemma_cond"], atol=1e-5, rtol=1e-5), (cond - reference["gemma_cond"]).abs().max()
+    assert torch.allclose(cond, reference["gemma_cond"], atol=1e-5, rtol=1e-5), (
+        (cond - reference["gemma_cond"]).abs().max()
+    )
+
+
+def test_bf16_gemma_rounds_its_norm_scales_as_comfyui(
+    lumina_models: Path, reference: dict, tmp_path: Path
+) -> None:
+    """A bf16 file: ComfyUI keeps the encoder in bf16 and forms each norm's 1 + weight there."""
+    from comfyd.models.text_encoding import encode_text
+
+    with safe_open(str(REFERENCE), "pt") as f:
+        prompt = f.metadata()["prompt"]
+    root = tmp_path / "models"
+    (root / "text_encoders").mkdir(parents=True)
+    state = load_file(str(lumina_models / _lumina2_tiny.NAMES["gemma2_2b"]))
+    save_file({k: v if k == gemma2_encoder.SPIECE_KEY else v.to(torch.bfloat16) for k, v in state.items()},
+              str(root / "text_encoders" / "gemma-bf16.safetensors"))  # fmt: skip
+    clip = _manager(root, tmp_path / "home").load_clip(["gemma-bf16.safetensors"], "lumina2")
+    cond = encode_text(clip, prompt)[0][0]
+    expected = reference["gemma_cond_bf16"]
+    assert torch.allclose(cond, expected, atol=1e-5, rtol=1e-5), (cond - expected).abs().max()
+    assert not torch.allclose(expected, reference["gemma_cond"], atol=1e-3)  # the rounding shows
 
 
 def test_clip_type_lumina2_builds_gemma_or_qwen3_by_the_file(lumina_models: Path, tmp_path: Path) -> None:
@@ -132,7 +166,10 @@ def test_clip_type_lumina2_builds_gemma_or_qwen3_by_the_file(lumina_models: Path
     root = tmp_path / "models"
     (root / "text_encoders").mkdir(parents=True)
     encoder = tiny.random_module(qwen3_encoder.empty_encoder(_z_image_tiny.tiny_encoder_config()), 0, "qwen3")
-    save_file({f"model.{k}": v for k, v in encoder.state_dict().items()}, str(root / "text_encoders" / "qwen3.safetensors"))
+    save_file(
+        {f"model.{k}": v for k, v in encoder.state_dict().items()},
+        str(root / "text_encoders" / "qwen3.safetensors"),
+    )
     state = load_file(str(lumina_models / _lumina2_tiny.NAMES["gemma2_2b"]))
     del state[gemma2_encoder.SPIECE_KEY]
     save_file(state, str(root / "text_encoders" / "gemma-no-tokenizer.safetensors"))
@@ -179,7 +216,10 @@ def _run(graph: dict, root: Path, tmp_path: Path, capsys) -> np.ndarray:
 
 
 def test_canonical_workflow_through_comfyd_run_and_the_server(
-    lumina_models: Path, tmp_path: Path, capsys, start_server  # noqa: F811
+    lumina_models: Path,
+    tmp_path: Path,
+    capsys,
+    start_server,  # noqa: F811
 ) -> None:
     from comfyd.runtime import build_runtime
 
