@@ -25,7 +25,7 @@ SUPPORTED_FAMILIES = frozenset({"sd1", "sd2", "sdxl", "sd_vae", "sd1_lora", "sdx
                                 "flux", "flux_lora", "t5", "flux_sd3_vae", "wan", "wan_vae", "sd3", "chroma",
                                 "hunyuan_video", "hunyuan_video_vae", "llama_text_encoder", "qwen_image",
                                 "qwen25_vl", "qwen_image_lora", "ltxv", "flux2", "flux2_vae", "z_image",
-                                "qwen3", "auraflow", "mistral3_text_encoder", "hidream"})
+                                "qwen3", "auraflow", "mistral3_text_encoder", "hidream", "lumina2", "gemma2"})
 
 
 class HeaderError(ValueError):
@@ -112,6 +112,8 @@ def detect_family(header: ModelHeader) -> str:
         return "sd3"  # an all-in-one SD3 file: its text encoders may hold most of the keys
     if any(k.endswith("cond_seq_linear.weight") for k in keys) and has("double_layers.0.attn.w1q."):
         return "auraflow"  # fal's MMDiT, alone or all-in-one with Pile-T5 and the VAE
+    if any(k.startswith("model.diffusion_model.cap_embedder.") for k in keys):  # a NextDiT, all-in-one
+        return "z_image" if "model.diffusion_model.cap_pad_token" in key_set else "lumina2"
     stripped = set(_strip(keys))
     if "caption_projection.0.linear.weight" in stripped and any(k.startswith("double_stream_blocks.") for k in stripped):
         return "hidream"  # ComfyUI's HiDream key; its blocks are double_stream_blocks, not Flux's double_blocks
@@ -149,6 +151,8 @@ def detect_family(header: ModelHeader) -> str:
     vocab = next((s[0] for k, (_, s) in header.tensors.items() if k.endswith("embed_tokens.weight") and len(s) == 2), 0)
     if vocab == 131072 and has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias"):
         return "mistral3_text_encoder"  # Flux.2 [dev]'s Mistral Small 3.x: Tekken's vocabulary
+    if any(k.startswith("model.layers.0.pre_feedforward_layernorm.") for k in keys):  # Gemma 2 (Lumina 2's encoder)
+        return "gemma2"
     if has("layers.0.self_attn.q_proj") and not has("layers.0.self_attn.q_proj.bias") and has("model.embed_tokens"):
         return "llama_text_encoder"  # HunyuanVideo's LLaVA-Llama-3 (Qwen's have q/k/v biases)
     if has("model.layers.0.self_attn.q_proj") or has("layers.0.self_attn.q_proj"):

@@ -406,6 +406,7 @@ class ModelManager(AuxiliaryModels, TextEncoderOffload):
     def _load_clip(self, paths: list[Path], key: str, family: families.Family) -> ClipHandle:
         allow_pickle = bool(self.settings.allow_pickle)
         loaded = [standalone.load_text_encoder(p, self.plan, allow_pickle) for p in paths]
+        family = standalone.clip_family(family, loaded)
         return self._clip_handle(key, family, standalone.assign_encoders(family, loaded))
 
     def _clip_handle(self, key: str, family: families.Family, encoders: dict[str, Any]) -> ClipHandle:

@@ -23,6 +23,7 @@ from torch import nn
 from comfyd.models import (
     detect,
     families,
+    gemma2_encoder,
     llama_encoder,
     mistral3_encoder,
     qwen3_encoder,
@@ -78,6 +79,18 @@ def family_for_clip_type(clip_type: str) -> families.Family:
     )
 
 
+def clip_family(family: families.Family, loaded: list[tuple[str, nn.Module, str]]) -> families.Family:
+    """The family a CLIP loader's files build: `family` (the first for the loader's type), or
+    another family of the same type whose encoders take the kinds of files loaded (type
+    "lumina2" builds Lumina 2's Gemma 2 or Z-Image's Qwen3, as ComfyUI decides by the keys)."""
+    kinds = {kind for kind, _, _ in loaded}
+    peers = [f for f in families.all_families() if f is not family and set(f.clip_types) & set(family.clip_types)]
+    for candidate in (family, *peers):
+        if all(candidate.encoder_for_kind(kind) is not None for kind in kinds):
+            return candidate
+    return family
+
+
 def _clip_prefix(keys: set[str], base: str = "") -> str | None:
     for prefix in ("", "text_model.", "transformer.text_model.", "transformer."):
         if f"{base}{prefix}embeddings.token_embedding.weight" in keys:
@@ -109,6 +122,8 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
             rounding=plan.clip_weight_rounding, what="CLIP text encoder",
         )  # fmt: skip
         return "clip", module
+    if gemma2_encoder.is_gemma2(keys, base):  # Lumina 2's Gemma-2-2B (before the Llama rule)
+        return "gemma2_2b", _gemma2_from(tf, keys, base, plan)
     if qwen25_encoder.is_qwen25(keys, base):
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
         module = materialize(
@@ -215,6 +230,26 @@ def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: Com
     return module
 
 
+def _gemma2_from(tf: TensorFile, keys: set[str], base: str, plan: ComputePlan) -> nn.Module:
+    """Gemma-2 with the SentencePiece model its file carries; comfyd ships no Gemma tokenizer."""
+    spiece = gemma2_encoder.spiece_key(keys, base)
+    if spiece is None:
+        raise UnknownCheckpointLayout(
+            f"the Gemma 2 text encoder in {tf.path.name} has no tokenizer (no 'spiece_model' tensor); "
+            "use a file that carries one, as ComfyUI's gemma_2_2b and lumina_2 files do"
+        )
+    shapes = {k: v for k, v in tf.shapes().items() if k.startswith(base)}
+    module = materialize(
+        gemma2_encoder.empty_encoder(gemma2_encoder.infer_config(shapes, base)),
+        qwen25_encoder.Qwen25Translator(base), tf, plan.device, gemma2_encoder.compute_dtype(plan),
+        what="Gemma 2 text encoder",
+    )  # fmt: skip
+    qwen25_encoder.apply_weight_scales(module, tf, base)
+    gemma2_encoder.round_norm_scales(module, gemma2_encoder.storage_dtype(tf, base))
+    module.comfyd_spiece_model = gemma2_encoder.spiece_bytes(tf.get(spiece))
+    return module
+
+
 def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tuple[str, nn.Module, str]:
     """(kind "clip" | "t5", encoder module, file name) of one text-encoder file."""
     with TensorFile(path, allow_pickle=allow_pickle, gguf_quantized=plan.gguf_on_the_fly) as tf:
@@ -224,7 +259,7 @@ def load_text_encoder(path: Path, plan: ComputePlan, allow_pickle: bool) -> tupl
         keys = tf.keys()
     raise UnknownCheckpointLayout(
         f"{path.name} is not a text encoder comfyd can load (CLIP text model, T5, UMT5, Llama, "
-        f"Mistral Small, Qwen2.5-VL or Qwen3 encoder); "
+        f"Mistral Small, Qwen2.5-VL, Qwen3 or Gemma 2 encoder); "
         f"first keys: {', '.join(sorted(keys)[:5])}"
     )
 
@@ -304,6 +339,8 @@ def encoder_tokenizers(
             out[name] = clip_tokenizer(dict(family.encoder(name).tokenizer))
         elif kind == "umt5":
             out[name] = umt5_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
+        elif kind == "gemma2_2b":  # the SentencePiece model its file carries
+            out[name] = gemma2_encoder.tokenizer_from_bytes(module.comfyd_spiece_model)
         elif kind == "llama":  # read from llama_tokenizer/ beside the file (llama_encoder)
             out[name] = llama_encoder.require_tokenizer(module)
         elif kind == "mistral3":  # Tekken: from the file, beside it, or mistral-common's

@@ -12,7 +12,7 @@ Per text encoder (comfy/sd1_clip.py: ClipTokenWeightEncoder.encode_token_weights
 
 T5 encoders (Flux's T5-XXL) take the whole prompt as one sequence: `t5_encoder`; Qwen-Image's
 Qwen2.5-VL takes it inside its chat template: `qwen25_encoder`; Z-Image's Qwen3 likewise:
-`qwen3_encoder`.
+`qwen3_encoder`; Lumina 2's Gemma 2 as one weighted sequence: `gemma2_encoder`.
 
 Each family declares its encoders' recipes (layer, norm, pad token, pooled projection), the
 order their outputs are concatenated in on the feature axis (SDXL: [CLIP-L, bigG]) and which
@@ -31,6 +31,7 @@ from comfyd.models import (
     clip_forward,
     families,
     flux2_text,
+    gemma2_encoder,
     hidream_llama,
     llama_encoder,
     qwen3_encoder,
@@ -121,6 +122,8 @@ def tokenize_for_encoder(
         return [[(token, 1.0) for token in qwen25_encoder.tokenize(clip.tokenizers[key], text)]]
     if kind == "qwen3_4b":  # Z-Image's chat template, no weights
         return [[(token, 1.0) for token in qwen3_encoder.tokenize(clip.tokenizers[key], text)]]
+    if kind == "gemma2_2b":  # Lumina 2: one weighted sequence after the begin token
+        return [gemma2_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, _chunk_layout(clip, key, recipe.layout), embedding_key=key, embeddings=embeddings)
 
 
@@ -194,6 +197,9 @@ def encoder_outputs(
                 continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)
             if kind == "qwen25_7b":
                 outputs[key] = (qwen25_encoder.encode(encoders[key], [int(t) for t, _ in tokens[key][0]]), None)
+                continue
+            if kind == "gemma2_2b":
+                outputs[key] = (gemma2_encoder.encode(encoders[key], tokens[key][0], clip.layer_idx), None)
                 continue
             if kind == "qwen3_4b":
                 ids = [int(t) for t, _ in tokens[key][0]]
