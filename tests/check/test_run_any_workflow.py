@@ -51,12 +51,15 @@ def test_png_with_only_the_ui_graph_runs(tiny_models: Path, tmp_path: Path, caps
 
 
 def test_ui_json_with_nodes_comfyd_lacks_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pair = json.loads((HERE.parent / "workflow_formats" / "pairs" / "hidream_full_example.json").read_text())
-    path = tmp_path / "hidream.json"
+    pair = json.loads((HERE.parent / "workflow_formats" / "pairs" / "model_merging_basic.json").read_text())
+    path = tmp_path / "merge.json"
+    for node in pair["workflow"]["nodes"]:  # the example keeps CheckpointSave muted; switch it on
+        if node["type"] == "CheckpointSave":
+            node["mode"] = 0
     path.write_text(json.dumps(pair["workflow"]))
     code, _result, err = _run(capsys, str(path), "--models-dir", str(tmp_path))
     assert code == 2
-    assert "QuadrupleCLIPLoader" in err and "built-in ComfyUI node that comfyd does not implement yet" in err
+    assert "CheckpointSave" in err and "built-in ComfyUI node that comfyd does not implement yet" in err
 
 
 @pytest.mark.slow
