@@ -10,9 +10,10 @@
 # scipy (34 MB) is left out on purpose: only the `beta` scheduler needs it, comfyd imports it
 # lazily, and the carry limit (64 MiB for every carried path together) would leave no room for a
 # ComfyUI source tarball. Pass --with-scipy to add it. kornia (the Canny node), boto3 (AWS
-# backends), av (PyAV, ~40 MB with its FFmpeg: the video and audio nodes) and gguf (read only
-# when a .gguf model loads) are imported lazily and left out too; the GPU check runs no video
-# node and no GGUF model.
+# backends), av (PyAV, ~40 MB with its FFmpeg: the video and audio nodes), gguf (read only
+# when a .gguf model loads) and mistral-common (its Tekken vocabulary, read only for a Flux.2
+# Mistral encoder without its own) are imported lazily and left out too; the GPU check runs no
+# video node, no GGUF model and no Flux.2 text encoder.
 #
 #     scripts/device_wheels.sh [--with-scipy] [--dest DIR] [--dry-run]
 #
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --with-scipy) WITH_SCIPY=1 ;;
     --dest) DEST=$2; shift ;;
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "device_wheels: unknown option $1" >&2; exit 2 ;;
   esac
   shift

@@ -22,8 +22,6 @@ import torch
 
 from comfyd.models import mistral3_encoder
 
-MISTRAL_LAYERS = (10, 20, 30)
-QWEN3_LAYERS = (9, 18, 27)
 KLEIN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 KLEIN_PAD = 151643  # <|endoftext|>
 KLEIN_MIN_LENGTH = 512
@@ -52,14 +50,15 @@ def tokens(kind: str, tokenizer: Any, text: str) -> list[int]:
     raise ValueError(f"a {kind} text encoder has no place in a Flux.2 CLIP (Mistral Small 3.x or Qwen3)")
 
 
-def encode_tokens(kind: str, encoder: Any, ids: list[int]) -> torch.Tensor:
-    """Flux.2's conditioning from `tokens`' ids: [dev]'s unpadded, [klein]'s padding masked."""
+def encode_tokens(kind: str, encoder: Any, ids: list[int], layers: tuple[int, ...]) -> torch.Tensor:
+    """Flux.2's conditioning from `tokens`' ids and the family's `layers`: [dev]'s unpadded,
+    [klein]'s padding masked."""
     if kind == "mistral3":
-        return encode(encoder, ids, len(ids), MISTRAL_LAYERS)
+        return encode(encoder, ids, len(ids), layers)
     real = len(ids)
     while real > 0 and ids[real - 1] == KLEIN_PAD:
         real -= 1
-    return encode(encoder, ids, max(real, 1), QWEN3_LAYERS)
+    return encode(encoder, ids, max(real, 1), layers)
 
 
 def encode(encoder: Any, ids: list[int], real: int, layers: tuple[int, ...]) -> torch.Tensor:

@@ -113,7 +113,9 @@ def detect_family(header: ModelHeader) -> str:
     if any(k.endswith("cond_seq_linear.weight") for k in keys) and has("double_layers.0.attn.w1q."):
         return "auraflow"  # fal's MMDiT, alone or all-in-one with Pile-T5 and the VAE
     if any(k.startswith("model.diffusion_model.cap_embedder.") for k in keys):  # a NextDiT, all-in-one
-        return "z_image" if "model.diffusion_model.cap_pad_token" in key_set else "lumina2"
+        if "model.diffusion_model.cap_pad_token" in key_set:
+            return "z_image"
+        return "lumina2"
     stripped = set(_strip(keys))
     if "caption_projection.0.linear.weight" in stripped and any(k.startswith("double_stream_blocks.") for k in stripped):
         return "hidream"  # ComfyUI's HiDream key; its blocks are double_stream_blocks, not Flux's double_blocks

@@ -105,7 +105,7 @@ def tokenize_for_encoder(
     recipe = encoder_recipe(clip.family, key)
     spec = families.get(clip.family).encoder(key)
     kind = spec.kind
-    if clip.family == "flux2":  # Mistral Small / Qwen3 in Flux.2's templates, no weights
+    if spec.stacked_layers:  # Flux.2: Mistral Small / Qwen3 in its templates, no weights
         return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
     if kind == "t5" and spec.max_length is not None:  # HiDream: the first 128-token chunk only
         return [t5_first_chunk.first_chunk(text, spec.max_length, spec.min_length)]
@@ -169,9 +169,9 @@ def encoder_outputs(
             recipe = encoder_recipe(clip.family, key)
             family_spec = families.get(clip.family)
             kind = family_spec.encoder(key).kind
-            if family_spec.name == "flux2":  # three hidden states per token (flux2_text)
+            if layers := family_spec.encoder(key).stacked_layers:  # Flux.2: three hidden states per token
                 ids = [int(t) for t, _ in tokens[key][0]]
-                outputs[key] = (flux2_text.encode_tokens(kind, encoders[key], ids), None)
+                outputs[key] = (flux2_text.encode_tokens(kind, encoders[key], ids, layers), None)
                 continue
             if kind == "llama" and family_spec.encoder(key).all_layers:  # HiDream
                 outputs[key] = (hidream_llama.encode(encoders[key], tokens[key][0]), None)

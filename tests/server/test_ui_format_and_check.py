@@ -64,11 +64,14 @@ def test_ui_workflow_through_prompt_predictions_and_generate(real_server, tiny_m
 
 
 def test_ui_workflow_with_nodes_comfyd_lacks_is_a_400(real_server) -> None:
-    hidream = json.loads((FLUX_PAIR.parent / "hidream_full_example.json").read_text())["workflow"]
+    merging = json.loads((FLUX_PAIR.parent / "model_merging_basic.json").read_text())["workflow"]
+    for node in merging["nodes"]:  # the example keeps CheckpointSave muted; switch it on
+        if node["type"] == "CheckpointSave":
+            node["mode"] = 0
     with real_server.client() as http:
-        answer = http.post("/prompt", json={"prompt": hidream})
+        answer = http.post("/prompt", json={"prompt": merging})
         assert answer.status_code == 400
-        assert "QuadrupleCLIPLoader" in answer.json()["error"]["message"]
+        assert "CheckpointSave" in answer.json()["error"]["message"]
 
 
 def test_v1_check(real_server, tiny_models_dir: Path) -> None:

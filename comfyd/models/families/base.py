@@ -99,6 +99,9 @@ class EncoderSpec:
     # Llama kind: HiDream's plain sequence and every layer's output (`hidream_llama`), not
     # HunyuanVideo's template and third-last layer.
     all_layers: bool = False
+    # Decoder-LLM kinds: Flux.2's templates and these layers' hidden states side by side per
+    # token (`flux2_text`); empty: the kind's own encoding.
+    stacked_layers: tuple[int, ...] = ()
 
     @property
     def peft_prefix(self) -> str:

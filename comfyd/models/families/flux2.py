@@ -61,7 +61,9 @@ PATCH_RGB_FACTORS = (
 RGB_BIAS = (-0.0329, -0.0718, -0.0851)
 
 
-def _encoder(name: str, kind: str, pad: int, stored: tuple[str, ...], lora: tuple[str, ...]) -> EncoderSpec:
+def _encoder(
+    name: str, kind: str, pad: int, stored: tuple[str, ...], lora: tuple[str, ...], layers: tuple[int, ...]
+) -> EncoderSpec:
     return EncoderSpec(
         name=name,
         config="",  # read from the file's shapes
@@ -75,13 +77,14 @@ def _encoder(name: str, kind: str, pad: int, stored: tuple[str, ...], lora: tupl
         kohya_prefix="lora_te_",
         lora_components=lora,
         kind=kind,
+        stacked_layers=layers,
     )
 
 
 # A Flux.2 CLIP holds one of the two; ComfyUI's all-in-one files store them under these names.
 # A "te" LoRA component names one encoder per family; [klein]'s Qwen3 gets none (see Known limits).
-MISTRAL3 = _encoder("mistral3_24b", "mistral3", 11, ("mistral3_24b",), ("te",))
-QWEN3 = _encoder("qwen3", "qwen3_4b", 151643, ("qwen3_4b", "qwen3_8b"), ())
+MISTRAL3 = _encoder("mistral3_24b", "mistral3", 11, ("mistral3_24b",), ("te",), (10, 20, 30))
+QWEN3 = _encoder("qwen3", "qwen3_4b", 151643, ("qwen3_4b", "qwen3_8b"), (), (9, 18, 27))
 
 
 def _per_patch(rows: tuple[tuple[float, float, float], ...]) -> tuple[tuple[float, float, float], ...]:
