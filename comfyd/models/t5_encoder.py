@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from comfyd.models.prompt_weights import parse_prompt_weights
+from comfyd.models.tokenizer_options import Padding, pad
 
 TOKENIZER_DIR = Path(__file__).parent / "configs" / "t5_tokenizer"
 END_TOKEN = 1
@@ -45,8 +46,9 @@ def shipped_tokenizer() -> Any:
     return T5TokenizerFast.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
 
 
-def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH) -> T5Tokens:
-    """(token id, weight) pairs of one prompt: segments, end token, pads up to `min_length`."""
+def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH, min_padding: int = 0) -> T5Tokens:
+    """(token id, weight) pairs of one prompt: segments, end token, `min_padding` pads, pads up
+    to `min_length`."""
     tokenizer = shipped_tokenizer()
     tokens: T5Tokens = []
     for segment in parse_prompt_weights(text):
@@ -56,9 +58,7 @@ def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH) -> T5Tokens:
             ids = tokenizer(segment.text, verbose=False)["input_ids"]
         tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
     tokens.append((END_TOKEN, 1.0))
-    if len(tokens) < min_length:
-        tokens.extend([(PAD_TOKEN, 1.0)] * (min_length - len(tokens)))
-    return tokens
+    return pad(tokens, PAD_TOKEN, Padding(min_padding, min_length))
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from comfyd.models import (
     qwen25_encoder,
     t5_encoder,
     t5_first_chunk,
+    tokenizer_options,
     umt5_encoder,
 )
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
@@ -107,15 +108,17 @@ def tokenize_for_encoder(
     kind = spec.kind
     if clip.family == "flux2":  # Mistral Small / Qwen3 in Flux.2's templates, no weights
         return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
-    if kind == "t5" and spec.max_length is not None:  # HiDream: the first 128-token chunk only
-        return [t5_first_chunk.first_chunk(text, spec.max_length, spec.min_length)]
     if kind == "t5":
-        return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
+        pads = tokenizer_options.padding(clip.tokenizer_options, spec, spec.min_length)
+        if spec.max_length is not None:  # HiDream: the first 128-token chunk only
+            return [t5_first_chunk.first_chunk(text, spec.max_length, pads.min_length, pads.min_padding)]
+        return [t5_encoder.tokenize(text, pads.min_length, pads.min_padding)]  # one sequence, no 77-token chunks
     if kind == "llama" and spec.all_layers:  # HiDream: the plain prompt, every layer
         return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":
         end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
-        return [umt5_encoder.tokenize(clip.tokenizers[key], text, length, end, pad)]
+        pads = tokenizer_options.padding(clip.tokenizer_options, spec, length)
+        return [umt5_encoder.tokenize(clip.tokenizers[key], text, pads.min_length, end, pad, pads.min_padding)]
     if kind == "llama":  # HunyuanVideo: the prompt inside ComfyUI's template, one sequence
         return [llama_encoder.tokenize(clip.tokenizers[key], text)]
     if kind == "qwen25_7b":  # the chat template, no weights: plain ids
