@@ -162,18 +162,19 @@ def attention_mask(ids: list[int], end_token: int = END_TOKEN) -> list[int]:
 
 def encode(
     encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bool = True,
-    end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN,
+    end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN, empty_end: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """[1, len(tokens), d_model] float32 on the CPU (see the module docstring). `masked` (UMT5 as
     Wan drives it): the padding after the end token is masked out of attention and zeroed
-    (LTX-Video's T5, `zero_masked=False`: masked, not zeroed)."""
+    (LTX-Video's T5, `zero_masked=False`: masked, not zeroed). `empty_end` False: the empty
+    prompt of weighted tokens is pad tokens only (Chroma's PixArt T5)."""
     device = next(encoder.parameters()).device
     ids = [t for t, _ in tokens]
     weights = [w for _, w in tokens]
     weighted = any(w != 1.0 for w in weights)
     batch = [ids]
     if weighted:
-        batch.append([end_token] + [pad_token] * (len(ids) - 1))
+        batch.append(([end_token] if empty_end else [pad_token]) + [pad_token] * (len(ids) - 1))
     mask = torch.tensor([attention_mask(row, end_token) for row in batch], dtype=torch.long, device=device) if masked else None
     with torch.no_grad():
         hidden = encoder(

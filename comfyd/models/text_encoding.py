@@ -191,10 +191,13 @@ def encoder_outputs(
                 outputs[key] = (umt5_encoder.encode(encoders[key], sequence, end, pad), None)
                 continue
             if kind in ("t5", "umt5"):
-                encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
                 # No tokens at all (CLIPTextEncodeSD3's empty_padding "none"): the end token alone.
                 sequence = tokens[key][0] if tokens[key] else [(t5_encoder.END_TOKEN, 1.0)]
-                outputs[key] = (encode(encoders[key], sequence), None)
+                if kind == "t5":
+                    empty_end = family_spec.encoder(key).empty_prompt_end
+                    outputs[key] = (t5_encoder.encode(encoders[key], sequence, empty_end=empty_end), None)
+                else:
+                    outputs[key] = (umt5_encoder.encode(encoders[key], sequence), None)
                 continue
             if not tokens[key]:
                 continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)

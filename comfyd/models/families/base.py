@@ -99,6 +99,9 @@ class EncoderSpec:
     # Llama kind: HiDream's plain sequence and every layer's output (`hidream_llama`), not
     # HunyuanVideo's template and third-last layer.
     all_layers: bool = False
+    # T5 kinds: the empty prompt weighted tokens are measured against opens with the end token;
+    # False: pad tokens only (ComfyUI's PixArt T5, which Chroma uses).
+    empty_prompt_end: bool = True
 
     @property
     def peft_prefix(self) -> str:
