@@ -109,7 +109,7 @@ def tokenize_for_encoder(
     if clip.family == "flux2":  # Mistral Small / Qwen3 in Flux.2's templates, no weights
         return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
     if kind == "t5":
-        pads = tokenizer_options.padding(clip.tokenizer_options, spec, spec.min_length)
+        pads = tokenizer_options.padding(_options(clip), spec, spec.min_length)
         if spec.max_length is not None:  # HiDream: the first 128-token chunk only
             return [t5_first_chunk.first_chunk(text, spec.max_length, pads.min_length, pads.min_padding)]
         return [t5_encoder.tokenize(text, pads.min_length, pads.min_padding)]  # one sequence, no 77-token chunks
@@ -117,7 +117,7 @@ def tokenize_for_encoder(
         return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":
         end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
-        pads = tokenizer_options.padding(clip.tokenizer_options, spec, length)
+        pads = tokenizer_options.padding(_options(clip), spec, length)
         return [umt5_encoder.tokenize(clip.tokenizers[key], text, pads.min_length, end, pad, pads.min_padding)]
     if kind == "llama":  # HunyuanVideo: the prompt inside ComfyUI's template, one sequence
         return [llama_encoder.tokenize(clip.tokenizers[key], text)]
@@ -128,6 +128,11 @@ def tokenize_for_encoder(
     if kind == "gemma2_2b":  # Lumina 2: one weighted sequence after the begin token
         return [gemma2_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, _chunk_layout(clip, key, recipe.layout), embedding_key=key, embeddings=embeddings)
+
+
+def _options(clip: ClipHandle) -> tuple[tuple[str, int], ...]:
+    """The CLIP's tokenizer options (T5TokenizerOptions); none on a handle-like without them."""
+    return getattr(clip, "tokenizer_options", ())
 
 
 def _chunk_layout(clip: ClipHandle, key: str, layout: ChunkLayout) -> ChunkLayout:
