@@ -42,16 +42,31 @@ CASES: dict[str, tuple[str, str, int, int]] = {
     "wan_weighted_len40": ("wan", WEIGHTED, 0, 40),
     "chroma_weighted_pad2": ("chroma", WEIGHTED, 2, 0),
 }
+# Bench only (the tiny AuraFlow checkpoint takes seconds to write): Pile-T5, end 2 / pad 1, masked.
+AURAFLOW_CASES: dict[str, tuple[str, str, int, int]] = {
+    "auraflow_pad3": ("auraflow", PROMPT, 3, 0),
+    "auraflow_len40_pad1": ("auraflow", PROMPT, 1, 40),
+}
+# HiDream's T5: token ids of the first 128-token chunk (HiDreamTokenizer's T5XXLTokenizer(min_length
+# 128, max_length 128), of which HiDream keeps [0]); (prompt, min_padding, min_length).
+_LONG = "a small red fox runs across a snowy field at dawn under a pale winter sky, " * 9
+HIDREAM_CASES: dict[str, tuple[str, int, int]] = {
+    "hidream_pad3": ("a red fox", 3, 0),
+    "hidream_len130_pad1": ("a red fox", 1, 130),
+    "hidream_long_pad2": (_LONG, 2, 0),  # cut at the chunk: the first chunk takes no padding
+}
 FILES = {
     "clip_l": "text_encoders/comfyd-tiny-clip-l.safetensors",
     "t5xxl": "text_encoders/comfyd-tiny-t5xxl.safetensors",
     "umt5xxl": "text_encoders/comfyd-tiny-umt5xxl.safetensors",
 }
-ENCODER_KEY = {"flux": "t5xxl", "chroma": "t5xxl", "wan": "umt5xxl"}
+ENCODER_KEY = {"flux": "t5xxl", "chroma": "t5xxl", "wan": "umt5xxl", "auraflow": "pile_t5xl"}
+AURAFLOW_CHECKPOINT = "checkpoints/comfyd-tiny-auraflow.safetensors"
 
 
-def write_files(root: Path) -> None:
-    """The three tiny text-encoder files the cases read (as `make-tiny` writes them)."""
+def write_files(root: Path, auraflow: bool = False) -> None:
+    """The three tiny text-encoder files the cases read (as `make-tiny` writes them); `auraflow`:
+    the tiny AuraFlow checkpoint too."""
     from comfyd.models import tiny, umt5_encoder
     from comfyd.models.families import _flux_tiny, _wan_tiny
     from comfyd.models.loader import empty_text_encoder
@@ -70,12 +85,20 @@ def write_files(root: Path) -> None:
             bytearray(_wan_tiny.tiny_spiece_model()), dtype=torch.uint8
         )
         _wan_tiny._save(state, root / FILES["umt5xxl"])
+    if auraflow and not (root / AURAFLOW_CHECKPOINT).is_file():
+        from comfyd.models.families import _auraflow_tiny
+
+        _auraflow_tiny.write_tiny_auraflow(root)
 
 
-def comfyd_side(root: Path) -> dict[str, torch.Tensor]:
-    """comfyd's `<case>_ids` and `<case>_cond` for every case."""
+def comfyd_side(root: Path, auraflow: bool = False) -> dict[str, torch.Tensor]:
+    """comfyd's `<case>_ids` and `<case>_cond` for every case (`auraflow`: its cases too), and the
+    HiDream cases' `<case>_ids`."""
+    from types import SimpleNamespace
+
     from comfyd.models.manager import ModelManager
-    from comfyd.models.text_encoding import conditioning_from_tokens, tokenize_text
+    from comfyd.models.text_encoding import conditioning_from_tokens, tokenize_for_encoder, tokenize_text
+    from comfyd.models.tokenizer_options import t5_option_settings
     from comfyd.nodes.conditioning.t5_tokenizer_options import T5TokenizerOptions
     from comfyd.settings import Settings
 
@@ -86,12 +109,22 @@ def comfyd_side(root: Path) -> dict[str, torch.Tensor]:
         "wan": ([Path(FILES["umt5xxl"]).name], "wan"),
     }
     out: dict[str, torch.Tensor] = {}
-    for case, (family, text, min_padding, min_length) in CASES.items():
-        clip = manager.load_clip(*names[family])
+    cases = {**CASES, **(AURAFLOW_CASES if auraflow else {})}
+    for case, (family, text, min_padding, min_length) in cases.items():
+        if family == "auraflow":
+            clip = manager.load_checkpoint(Path(AURAFLOW_CHECKPOINT).name)[1]
+        else:
+            clip = manager.load_clip(*names[family])
         (clip,) = T5TokenizerOptions().run(None, clip, min_padding, min_length)  # type: ignore[arg-type]
         tokens = tokenize_text(clip, text)
         out[f"{case}_ids"] = torch.tensor([int(t) for t, _ in tokens[ENCODER_KEY[family]][0]])
         out[f"{case}_cond"] = conditioning_from_tokens(clip, tokens)[0][0].float().contiguous()
+    for case, (text, min_padding, min_length) in HIDREAM_CASES.items():
+        # HiDream's T5 tokenization needs no files: a handle-like with the node's options.
+        options = tuple(sorted(t5_option_settings(min_padding, min_length).items()))
+        clip = SimpleNamespace(family="hidream", tokenizers={}, tokenizer_options=options)
+        [tokens] = tokenize_for_encoder(clip, "t5xxl", text)  # type: ignore[arg-type]
+        out[f"{case}_ids"] = torch.tensor([int(t) for t, _ in tokens])
     return out
 
 
@@ -101,9 +134,11 @@ def comfyui_side(root: Path, comfyui: Path) -> dict[str, torch.Tensor]:
     from comfyui_render import load_comfyui
 
     load_comfyui(comfyui, root, None, root / "comfyui-out")
-    from comfy.text_encoders import flux, pixart_t5, sd3_clip, wan
+    from comfy import sd1_clip
+    from comfy.text_encoders import aura_t5, flux, pixart_t5, sd3_clip, wan
+    from comfy.text_encoders.spiece_tokenizer import SPieceTokenizer
 
-    from comfyd.models.families import _flux_tiny, _wan_tiny
+    from comfyd.models.families import _auraflow_tiny, _flux_tiny, _wan_tiny
 
     def size(config: dict[str, Any]) -> dict[str, Any]:
         return {k: config[k] for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")}
@@ -124,34 +159,68 @@ def comfyui_side(root: Path, comfyui: Path) -> dict[str, torch.Tensor]:
         "chroma": pixart_t5.PixArtTokenizer(),
         "wan": wan.WanT5Tokenizer(tokenizer_data={"spiece_model": spiece}),
     }
+    states = {"flux": t5_state, "chroma": t5_state, "wan": umt5_state}
+    cases = dict(CASES)
+    if (root / AURAFLOW_CHECKPOINT).is_file():
+        cases.update(AURAFLOW_CASES)
+        prefix = _auraflow_tiny.ENCODER_PREFIX
+        stored = load_file(str(root / AURAFLOW_CHECKPOINT))
+        pile = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
+        pile_spiece = pile.pop("spiece_model")
+        pile_options = {"pile_t5xl_model_config": size(_auraflow_tiny.TINY_PILE_T5)}
+        models["auraflow"] = aura_t5.AuraT5Model(dtype=torch.float32, model_options=pile_options)
+        states["auraflow"] = pile
+        # PT5XlTokenizer's arguments, on the SentencePiece model the tiny checkpoint carries (the
+        # class itself reads the real Pile-T5 vocabulary from ComfyUI's folder).
+        pt5 = sd1_clip.SDTokenizer(
+            pile_spiece, pad_with_end=False, embedding_size=2048, embedding_key="pile_t5xl",
+            tokenizer_class=SPieceTokenizer, has_start_token=False, pad_to_max_length=False,
+            max_length=99999999, min_length=256, pad_token=1, tokenizer_data={},
+        )  # fmt: skip
+        tokenizers["auraflow"] = sd1_clip.SD1Tokenizer(clip_name="pile_t5xl", tokenizer=lambda **_: pt5)
     for family, model in models.items():
-        missing, unexpected = model.load_sd(umt5_state if family == "wan" else t5_state)
+        missing, unexpected = model.load_sd(states[family])
         if missing or unexpected:
             raise SystemExit(
                 f"the tiny {family} encoder does not load in ComfyUI's module: {missing[:5]} {unexpected[:5]}"
             )
     out: dict[str, torch.Tensor] = {}
-    for case, (family, text, min_padding, min_length) in CASES.items():
-        options: dict[str, int] = {}
-        for t5_type in ("t5xxl", "pile_t5xl", "t5base", "mt5xl", "umt5xxl"):  # as the node sets them
-            options[f"{t5_type}_min_padding"] = min_padding
-            options[f"{t5_type}_min_length"] = min_length
+    for case, (family, text, min_padding, min_length) in cases.items():
+        options = node_options(min_padding, min_length)
         tokens = tokenizers[family].tokenize_with_weights(text, tokenizer_options=options)
         key = ENCODER_KEY[family]
         out[f"{case}_ids"] = torch.tensor([int(t) for t, *_ in tokens[key][0]])
         encoded = models[family].encode_token_weights(tokens[key] if family == "flux" else tokens)
         out[f"{case}_cond"] = encoded[0].float().contiguous()
+    hidream_t5 = sd3_clip.T5XXLTokenizer(min_length=128, max_length=128)
+    for case, (text, min_padding, min_length) in HIDREAM_CASES.items():
+        tokens = hidream_t5.tokenize_with_weights(
+            text, tokenizer_options=node_options(min_padding, min_length)
+        )
+        out[f"{case}_ids"] = torch.tensor([int(t) for t, *_ in tokens[0]])
     return out
 
 
+def node_options(min_padding: int, min_length: int) -> dict[str, int]:
+    """The options ComfyUI's T5TokenizerOptions sets on the CLIP (written out here, not comfyd's)."""
+    options: dict[str, int] = {}
+    for t5_type in ("t5xxl", "pile_t5xl", "t5base", "mt5xl", "umt5xxl"):
+        options[f"{t5_type}_min_padding"] = min_padding
+        options[f"{t5_type}_min_length"] = min_length
+    return options
+
+
 def compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> dict[str, tuple[bool, float]]:
-    """case -> (ids equal, max |comfyd - ComfyUI| of the conditioning; inf when shapes differ)."""
+    """case -> (ids equal, max |comfyd - ComfyUI| of the conditioning; inf when shapes differ; nan
+    for the ids-only cases), for every case comfyd computed."""
     result = {}
-    for case in CASES:
+    for case in (k[: -len("_ids")] for k in ours if k.endswith("_ids")):
         a, b = ours[f"{case}_ids"], theirs[f"{case}_ids"]
         same = a.shape == b.shape and torch.equal(a, b)
-        x, y = ours[f"{case}_cond"], theirs[f"{case}_cond"]
-        diff = float((x - y).abs().max()) if x.shape == y.shape else float("inf")
+        diff = float("nan")
+        if f"{case}_cond" in ours:
+            x, y = ours[f"{case}_cond"], theirs[f"{case}_cond"]
+            diff = float((x - y).abs().max()) if x.shape == y.shape else float("inf")
         result[case] = (same, diff)
     return result
 
@@ -170,14 +239,15 @@ def main() -> int:
             save_file(comfyui_side(work, args.comfyui.resolve()), str(work / "comfyui-t5opts.safetensors"))
         return 0
     work.mkdir(parents=True, exist_ok=True)
-    write_files(work)
+    write_files(work, auraflow=True)
     subprocess.run([args.comfyui_python, __file__, "--workdir", str(work), "--comfyui", str(args.comfyui),
                     "--comfyui-side"], check=True)  # fmt: skip
     theirs = load_file(str(work / "comfyui-t5opts.safetensors"))
-    ours = comfyd_side(work)
+    ours = comfyd_side(work, auraflow=True)
     for case, (same, diff) in compare(ours, theirs).items():
         print(f"RESULT t5opts_ids_equal_{case}={same} (length {len(theirs[f'{case}_ids'])})")
-        print(f"RESULT t5opts_max_abs_diff_{case}={diff:.3g}")
+        if diff == diff:  # not an ids-only case
+            print(f"RESULT t5opts_max_abs_diff_{case}={diff:.3g}")
     if args.save_reference:
         save_file(theirs, str(args.save_reference))
         print(f"reference written to {args.save_reference}")
