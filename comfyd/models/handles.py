@@ -232,6 +232,9 @@ class ClipHandle:
     # Where the encoders live (comfyd.models.clip_residency), shared by every handle onto them;
     # None: always on `device`.
     residency: ClipResidency | None = field(default=None, compare=False, repr=False)
+    # Tokenizer options by ComfyUI's name ("t5xxl_min_padding", ...: T5TokenizerOptions), sorted
+    # (name, value) pairs so the handle stays hashable; see comfyd.models.tokenizer_options.
+    tokenizer_options: tuple[tuple[str, int], ...] = ()
 
     def with_loras(self, *patches: Any) -> ClipHandle:
         return replace(self, loras=self.loras + tuple(patches))
@@ -246,6 +249,12 @@ class ClipHandle:
 
     def with_layer(self, layer_idx: int | None) -> ClipHandle:
         return replace(self, layer_idx=layer_idx)
+
+    def with_tokenizer_options(self, options: Mapping[str, int]) -> ClipHandle:
+        """A handle whose tokenizers read `options` over the ones already set (ComfyUI's
+        CLIP.clone then set_tokenizer_option)."""
+        merged = {**dict(self.tokenizer_options), **{str(k): int(v) for k, v in options.items()}}
+        return replace(self, tokenizer_options=tuple(sorted(merged.items())))
 
     @contextmanager
     def patched(self) -> Iterator[dict[str, Any]]:

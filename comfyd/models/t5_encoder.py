@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from comfyd.models.prompt_weights import parse_prompt_weights
+from comfyd.models.tokenizer_options import Padding, pad
 
 TOKENIZER_DIR = Path(__file__).parent / "configs" / "t5_tokenizer"
 END_TOKEN = 1
@@ -45,8 +46,9 @@ def shipped_tokenizer() -> Any:
     return T5TokenizerFast.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
 
 
-def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH) -> T5Tokens:
-    """(token id, weight) pairs of one prompt: segments, end token, pads up to `min_length`."""
+def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH, min_padding: int = 0) -> T5Tokens:
+    """(token id, weight) pairs of one prompt: segments, end token, `min_padding` pads, pads up
+    to `min_length`."""
     tokenizer = shipped_tokenizer()
     tokens: T5Tokens = []
     for segment in parse_prompt_weights(text):
@@ -56,9 +58,7 @@ def tokenize(text: str, min_length: int = FLUX_MIN_LENGTH) -> T5Tokens:
             ids = tokenizer(segment.text, verbose=False)["input_ids"]
         tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
     tokens.append((END_TOKEN, 1.0))
-    if len(tokens) < min_length:
-        tokens.extend([(PAD_TOKEN, 1.0)] * (min_length - len(tokens)))
-    return tokens
+    return pad(tokens, PAD_TOKEN, Padding(min_padding, min_length))
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -162,18 +162,19 @@ def attention_mask(ids: list[int], end_token: int = END_TOKEN) -> list[int]:
 
 def encode(
     encoder: Any, tokens: T5Tokens, masked: bool = False, zero_masked: bool = True,
-    end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN,
+    end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN, empty_end: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """[1, len(tokens), d_model] float32 on the CPU (see the module docstring). `masked` (UMT5 as
     Wan drives it): the padding after the end token is masked out of attention and zeroed
-    (LTX-Video's T5, `zero_masked=False`: masked, not zeroed)."""
+    (LTX-Video's T5, `zero_masked=False`: masked, not zeroed). `empty_end` False: the empty
+    prompt of weighted tokens is pad tokens only (Chroma's PixArt T5)."""
     device = next(encoder.parameters()).device
     ids = [t for t, _ in tokens]
     weights = [w for _, w in tokens]
     weighted = any(w != 1.0 for w in weights)
     batch = [ids]
     if weighted:
-        batch.append([end_token] + [pad_token] * (len(ids) - 1))
+        batch.append(([end_token] if empty_end else [pad_token]) + [pad_token] * (len(ids) - 1))
     mask = torch.tensor([attention_mask(row, end_token) for row in batch], dtype=torch.long, device=device) if masked else None
     with torch.no_grad():
         hidden = encoder(

@@ -38,6 +38,7 @@ from comfyd.models import (
     qwen25_encoder,
     t5_encoder,
     t5_first_chunk,
+    tokenizer_options,
     umt5_encoder,
 )
 from comfyd.models.clip_tokens import Chunk, ChunkLayout, EmbeddingLookup, tokenize_prompt
@@ -107,15 +108,17 @@ def tokenize_for_encoder(
     kind = spec.kind
     if spec.stacked_layers:  # Flux.2: Mistral Small / Qwen3 in its templates, no weights
         return [[(token, 1.0) for token in flux2_text.tokens(kind, clip.tokenizers[key], text)]]
-    if kind == "t5" and spec.max_length is not None:  # HiDream: the first 128-token chunk only
-        return [t5_first_chunk.first_chunk(text, spec.max_length, spec.min_length)]
     if kind == "t5":
-        return [t5_encoder.tokenize(text, spec.min_length)]  # one sequence, no 77-token chunks
+        pads = tokenizer_options.padding(_options(clip), spec, spec.min_length)
+        if spec.max_length is not None:  # HiDream: the first 128-token chunk only
+            return [t5_first_chunk.first_chunk(text, spec.max_length, pads.min_length, pads.min_padding)]
+        return [t5_encoder.tokenize(text, pads.min_length, pads.min_padding)]  # one sequence, no 77-token chunks
     if kind == "llama" and spec.all_layers:  # HiDream: the plain prompt, every layer
         return [hidream_llama.tokenize(clip.tokenizers[key], text)]
     if kind == "umt5":
         end, pad, length = spec.sequence or (umt5_encoder.END_TOKEN, umt5_encoder.PAD_TOKEN, umt5_encoder.MIN_LENGTH)
-        return [umt5_encoder.tokenize(clip.tokenizers[key], text, length, end, pad)]
+        pads = tokenizer_options.padding(_options(clip), spec, length)
+        return [umt5_encoder.tokenize(clip.tokenizers[key], text, pads.min_length, end, pad, pads.min_padding)]
     if kind == "llama":  # HunyuanVideo: the prompt inside ComfyUI's template, one sequence
         return [llama_encoder.tokenize(clip.tokenizers[key], text)]
     if kind == "qwen25_7b":  # the chat template, no weights: plain ids
@@ -125,6 +128,11 @@ def tokenize_for_encoder(
     if kind == "gemma2_2b":  # Lumina 2: one weighted sequence after the begin token
         return [gemma2_encoder.tokenize(clip.tokenizers[key], text)]
     return tokenize_prompt(text, _chunk_layout(clip, key, recipe.layout), embedding_key=key, embeddings=embeddings)
+
+
+def _options(clip: ClipHandle) -> tuple[tuple[str, int], ...]:
+    """The CLIP's tokenizer options (T5TokenizerOptions); none on a handle-like without them."""
+    return getattr(clip, "tokenizer_options", ())
 
 
 def _chunk_layout(clip: ClipHandle, key: str, layout: ChunkLayout) -> ChunkLayout:
@@ -188,10 +196,13 @@ def encoder_outputs(
                 outputs[key] = (umt5_encoder.encode(encoders[key], sequence, end, pad), None)
                 continue
             if kind in ("t5", "umt5"):
-                encode = t5_encoder.encode if kind == "t5" else umt5_encoder.encode
                 # No tokens at all (CLIPTextEncodeSD3's empty_padding "none"): the end token alone.
                 sequence = tokens[key][0] if tokens[key] else [(t5_encoder.END_TOKEN, 1.0)]
-                outputs[key] = (encode(encoders[key], sequence), None)
+                if kind == "t5":
+                    empty_end = family_spec.encoder(key).empty_prompt_end
+                    outputs[key] = (t5_encoder.encode(encoders[key], sequence, empty_end=empty_end), None)
+                else:
+                    outputs[key] = (umt5_encoder.encode(encoders[key], sequence), None)
                 continue
             if not tokens[key]:
                 continue  # a CLIP given no tokens is left out (CLIPTextEncodeSD3, as ComfyUI)

@@ -24,6 +24,7 @@ from torch import nn
 
 from comfyd.models import t5_encoder
 from comfyd.models.prompt_weights import parse_prompt_weights
+from comfyd.models.tokenizer_options import Padding, pad
 
 END_TOKEN = t5_encoder.END_TOKEN
 PAD_TOKEN = t5_encoder.PAD_TOKEN
@@ -67,7 +68,8 @@ def spiece_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def tokenize(
-    tokenizer: Any, text: str, min_length: int = MIN_LENGTH, end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN
+    tokenizer: Any, text: str, min_length: int = MIN_LENGTH, end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN,
+    min_padding: int = 0,
 ) -> Tokens:
     tokens: Tokens = []
     for segment in parse_prompt_weights(text):
@@ -77,9 +79,7 @@ def tokenize(
             ids = tokenizer.encode(segment.text)
         tokens.extend((int(t), float(segment.weight)) for t in ids[:-1])
     tokens.append((end_token, 1.0))
-    if len(tokens) < min_length:
-        tokens.extend([(pad_token, 1.0)] * (min_length - len(tokens)))
-    return tokens
+    return pad(tokens, pad_token, Padding(min_padding, min_length))
 
 
 def encode(encoder: Any, tokens: Tokens, end_token: int = END_TOKEN, pad_token: int = PAD_TOKEN) -> torch.Tensor:

@@ -96,6 +96,9 @@ class EncoderSpec:
     # T5 kinds: ComfyUI's chunk length, of which the first chunk is kept (HiDream: 128,
     # `t5_first_chunk`); None: one sequence, never cut.
     max_length: int | None = None
+    # T5 kinds: the empty prompt weighted tokens are measured against opens with the end token;
+    # False: pad tokens only (ComfyUI's PixArt T5, which Chroma uses).
+    empty_prompt_end: bool = True
     # Llama kind: HiDream's plain sequence and every layer's output (`hidream_llama`), not
     # HunyuanVideo's template and third-last layer.
     all_layers: bool = False

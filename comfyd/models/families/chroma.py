@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from comfyd.models.tensorfile import TensorFile
 
 # PixArt's T5 tokenization: the prompt and its end token, no padding.
+# Weighted tokens are measured against an empty prompt of pad tokens only (PixArt's T5 model).
 T5XXL_UNPADDED = replace(T5XXL, min_length=1, diffusers_folders=("text_encoder", "tokenizer"),
-                         kohya_prefix="lora_te1_", lora_components=("te", "te1"))  # fmt: skip
+                         kohya_prefix="lora_te1_", lora_components=("te", "te1"), empty_prompt_end=False)  # fmt: skip
 
 
 def model_sampling() -> FlowModelSampling:
