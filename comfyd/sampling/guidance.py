@@ -6,8 +6,9 @@ run (`Guidance.bind`): the UNet and a way to prepare extra conditioning, for pat
 the network again (PerpNeg's empty prompt). The guiders then call `BoundGuidance.combine`
 where ComfyUI calls its `cfg_function`:
 
-    cond, uncond = cond_batch(x, sigma, cond, uncond)     (a calc_cond_batch function, if any)
+    cond, uncond = cond_batch(x, sigma, cond, uncond)  (a calc_cond_batch function, if any)
     cond, uncond = pre(x, sigma, cond, uncond) for each pre-CFG function
+        (these two: `BoundGuidance.adjust`, plain CFG only, as ComfyUI's DualCFGGuider skips them)
     denoised = x - cfg_function(args)            (or uncond + (cond - uncond) * scale)
     denoised = post(denoised, args) for each post-CFG function
 
@@ -125,12 +126,20 @@ class BoundGuidance:
     cond_batch: PredictionsFn | None = None
     pre_cfg: tuple[PredictionsFn, ...] = field(default_factory=tuple)
 
-    def combine(self, x: Tensor, sigma: float, cond: Tensor, uncond: Tensor | None, scale: float) -> Tensor:
-        """ComfyUI's cfg_function; a prompt not run (cfg 1) predicts zeros, as there."""
+    def adjust(
+        self, x: Tensor, sigma: float, cond: Tensor, uncond: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The calc_cond_batch function, then the pre-CFG functions, on a plain CFG run's predictions
+        (ComfyUI's sampling_function; DualCFGGuider skips both, as there). What comes out is what
+        CFG combines and what the post-CFG functions (and the CFG++ samplers) see as uncond."""
         if self.cond_batch is not None:
             cond, uncond = self.cond_batch(x, sigma, cond, uncond)
         for pre in self.pre_cfg:
             cond, uncond = pre(x, sigma, cond, uncond)
+        return cond, uncond
+
+    def combine(self, x: Tensor, sigma: float, cond: Tensor, uncond: Tensor | None, scale: float) -> Tensor:
+        """ComfyUI's cfg_function; a prompt not run (cfg 1) predicts zeros, as there."""
         if uncond is None:
             uncond = torch.zeros_like(x)
         args = CfgArgs(x, torch.tensor(sigma, dtype=torch.float32, device=x.device), cond, uncond, scale)
