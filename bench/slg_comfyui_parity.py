@@ -38,6 +38,7 @@ SIZE, STEPS, SEED, CFG, SD3_SHIFT = 64, 3, 7, 4.5, 3.0
 FILES = {
     "sd3": "diffusion_models/slg-sd3-cut.safetensors",
     "flux": "diffusion_models/slg-flux-cut.safetensors",
+    "chroma": "diffusion_models/slg-chroma-cut.safetensors",
 }
 COND = "slg-conditioning.safetensors"
 SD3_CONFIG = {
@@ -50,6 +51,12 @@ FLUX_CONFIG = {
     "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 2, "num_single_layers": 2,
     "attention_head_dim": 128, "num_attention_heads": 1, "joint_attention_dim": 64,
     "pooled_projection_dim": 32, "guidance_embeds": False, "axes_dims_rope": [16, 56, 56],
+}  # fmt: skip
+CHROMA_CONFIG = {
+    "patch_size": 1, "in_channels": 64, "out_channels": 64, "num_layers": 2, "num_single_layers": 2,
+    "attention_head_dim": 128, "num_attention_heads": 1, "joint_attention_dim": 64,
+    "axes_dims_rope": [16, 56, 56], "approximator_num_channels": 64, "approximator_hidden_dim": 32,
+    "approximator_layers": 2,
 }  # fmt: skip
 # case -> (family, node, inputs as ComfyUI's execute takes them)
 CASES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
@@ -66,6 +73,12 @@ CASES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
         rescaling_scale=0.0)),
     "flux_simple": ("flux", "SkipLayerGuidanceDiTSimple", dict(
         double_layers="0", single_layers="1", start_percent=0.0, end_percent=1.0)),
+    "chroma_plain": ("chroma", None, {}),
+    "chroma_dit": ("chroma", "SkipLayerGuidanceDiT", dict(
+        double_layers="0", single_layers="1", scale=3.0, start_percent=0.0, end_percent=0.6,
+        rescaling_scale=0.3)),
+    "chroma_simple": ("chroma", "SkipLayerGuidanceDiTSimple", dict(
+        double_layers="", single_layers="0, 1", start_percent=0.0, end_percent=1.0)),
 }  # fmt: skip
 # FreSca's filter on random tensors: (shape, scale_low, scale_high, freq_cutoff)
 FILTER_CASES = (((2, 4, 9, 8), 0.7, 1.3, 2), ((1, 3, 2, 7, 6), 1.0, 1.25, 20), ((1, 2, 16, 10), 1.2, 0.5, 3))
@@ -73,13 +86,14 @@ FILTER_CASES = (((2, 4, 9, 8), 0.7, 1.3, 2), ((1, 3, 2, 7, 6), 1.0, 1.25, 20), (
 
 def make_files(work: Path) -> None:
     from comfyd.models import tiny
-    from comfyd.models.families import _flux_transformer, _sd3_transformer
+    from comfyd.models.families import _chroma_transformer, _flux_transformer, _sd3_transformer
     from comfyd.models.keymap import to_original
 
     (work / "diffusion_models").mkdir(parents=True, exist_ok=True)
     for family, module, config, translator in (
         ("sd3", _sd3_transformer, SD3_CONFIG, _sd3_transformer.SD3Translator),
         ("flux", _flux_transformer, FLUX_CONFIG, _flux_transformer.FluxTranslator),
+        ("chroma", _chroma_transformer, CHROMA_CONFIG, _chroma_transformer.ChromaTranslator),
     ):
         path = work / FILES[family]
         if not path.is_file():
@@ -88,7 +102,7 @@ def make_files(work: Path) -> None:
     if not (work / COND).is_file():
         generator = torch.Generator().manual_seed(1)
         shapes = {"sd3_context": (1, 12, 4096), "sd3_pooled": (1, 2048), "flux_context": (1, 10, 64),
-                  "flux_pooled": (1, 32)}  # fmt: skip
+                  "flux_pooled": (1, 32), "chroma_context": (1, 9, 64)}  # fmt: skip
         save_file(
             {f"{side}{name}": torch.randn(*shape, generator=generator)
              for side in ("", "negative_") for name, shape in shapes.items()},
@@ -97,6 +111,10 @@ def make_files(work: Path) -> None:
 
 
 def conditioning(cond: dict[str, torch.Tensor], family: str) -> tuple[list, list]:
+    if family == "chroma":  # T5 alone: no pooled vector
+        return [[cond["chroma_context"], {"pooled_output": None}]], [
+            [cond["negative_chroma_context"], {"pooled_output": None}]
+        ]
     return tuple(  # type: ignore[return-value]
         [[cond[f"{side}{family}_context"], {"pooled_output": cond[f"{side}{family}_pooled"]}]]
         for side in ("", "negative_")
@@ -148,9 +166,16 @@ def comfyui_side(work: Path, comfyui: Path, reference: Path) -> None:
 
     def cut_detect(state_dict, key_prefix, metadata=None):  # the bench's only change to ComfyUI
         config = detect(state_dict, key_prefix, metadata=metadata)
-        if config is not None and config.get("image_model") == "flux":
+        if config is not None and config.get("image_model") in ("flux", "chroma"):
             hidden, context = state_dict[f"{key_prefix}txt_in.weight"].shape
             config = {**config, "hidden_size": hidden, "num_heads": hidden // 128, "context_in_dim": context}
+        if config is not None and config.get("image_model") == "chroma":
+            layers = f"{key_prefix}distilled_guidance_layer.layers."
+            config["out_dim"] = hidden
+            config["hidden_dim"] = state_dict[f"{key_prefix}distilled_guidance_layer.in_proj.weight"].shape[0]
+            config["n_layers"] = len(
+                {k[len(layers) :].split(".")[0] for k in state_dict if k.startswith(layers)}
+            )
         return config
 
     comfy.model_detection.detect_unet_config = cut_detect

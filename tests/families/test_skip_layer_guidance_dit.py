@@ -1,7 +1,7 @@
 """SkipLayerGuidanceDiT, SkipLayerGuidanceDiTSimple and FreSca held to ComfyUI itself.
 
 `data/slg_comfyui_reference.safetensors` holds what ComfyUI 0.3.64 sampled with its own nodes
-(bench/slg_comfyui_parity.py --save-reference) on a cut SD3.5 MMDiT and a cut Flux with fixed
+(bench/slg_comfyui_parity.py --save-reference) on a cut SD3.5 MMDiT, a cut Flux and a cut Chroma with fixed
 conditioning tensors, and its FreSca `Fourier_filter` on random 4-D and 5-D tensors. The tests
 rebuild the same seeded files and hold comfyd's sampler and filter to it.
 """
@@ -32,14 +32,16 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["sd3_dit", "sd3_simple", "sd3_fresca", "flux_dit", "flux_simple"])
+@pytest.mark.parametrize(
+    "case", ["sd3_dit", "sd3_simple", "sd3_fresca", "flux_dit", "flux_simple", "chroma_dit", "chroma_simple"]
+)
 def test_patched_sampling_matches_comfyuis_latent(
     case: str, work: Path, reference: dict[str, torch.Tensor]
 ) -> None:
     family = parity.CASES[case][0]
     ours, theirs = parity.comfyd_sample(work, case), reference[case]
     assert ours.shape == theirs.shape == (1, 16, parity.SIZE // 8, parity.SIZE // 8)
-    # Each patch moves ComfyUI's latent by ~1 or more; comfyd lands within 2e-5 of it.
+    # Each patch moves ComfyUI's latent by ~1 or more; comfyd lands within 4e-5 of it.
     assert float((theirs - reference[f"{family}_plain"]).abs().max()) > 0.5
     assert float((ours - theirs).abs().max()) < 1e-4
 

@@ -1,7 +1,7 @@
 """SkipLayerGuidanceDiT and SkipLayerGuidanceDiTSimple (comfy_extras/nodes_slg.py) on the DiT
 families whose blocks ComfyUI lets a patch replace and comfyd's network can skip: SD3 / SD3.5
 (joint blocks are its double blocks; it has no single blocks, so `single_layers` changes
-nothing there, as in ComfyUI) and Flux (double and single blocks).
+nothing there, as in ComfyUI), Flux and Chroma (double and single blocks).
 
 DiT: another positive prediction with the blocks skipped, pushed away from after CFG while sigma
 lies between the percents. Simple: the negative prediction itself is made with the blocks
@@ -36,7 +36,9 @@ def _check_skippable(handle: ModelHandle, node: str) -> None:
         inspect.signature(forward).parameters
     )
     if not takes:
-        raise ValueError(f"{node} is not supported on {handle.family} models yet (SD3 / SD3.5 and Flux only)")
+        raise ValueError(
+            f"{node} is not supported on {handle.family} models yet (SD3 / SD3.5, Flux and Chroma only)"
+        )
 
 
 _DESCRIPTION = "Generic version of SkipLayerGuidance node that can be used on every DiT model."
