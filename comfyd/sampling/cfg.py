@@ -352,6 +352,8 @@ class CFGGuider(PromptBatcher):
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         cond, uncond = self.predictions(x, sigma)
         assert cond is not None
+        if self.guidance is not None:
+            cond, uncond = self.guidance.adjust(x, sigma, cond, uncond)
         if uncond is not None:
             self.last_uncond = uncond
         if self.guidance is not None:

@@ -6,6 +6,9 @@ run (`Guidance.bind`): the UNet and a way to prepare extra conditioning, for pat
 the network again (PerpNeg's empty prompt). The guiders then call `BoundGuidance.combine`
 where ComfyUI calls its `cfg_function`:
 
+    cond, uncond = cond_batch(x, sigma, cond, uncond)  (a calc_cond_batch function, if any)
+    cond, uncond = pre(x, sigma, cond, uncond) for each pre-CFG function
+        (these two: `BoundGuidance.adjust`, plain CFG only, as ComfyUI's DualCFGGuider skips them)
     denoised = x - cfg_function(args)            (or uncond + (cond - uncond) * scale)
     denoised = post(denoised, args) for each post-CFG function
 
@@ -15,7 +18,7 @@ All arithmetic is float32 with sigma as a float32 tensor, in ComfyUI's order of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -49,6 +52,8 @@ class GuidanceEnv:
 
 CombineFn = Callable[[CfgArgs], Tensor]  # -> the denoised result
 PostFn = Callable[[Tensor, CfgArgs], Tensor]  # (denoised so far, args) -> denoised
+# (x, sigma, cond, uncond or None when the negative prompt did not run) -> (cond, uncond)
+PredictionsFn = Callable[[Tensor, float, Tensor, "Tensor | None"], "tuple[Tensor, Tensor | None]"]
 
 
 class CfgPatch(Protocol):
@@ -57,6 +62,12 @@ class CfgPatch(Protocol):
 
 class PostCfgPatch(Protocol):
     def bind(self, env: GuidanceEnv) -> PostFn: ...
+
+
+class PredictionsPatch(Protocol):
+    """A pre-CFG function, or the calc_cond_batch function: changes the predictions CFG combines."""
+
+    def bind(self, env: GuidanceEnv) -> PredictionsFn: ...
 
 
 @dataclass(frozen=True)
@@ -68,22 +79,43 @@ class Guidance:
     # Run the negative prompt even at cfg 1 (ComfyUI's disable_cfg1_optimization).
     disable_cfg1_optimization: bool = False
 
+    # How the prompts' predictions are made (one per model, the last wins), and pre-CFG functions.
+    cond_batch: PredictionsPatch | None = None
+    pre_cfg: tuple[PredictionsPatch, ...] = ()
+
     @property
     def active(self) -> bool:
-        return self.cfg_function is not None or bool(self.post_cfg)
+        return (
+            self.cfg_function is not None
+            or bool(self.post_cfg)
+            or self.cond_batch is not None
+            or bool(self.pre_cfg)
+        )
 
     def with_cfg_function(self, patch: CfgPatch, disable_cfg1_optimization: bool = False) -> Guidance:
-        return Guidance(patch, self.post_cfg, self.disable_cfg1_optimization or disable_cfg1_optimization)
+        return replace(
+            self, cfg_function=patch,
+            disable_cfg1_optimization=self.disable_cfg1_optimization or disable_cfg1_optimization,
+        )  # fmt: skip
 
     def with_post_cfg(self, patch: PostCfgPatch, disable_cfg1_optimization: bool = False) -> Guidance:
-        return Guidance(
-            self.cfg_function, (*self.post_cfg, patch), self.disable_cfg1_optimization or disable_cfg1_optimization
-        )
+        return replace(
+            self, post_cfg=(*self.post_cfg, patch),
+            disable_cfg1_optimization=self.disable_cfg1_optimization or disable_cfg1_optimization,
+        )  # fmt: skip
+
+    def with_pre_cfg(self, patch: PredictionsPatch) -> Guidance:
+        return replace(self, pre_cfg=(*self.pre_cfg, patch))
+
+    def with_cond_batch(self, patch: PredictionsPatch) -> Guidance:
+        return replace(self, cond_batch=patch)
 
     def bind(self, env: GuidanceEnv) -> BoundGuidance:
         return BoundGuidance(
             self.cfg_function.bind(env) if self.cfg_function is not None else None,
             tuple(p.bind(env) for p in self.post_cfg),
+            self.cond_batch.bind(env) if self.cond_batch is not None else None,
+            tuple(p.bind(env) for p in self.pre_cfg),
         )
 
 
@@ -91,6 +123,20 @@ class Guidance:
 class BoundGuidance:
     cfg_function: CombineFn | None = None
     post_cfg: tuple[PostFn, ...] = field(default_factory=tuple)
+    cond_batch: PredictionsFn | None = None
+    pre_cfg: tuple[PredictionsFn, ...] = field(default_factory=tuple)
+
+    def adjust(
+        self, x: Tensor, sigma: float, cond: Tensor, uncond: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The calc_cond_batch function, then the pre-CFG functions, on a plain CFG run's predictions
+        (ComfyUI's sampling_function; DualCFGGuider skips both, as there). What comes out is what
+        CFG combines and what the post-CFG functions (and the CFG++ samplers) see as uncond."""
+        if self.cond_batch is not None:
+            cond, uncond = self.cond_batch(x, sigma, cond, uncond)
+        for pre in self.pre_cfg:
+            cond, uncond = pre(x, sigma, cond, uncond)
+        return cond, uncond
 
     def combine(self, x: Tensor, sigma: float, cond: Tensor, uncond: Tensor | None, scale: float) -> Tensor:
         """ComfyUI's cfg_function; a prompt not run (cfg 1) predicts zeros, as there."""

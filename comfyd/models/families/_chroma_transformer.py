@@ -135,8 +135,12 @@ class ChromaNetwork(TransformerNetwork):
         encoder_hidden_states: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         return_dict: bool = False,
+        skip_layers: list[int] | None = None,
+        skip_single_layers: list[int] | None = None,
     ) -> tuple[torch.Tensor]:
         t = self.transformer
+        # SkipLayerGuidanceDiT: these double / single blocks hand their streams on unchanged.
+        skipped, skipped_single = set(skip_layers or ()), set(skip_single_layers or ())
         batch, _, height, width = x.shape
         packed, rows, cols = pack(x)  # 2x2 patches, padded by wrapping as ComfyUI pads
         guidance = (added_cond_kwargs or {}).get("guidance")
@@ -151,6 +155,8 @@ class ChromaNetwork(TransformerNetwork):
         rotary = t.pos_embed(ids)
         singles, doubles = len(t.single_transformer_blocks), len(t.transformer_blocks)
         for i, block in enumerate(t.transformer_blocks):
+            if i in skipped:
+                continue
             img_row, txt_row = 3 * singles + 6 * i, 3 * singles + 6 * doubles + 6 * i
             temb = torch.cat([mods[:, img_row : img_row + 6], mods[:, txt_row : txt_row + 6]], dim=1)
             context, hidden = block(
@@ -158,6 +164,8 @@ class ChromaNetwork(TransformerNetwork):
             )
         hidden = torch.cat([context, hidden], dim=1)
         for i, block in enumerate(t.single_transformer_blocks):
+            if i in skipped_single:
+                continue
             hidden = block(hidden_states=hidden, temb=mods[:, 3 * i : 3 * i + 3], image_rotary_emb=rotary)
         hidden = t.norm_out(hidden[:, context.shape[1] :], mods[:, -2:])
         return (unpack(t.proj_out(hidden), rows, cols)[:, :, :height, :width],)

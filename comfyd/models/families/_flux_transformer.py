@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from comfyd.models.families import _flux_inputs as inputs
+from comfyd.models.families._block_skip import with_blocks_skipped
 from comfyd.models.families._network import TransformerNetwork
 from comfyd.models.keymap import ROWS, SWAP_HALVES, Source
 
@@ -171,8 +172,14 @@ class FluxNetwork(TransformerNetwork):
         encoder_hidden_states: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         return_dict: bool = False,
+        skip_layers: list[int] | None = None,
+        skip_single_layers: list[int] | None = None,
     ) -> tuple[torch.Tensor]:
         added = added_cond_kwargs or {}
+        # SkipLayerGuidanceDiT: these double / single blocks hand their streams on unchanged.
+        transformer = with_blocks_skipped(
+            self.transformer, skip_layers or (), skip_single_layers or (), "single_transformer_blocks"
+        )
         batch, _, height, width = x.shape
         concat = added.get("concat")
         if concat is not None:  # Fill: masked image and mask channels beside the latent
@@ -193,17 +200,19 @@ class FluxNetwork(TransformerNetwork):
         if ids.ndim == 3 and not bool((ids == ids[:1]).all()):
             # Rows laid out differently (diffusers takes one id table per call): one call each.
             out = torch.cat([
-                self._run(packed[i : i + 1], context[i : i + 1], pooled[i : i + 1], timestep[i : i + 1],
+                self._run(transformer, packed[i : i + 1], context[i : i + 1], pooled[i : i + 1], timestep[i : i + 1],
                           ids[i], txt_ids, guidance[i : i + 1] if guidance is not None and guidance.shape[0] > 1
                           else guidance)
                 for i in range(batch)
             ])  # fmt: skip
         else:
-            out = self._run(packed, context, pooled, timestep, ids[0] if ids.ndim == 3 else ids, txt_ids, guidance)
+            single_ids = ids[0] if ids.ndim == 3 else ids
+            out = self._run(transformer, packed, context, pooled, timestep, single_ids, txt_ids, guidance)
         return (inputs.unpack(out[:, :image_tokens], rows, cols)[:, :, :height, :width],)
 
     def _run(
         self,
+        transformer: nn.Module,
         packed: torch.Tensor,
         context: torch.Tensor,
         pooled: torch.Tensor,
@@ -212,7 +221,7 @@ class FluxNetwork(TransformerNetwork):
         txt_ids: torch.Tensor,
         guidance: torch.Tensor | None,
     ) -> torch.Tensor:
-        return self.transformer(
+        return transformer(
             hidden_states=packed,
             encoder_hidden_states=context,
             pooled_projections=pooled,

@@ -177,6 +177,7 @@ class SD3Network(TransformerNetwork):
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         return_dict: bool = False,
         skip_layers: list[int] | None = None,
+        skip_single_layers: list[int] | None = None,  # ComfyUI's MMDiT has no single blocks to skip
     ) -> tuple[torch.Tensor]:
         pooled = (added_cond_kwargs or {}).get("pooled")
         if pooled is None:
