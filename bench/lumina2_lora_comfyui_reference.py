@@ -122,7 +122,9 @@ def comfyui_reference(work: Path, comfyui: Path, out: Path) -> None:
     tensors["out"] = net(tensors["x"], tensors["sigma"], tensors["context"], 11)
     files = {**NAMES, "lora": LORA_FILE}
     digests = {
-        name: hashlib.sha256(((work / "models" / rel) if name != "lora" else work / rel).read_bytes()).hexdigest()
+        name: hashlib.sha256(
+            ((work / "models" / rel) if name != "lora" else work / rel).read_bytes()
+        ).hexdigest()
         for name, rel in files.items()
         if name in ("transformer", "lora")
     }
@@ -133,7 +135,9 @@ def comfyui_reference(work: Path, comfyui: Path, out: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--comfyui", type=Path, required=True)
     parser.add_argument("--comfyui-python", default=sys.executable)

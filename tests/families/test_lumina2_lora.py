@@ -28,10 +28,9 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "lumina2_lora_comfyui_ref
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
+    from comfyd.models import tiny
     from comfyd.models.manager import ModelManager
     from comfyd.settings import Settings
-
-    from comfyd.models import tiny
 
     root = tmp_path_factory.mktemp("lumina2-lora") / "models"
     # make-tiny's transformer alone (its text encoder and VAE cost seconds and play no part here).
@@ -46,7 +45,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
         meta = f.metadata()
     digests = json.loads(meta["sha256"])
     # The very file `make-tiny --family lumina2` writes, which ComfyUI patched.
-    assert hashlib.sha256((root / _lumina2_tiny.NAMES["transformer"]).read_bytes()).hexdigest() == digests["transformer"]
+    assert (
+        hashlib.sha256((root / _lumina2_tiny.NAMES["transformer"]).read_bytes()).hexdigest()
+        == digests["transformer"]
+    )
     lora = {k.removeprefix("lora/"): v for k, v in reference.items() if k.startswith("lora/")}
     (root / "loras").mkdir()
     save_file(lora, str(root / "loras" / "tiny.safetensors"))
