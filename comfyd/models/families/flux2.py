@@ -130,6 +130,12 @@ class Flux2(Family):
         # the split-family checkpoint path does not call (near_miss says so instead).
         return "" if transformer.is_flux2_transformer(keys, "") else None
 
+    def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.Flux2NetworkTranslator:
+        # The running (diffusers) parameters -> BFL keys: LoRAs name those (`diffusion_model.*`,
+        # kohya `lora_unet_*`) or diffusers' own (`transformer.*`); a fused qkv's change lands on
+        # to_q / to_k / to_v's rows, the final modulation's on its swapped halves.
+        return transformer.Flux2NetworkTranslator(config, key_prefix)
+
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
@@ -172,4 +178,5 @@ FAMILY = Flux2(
     vae_name_hints=("flux2", "flux.2"),
     config_dir=CONFIG_DIR / "sd1",
     checkpoint_vae_prefix="vae.",
+    network_loras=True,
 )

@@ -80,6 +80,8 @@ class Lumina2(Family):
         return None
 
     def unet_key_map(self, config: Any, key_prefix: str = "") -> transformer.Lumina2Translator:
+        # The running (diffusers) parameters -> the stored names ComfyUI's LoRA keys use
+        # (`lora_unet_*`, `diffusion_model.*`); a fused qkv's change lands on to_q / to_k / to_v's rows.
         return transformer.Lumina2Translator(config, key_prefix)
 
     def diffusion_model_prefix(self, keys: set[str]) -> str | None:
@@ -117,4 +119,5 @@ FAMILY = Lumina2(
     config_dir=CONFIG_DIR / "sd1",
     clip_types=("lumina2",),
     checkpoint_vae_prefix="vae.",
+    network_loras=True,
 )
