@@ -30,7 +30,8 @@ class JobBudget:
         self._allowance = max(budget_s, LOAD_ALLOWANCE_S) if load_allowance_s is None else load_allowance_s
         self._done = False
         self._name = name
-        self._arm()
+        with self._lock:  # a deadline that fires at once must not change `_left` mid-arming
+            self._arm()
 
     def _timer(self, seconds: float, action: Callable[..., None], *args: object) -> None:
         timer = threading.Timer(max(0.0, seconds), action, args=args)
@@ -45,8 +46,9 @@ class JobBudget:
         self._timers.clear()
 
     def _arm(self) -> None:
+        """Start a timer per deadline left; the caller holds the lock."""
         self._armed_at = time.monotonic()
-        for key, left in self._left.items():
+        for key, left in list(self._left.items()):
             self._timer(left, self._fire, key)
 
     def _fire(self, key: str) -> None:

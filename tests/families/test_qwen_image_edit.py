@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -158,9 +159,11 @@ def test_plus_workflow_with_two_pictures_through_the_server(edit_root: Path, sta
             graph = edit_workflow()
             graph["79"] = {"class_type": "LoadImage", "inputs": {"image": names[1]}}
             graph["78"]["inputs"]["image"] = names[0]
+            # Without a VAE the Plus node adds no reference latents (each a ~1 MP encode, minutes
+            # on 2 cores); the reference-latent path runs in the `comfyd run` test above.
             for node, prompt in (("76", "put the cat from picture 2 on the sofa"), ("77", "")):
                 graph[node] = {"class_type": "TextEncodeQwenImageEditPlus", "inputs": {
-                    "prompt": prompt, "clip": ["38", 0], "vae": ["39", 0], "image1": ["93", 0], "image2": ["79", 0]}}  # fmt: skip
+                    "prompt": prompt, "clip": ["38", 0], "image1": ["93", 0], "image2": ["79", 0]}}  # fmt: skip
             answer = http.post("/prompt", json={"prompt": graph, "client_id": client_id})
             assert answer.status_code == 200, answer.text
             prompt_id = answer.json()["prompt_id"]
@@ -299,6 +302,10 @@ def test_edit_nodes_match_comfyui_stored_reference(text_root: Path, clip: Any) -
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("COMFYD_HEAVY_FIDELITY") != "1",
+    reason="a ~1 MP reference picture encoded on both sides (a minute on 2 cores); set COMFYD_HEAVY_FIDELITY=1 to run",
+)
 def test_edit_render_matches_diffusers_edit_pipeline_on_the_same_conditioning(
     edit_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
