@@ -23,7 +23,8 @@ text model for [dev] and a Qwen3 for [klein]) into DIR when they are not there a
   Flux2Pipeline(image=[...]): `RESULT psnr_flux2_dev_edit_{1,2}ref_vs_diffusers_db`, and how far the
   picture moves when the references are laid out at time offsets 1, 2 instead of diffusers' 10, 20
   (`RESULT psnr_flux2_dev_edit_2ref_time_scale_1_vs_diffusers_db`, informative: the tiny network
-  reads its references weakly);
+  reads its references weakly); for [klein] the same pictures chained onto its template's prompt
+  against Flux2KleinPipeline(image=[...]): `RESULT psnr_flux2_klein_edit_{1,2}ref_vs_diffusers_db`;
 - for [dev] also how far ComfyUI's convention (unpadded prompt, zero context padding) is from
   diffusers' own (512 tokens, the padding encoded): `RESULT psnr_flux2_dev_vs_diffusers_own_padding_db`
   (informative; no threshold).
@@ -113,22 +114,32 @@ def _picture(path: Path, width: int, height: int, seed: int) -> Path:
     return path
 
 
-def _edit_results(root: Path, tmp: Path, steps: int) -> bool:
+def _edit_results(root: Path, tmp: Path, steps: int, variant: str) -> bool:
     from comfyd.models.families import _flux2_references
 
     inputs = tmp / "input"
     inputs.mkdir(exist_ok=True)
     pictures = [_picture(inputs / "first.png", 64, 64, 1), _picture(inputs / "second.png", 80, 64, 2)]
     for count in (1, 2):
-        graph = tiny_workflow("dev_edit", **{"9": {"steps": steps}, "14": {"image": "first.png"}})
-        if count == 2:
-            add_reference(graph, "second.png")
-        ours = _render(graph, root, tmp, f"edit{count}", inputs)
+        if variant == "dev":
+            graph = tiny_workflow("dev_edit", **{"9": {"steps": steps}, "14": {"image": "first.png"}})
+            if count == 2:
+                add_reference(graph, "second.png")
+        else:  # [klein]: its template with the pictures chained onto the prompt
+            graph = tiny_workflow("klein", **{"9": {"steps": steps}})
+            last = "4"
+            for picture in pictures[:count]:
+                last = add_reference(graph, picture.name, first=last)
+        ours = _render(graph, root, tmp, f"{variant}_edit{count}", inputs)
         if ours is None:
             return False
-        theirs = reference(root, "dev", steps=steps, images=pictures[:count])
-        print(f"RESULT psnr_flux2_dev_edit_{count}ref_vs_diffusers_db={psnr(ours, theirs):.2f}")
-        print(f"RESULT max_diff_flux2_dev_edit_{count}ref={int(np.abs(ours.astype(int) - theirs.astype(int)).max())}")
+        theirs = reference(root, variant, steps=steps, images=pictures[:count])
+        print(f"RESULT psnr_flux2_{variant}_edit_{count}ref_vs_diffusers_db={psnr(ours, theirs):.2f}")
+        print(
+            f"RESULT max_diff_flux2_{variant}_edit_{count}ref={int(np.abs(ours.astype(int) - theirs.astype(int)).max())}"
+        )
+    if variant != "dev":
+        return True
     saved = _flux2_references.TIME_SCALE
     _flux2_references.TIME_SCALE = 1
     try:
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "dev":
                     own = reference(root, variant, steps=args.steps, diffusers_padding=True)
                     print(f"RESULT psnr_flux2_dev_vs_diffusers_own_padding_db={psnr(ours, own):.2f}")
-            if variant == "dev" and not _edit_results(root, Path(tmp), args.steps):
+            if not _edit_results(root, Path(tmp), args.steps, variant):
                 return 1
     return 0
 

@@ -78,14 +78,15 @@ def tiny_workflow(variant: str = "dev", **inputs: Any) -> dict[str, Any]:
 
 
 def add_reference(graph: dict[str, Any], image: str, first: str = "16") -> str:
-    """Chains one more LoadImage -> VAEEncode -> ReferenceLatent after ReferenceLatent node `first`
-    (FluxGuidance then reads the new one); returns the new ReferenceLatent's id."""
+    """Chains one more LoadImage -> VAEEncode -> ReferenceLatent after node `first` (a
+    ReferenceLatent, or the prompt's CLIPTextEncode "4"); FluxGuidance "5" (or, in [klein]'s graph,
+    the guider "6") then reads the new one. Returns the new ReferenceLatent's id."""
     n = max(int(k) for k in graph) + 1
     load, encode, ref = str(n), str(n + 1), str(n + 2)
     graph[load] = {"class_type": "LoadImage", "inputs": {"image": image}}
     graph[encode] = {"class_type": "VAEEncode", "inputs": {"pixels": [load, 0], "vae": ["3", 0]}}
     graph[ref] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": [first, 0], "latent": [encode, 0]}}
-    graph["5"]["inputs"]["conditioning"] = [ref, 0]
+    graph["5" if "5" in graph else "6"]["inputs"]["conditioning"] = [ref, 0]
     return ref
 
 
@@ -216,9 +217,13 @@ def reference(
     as a base (undistilled) model with that guidance scale and diffusers' empty negative prompt.
     `diffusers_padding`: [dev] with diffusers' own 512 encoded pad tokens (after the text) instead
     of ComfyUI's zero context padding, to measure how far the two conventions differ. `images`:
-    [dev] editing, the pictures as the pipeline's `image=[...]` (RGB files)."""
+    editing, the pictures as the pipeline's `image=[...]` (RGB files)."""
     noise = initial_noise(torch.zeros(1, 128, SIZE // 16, SIZE // 16), seed)
     common = {"height": SIZE, "width": SIZE, "num_inference_steps": steps, "latents": noise, "output_type": "np"}
+    if images:
+        from PIL import Image
+
+        common["image"] = [Image.open(path).convert("RGB") for path in images]
     with torch.inference_mode():
         if variant == "klein":
             pipe = flux2_pipeline(root, variant, distilled=cfg is None)
@@ -230,9 +235,5 @@ def reference(
                 else pad_context(diffusers_prompt_embeds(root, variant))
             )
             pipe = flux2_pipeline(root, variant)
-            if images:
-                from PIL import Image
-
-                common["image"] = [Image.open(path).convert("RGB") for path in images]
             image = pipe(prompt_embeds=context, guidance_scale=GUIDANCE, **common).images[0]
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
