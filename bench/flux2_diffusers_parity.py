@@ -18,6 +18,13 @@ text model for [dev] and a Qwen3 for [klein]) into DIR when they are not there a
 - for [dev] also the prompt's ids against transformers' own Tekken conversion (HF tokenizers' BPE)
   under Mistral Small 3.1's chat template, as diffusers' processor tokenizes, over a few prompts
   (unicode, digits, whitespace, quotes, emoji, control tokens typed into the prompt): `RESULT flux2_dev_token_ids_equal_transformers`;
+- for [dev] also the edit workflow (comfyd/workflows/flux2_dev_edit_api.json: LoadImage ->
+  VAEEncode -> ReferenceLatent, a second chained for two pictures of 64x64 and 80x64) against
+  Flux2Pipeline(image=[...]): `RESULT psnr_flux2_dev_edit_{1,2}ref_vs_diffusers_db`, and how far the
+  picture moves when the references are laid out at time offsets 1, 2 instead of diffusers' 10, 20
+  (`RESULT psnr_flux2_dev_edit_2ref_time_scale_1_vs_diffusers_db`, informative: the tiny network
+  reads its references weakly); for [klein] the same pictures chained onto its template's prompt
+  against Flux2KleinPipeline(image=[...]): `RESULT psnr_flux2_klein_edit_{1,2}ref_vs_diffusers_db`;
 - for [dev] also how far ComfyUI's convention (unpadded prompt, zero context padding) is from
   diffusers' own (512 tokens, the padding encoded): `RESULT psnr_flux2_dev_vs_diffusers_own_padding_db`
   (informative; no threshold).
@@ -43,6 +50,7 @@ from comfyd.models.tiny import make_tiny  # noqa: E402
 from tests.families.flux2_reference import (  # noqa: E402
     GUIDANCE,
     PROMPT,
+    add_reference,
     cfg_workflow,
     diffusers_prompt_embeds,
     psnr,
@@ -51,11 +59,12 @@ from tests.families.flux2_reference import (  # noqa: E402
 )
 
 
-def _render(graph: dict[str, Any], root: Path, tmp: Path, name: str) -> np.ndarray | None:
+def _render(graph: dict[str, Any], root: Path, tmp: Path, name: str, inputs: Path | None = None) -> np.ndarray | None:
     workflow = tmp / f"{name}.json"
     workflow.write_text(json.dumps(graph))
     out = tmp / f"out_{name}"
-    if comfyd_main(["run", str(workflow), "--models-dir", str(root), "--output-dir", str(out), "-q"]) != 0:
+    extra = ["--input-dir", str(inputs)] if inputs is not None else []
+    if comfyd_main(["run", str(workflow), "--models-dir", str(root), "--output-dir", str(out), "-q", *extra]) != 0:
         return None
     with Image.open(next(out.glob("*.png"))) as png:
         return np.asarray(png.convert("RGB"))
@@ -97,6 +106,52 @@ def _token_ids_equal() -> str:
     return f"{equal}/{len(TOKEN_PROMPTS)}"
 
 
+def _picture(path: Path, width: int, height: int, seed: int) -> Path:
+    """A smooth random picture: coarse noise, bilinearly enlarged."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((width, height), Image.BILINEAR).save(path)
+    return path
+
+
+def _edit_results(root: Path, tmp: Path, steps: int, variant: str) -> bool:
+    from comfyd.models.families import _flux2_references
+
+    inputs = tmp / "input"
+    inputs.mkdir(exist_ok=True)
+    pictures = [_picture(inputs / "first.png", 64, 64, 1), _picture(inputs / "second.png", 80, 64, 2)]
+    for count in (1, 2):
+        if variant == "dev":
+            graph = tiny_workflow("dev_edit", **{"9": {"steps": steps}, "14": {"image": "first.png"}})
+            if count == 2:
+                add_reference(graph, "second.png")
+        else:  # [klein]: its template with the pictures chained onto the prompt
+            graph = tiny_workflow("klein", **{"9": {"steps": steps}})
+            last = "4"
+            for picture in pictures[:count]:
+                last = add_reference(graph, picture.name, first=last)
+        ours = _render(graph, root, tmp, f"{variant}_edit{count}", inputs)
+        if ours is None:
+            return False
+        theirs = reference(root, variant, steps=steps, images=pictures[:count])
+        print(f"RESULT psnr_flux2_{variant}_edit_{count}ref_vs_diffusers_db={psnr(ours, theirs):.2f}")
+        print(
+            f"RESULT max_diff_flux2_{variant}_edit_{count}ref={int(np.abs(ours.astype(int) - theirs.astype(int)).max())}"
+        )
+    if variant != "dev":
+        return True
+    saved = _flux2_references.TIME_SCALE
+    _flux2_references.TIME_SCALE = 1
+    try:
+        wrong = _render(graph, root, tmp, "edit_wrong_ids", inputs)
+    finally:
+        _flux2_references.TIME_SCALE = saved
+    if wrong is None:
+        return False
+    print(f"RESULT psnr_flux2_dev_edit_2ref_time_scale_1_vs_diffusers_db={psnr(wrong, theirs):.2f}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="models folder (default: a temporary one)")
@@ -127,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "dev":
                     own = reference(root, variant, steps=args.steps, diffusers_padding=True)
                     print(f"RESULT psnr_flux2_dev_vs_diffusers_own_padding_db={psnr(ours, own):.2f}")
+            if not _edit_results(root, Path(tmp), args.steps, variant):
+                return 1
     return 0
 
 

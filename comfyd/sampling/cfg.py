@@ -33,7 +33,7 @@ from comfyd.sampling.vector_conditioning import pooled_and_sizes
 POSITIVE = 0
 NEGATIVE = 1
 _MAX_CONTEXT_REPEAT = 4  # contexts longer than 4x the shortest run as a separate batch
-_FLOAT32_VECTORS = ("time_ids", "guidance", "frame_rate", "keyframe_idxs")  # numbers, not features: kept exact
+_FLOAT32_VECTORS = ("time_ids", "guidance", "frame_rate", "keyframe_idxs", "ref_ids")  # numbers, not features: kept exact
 
 
 @dataclass(eq=False)

@@ -54,15 +54,17 @@ QWEN3_CHAT_TEMPLATE = (
 
 def tiny_workflow(variant: str = "dev", **inputs: Any) -> dict[str, Any]:
     """comfyd's canonical Flux.2 graph (comfyd/workflows/flux2_<variant>_api.json: [dev] with Mistral
-    and FluxGuidance, [klein] distilled with Qwen3) on the tiny files, 64x64, 2 steps."""
+    and FluxGuidance, [klein] distilled with Qwen3, `dev_edit`: [dev] with one reference image) on the
+    tiny files, 64x64, 2 steps."""
     import json
 
     from comfyd.workflows import __file__ as workflows_init
 
     names = {k: Path(v).name for k, v in _flux2_tiny.NAMES.items()}
     graph: dict[str, Any] = json.loads((Path(workflows_init).parent / f"flux2_{variant}_api.json").read_text())
+    model = variant.removesuffix("_edit")
     changes: dict[str, dict[str, Any]] = {
-        "1": {"unet_name": names[variant]}, "2": {"clip_name": names[_flux2_tiny.ENCODER_OF[variant]]},
+        "1": {"unet_name": names[model]}, "2": {"clip_name": names[_flux2_tiny.ENCODER_OF[model]]},
         "3": {"vae_name": names["vae"]}, "4": {"text": PROMPT}, "7": {"noise_seed": SEED},
         "9": {"steps": STEPS, "width": SIZE, "height": SIZE}, "10": {"width": SIZE, "height": SIZE},
         "13": {"filename_prefix": "flux2"},
@@ -73,6 +75,19 @@ def tiny_workflow(variant: str = "dev", **inputs: Any) -> dict[str, Any]:
         for node, values in overrides.items():
             graph[node]["inputs"].update(values)
     return graph
+
+
+def add_reference(graph: dict[str, Any], image: str, first: str = "16") -> str:
+    """Chains one more LoadImage -> VAEEncode -> ReferenceLatent after node `first` (a
+    ReferenceLatent, or the prompt's CLIPTextEncode "4"); FluxGuidance "5" (or, in [klein]'s graph,
+    the guider "6") then reads the new one. Returns the new ReferenceLatent's id."""
+    n = max(int(k) for k in graph) + 1
+    load, encode, ref = str(n), str(n + 1), str(n + 2)
+    graph[load] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    graph[encode] = {"class_type": "VAEEncode", "inputs": {"pixels": [load, 0], "vae": ["3", 0]}}
+    graph[ref] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": [first, 0], "latent": [encode, 0]}}
+    graph["5" if "5" in graph else "6"]["inputs"]["conditioning"] = [ref, 0]
+    return ref
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,14 +211,19 @@ def flux2_pipeline(root: Path, variant: str, distilled: bool = True) -> Any:
 
 def reference(
     root: Path, variant: str = "dev", steps: int = STEPS, seed: int = SEED, cfg: float | None = None,
-    diffusers_padding: bool = False,
+    diffusers_padding: bool = False, images: list[Path] | None = None,
 ) -> np.ndarray:
     """[H, W, 3] uint8 of the pipeline, converted as ComfyUI's SaveImage converts. `cfg`: [klein]
     as a base (undistilled) model with that guidance scale and diffusers' empty negative prompt.
     `diffusers_padding`: [dev] with diffusers' own 512 encoded pad tokens (after the text) instead
-    of ComfyUI's zero context padding, to measure how far the two conventions differ."""
+    of ComfyUI's zero context padding, to measure how far the two conventions differ. `images`:
+    editing, the pictures as the pipeline's `image=[...]` (RGB files)."""
     noise = initial_noise(torch.zeros(1, 128, SIZE // 16, SIZE // 16), seed)
     common = {"height": SIZE, "width": SIZE, "num_inference_steps": steps, "latents": noise, "output_type": "np"}
+    if images:
+        from PIL import Image
+
+        common["image"] = [Image.open(path).convert("RGB") for path in images]
     with torch.inference_mode():
         if variant == "klein":
             pipe = flux2_pipeline(root, variant, distilled=cfg is None)

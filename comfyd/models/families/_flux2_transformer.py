@@ -13,7 +13,9 @@ tells Flux.2 from Flux.1 (which has `vector_in` instead).
 
 The network call: the [B, 128, h, w] latent (already 2x2-patchified by the VAE) is one token per
 cell with (0, row, column, 0) position ids; text tokens get (0, 0, 0, index). As ComfyUI's Flux2
-model does, a context shorter than 512 tokens is padded with zeros in front to 512.
+model does, a context shorter than 512 tokens is padded with zeros in front to 512. Reference
+images (`ref_tokens` / `ref_ids`, `_flux2_references.py`) follow the latent's tokens and are cut
+from the output, as diffusers' Flux2Pipeline does.
 """
 
 from __future__ import annotations
@@ -197,6 +199,15 @@ class Flux2Network(TransformerNetwork):
                 "(make the latent with EmptyFlux2LatentImage or a Flux.2 VAE)"
             )
         tokens = x.reshape(batch, channels, height * width).permute(0, 2, 1)
+        ids = image_ids(height, width, x.device)
+        refs, ref_ids = added.get("ref_tokens"), added.get("ref_ids")
+        if refs is not None and ref_ids is not None:
+            refs = refs.to(device=x.device, dtype=tokens.dtype)
+            if refs.shape[0] != batch:  # one reference batch for every row of the latent
+                refs = refs[:1].expand(batch, -1, -1)
+            tokens = torch.cat((tokens, refs), dim=1)
+            ref_ids = ref_ids.to(device=x.device, dtype=ids.dtype)
+            ids = torch.cat((ids, ref_ids[0] if ref_ids.ndim == 3 else ref_ids))
         context = pad_context(encoder_hidden_states)
         guidance = added.get("guidance") if self.transformer.config.guidance_embeds else None
         if guidance is not None:
@@ -205,9 +216,10 @@ class Flux2Network(TransformerNetwork):
             hidden_states=tokens,
             encoder_hidden_states=context,
             timestep=timestep.to(tokens.dtype),
-            img_ids=image_ids(height, width, x.device),
+            img_ids=ids,
             txt_ids=text_ids(context.shape[1], x.device),
             guidance=guidance,
             return_dict=False,
         )[0]
+        out = out[:, : height * width]
         return (out.permute(0, 2, 1).reshape(batch, -1, height, width),)

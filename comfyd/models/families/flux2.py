@@ -8,6 +8,8 @@ uses ModelSamplingFlux with shift 2.02 and CONST (flow) prediction; the Flux.2 t
 with Flux2Scheduler's sigmas instead. Latent: ComfyUI's Flux2 format, scale 1, no shift (the VAE
 normalises). dev takes a guidance strength (`guidance_in`; FluxGuidance, 3.5 by default), [klein]
 none. The text context is padded with zeros in front to 512 tokens, as ComfyUI's Flux2 model does.
+Reference images (ReferenceLatent) join the latent's tokens as diffusers' Flux2Pipeline joins
+`image=[...]` (`_flux2_references.py`).
 
 Text encoders (CLIPLoader type "flux2", newer ComfyUI's): Mistral Small 3.x for [dev]
 (`models/mistral3_encoder.py`), Qwen3 4B / 8B for [klein] (`models/qwen3_encoder.py`'s model); the
@@ -26,6 +28,7 @@ from torch import Tensor
 from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _flux2_transformer as transformer
 from comfyd.models.families import _flux2_vae as flux2_vae
+from comfyd.models.families._flux2_references import reference_inputs
 from comfyd.models.families._network import load_transformer
 from comfyd.models.families.base import (
     CONFIG_DIR,
@@ -104,6 +107,11 @@ def guidance_only(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tens
     return {"guidance": torch.tensor([float(guidance)], dtype=torch.float32)}
 
 
+def guidance_and_references(item: dict[str, Any], dims: tuple[int, int]) -> dict[str, Tensor]:
+    """The guidance strength and the entry's reference images (ReferenceLatent), as the network reads them."""
+    return {**guidance_only(item, dims), **reference_inputs(item, LATENT_CHANNELS)}
+
+
 class Flux2(Family):
     def make_tiny_files(self, root: Path) -> list[Path] | None:
         from comfyd.models.families._flux2_tiny import write_tiny_flux2
@@ -172,7 +180,7 @@ FAMILY = Flux2(
     ),  # fmt: skip
     unet_heads_rule=HeadRule("head_dim", 128),
     sampling=SamplingSpec(prediction="eps"),  # unused: flow sampling comes with the transformer
-    vector_conditioning=guidance_only,
+    vector_conditioning=guidance_and_references,
     diffusers_pipeline="Flux2Pipeline",
     embedding_keys=(),
     vae_name_hints=("flux2", "flux.2"),
