@@ -19,6 +19,7 @@ supported_inference_dtypes for HiDream), as Z-Image.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import torch
 
 from comfyd.models.clip_tokens import END_TOKEN, ChunkLayout
 from comfyd.models.families import _hidream_transformer as transformer
+from comfyd.models.families import sd3
 from comfyd.models.families._network import transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
@@ -47,44 +49,15 @@ LLAMA_KEY = "conditioning_llama3"
 # What ComfyUI puts in place of an absent encoder (full-size widths).
 CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH, LLAMA_WIDTH, LLAMA_LAYERS = 768, 1280, 4096, 4096, 32
 
-CLIP_L = EncoderSpec(
-    name="l",
-    config="text_encoder_l.json",
-    layout="hf",
-    single_file_prefixes=("text_encoders.clip_l.transformer.",),
-    tokenizer={"pad_token": "<|endoftext|>"},
+# SD3's three encoders, driven as ComfyUI's HiDream drives them: CLIP-L projected and pooled,
+# T5 cut to its first 128-token chunk and masked (the mask stays out of the conditioning).
+CLIP_L = replace(
+    sd3.CLIP_L,
     recipe=EncoderRecipe(ChunkLayout(pad_token=END_TOKEN), None, norm_intermediate=True, projected_pooled=True),
-    diffusers_folders=("text_encoder", "tokenizer"),
-    kohya_prefix="lora_te1_",
-    lora_components=("te", "te1"),
 )
-CLIP_G = EncoderSpec(
-    name="g",
-    config="text_encoder_g.json",
-    layout="hf",
-    single_file_prefixes=("text_encoders.clip_g.transformer.",),
-    tokenizer={"pad_token": "!"},
-    recipe=EncoderRecipe(ChunkLayout(pad_token=0), -2, norm_intermediate=False, projected_pooled=True),
-    diffusers_folders=("text_encoder_2", "tokenizer_2"),
-    kohya_prefix="lora_te2_",
-    lora_components=("te2",),
-    kind="clip_g",
-)
-T5XXL = EncoderSpec(
-    name="t5xxl",
-    config="",  # read from the file's shapes (comfyd.models.t5_encoder)
-    layout="hf",
-    single_file_prefixes=("text_encoders.t5xxl.transformer.",),
-    tokenizer={},
-    recipe=EncoderRecipe(ChunkLayout(pad_token=0, end_token=1), None, norm_intermediate=False, projected_pooled=False),
-    diffusers_folders=("text_encoder_3", "tokenizer_3"),
-    kohya_prefix="lora_te3_",
-    lora_components=("te3",),
-    kind="t5",
-    min_length=T5_LENGTH,
-    attention_mask=True,
-    conditioning_mask=False,
-    max_length=T5_LENGTH,
+CLIP_G = sd3.CLIP_G
+T5XXL = replace(
+    sd3.T5XXL, min_length=T5_LENGTH, attention_mask=True, conditioning_mask=False, max_length=T5_LENGTH
 )
 LLAMA = EncoderSpec(
     name="llama",
