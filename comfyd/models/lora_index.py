@@ -60,6 +60,6 @@ def module_index(module: nn.Module, role: str, family: str | None = None) -> dic
         canonical = inner if inner == "text_projection" else f"text_model.{inner}"
         index[canonical.replace(".", "_")] = name
         # T5 / UMT5 layers as ComfyUI names them for LoRAs: without a `text_model.` level.
-        if not inner.startswith(("encoder.layers.", "embeddings.", "final_layer_norm", "text_projection")):
+        if inner.startswith("encoder.block."):
             index.setdefault(inner.replace(".", "_"), name)
     return index
