@@ -12,11 +12,15 @@ transformers' T5 compares its hidden states with `wo.weight.dtype` before the la
 "Scaled" fp8 files (a `scaled_fp8` marker, a scale per weight) are dequantized at load instead.
 
 Call `keep_linears_in` on the empty (meta) encoder before `loader.materialize`, which then reads
-each fp8 weight straight into its fp8 storage.
+each fp8 weight straight into its fp8 storage. The casts change the weights' dtype while a unit
+runs, so two forwards on one such encoder would see each other's casts: its forward takes a lock
+(on a CPU the device gate lets encodes run side by side).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 import torch
@@ -74,4 +78,17 @@ def keep_linears_in(encoder: nn.Module, storage: torch.dtype | None, compute: to
     units = cast_units(encoder)
     for unit in units:
         apply_layerwise_casting_hook(unit, storage, compute, non_blocking=False)
+    _one_forward_at_a_time(encoder)
     return len(units)
+
+
+def _one_forward_at_a_time(encoder: nn.Module) -> None:
+    lock = threading.Lock()
+    forward = encoder.forward
+
+    @functools.wraps(forward)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return forward(*args, **kwargs)
+
+    encoder.forward = locked  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ for `t5xxl_fp8_e4m3fn` and `umt5_xxl_fp8_e4m3fn`."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,40 @@ def test_an_fp8_text_encoder_offloads_to_the_host_and_comes_back(
     after = encode_text(clip, PROMPT)[0][0]
     assert moves == ["meta", "cpu", "meta"] and torch.equal(before, after)
     assert {m.weight.dtype for m in _linears(encoder)} == {FP8}
+
+
+def test_a_second_forward_waits_while_the_first_has_a_unit_cast_up(root: Path) -> None:
+    """On a CPU the device gate lets encodes run at once; the casts of one must not meet the other
+    mid-layer (the second would find the weights back in fp8)."""
+    clip = _manager(root).load_clip([T5], "chroma")
+    (encoder,) = clip.text_encoders.values()
+    unit = text_encoder_fp8.cast_units(encoder)[0]
+    inside, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def pause(module: Any, args: Any) -> None:
+        seen.append(threading.current_thread().name)
+        if threading.current_thread().name == "first":
+            inside.set()
+            release.wait(30)
+
+    handle = unit.register_forward_pre_hook(pause)
+    ids = torch.tensor([[37, 1, 0]])
+    outputs: dict[str, torch.Tensor] = {}
+
+    def run() -> None:
+        with torch.no_grad():
+            outputs[threading.current_thread().name] = encoder(input_ids=ids).last_hidden_state
+
+    first, second = threading.Thread(target=run, name="first"), threading.Thread(target=run, name="second")
+    first.start()
+    assert inside.wait(30)
+    second.start()
+    second.join(0.5)
+    blocked = second.is_alive() and seen == ["first"]
+    release.set()
+    first.join(30)
+    second.join(30)
+    handle.remove()
+    assert blocked
+    assert seen == ["first", "second"] and torch.equal(outputs["first"], outputs["second"])
