@@ -3,7 +3,8 @@ weights in its layout), loaded by CLIPLoader's path: the encoder keeps its linea
 (comfyd/models/text_encoder_fp8.py). Writes the 4.9 GB file once under --work, loads it on the
 CPU and prints:
 
-RESULT file_gb, RESULT resident_gb (the encoder's parameters, what the model manager accounts),
+RESULT file_gb, RESULT resident_gb (the encoder's parameters), RESULT manager_gb (what the model
+manager accounts; on a CPU as host bytes),
 RESULT upcast_bf16_gb (the same encoder upcast to bf16 at load, computed from its parameters),
 RESULT fp8_linear_share (parameters kept in fp8), RESULT load_anon_increase_gb (the load's own
 anonymous memory), RESULT load_s; with --encode also RESULT encode_s and RESULT encode_peak_anon_gb
@@ -62,8 +63,10 @@ def main() -> None:
     fp8 = sum(p.numel() for p in params if p.dtype == torch.float8_e4m3fn)
     upcast_bf16 = sum(p.numel() for p in params) * 2
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
-    print(f"parameter dtypes: {dtypes}; model manager: {manager.stats()['device_bytes'] / GB:.2f} GB")
+    stats = manager.stats()
+    print(f"parameter dtypes: {dtypes}; compute dtype {stats['clip_dtype']}")
     print(f"RESULT resident_gb={resident / GB:.2f}")
+    print(f"RESULT manager_gb={(stats['device_bytes'] + stats['host_bytes']) / GB:.2f}")
     print(f"RESULT upcast_bf16_gb={upcast_bf16 / GB:.2f}")
     print(f"RESULT fp8_linear_share={fp8 / sum(p.numel() for p in params):.3f}")
     print(f"RESULT load_anon_increase_gb={sampler.peaks['load']['RssAnon'] - base['RssAnon']:.2f}")
