@@ -36,6 +36,8 @@ def t5_storage_dtype(tf: Any, prefix: str) -> torch.dtype | None:
     keys = set(tf.keys())
     if f"{prefix}scaled_fp8" in keys or "scaled_fp8" in keys:
         return None
+    if any(k.startswith(prefix) and k.endswith((".scale_weight", ".weight_scale")) for k in keys):
+        return None  # scales without the marker: dequantized at load as well
     for key in (
         f"{prefix}encoder.final_layer_norm.weight",
         f"{prefix}encoder.block.0.layer.0.SelfAttention.q.weight",

@@ -224,3 +224,40 @@ def test_a_second_forward_waits_while_the_first_has_a_unit_cast_up(root: Path) -
     handle.remove()
     assert blocked
     assert seen == ["first", "second"] and torch.equal(outputs["first"], outputs["second"])
+
+
+class _Stored:
+    """Just the keys and dtypes of a file."""
+
+    def __init__(self, dtypes: dict[str, torch.dtype]) -> None:
+        self.dtypes = dtypes
+
+    def keys(self) -> list[str]:
+        return list(self.dtypes)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.dtypes[key]
+
+
+def test_which_t5_files_stay_in_fp8() -> None:
+    norm, q = "encoder.final_layer_norm.weight", "encoder.block.0.layer.0.SelfAttention.q.weight"
+    rule = text_encoder_fp8.t5_storage_dtype
+    assert rule(_Stored({norm: FP8, q: FP8}), "") == FP8  # ComfyUI's rule: the final norm's dtype
+    assert rule(_Stored({norm: torch.float16, q: torch.float8_e5m2}), "") == torch.float8_e5m2
+    assert rule(_Stored({norm: torch.bfloat16, q: torch.bfloat16}), "") is None
+    # Scaled fp8 (a scale per weight, with or without the marker) is dequantized at load instead.
+    assert rule(_Stored({norm: FP8, q: FP8, "scaled_fp8": FP8}), "") is None
+    assert (
+        rule(
+            _Stored(
+                {
+                    f"te.{norm}": FP8,
+                    f"te.{q}": FP8,
+                    "te.encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.float32,
+                }
+            ),
+            "te.",
+        )
+        is None
+    )
+    assert rule(_Stored({f"te.{norm}": FP8, f"te.{q}": FP8}), "te.") == FP8
