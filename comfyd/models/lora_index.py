@@ -59,4 +59,7 @@ def module_index(module: nn.Module, role: str, family: str | None = None) -> dic
         inner = text_model_name(name)
         canonical = inner if inner == "text_projection" else f"text_model.{inner}"
         index[canonical.replace(".", "_")] = name
+        # T5 / UMT5 layers as ComfyUI names them for LoRAs: without a `text_model.` level.
+        if inner.startswith("encoder.block."):
+            index.setdefault(inner.replace(".", "_"), name)
     return index

@@ -30,6 +30,7 @@ from comfyd.models import (
     qwen25_encoder,
     qwen25_vision,
     t5_encoder,
+    text_encoder_fp8,
     umt5_encoder,
 )
 from comfyd.models.detect import UnknownCheckpointLayout
@@ -162,11 +163,13 @@ def text_encoder_in(tf: TensorFile, plan: ComputePlan, base: str = "") -> tuple[
         return "umt5", _umt5_from(tf, keys, t5_prefix, base, plan)
     if t5_prefix is not None:
         shapes = {k: v for k, v in tf.shapes().items() if k.startswith(t5_prefix)}
+        module = t5_encoder.empty_encoder(t5_encoder.infer_config(shapes, t5_prefix))
+        text_encoder_fp8.keep_linears_in(module, text_encoder_fp8.t5_storage_dtype(tf, t5_prefix), plan.clip_dtype)
         module = materialize(
-            t5_encoder.empty_encoder(t5_encoder.infer_config(shapes, t5_prefix)),
-            t5_encoder.T5Translator(t5_prefix, keys), tf, plan.device, plan.clip_dtype,
+            module, t5_encoder.T5Translator(t5_prefix, keys), tf, plan.device, plan.clip_dtype,
             rounding=plan.clip_weight_rounding, what="T5 encoder",
         )  # fmt: skip
+        t5_encoder.share_embedding(module)
         t5_encoder.apply_weight_scales(module, tf, t5_prefix)
         return "t5", module
     return None
@@ -221,11 +224,13 @@ def _umt5_from(tf: TensorFile, keys: set[str], prefix: str, base: str, plan: Com
             "comfy/text_encoders/t5_pile_tokenizer/tokenizer.model)"
         )
     shapes = {k: v for k, v in tf.shapes().items() if k.startswith(prefix)}
+    module = umt5_encoder.empty_encoder(umt5_encoder.infer_config(shapes, prefix))
+    text_encoder_fp8.keep_linears_in(module, text_encoder_fp8.t5_storage_dtype(tf, prefix), plan.clip_dtype)
     module = materialize(
-        umt5_encoder.empty_encoder(umt5_encoder.infer_config(shapes, prefix)),
-        t5_encoder.T5Translator(prefix, keys), tf, plan.device, plan.clip_dtype,
+        module, t5_encoder.T5Translator(prefix, keys), tf, plan.device, plan.clip_dtype,
         rounding=plan.clip_weight_rounding, what="UMT5 encoder",
     )  # fmt: skip
+    t5_encoder.share_embedding(module)
     module.comfyd_spiece_model = umt5_encoder.spiece_bytes(tf.get(spiece)) if spiece else beside.read_bytes()
     return module
 

@@ -133,6 +133,14 @@ class T5Translator:
         return Source(self.prefix + name)
 
 
+def share_embedding(module: nn.Module) -> nn.Module:
+    """One token embedding for `shared` and `encoder.embed_tokens` (both read from the same stored
+    tensor, the encoder would hold it twice: 0.26 GB of T5-XXL in bf16). The module itself is
+    shared, not its parameter, so moves between devices keep it one."""
+    module.encoder.embed_tokens = module.shared
+    return module
+
+
 def apply_weight_scales(module: nn.Module, tf: Any, prefix: str) -> int:
     """ComfyUI's scaled-fp8 files (`t5xxl_fp8_e4m3fn_scaled`, a `scaled_fp8` marker): each linear
     weight is stored in fp8 beside a `scale_weight` scalar; the real weight is their product.
