@@ -21,7 +21,8 @@ compute dtype, then cast to fp8) for a before/after at a cut depth (`--double`, 
 `--dtype bf16` computes in bf16 (COMFYD_DTYPE). The file is deleted at the end unless `--keep`.
 
 On a GPU (`--device cuda`, bench/gpu_check.py's flux_fp8_24gb step): `--size 1024 --steps 20
---text-encoders` also writes a full-size random T5-XXL (fp16) and CLIP-L, encodes a prompt through
+--text-encoders` also writes a full-size random T5-XXL (in `--source`'s dtype: fp8 stays fp8, as
+t5xxl_fp8_e4m3fn does) and CLIP-L (fp16), encodes a prompt through
 DualCLIPLoader's path (the T5 offloaded to host after encoding, COMFYD_TEXT_ENCODER_OFFLOAD auto),
 caps the process at `--cap-gb` of GPU memory (torch.cuda.set_per_process_memory_fraction) and the
 model cache at 80 % of it, and prints RESULT gpu_peak_allocated_gb (torch.cuda.max_memory_allocated
@@ -64,6 +65,7 @@ ST_DTYPES = {
     torch.float32: "F32",
 }
 SOURCES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 GB = 1024**3
 NAMES = {"unet": "diffusion_models/flux-dev-random.safetensors", "t5": "text_encoders/t5xxl-random.safetensors",
          "clip_l": "text_encoders/clip-l-random.safetensors"}  # fmt: skip
@@ -136,7 +138,8 @@ def make_files(
         t5_config = _flux_tiny.TINY_T5 if tiny else T5_XXL
         t5 = _layout(t5_encoder.empty_encoder(t5_config))
         t5.pop("encoder.embed_tokens.weight", None)
-        write_streamed(work / NAMES["t5"], t5, torch.float16, 1)
+        # As the fp8 Flux files ship with t5xxl_fp8_e4m3fn, which stays fp8 (text_encoder_fp8).
+        write_streamed(work / NAMES["t5"], t5, source if source in FP8 else torch.float16, 1)
         clip_config = json.loads((CONFIG_DIR / "sd1" / "text_encoder_l.json").read_text())
         if tiny:
             clip_config.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -244,6 +247,9 @@ def measure(args: argparse.Namespace) -> None:
         from comfyd.models.text_encoding import encode_text
 
         clip = manager.load_clip([Path(NAMES["clip_l"]).name, Path(NAMES["t5"]).name], "flux")
+        for key, encoder in clip.text_encoders.items():
+            kinds = sorted({str(p.dtype).removeprefix("torch.") for p in encoder.parameters()})
+            print(f"text encoder {key} parameter dtypes: {kinds}", flush=True)
         positive = encode_text(clip, "a photograph of a red fox in the snow, golden hour")
         positive = [[c, {**extra, "guidance": 3.5}] for c, extra in positive]
         print(
