@@ -36,6 +36,7 @@ from comfyd.models.families import _flux2_tiny
 from comfyd.models.families._flux2_transformer import pad_context
 from comfyd.models.tensorfile import TensorFile
 from comfyd.sampling.noise import initial_noise
+from tests.families.pictures import psnr  # noqa: F401  (tests import it from here)
 
 SIZE = 64
 STEPS = 2
@@ -88,11 +89,6 @@ def add_reference(graph: dict[str, Any], image: str, first: str = "16") -> str:
     graph[ref] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": [first, 0], "latent": [encode, 0]}}
     graph["5" if "5" in graph else "6"]["inputs"]["conditioning"] = [ref, 0]
     return ref
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def cfg_workflow(variant: str = "klein", cfg: float = GUIDANCE) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from comfyd.models.devices import compute_plan
 from comfyd.models.families import _flux_tiny
 from comfyd.models.tensorfile import TensorFile
 from comfyd.sampling.noise import initial_noise
+from tests.families.pictures import psnr  # noqa: F401  (tests import it from here)
 
 FLUX_SCHEDULER = {  # FLUX.1-dev's scheduler_config.json values
     "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
@@ -76,11 +77,6 @@ def render(
 WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
 SIZE = 64
 STEPS = {"dev": 3, "schnell": 2}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def tiny_workflow(variant: str, **changes: Any) -> dict[str, Any]:

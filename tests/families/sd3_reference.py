@@ -26,6 +26,7 @@ from comfyd.models.devices import compute_plan
 from comfyd.models.families import _sd3_tiny
 from comfyd.models.tensorfile import TensorFile
 from comfyd.sampling.noise import initial_noise
+from tests.families.pictures import psnr  # noqa: F401  (tests import it from here)
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
 SIZE = 64
@@ -79,11 +80,6 @@ def render(root: Path, prompt: str, negative: str, noise: torch.Tensor, steps: i
             max_sequence_length=families.get("sd3").encoder("t5xxl").min_length, output_type="np",
         ).images[0]  # fmt: skip
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def tiny_workflow(split: bool = False, **changes: Any) -> dict[str, Any]:

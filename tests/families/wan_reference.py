@@ -24,6 +24,7 @@ from comfyd.models.devices import compute_plan
 from comfyd.models.families import _wan_tiny
 from comfyd.models.tensorfile import TensorFile
 from comfyd.sampling.noise import initial_noise
+from tests.families.pictures import psnr  # noqa: F401  (tests import it from here)
 
 SIZE = 64
 FRAMES = 9
@@ -146,8 +147,3 @@ def reference_i2v(root: Path, graph: dict[str, Any], start: Any) -> np.ndarray:
         )
     embeds = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
     return _run(WanImageToVideoPipeline(**parts), graph, graph["50"]["inputs"], image=start, **embeds)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from comfyd.models import qwen25_encoder
 from comfyd.models.families import _z_image_tiny
 from comfyd.sampling.noise import initial_noise
+from tests.families.pictures import psnr  # noqa: F401  (tests import it from here)
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "comfyd" / "workflows"
 SIZE = 64
@@ -117,11 +118,6 @@ def render(root: Path, prompt: str, noise: torch.Tensor, steps: int, cfg: float 
             guidance_scale=cfg - 1.0, latents=noise, output_type="np",
         ).images[0]  # fmt: skip
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def tiny_workflow(**changes: Any) -> dict[str, Any]:
