@@ -65,7 +65,6 @@ ST_DTYPES = {
     torch.float32: "F32",
 }
 SOURCES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 GB = 1024**3
 NAMES = {"unet": "diffusion_models/flux-dev-random.safetensors", "t5": "text_encoders/t5xxl-random.safetensors",
          "clip_l": "text_encoders/clip-l-random.safetensors"}  # fmt: skip
@@ -125,6 +124,7 @@ def make_files(
 ) -> None:
     from comfyd.models import t5_encoder
     from comfyd.models.families import _flux_transformer as transformer
+    from comfyd.models.tensorfile import FP8_DTYPES
 
     unet = work / NAMES["unet"]
     if not unet.is_file():
@@ -139,7 +139,7 @@ def make_files(
         t5 = _layout(t5_encoder.empty_encoder(t5_config))
         t5.pop("encoder.embed_tokens.weight", None)
         # As the fp8 Flux files ship with t5xxl_fp8_e4m3fn, which stays fp8 (text_encoder_fp8).
-        write_streamed(work / NAMES["t5"], t5, source if source in FP8 else torch.float16, 1)
+        write_streamed(work / NAMES["t5"], t5, source if source in FP8_DTYPES else torch.float16, 1)
         clip_config = json.loads((CONFIG_DIR / "sd1" / "text_encoder_l.json").read_text())
         if tiny:
             clip_config.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

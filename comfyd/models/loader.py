@@ -40,12 +40,11 @@ from comfyd.models.keymap import (
     vae_translator,
 )
 from comfyd.models.prefetch import Target, TensorPrefetch
-from comfyd.models.tensorfile import ModelFileError, TensorFile
+from comfyd.models.tensorfile import FP8_DTYPES, ModelFileError, TensorFile
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_DIR = detect.CONFIG_DIR / "clip_tokenizer"
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass

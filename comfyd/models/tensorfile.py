@@ -35,6 +35,8 @@ _SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
+# The fp8 storage dtypes: weights kept in them are cast up to the compute dtype as they run.
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 class ModelFileError(ValueError):

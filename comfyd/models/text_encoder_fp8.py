@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+from comfyd.models.tensorfile import FP8_DTYPES
 
 
 def t5_storage_dtype(tf: Any, prefix: str) -> torch.dtype | None:

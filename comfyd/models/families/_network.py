@@ -20,6 +20,7 @@ from torch import nn
 
 from comfyd.models.detect import UnknownCheckpointLayout
 from comfyd.models.families.base import UNET_PREFIX
+from comfyd.models.tensorfile import FP8_DTYPES
 
 # UNETLoader's weight_dtype -> the dtype the weights are stored in (None: the compute dtype).
 # "_fast" computes like the others here (no fp8 matmuls).
@@ -29,7 +30,6 @@ WEIGHT_DTYPES = {
     "fp8_e4m3fn_fast": torch.float8_e4m3fn,
     "fp8_e5m2": torch.float8_e5m2,
 }
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 class TransformerNetwork(nn.Module):
