@@ -174,3 +174,30 @@ def test_an_all_in_one_checkpoint_with_an_fp8_transformer_keeps_it_fp8(
     model, clip, _ = _manager(tmp_path).load_checkpoint(path.name)
     assert {m.weight.dtype for m in model.unet.modules() if isinstance(m, torch.nn.Linear)} == {FP8}
     assert all(p.dtype == torch.float32 for enc in clip.text_encoders.values() for p in enc.parameters())
+
+
+@pytest.mark.parametrize("family", ["hidream", "lumina2"])
+def test_hidream_and_lumina2_load_through_the_shared_fp8_path(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both compute in their own dtype (never fp16), but their weights still go from the file
+    # straight to fp8, as every family's do.
+    from comfyd.models.families import _hidream_tiny, _lumina2_tiny
+
+    tiny = {"hidream": _hidream_tiny, "lumina2": _lumina2_tiny}[family]
+    (tiny.write_tiny_hidream if family == "hidream" else tiny.write_tiny_lumina2)(tmp_path)
+    conversions: list[torch.dtype] = []
+    convert = loader.convert_tensor
+
+    def recording(
+        tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, rounding: Any = None
+    ) -> torch.Tensor:
+        conversions.append(dtype)
+        return convert(tensor, device, dtype, rounding)
+
+    monkeypatch.setattr(loader, "convert_tensor", recording)
+    handle = _manager(tmp_path).load_diffusion_model(Path(tiny.NAMES["transformer"]).name, "fp8_e4m3fn")
+    linears = [m for m in handle.unet.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and any(m.weight.dtype == FP8 for m in linears)
+    # Each fp8 weight was read into fp8 (a fused tensor once per split part), not widened first.
+    assert conversions.count(FP8) >= sum(m.weight.dtype == FP8 for m in linears)

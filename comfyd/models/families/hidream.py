@@ -141,18 +141,16 @@ class HiDream(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.families._network import storage_dtype, store_weights
+        from comfyd.models.families._network import load_transformer
         from comfyd.models.families._z_image_transformer import compute_dtype
-        from comfyd.models.loader import materialize
 
         config = transformer.infer_config(tf.shapes(), prefix)
         # ComfyUI lists bf16 and fp32 only for HiDream: an fp16 plan runs in bf16 (else fp32).
         dtype = compute_dtype(plan.unet_dtype, plan.device)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.HiDreamTranslator(prefix), tf, plan.device, dtype,
-            what="HiDream transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config), transformer.HiDreamTranslator(prefix),
+            what="HiDream transformer", dtype=dtype,
         )  # fmt: skip
-        store_weights(net, storage_dtype(weight_dtype), dtype)
         network = transformer.HiDreamNetwork(net)
         network.compute_dtype = dtype
         return network, model_sampling()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfyd.models.clip_tokens import ChunkLayout
 from comfyd.models.families import _lumina2_transformer as transformer
-from comfyd.models.families._network import storage_dtype, store_weights, transformer_prefix
+from comfyd.models.families._network import load_transformer, transformer_prefix
 from comfyd.models.families.base import (
     CONFIG_DIR,
     EncoderRecipe,
@@ -90,17 +90,13 @@ class Lumina2(Family):
     def load_diffusion_model(
         self, tf: TensorFile, prefix: str, plan: Any, weight_dtype: str
     ) -> tuple[Any, Any]:
-        from comfyd.models.loader import materialize
-
-        storage = storage_dtype(weight_dtype)
         config = transformer.infer_config(tf.shapes(), prefix)
         dtype = transformer.compute_dtype(plan.unet_dtype, plan.device)
-        net = materialize(
-            transformer.empty_transformer(config), transformer.Lumina2Translator(config, prefix), tf,
-            plan.device, dtype, what="Lumina 2 transformer",
+        net = load_transformer(
+            tf, plan, weight_dtype, transformer.empty_transformer(config),
+            transformer.Lumina2Translator(config, prefix), what="Lumina 2 transformer", dtype=dtype,
         )  # fmt: skip
         transformer.comfyui_qk_eps(net, dtype)
-        store_weights(net, storage, dtype)
         network = transformer.Lumina2Network(net)
         network.compute_dtype = dtype
         return network, model_sampling()
