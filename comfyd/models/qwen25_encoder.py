@@ -112,17 +112,19 @@ def original_name(name: str) -> str:
     return f"model.{name}"
 
 
-def apply_weight_scales(module: nn.Module, tf: Any, prefix: str = "") -> int:
+def apply_weight_scales(module: nn.Module, tf: Any, prefix: str = "", stored: str = "model.") -> int:
     """Dequantize a "scaled fp8" file's weights (ComfyUI's `*_fp8_scaled` encoders: a `scaled_fp8`
     marker, fp8 weights and a `<layer>.scale_weight` per layer): weight * scale, in the loaded
-    dtype. Returns how many weights were scaled (0 for an ordinary file)."""
+    dtype. `stored`: where the module's layers sit under `prefix` ("model." for the language
+    model, "visual." for Qwen2.5-VL's vision tower). Returns how many weights were scaled (0 for
+    an ordinary file)."""
     keys = set(tf.keys())
     if f"{prefix}scaled_fp8" not in keys:
         return 0
     scaled = 0
     with torch.no_grad():
         for name, param in module.named_parameters():
-            key = f"{prefix}model.{name.removesuffix('.weight')}.scale_weight"
+            key = f"{prefix}{stored}{name.removesuffix('.weight')}.scale_weight"
             if name.endswith(".weight") and key in keys:
                 param.mul_(tf.get(key).to(device=param.device, dtype=param.dtype))
                 scaled += 1

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comfyd.models import qwen25_encoder
 from comfyd.models.keymap import Source
 
 MARKER = "visual.patch_embed.proj.weight"
@@ -91,21 +92,6 @@ class VisionTranslator:
 
 def original_name(name: str) -> str:
     return f"visual.{name}"
-
-
-def apply_weight_scales(tower: nn.Module, tf: Any, prefix: str = "") -> int:
-    """A `scaled_fp8` file's vision weights times their `visual.<layer>.scale_weight`."""
-    keys = set(tf.keys())
-    if f"{prefix}scaled_fp8" not in keys:
-        return 0
-    scaled = 0
-    with torch.no_grad():
-        for name, param in tower.named_parameters():
-            key = f"{prefix}visual.{name.removesuffix('.weight')}.scale_weight"
-            if name.endswith(".weight") and key in keys:
-                param.mul_(tf.get(key).to(device=param.device, dtype=param.dtype))
-                scaled += 1
-    return scaled
 
 
 def _side(size: int, factor: int) -> int:
@@ -172,6 +158,6 @@ def attach_tower(encoder: nn.Module, tf: Any, plan: Any, prefix: str = "") -> bo
         empty_tower(infer_config(shapes, prefix)), VisionTranslator(prefix), tf, plan.device, plan.clip_dtype,
         rounding=plan.clip_weight_rounding, what="Qwen2.5-VL vision tower",
     )  # fmt: skip
-    apply_weight_scales(tower, tf, prefix)
+    qwen25_encoder.apply_weight_scales(tower, tf, prefix, stored="visual.")
     encoder.visual = tower
     return True
